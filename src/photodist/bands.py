@@ -1,0 +1,270 @@
+"""Photometric systems: band sets, colours, extinction ratios and catalogue column mapping.
+
+Extinction ratios A_band / A_r: u, g, r, i, z from Berry et al. (2012, ApJ 757, 166, Table 1);
+y from the Cardelli, Clayton & Mathis (1989) law.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+#: Default extinction ratios A_band / A_r.
+DEFAULT_EXTINCTION_RATIOS: dict[str, float] = {
+    "u": 1.810,
+    "g": 1.400,
+    "r": 1.000,
+    "i": 0.759,
+    "z": 0.561,
+    "y": 0.484,
+}
+
+#: Magnitudes above this (or below its negative) are survey sentinels such as 99 / -99.
+MAX_PLAUSIBLE_MAGNITUDE = 40.0
+#: A colour whose error exceeds this (mag) carries no information and is treated as missing.
+MAX_USABLE_COLOR_ERROR = 1.0
+
+
+class MissingColumnError(KeyError):
+    """A required catalogue column is absent."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly instead
+        return str(self.args[0]) if self.args else "missing column"
+
+
+@dataclass(frozen=True)
+class BandSet:
+    """An ordered set of photometric bands and their extinction ratios.
+
+    Parameters
+    ----------
+    name
+        Short name, ``"sdss"`` or ``"lsst"`` for the built-in sets.
+    bands
+        Band letters from blue to red; adjacent pairs define the colours.
+    extinction_ratios
+        A_band / A_r for every band.
+    """
+
+    name: str
+    bands: tuple[str, ...]
+    extinction_ratios: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_EXTINCTION_RATIOS)
+    )
+
+    def __post_init__(self) -> None:
+        if "r" not in self.bands:
+            raise ValueError(f"band set {self.name!r} must contain the r band")
+        missing = [b for b in self.bands if b not in self.extinction_ratios]
+        if missing:
+            raise ValueError(f"band set {self.name!r} has no extinction ratio for {missing}")
+
+    @property
+    def color_pairs(self) -> tuple[tuple[str, str], ...]:
+        """Adjacent band pairs, e.g. ``(("u", "g"), ("g", "r"), ...)``."""
+        return tuple(zip(self.bands[:-1], self.bands[1:], strict=True))
+
+    @property
+    def colors(self) -> tuple[str, ...]:
+        """Colour names, e.g. ``("ug", "gr", "ri", "iz")``."""
+        return tuple(a + b for a, b in self.color_pairs)
+
+    @property
+    def n_colors(self) -> int:
+        return len(self.bands) - 1
+
+    def reddening_vector(self) -> np.ndarray:
+        """E(colour) / A_r for every colour (differences of the extinction ratios)."""
+        ratios = self.extinction_ratios
+        return np.array([ratios[a] - ratios[b] for a, b in self.color_pairs])
+
+    def with_extinction_ratios(self, overrides: Mapping[str, float]) -> BandSet:
+        """A copy with some extinction ratios replaced."""
+        unknown = set(overrides) - set(self.bands)
+        if unknown:
+            raise ValueError(
+                f"extinction overrides for bands not in {self.name}: {sorted(unknown)}"
+            )
+        ratios = dict(self.extinction_ratios)
+        ratios.update({k: float(v) for k, v in overrides.items()})
+        return BandSet(self.name, self.bands, ratios)
+
+
+SDSS = BandSet("sdss", ("u", "g", "r", "i", "z"))
+LSST = BandSet("lsst", ("u", "g", "r", "i", "z", "y"))
+BAND_SETS: dict[str, BandSet] = {"sdss": SDSS, "lsst": LSST}
+
+
+def get_band_set(
+    name: str | BandSet, extinction_ratios: Mapping[str, float] | None = None
+) -> BandSet:
+    """Look up a band set by name (``"sdss"``/``"ugriz"`` or ``"lsst"``/``"ugrizy"``)."""
+    if isinstance(name, BandSet):
+        band_set = name
+    else:
+        key = str(name).strip().lower()
+        aliases = {"ugriz": "sdss", "ugrizy": "lsst"}
+        key = aliases.get(key, key)
+        if key not in BAND_SETS:
+            raise ValueError(
+                f"unknown band set {name!r}; choose one of {sorted(BAND_SETS) + sorted(aliases)}"
+            )
+        band_set = BAND_SETS[key]
+    if extinction_ratios:
+        band_set = band_set.with_extinction_ratios(extinction_ratios)
+    return band_set
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Names of a catalogue's columns.
+
+    Magnitude and error columns default to ``"{band}mag"`` and ``"{band}Err"`` (the SDSS
+    Stripe 82 / photod convention); override any of them with ``mags``/``errors``.
+    ``dust`` names an optional column with the map extinction A_r (e.g. SFD) per star.
+    """
+
+    mags: Mapping[str, str] = field(default_factory=dict)
+    errors: Mapping[str, str] = field(default_factory=dict)
+    ra: str = "ra"
+    dec: str = "dec"
+    object_id: str | None = None
+    dust: str | None = "Ar"
+
+    def mag_column(self, band: str) -> str:
+        return self.mags.get(band, f"{band}mag")
+
+    def error_column(self, band: str) -> str:
+        return self.errors.get(band, f"{band}Err")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, str | None]) -> ColumnMap:
+        """Build from flat keys such as ``{"umag": "u_psf", "uerr": "u_psf_err", "ra": "RA"}``."""
+        mags: dict[str, str] = {}
+        errors: dict[str, str] = {}
+        other: dict[str, str | None] = {}
+        for key, value in mapping.items():
+            k = key.strip()
+            if len(k) == 4 and k.lower().endswith("mag"):
+                mags[k[0]] = str(value)
+            elif len(k) == 4 and k.lower().endswith("err"):
+                errors[k[0]] = str(value)
+            elif k in {"ra", "dec", "object_id", "dust"}:
+                other[k] = value
+            else:
+                raise ValueError(f"unknown column-map key {key!r}")
+        return cls(mags=mags, errors=errors, **other)  # type: ignore[arg-type]
+
+
+@dataclass
+class Photometry:
+    """Photometry of N stars in one band set, ready for the estimators.
+
+    Attributes
+    ----------
+    r, r_err
+        r magnitude and its error, shape (N,).
+    colors, color_errors
+        Adjacent-band colours and their errors, shape (N, n_colors). Unusable colours
+        (missing, non-finite, sentinel, non-positive or > 1 mag error) are NaN in both.
+    dust
+        Map extinction A_r per star (NaN where unknown), or None if the catalogue has none.
+    """
+
+    band_set: BandSet
+    r: np.ndarray
+    r_err: np.ndarray
+    colors: np.ndarray
+    color_errors: np.ndarray
+    dust: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.r)
+
+    def features(self) -> np.ndarray:
+        """Network inputs: r, colours, then r error and colour errors, shape (N, 2 + 2 n_colors)."""
+        return np.column_stack([self.r, self.colors, self.r_err, self.color_errors])
+
+    def subset(self, index: np.ndarray) -> Photometry:
+        """Rows selected by an integer or boolean index."""
+        return Photometry(
+            self.band_set,
+            self.r[index],
+            self.r_err[index],
+            self.colors[index],
+            self.color_errors[index],
+            None if self.dust is None else self.dust[index],
+        )
+
+
+def colors_from_magnitudes(
+    mags: np.ndarray, errors: np.ndarray, error_floor: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Adjacent-band colours and their errors (magnitude errors in quadrature).
+
+    Parameters
+    ----------
+    mags, errors
+        Arrays of shape (N, n_bands), bands ordered blue to red.
+    error_floor
+        Optional colour-error floor (mag) added in quadrature.
+    """
+    mags = np.asarray(mags, dtype=float)
+    errors = np.asarray(errors, dtype=float)
+    colors = mags[:, :-1] - mags[:, 1:]
+    color_errors = np.sqrt(errors[:, :-1] ** 2 + errors[:, 1:] ** 2 + error_floor**2)
+    return colors, color_errors
+
+
+def _numeric_column(frame: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in frame.columns:
+        raise MissingColumnError(
+            f"required column {column!r} not in catalogue (columns: {list(frame.columns)[:20]}...)"
+        )
+    values = pd.to_numeric(frame[column], errors="coerce")
+    return values.to_numpy(dtype=float, na_value=np.nan)
+
+
+def photometry_from_frame(
+    frame: pd.DataFrame,
+    band_set: BandSet | str = "lsst",
+    columns: ColumnMap | None = None,
+) -> Photometry:
+    """Read magnitudes and errors from a catalogue and form colours.
+
+    Missing columns raise :class:`MissingColumnError` naming the column. Non-numeric entries,
+    NaN/inf, sentinels (|mag| > 40), non-positive errors and errors making a colour error
+    exceed 1 mag become NaN colours (the estimators drop such colours and flag the star).
+    """
+    band_set = get_band_set(band_set)
+    columns = columns or ColumnMap()
+    mags = np.column_stack([_numeric_column(frame, columns.mag_column(b)) for b in band_set.bands])
+    errs = np.column_stack(
+        [_numeric_column(frame, columns.error_column(b)) for b in band_set.bands]
+    )
+    if len(frame) == 0:
+        mags = mags.reshape(0, len(band_set.bands))
+        errs = errs.reshape(0, len(band_set.bands))
+    bad = (
+        ~np.isfinite(mags)
+        | ~np.isfinite(errs)
+        | (np.abs(mags) > MAX_PLAUSIBLE_MAGNITUDE)
+        | (errs <= 0)
+    )
+    mags = np.where(bad, np.nan, mags)
+    errs = np.where(bad, np.nan, errs)
+    colors, color_errors = colors_from_magnitudes(mags, errs)
+    unusable = (
+        ~np.isfinite(colors) | ~np.isfinite(color_errors) | (color_errors > MAX_USABLE_COLOR_ERROR)
+    )
+    colors[unusable] = np.nan
+    color_errors[unusable] = np.nan
+    r_index = band_set.bands.index("r")
+    dust = None
+    if columns.dust is not None and columns.dust in frame.columns:
+        dust = _numeric_column(frame, columns.dust)
+        dust = np.where(np.isfinite(dust) & (dust >= 0) & (dust < 50), dust, np.nan)
+    return Photometry(band_set, mags[:, r_index], errs[:, r_index], colors, color_errors, dust)

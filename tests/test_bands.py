@@ -1,0 +1,95 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from photodist.bands import (
+    LSST,
+    SDSS,
+    ColumnMap,
+    MissingColumnError,
+    colors_from_magnitudes,
+    get_band_set,
+    photometry_from_frame,
+)
+
+
+def test_band_sets_and_colors():
+    assert SDSS.colors == ("ug", "gr", "ri", "iz")
+    assert LSST.colors == ("ug", "gr", "ri", "iz", "zy")
+    assert get_band_set("ugriz") is SDSS
+    assert get_band_set("LSST") is LSST
+
+
+def test_reddening_vector_from_berry_ratios():
+    # A_u - A_g = 1.810 - 1.400 etc. (Berry et al. 2012; y from Cardelli et al. 1989)
+    np.testing.assert_allclose(SDSS.reddening_vector(), [0.41, 0.40, 0.241, 0.198])
+    assert LSST.reddening_vector()[-1] == pytest.approx(0.561 - 0.484)
+
+
+def test_extinction_override():
+    custom = get_band_set("sdss", {"u": 1.9})
+    assert custom.reddening_vector()[0] == pytest.approx(0.5)
+    assert SDSS.extinction_ratios["u"] == 1.810  # original untouched
+    with pytest.raises(ValueError, match="not in"):
+        SDSS.with_extinction_ratios({"y": 0.5})
+
+
+def test_unknown_band_set_is_clear_error():
+    with pytest.raises(ValueError, match="unknown band set 'ubv'"):
+        get_band_set("ubv")
+
+
+def test_color_errors_in_quadrature_with_floor():
+    mags = np.array([[20.0, 19.0, 18.5]])
+    errs = np.array([[0.03, 0.04, 0.0]])
+    colors, cerr = colors_from_magnitudes(mags, errs, error_floor=0.02)
+    np.testing.assert_allclose(colors, [[1.0, 0.5]])
+    np.testing.assert_allclose(
+        cerr, [[np.sqrt(0.03**2 + 0.04**2 + 0.02**2), np.sqrt(0.04**2 + 0.02**2)]]
+    )
+
+
+def _frame(n=3, **overrides):
+    data = {f"{b}mag": np.full(n, 20.0 - i * 0.5) for i, b in enumerate("ugriz")}
+    data.update({f"{b}Err": np.full(n, 0.02) for b in "ugriz"})
+    data.update(overrides)
+    return pd.DataFrame(data)
+
+
+def test_photometry_from_frame_default_columns():
+    phot = photometry_from_frame(_frame(), "sdss")
+    assert phot.colors.shape == (3, 4)
+    np.testing.assert_allclose(phot.colors, 0.5)
+    np.testing.assert_allclose(phot.r, 19.0)
+    assert phot.features().shape == (3, 10)
+
+
+def test_missing_column_names_it():
+    frame = _frame().drop(columns=["iErr"])
+    with pytest.raises(MissingColumnError, match="iErr"):
+        photometry_from_frame(frame, "sdss")
+
+
+def test_custom_column_map():
+    frame = _frame().rename(columns={"umag": "u_psf", "uErr": "u_psf_err"})
+    columns = ColumnMap.from_mapping({"umag": "u_psf", "uerr": "u_psf_err"})
+    phot = photometry_from_frame(frame, "sdss", columns)
+    np.testing.assert_allclose(phot.colors[:, 0], 0.5)
+    with pytest.raises(ValueError, match="unknown column-map key"):
+        ColumnMap.from_mapping({"colour": "x"})
+
+
+def test_bad_values_become_nan_colors():
+    frame = _frame(
+        5,
+        umag=[99.0, np.nan, 20.0, 20.0, "bad"],
+        uErr=[0.02, 0.02, -0.1, 1.5, 0.02],
+    )
+    phot = photometry_from_frame(frame, "sdss")
+    assert np.isnan(phot.colors[:, 0]).all()  # sentinel, NaN, negative error, huge error, text
+    assert np.isfinite(phot.colors[:, 1:]).all()
+
+
+def test_empty_frame():
+    phot = photometry_from_frame(_frame(0), "sdss")
+    assert len(phot) == 0 and phot.colors.shape == (0, 4)
