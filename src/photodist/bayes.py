@@ -1,0 +1,771 @@
+"""Bayesian photo-D estimator with extinction marginalised in closed form.
+
+For star i, locus point j (intrinsic colours L_jk), colours c_k with errors σ_k (a floor added in
+quadrature) and reddening vector R_k::
+
+    chi2_ij(A) = Σ_k w_k (c_k - L_jk - A R_k)^2,   w_k = 1/σ_k^2,
+    q = Σ w_k R_k^2,  b_j = Σ w_k (c_k - L_jk) R_k,  A*_j = b_j / q,
+    chi2min_j = Σ w_k (c_k - L_jk)^2 - b_j^2 / q.
+
+With a prior p_j = p([Fe/H], M_r | patch, r bin) and a flat A_r prior on [0, A_max], the
+posterior over (j, A) is p_j exp(-chi2min_j / 2) N(A; A*_j, 1/q) on [0, A_max]. Summing over A
+in closed form gives the locus-point weights::
+
+    weight_j ∝ p_j exp(-chi2min_j / 2) [Φ((A_max - A*_j) √q) - Φ(-A*_j √q)]
+
+and, given j, A is a normal N(A*_j, 1/q) truncated to [0, A_max]. Everything is done in log
+space relative to the star's best point, and points hopelessly worse than the best (log
+weight below the best by more than ``HOPELESS_LOG_WEIGHT`` = 20) are skipped before any exp/erf.
+
+Percentiles: M_r and [Fe/H] from their grid marginals (each grid point a uniform cell);
+A_r from the exact mixture (all components share σ_A = 1/√q, so the untruncated density is a
+histogram of A*_j convolved with N(0, σ_A^2), then cut to [0, A_max]); Q_r = M_r + A_r from the
+mixture of the per-point conditionals (Gaussian of the mean conditional variance, convolved with
+the M_r cell).
+
+The CPU kernel is a fused numba loop over stars (parallel over cores).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numba
+import numpy as np
+import pandas as pd
+
+from photodist.bands import Photometry
+from photodist.locus import Locus
+
+#: Points whose log weight is below the best by more than this are skipped (e^-20 ~ 2e-9).
+HOPELESS_LOG_WEIGHT = 20.0
+SQRT2 = math.sqrt(2.0)
+MAX_HIST_BINS = 8192  # cap on the A_r and Q_r histogram lengths (bins widen beyond it)
+MAX_TABLE_NODES = 400  # nodes of the per-star truncated-normal table
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class Flags:
+    """Bits of the integer ``flags`` column (combine with bitwise or)."""
+
+    POOR_FIT = 1  #: best-fit chi2min above the threshold
+    TWO_BRANCH = 2  #: posterior split between giant and dwarf branches (each > 5 %)
+    FEH_EDGE = 4  #: [Fe/H] posterior median within 1.5 grid steps of the grid edge
+    MR_EDGE = 8  #: M_r posterior median within 1.5 grid steps of the grid edge
+    AR_AT_BOUND = 16  #: best point's unconstrained A_r outside [0, A_max] by > 1 σ_A
+    COLOR_UNUSABLE = 32  #: at least one colour missing/NaN/error > 1 mag (dropped from chi2)
+    NO_R = 64  #: no usable r magnitude: row kept, estimates NaN
+    NO_PRIOR = 128  #: no prior map for the patch: flat prior in ([Fe/H], M_r) used
+    TOO_FEW_COLORS = 256  #: fewer than two usable colours: estimates NaN
+    NN_OUT_OF_DOMAIN = 512  #: (networks) inputs outside the training domain
+    NN_INVALID_INPUT = 1024  #: (networks) inputs not finite: estimated by the Bayesian method
+
+    @classmethod
+    def describe(cls) -> dict[str, int]:
+        """Flag names and bit values."""
+        return {k: v for k, v in vars(cls).items() if k.isupper()}
+
+
+PARAMS = ("Mr", "FeH", "Ar", "Qr", "DM")
+STATS = ("mean", "std", "p16", "p50", "p84")
+
+
+def _column_names() -> list[str]:
+    names = [f"{p}_{s}" for p in PARAMS for s in STATS]
+    names += ["dist_p16", "dist_p50", "dist_p84", "chi2min"]
+    names += ["Mr_entropy_drop", "FeH_entropy_drop", "Ar_entropy_drop", "P_giant", "Ar_max"]
+    return names
+
+
+OUTPUT_COLUMNS = _column_names()
+_COL = {name: k for k, name in enumerate(OUTPUT_COLUMNS)}
+# columns the kernel fills (the DM and distance columns are derived afterwards)
+_K_MR, _K_FEH, _K_AR, _K_QR = (_COL[f"{p}_mean"] for p in ("Mr", "FeH", "Ar", "Qr"))
+_K_CHI2 = _COL["chi2min"]
+_K_HMR, _K_HFEH, _K_HAR = _COL["Mr_entropy_drop"], _COL["FeH_entropy_drop"], _COL["Ar_entropy_drop"]
+_K_PGIANT = _COL["P_giant"]
+
+
+@numba.njit(cache=True)
+def _log_ndtr(x: float) -> float:
+    """log Φ(x), accurate in the far lower tail."""
+    if x > -30.0:
+        return math.log(0.5 * math.erfc(-x / SQRT2))
+    x2 = x * x
+    series = 1.0 - 1.0 / x2 + 3.0 / x2**2 - 15.0 / x2**3 + 105.0 / x2**4
+    return -0.5 * x2 - math.log(-x) - LOG_SQRT_2PI + math.log(series)
+
+
+@numba.njit(cache=True)
+def _log_ndtr_diff(a: float, b: float) -> float:
+    """log(Φ(b) - Φ(a)) for a < b, stable in both tails."""
+    if a > 0.0:  # upper tail: Φ(b) - Φ(a) = Φ(-a) - Φ(-b)
+        a, b = -b, -a
+    lb = _log_ndtr(b)
+    la = _log_ndtr(a)
+    d = la - lb
+    if d >= 0.0:
+        return -np.inf
+    return lb + math.log1p(-math.exp(d))
+
+
+@numba.njit(cache=True)
+def _truncated_normal(mu: float, sigma: float, upper: float) -> tuple[float, float, float]:
+    """log mass, mean and variance of N(mu, sigma^2) truncated to [0, upper]."""
+    alpha = -mu / sigma
+    beta = (upper - mu) / sigma
+    log_m = _log_ndtr_diff(alpha, beta)
+    if not math.isfinite(log_m):
+        edge = 0.0 if mu < 0.5 * upper else upper
+        return log_m, edge, 0.0
+    ra = math.exp(-0.5 * alpha * alpha - LOG_SQRT_2PI - log_m)
+    rb = math.exp(-0.5 * beta * beta - LOG_SQRT_2PI - log_m)
+    mean = mu + sigma * (ra - rb)
+    var = sigma * sigma * (1.0 + alpha * ra - beta * rb - (ra - rb) ** 2)
+    return log_m, min(max(mean, 0.0), upper), min(max(var, 0.0), sigma * sigma)
+
+
+@numba.njit(cache=True)
+def _deposit(hist, pos, mass):
+    """Cloud-in-cell deposit of ``mass`` at fractional bin position ``pos`` (bin units)."""
+    x = pos - 0.5
+    k = int(math.floor(x))
+    f = x - k
+    n = hist.shape[0]
+    if 0 <= k < n:
+        hist[k] += (1.0 - f) * mass
+    if 0 <= k + 1 < n:
+        hist[k + 1] += f * mass
+
+
+@numba.njit(cache=True)
+def _weighted_percentiles_cells(mass, centres, half_width, out, k0):
+    """16/50/84 percentiles of a marginal whose grid points are uniform cells."""
+    total = mass.sum()
+    levels = (0.16, 0.5, 0.84)
+    n = mass.shape[0]
+    for li in range(3):
+        target = levels[li] * total
+        cum = 0.0
+        value = centres[n - 1] + half_width
+        for m in range(n):
+            nxt = cum + mass[m]
+            if nxt >= target and mass[m] > 0.0:
+                frac = (target - cum) / mass[m]
+                value = centres[m] - half_width + frac * 2.0 * half_width
+                break
+            cum = nxt
+        out[k0 + li] = value
+
+
+@numba.njit(cache=True)
+def _percentiles_from_density(density, lo, h, out, k0):
+    """16/50/84 percentiles of a density sampled at bin centres lo + (m + 0.5) h."""
+    total = density.sum()
+    levels = (0.16, 0.5, 0.84)
+    n = density.shape[0]
+    for li in range(3):
+        target = levels[li] * total
+        cum = 0.0
+        value = lo + n * h
+        for m in range(n):
+            nxt = cum + density[m]
+            if nxt >= target and density[m] > 0.0:
+                value = lo + (m + (target - cum) / density[m]) * h
+                break
+            cum = nxt
+        out[k0 + li] = value
+
+
+@numba.njit(cache=True)
+def _entropy_bits(mass):
+    total = mass.sum()
+    h = 0.0
+    for m in range(mass.shape[0]):
+        if mass[m] > 0.0:
+            p = mass[m] / total
+            h -= p * math.log2(p)
+    return h
+
+
+@numba.njit(cache=True)
+def _gaussian_smooth(hist, sigma_bins, out):
+    """Convolve ``hist`` with a sampled normalised Gaussian of width sigma_bins (in bins)."""
+    n = hist.shape[0]
+    half = int(math.ceil(4.0 * sigma_bins))
+    if half < 1 or sigma_bins < 0.3:
+        out[:] = hist
+        return
+    kern = np.empty(2 * half + 1)
+    for t in range(-half, half + 1):
+        kern[t + half] = math.exp(-0.5 * (t / sigma_bins) ** 2)
+    kern /= kern.sum()
+    for m in range(n):
+        acc = 0.0
+        for t in range(-half, half + 1):
+            src = m - t
+            if 0 <= src < n:
+                acc += kern[t + half] * hist[src]
+        out[m] = acc
+
+
+@numba.njit(cache=True)
+def _star_kernel(
+    colors,
+    color_errors,
+    r,
+    a_max_in,
+    log_prior,
+    locus_t,
+    mr_index,
+    feh_index,
+    giant,
+    mr_axis,
+    feh_axis,
+    reddening,
+    error_floor,
+    chi2_poor,
+    out,
+    flags_out,
+    i,
+    s_buf,
+    b_buf,
+    lw_buf,
+    work,
+):
+    nc = colors.shape[0]
+    n_points = locus_t.shape[1]
+    n_mr = mr_axis.shape[0]
+    n_feh = feh_axis.shape[0]
+    mr_half = 0.5 * (mr_axis[1] - mr_axis[0]) if n_mr > 1 else 0.0
+    feh_half = 0.5 * (feh_axis[1] - feh_axis[0]) if n_feh > 1 else 0.0
+
+    # per-star whitening: e_k = sqrt(w_k) (c_k - L_jk); u_k = sqrt(w_k) R_k / sqrt(q)
+    sw = work[0, :5]
+    cz = work[0, 5:10]
+    sw[:] = 0.0
+    cz[:] = 0.0
+    q = 0.0
+    n_used = 0
+    for k in range(nc):
+        c = colors[k]
+        e = color_errors[k]
+        if math.isfinite(c) and math.isfinite(e) and e > 0.0:
+            sw[k] = 1.0 / math.sqrt(e * e + error_floor * error_floor)
+            cz[k] = c
+            q += (sw[k] * reddening[k]) ** 2
+            n_used += 1
+    if n_used < nc:
+        flags_out[i] |= 32
+    if not math.isfinite(r):
+        flags_out[i] |= 64
+        return
+    if n_used < 2 or q <= 0.0:
+        flags_out[i] |= 256
+        return
+    sqrt_q = math.sqrt(q)
+    sigma_a = 1.0 / sqrt_q
+    a_max = a_max_in
+
+    # passes 1-2, fused over points (five colour rows; unused colours have zero weight):
+    # S_j = |e|^2, B_j = e.u, and a cheap upper bound of the log weight (no erf)
+    sw0, sw1, sw2, sw3, sw4 = sw[0], sw[1], sw[2], sw[3], sw[4]
+    a0, a1, a2, a3, a4 = (sw[0] * cz[0], sw[1] * cz[1], sw[2] * cz[2], sw[3] * cz[3], sw[4] * cz[4])
+    u0 = sw0 * reddening[0] / sqrt_q
+    u1 = sw1 * reddening[1] / sqrt_q
+    u2 = sw2 * reddening[2] / sqrt_q
+    u3 = sw3 * reddening[3] / sqrt_q
+    u4 = sw4 * reddening[4] / sqrt_q
+    row0, row1, row2, row3, row4 = locus_t[0], locus_t[1], locus_t[2], locus_t[3], locus_t[4]
+    amax_s = a_max * sqrt_q
+    for j in range(n_points):
+        d0 = a0 - sw0 * row0[j]
+        d1 = a1 - sw1 * row1[j]
+        d2 = a2 - sw2 * row2[j]
+        d3 = a3 - sw3 * row3[j]
+        d4 = a4 - sw4 * row4[j]
+        s = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4
+        b = d0 * u0 + d1 * u1 + d2 * u2 + d3 * u3 + d4 * u4
+        s_buf[j] = s
+        b_buf[j] = b
+        below = min(b, 0.0)
+        above = max(b - amax_s, 0.0)
+        lw_buf[j] = log_prior[j] - 0.5 * (s - b * b) - 0.5 * (below * below + above * above)
+    best_j = 0
+    best = lw_buf[0]
+    for j in range(1, n_points):
+        if lw_buf[j] > best:
+            best = lw_buf[j]
+            best_j = j
+    threshold = best - HOPELESS_LOG_WEIGHT
+    best_chi2 = s_buf[best_j] - b_buf[best_j] * b_buf[best_j]
+    best_astar_s = b_buf[best_j]
+
+    # pass 3: exact weights, marginals and moments over the candidate points
+    mr_mass = work[1, :n_mr]
+    feh_mass = work[2, :n_feh]
+    mr_mass[:] = 0.0
+    feh_mass[:] = 0.0
+    # A_r histogram: bins aligned so that 0 and A_max are bin edges, 4 σ_A margins outside
+    h_a = max(min(max(sigma_a / 5.0, 0.0005), 0.02, a_max / 20.0), a_max / 1000.0)
+    n_in = int(math.ceil(a_max / h_a))
+    h_a = a_max / n_in
+    n_margin = min(int(math.ceil(4.0 * sigma_a / h_a)), (MAX_HIST_BINS - n_in) // 2)
+    a_lo = -n_margin * h_a
+    n_a = n_in + 2 * n_margin
+    a_hist = work[3, :n_a]
+    a_hist[:] = 0.0
+    w_tot = 0.0
+    w_giant = 0.0
+    s_mr = 0.0
+    s_mr2 = 0.0
+    s_feh = 0.0
+    s_feh2 = 0.0
+    s_a = 0.0
+    s_a2 = 0.0
+    s_var = 0.0
+    s_q2 = 0.0
+    q_min = np.inf
+    q_max = -np.inf
+    n_cand = 0
+    # per-star table of the truncation over A* in [-6 σ_A, A_max + 6 σ_A]
+    t_lo = -6.0 * sigma_a
+    h_t = max(sigma_a / 8.0, (a_max + 12.0 * sigma_a) / (MAX_TABLE_NODES - 1))
+    n_t = min(int(math.ceil((a_max + 12.0 * sigma_a) / h_t)) + 1, MAX_TABLE_NODES)
+    t_logm = work[8, :n_t]
+    t_mean = work[9, :n_t]
+    t_var = work[10, :n_t]
+    for k in range(n_t):
+        t_logm[k], t_mean[k], t_var[k] = _truncated_normal(t_lo + k * h_t, sigma_a, a_max)
+    for j in range(n_points):
+        if lw_buf[j] < threshold:
+            lw_buf[j] = 0.0  # from here on lw_buf holds candidate weights (> 0)
+            continue
+        chi2min = s_buf[j] - b_buf[j] * b_buf[j]
+        astar = b_buf[j] * sigma_a
+        log_u = log_prior[j] - 0.5 * chi2min - best
+        # truncation mass and truncated-normal moments of A given j: a function of A*_j
+        # alone for this star, so interpolated from the per-star table
+        pos_t = (astar - t_lo) / h_t
+        if 0.0 <= pos_t < n_t - 1:
+            k = int(pos_t)
+            fr = pos_t - k
+            log_m = t_logm[k] + fr * (t_logm[k + 1] - t_logm[k])
+            mean_a = t_mean[k] + fr * (t_mean[k + 1] - t_mean[k])
+            var_a = t_var[k] + fr * (t_var[k + 1] - t_var[k])
+        else:
+            log_m, mean_a, var_a = _truncated_normal(astar, sigma_a, a_max)
+        log_uw = log_u + log_m
+        if log_uw < -700.0:
+            lw_buf[j] = 0.0
+            continue
+        w = math.exp(log_uw)
+        # deposit the untruncated component mass u_j at A*_j for the A_r histogram
+        _deposit(a_hist, (astar - a_lo) / h_a, math.exp(log_u))
+        m = mr_axis[mr_index[j]]
+        f = feh_axis[feh_index[j]]
+        w_tot += w
+        mr_mass[mr_index[j]] += w
+        feh_mass[feh_index[j]] += w
+        if giant[j]:
+            w_giant += w
+        s_mr += w * m
+        s_mr2 += w * m * m
+        s_feh += w * f
+        s_feh2 += w * f * f
+        s_a += w * mean_a
+        s_a2 += w * (var_a + mean_a * mean_a)
+        s_var += w * var_a
+        qv = m + mean_a
+        s_q2 += w * (qv * qv + var_a)
+        lw_buf[j] = w
+        b_buf[j] = qv  # reuse: conditional mean of Q_r for point j
+        q_min = min(q_min, qv)
+        q_max = max(q_max, qv)
+        n_cand += 1
+    if w_tot <= 0.0 or n_cand == 0:
+        flags_out[i] |= 1
+        return
+
+    mean_mr = s_mr / w_tot
+    mean_feh = s_feh / w_tot
+    mean_a = s_a / w_tot
+    out[i, _K_MR] = mean_mr
+    out[i, _K_MR + 1] = math.sqrt(max(s_mr2 / w_tot - mean_mr * mean_mr, 0.0))
+    out[i, _K_FEH] = mean_feh
+    out[i, _K_FEH + 1] = math.sqrt(max(s_feh2 / w_tot - mean_feh * mean_feh, 0.0))
+    out[i, _K_AR] = mean_a
+    var_ar = max(s_a2 / w_tot - mean_a * mean_a, 0.0)
+    out[i, _K_AR + 1] = math.sqrt(var_ar)
+    out[i, _K_QR] = mean_mr + mean_a
+    _weighted_percentiles_cells(mr_mass, mr_axis, mr_half, out[i], _K_MR + 2)
+    _weighted_percentiles_cells(feh_mass, feh_axis, feh_half, out[i], _K_FEH + 2)
+
+    # A_r: histogram of A* convolved with N(0, σ_A^2), restricted to [0, A_max]
+    a_smooth = work[4, :n_a]
+    _gaussian_smooth(a_hist, sigma_a / h_a, a_smooth)
+    m0 = n_margin
+    inside = a_smooth[n_margin : n_margin + n_in]
+    if inside.sum() <= 0.0:
+        # all mass outside: the data want A_r beyond the prior bound
+        inside[:] = 0.0
+        if mean_a > 0.5 * a_max:
+            inside[-1] = 1.0
+        else:
+            inside[0] = 1.0
+    _percentiles_from_density(inside, a_lo + m0 * h_a, h_a, out[i], _K_AR + 2)
+
+    # Q_r = M_r + A_r: conditional means smoothed by the mean conditional A variance and the
+    # M_r cell width
+    sigma_q = math.sqrt(s_var / w_tot)
+    h_q = max(min(max(sigma_q / 4.0, 0.002), 0.02), (q_max - q_min) / 1500.0)
+    q_lo = q_min - 4.0 * sigma_q - mr_half - 2 * h_q
+    q_hi = q_max + 4.0 * sigma_q + mr_half + 2 * h_q
+    n_q = int(math.ceil((q_hi - q_lo) / h_q))
+    if n_q > MAX_HIST_BINS:
+        h_q = (q_hi - q_lo) / MAX_HIST_BINS
+        n_q = MAX_HIST_BINS
+    q_hist = work[5, :n_q]
+    q_hist[:] = 0.0
+    for j in range(n_points):
+        if lw_buf[j] > 0.0:
+            _deposit(q_hist, (b_buf[j] - q_lo) / h_q, lw_buf[j])
+    q_smooth = work[6, :n_q]
+    _gaussian_smooth(q_hist, sigma_q / h_q, q_smooth)
+    # box of the M_r cell width (moving average via cumulative sums)
+    n_box = int(round(2.0 * mr_half / h_q))
+    if n_box > 1:
+        cum = work[7, : n_q + 1]
+        cum[0] = 0.0
+        for m in range(n_q):
+            cum[m + 1] = cum[m] + q_smooth[m]
+        lo_off = n_box // 2
+        for m in range(n_q):
+            a0 = max(m - lo_off, 0)
+            a1 = min(m - lo_off + n_box, n_q)
+            q_smooth[m] = (cum[a1] - cum[a0]) / n_box
+    _percentiles_from_density(q_smooth, q_lo, h_q, out[i], _K_QR + 2)
+    mean_q = mean_mr + mean_a
+    out[i, _K_QR + 1] = math.sqrt(max(s_q2 / w_tot - mean_q * mean_q, 0.0))
+
+    # best fit, entropy drops, branch mass, flags
+    out[i, _K_CHI2] = best_chi2
+    if best_chi2 > chi2_poor:
+        flags_out[i] |= 1
+    if best_astar_s < -1.0 or best_astar_s > amax_s + 1.0:
+        flags_out[i] |= 16
+    out[i, _K_HMR] = math.log2(n_mr) - _entropy_bits(mr_mass)
+    out[i, _K_HFEH] = math.log2(n_feh) - _entropy_bits(feh_mass)
+    m_in = inside.shape[0]
+    out[i, _K_HAR] = math.log2(m_in) - _entropy_bits(inside) if m_in > 1 else 0.0
+    p_giant = w_giant / w_tot
+    out[i, _K_PGIANT] = p_giant
+    if min(p_giant, 1.0 - p_giant) > 0.05:
+        flags_out[i] |= 2
+    if (
+        out[i, _K_FEH + 3] < feh_axis[0] + 3 * feh_half
+        or out[i, _K_FEH + 3] > feh_axis[-1] - 3 * feh_half
+    ):
+        flags_out[i] |= 4
+    if (
+        out[i, _K_MR + 3] < mr_axis[0] + 3 * mr_half
+        or out[i, _K_MR + 3] > mr_axis[-1] - 3 * mr_half
+    ):
+        flags_out[i] |= 8
+
+
+@numba.njit(parallel=True, cache=True)
+def _estimate_all(
+    colors,
+    color_errors,
+    r,
+    a_max,
+    bin_index,
+    log_prior,
+    locus_t,
+    mr_index,
+    feh_index,
+    giant,
+    mr_axis,
+    feh_axis,
+    reddening,
+    error_floor,
+    chi2_poor,
+    out,
+    flags_out,
+    n_chunks,
+):
+    n = colors.shape[0]
+    n_points = locus_t.shape[1]
+    n_chunks = max(min(n, n_chunks), 1)
+    for c in numba.prange(n_chunks):
+        s_buf = np.empty(n_points)
+        b_buf = np.empty(n_points)
+        lw_buf = np.empty(n_points)
+        work = np.empty((11, max(MAX_HIST_BINS + 1, mr_axis.shape[0], feh_axis.shape[0])))
+        start = c * n // n_chunks
+        stop = (c + 1) * n // n_chunks
+        for i in range(start, stop):
+            _star_kernel(
+                colors[i],
+                color_errors[i],
+                r[i],
+                a_max[i],
+                log_prior[bin_index[i]],
+                locus_t,
+                mr_index,
+                feh_index,
+                giant,
+                mr_axis,
+                feh_axis,
+                reddening,
+                error_floor,
+                chi2_poor,
+                out,
+                flags_out,
+                i,
+                s_buf,
+                b_buf,
+                lw_buf,
+                work,
+            )
+
+
+@dataclass
+class PriorGrid:
+    """Log prior over the locus grid per r bin, as the estimator consumes it.
+
+    Attributes
+    ----------
+    log_prior
+        Shape (n_rbins, n_feh, n_mr), natural log of the (unnormalised) prior density.
+    r_centres
+        Centres of the r bins (ascending); each star uses the bin nearest its r.
+    """
+
+    log_prior: np.ndarray
+    r_centres: np.ndarray
+
+    def bin_index(self, r: np.ndarray) -> np.ndarray:
+        """Nearest r bin for each magnitude (clipped at the ends; NaN -> 0)."""
+        r = np.nan_to_num(np.asarray(r, dtype=float), nan=self.r_centres[0])
+        idx = np.searchsorted(self.r_centres, r)
+        idx = np.clip(idx, 1, len(self.r_centres) - 1)
+        left = self.r_centres[idx - 1]
+        right = self.r_centres[idx]
+        return np.where(np.abs(r - left) <= np.abs(right - r), idx - 1, idx).astype(np.int64)
+
+    @classmethod
+    def flat(cls, locus: Locus) -> PriorGrid:
+        """A flat prior in ([Fe/H], M_r)."""
+        return cls(np.zeros((1, *locus.shape)), np.array([0.0]))
+
+    @classmethod
+    def from_prior(cls, prior: Any, locus: Locus) -> PriorGrid:
+        """Adapt a prior map (``photodist.priors.PriorMap`` or PriorGrid) to ``locus``'s grid.
+
+        The prior's density is interpolated (bilinearly, in log) onto the locus grid when the
+        grids differ.
+        """
+        if isinstance(prior, PriorGrid):
+            if prior.log_prior.shape[1:] != locus.shape:
+                raise ValueError(
+                    f"prior grid {prior.log_prior.shape[1:]} does not match locus {locus.shape}"
+                )
+            return prior
+        return cls(prior.log_density_on(locus.feh, locus.mr), np.asarray(prior.r_centres, float))
+
+
+@dataclass
+class BayesConfig:
+    """Settings of the Bayesian estimator.
+
+    Attributes
+    ----------
+    error_floor
+        Added in quadrature to every colour error (mag).
+    default_a_max
+        Upper bound of the flat A_r prior when the catalogue has no dust-map value (mag).
+    dust_scale, dust_offset
+        With a dust-map value A_map: A_max = dust_scale * A_map + dust_offset.
+    chi2_poor
+        Best-fit chi2 above which a star is flagged POOR_FIT (default: the 99.9 % point of a
+        chi2 distribution with as many degrees of freedom as colours).
+    """
+
+    error_floor: float = 0.02
+    default_a_max: float = 3.0
+    dust_scale: float = 1.3
+    dust_offset: float = 0.1
+    chi2_poor: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def a_max_for(photometry: Photometry, config: BayesConfig) -> np.ndarray:
+    """Upper A_r bound per star: from the dust-map column when present, else the default."""
+    n = len(photometry)
+    a_max = np.full(n, float(config.default_a_max))
+    if photometry.dust is not None:
+        dust = photometry.dust
+        ok = np.isfinite(dust)
+        a_max[ok] = config.dust_scale * dust[ok] + config.dust_offset
+    return a_max
+
+
+class BayesEstimator:
+    """Bayesian photo-D estimates of M_r, [Fe/H], A_r, Q_r, DM and distance for each star.
+
+    Parameters
+    ----------
+    locus
+        The stellar locus grid (its grid is the posterior grid; see ``Locus.resample``).
+    prior
+        A prior map for the patch (``PriorGrid`` or ``photodist.priors.PriorMap``), or None
+        for a flat prior (rows flagged NO_PRIOR).
+    config
+        Estimator settings.
+    """
+
+    def __init__(self, locus: Locus, prior: Any = None, config: BayesConfig | None = None):
+        self.locus = locus
+        self.config = config or BayesConfig()
+        self.prior = PriorGrid.flat(locus) if prior is None else PriorGrid.from_prior(prior, locus)
+        self.has_prior = prior is not None
+
+    def _chi2_threshold(self, n_colors: int) -> float:
+        if self.config.chi2_poor is not None:
+            return float(self.config.chi2_poor)
+        from scipy.stats import chi2
+
+        return float(chi2.ppf(0.999, n_colors))
+
+    def predict(self, photometry: Photometry) -> pd.DataFrame:
+        """Posterior summaries for every star (one output row per input row, same order)."""
+        band_set = photometry.band_set
+        locus_colors = self.locus.colors_for(band_set)
+        n_feh, n_mr = self.locus.shape
+        locus_t = np.zeros((5, n_feh * n_mr))
+        locus_t[: band_set.n_colors] = locus_colors.reshape(-1, band_set.n_colors).T
+        feh_index, mr_index = np.divmod(np.arange(n_feh * n_mr), n_mr)
+        n = len(photometry)
+        out = np.full((n, len(OUTPUT_COLUMNS)), np.nan)
+        flags = np.zeros(n, dtype=np.int64)
+        if not self.has_prior:
+            flags |= Flags.NO_PRIOR
+        a_max = a_max_for(photometry, self.config)
+        r = np.where(np.isfinite(photometry.r), photometry.r, np.nan)
+        bins = self.prior.bin_index(r)
+        log_prior = np.ascontiguousarray(
+            self.prior.log_prior.reshape(len(self.prior.r_centres), -1)
+        )
+        if n:
+            _estimate_all(
+                np.ascontiguousarray(photometry.colors, dtype=np.float64),
+                np.ascontiguousarray(photometry.color_errors, dtype=np.float64),
+                r.astype(np.float64),
+                a_max,
+                bins,
+                log_prior,
+                locus_t,
+                mr_index.astype(np.int64),
+                feh_index.astype(np.int64),
+                self.locus.giant.ravel().copy(),
+                self.locus.mr.astype(np.float64),
+                self.locus.feh.astype(np.float64),
+                np.pad(band_set.reddening_vector(), (0, 5 - band_set.n_colors)),
+                float(self.config.error_floor),
+                self._chi2_threshold(band_set.n_colors),
+                out,
+                flags,
+                8 * numba.get_num_threads(),
+            )
+        frame = pd.DataFrame(out, columns=OUTPUT_COLUMNS)
+        frame["Ar_max"] = a_max
+        _fill_distance_columns(frame, r)
+        frame["flags"] = flags
+        return frame
+
+
+def _fill_distance_columns(frame: pd.DataFrame, r: np.ndarray) -> None:
+    """DM = r - Q_r (percentiles from the Q_r posterior) and distance in pc."""
+    frame["DM_mean"] = r - frame["Qr_mean"]
+    frame["DM_std"] = frame["Qr_std"]
+    frame["DM_p16"] = r - frame["Qr_p84"]
+    frame["DM_p50"] = r - frame["Qr_p50"]
+    frame["DM_p84"] = r - frame["Qr_p16"]
+    for level in ("p16", "p50", "p84"):
+        frame[f"dist_{level}"] = 10.0 ** (0.2 * frame[f"DM_{level}"] + 1.0)
+
+
+def brute_force_posterior(
+    photometry: Photometry,
+    index: int,
+    locus: Locus,
+    prior: PriorGrid | None = None,
+    config: BayesConfig | None = None,
+    a_step: float = 0.0025,
+) -> dict[str, Any]:
+    """Reference posterior of one star on an explicit A_r grid (for tests and plots).
+
+    Evaluates exp(-chi2/2) x prior on every (locus point, A_r node) pair, A_r nodes at the
+    centres of cells of width ``a_step`` covering [0, A_max]. Returns the marginals
+    (``Mr``, ``FeH``, ``Ar`` as (values, mass) pairs), and 16/50/84 percentiles of M_r, [Fe/H],
+    A_r and Q_r with the same cell conventions as :class:`BayesEstimator`.
+    """
+    config = config or BayesConfig()
+    prior = prior or PriorGrid.flat(locus)
+    band_set = photometry.band_set
+    colors = photometry.colors[index]
+    errors = photometry.color_errors[index]
+    used = np.isfinite(colors) & np.isfinite(errors) & (errors > 0)
+    w = 1.0 / (errors[used] ** 2 + config.error_floor**2)
+    red = band_set.reddening_vector()[used]
+    lc = locus.colors_for(band_set).reshape(-1, band_set.n_colors)[:, used]
+    a_max = a_max_for(photometry.subset(np.array([index])), config)[0]
+    n_a = max(int(np.ceil(a_max / a_step)), 1)
+    a_nodes = (np.arange(n_a) + 0.5) * (a_max / n_a)
+    log_p = prior.log_prior[prior.bin_index(np.array([photometry.r[index]]))[0]].ravel()
+    resid = colors[used][None, None, :] - lc[:, None, :] - a_nodes[None, :, None] * red
+    log_post = log_p[:, None] - 0.5 * (resid**2 * w).sum(-1)
+    post = np.exp(log_post - log_post.max())
+    post /= post.sum()
+    n_feh, n_mr = locus.shape
+    joint = post.reshape(n_feh, n_mr, n_a)
+    mr_mass = joint.sum(axis=(0, 2))
+    feh_mass = joint.sum(axis=(1, 2))
+    a_mass = joint.sum(axis=(0, 1))
+
+    def cell_percentiles(values: np.ndarray, mass: np.ndarray, width: float) -> np.ndarray:
+        edges = np.concatenate([values - width / 2, [values[-1] + width / 2]])
+        cdf = np.concatenate([[0.0], np.cumsum(mass)])
+        return np.interp([0.16, 0.5, 0.84], cdf, edges)
+
+    # Q_r: each (point, node) pair is a uniform cell of the M_r step (and the A step)
+    mr_step = locus.mr_step
+    q_values = np.broadcast_to(
+        locus.mr[None, :, None] + a_nodes[None, None, :], joint.shape
+    ).ravel()
+    q_mass = joint.ravel()
+    h = min(a_max / n_a, mr_step) / 2
+    lo = q_values.min() - mr_step
+    n_q = int(np.ceil((q_values.max() + mr_step - lo) / h))
+    hist = np.bincount(((q_values - lo) / h).astype(int), weights=q_mass, minlength=n_q)
+    box = max(int(round(mr_step / h)), 1)
+    hist = np.convolve(hist, np.ones(box) / box, mode="same")
+    q_edges = lo + np.arange(n_q + 1) * h
+    q_cdf = np.concatenate([[0.0], np.cumsum(hist[:n_q])])
+    q_cdf /= q_cdf[-1]
+    return {
+        "Mr": (locus.mr, mr_mass),
+        "FeH": (locus.feh, feh_mass),
+        "Ar": (a_nodes, a_mass),
+        "Mr_percentiles": cell_percentiles(locus.mr, mr_mass, mr_step),
+        "FeH_percentiles": cell_percentiles(locus.feh, feh_mass, locus.feh_step),
+        "Ar_percentiles": cell_percentiles(a_nodes, a_mass, a_max / n_a),
+        "Qr_percentiles": np.interp([0.16, 0.5, 0.84], q_cdf, q_edges),
+        "Mr_mean": float((locus.mr * mr_mass).sum()),
+        "FeH_mean": float((locus.feh * feh_mass).sum()),
+        "Ar_mean": float((a_nodes * a_mass).sum()),
+    }

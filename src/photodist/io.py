@@ -1,0 +1,863 @@
+"""Catalogue input and output: Parquet (file or directory), HATS, CSV and FITS tables.
+
+Reading is streamable with bounded memory (:func:`iter_catalog_batches`); numeric columns come
+back as plain numpy ``float64`` / ``int64`` so downstream numpy code works. Every input problem
+raises :class:`CatalogError` with a one-line message naming the file. Writing is atomic: data go
+to a hidden temporary file in the destination directory, which is renamed into place only once
+complete, so a failure never leaves a partial output behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "AtomicParquetWriter",
+    "CatalogError",
+    "check_output_path",
+    "count_rows",
+    "detect_format",
+    "hats_partitions",
+    "iter_catalog_batches",
+    "read_catalog",
+    "write_table",
+]
+
+PathLike = str | os.PathLike[str]
+
+PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+CSV_SUFFIXES = (".csv",)
+FITS_SUFFIXES = (".fits", ".fit", ".fts")
+#: Compression suffixes understood after a CSV or FITS suffix, e.g. ``stars.csv.gz``.
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+#: Index columns pandas stores in Parquet files; they carry no catalogue data.
+_PANDAS_INDEX_COLUMN = re.compile(r"__index_level_\d+__")
+
+
+class CatalogError(ValueError):
+    """A catalogue cannot be read: missing, empty, corrupted, unknown format or not a table."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """First non-empty line of an exception message (library messages can span lines)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Format detection
+# --------------------------------------------------------------------------------------------
+
+
+def _file_format(path: Path) -> str | None:
+    """Format implied by a file name's suffixes, or ``None`` when unknown."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        suffixes = suffixes[:-1]
+    last = suffixes[-1] if suffixes else ""
+    if last in PARQUET_SUFFIXES and path.suffix.lower() == last:
+        return "parquet"
+    if last in CSV_SUFFIXES:
+        return "csv"
+    if last in FITS_SUFFIXES:
+        return "fits"
+    return None
+
+
+def _is_hats_dir(path: Path) -> bool:
+    if any((path / name).is_file() for name in ("properties", "hats.properties")):
+        return True
+    if (path / "collection.properties").is_file():
+        return True
+    return any(p.is_dir() for p in (path / "dataset").glob("Norder=*")) or any(
+        p.is_dir() for p in path.glob("Norder=*")
+    )
+
+
+def _natural_key(text: str) -> list[Any]:
+    """Sort key putting ``part.2`` before ``part.10``."""
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]
+
+
+def _parquet_files(root: Path) -> list[Path]:
+    """Parquet files under a directory, in natural path order, skipping hidden/``_`` entries."""
+    found = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if any(part.startswith((".", "_")) for part in rel.parts):
+            continue
+        if p.suffix.lower() in PARQUET_SUFFIXES and p.is_file():
+            found.append(p)
+    return sorted(found, key=lambda p: _natural_key(p.relative_to(root).as_posix()))
+
+
+def detect_format(path: PathLike) -> str:
+    """Return the catalogue format of ``path``: ``"parquet"``, ``"hats"``, ``"csv"`` or ``"fits"``.
+
+    A directory holding a HATS ``properties`` file or ``dataset/Norder=*`` folders is HATS; any
+    other directory containing ``.parquet`` files is a Parquet dataset. Files are recognised by
+    suffix, or by their magic bytes when the suffix is unknown.
+
+    Raises
+    ------
+    CatalogError
+        If the path is missing or its format cannot be recognised.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CatalogError(f"{p}: no such file or directory")
+    if p.is_dir():
+        if _is_hats_dir(p):
+            return "hats"
+        if _parquet_files(p):
+            return "parquet"
+        raise CatalogError(f"{p}: directory holds neither a HATS catalogue nor Parquet files")
+    if not p.is_file():
+        raise CatalogError(f"{p}: not a regular file or directory")
+    fmt = _file_format(p)
+    if fmt is not None:
+        return fmt
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(9)
+    except OSError as exc:
+        raise CatalogError(f"{p}: cannot read file: {_one_line(exc)}") from exc
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"SIMPLE  ="):
+        return "fits"
+    raise CatalogError(
+        f"{p}: unknown catalogue format (expected .parquet, .csv, .fits or a HATS directory)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# HATS
+# --------------------------------------------------------------------------------------------
+
+
+def _hats_partitions_via_hats(root: Path) -> list[tuple[int, int, Path]] | None:
+    """Partitions listed by the catalogue's metadata, or ``None`` when hats cannot read it."""
+    try:
+        import hats
+        from hats.io import paths
+    except ImportError:
+        return None
+    try:
+        catalog = hats.read_hats(root, read_moc=False)
+    except Exception:  # any unreadable metadata: fall back to the directory layout
+        return None
+    catalog = getattr(catalog, "main_catalog", catalog)  # a collection: use its main catalogue
+    if not hasattr(catalog, "get_healpix_pixels"):
+        return None
+    suffix = getattr(catalog.catalog_info, "npix_suffix", ".parquet")
+    return [
+        (
+            int(pixel.order),
+            int(pixel.pixel),
+            Path(
+                str(paths.pixel_catalog_file(catalog.catalog_base_dir, pixel, npix_suffix=suffix))
+            ),
+        )
+        for pixel in catalog.get_healpix_pixels()
+    ]
+
+
+def _hats_partitions_by_glob(root: Path) -> list[tuple[int, int, Path]]:
+    base = root / "dataset" if (root / "dataset").is_dir() else root
+    pattern = re.compile(r"Npix=(\d+)")
+    found = []
+    for order_dir in base.glob("Norder=*"):
+        order = int(order_dir.name.split("=", 1)[1])
+        for item in order_dir.glob("Dir=*/Npix=*"):
+            match = pattern.match(item.name)
+            if match and (item.is_dir() or item.suffix.lower() in PARQUET_SUFFIXES):
+                found.append((order, int(match.group(1)), item))
+    return sorted(found, key=lambda t: (t[0], t[1]))
+
+
+def hats_partitions(path: PathLike) -> list[tuple[int, int, Path]]:
+    """List the partitions of a HATS catalogue as ``(order, pixel, parquet_path)``.
+
+    The order is the catalogue's own partition listing (read with ``hats``); if that fails, the
+    ``dataset/Norder=*/Dir=*/Npix=*.parquet`` files sorted by order and pixel. A partition stored
+    as a directory of Parquet files (``npix_suffix = /``) is returned as that directory.
+
+    Raises
+    ------
+    CatalogError
+        If ``path`` is not a HATS catalogue, has no partitions or lists a missing partition.
+    """
+    root = Path(path)
+    if detect_format(root) != "hats":
+        raise CatalogError(f"{root}: not a HATS catalogue")
+    parts = _hats_partitions_via_hats(root)
+    if parts is None:
+        parts = _hats_partitions_by_glob(root)
+    if not parts:
+        raise CatalogError(f"{root}: HATS catalogue has no partitions")
+    missing = [str(p) for _, _, p in parts if not p.exists()]
+    if missing:
+        raise CatalogError(
+            f"{root}: {len(missing)} listed partition(s) missing on disk, e.g. {missing[0]}"
+        )
+    return parts
+
+
+def _hats_files(root: Path) -> list[Path]:
+    files: list[Path] = []
+    for _, _, part in hats_partitions(root):
+        files.extend(_parquet_files(part) if part.is_dir() else [part])
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# Conversions
+# --------------------------------------------------------------------------------------------
+
+
+def _plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Convert numeric columns to native numpy ``float64`` / ``int64`` (in place).
+
+    Integer columns with missing values become ``float64`` with NaN; ``uint64`` stays as is;
+    strings and other types are left alone.
+    """
+    for i, dtype in enumerate(frame.dtypes):
+        col = frame.iloc[:, i]
+        target: np.dtype | None = None
+        na_value: Any = None
+        if isinstance(dtype, np.dtype):
+            if dtype.kind == "f" and dtype != np.float64:
+                target = np.dtype(np.float64)
+            elif dtype.kind == "i" and dtype != np.int64:
+                target = np.dtype(np.int64)
+            elif dtype.kind == "u" and dtype.itemsize < 8:
+                target = np.dtype(np.int64)
+            elif dtype.kind in "biufc" and not dtype.isnative:
+                target = dtype.newbyteorder("=")
+        elif pd.api.types.is_bool_dtype(dtype):
+            if not col.hasnans:
+                target = np.dtype(bool)
+        elif pd.api.types.is_float_dtype(dtype):
+            target, na_value = np.dtype(np.float64), np.nan
+        elif pd.api.types.is_integer_dtype(dtype):
+            if col.hasnans:
+                target, na_value = np.dtype(np.float64), np.nan
+            elif pd.api.types.is_unsigned_integer_dtype(dtype) and dtype.itemsize >= 8:
+                target = np.dtype(np.uint64)
+            else:
+                target = np.dtype(np.int64)
+        if target is not None:
+            if isinstance(dtype, np.dtype):
+                values = col.to_numpy().astype(target)
+            else:
+                values = col.to_numpy(dtype=target, na_value=na_value)
+            frame.isetitem(i, values)
+    return frame
+
+
+def _arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
+    """Arrow table to a pandas frame with numpy dtypes, ignoring stored pandas index metadata."""
+    drop = [name for name in table.column_names if _PANDAS_INDEX_COLUMN.fullmatch(name)]
+    if drop:
+        table = table.drop_columns(drop)
+    return table.to_pandas(ignore_metadata=True)
+
+
+def _check_columns(path: Path, available: Sequence[str], columns: list[str] | None) -> None:
+    if columns is None:
+        return
+    present = set(available)
+    missing = [c for c in columns if c not in present]
+    if missing:
+        shown = ", ".join(list(available)[:20]) + (", ..." if len(available) > 20 else "")
+        raise CatalogError(f"{path}: missing column(s) {missing}; available: {shown}")
+
+
+def _normalise_columns(columns: Sequence[str] | str | None) -> list[str] | None:
+    if columns is None:
+        return None
+    return [columns] if isinstance(columns, str) else list(columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Readers: each yields at least one (possibly empty) frame, so callers always see the columns.
+# ``batch_size=None`` means "everything in one frame".
+# --------------------------------------------------------------------------------------------
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch], size: int | None) -> Iterator[pa.Table]:
+    """Regroup record batches into tables of exactly ``size`` rows (the last may be shorter)."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        count += batch.num_rows
+        while size is not None and count >= size:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, size)
+            rest = table.slice(size)
+            pending, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending)
+
+
+def _partition_keys(root: Path, file: Path) -> dict[str, str]:
+    """Hive ``key=value`` folder names between ``root`` and ``file``."""
+    keys = {}
+    for part in file.relative_to(root).parts[:-1]:
+        key, sep, value = part.partition("=")
+        if sep and key:
+            keys[unquote(key)] = unquote(value)
+    return keys
+
+
+def _partition_array(values: list[str | None]) -> pa.Array:
+    """Typed array of hive partition values: int64, else float64, else string."""
+    for kind in (pa.int64(), pa.float64()):
+        try:
+            return pa.array(values, pa.string()).cast(kind)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    return pa.array(values, pa.string())
+
+
+class _ParquetSource:
+    """The Parquet files of a catalogue (single file, directory dataset or HATS partitions).
+
+    Files are read one at a time with ``ParquetFile.iter_batches`` (no pre-buffering), which
+    keeps memory to about one row group plus one batch. The first file's schema is the
+    catalogue's schema; hive ``key=value`` folders of a directory dataset add columns.
+    """
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path = path
+        if fmt == "hats":
+            self.files = _hats_files(path)
+            keys: list[dict[str, str]] = [{} for _ in self.files]
+        elif path.is_dir():
+            self.files = _parquet_files(path)
+            keys = [_partition_keys(path, f) for f in self.files]
+        else:
+            self.files, keys = [path], [{}]
+        if not self.files:
+            raise CatalogError(f"{path}: no Parquet files found")
+        with self._open(self.files[0]) as first:
+            physical = first.schema_arrow
+        names = [n for n in physical.names if not _PANDAS_INDEX_COLUMN.fullmatch(n)]
+        key_names = [k for k in dict.fromkeys(k for d in keys for k in d) if k not in names]
+        # one typed value per file and partition key (None where a file lacks the key)
+        self.keys: dict[str, pa.Array] = {
+            k: _partition_array([d.get(k) for d in keys]) for k in key_names
+        }
+        fields = [physical.field(n) for n in names]
+        fields += [pa.field(k, arr.type) for k, arr in self.keys.items()]
+        self.schema = pa.schema(fields)
+
+    def _open(self, file: Path) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(file, pre_buffer=False)
+        except (pa.ArrowException, OSError) as exc:
+            where = f"{self.path}" if file == self.path else f"{self.path}: file {file}"
+            raise CatalogError(f"{where}: not a readable Parquet file: {_one_line(exc)}") from exc
+
+    def _error(self, file: Path, exc: BaseException) -> CatalogError:
+        where = f"{self.path}" if file == self.path else f"{self.path}: file {file}"
+        return CatalogError(f"{where}: corrupted or unreadable Parquet data: {_one_line(exc)}")
+
+    def count_rows(self) -> int:
+        total = 0
+        for file in self.files:
+            with self._open(file) as handle:
+                total += handle.metadata.num_rows
+        return total
+
+    def record_batches(self, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+        """Record batches of ``columns`` (cast to the catalogue schema), file after file."""
+        target = pa.schema([self.schema.field(c) for c in columns])
+        for i, file in enumerate(self.files):
+            with self._open(file) as handle:
+                present = set(handle.schema_arrow.names)
+                physical = [c for c in columns if c not in self.keys]
+                missing = [c for c in physical if c not in present]
+                if missing:
+                    raise CatalogError(f"{self.path}: file {file} lacks column(s) {missing}")
+                try:
+                    for batch in handle.iter_batches(batch_size=batch_size, columns=physical):
+                        n = batch.num_rows
+                        arrays = [
+                            pa.repeat(self.keys[c][i], n) if c in self.keys else batch.column(c)
+                            for c in columns
+                        ]
+                        yield pa.RecordBatch.from_arrays(
+                            [self._cast(file, a, f) for a, f in zip(arrays, target, strict=True)],
+                            schema=target,
+                        )
+                except (pa.ArrowException, OSError) as exc:
+                    raise self._error(file, exc) from exc
+
+    def _cast(self, file: Path, array: pa.Array, field: pa.Field) -> pa.Array:
+        if array.type == field.type:
+            return array
+        try:
+            return array.cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise CatalogError(
+                f"{self.path}: file {file} column {field.name!r} has type {array.type}, "
+                f"not {field.type} as in the first file"
+            ) from exc
+
+
+def _read_parquet(
+    path: Path, fmt: str, batch_size: int | None, columns: list[str] | None
+) -> Iterator[pd.DataFrame]:
+    source = _ParquetSource(path, fmt)
+    _check_columns(path, source.schema.names, columns)
+    wanted = columns if columns is not None else source.schema.names
+    batches = source.record_batches(wanted, min(batch_size or 1 << 16, 1 << 16))
+    empty = True
+    for table in _rebatch(batches, batch_size):
+        empty = False
+        yield _arrow_to_pandas(table)
+    if empty:
+        yield _arrow_to_pandas(pa.schema([source.schema.field(c) for c in wanted]).empty_table())
+
+
+def _read_csv(
+    path: Path, batch_size: int | None, columns: list[str] | None
+) -> Iterator[pd.DataFrame]:
+    try:
+        header = pd.read_csv(path, nrows=0)
+        _check_columns(path, [str(c) for c in header.columns], columns)
+        if batch_size is None:
+            frame = pd.read_csv(path, usecols=columns)
+            yield frame if columns is None else frame[columns]
+            return
+        empty = True
+        with pd.read_csv(path, usecols=columns, chunksize=batch_size) as reader:
+            for chunk in reader:
+                empty = False
+                yield chunk if columns is None else chunk[columns]
+        if empty:
+            yield header if columns is None else header[columns]
+    except pd.errors.EmptyDataError as exc:
+        raise CatalogError(f"{path}: empty CSV file (no header line)") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise CatalogError(f"{path}: cannot parse CSV: {_one_line(exc)}") from exc
+
+
+def _fits_table_hdu(hdul: Any, path: Path) -> Any:
+    from astropy.io import fits
+
+    with warnings.catch_warnings():  # astropy only warns about a truncated file: make it fail
+        warnings.filterwarnings("error", message="(?s).*(truncated|corrupted)")
+        try:
+            for hdu in hdul:
+                if isinstance(hdu, fits.BinTableHDU | fits.TableHDU) and not isinstance(
+                    hdu, fits.CompImageHDU
+                ):
+                    return hdu
+        except (OSError, ValueError, Warning) as exc:
+            raise CatalogError(
+                f"{path}: corrupted or truncated FITS file: {_one_line(exc)}"
+            ) from exc
+    raise CatalogError(f"{path}: FITS file has no table HDU (only images or headers)")
+
+
+def _fits_column(values: Any, null: Any) -> Any:
+    """One FITS column slice as a 1-d array; vector cells become an object column."""
+    arr = np.asarray(values)
+    if arr.ndim > 1 or arr.dtype == object:
+        return list(arr)
+    if arr.dtype.kind == "S":
+        return np.char.decode(arr, "ascii", errors="replace")
+    if null is not None and arr.dtype.kind in "iu":
+        try:
+            mask = arr == int(null)
+        except (TypeError, ValueError):
+            mask = None
+        if mask is not None and mask.any():
+            arr = arr.astype(np.float64)
+            arr[mask] = np.nan
+    return arr
+
+
+def _read_fits(
+    path: Path, batch_size: int | None, columns: list[str] | None
+) -> Iterator[pd.DataFrame]:
+    from astropy.io import fits
+
+    try:
+        hdul = fits.open(path, memmap=True, mode="readonly")
+    except (OSError, ValueError, TypeError) as exc:
+        raise CatalogError(f"{path}: not a readable FITS file: {_one_line(exc)}") from exc
+    with hdul:
+        hdu = _fits_table_hdu(hdul, path)
+        fcols = hdu.columns
+        _check_columns(path, fcols.names, columns)
+        names = columns if columns is not None else list(fcols.names)
+        nulls = {c.name: c.null for c in fcols}
+        nrows = int(hdu.header.get("NAXIS2", 0))
+        step = max(nrows, 1) if batch_size is None else batch_size
+        try:
+            data = hdu.data
+            if data is None:
+                yield pd.DataFrame({n: [] for n in names})
+                return
+            for start in range(0, max(nrows, 1), step):
+                chunk = data[start : start + step]
+                yield pd.DataFrame({n: _fits_column(chunk.field(n), nulls[n]) for n in names})
+        except (OSError, ValueError, TypeError, IndexError) as exc:
+            raise CatalogError(
+                f"{path}: corrupted or truncated FITS table: {_one_line(exc)}"
+            ) from exc
+
+
+def _batches(
+    path: PathLike, batch_size: int | None, columns: Sequence[str] | str | None
+) -> Iterator[pd.DataFrame]:
+    p = Path(path)
+    fmt = detect_format(p)
+    if p.is_file() and p.stat().st_size == 0:
+        raise CatalogError(f"{p}: file is empty (0 bytes)")
+    cols = _normalise_columns(columns)
+    if fmt in ("parquet", "hats"):
+        frames = _read_parquet(p, fmt, batch_size, cols)
+    elif fmt == "csv":
+        frames = _read_csv(p, batch_size, cols)
+    else:
+        frames = _read_fits(p, batch_size, cols)
+    offset = 0
+    for frame in frames:
+        frame = _plain_dtypes(frame)
+        frame.index = pd.RangeIndex(offset, offset + len(frame))
+        offset += len(frame)
+        yield frame
+
+
+def iter_catalog_batches(
+    path: PathLike, batch_size: int = 1_000_000, columns: Sequence[str] | None = None
+) -> Iterator[pd.DataFrame]:
+    """Stream a catalogue as DataFrames of ``batch_size`` rows (the last may be shorter).
+
+    Memory stays bounded by a few batches whatever the catalogue size. Batch indexes continue
+    one another, so ``pd.concat(batches)`` equals :func:`read_catalog`. An empty catalogue
+    yields one empty frame with the columns.
+
+    Raises
+    ------
+    CatalogError
+        For a missing, empty, corrupted or unrecognised catalogue, or a missing column.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    frames = _batches(path, batch_size, columns)
+    first = next(frames)  # fail now, not at the caller's first iteration, on a bad input
+
+    def stream() -> Iterator[pd.DataFrame]:
+        try:
+            yield first
+            yield from frames
+        finally:
+            frames.close()
+
+    return stream()
+
+
+def read_catalog(path: PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a whole catalogue (Parquet file/directory, HATS, CSV or FITS) into one DataFrame.
+
+    Numeric columns are numpy ``float64`` / ``int64``; rows keep file order (HATS: partition
+    order as listed by the catalogue, then row order); the index is a ``RangeIndex``.
+
+    Raises
+    ------
+    CatalogError
+        For a missing, empty, corrupted or unrecognised catalogue, or a missing column.
+    """
+    frames = list(_batches(path, None, columns))
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True)
+
+
+def count_rows(path: PathLike) -> int:
+    """Number of rows in a catalogue, from metadata where the format allows (Parquet, HATS, FITS).
+
+    CSV files are scanned in chunks (one column parsed).
+    """
+    p = Path(path)
+    fmt = detect_format(p)
+    if p.is_file() and p.stat().st_size == 0:
+        raise CatalogError(f"{p}: file is empty (0 bytes)")
+    if fmt in ("parquet", "hats"):
+        return _ParquetSource(p, fmt).count_rows()
+    if fmt == "fits":
+        from astropy.io import fits
+
+        try:
+            with fits.open(p, memmap=True, mode="readonly") as hdul:
+                return int(_fits_table_hdu(hdul, p).header.get("NAXIS2", 0))
+        except (OSError, ValueError, TypeError) as exc:
+            if isinstance(exc, CatalogError):
+                raise
+            raise CatalogError(f"{p}: not a readable FITS file: {_one_line(exc)}") from exc
+    try:
+        with pd.read_csv(p, usecols=[0], chunksize=1 << 20) as reader:
+            return sum(len(chunk) for chunk in reader)
+    except pd.errors.EmptyDataError as exc:
+        raise CatalogError(f"{p}: empty CSV file (no header line)") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise CatalogError(f"{p}: cannot parse CSV: {_one_line(exc)}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writing
+# --------------------------------------------------------------------------------------------
+
+
+def _output_format(path: Path) -> str:
+    fmt = _file_format(path)
+    if fmt is None:
+        raise CatalogError(f"{path}: unsupported output format (use .parquet, .csv or .fits)")
+    if fmt == "parquet" and path.suffix.lower() not in PARQUET_SUFFIXES:
+        raise CatalogError(f"{path}: compressed Parquet names are not supported; use .parquet")
+    return fmt
+
+
+def _prepare_output(path: PathLike, overwrite: bool) -> Path:
+    """Check the destination and create its missing parent directories."""
+    final = Path(path)
+    if final.is_dir():
+        raise FileExistsError(f"{final} is a directory; refusing to replace it")
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists; use --overwrite to replace it")
+    parent = final.parent
+    ancestor = parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(f"cannot write {final}: {ancestor} is a file, not a directory")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except PermissionError as exc:
+        raise PermissionError(
+            f"cannot write {final}: no permission to create directory {parent}"
+        ) from exc
+    return final
+
+
+def _reserve_temp(final: Path) -> Path:
+    """Create an empty hidden temporary file next to ``final`` (same suffixes, umask honoured)."""
+    tmp = final.with_name(f".tmp-{secrets.token_hex(6)}-{final.name}")
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except PermissionError as exc:
+        raise PermissionError(
+            f"cannot write {final}: directory {final.parent} is not writable"
+        ) from exc
+    except OSError as exc:
+        raise OSError(f"cannot write {final}: {_one_line(exc)}") from exc
+    os.close(fd)
+    return tmp
+
+
+def _commit(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Flush ``tmp`` to disk and move it onto ``final``."""
+    with open(tmp, "ab") as fh:
+        os.fsync(fh.fileno())
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists; use --overwrite to replace it")
+    os.replace(tmp, final)
+
+
+def check_output_path(path: PathLike, overwrite: bool = False) -> Path:
+    """Check, before any long computation, that :func:`write_table` could write ``path``.
+
+    Validates the suffix, refuses an existing file unless ``overwrite``, creates missing parent
+    directories and tries creating (then removes) a temporary file there.
+
+    Raises
+    ------
+    FileExistsError, PermissionError, NotADirectoryError, CatalogError
+        As :func:`write_table` would.
+    """
+    final = Path(path)
+    _output_format(final)
+    final = _prepare_output(final, overwrite)
+    _reserve_temp(final).unlink()
+    return final
+
+
+def _frame_for_output(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep a meaningful index as columns; drop a plain unnamed ``RangeIndex``."""
+    index = frame.index
+    if isinstance(index, pd.RangeIndex) and index.name is None:
+        return frame
+    return frame.reset_index()
+
+
+def write_table(frame: pd.DataFrame, path: PathLike, overwrite: bool = False) -> Path:
+    """Write ``frame`` atomically as Parquet, CSV or FITS, chosen by the suffix of ``path``.
+
+    The data go to a hidden temporary file in the same directory, renamed onto ``path`` only
+    when complete. Missing parent directories are created. A named or non-range index is
+    written as columns. FITS cannot store missing strings; they are written as empty strings.
+
+    Returns
+    -------
+    Path
+        The written path.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is false.
+    PermissionError, NotADirectoryError
+        If the destination directory cannot be written.
+    CatalogError
+        If the suffix is not a supported output format.
+    """
+    final = Path(path)
+    fmt = _output_format(final)
+    final = _prepare_output(final, overwrite)
+    data = _frame_for_output(frame)
+    tmp = _reserve_temp(final)
+    try:
+        if fmt == "parquet":
+            data.to_parquet(tmp, engine="pyarrow", index=False)
+        elif fmt == "csv":
+            data.to_csv(tmp, index=False)
+        else:
+            from astropy.table import Table
+
+            Table.from_pandas(data, index=False).write(tmp, format="fits", overwrite=True)
+        _commit(tmp, final, overwrite)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+class AtomicParquetWriter:
+    """Write a Parquet file incrementally and atomically.
+
+    Batches (``pyarrow.RecordBatch``, ``pyarrow.Table`` or ``pandas.DataFrame``) go to a hidden
+    temporary file next to ``path``; it is renamed onto ``path`` when the ``with`` block exits
+    normally and removed if it raises. The schema is ``schema`` or that of the first batch;
+    every batch must have the same column names (any order) and is cast to it.
+    ``rows_written`` counts the rows so far.
+
+    Examples
+    --------
+    >>> with AtomicParquetWriter("out.parquet") as writer:  # doctest: +SKIP
+    ...     for batch in iter_catalog_batches("in.parquet"):
+    ...         writer.write(batch)
+    """
+
+    def __init__(
+        self, path: PathLike, schema: pa.Schema | None = None, overwrite: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self.schema = schema
+        self.overwrite = overwrite
+        self.rows_written = 0
+        self._tmp: Path | None = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> AtomicParquetWriter:
+        if self.path.suffix.lower() not in PARQUET_SUFFIXES:
+            raise CatalogError(f"{self.path}: output name must end in .parquet")
+        final = _prepare_output(self.path, self.overwrite)
+        self._tmp = _reserve_temp(final)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _as_table(self, data: pa.RecordBatch | pa.Table | pd.DataFrame) -> pa.Table:
+        if isinstance(data, pd.DataFrame):
+            return pa.Table.from_pandas(_frame_for_output(data), preserve_index=False)
+        if isinstance(data, pa.RecordBatch):
+            return pa.Table.from_batches([data])
+        if isinstance(data, pa.Table):
+            return data
+        raise TypeError(f"cannot write {type(data).__name__}; expected a DataFrame or Arrow data")
+
+    def write(self, data: pa.RecordBatch | pa.Table | pd.DataFrame) -> None:
+        """Append a batch of rows."""
+        if self._tmp is None:
+            raise RuntimeError("AtomicParquetWriter must be used as a context manager")
+        table = self._as_table(data)
+        if self.schema is None:
+            self.schema = table.schema
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, self.schema)
+        if sorted(table.column_names) != sorted(self.schema.names):
+            missing = sorted(set(self.schema.names) - set(table.column_names))
+            extra = sorted(set(table.column_names) - set(self.schema.names))
+            raise ValueError(
+                f"{self.path}: batch columns do not match the output schema "
+                f"(missing {missing}, unexpected {extra})"
+            )
+        try:
+            table = table.select(self.schema.names).cast(self.schema)
+        except pa.ArrowException as exc:
+            raise ValueError(
+                f"{self.path}: batch does not match the output schema: {_one_line(exc)}"
+            ) from exc
+        self._writer.write_table(table)
+        self.rows_written += table.num_rows
+
+    def close(self) -> None:
+        """Finish the file and move it into place (called on normal exit of the block)."""
+        if self._tmp is None:
+            return
+        try:
+            if self._writer is None:  # nothing written: still produce a valid (empty) file
+                self._writer = pq.ParquetWriter(self._tmp, self.schema or pa.schema([]))
+            self._writer.close()
+            _commit(self._tmp, self.path, self.overwrite)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            self._writer = None
+            self._tmp = None
+
+    def abort(self) -> None:
+        """Discard everything written; no file is left behind."""
+        if self._tmp is None:
+            return
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+            self._writer = None
+            self._tmp = None

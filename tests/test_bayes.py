@@ -1,0 +1,153 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from photodist.bands import LSST, SDSS, Photometry, photometry_from_frame
+from photodist.bayes import (
+    BayesConfig,
+    BayesEstimator,
+    Flags,
+    PriorGrid,
+    brute_force_posterior,
+)
+from photodist.locus import build_locus
+
+
+@pytest.fixture(scope="module")
+def coarse_locus():
+    return build_locus(feh_step=0.1, mr_step=0.1)
+
+
+def _stars(locus, band_set, n, seed, err_range=(0.002, 0.1), a_range=(0.0, 0.3), ar_map=0.25):
+    rng = np.random.default_rng(seed)
+    fi = rng.integers(0, locus.shape[0], n)
+    mi = rng.integers(0, locus.shape[1], n)
+    a_true = rng.uniform(*a_range, n)
+    nc = band_set.n_colors
+    err = np.exp(rng.uniform(np.log(err_range[0]), np.log(err_range[1]), (n, nc)))
+    colors = (
+        locus.colors_for(band_set)[fi, mi]
+        + a_true[:, None] * band_set.reddening_vector()
+        + rng.normal(0, 1, (n, nc)) * err
+    )
+    phot = Photometry(band_set, np.full(n, 20.0), np.full(n, 0.01), colors, err, np.full(n, ar_map))
+    return phot, locus.mr[mi], locus.feh[fi], a_true
+
+
+def test_closed_form_matches_brute_force(coarse_locus):
+    """Percentiles of the closed-form marginalisation agree with an explicit A_r grid."""
+    phot, *_ = _stars(coarse_locus, LSST, 12, seed=5)
+    # include very bright stars with tiny errors, where a 0.02-mag A_r grid is too coarse
+    phot.color_errors[:3] = 0.001
+    rng = np.random.default_rng(2)
+    log_prior = np.log(rng.uniform(0.2, 1.0, (1, *coarse_locus.shape)))
+    prior = PriorGrid(log_prior, np.array([20.0]))
+    config = BayesConfig(error_floor=0.0)
+    result = BayesEstimator(coarse_locus, prior, config).predict(phot)
+    for i in range(len(phot)):
+        ref = brute_force_posterior(phot, i, coarse_locus, prior, config, a_step=0.001)
+        for p in ("Mr", "FeH", "Ar", "Qr"):
+            got = result.loc[i, [f"{p}_p16", f"{p}_p50", f"{p}_p84"]].to_numpy(float)
+            np.testing.assert_allclose(got, ref[f"{p}_percentiles"], atol=0.01, err_msg=p)
+        assert result.loc[i, "Ar_mean"] == pytest.approx(ref["Ar_mean"], abs=2e-3)
+
+
+def test_recovers_noise_free_locus_stars(coarse_locus):
+    phot, mr, feh, a_true = _stars(coarse_locus, LSST, 200, seed=1, err_range=(0.01, 0.011))
+    phot.colors[:] = (
+        coarse_locus.colors_for(LSST)[
+            np.searchsorted(coarse_locus.feh, feh - 1e-9),
+            np.searchsorted(coarse_locus.mr, mr - 1e-9),
+        ]
+        + a_true[:, None] * LSST.reddening_vector()
+    )
+    res = BayesEstimator(coarse_locus).predict(phot)
+    # truth inside the posterior's 16-84 % interval (widened by one grid cell) for most stars
+    for p, truth in (("Mr", mr), ("FeH", feh), ("Ar", a_true)):
+        inside = (truth >= res[f"{p}_p16"] - 0.1) & (truth <= res[f"{p}_p84"] + 0.1)
+        assert inside.mean() > 0.6, p
+    assert (res["chi2min"] < 1e-6).all()  # the generating grid point fits exactly
+    assert np.median(np.abs(res["Ar_p50"] - a_true)) < 0.05
+
+
+def test_calibrated_on_flat_prior_population(coarse_locus):
+    """Stars drawn from the (flat) prior: normalised residuals have unit width."""
+    phot, mr, feh, a_true = _stars(coarse_locus, SDSS, 3000, seed=7, err_range=(0.02, 0.05))
+    res = BayesEstimator(coarse_locus).predict(phot)
+    for p, truth in (("Mr", mr), ("FeH", feh), ("Ar", a_true)):
+        z = (res[f"{p}_mean"] - truth) / res[f"{p}_std"]
+        sigma_g = 0.7413 * np.subtract(*np.percentile(z, [75, 25]))
+        assert 0.8 < sigma_g < 1.2, (p, sigma_g)
+        coverage = ((truth > res[f"{p}_p16"]) & (truth < res[f"{p}_p84"])).mean()
+        assert 0.55 < coverage < 0.8, (p, coverage)
+
+
+def _frame(n=4):
+    rng = np.random.default_rng(0)
+    data = {}
+    base = np.array([21.5, 20.2, 19.7, 19.55, 19.5])
+    for k, b in enumerate("ugriz"):
+        data[f"{b}mag"] = base[k] + rng.normal(0, 0.01, n)
+        data[f"{b}Err"] = np.full(n, 0.02)
+    return pd.DataFrame(data)
+
+
+def test_bad_rows_are_flagged_not_dropped(coarse_locus):
+    frame = _frame(6)
+    frame.loc[0, "umag"] = np.nan  # missing u: u-g dropped
+    frame.loc[1, "gErr"] = -1.0  # negative error: g colours dropped
+    frame.loc[2, "rmag"] = 99.0  # sentinel r: no r
+    frame.loc[3, ["umag", "gmag", "imag", "zmag"]] = np.nan  # < 2 colours
+    frame.loc[4, "uErr"] = 0.0  # zero error: u-g dropped
+    phot = photometry_from_frame(frame, "sdss")
+    res = BayesEstimator(coarse_locus).predict(phot)
+    assert len(res) == len(frame)
+    assert res.loc[0, "flags"] & Flags.COLOR_UNUSABLE and np.isfinite(res.loc[0, "Mr_p50"])
+    assert res.loc[1, "flags"] & Flags.COLOR_UNUSABLE and np.isfinite(res.loc[1, "FeH_p50"])
+    assert res.loc[2, "flags"] & Flags.NO_R and np.isnan(res.loc[2, "Mr_p50"])
+    assert res.loc[3, "flags"] & Flags.TOO_FEW_COLORS and np.isnan(res.loc[3, "Mr_p50"])
+    assert res.loc[4, "flags"] & Flags.COLOR_UNUSABLE
+    assert res.loc[5, "flags"] & Flags.NO_PRIOR
+    assert not res.loc[5, "flags"] & (Flags.COLOR_UNUSABLE | Flags.NO_R)
+
+
+def test_empty_input(coarse_locus):
+    res = BayesEstimator(coarse_locus).predict(photometry_from_frame(_frame(0), "sdss"))
+    assert len(res) == 0 and "Mr_p50" in res.columns
+
+
+def test_far_off_locus_and_bright_stars_stay_finite(coarse_locus):
+    frame = _frame(2)
+    frame.loc[0, "umag"] = frame.loc[0, "gmag"] - 3.0  # impossible u-g
+    frame.loc[:, [f"{b}Err" for b in "ugriz"]] = 1e-4  # very bright: enormous chi2
+    res = BayesEstimator(coarse_locus, config=BayesConfig(error_floor=0.0)).predict(
+        photometry_from_frame(frame, "sdss")
+    )
+    assert np.isfinite(res[["Mr_p50", "FeH_p50", "Ar_p50", "DM_p50"]].to_numpy()).all()
+    assert res.loc[0, "flags"] & Flags.POOR_FIT
+    assert res.loc[0, "chi2min"] > 1e3
+
+
+def test_dust_column_bounds_extinction(coarse_locus):
+    phot, *_ = _stars(coarse_locus, SDSS, 50, seed=3, ar_map=0.1)
+    res = BayesEstimator(coarse_locus).predict(phot)
+    assert np.allclose(res["Ar_max"], 1.3 * 0.1 + 0.1)
+    assert (res["Ar_p84"] <= res["Ar_max"] + 1e-9).all()
+    phot.dust = None
+    res = BayesEstimator(coarse_locus).predict(phot)
+    assert np.allclose(res["Ar_max"], 3.0)
+
+
+def test_distance_columns_consistent(coarse_locus):
+    phot, *_ = _stars(coarse_locus, SDSS, 20, seed=4)
+    res = BayesEstimator(coarse_locus).predict(phot)
+    np.testing.assert_allclose(res["DM_p50"], phot.r - res["Qr_p50"])
+    np.testing.assert_allclose(res["dist_p50"], 10 ** (0.2 * res["DM_p50"] + 1))
+    assert (res["DM_p16"] <= res["DM_p84"]).all()
+
+
+def test_prior_bins_pick_nearest():
+    prior = PriorGrid(np.zeros((3, 2, 2)), np.array([14.0, 14.5, 15.0]))
+    np.testing.assert_array_equal(
+        prior.bin_index(np.array([10, 14.2, 14.3, 16, np.nan])), [0, 0, 1, 2, 0]
+    )

@@ -1,0 +1,565 @@
+"""Tests for catalogue reading and atomic writing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from astropy.io import fits
+
+from photodist.io import (
+    AtomicParquetWriter,
+    CatalogError,
+    check_output_path,
+    count_rows,
+    detect_format,
+    hats_partitions,
+    iter_catalog_batches,
+    read_catalog,
+    write_table,
+)
+
+SAMPLE_HATS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s82_0_5"
+needs_sample = pytest.mark.skipif(
+    not (SAMPLE_HATS / "properties").is_file(), reason="sample HATS catalogue not available"
+)
+
+
+def _frame(n: int = 25) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    return pd.DataFrame(
+        {
+            "umag": rng.uniform(15, 22, n),
+            "uErr": rng.uniform(0.01, 0.2, n).astype(np.float32),
+            "nobs": np.arange(n, dtype=np.int16),
+            "name": [f"star_{i}" for i in range(n)],
+            "flag": np.arange(n) % 2 == 0,
+        }
+    )
+
+
+def _visible(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# format detection
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a.parquet", "parquet"),
+        ("a.PQ", "parquet"),
+        ("a.csv", "csv"),
+        ("a.csv.gz", "csv"),
+        ("a.fits", "fits"),
+        ("a.fit", "fits"),
+        ("a.fits.gz", "fits"),
+    ],
+)
+def test_detect_format_by_suffix(tmp_path: Path, name: str, expected: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"x")
+    assert detect_format(path) == expected
+
+
+def test_detect_format_by_magic_bytes_and_layout(tmp_path: Path) -> None:
+    write_table(_frame(), tmp_path / "a.parquet")
+    (tmp_path / "a.parquet").rename(tmp_path / "noext")
+    assert detect_format(tmp_path / "noext") == "parquet"
+
+    dataset = tmp_path / "dataset_dir"
+    dataset.mkdir()
+    write_table(_frame(), dataset / "part.0.parquet")
+    assert detect_format(dataset) == "parquet"
+
+    hats_like = tmp_path / "hats_like"
+    (hats_like / "dataset" / "Norder=0").mkdir(parents=True)
+    assert detect_format(hats_like) == "hats"
+
+
+def test_detect_format_rejects_unknown_and_missing(tmp_path: Path) -> None:
+    weird = tmp_path / "stars.txt"
+    weird.write_text("hello")
+    with pytest.raises(CatalogError, match="stars.txt.*unknown catalogue format"):
+        detect_format(weird)
+    with pytest.raises(CatalogError, match="nothere.parquet.*no such file"):
+        detect_format(tmp_path / "nothere.parquet")
+    empty_dir = tmp_path / "emptydir"
+    empty_dir.mkdir()
+    with pytest.raises(CatalogError, match="emptydir"):
+        detect_format(empty_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# round trips
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".csv.gz", ".fits"])
+def test_round_trip(tmp_path: Path, suffix: str) -> None:
+    frame = _frame()
+    path = write_table(frame, tmp_path / f"cat{suffix}")
+    assert path == tmp_path / f"cat{suffix}"
+    assert _visible(tmp_path) == [f"cat{suffix}"]  # no temporary file left behind
+
+    back = read_catalog(path)
+    assert list(back.columns) == list(frame.columns)
+    assert isinstance(back.index, pd.RangeIndex) and back.index[0] == 0
+    # numeric columns become plain numpy float64 / int64
+    assert back["umag"].dtype == np.float64
+    assert back["uErr"].dtype == np.float64
+    assert back["nobs"].dtype == np.int64
+    assert back["flag"].dtype == bool
+    np.testing.assert_array_equal(back["umag"].to_numpy(), frame["umag"].to_numpy())
+    # float32 input comes back as float64 holding the same float32 value (CSV writes its repr)
+    np.testing.assert_array_equal(back["uErr"].to_numpy().astype(np.float32), frame["uErr"])
+    np.testing.assert_array_equal(back["nobs"].to_numpy(), frame["nobs"].to_numpy())
+    np.testing.assert_array_equal(back["flag"].to_numpy(), frame["flag"].to_numpy())
+    assert list(back["name"]) == list(frame["name"])  # strings survive
+    assert count_rows(path) == len(frame)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_missing_values_survive(tmp_path: Path, suffix: str) -> None:
+    frame = pd.DataFrame({"x": [1.0, np.nan, 3.0], "name": ["a", None, "c"]})
+    back = read_catalog(write_table(frame, tmp_path / f"m{suffix}"))
+    assert np.isnan(back["x"].to_numpy()[1])
+    assert back["name"].isna().tolist() == [False, True, False]
+
+
+def test_named_index_is_written_as_a_column(tmp_path: Path) -> None:
+    frame = _frame(5).set_index("name")
+    back = read_catalog(write_table(frame, tmp_path / "i.parquet"))
+    assert list(back["name"]) == list(frame.index)
+
+
+def test_parquet_pandas_index_and_arrow_dtypes_become_numpy(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"a": pd.array([1.5, None, 2.5], dtype="double[pyarrow]"), "n": [1, 2, 3]},
+        index=pd.Index([7, 8, 9]),
+    )
+    path = tmp_path / "arrow.parquet"
+    frame.to_parquet(path)  # stores the unnamed index as __index_level_0__
+    back = read_catalog(path)
+    assert list(back.columns) == ["a", "n"]
+    assert back["a"].dtype == np.float64 and back["n"].dtype == np.int64
+    assert np.isnan(back["a"].to_numpy()[1])
+
+
+def test_parquet_nullable_integers_become_float_with_nan(tmp_path: Path) -> None:
+    path = tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({"k": pa.array([1, None, 3], pa.int32())}), path)
+    back = read_catalog(path)
+    assert back["k"].dtype == np.float64
+    assert np.isnan(back["k"].to_numpy()[1])
+
+
+def test_fits_null_integers_and_big_endian_columns(tmp_path: Path) -> None:
+    cols = fits.ColDefs(
+        [
+            fits.Column(name="id", format="J", null=-1, array=np.array([5, -1, 7], ">i4")),
+            fits.Column(name="mag", format="E", array=np.array([1.0, 2.0, np.nan], ">f4")),
+            fits.Column(name="vec", format="2D", array=np.arange(6.0).reshape(3, 2)),
+        ]
+    )
+    path = tmp_path / "nulls.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)]).writeto(path)
+    back = read_catalog(path)
+    assert back["id"].dtype == np.float64
+    np.testing.assert_array_equal(back["id"].to_numpy(), [5.0, np.nan, 7.0])
+    assert back["mag"].dtype == np.float64 and back["mag"].to_numpy().dtype.isnative
+    np.testing.assert_array_equal(back["vec"].iloc[2], [4.0, 5.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".fits"])
+def test_batches_concatenate_to_whole(tmp_path: Path, suffix: str) -> None:
+    frame = _frame(103)
+    path = tmp_path / f"b{suffix}"
+    if suffix == ".parquet":  # several small row groups, so batches cross row-group edges
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=17)
+    else:
+        write_table(frame, path)
+    batches = list(iter_catalog_batches(path, batch_size=10))
+    assert [len(b) for b in batches] == [10] * 10 + [3]
+    whole = read_catalog(path)
+    pd.testing.assert_frame_equal(pd.concat(batches), whole)
+    assert len(whole) == count_rows(path) == 103
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".fits"])
+def test_column_selection_keeps_requested_order(tmp_path: Path, suffix: str) -> None:
+    path = write_table(_frame(), tmp_path / f"c{suffix}")
+    back = read_catalog(path, columns=["uErr", "umag"])
+    assert list(back.columns) == ["uErr", "umag"]
+    first = next(iter_catalog_batches(path, batch_size=4, columns=["name"]))
+    assert list(first.columns) == ["name"] and len(first) == 4
+    with pytest.raises(CatalogError, match=r"missing column.*'gmag'"):
+        read_catalog(path, columns=["umag", "gmag"])
+
+
+def test_empty_table_yields_one_empty_frame_with_columns(tmp_path: Path) -> None:
+    path = write_table(_frame(0), tmp_path / "empty_rows.parquet")
+    batches = list(iter_catalog_batches(path))
+    assert len(batches) == 1 and len(batches[0]) == 0
+    assert list(batches[0].columns) == list(_frame(0).columns)
+    assert count_rows(path) == 0
+
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("umag,uErr\n")
+    assert list(read_catalog(header_only).columns) == ["umag", "uErr"]
+
+
+def test_bad_batch_size_is_rejected(tmp_path: Path) -> None:
+    path = write_table(_frame(), tmp_path / "a.parquet")
+    with pytest.raises(ValueError, match="batch_size"):
+        iter_catalog_batches(path, batch_size=0)
+
+
+def test_parquet_dataset_directory_in_natural_file_order(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    root.mkdir()
+    for i in (10, 2, 0):  # natural order 0, 2, 10 (lexical would put 10 before 2)
+        write_table(pd.DataFrame({"x": [float(i)] * 3, "k": [i] * 3}), root / f"part.{i}.parquet")
+    (root / "_SUCCESS").write_text("")
+    write_table(pd.DataFrame({"x": [-1.0], "k": [-1]}), root / ".hidden.parquet")
+    (root / "_metadata.parquet").write_bytes(b"not data")
+
+    back = read_catalog(root)
+    assert back["k"].tolist() == [0, 0, 0, 2, 2, 2, 10, 10, 10]
+    assert count_rows(root) == 9
+    batches = list(iter_catalog_batches(root, batch_size=4))
+    assert [len(b) for b in batches] == [4, 4, 1]
+    pd.testing.assert_frame_equal(pd.concat(batches), back)
+
+
+def test_hive_partitioned_dataset_keeps_partition_columns(tmp_path: Path) -> None:
+    root = tmp_path / "hive"
+    for band, year in [("u", 2021), ("g", 2020)]:
+        part = root / f"band={band}" / f"year={year}" / "part.parquet"
+        write_table(pd.DataFrame({"mag": [1.0, 2.0]}), part)
+    back = read_catalog(root)
+    assert back["band"].tolist() == ["g", "g", "u", "u"]
+    assert back["year"].tolist() == [2020, 2020, 2021, 2021]
+    assert back["year"].dtype == np.int64
+    assert list(read_catalog(root, columns=["year", "mag"]).columns) == ["year", "mag"]
+
+
+def test_dataset_files_with_inconsistent_columns_are_rejected(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write_table(pd.DataFrame({"x": [1.0], "k": [1]}), root / "part.0.parquet")
+    write_table(pd.DataFrame({"x": [2.0]}), root / "part.1.parquet")
+    with pytest.raises(CatalogError, match=r"part.1.parquet lacks column.*'k'"):
+        read_catalog(root)
+
+    write_table(pd.DataFrame({"x": ["text"], "k": [2]}), root / "part.1.parquet", overwrite=True)
+    with pytest.raises(CatalogError, match=r"part.1.parquet column 'x' has type"):
+        read_catalog(root)
+
+    # a compatible type change (int32 where the first file has int64) is cast
+    pq.write_table(pa.table({"x": [3.0], "k": pa.array([3], pa.int32())}), root / "part.1.parquet")
+    assert read_catalog(root)["k"].tolist() == [1, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# HATS
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_sample
+def test_hats_sample_catalogue() -> None:
+    assert detect_format(SAMPLE_HATS) == "hats"
+    parts = hats_partitions(SAMPLE_HATS)
+    assert [(o, p) for o, p, _ in parts] == [(4, 0)]
+    assert parts[0][2].is_file() and parts[0][2].name == "Npix=0.parquet"
+    assert count_rows(SAMPLE_HATS) == 3981
+
+    cat = read_catalog(SAMPLE_HATS)
+    assert len(cat) == 3981
+    for column in ("umag", "uErr", "ra", "dec", "gmag", "_healpix_29"):
+        assert column in cat.columns
+    assert cat["umag"].dtype == np.float64 and cat["uNobs"].dtype == np.int64
+    assert cat["Norder"].dtype == np.int64
+    assert np.isfinite(np.mean(cat["ra"].to_numpy()))
+    assert cat["CALIBSTARS"].iloc[0].startswith("CALIBSTARS_")  # string column survives
+    # file row order, same as the partition read directly
+    direct = pq.read_table(parts[0][2], columns=["umag"]).column("umag").to_numpy()
+    np.testing.assert_array_equal(cat["umag"].to_numpy(), direct)
+
+    batches = list(iter_catalog_batches(SAMPLE_HATS, batch_size=1000))
+    assert [len(b) for b in batches] == [1000, 1000, 1000, 981]
+    pd.testing.assert_frame_equal(pd.concat(batches), cat)
+
+    sub = read_catalog(SAMPLE_HATS, columns=["ra", "umag", "uErr"])
+    assert list(sub.columns) == ["ra", "umag", "uErr"]
+    pd.testing.assert_frame_equal(sub, cat[["ra", "umag", "uErr"]])
+
+
+def test_hats_layout_without_metadata_is_read_in_partition_order(tmp_path: Path) -> None:
+    root = tmp_path / "mini_hats"
+    for order, pixel in [(1, 12), (0, 1), (1, 3)]:
+        part = root / "dataset" / f"Norder={order}" / "Dir=0" / f"Npix={pixel}.parquet"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        write_table(pd.DataFrame({"pix": [pixel, pixel], "mag": [1.0, 2.0]}), part)
+    (root / "properties").write_text("not a valid properties file\n")
+
+    parts = hats_partitions(root)
+    assert [(o, p) for o, p, _ in parts] == [(0, 1), (1, 3), (1, 12)]
+    assert read_catalog(root)["pix"].tolist() == [1, 1, 3, 3, 12, 12]
+    assert count_rows(root) == 6
+
+
+def test_hats_partitions_rejects_other_formats(tmp_path: Path) -> None:
+    path = write_table(_frame(), tmp_path / "a.parquet")
+    with pytest.raises(CatalogError, match="not a HATS catalogue"):
+        hats_partitions(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad inputs
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["empty.parquet", "empty.csv", "empty.fits"])
+def test_empty_file_raises_catalog_error(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.touch()
+    with pytest.raises(CatalogError, match=name):
+        read_catalog(path)
+    with pytest.raises(CatalogError, match=name):
+        iter_catalog_batches(path)  # fails on the call, before any iteration
+    with pytest.raises(CatalogError, match=name):
+        count_rows(path)
+
+
+def test_truncated_parquet_raises_catalog_error(tmp_path: Path) -> None:
+    path = write_table(_frame(200), tmp_path / "cut.parquet")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    for call in (read_catalog, count_rows, iter_catalog_batches):
+        with pytest.raises(CatalogError, match="cut.parquet") as info:
+            call(path)
+        assert "\n" not in str(info.value)
+
+
+def test_truncated_parquet_in_dataset_names_the_catalogue(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    root.mkdir()
+    write_table(_frame(), root / "part.0.parquet")
+    bad = write_table(_frame(), root / "part.1.parquet")
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(CatalogError, match="part.1.parquet"):
+        read_catalog(root)
+
+
+def test_truncated_fits_raises_catalog_error(tmp_path: Path) -> None:
+    path = write_table(_frame(500), tmp_path / "cut.fits")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 2880])
+    with pytest.raises(CatalogError, match="cut.fits.*truncated"):
+        read_catalog(path)
+
+
+def test_fits_without_table_raises_catalog_error(tmp_path: Path) -> None:
+    path = tmp_path / "image.fits"
+    fits.PrimaryHDU(np.zeros((4, 4))).writeto(path)
+    with pytest.raises(CatalogError, match="image.fits.*no table HDU"):
+        read_catalog(path)
+    with pytest.raises(CatalogError, match="image.fits"):
+        count_rows(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"), [("junk.fits", b"hello world"), ("junk.parquet", b"not parquet")]
+)
+def test_not_a_table_raises_catalog_error(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CatalogError, match=name):
+        read_catalog(path)
+
+
+def test_malformed_csv_raises_catalog_error(tmp_path: Path) -> None:
+    path = tmp_path / "ragged.csv"
+    path.write_text("a,b\n1,2\n3,4,5,6\n")
+    with pytest.raises(CatalogError, match="ragged.csv"):
+        read_catalog(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".fits"])
+def test_existing_output_needs_overwrite(tmp_path: Path, suffix: str) -> None:
+    path = write_table(_frame(3), tmp_path / f"out{suffix}")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_table(_frame(5), path)
+    assert len(read_catalog(path)) == 3
+    write_table(_frame(5), path, overwrite=True)
+    assert len(read_catalog(path)) == 5
+    assert _visible(tmp_path) == [f"out{suffix}"]
+
+
+def test_unknown_output_suffix_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="out.xlsx"):
+        write_table(_frame(), tmp_path / "out.xlsx")
+    assert _visible(tmp_path) == []
+
+
+def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
+    path = write_table(_frame(), tmp_path / "a" / "b" / "out.parquet")
+    assert path.is_file()
+
+
+def test_parent_that_is_a_file_gives_clear_error(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(NotADirectoryError, match="afile.*not a directory"):
+        write_table(_frame(), afile / "out.parquet")
+    with pytest.raises(NotADirectoryError, match="afile"):
+        with AtomicParquetWriter(afile / "sub" / "out.parquet"):
+            pass
+    assert _visible(tmp_path) == ["afile"]
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores directory permissions"
+)
+def test_unwritable_directory_gives_permission_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="locked.*not writable"):
+            write_table(_frame(), locked / "out.parquet")
+    finally:
+        locked.chmod(0o700)
+    assert _visible(locked) == []
+
+
+def test_permission_denied_gives_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(PermissionError, match=r"out.parquet.*directory .* is not writable"):
+        write_table(_frame(), tmp_path / "out.parquet")
+    with pytest.raises(PermissionError, match="not writable"):
+        check_output_path(tmp_path / "out.csv")
+    monkeypatch.undo()
+    assert _visible(tmp_path) == []
+
+
+def test_check_output_path(tmp_path: Path) -> None:
+    assert check_output_path(tmp_path / "new" / "out.fits") == tmp_path / "new" / "out.fits"
+    assert _visible(tmp_path / "new") == []  # the probe file is removed
+    existing = write_table(_frame(), tmp_path / "out.csv")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        check_output_path(existing)
+    assert check_output_path(existing, overwrite=True) == existing
+    with pytest.raises(CatalogError, match="out.txt"):
+        check_output_path(tmp_path / "out.txt")
+
+
+def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
+    bad = pd.DataFrame({"mixed": [1, "a", 2.5]})  # pyarrow cannot convert mixed objects
+    with pytest.raises((pa.ArrowException, TypeError, ValueError)):
+        write_table(bad, tmp_path / "bad.parquet")
+    assert _visible(tmp_path) == []
+
+
+def test_atomic_parquet_writer_streams_batches(tmp_path: Path) -> None:
+    src = write_table(_frame(95), tmp_path / "src.parquet")
+    out = tmp_path / "out.parquet"
+    with AtomicParquetWriter(out) as writer:
+        for batch in iter_catalog_batches(src, batch_size=20):
+            writer.write(batch)
+            assert not out.exists()  # only the temporary file exists until the block ends
+    assert writer.rows_written == 95
+    pd.testing.assert_frame_equal(read_catalog(out), read_catalog(src))
+    assert sorted(_visible(tmp_path)) == ["out.parquet", "src.parquet"]
+
+
+def test_atomic_parquet_writer_accepts_arrow_and_casts_to_schema(tmp_path: Path) -> None:
+    schema = pa.schema([("x", pa.float64()), ("k", pa.int64())])
+    out = tmp_path / "arrow.parquet"
+    with AtomicParquetWriter(out, schema=schema) as writer:
+        writer.write(pa.record_batch({"k": pa.array([1], pa.int32()), "x": pa.array([0.5])}))
+        writer.write(pd.DataFrame({"x": [1.5, 2.5], "k": [2, 3]}))
+    table = pq.read_table(out)
+    assert table.schema.equals(schema)
+    assert table.column("k").to_pylist() == [1, 2, 3]
+
+
+def test_atomic_parquet_writer_removes_temp_file_on_exception(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    with pytest.raises(RuntimeError, match="boom"):
+        with AtomicParquetWriter(out) as writer:
+            writer.write(_frame(10))
+            assert len(_visible(tmp_path)) == 1  # the hidden temporary file
+            raise RuntimeError("boom")
+    assert _visible(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        pd.DataFrame({"y": [1.0]}),  # wrong name
+        pd.DataFrame({"x": [1.0], "extra": [2.0]}),  # a column would be silently dropped
+        pd.DataFrame({"x": ["text"]}),  # cannot be cast
+    ],
+)
+def test_atomic_parquet_writer_schema_mismatch_cleans_up(
+    tmp_path: Path, second: pd.DataFrame
+) -> None:
+    out = tmp_path / "out.parquet"
+    with pytest.raises(ValueError, match="out.parquet.*schema"):
+        with AtomicParquetWriter(out) as writer:
+            writer.write(pd.DataFrame({"x": [1.0]}))
+            writer.write(second)
+    assert _visible(tmp_path) == []
+
+
+def test_atomic_parquet_writer_refuses_existing_output(tmp_path: Path) -> None:
+    out = write_table(_frame(3), tmp_path / "out.parquet")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        with AtomicParquetWriter(out):
+            pass
+    with AtomicParquetWriter(out, overwrite=True) as writer:
+        writer.write(_frame(7))
+    assert count_rows(out) == 7
+    assert _visible(tmp_path) == ["out.parquet"]
+
+
+def test_atomic_parquet_writer_with_no_rows_writes_empty_file(tmp_path: Path) -> None:
+    schema = pa.schema([("x", pa.float64())])
+    out = tmp_path / "none.parquet"
+    with AtomicParquetWriter(out, schema=schema):
+        pass
+    assert count_rows(out) == 0
+    assert list(read_catalog(out).columns) == ["x"]
+
+
+def test_atomic_parquet_writer_requires_context_manager(tmp_path: Path) -> None:
+    writer = AtomicParquetWriter(tmp_path / "x.parquet")
+    with pytest.raises(RuntimeError, match="context manager"):
+        writer.write(_frame(2))
+    with pytest.raises(CatalogError, match="out.csv"):
+        with AtomicParquetWriter(tmp_path / "out.csv"):
+            pass
