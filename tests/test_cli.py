@@ -1,0 +1,71 @@
+import pandas as pd
+from click.testing import CliRunner
+
+from photodist.cli import cli
+
+
+def test_help_lists_commands():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for command in ("locus", "bayes", "demo"):
+        assert command in result.output
+
+
+def test_locus_command(tmp_path):
+    out = tmp_path / "locus.csv"
+    result = CliRunner().invoke(
+        cli, ["locus", "--out", str(out), "--feh-step", "0.5", "--mr-step", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert list(pd.read_csv(out).columns[:7]) == ["Mr", "FeH", "ug", "gr", "ri", "iz", "zy"]
+
+
+def _catalog(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "ra": [1.0, 2.0, 3.0],
+            "umag": [21.5, 99.0, 21.0],
+            "gmag": [20.2, 20.1, 19.9],
+            "rmag": [19.7, 19.6, 19.5],
+            "imag": [19.55, 19.4, 19.3],
+            "zmag": [19.5, 19.3, 19.2],
+            **{f"{b}Err": [0.02, 0.02, 0.03] for b in "ugriz"},
+        }
+    )
+    path = tmp_path / "in.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_bayes_command_keeps_every_row(tmp_path):
+    src = _catalog(tmp_path)
+    out = tmp_path / "out.parquet"
+    args = [
+        "bayes",
+        str(src),
+        str(out),
+        "--bands",
+        "sdss",
+        "--feh-step",
+        "0.25",
+        "--mr-step",
+        "0.5",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    res = pd.read_parquet(out)
+    assert len(res) == 3 and list(res["ra"]) == [1.0, 2.0, 3.0]
+    assert res.loc[1, "flags"] & 32  # sentinel u magnitude flagged, row kept
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code != 0 and "overwrite" in again.output
+
+
+def test_bayes_command_missing_column_is_clear(tmp_path):
+    src = _catalog(tmp_path)
+    frame = pd.read_csv(src).drop(columns=["zErr"])
+    frame.to_csv(src, index=False)
+    result = CliRunner().invoke(
+        cli, ["bayes", str(src), str(tmp_path / "o.parquet"), "--bands", "sdss"]
+    )
+    assert result.exit_code != 0
+    assert "zErr" in result.output
