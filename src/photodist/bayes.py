@@ -566,8 +566,8 @@ class PriorGrid:
     def from_prior(cls, prior: Any, locus: Locus) -> PriorGrid:
         """Adapt a prior map (``photodist.priors.PriorMap`` or PriorGrid) to ``locus``'s grid.
 
-        The prior's density is interpolated (bilinearly, in log) onto the locus grid when the
-        grids differ.
+        The prior's density is interpolated (bilinearly) onto the locus grid when the grids
+        differ (``PriorMap.regrid``).
         """
         if isinstance(prior, PriorGrid):
             if prior.log_prior.shape[1:] != locus.shape:
@@ -575,7 +575,14 @@ class PriorGrid:
                     f"prior grid {prior.log_prior.shape[1:]} does not match locus {locus.shape}"
                 )
             return prior
-        return cls(prior.log_density_on(locus.feh, locus.mr), np.asarray(prior.r_centres, float))
+        same_grid = (
+            len(prior.feh) == locus.shape[0]
+            and len(prior.mr) == locus.shape[1]
+            and np.allclose(prior.feh, locus.feh, atol=1e-6)
+            and np.allclose(prior.mr, locus.mr, atol=1e-6)
+        )
+        prior_map = prior if same_grid else prior.regrid(locus)
+        return cls(prior_map.log_prior, np.asarray(prior_map.r_centres, float))
 
 
 @dataclass

@@ -1,0 +1,570 @@
+"""Prior maps p([Fe/H], M_r | r) per sky patch and r-band bin, on the locus grid.
+
+For every r bin (27 centres r = 14.0, 14.5, ..., 27.0; each bin holds the stars within
++-0.5 mag of its centre, so neighbouring bins overlap, as in the TRILEGAL-based maps of the
+photo-D paper) the prior is the density of a simulated population in ([Fe/H], M_r):
+
+* a 2D histogram on the locus grid (one cell per grid node),
+* smoothed with a Gaussian filter (a binned KDE; reflecting edges) whose bandwidth per axis is
+  Scott's rule ``h = sigma n^(-1/6)`` for two dimensions (Scott 1992, Multivariate Density
+  Estimation, eq. 6.42),
+* floored at ``floor_fraction`` (default 1e-3) times the mean density over the grid points where
+  the locus is valid, so that no valid point has zero prior, and normalised to sum to 1 per bin.
+
+Maps are saved as ``.npz`` with the grid axes and the build parameters; loading against a
+locus whose grid differs raises :class:`GridMismatchError`. TRILEGAL prior maps in the photo-D
+HATS format (rows ``rmag, kde, xGrid, yGrid`` holding 96 x 36 float64 grids) can be read and
+interpolated onto the locus grid with :func:`read_trilegal_priors`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.interpolate import RegularGridInterpolator
+from scipy.ndimage import gaussian_filter
+
+from photodist.locus import Locus, build_locus
+from photodist.simulate import DEFAULT_R_MAX, Patch, simulate_patch
+
+#: Centres of the r-band bins (the photo-D paper's 27 bins).
+R_BIN_CENTRES: np.ndarray = np.round(np.arange(14.0, 27.0 + 1e-9, 0.5), 6)
+#: Half-width of each r bin (mag).
+R_BIN_HALF_WIDTH = 0.5
+#: Floor of the prior relative to the mean density over valid grid points.
+DEFAULT_FLOOR_FRACTION = 1e-3
+#: Stars per r bin that :func:`build_patch_priors` aims for.
+DEFAULT_MIN_STARS = 20_000
+FORMAT_VERSION = 1
+_GRID_ATOL = 1e-6
+
+
+class GridMismatchError(ValueError):
+    """A prior map's ([Fe/H], M_r) grid differs from the locus grid it is used with."""
+
+
+def _axis_summary(axis: np.ndarray) -> str:
+    step = float(np.median(np.diff(axis))) if len(axis) > 1 else 0.0
+    return f"{axis[0]:g}..{axis[-1]:g} step {step:g} ({len(axis)} points)"
+
+
+def locus_valid_mask(locus: Locus) -> np.ndarray:
+    """Grid points where the locus has finite colours, shape (n_feh, n_mr)."""
+    return np.all(np.isfinite(locus.colors), axis=-1)
+
+
+def grid_median(axis: np.ndarray, weights: np.ndarray) -> float:
+    """Median of a distribution tabulated as weights on grid nodes (linear in the CDF)."""
+    weights = np.clip(np.asarray(weights, dtype=float), 0.0, None)
+    order = np.argsort(axis)
+    axis, weights = np.asarray(axis, dtype=float)[order], weights[order]
+    total = weights.sum()
+    if total <= 0:
+        return float("nan")
+    cdf = np.cumsum(weights) / total
+    # node k carries the mass between the midpoints to its neighbours
+    return float(np.interp(0.5, np.concatenate([[0.0], cdf]), _grid_edges(axis)))
+
+
+@dataclass
+class PriorMap:
+    """Normalised prior densities on the ([Fe/H], M_r) locus grid, one map per r bin.
+
+    Attributes
+    ----------
+    density
+        Shape (n_rbins, n_feh, n_mr); each bin sums to 1 (probability per grid point).
+    feh, mr
+        Ascending grid axes.
+    r_centres
+        Centres of the r bins, ascending.
+    n_stars
+        Number of simulated stars behind each bin.
+    metadata
+        Build parameters (JSON-serialisable): source, bandwidths, floor, patch, seed, ...
+    """
+
+    density: np.ndarray
+    feh: np.ndarray
+    mr: np.ndarray
+    r_centres: np.ndarray
+    n_stars: np.ndarray
+    r_half_width: float = R_BIN_HALF_WIDTH
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.density = np.asarray(self.density, dtype=float)
+        self.feh = np.asarray(self.feh, dtype=float)
+        self.mr = np.asarray(self.mr, dtype=float)
+        self.r_centres = np.asarray(self.r_centres, dtype=float)
+        self.n_stars = np.asarray(self.n_stars, dtype=np.int64)
+        expected = (len(self.r_centres), len(self.feh), len(self.mr))
+        if self.density.shape != expected:
+            raise ValueError(f"prior density has shape {self.density.shape}, expected {expected}")
+        if np.any(np.diff(self.r_centres) <= 0):
+            raise ValueError("r-bin centres must be strictly ascending")
+        if len(self.n_stars) != len(self.r_centres):
+            raise ValueError("n_stars must have one entry per r bin")
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.r_centres)
+
+    @property
+    def log_prior(self) -> np.ndarray:
+        """Natural log of :attr:`density` (-inf where the locus is invalid)."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.density)
+
+    def bin_index(self, r: np.ndarray | float) -> np.ndarray:
+        """Index of the nearest r-bin centre for each r, clipped to the first/last bin.
+
+        Ties go to the brighter bin; NaN maps to the last bin.
+        """
+        r = np.asarray(r, dtype=float)
+        if self.n_bins == 1:
+            return np.zeros(r.shape, dtype=np.intp)
+        idx = np.clip(np.searchsorted(self.r_centres, r), 1, self.n_bins - 1)
+        nearer_left = (r - self.r_centres[idx - 1]) <= (self.r_centres[idx] - r)
+        return np.where(nearer_left, idx - 1, idx).astype(np.intp)
+
+    def for_r(self, r: np.ndarray | float) -> np.ndarray:
+        """Log-prior map of the nearest r bin: (n_feh, n_mr) for a scalar, (N, n_feh, n_mr)."""
+        return self.log_prior[self.bin_index(r)]
+
+    def marginal_medians(self) -> tuple[np.ndarray, np.ndarray]:
+        """Median [Fe/H] and median M_r of each bin's prior, shapes (n_rbins,)."""
+        feh_med = np.array([grid_median(self.feh, d.sum(axis=1)) for d in self.density])
+        mr_med = np.array([grid_median(self.mr, d.sum(axis=0)) for d in self.density])
+        return feh_med, mr_med
+
+    def check_grid(self, locus: Locus) -> None:
+        """Raise :class:`GridMismatchError` unless the map's grid equals the locus grid."""
+        problems = []
+        for name, mine, theirs in (("[Fe/H]", self.feh, locus.feh), ("M_r", self.mr, locus.mr)):
+            if len(mine) != len(theirs) or not np.allclose(mine, theirs, rtol=0, atol=_GRID_ATOL):
+                problems.append(
+                    f"{name} axis: prior {_axis_summary(mine)} vs locus {_axis_summary(theirs)}"
+                )
+        if problems:
+            raise GridMismatchError(
+                "prior map grid does not match the locus grid; rebuild the priors for this "
+                "locus (or regrid with read_trilegal_priors / PriorMap.regrid): "
+                + "; ".join(problems)
+            )
+
+    def regrid(self, locus: Locus, floor_fraction: float = DEFAULT_FLOOR_FRACTION) -> PriorMap:
+        """This map interpolated (bilinearly) onto another locus grid, floored and normalised."""
+        ff, mm = np.meshgrid(locus.feh, locus.mr, indexing="ij")
+        points = np.column_stack([ff.ravel(), mm.ravel()])
+        maps = []
+        for dens in self.density:
+            interp = RegularGridInterpolator(
+                (self.feh, self.mr), dens, bounds_error=False, fill_value=0.0
+            )
+            maps.append(interp(points).reshape(ff.shape))
+        density = _floor_and_normalise(np.array(maps), locus_valid_mask(locus), floor_fraction)
+        meta = dict(
+            self.metadata,
+            regridded_from={"feh": _axis_summary(self.feh), "mr": _axis_summary(self.mr)},
+        )
+        return PriorMap(
+            density,
+            locus.feh.copy(),
+            locus.mr.copy(),
+            self.r_centres.copy(),
+            self.n_stars.copy(),
+            self.r_half_width,
+            meta,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the map, its grid and build parameters to a compressed ``.npz`` file."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = (
+                path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+            )
+        meta = dict(self.metadata, format_version=FORMAT_VERSION)
+        np.savez_compressed(
+            path,
+            density=self.density,
+            feh=self.feh,
+            mr=self.mr,
+            r_centres=self.r_centres,
+            n_stars=self.n_stars,
+            r_half_width=np.array(self.r_half_width),
+            metadata=np.array(json.dumps(meta, sort_keys=True, default=_json_default)),
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, locus: Locus | None = None) -> PriorMap:
+        """Read a map written by :meth:`save`; with ``locus``, refuse a mismatched grid."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"prior map file {path} does not exist")
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"density", "feh", "mr", "r_centres", "n_stars", "metadata"} - set(data)
+            if missing:
+                raise ValueError(f"{path} is not a photodist prior map (missing {sorted(missing)})")
+            meta = json.loads(str(data["metadata"]))
+            prior = cls(
+                density=data["density"],
+                feh=data["feh"],
+                mr=data["mr"],
+                r_centres=data["r_centres"],
+                n_stars=data["n_stars"],
+                r_half_width=float(data["r_half_width"]),
+                metadata=meta,
+            )
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has prior format version {meta['format_version']}; this "
+                f"photodist reads up to {FORMAT_VERSION}"
+            )
+        if locus is not None:
+            prior.check_grid(locus)
+        return prior
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _floor_and_normalise(
+    density: np.ndarray, valid: np.ndarray, floor_fraction: float
+) -> np.ndarray:
+    """Normalise each map over valid points, floor it, normalise again; 0 where invalid."""
+    out = np.where(valid[None], np.clip(density, 0.0, None), 0.0)
+    n_valid = max(int(valid.sum()), 1)
+    for k in range(len(out)):
+        total = out[k].sum()
+        out[k] = out[k] / total if total > 0 else valid / n_valid
+        floor = floor_fraction / n_valid  # floor_fraction x the mean over valid points
+        out[k] = np.where(valid, np.maximum(out[k], floor), 0.0)
+        out[k] /= out[k].sum()
+    return out
+
+
+def _grid_edges(axis: np.ndarray) -> np.ndarray:
+    mids = 0.5 * (axis[1:] + axis[:-1])
+    return np.concatenate(
+        [[axis[0] - (mids[0] - axis[0])], mids, [axis[-1] + (axis[-1] - mids[-1])]]
+    )
+
+
+def binned_kde(
+    feh: np.ndarray, mr: np.ndarray, locus: Locus
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Histogram of stars on the locus grid smoothed with Scott's-rule Gaussian bandwidths.
+
+    Returns the (unnormalised) density (n_feh, n_mr) and the bandwidths (dex, mag).
+    """
+    feh = np.asarray(feh, dtype=float)
+    mr = np.asarray(mr, dtype=float)
+    hist, _, _ = np.histogram2d(feh, mr, bins=[_grid_edges(locus.feh), _grid_edges(locus.mr)])
+    n = len(feh)
+    if n < 2:
+        return hist, (locus.feh_step, locus.mr_step)
+    scott = n ** (-1.0 / 6.0)
+    h_feh = max(float(np.std(feh)) * scott, locus.feh_step)
+    h_mr = max(float(np.std(mr)) * scott, locus.mr_step)
+    smooth = gaussian_filter(
+        hist, sigma=(h_feh / locus.feh_step, h_mr / locus.mr_step), mode="reflect", truncate=4.0
+    )
+    return smooth, (h_feh, h_mr)
+
+
+def build_priors(
+    catalog: pd.DataFrame | Sequence[pd.DataFrame],
+    locus: Locus | None = None,
+    r_centres: Sequence[float] = R_BIN_CENTRES,
+    r_half_width: float = R_BIN_HALF_WIDTH,
+    floor_fraction: float = DEFAULT_FLOOR_FRACTION,
+    r_column: str = "rmag_true",
+    feh_column: str = "FeH_true",
+    mr_column: str = "Mr_true",
+    metadata: dict[str, Any] | None = None,
+) -> PriorMap:
+    """Prior map from simulated stars with true [Fe/H], M_r and r.
+
+    Parameters
+    ----------
+    catalog
+        A catalogue (e.g. from :func:`photodist.simulate.simulate_patch`), or several whose
+        stars are pooled. A catalogue's attribute ``attrs["photodist_simulation"]`` with
+        ``r_min``/``r_max`` marks its magnitude coverage: it only contributes to bins it covers
+        completely.
+    locus
+        Defines the grid (default locus).
+    r_centres, r_half_width
+        r bins: stars with ``|r - centre| <= r_half_width``.
+    floor_fraction
+        Floor relative to the mean density over valid grid points.
+    r_column, feh_column, mr_column
+        Column names of the apparent r magnitude (noiseless, with extinction) and the truth.
+    metadata
+        Extra entries stored with the map.
+    """
+    locus = locus or build_locus()
+    catalogs = [catalog] if isinstance(catalog, pd.DataFrame) else list(catalog)
+    centres = np.asarray(r_centres, dtype=float)
+    maps, counts, bandwidths = [], [], []
+    columns = []
+    for frame in catalogs:
+        for col in (r_column, feh_column, mr_column):
+            if col not in frame.columns:
+                raise KeyError(f"catalogue lacks column {col!r}")
+        sim = frame.attrs.get("photodist_simulation", {})
+        lo = sim.get("r_min")
+        hi = sim.get("r_max")
+        columns.append(
+            (
+                frame[r_column].to_numpy(float),
+                frame[feh_column].to_numpy(float),
+                frame[mr_column].to_numpy(float),
+                -np.inf if lo is None else lo,
+                np.inf if hi is None else hi,
+            )
+        )
+    for centre in centres:
+        fehs, mrs = [], []
+        for r, feh, mr, lo, hi in columns:
+            if lo > centre - r_half_width + 1e-9 or hi < centre + r_half_width - 1e-9:
+                continue  # this catalogue does not cover the whole bin
+            sel = np.abs(r - centre) <= r_half_width
+            fehs.append(feh[sel])
+            mrs.append(mr[sel])
+        feh_all = np.concatenate(fehs) if fehs else np.empty(0)
+        mr_all = np.concatenate(mrs) if mrs else np.empty(0)
+        dens, bw = binned_kde(feh_all, mr_all, locus)
+        maps.append(dens)
+        counts.append(len(feh_all))
+        bandwidths.append(bw)
+    density = _floor_and_normalise(np.array(maps), locus_valid_mask(locus), floor_fraction)
+    meta = {
+        "source": "photodist",
+        "smoothing": "histogram + Gaussian filter, Scott's rule, reflecting edges",
+        "bandwidth_feh": [b[0] for b in bandwidths],
+        "bandwidth_mr": [b[1] for b in bandwidths],
+        "floor_fraction": floor_fraction,
+        "r_column": r_column,
+    }
+    meta.update(metadata or {})
+    return PriorMap(
+        density,
+        locus.feh.copy(),
+        locus.mr.copy(),
+        centres,
+        np.array(counts),
+        float(r_half_width),
+        meta,
+    )
+
+
+def build_patch_priors(
+    pixel: int | None = None,
+    order: int = 4,
+    locus: Locus | None = None,
+    seed: int = 0,
+    *,
+    cone: tuple[float, float, float] | Patch | None = None,
+    min_stars: int = DEFAULT_MIN_STARS,
+    max_oversample: float = 1.0e5,
+    ar_inf: float | None = None,
+    r_centres: Sequence[float] = R_BIN_CENTRES,
+    r_half_width: float = R_BIN_HALF_WIDTH,
+    floor_fraction: float = DEFAULT_FLOOR_FRACTION,
+    **simulate_kwargs: Any,
+) -> PriorMap:
+    """Simulate a patch (truth only) and build its prior map.
+
+    The patch is simulated once over the full r range of the bins. Bins with fewer than
+    ``min_stars`` stars (the bright ones, for a small patch) get extra simulations restricted
+    to that bin with the expected counts multiplied (``oversample``) until they reach
+    ``min_stars`` (at most ``max_oversample`` patch areas): the same sightlines, a
+    proportionally larger area. Each bin pools all runs that cover it.
+    """
+    locus = locus or build_locus()
+    centres = np.asarray(r_centres, dtype=float)
+    r_lo, r_hi = float(centres[0] - r_half_width), float(centres[-1] + r_half_width)
+    common = {
+        "pixel": pixel,
+        "order": order,
+        "cone": cone,
+        "locus": locus,
+        "ar_inf": ar_inf,
+        "truth_only": True,
+        **simulate_kwargs,
+    }
+    base = simulate_patch(seed=seed, r_max=r_hi, r_min=r_lo, **common)
+    r = base["rmag_true"].to_numpy()
+    runs = [base]
+    extra: dict[str, float] = {}
+    for k, centre in enumerate(centres):
+        have = int(np.count_nonzero(np.abs(r - centre) <= r_half_width))
+        area_factor = 1.0  # patch areas simulated so far for this bin
+        attempt = 0
+        while have < min_stars and area_factor < max_oversample and attempt < 5:
+            # stars per unit area so far (at least one, for an empty bin) sets the next factor
+            rate = max(have, 1) / area_factor
+            factor = min(max_oversample - area_factor, 1.2 * (min_stars - have) / rate)
+            sub_seed = int(np.random.SeedSequence([seed, k + 1, attempt]).generate_state(1)[0])
+            run = simulate_patch(
+                seed=sub_seed,
+                r_min=float(centre - r_half_width),
+                r_max=float(centre + r_half_width),
+                oversample=factor,
+                **common,
+            )
+            runs.append(run)
+            have += len(run)
+            area_factor += factor
+            attempt += 1
+        if area_factor > 1.0:
+            extra[f"{centre:g}"] = area_factor
+    sim = base.attrs["photodist_simulation"]
+    metadata = {
+        "patch": sim["patch"],
+        "area_deg2": sim["area_deg2"],
+        "seed": seed,
+        "oversample_per_bin": extra,
+        "min_stars": min_stars,
+        "ar_inf": ar_inf,
+        "galaxy": sim["galaxy"],
+        "dust": sim["dust"],
+        "r_max_simulated": r_hi,
+    }
+    return build_priors(runs, locus, centres, r_half_width, floor_fraction, metadata=metadata)
+
+
+def _trilegal_files(path: Path) -> dict[int, Path]:
+    if path.is_file():
+        return {-1: path}
+    files = sorted(path.glob("**/Norder=*/Dir=*/Npix=*.parquet"))
+    if not files:
+        raise FileNotFoundError(
+            f"no HATS partition files (Norder=*/Dir=*/Npix=*.parquet) in {path}"
+        )
+    return {int(f.stem.split("=")[1]): f for f in files}
+
+
+def _trilegal_map(
+    frame: pd.DataFrame, locus: Locus, floor_fraction: float, source: str
+) -> PriorMap:
+    for col in ("rmag", "kde", "xGrid", "yGrid"):
+        if col not in frame.columns:
+            raise ValueError(f"TRILEGAL prior table {source} lacks column {col!r}")
+    frame = frame.sort_values("rmag")
+    ff, mm = np.meshgrid(locus.feh, locus.mr, indexing="ij")
+    points = np.column_stack([ff.ravel(), mm.ravel()])
+    maps = []
+    for _, row in frame.iterrows():
+        grids = [np.frombuffer(row[c], dtype=np.float64) for c in ("kde", "xGrid", "yGrid")]
+        if any(g.size != 96 * 36 for g in grids):
+            raise ValueError(f"TRILEGAL prior grids in {source} are not 96 x 36 float64")
+        kde, x_grid, y_grid = (g.reshape(96, 36) for g in grids)
+        feh_axis, mr_axis = x_grid[0], y_grid[:, 0]  # [Fe/H] along columns, M_r along rows
+        if not (np.allclose(x_grid, feh_axis[None, :]) and np.allclose(y_grid, mr_axis[:, None])):
+            raise ValueError(f"TRILEGAL prior grids in {source} are not a regular mesh")
+        order = np.argsort(mr_axis)  # their M_r axis descends
+        interp = RegularGridInterpolator(
+            (feh_axis, mr_axis[order]), kde[order].T, bounds_error=False, fill_value=0.0
+        )
+        maps.append(interp(points).reshape(ff.shape))
+    density = _floor_and_normalise(np.array(maps), locus_valid_mask(locus), floor_fraction)
+    meta = {
+        "source": "trilegal",
+        "file": Path(source).name,
+        "floor_fraction": floor_fraction,
+        "interpolation": "bilinear from the 96 x 36 TRILEGAL grid; [Fe/H] > locus range dropped",
+    }
+    return PriorMap(
+        density,
+        locus.feh.copy(),
+        locus.mr.copy(),
+        frame["rmag"].to_numpy(float),
+        np.zeros(len(frame), dtype=np.int64),
+        R_BIN_HALF_WIDTH,
+        meta,
+    )
+
+
+def read_trilegal_prior_catalog(
+    path: str | Path, locus: Locus | None = None, floor_fraction: float = DEFAULT_FLOOR_FRACTION
+) -> dict[int, PriorMap]:
+    """All TRILEGAL prior maps of a HATS catalogue, keyed by pixel, on the locus grid."""
+    locus = locus or build_locus()
+    files = _trilegal_files(Path(path))
+    return {
+        pix: _trilegal_map(pd.read_parquet(f), locus, floor_fraction, str(f))
+        for pix, f in files.items()
+    }
+
+
+def read_trilegal_priors(
+    path: str | Path,
+    locus: Locus | None = None,
+    pixel: int | None = None,
+    floor_fraction: float = DEFAULT_FLOOR_FRACTION,
+) -> PriorMap:
+    """Read one TRILEGAL prior map (photo-D HATS format) and interpolate it onto the locus grid.
+
+    Parameters
+    ----------
+    path
+        A partition Parquet file, or a HATS catalogue directory (then give ``pixel`` unless
+        it holds a single pixel).
+    locus
+        Target grid (default locus).
+    pixel
+        HEALPix pixel to read from a catalogue directory.
+    """
+    locus = locus or build_locus()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"TRILEGAL prior path {path} does not exist")
+    files = _trilegal_files(path)
+    if path.is_file():
+        chosen = files[-1]
+    elif pixel is not None:
+        if pixel not in files:
+            raise KeyError(f"pixel {pixel} not in {path}; available: {sorted(files)}")
+        chosen = files[pixel]
+    elif len(files) == 1:
+        chosen = next(iter(files.values()))
+    else:
+        raise ValueError(f"{path} holds pixels {sorted(files)}; choose one with pixel=")
+    prior = _trilegal_map(pd.read_parquet(chosen), locus, floor_fraction, str(chosen))
+    prior.metadata["pixel"] = (
+        pixel if pixel is not None else (None if path.is_file() else next(iter(files)))
+    )
+    return prior
+
+
+__all__ = [
+    "DEFAULT_R_MAX",
+    "R_BIN_CENTRES",
+    "GridMismatchError",
+    "PriorMap",
+    "binned_kde",
+    "build_patch_priors",
+    "build_priors",
+    "grid_median",
+    "locus_valid_mask",
+    "read_trilegal_prior_catalog",
+    "read_trilegal_priors",
+]

@@ -1,0 +1,159 @@
+import numpy as np
+import pytest
+from scipy.integrate import quad
+
+from photodist.galaxy import (
+    HALO,
+    LUMINOSITY_FUNCTION_TABLE,
+    THICK,
+    THIN,
+    DustModel,
+    GalaxyModel,
+    galactocentric,
+)
+
+MODEL = GalaxyModel()
+
+
+def test_solar_position_geometry():
+    r_cyl, z = galactocentric(np.array(0.0), 123.0, -45.0, 8000.0, 25.0)
+    assert r_cyl == pytest.approx(8000.0)
+    assert z == pytest.approx(25.0)
+    # towards the Galactic centre in the plane, at d = R0 we reach R = 0
+    r_cyl, z = galactocentric(np.array(8000.0), 0.0, 0.0, 8000.0, 25.0)
+    assert r_cyl == pytest.approx(0.0, abs=1e-6)
+    # towards the north Galactic pole the height grows with distance
+    r_cyl, z = galactocentric(np.array(1000.0), 0.0, 90.0, 8000.0, 25.0)
+    assert (r_cyl, z) == (pytest.approx(8000.0), pytest.approx(1025.0))
+
+
+def test_jurić_normalisations_at_the_solar_radius():
+    r0 = np.array(8000.0)
+    z0 = np.array(0.0)
+    assert MODEL.density(r0, z0, "thin") == pytest.approx(1.0)
+    assert MODEL.density(r0, z0, THICK) / MODEL.density(r0, z0, THIN) == pytest.approx(0.12)
+    assert MODEL.density(r0, z0, "halo") / MODEL.density(r0, z0, "thin") == pytest.approx(0.0051)
+    local = np.exp(-25 / 300) + 0.12 * np.exp(-25 / 900) + 0.0051
+    assert MODEL.local_density == pytest.approx(local, rel=1e-6)
+    assert MODEL.relative_density(r0, np.array(25.0)) == pytest.approx(1.0)
+
+
+def test_disk_columns_integrate_to_twice_the_scale_heights():
+    def column(component: str) -> float:
+        f = lambda z: float(MODEL.density(np.array(8000.0), np.array(z), component))  # noqa: E731
+        return quad(f, -20000, 0, limit=200)[0] + quad(f, 0, 20000, limit=200)[0]
+
+    assert column("thin") == pytest.approx(2 * 300.0, rel=1e-4)
+    assert column("thick") == pytest.approx(2 * 0.12 * 900.0, rel=1e-4)
+
+
+def test_scale_lengths_and_halo_shape():
+    ratio = MODEL.density(np.array(10600.0), np.array(0.0), "thin") / MODEL.density(
+        np.array(8000.0), np.array(0.0), "thin"
+    )
+    assert ratio == pytest.approx(np.exp(-1.0))
+    ratio = MODEL.density(np.array(11600.0), np.array(0.0), "thick") / MODEL.density(
+        np.array(8000.0), np.array(0.0), "thick"
+    )
+    assert ratio == pytest.approx(np.exp(-1.0))
+    # oblate: the halo density at height q*a above the centre equals that at radius a
+    a = 20000.0
+    in_plane = MODEL.density(np.array(a), np.array(0.0), "halo")
+    on_axis = MODEL.density(np.array(0.0), np.array(0.64 * a), "halo")
+    assert on_axis == pytest.approx(in_plane)
+    assert in_plane == pytest.approx(0.0051 * (8000.0 / a) ** 2.77)
+
+
+def test_component_codes_and_total():
+    r_cyl = np.array([8000.0, 5000.0, 15000.0])
+    z = np.array([0.0, 2000.0, -8000.0])
+    parts = MODEL.component_densities(r_cyl, z)
+    np.testing.assert_allclose(parts.sum(axis=-1), MODEL.density(r_cyl, z, "total"))
+    np.testing.assert_allclose(
+        MODEL.density(r_cyl, z, np.array([0, 1, 2])), parts[np.arange(3), [0, 1, 2]]
+    )
+    with pytest.raises(ValueError, match="unknown component"):
+        MODEL.density(r_cyl, z, "bulge")
+
+
+def test_luminosity_function_nodes_and_log_interpolation():
+    table = np.array(LUMINOSITY_FUNCTION_TABLE)
+    np.testing.assert_allclose(MODEL.luminosity_function(table[:, 0]), table[:, 1], rtol=1e-12)
+    # halfway between nodes the log-interpolated value is the geometric mean
+    mid = MODEL.luminosity_function(np.array(4.75))
+    assert mid == pytest.approx(np.sqrt(2.26e-3 * 3.60e-3))
+    assert MODEL.luminosity_function(np.array([-1.5, 17.5])).tolist() == [0.0, 0.0]
+
+
+def test_luminosity_function_published_normalisations():
+    f = lambda m: float(MODEL.luminosity_function(np.array(m)))  # noqa: E731
+    # Ivezić & Jurić (2009) LF file header: 0.061 stars/pc^3 for -1 < M_r < 28, of which
+    # 50 % have 4.9 < M_r < 12.
+    main_sequence = quad(f, 4.9, 12, limit=400, points=np.arange(5, 12, 0.5))[0]
+    assert main_sequence == pytest.approx(0.5 * 0.061, rel=0.03)
+    # bright end: log10 phi = C + 0.33 M_r
+    slope = np.diff(np.log10(MODEL.luminosity_function(np.array([-1.0, 4.0])))) / 5.0
+    assert slope[0] == pytest.approx(0.33, abs=0.005)
+
+
+def test_metallicity_distributions_recover_their_means():
+    rng = np.random.default_rng(3)
+    n = 200_000
+    halo = MODEL.sample_feh(HALO, np.full(n, 5000.0), rng, feh_range=None)
+    assert halo.mean() == pytest.approx(-1.46, abs=0.005)
+    assert halo.std() == pytest.approx(0.30, abs=0.005)
+    for z in (0.0, 1000.0, 4000.0):
+        disk = MODEL.sample_feh("thin", np.full(n, z), rng, feh_range=None)
+        mu_d = -0.78 + 0.35 * np.exp(-z / 1000.0)
+        expected = mu_d - 0.067 + 0.37 * 0.14
+        assert disk.mean() == pytest.approx(expected, abs=0.004)
+        assert MODEL.expected_feh(THIN, np.array(z)) == pytest.approx(expected)
+        # the mixture variance: 0.2^2 + 0.63 * 0.37 * 0.14^2
+        assert disk.std() == pytest.approx(np.sqrt(0.04 + 0.63 * 0.37 * 0.14**2), abs=0.004)
+    thick = MODEL.sample_feh(THICK, np.full(n, -1000.0), rng, feh_range=None)
+    assert thick.mean() == pytest.approx(MODEL.expected_feh(THICK, np.array(1000.0)), abs=0.004)
+
+
+def test_metallicity_clipping_and_reproducibility():
+    z = np.linspace(0, 5000, 1000)
+    a = MODEL.sample_feh(np.full(1000, HALO), z, np.random.default_rng(5), feh_range=(-1.5, -1.4))
+    b = MODEL.sample_feh(np.full(1000, HALO), z, np.random.default_rng(5), feh_range=(-1.5, -1.4))
+    np.testing.assert_array_equal(a, b)
+    assert a.min() >= -1.5 and a.max() <= -1.4
+
+
+def test_component_sampling_follows_density_ratios():
+    rng = np.random.default_rng(11)
+    r_cyl = np.full(100_000, 9000.0)
+    z = np.full(100_000, 1500.0)
+    comp = MODEL.sample_component(r_cyl, z, rng)
+    dens = MODEL.component_densities(np.array(9000.0), np.array(1500.0))
+    expected = dens / dens.sum()
+    observed = np.bincount(comp, minlength=3) / len(comp)
+    np.testing.assert_allclose(observed, expected, atol=0.006)
+
+
+def test_dust_profile_reaches_the_sightline_total():
+    dust = DustModel()
+    dist = np.array([0.0, 50.0, 100.0, 300.0, 1000.0, 1e5])
+    ar = dust.ar_along(dist, 120.0, 30.0, ar_inf=0.5)
+    assert ar[0] == 0.0
+    assert np.all(np.diff(ar) >= 0)
+    assert ar[-1] == pytest.approx(0.5, rel=1e-6)
+    # exponential layer: half the column toward the pole lies below h ln 2 above the Sun
+    toward_pole = dust.ar_along(np.array([100.0 * np.log(2.0)]), 0.0, 90.0, ar_inf=1.0)
+    assert toward_pole[0] == pytest.approx(0.5, abs=0.01)
+
+
+def test_default_extinction_is_a_cosecant_law_at_high_latitude():
+    dust = DustModel()
+    poles = dust.default_ar_inf(np.array([0.0, 0.0]), np.array([90.0, -90.0]))
+    assert poles.mean() == pytest.approx(0.08, rel=0.01)
+    # the Sun sits Z0 = 25 pc above the layer's mid-plane: less dust to the north
+    above = np.exp(-25.0 / 100.0)
+    for b in (30.0, 50.0, -60.0):
+        side = above if b > 0 else 2.0 - above
+        expected = 0.08 * side / abs(np.sin(np.radians(b)))
+        assert dust.default_ar_inf(100.0, b) == pytest.approx(expected, rel=0.05)
+    assert dust.default_ar_inf(0.0, 0.0) == pytest.approx(10.0)  # capped toward the centre
+    assert 1.0 < dust.default_ar_inf(180.0, 0.0) < 10.0

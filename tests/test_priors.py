@@ -1,0 +1,156 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from photodist.locus import build_locus
+from photodist.priors import (
+    R_BIN_CENTRES,
+    GridMismatchError,
+    PriorMap,
+    binned_kde,
+    build_patch_priors,
+    build_priors,
+    grid_median,
+    read_trilegal_prior_catalog,
+    read_trilegal_priors,
+)
+
+
+@pytest.fixture(scope="module")
+def patch_priors(default_locus):
+    return build_patch_priors(pixel=20, order=7, locus=default_locus, seed=3, min_stars=2000)
+
+
+def _synthetic(n: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Stars with [Fe/H] ~ N(-1, 0.3), M_r ~ N(3 + r/4, 1), r uniform in 13.5..27.5."""
+    r = rng.uniform(13.5, 27.5, n)
+    return pd.DataFrame(
+        {
+            "rmag_true": r,
+            "FeH_true": rng.normal(-1.0, 0.3, n),
+            "Mr_true": rng.normal(3.0 + r / 4.0, 1.0, n),
+        }
+    )
+
+
+def test_r_bins_match_the_paper():
+    assert len(R_BIN_CENTRES) == 27
+    assert R_BIN_CENTRES[0] == 14.0 and R_BIN_CENTRES[-1] == 27.0
+    np.testing.assert_allclose(np.diff(R_BIN_CENTRES), 0.5)
+
+
+def test_build_priors_recovers_a_known_population(default_locus):
+    frame = _synthetic(400_000, np.random.default_rng(0))
+    prior = build_priors(frame, default_locus)
+    assert prior.density.shape == (27, *default_locus.shape)
+    np.testing.assert_allclose(prior.density.sum(axis=(1, 2)), 1.0)
+    feh_med, mr_med = prior.marginal_medians()
+    np.testing.assert_allclose(feh_med, -1.0, atol=0.03)
+    np.testing.assert_allclose(mr_med, 3.0 + R_BIN_CENTRES / 4.0, atol=0.05)
+    # each bin holds the stars within +-0.5 mag of its centre (~1/14 of them)
+    assert prior.n_stars == pytest.approx(400_000 / 14, rel=0.05)
+
+
+def test_floor_and_no_zero_prior(default_locus):
+    frame = _synthetic(50_000, np.random.default_rng(1))
+    prior = build_priors(frame, default_locus, floor_fraction=1e-3)
+    n_points = np.prod(default_locus.shape)
+    assert prior.density.min() > 0
+    assert np.all(np.isfinite(prior.log_prior))
+    # the floor is 1e-3 of the mean density (before the final renormalisation)
+    assert prior.density.min() == pytest.approx(1e-3 / n_points, rel=0.01)
+
+
+def test_scott_bandwidth(default_locus):
+    rng = np.random.default_rng(2)
+    feh = rng.normal(-1.0, 0.3, 20_000)
+    mr = rng.normal(8.0, 2.0, 20_000)
+    dens, (h_feh, h_mr) = binned_kde(feh, mr, default_locus)
+    scott = 20_000 ** (-1 / 6)
+    assert h_feh == pytest.approx(0.3 * scott, rel=0.02)
+    assert h_mr == pytest.approx(2.0 * scott, rel=0.02)
+    inside = (np.abs(feh + 1.0) <= 1.5) & (mr >= -1.0) & (mr <= 17.0)
+    # reflecting edges keep the mass of the stars on the grid
+    assert dens.sum() == pytest.approx(inside.sum(), rel=1e-9)
+
+
+def test_bin_index_and_for_r(patch_priors):
+    idx = patch_priors.bin_index(np.array([10.0, 14.0, 14.24, 14.26, 20.0, 26.9, 40.0]))
+    assert idx.tolist() == [0, 0, 0, 1, 12, 26, 26]
+    assert patch_priors.for_r(20.1).shape == patch_priors.density.shape[1:]
+    stack = patch_priors.for_r(np.array([15.0, 25.0]))
+    np.testing.assert_array_equal(stack[1], patch_priors.log_prior[22])
+
+
+def test_patch_priors_are_smooth_and_reproducible(patch_priors, default_locus):
+    assert np.all(patch_priors.n_stars >= 2000)
+    np.testing.assert_allclose(patch_priors.density.sum(axis=(1, 2)), 1.0)
+    again = build_patch_priors(pixel=20, order=7, locus=default_locus, seed=3, min_stars=2000)
+    np.testing.assert_array_equal(again.density, patch_priors.density)
+    feh_med, mr_med = patch_priors.marginal_medians()
+    # bright bins: nearby disk stars; faint bins: halo stars
+    assert feh_med[0] > -1.0 > feh_med[-1]
+    assert patch_priors.metadata["patch"] == {"order": 7, "pixel": 20}
+
+
+def test_prior_file_round_trip(patch_priors, default_locus, tmp_path):
+    path = patch_priors.save(tmp_path / "prior")
+    assert path.suffix == ".npz"
+    back = PriorMap.load(path, locus=default_locus)
+    np.testing.assert_array_equal(back.density, patch_priors.density)
+    np.testing.assert_array_equal(back.r_centres, patch_priors.r_centres)
+    np.testing.assert_array_equal(back.n_stars, patch_priors.n_stars)
+    assert back.metadata["seed"] == 3
+    assert back.metadata["bandwidth_mr"] == pytest.approx(patch_priors.metadata["bandwidth_mr"])
+
+
+def test_grid_mismatch_is_a_clear_error(patch_priors, tmp_path):
+    path = patch_priors.save(tmp_path / "prior.npz")
+    coarse = build_locus(feh_step=0.1, mr_step=0.05)
+    with pytest.raises(GridMismatchError, match=r"\[Fe/H\] axis.*M_r axis"):
+        PriorMap.load(path, locus=coarse)
+    assert issubclass(GridMismatchError, ValueError)
+    # regridding makes it usable on the other grid
+    regridded = patch_priors.regrid(coarse)
+    regridded.check_grid(coarse)
+    f_a, m_a = patch_priors.marginal_medians()
+    f_b, m_b = regridded.marginal_medians()
+    np.testing.assert_allclose(f_b, f_a, atol=0.06)
+    np.testing.assert_allclose(m_b, m_a, atol=0.1)
+
+
+def test_grid_median():
+    axis = np.arange(0.0, 10.0, 0.1)
+    weights = np.exp(-0.5 * ((axis - 4.3) / 1.0) ** 2)
+    assert grid_median(axis, weights) == pytest.approx(4.3, abs=0.01)
+    assert np.isnan(grid_median(axis, np.zeros_like(axis)))
+
+
+def test_trilegal_priors_load(s82_priors_path, default_locus):
+    prior = read_trilegal_priors(s82_priors_path, default_locus, pixel=0)
+    np.testing.assert_allclose(prior.r_centres, R_BIN_CENTRES)
+    prior.check_grid(default_locus)
+    np.testing.assert_allclose(prior.density.sum(axis=(1, 2)), 1.0)
+    assert np.all(np.isfinite(prior.log_prior))
+    # medians on our grid agree with medians computed on TRILEGAL's own 96 x 36 grid
+    raw = pd.read_parquet(s82_priors_path / "dataset/Norder=5/Dir=0/Npix=0.parquet")
+    raw = raw.sort_values("rmag")
+    row = raw.iloc[10]  # r = 19
+    kde = np.frombuffer(row["kde"], np.float64).reshape(96, 36)
+    mr_axis = np.frombuffer(row["yGrid"], np.float64).reshape(96, 36)[:, 0]
+    feh_axis = np.frombuffer(row["xGrid"], np.float64).reshape(96, 36)[0]
+    inside = feh_axis <= default_locus.feh[-1] + 1e-9
+    feh_native = grid_median(feh_axis[inside], kde[:, inside].sum(axis=0))
+    mr_native = grid_median(mr_axis, kde.sum(axis=1))
+    feh_ours, mr_ours = prior.marginal_medians()
+    assert feh_ours[10] == pytest.approx(feh_native, abs=0.05)
+    assert mr_ours[10] == pytest.approx(mr_native, abs=0.1)
+    # a single partition file also loads; a multi-pixel directory needs a pixel
+    single = read_trilegal_priors(
+        s82_priors_path / "dataset/Norder=5/Dir=0/Npix=1.parquet", default_locus
+    )
+    assert single.n_bins == 27
+    with pytest.raises(ValueError, match="choose one"):
+        read_trilegal_priors(s82_priors_path, default_locus)
+    maps = read_trilegal_prior_catalog(s82_priors_path, default_locus)
+    assert sorted(maps) == [0, 1, 2]
