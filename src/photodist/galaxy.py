@@ -27,6 +27,14 @@ maps (:mod:`photodist.priors`) are built from.
   relative to the mean column to the two Galactic poles (= h_d), which is the cosecant law
   ``A0 / |sin b|`` at high latitude and stays finite in the plane; A0 = 0.08 mag (a typical
   polar SFD value, E(B-V) ~ 0.03 times A_r/E(B-V) = 2.75), capped at ``a_max`` = 10 mag.
+
+Known limitations (measured by ``validation/simulated_vs_s82.py`` and
+``validation/priors_vs_trilegal.py``): with one luminosity function for all components the model
+predicts 2-5 times more blue (g-i < 1) halo and thick-disk stars at 15 < r < 21 than the Stripe 82
+standard stars show, while red (g-i > 1.5) star counts agree within ~25 %; the bright end of the
+luminosity function (M_r < 4.9, an extrapolation for the young disk) also puts main-sequence stars
+brighter than the turn-off into the old halo and thick disk. The Ivezić et al. disk metallicity
+is ~0.5 dex lower than TRILEGAL's thin disk near the plane.
 """
 
 from __future__ import annotations

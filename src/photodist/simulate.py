@@ -25,6 +25,10 @@ plus extinction, and photometric errors from:
   taken as 5-sigma depths, gamma = 0.039 and sigma_sys = 0.02 mag (Ivezić et al. 2004, AN 325,
   583: ~2 % single-epoch calibration). ``"sdssN"`` averages N epochs (random part / sqrt(N)).
 * ``"none"``: no noise (errors set to 0).
+
+Noise is Gaussian in magnitudes with the error computed from the true magnitude, so bands far
+below the depth (e.g. u of faint M dwarfs) get errors of several magnitudes and meaningless
+values; ``photodist.bands.photometry_from_frame`` treats colours with errors > 1 mag as missing.
 """
 
 from __future__ import annotations
