@@ -1,0 +1,1385 @@
+"""Neural networks that emulate the Bayesian photo-D estimator.
+
+A Bayesian estimator labels a subsample of stars with posterior means and standard deviations
+of M_r, A_r and [Fe/H]; the networks here learn those labels and then predict every star
+(Mrakovčić, Ivezić & Palaversa 2025, AJ 170, 72):
+
+* the *moments network* predicts a mean mu and a width sigma_NN for each parameter and is
+  trained with the moments loss of Jeffrey & Wandelt (2020);
+* the *secondary network* (same hidden layers) predicts the Bayesian posterior width sigma_B.
+
+The reported uncertainty is ``sqrt(sigma_NN**2 + sigma_B**2)``.
+
+Training is deterministic for a given seed on the CPU: every optimisation run is executed with
+single-threaded tensor operations (independent runs execute concurrently in worker threads), so
+the weights do not depend on the number of threads. A fitted estimator is stored as one
+safetensors file whose header carries the JSON metadata; loading never executes code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as _safetensors_load
+from safetensors.torch import save as _safetensors_save
+from torch import nn
+
+from photodist.bands import BandSet, Photometry, get_band_set
+
+__all__ = [
+    "ACTIVATIONS",
+    "OUTPUT_KEYS",
+    "PARAMETERS",
+    "ModelFileError",
+    "NetworkSpec",
+    "NotFittedError",
+    "PhotoDNetwork",
+    "moments_loss",
+    "moments_loss_terms",
+    "weighted_mse",
+]
+
+#: Estimated parameters, in the column order of the label arrays.
+PARAMETERS: tuple[str, ...] = ("Mr", "Ar", "FeH")
+#: Loss weights (the target precision of M_r, A_r and [Fe/H]); each term is divided by w**2.
+DEFAULT_LOSS_WEIGHTS: tuple[float, float, float] = (0.1, 0.02, 0.1)
+#: Activation names accepted in a :class:`NetworkSpec` (the hyper-parameter search space).
+ACTIVATIONS: tuple[str, ...] = (
+    "elu",
+    "gelu",
+    "hard_sigmoid",
+    "linear",
+    "relu",
+    "selu",
+    "sigmoid",
+    "softmax",
+    "softplus",
+    "softsign",
+    "swish",
+    "tanh",
+)
+#: Floating-point columns returned by :meth:`PhotoDNetwork.predict`, in storage order.
+FLOAT_KEYS: tuple[str, ...] = tuple(
+    f"{p}_{suffix}" for p in PARAMETERS for suffix in ("mean", "sigma", "sigma_nn", "sigma_bayes")
+) + ("Qr_mean", "Qr_sigma")
+#: Boolean flag columns returned by :meth:`PhotoDNetwork.predict`.
+FLAG_KEYS: tuple[str, ...] = ("out_of_domain", "invalid_input")
+OUTPUT_KEYS: tuple[str, ...] = FLOAT_KEYS + FLAG_KEYS
+
+FORMAT_NAME = "photodist-nn"
+FORMAT_VERSION = 1
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-7  # the Keras default used by the reference implementation
+_BATCH_NORM_EPS = 1e-3
+_LR_MIN_DELTA = 1e-4  # ReduceLROnPlateau: improvement needed to reset its patience counter
+_MAX_HEADER_BYTES = 100_000_000
+_DEFAULT_CPU_CHUNK = 4096
+_DEFAULT_DEVICE_CHUNK = 1 << 20
+
+
+class ModelFileError(ValueError):
+    """A file is not a readable photodist network (corrupted, truncated or another format)."""
+
+
+class NotFittedError(RuntimeError):
+    """The estimator has not been fitted (or loaded) yet."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Network specification
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_activation(name: object) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"activation must be a string, got {name!r}")
+    key = name.strip().lower()
+    if key not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; supported: {', '.join(ACTIVATIONS)}")
+    return key
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Architecture of the hidden layers shared by the moments and secondary networks.
+
+    Parameters
+    ----------
+    hidden
+        Hidden layers from input to output as ``(units, activation)`` pairs; activations are
+        names from :data:`ACTIVATIONS`.
+    batch_norm
+        Add batch normalisation after the activation of every hidden layer.
+    """
+
+    hidden: tuple[tuple[int, str], ...]
+    batch_norm: bool = False
+
+    def __post_init__(self) -> None:
+        layers = []
+        if isinstance(self.hidden, str | bytes) or not isinstance(self.hidden, Sequence):
+            raise ValueError("hidden must be a sequence of (units, activation) pairs")
+        for i, layer in enumerate(self.hidden):
+            if isinstance(layer, Mapping):
+                layer = (layer.get("units"), layer.get("activation"))
+            if isinstance(layer, str | bytes) or not isinstance(layer, Sequence) or len(layer) != 2:
+                raise ValueError(
+                    f"hidden layer {i} must be a (units, activation) pair, got {layer!r}"
+                )
+            units, activation = layer
+            if isinstance(units, bool) or not isinstance(units, int | np.integer) or units < 1:
+                raise ValueError(
+                    f"hidden layer {i}: units must be a positive integer, got {units!r}"
+                )
+            layers.append((int(units), _check_activation(activation)))
+        if not layers:
+            raise ValueError("a network needs at least one hidden layer")
+        if not isinstance(self.batch_norm, bool | np.bool_):
+            raise ValueError(f"batch_norm must be true or false, got {self.batch_norm!r}")
+        object.__setattr__(self, "hidden", tuple(layers))
+        object.__setattr__(self, "batch_norm", bool(self.batch_norm))
+
+    @classmethod
+    def paper_default(cls, batch_norm: bool = False) -> NetworkSpec:
+        """45 GELU, 45 Softsign, 42 Softsign, 33 Sigmoid, 36 GELU (Mrakovčić et al. 2025)."""
+        return cls(
+            ((45, "gelu"), (45, "softsign"), (42, "softsign"), (33, "sigmoid"), (36, "gelu")),
+            batch_norm=batch_norm,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form: ``{"hidden": [[units, activation], ...], "batch_norm": bool}``."""
+        return {"hidden": [[u, a] for u, a in self.hidden], "batch_norm": self.batch_norm}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NetworkSpec:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a network spec must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - {"hidden", "batch_norm"}
+        if unknown:
+            raise ValueError(f"unknown network-spec keys {sorted(unknown)}")
+        if "hidden" not in data:
+            raise ValueError("a network spec needs a 'hidden' list")
+        return cls(data["hidden"], batch_norm=data.get("batch_norm", False))
+
+    def to_json(self) -> str:
+        """The spec as a JSON string."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> NetworkSpec:
+        """Parse a JSON spec, e.g. ``{"hidden": [[45, "gelu"], [33, "tanh"]]}``."""
+        try:
+            data = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"network spec is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _coerce_spec(spec: NetworkSpec | Mapping[str, Any] | str | None) -> NetworkSpec:
+    if spec is None:
+        return NetworkSpec.paper_default()
+    if isinstance(spec, NetworkSpec):
+        return spec
+    if isinstance(spec, str | bytes):
+        return NetworkSpec.from_json(spec)
+    if isinstance(spec, Mapping):
+        return NetworkSpec.from_dict(spec)
+    raise TypeError(
+        f"spec must be a NetworkSpec, a dict or a JSON string, got {type(spec).__name__}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------
+
+
+def moments_loss_terms(mu: torch.Tensor, sigma: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Per-parameter moments loss, the mean over stars of ``d2 + (d2 - sigma**2)**2``.
+
+    ``d2 = (theta - mu)**2`` (Jeffrey & Wandelt 2020). Inputs have shape (N, P); the result has
+    shape (P,).
+    """
+    d2 = (theta - mu).square()
+    return (d2 + (d2 - sigma.square()).square()).mean(dim=0)
+
+
+def moments_loss(
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    theta: torch.Tensor,
+    weights: Sequence[float] = DEFAULT_LOSS_WEIGHTS,
+) -> torch.Tensor:
+    """Total moments loss ``sum_p L_p / w_p**2``.
+
+    Parameters
+    ----------
+    mu, sigma
+        Network means and widths, shape (N, P) with P = len(weights).
+    theta
+        Labels (Bayesian posterior means), shape (N, P).
+    weights
+        Target precision per parameter; default (0.1, 0.02, 0.1) for (M_r, A_r, [Fe/H]).
+    """
+    w = torch.as_tensor(weights, dtype=mu.dtype, device=mu.device)
+    return (moments_loss_terms(mu, sigma, theta) / w.square()).sum()
+
+
+def weighted_mse(
+    prediction: torch.Tensor, target: torch.Tensor, weights: Sequence[float] = DEFAULT_LOSS_WEIGHTS
+) -> torch.Tensor:
+    """Mean squared error per parameter, divided by ``w_p**2`` and summed over parameters."""
+    w = torch.as_tensor(weights, dtype=prediction.dtype, device=prediction.device)
+    return ((prediction - target).square().mean(dim=0) / w.square()).sum()
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------
+
+
+class _SoftsignFunction(torch.autograd.Function):
+    """x / (1 + |x|) with a single saved tensor and a two-operation backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        denom = x.abs().add_(1.0)
+        ctx.save_for_backward(denom)
+        return x / denom
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (denom,) = ctx.saved_tensors
+        return grad / denom.square()
+
+
+class _Softsign(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SoftsignFunction.apply(x)
+
+
+_ACTIVATION_MODULES: dict[str, Callable[[], nn.Module]] = {
+    "elu": nn.ELU,
+    "gelu": nn.GELU,  # exact (erf) form, as Keras' default
+    "hard_sigmoid": nn.Hardsigmoid,  # relu6(x + 3) / 6, as Keras 3
+    "linear": nn.Identity,
+    "relu": nn.ReLU,
+    "selu": nn.SELU,
+    "sigmoid": nn.Sigmoid,
+    "softmax": lambda: nn.Softmax(dim=-1),
+    "softplus": nn.Softplus,
+    "softsign": _Softsign,
+    "swish": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
+class _Body(nn.Module):
+    """Hidden layers (Linear -> activation [-> BatchNorm]) and a linear head."""
+
+    def __init__(self, n_inputs: int, spec: NetworkSpec, n_outputs: int) -> None:
+        super().__init__()
+        self.activation_names = [a for _, a in spec.hidden]
+        widths = [n_inputs] + [u for u, _ in spec.hidden]
+        self.linears = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.activations = nn.ModuleList(_ACTIVATION_MODULES[a]() for a in self.activation_names)
+        self.norms = (
+            nn.ModuleList(nn.BatchNorm1d(u, eps=_BATCH_NORM_EPS) for u in widths[1:])
+            if spec.batch_norm
+            else None
+        )
+        self.head = nn.Linear(widths[-1], n_outputs)
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        for i, (linear, activation) in enumerate(zip(self.linears, self.activations, strict=True)):
+            x = activation(linear(x))
+            if self.norms is not None:
+                x = self.norms[i](x)
+        return self.head(x)
+
+    def init_weights(self, generator: torch.Generator) -> None:
+        """Glorot-uniform weights and zero biases (the Keras defaults)."""
+        with torch.no_grad():
+            for linear in [*self.linears, self.head]:
+                fan_out, fan_in = linear.weight.shape
+                limit = math.sqrt(6.0 / (fan_in + fan_out))
+                linear.weight.uniform_(-limit, limit, generator=generator)
+                linear.bias.zero_()
+
+
+class _MomentsNet(_Body):
+    """Standardised inputs -> (mu, sigma) for each parameter, in physical units."""
+
+    def __init__(self, n_inputs: int, spec: NetworkSpec, n_params: int = len(PARAMETERS)) -> None:
+        super().__init__(n_inputs, spec, 2 * n_params)
+        self.n_params = n_params
+        self.register_buffer("out_offset", torch.zeros(n_params))
+        self.register_buffer("out_scale", torch.ones(n_params))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = self.raw(x)
+        mu = torch.addcmul(self.out_offset, raw[:, : self.n_params], self.out_scale)
+        sigma = F.softplus(raw[:, self.n_params :]) * self.out_scale
+        return mu, sigma
+
+
+class _SigmaNet(_Body):
+    """Standardised inputs -> Bayesian posterior width of each parameter (positive)."""
+
+    def __init__(self, n_inputs: int, spec: NetworkSpec, n_params: int = len(PARAMETERS)) -> None:
+        super().__init__(n_inputs, spec, n_params)
+        self.register_buffer("out_scale", torch.ones(n_params))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softplus(self.raw(x)) * self.out_scale
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _RunResult:
+    """Outcome of one optimisation run."""
+
+    best_val_loss: float
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    seconds: float
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    learning_rate: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "best_val_loss": self.best_val_loss,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.stopped_early,
+            "seconds": round(self.seconds, 3),
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "learning_rate": self.learning_rate,
+        }
+
+
+class _FlatAdam:
+    """Adam on one flat parameter buffer (the module parameters become views into it).
+
+    One fused update of a single buffer costs a handful of tensor operations instead of several
+    per parameter, which matters for networks this small.
+    """
+
+    def __init__(self, params: list[nn.Parameter], lr: float) -> None:
+        self.params = params
+        total = sum(p.numel() for p in params)
+        self.flat = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
+        offset = 0
+        with torch.no_grad():
+            for p in params:
+                view = self.flat[offset : offset + p.numel()]
+                view.copy_(p.reshape(-1))
+                p.data = view.view_as(p)
+                offset += p.numel()
+        self.exp_avg = torch.zeros_like(self.flat)
+        self.exp_avg_sq = torch.zeros_like(self.flat)
+        self.lr = lr
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[torch.Tensor]) -> None:
+        beta1, beta2 = _ADAM_BETAS
+        g = torch.cat([gr.reshape(-1) for gr in grads])
+        self.steps += 1
+        self.exp_avg.lerp_(g, 1.0 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        denom = self.exp_avg_sq.sqrt().div_(math.sqrt(1.0 - beta2**self.steps)).add_(_ADAM_EPS)
+        self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / (1.0 - beta1**self.steps))
+
+    def release(self) -> None:
+        """Give every parameter its own storage again."""
+        with torch.no_grad():
+            for p in self.params:
+                p.data = p.data.clone()
+
+
+def _train_run(
+    net: _Body,
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    max_epochs: int,
+    patience: int,
+    batch_size: int,
+    learning_rate: float,
+    lr_factor: float,
+    lr_patience: int,
+    seed: int,
+) -> _RunResult:
+    """Mini-batch Adam with early stopping (best weights restored) and ReduceLROnPlateau."""
+    start = time.perf_counter()
+    params = list(net.parameters())
+    optimizer = _FlatAdam(params, learning_rate)
+    buffers = list(net.buffers())
+    best_flat = optimizer.flat.clone()
+    best_buffers = [b.clone() for b in buffers]
+    generator = torch.Generator().manual_seed(seed)
+    n = x_train.shape[0]
+    starts = list(range(0, n, batch_size))
+    if net.norms is not None and len(starts) > 1 and n - starts[-1] < 2:
+        starts.pop()  # batch normalisation cannot train on a single-row batch
+    result = _RunResult(math.inf, 0, 0, False, 0.0)
+    best = math.inf
+    plateau_best = math.inf
+    since_best = 0
+    since_plateau_best = 0
+    for epoch in range(1, max_epochs + 1):
+        net.train()
+        perm = torch.randperm(n, generator=generator).to(x_train.device)
+        xs, ys = x_train[perm], y_train[perm]
+        total = torch.zeros((), dtype=x_train.dtype, device=x_train.device)
+        used = 0
+        for s in starts:
+            xb, yb = xs[s : s + batch_size], ys[s : s + batch_size]
+            loss = loss_fn(net(xb), yb)
+            grads = torch.autograd.grad(loss, params)
+            optimizer.step(grads)
+            total += loss.detach() * xb.shape[0]
+            used += xb.shape[0]
+        val = _evaluate(net, loss_fn, x_val, y_val)
+        result.train_loss.append(float(total) / used)
+        result.val_loss.append(val)
+        result.learning_rate.append(optimizer.lr)
+        result.epochs_run = epoch
+        if val < best:  # NaN never counts as an improvement
+            best = val
+            since_best = 0
+            result.best_val_loss, result.best_epoch = val, epoch
+            best_flat.copy_(optimizer.flat)
+            for saved, current in zip(best_buffers, buffers, strict=True):
+                saved.copy_(current)
+        else:
+            since_best += 1
+            if since_best >= patience:
+                result.stopped_early = True
+                break
+        if val < plateau_best - _LR_MIN_DELTA:
+            plateau_best = val
+            since_plateau_best = 0
+        else:
+            since_plateau_best += 1
+            if since_plateau_best >= lr_patience:
+                optimizer.lr *= lr_factor
+                since_plateau_best = 0
+    with torch.no_grad():
+        optimizer.flat.copy_(best_flat)
+        for saved, current in zip(best_buffers, buffers, strict=True):
+            current.copy_(saved)
+    optimizer.release()
+    net.eval()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@torch.no_grad()
+def _evaluate(
+    net: _Body,
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk: int = 65536,
+) -> float:
+    """Loss over a whole set, in chunks (the losses are means over stars)."""
+    net.eval()
+    total = 0.0
+    for s in range(0, x.shape[0], chunk):
+        xb = x[s : s + chunk]
+        total += float(loss_fn(net(xb), y[s : s + chunk])) * xb.shape[0]
+    return total / x.shape[0]
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Temporarily set the number of intra-op threads of the calling thread."""
+    previous = torch.get_num_threads()
+    if n != previous:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    if resolved.type not in {"cpu", "cuda"}:
+        raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda'")
+    return resolved
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("photodist")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _derive_seeds(seed: int | None, n: int) -> tuple[int, list[int]]:
+    """Entropy actually used and ``n`` independent 63-bit seeds."""
+    sequence = np.random.SeedSequence(seed)
+    children = sequence.spawn(n)
+    seeds = [int(c.generate_state(1, np.uint64)[0] >> np.uint64(1)) for c in children]
+    return int(sequence.entropy), seeds  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference
+# ----------------------------------------------------------------------------------------------
+
+
+def _fold_network(
+    net: _Body, in_scale: np.ndarray, in_shift: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray, str | None]]:
+    """Dense layers ``(W[in, out], b, activation)`` of ``net`` with the input standardisation
+    ``x * in_scale + in_shift`` and every batch normalisation folded into the weights."""
+    scale, shift = in_scale.astype(np.float64), in_shift.astype(np.float64)
+    layers: list[tuple[np.ndarray, np.ndarray, str | None]] = []
+    linears = [*net.linears, net.head]
+    names: list[str | None] = [*net.activation_names, None]
+    for i, (linear, name) in enumerate(zip(linears, names, strict=True)):
+        w = linear.weight.detach().cpu().double().numpy().T
+        b = linear.bias.detach().cpu().double().numpy()
+        layers.append((scale[:, None] * w, b + shift @ w, name))
+        if net.norms is not None and i < len(net.norms):
+            norm = net.norms[i]
+            var = norm.running_var.detach().cpu().double().numpy()
+            mean = norm.running_mean.detach().cpu().double().numpy()
+            gamma = norm.weight.detach().cpu().double().numpy()
+            beta = norm.bias.detach().cpu().double().numpy()
+            scale = gamma / np.sqrt(var + norm.eps)
+            shift = beta - mean * scale
+        else:
+            scale = np.ones(w.shape[1])
+            shift = np.zeros(w.shape[1])
+    return layers
+
+
+_INPLACE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], Any]] = {
+    "elu": lambda h: F.elu(h, inplace=True),
+    "gelu": lambda h: torch.ops.aten.gelu_(h),
+    "hard_sigmoid": lambda h: F.hardsigmoid(h, inplace=True),
+    "relu": torch.relu_,
+    "selu": torch.selu_,
+    "sigmoid": torch.sigmoid_,
+    "softmax": lambda h: h.copy_(torch.softmax(h, dim=1)),
+    "softplus": lambda h: h.copy_(F.softplus(h)),
+    "swish": lambda h: F.silu(h, inplace=True),
+    "tanh": torch.tanh_,
+}
+
+
+def _activate_(h: torch.Tensor, name: str | None, scratch: torch.Tensor | None) -> None:
+    """Apply an activation in place."""
+    if name is None or name == "linear":
+        return
+    if name == "softsign":
+        denom = torch.abs(h, out=scratch) if scratch is not None else h.abs()
+        denom.add_(1.0)
+        h.div_(denom)
+        return
+    _INPLACE_ACTIVATIONS[name](h)
+
+
+class _Workspace:
+    """Preallocated per-thread buffers for one chunk of rows (avoids page faults per call)."""
+
+    def __init__(self, plan: _InferencePlan, rows: int) -> None:
+        dev = plan.device
+        self.rows = rows
+        self.layers = [
+            [torch.empty(rows, w.shape[1], device=dev) for w, _, _ in net] for net in plan.nets
+        ]
+        widest = max(w.shape[1] for net in plan.nets for w, _, _ in net)
+        self.scratch = torch.empty(rows, widest, device=dev)
+        self.result = torch.empty(rows, len(FLOAT_KEYS), device=dev)
+
+
+class _InferencePlan:
+    """Both networks reduced to float32 dense layers on one device."""
+
+    def __init__(
+        self,
+        primary: list[tuple[np.ndarray, np.ndarray, str | None]],
+        secondary: list[tuple[np.ndarray, np.ndarray, str | None]],
+        sigma_nn_scale: np.ndarray,
+        sigma_bayes_scale: np.ndarray,
+        low: np.ndarray,
+        high: np.ndarray,
+        device: torch.device,
+    ) -> None:
+        self.device = device
+
+        def to_dev(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+
+        self.nets = [
+            [(to_dev(w), to_dev(b), name) for w, b, name in net] for net in (primary, secondary)
+        ]
+        self.n_params = len(sigma_nn_scale)
+        self.sigma_nn_scale = to_dev(sigma_nn_scale)
+        self.sigma_bayes_scale = to_dev(sigma_bayes_scale)
+        # round the domain limits outwards so that no training row is flagged after float32 rounding
+        self.low = to_dev(np.nextafter(low.astype(np.float32), np.float32(-np.inf)))
+        self.high = to_dev(np.nextafter(high.astype(np.float32), np.float32(np.inf)))
+
+    def run(
+        self, x: torch.Tensor, ws: _Workspace | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Float outputs (rows, len(FLOAT_KEYS)), out-of-domain and invalid-input flags."""
+        n = x.shape[0]
+        finite = torch.isfinite(x).all(dim=1)
+        invalid = ~finite
+        any_invalid = bool(invalid.any())
+        if any_invalid:
+            x = x.masked_fill(invalid[:, None], 0.0)
+        outside = ((x < self.low) | (x > self.high)).any(dim=1) & finite
+        outs = []
+        for k, net in enumerate(self.nets):
+            h = x
+            for j, (w, b, name) in enumerate(net):
+                if ws is None:
+                    h = torch.addmm(b, h, w)
+                    _activate_(h, name, None)
+                else:
+                    out = ws.layers[k][j][:n]
+                    torch.addmm(b, h, w, out=out)
+                    _activate_(out, name, ws.scratch[:n, : out.shape[1]])
+                    h = out
+            outs.append(h)
+        primary, secondary = outs
+        p = self.n_params
+        result = (
+            ws.result[:n] if ws is not None else torch.empty(n, len(FLOAT_KEYS), device=x.device)
+        )
+        per_param = result[:, : 4 * p].view(n, p, 4)
+        mu, sigma, sigma_nn, sigma_bayes = (per_param[:, :, i] for i in range(4))
+        mu.copy_(primary[:, :p])
+        torch.mul(F.softplus(primary[:, p:]), self.sigma_nn_scale, out=sigma_nn)
+        torch.mul(F.softplus(secondary), self.sigma_bayes_scale, out=sigma_bayes)
+        torch.hypot(sigma_nn, sigma_bayes, out=sigma)
+        torch.add(mu[:, 0], mu[:, 1], out=result[:, 4 * p])
+        torch.hypot(sigma[:, 0], sigma[:, 1], out=result[:, 4 * p + 1])
+        if any_invalid:
+            result.masked_fill_(invalid[:, None], math.nan)
+        return result, outside, invalid
+
+
+# ----------------------------------------------------------------------------------------------
+# Estimator
+# ----------------------------------------------------------------------------------------------
+
+
+def _as_2d_float(values: Any, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.dtype.kind not in "fiub":
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} must be numeric") from exc
+    elif array.dtype.kind != "f":
+        array = array.astype(np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (rows, columns), got shape {array.shape}")
+    return array
+
+
+class PhotoDNetwork:
+    """Moments network plus secondary network emulating the Bayesian photo-D estimates.
+
+    Parameters
+    ----------
+    band_set
+        Band set of the input photometry (``"sdss"``: 10 inputs, ``"lsst"``: 12 inputs).
+    spec
+        Hidden-layer architecture (:class:`NetworkSpec`, its dict or JSON); None for
+        :meth:`NetworkSpec.paper_default`.
+    seed
+        Seed of the split, initialisation and shuffling; the same seed gives bitwise identical
+        weights on the CPU. None draws fresh entropy (recorded in the metadata).
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    max_epochs, patience, batch_size, learning_rate
+        Adam training of the moments network with early stopping after ``patience`` epochs
+        without validation improvement (the best weights are restored).
+    n_runs
+        Complete training runs of the moments network; the lowest validation loss is kept.
+    secondary_max_epochs
+        Epoch limit of the (single) secondary-network run.
+    validation_fraction
+        Fraction of the usable labelled rows held out for validation.
+    lr_factor, lr_patience
+        ReduceLROnPlateau: multiply the learning rate by ``lr_factor`` after ``lr_patience``
+        epochs without validation improvement.
+    loss_weights
+        Target precision (M_r, A_r, [Fe/H]); loss terms are divided by their squares.
+    n_threads
+        CPU threads for training (concurrent runs) and inference; None uses
+        ``torch.get_num_threads()``.
+    predict_batch_size
+        Rows per inference chunk; None: 4096 per CPU thread, 2**20 on a GPU.
+    domain_margin
+        Fraction of each input's training range added on both sides before a row is flagged
+        ``out_of_domain``.
+    """
+
+    def __init__(
+        self,
+        band_set: str | BandSet = "lsst",
+        spec: NetworkSpec | Mapping[str, Any] | str | None = None,
+        seed: int | None = 0,
+        device: str = "auto",
+        max_epochs: int = 1024,
+        patience: int = 100,
+        batch_size: int = 1024,
+        learning_rate: float = 1e-3,
+        n_runs: int = 2,
+        secondary_max_epochs: int = 256,
+        validation_fraction: float = 0.25,
+        lr_factor: float = 0.9,
+        lr_patience: int = 10,
+        loss_weights: Sequence[float] = DEFAULT_LOSS_WEIGHTS,
+        n_threads: int | None = None,
+        predict_batch_size: int | None = None,
+        domain_margin: float = 0.05,
+    ) -> None:
+        self.band_set = band_set
+        self.spec = spec
+        self.seed = seed
+        self.device = device
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.n_runs = n_runs
+        self.secondary_max_epochs = secondary_max_epochs
+        self.validation_fraction = validation_fraction
+        self.lr_factor = lr_factor
+        self.lr_patience = lr_patience
+        self.loss_weights = loss_weights
+        self.n_threads = n_threads
+        self.predict_batch_size = predict_batch_size
+        self.domain_margin = domain_margin
+
+    # -- sklearn-style parameter access ---------------------------------------------------------
+
+    _PARAM_NAMES = (
+        "band_set",
+        "spec",
+        "seed",
+        "device",
+        "max_epochs",
+        "patience",
+        "batch_size",
+        "learning_rate",
+        "n_runs",
+        "secondary_max_epochs",
+        "validation_fraction",
+        "lr_factor",
+        "lr_patience",
+        "loss_weights",
+        "n_threads",
+        "predict_batch_size",
+        "domain_margin",
+    )
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters."""
+        return {name: getattr(self, name) for name in self._PARAM_NAMES}
+
+    def set_params(self, **params: Any) -> PhotoDNetwork:
+        """Set constructor parameters; returns self."""
+        for name, value in params.items():
+            if name not in self._PARAM_NAMES:
+                raise ValueError(f"unknown parameter {name!r}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"PhotoDNetwork({args})"
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _check_hyperparameters(self) -> None:
+        for name in ("max_epochs", "patience", "batch_size", "n_runs", "lr_patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        sec = self.secondary_max_epochs
+        if isinstance(sec, bool) or not isinstance(sec, int | np.integer) or sec < 1:
+            raise ValueError(f"secondary_max_epochs must be a positive integer, got {sec!r}")
+        if not 0.0 < float(self.validation_fraction) < 1.0:
+            raise ValueError("validation_fraction must be between 0 and 1")
+        if not float(self.learning_rate) > 0.0:
+            raise ValueError("learning_rate must be positive")
+        if not 0.0 < float(self.lr_factor) <= 1.0:
+            raise ValueError("lr_factor must be in (0, 1]")
+        weights = np.asarray(self.loss_weights, dtype=float)
+        if weights.shape != (len(PARAMETERS),) or not np.all(weights > 0):
+            raise ValueError(f"loss_weights must be {len(PARAMETERS)} positive numbers")
+        if float(self.domain_margin) < 0:
+            raise ValueError("domain_margin must be non-negative")
+
+    def _threads(self) -> int:
+        if self.n_threads is None:
+            return max(1, torch.get_num_threads())
+        if isinstance(self.n_threads, bool) or int(self.n_threads) < 1:
+            raise ValueError(f"n_threads must be a positive integer, got {self.n_threads!r}")
+        return int(self.n_threads)
+
+    def _features(self, features: Any, band_set: BandSet) -> np.ndarray:
+        if isinstance(features, Photometry):
+            if features.band_set.name != band_set.name:
+                raise ValueError(
+                    f"photometry is in band set {features.band_set.name!r}, "
+                    f"the network expects {band_set.name!r}"
+                )
+            features = features.features()
+        array = _as_2d_float(features, "features")
+        expected = 2 + 2 * band_set.n_colors
+        if array.shape[1] != expected:
+            raise ValueError(
+                f"expected {expected} input columns for band set {band_set.name!r} "
+                f"(r, {band_set.n_colors} colours, their errors), got {array.shape[1]}"
+            )
+        return array
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "primary_"):
+            raise NotFittedError("this PhotoDNetwork is not fitted yet; call fit() or load()")
+
+    # -- training ------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        features: np.ndarray | Photometry,
+        label_mean: np.ndarray,
+        label_sigma: np.ndarray,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> PhotoDNetwork:
+        """Train both networks.
+
+        Parameters
+        ----------
+        features
+            Network inputs, shape (N, 2 + 2 n_colors) (see ``Photometry.features``).
+        label_mean, label_sigma
+            Bayesian posterior means and standard deviations, shape (N, 3), columns
+            (M_r, A_r, [Fe/H]).
+        metadata
+            JSON-serialisable description of the labels (stored with the model).
+
+        Rows with a non-finite input or label are excluded (counted in the metadata).
+        """
+        wall_start = time.perf_counter()
+        self._check_hyperparameters()
+        band_set = get_band_set(self.band_set)
+        spec = _coerce_spec(self.spec)
+        x = self._features(features, band_set)
+        n_rows = x.shape[0]
+        labels = []
+        for name, values in (("label_mean", label_mean), ("label_sigma", label_sigma)):
+            array = _as_2d_float(values, name).astype(np.float64)
+            if array.shape != (n_rows, len(PARAMETERS)):
+                raise ValueError(
+                    f"{name} must have shape ({n_rows}, {len(PARAMETERS)}), got {array.shape}"
+                )
+            labels.append(array)
+        y_mean, y_sigma = labels
+        user_metadata = dict(metadata) if metadata is not None else {}
+        try:
+            json.dumps(user_metadata, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
+
+        usable = np.isfinite(x).all(axis=1) & np.isfinite(y_mean).all(axis=1)
+        usable &= np.isfinite(y_sigma).all(axis=1)
+        if np.any(y_sigma[usable] < 0):
+            raise ValueError("label_sigma must be non-negative")
+        rows = np.flatnonzero(usable)
+        n_val = int(round(float(self.validation_fraction) * rows.size))
+        n_train = rows.size - n_val
+        if n_val < 1 or n_train < 2:
+            raise ValueError(
+                f"only {rows.size} usable rows (of {n_rows}); too few to train and validate"
+            )
+        entropy, seeds = _derive_seeds(self.seed, 2 + int(self.n_runs))
+        split = np.random.default_rng(seeds[0]).permutation(rows.size)
+        val_rows, train_rows = rows[split[:n_val]], rows[split[n_val:]]
+
+        x_train = x[train_rows].astype(np.float64)
+        input_mean = x_train.mean(axis=0)
+        input_std = x_train.std(axis=0)
+        input_std = np.where(np.isfinite(input_std) & (input_std > 0), input_std, 1.0)
+        offset = y_mean[train_rows].mean(axis=0)
+        scale = y_mean[train_rows].std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        sigma_scale = y_sigma[train_rows].mean(axis=0)
+        sigma_scale = np.where(sigma_scale > 0, sigma_scale, 1.0)
+
+        device = _resolve_device(self.device)
+
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+
+        xt = tensor((x_train - input_mean) / input_std)
+        xv = tensor((x[val_rows] - input_mean) / input_std)
+        n_inputs = x.shape[1]
+        nets: list[_Body] = []
+        for i in range(int(self.n_runs) + 1):
+            net: _Body
+            if i < int(self.n_runs):
+                net = _MomentsNet(n_inputs, spec)
+                net.out_offset.copy_(torch.from_numpy(offset))
+                net.out_scale.copy_(torch.from_numpy(scale))
+            else:
+                net = _SigmaNet(n_inputs, spec)
+                net.out_scale.copy_(torch.from_numpy(sigma_scale))
+            net.init_weights(torch.Generator().manual_seed(seeds[1 + i]))
+            nets.append(net.to(device))
+
+        inv_w2 = torch.tensor(1.0 / np.square(np.asarray(self.loss_weights, float)), device=device)
+        inv_w2 = inv_w2.to(torch.float32)
+
+        def moments(out: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+            return (moments_loss_terms(out[0], out[1], y) * inv_w2).sum()
+
+        def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return ((out - y).square().mean(dim=0) * inv_w2).sum()
+
+        common = dict(
+            batch_size=int(self.batch_size),
+            learning_rate=float(self.learning_rate),
+            lr_factor=float(self.lr_factor),
+            lr_patience=int(self.lr_patience),
+            patience=int(self.patience),
+        )
+        y_mean_train, y_mean_val = tensor(y_mean[train_rows]), tensor(y_mean[val_rows])
+        y_sigma_train, y_sigma_val = tensor(y_sigma[train_rows]), tensor(y_sigma[val_rows])
+        jobs: list[Callable[[], _RunResult]] = [
+            partial(
+                _train_run,
+                nets[i],
+                moments,
+                xt,
+                y_mean_train,
+                xv,
+                y_mean_val,
+                max_epochs=int(self.max_epochs),
+                seed=seeds[1 + i],
+                **common,
+            )
+            for i in range(int(self.n_runs))
+        ]
+        jobs.append(
+            partial(
+                _train_run,
+                nets[-1],
+                mse,
+                xt,
+                y_sigma_train,
+                xv,
+                y_sigma_val,
+                max_epochs=int(self.secondary_max_epochs),
+                seed=seeds[-1],
+                **common,
+            )
+        )
+
+        n_threads = self._threads()
+        workers = min(n_threads, len(jobs)) if device.type == "cpu" else 1
+
+        def single_threaded(job: Callable[[], _RunResult]) -> _RunResult:
+            with _torch_threads(1):
+                return job()
+
+        with _torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
+            if workers > 1:
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    results = list(pool.map(single_threaded, jobs))
+            else:
+                results = [job() for job in jobs]
+
+        primary_results, secondary_result = results[:-1], results[-1]
+        selected = int(np.argmin([r.best_val_loss for r in primary_results]))
+        self.primary_ = nets[selected]
+        self.secondary_ = nets[-1]
+        self.spec_ = spec
+        self.band_set_ = band_set.name
+        self.n_features_in_ = n_inputs
+        self.train_index_ = train_rows
+        self.validation_index_ = val_rows
+        self.input_mean_ = input_mean
+        self.input_std_ = input_std
+        all_x = x[rows]
+        self.training_range_ = np.column_stack([all_x.min(axis=0), all_x.max(axis=0)])
+        self.history_ = {
+            "primary_runs": [r.as_dict() for r in primary_results],
+            "selected_run": selected,
+            "secondary": secondary_result.as_dict(),
+        }
+        self.training_metadata_ = {
+            "n_rows": int(n_rows),
+            "n_excluded_nonfinite": int(n_rows - rows.size),
+            "n_train": int(n_train),
+            "n_validation": int(n_val),
+            "seed": self.seed,
+            "seed_entropy": str(entropy),
+            "device": str(device),
+            "n_threads": n_threads,
+            "epochs_run": [r.epochs_run for r in primary_results],
+            "best_epochs": [r.best_epoch for r in primary_results],
+            "validation_losses": [r.best_val_loss for r in primary_results],
+            "selected_run": selected,
+            "validation_loss": primary_results[selected].best_val_loss,
+            "secondary_epochs_run": secondary_result.epochs_run,
+            "secondary_best_epoch": secondary_result.best_epoch,
+            "secondary_validation_loss": secondary_result.best_val_loss,
+            "fit_seconds": round(time.perf_counter() - wall_start, 3),
+            "package_version": _package_version(),
+            "torch_version": torch.__version__,
+            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "user": user_metadata,
+        }
+        self._plans: dict[str, _InferencePlan] = {}
+        return self
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def _plan(self, device: torch.device) -> _InferencePlan:
+        key = str(device)
+        plans = self.__dict__.setdefault("_plans", {})
+        if key not in plans:
+            scale = 1.0 / self.input_std_
+            shift = -self.input_mean_ / self.input_std_
+            primary = _fold_network(self.primary_, scale, shift)
+            w, b, _ = primary[-1]
+            p = len(PARAMETERS)
+            out_scale = self.primary_.out_scale.detach().cpu().double().numpy()
+            out_offset = self.primary_.out_offset.detach().cpu().double().numpy()
+            w = w.copy()
+            b = b.copy()
+            w[:, :p] *= out_scale
+            b[:p] = b[:p] * out_scale + out_offset
+            primary[-1] = (w, b, None)
+            secondary = _fold_network(self.secondary_, scale, shift)
+            lo, hi = self.training_range_[:, 0], self.training_range_[:, 1]
+            margin = float(self.domain_margin) * (hi - lo)
+            plans[key] = _InferencePlan(
+                primary,
+                secondary,
+                out_scale,
+                self.secondary_.out_scale.detach().cpu().double().numpy(),
+                lo - margin,
+                hi + margin,
+                device,
+            )
+        return plans[key]
+
+    def predict(self, features: np.ndarray | Photometry) -> dict[str, np.ndarray]:
+        """Predict every row.
+
+        Returns
+        -------
+        dict
+            For p in (Mr, Ar, FeH): ``{p}_mean``, ``{p}_sigma_nn``, ``{p}_sigma_bayes`` and
+            ``{p}_sigma = sqrt(sigma_nn**2 + sigma_bayes**2)``; ``Qr_mean = Mr + Ar`` and
+            ``Qr_sigma`` (the two sigmas in quadrature), all float32; boolean
+            ``out_of_domain`` (an input outside the training range plus margin) and
+            ``invalid_input`` (a NaN/inf input; such rows have NaN outputs).
+        """
+        self._check_fitted()
+        band_set = get_band_set(self.band_set_)
+        x = self._features(features, band_set)
+        if x.dtype != np.float32:
+            x = x.astype(np.float64, copy=False)
+        n = x.shape[0]
+        floats = np.empty((len(FLOAT_KEYS), n), dtype=np.float32)
+        flags = np.zeros((len(FLAG_KEYS), n), dtype=bool)
+        device = _resolve_device(self.device)
+        plan = self._plan(device)
+        if n:
+            if device.type == "cpu":
+                self._predict_cpu(plan, x, floats, flags)
+            else:
+                self._predict_device(plan, x, floats, flags)
+        out = {key: floats[i] for i, key in enumerate(FLOAT_KEYS)}
+        out.update({key: flags[i] for i, key in enumerate(FLAG_KEYS)})
+        return out
+
+    def _predict_cpu(
+        self, plan: _InferencePlan, x: np.ndarray, floats: np.ndarray, flags: np.ndarray
+    ) -> None:
+        n = x.shape[0]
+        chunk = int(self.predict_batch_size or _DEFAULT_CPU_CHUNK)
+        if chunk < 1:
+            raise ValueError("predict_batch_size must be positive")
+        chunks = iter(range(0, n, chunk))
+        lock = threading.Lock()
+
+        def worker() -> None:
+            ws = _Workspace(plan, min(chunk, n))
+            with _torch_threads(1), torch.inference_mode():
+                while True:
+                    with lock:
+                        start = next(chunks, None)
+                    if start is None:
+                        return
+                    stop = min(start + chunk, n)
+                    xc = torch.from_numpy(np.ascontiguousarray(x[start:stop], dtype=np.float32))
+                    result, outside, invalid = plan.run(xc, ws)
+                    torch.from_numpy(floats[:, start:stop]).copy_(result.T)
+                    flags[0, start:stop] = outside.numpy()
+                    flags[1, start:stop] = invalid.numpy()
+
+        workers = min(self._threads(), -(-n // chunk))
+        if workers == 1:
+            worker()
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for future in [pool.submit(worker) for _ in range(workers)]:
+                future.result()
+
+    def _predict_device(
+        self, plan: _InferencePlan, x: np.ndarray, floats: np.ndarray, flags: np.ndarray
+    ) -> None:
+        n = x.shape[0]
+        chunk = int(self.predict_batch_size or _DEFAULT_DEVICE_CHUNK)
+        if chunk < 1:
+            raise ValueError("predict_batch_size must be positive")
+        with torch.inference_mode():
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                host = torch.from_numpy(np.ascontiguousarray(x[start:stop], dtype=np.float32))
+                result, outside, invalid = plan.run(host.to(plan.device, non_blocking=True), None)
+                torch.from_numpy(floats[:, start:stop]).copy_(result.T.cpu())
+                flags[0, start:stop] = outside.cpu().numpy()
+                flags[1, start:stop] = invalid.cpu().numpy()
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        tensors: dict[str, torch.Tensor] = {}
+        for prefix, net in (("primary", self.primary_), ("secondary", self.secondary_)):
+            for name, value in net.state_dict().items():
+                tensors[f"{prefix}.{name}"] = value.detach().cpu().clone().contiguous()
+        tensors["input_mean"] = torch.from_numpy(np.array(self.input_mean_, dtype=np.float64))
+        tensors["input_std"] = torch.from_numpy(np.array(self.input_std_, dtype=np.float64))
+        tensors["training_range"] = torch.from_numpy(
+            np.array(self.training_range_, dtype=np.float64)
+        )
+        tensors["train_index"] = torch.from_numpy(np.array(self.train_index_, dtype=np.int64))
+        tensors["validation_index"] = torch.from_numpy(
+            np.array(self.validation_index_, dtype=np.int64)
+        )
+        return tensors
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the fitted estimator to one safetensors file (written atomically)."""
+        self._check_fitted()
+        tensors = self._tensors()
+        params = self.get_params()
+        params["band_set"] = self.band_set_
+        params["spec"] = self.spec_.to_dict()
+        params["loss_weights"] = [float(w) for w in self.loss_weights]
+        params.pop("device")
+        info = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "band_set": self.band_set_,
+            "n_inputs": int(self.n_features_in_),
+            "parameters": list(PARAMETERS),
+            "spec": self.spec_.to_dict(),
+            "params": params,
+            "input_mean": [float(v) for v in self.input_mean_],
+            "input_std": [float(v) for v in self.input_std_],
+            "training_range": [[float(a), float(b)] for a, b in self.training_range_],
+            "training": self.training_metadata_,
+            "history": self.history_,
+            "package_version": _package_version(),
+            "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        metadata = {
+            "format": FORMAT_NAME,
+            "format_version": str(FORMAT_VERSION),
+            "photodist": json.dumps(info, allow_nan=True),
+            "sha256": _tensor_digest(tensors),
+        }
+        payload = _safetensors_save(tensors, metadata=metadata)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        band_set: str | BandSet | None = None,
+        device: str = "auto",
+    ) -> PhotoDNetwork:
+        """Read a file written by :meth:`save`.
+
+        Raises
+        ------
+        ModelFileError
+            The file is corrupted, truncated or not a photodist network.
+        ValueError
+            ``band_set`` is given and differs from the band set the network was trained on.
+        """
+        data = Path(path).read_bytes()
+        metadata = _read_safetensors_metadata(data, path)
+        if metadata.get("format") != FORMAT_NAME or "photodist" not in metadata:
+            raise ModelFileError(f"{path}: a safetensors file, but not a photodist network")
+        if metadata.get("format_version") != str(FORMAT_VERSION):
+            raise ModelFileError(
+                f"{path}: unsupported network file version {metadata.get('format_version')!r} "
+                f"(this photodist reads version {FORMAT_VERSION})"
+            )
+        try:
+            info = json.loads(metadata["photodist"])
+            tensors = _safetensors_load(data)
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelFileError(f"{path}: unreadable network file ({exc})") from exc
+        if metadata.get("sha256") != _tensor_digest(tensors):
+            raise ModelFileError(f"{path}: checksum mismatch, the network file is corrupted")
+        try:
+            stored_band_set = get_band_set(info["band_set"])
+            spec = NetworkSpec.from_dict(info["spec"])
+            n_inputs = int(info["n_inputs"])
+            params = dict(info["params"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: invalid network metadata ({exc})") from exc
+        if band_set is not None:
+            requested = get_band_set(band_set).name
+            if requested != stored_band_set.name:
+                raise ValueError(
+                    f"{path} holds a network for band set {stored_band_set.name!r}, "
+                    f"not {requested!r}"
+                )
+        if n_inputs != 2 + 2 * stored_band_set.n_colors:
+            raise ModelFileError(f"{path}: {n_inputs} inputs do not match its band set")
+        params["spec"] = spec
+        params["loss_weights"] = tuple(params.get("loss_weights", DEFAULT_LOSS_WEIGHTS))
+        try:
+            model = cls(**params, device=device)
+        except TypeError as exc:
+            raise ModelFileError(f"{path}: invalid estimator parameters ({exc})") from exc
+        target_device = _resolve_device(device)
+        primary = _MomentsNet(n_inputs, spec)
+        secondary = _SigmaNet(n_inputs, spec)
+        for prefix, net in (("primary", primary), ("secondary", secondary)):
+            state = {
+                k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")
+            }
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise ModelFileError(
+                    f"{path}: weights do not match the stored spec ({exc})"
+                ) from exc
+            net.eval()
+        try:
+            input_mean = tensors["input_mean"].numpy()
+            input_std = tensors["input_std"].numpy()
+            training_range = tensors["training_range"].numpy()
+            train_index = tensors["train_index"].numpy()
+            validation_index = tensors["validation_index"].numpy()
+        except KeyError as exc:
+            raise ModelFileError(f"{path}: missing tensor {exc}") from exc
+        if input_mean.shape != (n_inputs,) or training_range.shape != (n_inputs, 2):
+            raise ModelFileError(f"{path}: input statistics do not match {n_inputs} inputs")
+        model.primary_ = primary.to(target_device)
+        model.secondary_ = secondary.to(target_device)
+        model.spec_ = spec
+        model.band_set_ = stored_band_set.name
+        model.n_features_in_ = n_inputs
+        model.input_mean_ = input_mean.copy()
+        model.input_std_ = input_std.copy()
+        model.training_range_ = training_range.copy()
+        model.train_index_ = train_index.copy()
+        model.validation_index_ = validation_index.copy()
+        model.history_ = info.get("history", {})
+        model.training_metadata_ = info.get("training", {})
+        model._plans = {}
+        return model
+
+
+def _tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of tensor names, dtypes, shapes and bytes (the weights carry no checksum)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_safetensors_metadata(data: bytes, path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors byte string, with clear errors for damaged files."""
+    if len(data) < 8:
+        raise ModelFileError(f"{path}: file too short to be a network file ({len(data)} bytes)")
+    (header_size,) = struct.unpack("<Q", data[:8])
+    if header_size > min(len(data) - 8, _MAX_HEADER_BYTES):
+        raise ModelFileError(f"{path}: not a safetensors network file, or truncated")
+    try:
+        header = json.loads(data[8 : 8 + header_size].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: corrupted network-file header ({exc})") from exc
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{path}: a safetensors file without photodist metadata")
+    return metadata

@@ -1,0 +1,498 @@
+"""Tests of the photo-D networks (photodist.nn)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save as safetensors_save
+
+from photodist.nn import (
+    ACTIVATIONS,
+    FLAG_KEYS,
+    FLOAT_KEYS,
+    ModelFileError,
+    NetworkSpec,
+    NotFittedError,
+    PhotoDNetwork,
+    _fold_network,
+    _InferencePlan,
+    _MomentsNet,
+    _SigmaNet,
+    moments_loss,
+    moments_loss_terms,
+    weighted_mse,
+)
+
+SMALL_SPEC = NetworkSpec(((24, "gelu"), (24, "softsign"), (16, "tanh")))
+FAST = dict(
+    spec=SMALL_SPEC,
+    device="cpu",
+    max_epochs=40,
+    patience=15,
+    batch_size=256,
+    n_runs=2,
+    secondary_max_epochs=20,
+)
+
+
+def synthetic(n: int, n_colors: int = 4, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Features and labels that are smooth functions of the inputs plus a little noise."""
+    rng = np.random.default_rng(seed)
+    r = rng.uniform(16.0, 24.0, n)
+    base = rng.normal(0.8, 0.35, n)
+    colours = np.column_stack(
+        [0.9 * base + 0.15 * k + rng.normal(0.0, 0.1, n) for k in range(n_colors)]
+    )
+    r_err = 0.01 + 0.1 * 10.0 ** (0.4 * (r - 24.0))
+    colour_err = np.sqrt(2.0) * r_err[:, None] * (1.0 + 0.2 * np.arange(n_colors))
+    features = np.column_stack([r, colours, r_err, colour_err])
+    mr = 2.0 + 6.0 * colours[:, 1] + 0.8 * np.sin(2.0 * colours[:, 0])
+    ar = 0.25 + 0.2 * np.tanh(2.0 * (colours[:, 2] - colours[:, 1] - 0.15))
+    feh = -1.0 + 1.5 * (colours[:, 0] - colours[:, 1]) + 0.05 * (r - 20.0)
+    truth = np.column_stack([mr, ar, feh])
+    sigma = np.column_stack([0.1 + 2 * r_err, 0.02 + 0.3 * r_err, 0.1 + 1.5 * r_err])
+    labels = truth + 0.3 * sigma * rng.standard_normal(truth.shape)
+    return features, labels, sigma, truth
+
+
+@pytest.fixture(scope="module")
+def sdss_data() -> tuple[np.ndarray, ...]:
+    return synthetic(3000, n_colors=4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def fitted(sdss_data: tuple[np.ndarray, ...]) -> PhotoDNetwork:
+    x, y, s, _ = sdss_data
+    return PhotoDNetwork("sdss", seed=0, **FAST).fit(x, y, s, metadata={"patch": 7})
+
+
+# -- losses ------------------------------------------------------------------------------------
+
+
+def test_moments_loss_matches_hand_computation() -> None:
+    mu = torch.tensor([[1.0, 0.1, -1.0], [2.0, 0.3, 0.0]], dtype=torch.float64)
+    sigma = torch.tensor([[0.5, 0.05, 0.2], [1.0, 0.1, 0.3]], dtype=torch.float64)
+    theta = torch.tensor([[1.5, 0.2, -0.5], [1.0, 0.25, 0.1]], dtype=torch.float64)
+    # hand computation, parameter by parameter: mean over stars of d2 + (d2 - s^2)^2
+    l_mr = ((0.25 + (0.25 - 0.25) ** 2) + (1.0 + (1.0 - 1.0) ** 2)) / 2
+    l_ar = ((0.01 + (0.01 - 0.0025) ** 2) + (0.0025 + (0.0025 - 0.01) ** 2)) / 2
+    l_feh = ((0.25 + (0.25 - 0.04) ** 2) + (0.01 + (0.01 - 0.09) ** 2)) / 2
+    terms = moments_loss_terms(mu, sigma, theta)
+    np.testing.assert_allclose(terms.numpy(), [l_mr, l_ar, l_feh], rtol=1e-12)
+    expected = l_mr / 0.1**2 + l_ar / 0.02**2 + l_feh / 0.1**2
+    assert moments_loss(mu, sigma, theta).item() == pytest.approx(expected, rel=1e-12)
+    custom = moments_loss(mu, sigma, theta, weights=(1.0, 1.0, 2.0)).item()
+    assert custom == pytest.approx(l_mr + l_ar + l_feh / 4.0, rel=1e-12)
+
+
+def test_moments_loss_is_minimised_by_the_true_spread() -> None:
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(200_000, 3, generator=gen, dtype=torch.float64) * 0.3
+    mu = torch.zeros_like(theta)
+    losses = [moments_loss(mu, torch.full_like(theta, s), theta).item() for s in (0.2, 0.3, 0.4)]
+    assert losses[1] < losses[0] and losses[1] < losses[2]
+
+
+def test_weighted_mse_matches_hand_computation() -> None:
+    pred = torch.tensor([[0.2, 0.03, 0.1], [0.4, 0.01, 0.3]])
+    target = torch.tensor([[0.1, 0.02, 0.2], [0.2, 0.02, 0.2]])
+    expected = (0.01 + 0.04) / 2 / 0.01 + (1e-4 + 1e-4) / 2 / 4e-4 + (0.01 + 0.01) / 2 / 0.01
+    assert weighted_mse(pred, target).item() == pytest.approx(expected, rel=1e-5)
+
+
+# -- spec --------------------------------------------------------------------------------------
+
+
+def test_spec_json_round_trip_and_paper_default() -> None:
+    spec = NetworkSpec.paper_default()
+    assert spec.hidden == (
+        (45, "gelu"),
+        (45, "softsign"),
+        (42, "softsign"),
+        (33, "sigmoid"),
+        (36, "gelu"),
+    )
+    assert not spec.batch_norm
+    text = '{"hidden": [[45, "gelu"], [45, "softsign"], [12, "SWISH"]], "batch_norm": true}'
+    parsed = NetworkSpec.from_json(text)
+    assert parsed.hidden[2] == (12, "swish") and parsed.batch_norm
+    assert NetworkSpec.from_json(parsed.to_json()) == parsed
+    assert json.loads(parsed.to_json()) == {
+        "hidden": [[45, "gelu"], [45, "softsign"], [12, "swish"]],
+        "batch_norm": True,
+    }
+    for name in ACTIVATIONS:
+        assert NetworkSpec.from_json(json.dumps({"hidden": [[3, name]]})).hidden == ((3, name),)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"hidden": [[45, "mish"]]}', "unknown activation 'mish'"),
+        ('{"hidden": [[0, "relu"]]}', "positive integer"),
+        ('{"hidden": [[4.5, "relu"]]}', "positive integer"),
+        ('{"hidden": []}', "at least one hidden layer"),
+        ('{"hidden": [[4, "relu"]], "batchnorm": true}', "unknown network-spec keys"),
+        ('{"hidden": [[4, "relu", 3]]}', "pair"),
+        ('{"hidden": [[4, "relu"]]', "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+    ],
+)
+def test_spec_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        NetworkSpec.from_json(text)
+
+
+def test_unknown_activation_in_estimator_is_clear(sdss_data: tuple[np.ndarray, ...]) -> None:
+    x, y, s, _ = sdss_data
+    model = PhotoDNetwork("sdss", spec={"hidden": [[8, "leaky"]]}, device="cpu")
+    with pytest.raises(ValueError, match="unknown activation 'leaky'"):
+        model.fit(x, y, s)
+
+
+# -- inference plan vs training modules ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_folded_inference_matches_modules_for_every_activation(batch_norm: bool) -> None:
+    gen = torch.Generator().manual_seed(3)
+    hidden = tuple((5 + i, name) for i, name in enumerate(ACTIVATIONS))
+    spec = NetworkSpec(hidden, batch_norm=batch_norm)
+    n_inputs = 10
+    primary, secondary = _MomentsNet(n_inputs, spec), _SigmaNet(n_inputs, spec)
+    for net in (primary, secondary):
+        net.init_weights(gen)
+        with torch.no_grad():
+            for p in net.parameters():  # non-trivial biases and batch-norm affines
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+            for norm in net.norms or []:
+                norm.running_mean.copy_(0.2 * torch.randn(norm.running_mean.shape, generator=gen))
+                norm.running_var.copy_(0.5 + torch.rand(norm.running_var.shape, generator=gen))
+        net.eval()
+    primary.out_offset.copy_(torch.tensor([5.0, 0.2, -1.0]))
+    primary.out_scale.copy_(torch.tensor([3.0, 0.1, 0.5]))
+    secondary.out_scale.copy_(torch.tensor([0.2, 0.02, 0.1]))
+    mean = np.linspace(15.0, 20.0, n_inputs)
+    std = np.linspace(0.5, 2.0, n_inputs)
+    x = mean + std * np.random.default_rng(0).standard_normal((500, n_inputs))
+
+    folded_p = _fold_network(primary, 1.0 / std, -mean / std)
+    w, b, _ = folded_p[-1]
+    w, b = w.copy(), b.copy()
+    w[:, :3] *= primary.out_scale.double().numpy()
+    b[:3] = b[:3] * primary.out_scale.double().numpy() + primary.out_offset.double().numpy()
+    folded_p[-1] = (w, b, None)
+    plan = _InferencePlan(
+        folded_p,
+        _fold_network(secondary, 1.0 / std, -mean / std),
+        primary.out_scale.double().numpy(),
+        secondary.out_scale.double().numpy(),
+        x.min(axis=0),
+        x.max(axis=0),
+        torch.device("cpu"),
+    )
+    with torch.inference_mode():
+        result, outside, invalid = plan.run(torch.from_numpy(x.astype(np.float32)), None)
+        xs = torch.from_numpy(((x - mean) / std).astype(np.float32))
+        mu, sigma_nn = primary(xs)
+        sigma_b = secondary(xs)
+    cols = {k: result[:, i].numpy() for i, k in enumerate(FLOAT_KEYS)}
+    for j, p in enumerate(("Mr", "Ar", "FeH")):
+        np.testing.assert_allclose(cols[f"{p}_mean"], mu[:, j], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(cols[f"{p}_sigma_nn"], sigma_nn[:, j], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(cols[f"{p}_sigma_bayes"], sigma_b[:, j], rtol=1e-4, atol=1e-6)
+    assert not outside.any() and not invalid.any()
+
+
+# -- training ----------------------------------------------------------------------------------
+
+
+def test_network_learns_a_smooth_function() -> None:
+    x, y, s, truth = synthetic(5000, n_colors=4, seed=2)
+    model = PhotoDNetwork(
+        "sdss",
+        spec=NetworkSpec(((32, "gelu"), (32, "softsign"))),
+        device="cpu",
+        seed=1,
+        max_epochs=150,
+        patience=30,
+        batch_size=256,
+        n_runs=1,
+        secondary_max_epochs=60,
+    ).fit(x[:4000], y[:4000], s[:4000])
+    run = model.history_["primary_runs"][0]
+    assert run["best_val_loss"] < 0.05 * run["val_loss"][0]
+    sec = model.history_["secondary"]
+    assert sec["best_val_loss"] < 0.2 * sec["val_loss"][0]
+    pred = model.predict(x[4000:])
+    for j, p in enumerate(("Mr", "Ar", "FeH")):
+        assert np.corrcoef(pred[f"{p}_mean"], truth[4000:, j])[0, 1] > 0.95, p
+    # the secondary network tracks the Bayesian widths
+    assert np.corrcoef(pred["Mr_sigma_bayes"], s[4000:, 0])[0, 1] > 0.9
+    assert np.all(pred["Ar_sigma_nn"] > 0)
+
+
+def test_prediction_columns_and_combinations(
+    fitted: PhotoDNetwork, sdss_data: tuple[np.ndarray, ...]
+) -> None:
+    x = sdss_data[0]
+    pred = fitted.predict(x[:500])
+    assert set(pred) == set(FLOAT_KEYS) | set(FLAG_KEYS)
+    for key in FLOAT_KEYS:
+        assert pred[key].shape == (500,) and pred[key].dtype == np.float32
+    for p in ("Mr", "Ar", "FeH"):
+        combined = np.hypot(pred[f"{p}_sigma_nn"], pred[f"{p}_sigma_bayes"])
+        np.testing.assert_allclose(pred[f"{p}_sigma"], combined, rtol=1e-6)
+    np.testing.assert_allclose(pred["Qr_mean"], pred["Mr_mean"] + pred["Ar_mean"], rtol=1e-6)
+    np.testing.assert_allclose(
+        pred["Qr_sigma"], np.hypot(pred["Mr_sigma"], pred["Ar_sigma"]), rtol=1e-6
+    )
+    # training inputs are inside the training range
+    assert not pred["out_of_domain"].any() and not pred["invalid_input"].any()
+
+
+def test_fit_records_state_and_metadata(
+    fitted: PhotoDNetwork, sdss_data: tuple[np.ndarray, ...]
+) -> None:
+    x = sdss_data[0]
+    assert fitted.n_features_in_ == 10 and fitted.band_set_ == "sdss"
+    np.testing.assert_array_equal(fitted.training_range_[:, 0], x.min(axis=0))
+    np.testing.assert_array_equal(fitted.training_range_[:, 1], x.max(axis=0))
+    assert fitted.input_mean_.shape == (10,) and np.all(fitted.input_std_ > 0)
+    meta = fitted.training_metadata_
+    assert meta["n_rows"] == 3000 and meta["n_excluded_nonfinite"] == 0
+    assert meta["n_train"] + meta["n_validation"] == 3000 and meta["n_validation"] == 750
+    assert len(meta["validation_losses"]) == 2 and meta["user"] == {"patch": 7}
+    assert meta["validation_loss"] == min(meta["validation_losses"])
+    runs = fitted.history_["primary_runs"]
+    assert all(1 <= r["epochs_run"] <= 40 for r in runs)
+    assert fitted.history_["secondary"]["epochs_run"] <= 20
+
+
+def test_rows_with_nan_are_excluded_from_training(sdss_data: tuple[np.ndarray, ...]) -> None:
+    x, y, s, _ = (a.copy() for a in sdss_data)
+    x[:10, 2] = np.nan
+    y[10:15, 1] = np.nan
+    s[15:17, 0] = np.inf
+    model = PhotoDNetwork("sdss", seed=0, **{**FAST, "max_epochs": 3, "n_runs": 1})
+    model.fit(x, y, s)
+    assert model.training_metadata_["n_excluded_nonfinite"] == 17
+    assert model.training_metadata_["n_train"] + model.training_metadata_["n_validation"] == 2983
+    assert np.all(np.isfinite(model.training_range_))
+
+
+def test_early_stopping_restores_the_best_epoch(sdss_data: tuple[np.ndarray, ...]) -> None:
+    x, y, s, _ = (a[:800] for a in sdss_data)
+    # a large learning rate makes the validation loss fluctuate, so a short patience triggers
+    opts = {**FAST, "max_epochs": 500, "patience": 3, "n_runs": 1, "learning_rate": 0.03}
+    model = PhotoDNetwork("sdss", seed=0, **opts).fit(x, y, s)
+    run = model.history_["primary_runs"][0]
+    assert run["stopped_early"] and run["epochs_run"] == run["best_epoch"] + 3 < 500
+    assert run["best_val_loss"] == min(run["val_loss"])
+    # the restored weights reproduce the best validation loss
+    val = model.validation_index_
+    assert len(val) == 200 and len(np.intersect1d(val, model.train_index_)) == 0
+    xs = torch.from_numpy(((x[val] - model.input_mean_) / model.input_std_).astype(np.float32))
+    with torch.no_grad():
+        mu, sigma = model.primary_(xs)
+        loss = moments_loss(mu, sigma, torch.from_numpy(y[val].astype(np.float32)))
+    assert loss.item() == pytest.approx(run["best_val_loss"], rel=1e-5)
+    assert run["val_loss"][-1] > run["best_val_loss"]
+
+
+def test_batch_norm_variant_trains_and_round_trips(
+    sdss_data: tuple[np.ndarray, ...], tmp_path
+) -> None:
+    x, y, s, _ = sdss_data
+    spec = NetworkSpec(SMALL_SPEC.hidden, batch_norm=True)
+    model = PhotoDNetwork("sdss", seed=0, **{**FAST, "spec": spec, "n_runs": 1, "max_epochs": 15})
+    model.fit(x, y, s)
+    pred = model.predict(x[:300])
+    assert all(np.isfinite(pred[k]).all() for k in FLOAT_KEYS)
+    loaded = PhotoDNetwork.load(model.save(tmp_path / "bn.safetensors"), device="cpu")
+    assert loaded.spec_.batch_norm
+    again = loaded.predict(x[:300])
+    for key in pred:
+        np.testing.assert_array_equal(pred[key], again[key])
+
+
+def test_same_seed_identical_different_seed_differs(sdss_data: tuple[np.ndarray, ...]) -> None:
+    x, y, s, _ = sdss_data
+    opts = {**FAST, "max_epochs": 8, "secondary_max_epochs": 4}
+    a = PhotoDNetwork("sdss", seed=5, n_threads=2, **opts).fit(x, y, s)
+    b = PhotoDNetwork("sdss", seed=5, n_threads=1, **opts).fit(x, y, s)
+    c = PhotoDNetwork("sdss", seed=6, n_threads=2, **opts).fit(x, y, s)
+    for name, value in a.primary_.state_dict().items():
+        assert torch.equal(value, b.primary_.state_dict()[name]), name
+    for name, value in a.secondary_.state_dict().items():
+        assert torch.equal(value, b.secondary_.state_dict()[name]), name
+    pa, pb, pc = a.predict(x[:400]), b.predict(x[:400]), c.predict(x[:400])
+    for key in FLOAT_KEYS:
+        np.testing.assert_array_equal(pa[key], pb[key])
+    assert not np.array_equal(pa["Mr_mean"], pc["Mr_mean"])
+    assert not np.array_equal(pa["FeH_sigma_bayes"], pc["FeH_sigma_bayes"])
+
+
+def test_lsst_twelve_inputs_work() -> None:
+    x, y, s, _ = synthetic(1500, n_colors=5, seed=4)
+    assert x.shape[1] == 12
+    model = PhotoDNetwork("lsst", seed=0, **{**FAST, "max_epochs": 10, "n_runs": 1})
+    pred = model.fit(x, y, s).predict(x[:100])
+    assert model.n_features_in_ == 12 and pred["Mr_mean"].shape == (100,)
+    assert np.isfinite(pred["FeH_sigma"]).all()
+    with pytest.raises(ValueError, match="expected 12 input columns"):
+        model.predict(x[:, :10])
+
+
+def test_feature_count_mismatch_is_a_clear_error(fitted: PhotoDNetwork) -> None:
+    with pytest.raises(ValueError, match="expected 10 input columns .* got 12"):
+        fitted.predict(np.zeros((5, 12)))
+    with pytest.raises(ValueError, match="2-D"):
+        fitted.predict(np.zeros(10))
+
+
+def test_label_shape_and_fit_argument_errors(sdss_data: tuple[np.ndarray, ...]) -> None:
+    x, y, s, _ = sdss_data
+    model = PhotoDNetwork("sdss", **FAST)
+    with pytest.raises(ValueError, match="label_mean must have shape"):
+        model.fit(x, y[:, :2], s)
+    with pytest.raises(ValueError, match="label_sigma must be non-negative"):
+        model.fit(x, y, -s)
+    with pytest.raises(ValueError, match="JSON"):
+        model.fit(x, y, s, metadata={"bad": object()})
+    with pytest.raises(ValueError, match="too few"):
+        model.fit(x[:2], y[:2], s[:2])
+    with pytest.raises(ValueError, match="max_epochs"):
+        PhotoDNetwork("sdss", max_epochs=0).fit(x, y, s)
+    with pytest.raises(NotFittedError):
+        PhotoDNetwork("sdss").predict(x)
+
+
+# -- invalid and out-of-domain inputs ---------------------------------------------------------
+
+
+def test_nan_rows_are_flagged_and_do_not_disturb_other_rows(
+    fitted: PhotoDNetwork, sdss_data: tuple[np.ndarray, ...]
+) -> None:
+    x = sdss_data[0][:1000].copy()
+    clean = fitted.predict(x)
+    bad_rows = [0, 3, 517, 999]
+    x[0, 1] = np.nan
+    x[3, :] = np.nan
+    x[517, 9] = np.inf
+    x[999, 0] = -np.inf
+    pred = fitted.predict(x)
+    expected = np.zeros(len(x), dtype=bool)
+    expected[bad_rows] = True
+    np.testing.assert_array_equal(pred["invalid_input"], expected)
+    assert not pred["out_of_domain"][bad_rows].any()
+    for key in FLOAT_KEYS:
+        assert np.isnan(pred[key][bad_rows]).all(), key
+        np.testing.assert_array_equal(pred[key][~expected], clean[key][~expected])
+
+
+def test_out_of_domain_rows_are_flagged(fitted: PhotoDNetwork) -> None:
+    lo, hi = fitted.training_range_[:, 0], fitted.training_range_[:, 1]
+    centre = (lo + hi) / 2
+    x = np.tile(centre, (4, 1))
+    x[1, 0] = hi[0] + 0.01 * (hi[0] - lo[0])  # inside the 5 % margin
+    x[2, 0] = hi[0] + 0.2 * (hi[0] - lo[0])  # r far too faint
+    x[3, 5] = lo[5] - 0.5  # r error below anything seen
+    pred = fitted.predict(x)
+    np.testing.assert_array_equal(pred["out_of_domain"], [False, False, True, True])
+    assert np.isfinite(pred["Mr_mean"]).all()
+
+
+def test_chunked_multithreaded_prediction_matches_single_chunk(
+    fitted: PhotoDNetwork, sdss_data: tuple[np.ndarray, ...]
+) -> None:
+    x = sdss_data[0]
+    fitted.set_params(n_threads=1, predict_batch_size=128)
+    one = fitted.predict(x)
+    fitted.set_params(n_threads=2, predict_batch_size=128)
+    two = fitted.predict(x)
+    fitted.set_params(n_threads=None, predict_batch_size=None)
+    whole = fitted.predict(x.astype(np.float32))
+    for key in one:
+        np.testing.assert_array_equal(one[key], two[key])
+        np.testing.assert_allclose(one[key], whole[key], rtol=1e-5, atol=1e-6)
+    assert fitted.predict(x[:0])["Mr_mean"].shape == (0,)
+
+
+# -- persistence ------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip_is_exact(
+    fitted: PhotoDNetwork, sdss_data: tuple[np.ndarray, ...], tmp_path
+) -> None:
+    x = sdss_data[0].copy()
+    x[7, 3] = np.nan
+    path = fitted.save(tmp_path / "sub" / "model.safetensors")
+    loaded = PhotoDNetwork.load(path, band_set="sdss", device="cpu")
+    before, after = fitted.predict(x), loaded.predict(x)
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])
+    assert loaded.band_set_ == "sdss" and loaded.spec_ == fitted.spec_
+    assert loaded.training_metadata_["user"] == {"patch": 7}
+    assert loaded.training_metadata_["seed"] == 0
+    assert "package_version" in loaded.training_metadata_
+    np.testing.assert_array_equal(loaded.training_range_, fitted.training_range_)
+    np.testing.assert_array_equal(loaded.input_mean_, fitted.input_mean_)
+    assert loaded.history_["selected_run"] == fitted.history_["selected_run"]
+    assert loaded.get_params()["max_epochs"] == fitted.max_epochs
+
+
+def test_load_refuses_another_band_set(fitted: PhotoDNetwork, tmp_path) -> None:
+    path = fitted.save(tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="band set 'sdss', not 'lsst'"):
+        PhotoDNetwork.load(path, band_set="lsst")
+    assert PhotoDNetwork.load(path, band_set="ugriz", device="cpu").band_set_ == "sdss"
+
+
+def test_damaged_or_foreign_files_raise_model_file_error(fitted: PhotoDNetwork, tmp_path) -> None:
+    good = fitted.save(tmp_path / "model.safetensors").read_bytes()
+    cases = {
+        "flipped": bytearray(good),
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+        "text": b"this is not a model file at all, just some text\n",
+        "bad_header": good[:8] + b"{" * (len(good) - 8),
+        "foreign": safetensors_save({"w": torch.zeros(3)}),
+        "foreign_meta": safetensors_save({"w": torch.zeros(3)}, metadata={"format": "pt"}),
+    }
+    cases["flipped"][-100] ^= 0xFF  # inside the weights: only the checksum can tell
+    for name, payload in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(bytes(payload))
+        with pytest.raises(ModelFileError):
+            PhotoDNetwork.load(path)
+    with pytest.raises(FileNotFoundError):
+        PhotoDNetwork.load(tmp_path / "missing.safetensors")
+
+
+def test_unfitted_save_and_bad_device() -> None:
+    with pytest.raises(NotFittedError):
+        PhotoDNetwork().save("never-written.safetensors")
+    with pytest.raises(ValueError, match="device"):
+        PhotoDNetwork(device="tpu").fit(np.zeros((10, 12)), np.zeros((10, 3)), np.ones((10, 3)))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            PhotoDNetwork(device="cuda").fit(
+                np.zeros((10, 12)), np.zeros((10, 3)), np.ones((10, 3))
+            )
+
+
+def test_get_set_params() -> None:
+    model = PhotoDNetwork("sdss", seed=3)
+    params = model.get_params()
+    assert params["seed"] == 3 and params["max_epochs"] == 1024 and params["n_runs"] == 2
+    assert params["batch_size"] == 1024 and params["patience"] == 100
+    assert params["learning_rate"] == 1e-3 and params["validation_fraction"] == 0.25
+    assert model.set_params(max_epochs=5) is model and model.max_epochs == 5
+    with pytest.raises(ValueError, match="unknown parameter"):
+        model.set_params(epochs=3)
+    assert math.isclose(PhotoDNetwork().lr_factor, 0.9)
