@@ -13,9 +13,11 @@ in at most 30 s on a 2-core CPU; inference of at least 2 million stars per secon
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -96,8 +98,76 @@ def make_inference_set(n: int, seed: int = 2) -> np.ndarray:
     return base[rng.integers(0, len(base), n)]
 
 
-def _validation_loss(model: PhotoDNetwork) -> float:
-    return float(model.training_metadata_["validation_loss"])
+def _fit_report(model: PhotoDNetwork, name: str, seconds: float) -> None:
+    meta = model.training_metadata_
+    status = "met" if seconds <= TRAIN_SECONDS_TARGET else "NOT met"
+    print(
+        f"fit [{name}] on {meta['device']} ({meta['parallel']}): {seconds:.1f} s (target <= "
+        f"{TRAIN_SECONDS_TARGET:.0f} s: {status}); rows {meta['n_rows']}, excluded "
+        f"{meta['n_excluded_nonfinite']}, train {meta['n_train']}, "
+        f"validation {meta['n_validation']}"
+    )
+    for i, run in enumerate(model.history_["primary_runs"]):
+        print(
+            f"  moments run {i}: {run['epochs_run']} epochs (best {run['best_epoch']}), "
+            f"{run['seconds']:.1f} s, best validation loss {run['best_val_loss']:.4f}"
+        )
+    sec = model.history_["secondary"]
+    print(
+        f"  secondary: {sec['epochs_run']} epochs (best {sec['best_epoch']}), "
+        f"{sec['seconds']:.1f} s, best validation loss {sec['best_val_loss']:.5f}"
+    )
+
+
+def _fit_variant(job: tuple[int, bool, int, str]) -> dict[str, float]:
+    """Fit one (seed, batch_norm) variant on its own synthetic set; returns its scores."""
+    seed, batch_norm, n_train, device = job
+    features, label_mean, label_sigma = make_training_set(n_train, seed=100 + seed)
+    spec = NetworkSpec.paper_default(batch_norm=batch_norm)
+    model = PhotoDNetwork("sdss", spec=spec, seed=seed, device=device, n_threads=2)
+    start = time.perf_counter()
+    model.fit(features, label_mean, label_sigma)
+    meta = model.training_metadata_
+    return {
+        "seed": seed,
+        "batch_norm": batch_norm,
+        "moments": meta["validation_loss"],
+        "secondary": meta["secondary_validation_loss"],
+        "epochs": max(meta["epochs_run"]),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def compare_batch_norm(seeds: list[int], n_train: int, device: str, jobs: int) -> None:
+    """Validation losses with and without batch normalisation over several seeds and sets."""
+    tasks = [(seed, bn, n_train, device) for seed in seeds for bn in (False, True)]
+    if jobs > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            rows = list(pool.map(_fit_variant, tasks))
+    else:
+        rows = [_fit_variant(task) for task in tasks]
+    print("seed  batch_norm  moments_val_loss  secondary_val_loss  max_epochs  fit_s")
+    for r in rows:
+        print(
+            f"{r['seed']:>4}  {str(r['batch_norm']):>10}  {r['moments']:>16.4f}  "
+            f"{r['secondary']:>18.5f}  {r['epochs']:>10}  {r['seconds']:>5.1f}"
+        )
+    by = {bn: {r["seed"]: r for r in rows if r["batch_norm"] == bn} for bn in (False, True)}
+    wins = sum(by[True][s]["moments"] < by[False][s]["moments"] for s in seeds)
+    sec_wins = sum(by[True][s]["secondary"] < by[False][s]["secondary"] for s in seeds)
+    for bn in (False, True):
+        label = "batch norm" if bn else "no batch norm"
+        mean = {k: np.mean([r[k] for r in by[bn].values()]) for k in ("moments", "secondary")}
+        seconds = np.mean([r["seconds"] for r in by[bn].values()])
+        print(
+            f"{label:>13}: mean moments loss {mean['moments']:.4f}, "
+            f"mean secondary loss {mean['secondary']:.5f}, mean fit {seconds:.1f} s"
+        )
+    print(
+        f"batch norm validates better for the moments network in {wins}/{len(seeds)} sets and "
+        f"for the secondary network in {sec_wins}/{len(seeds)}"
+    )
 
 
 def main() -> None:
@@ -109,8 +179,10 @@ def main() -> None:
     parser.add_argument(
         "--compare-batch-norm",
         action="store_true",
-        help="also train with batch normalisation after every hidden layer and compare",
+        help="only compare validation losses with and without batch normalisation",
     )
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds for the comparison")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel fits for the comparison")
     parser.add_argument(
         "--batch-sizes",
         default="",
@@ -119,54 +191,33 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    if args.compare_batch_norm:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+        compare_batch_norm(seeds, args.n_train, args.device, args.jobs)
+        return
+
     features, label_mean, label_sigma = make_training_set(args.n_train)
-    specs = {"no batch norm": NetworkSpec.paper_default(batch_norm=False)}
-    if args.compare_batch_norm:
-        specs["batch norm"] = NetworkSpec.paper_default(batch_norm=True)
+    model = PhotoDNetwork("sdss", seed=args.seed, device=args.device)
+    start = time.perf_counter()
+    model.fit(features, label_mean, label_sigma, metadata={"source": "synthetic benchmark"})
+    _fit_report(model, "paper default", time.perf_counter() - start)
 
-    models = {}
-    for name, spec in specs.items():
-        model = PhotoDNetwork("sdss", spec=spec, seed=args.seed, device=args.device)
-        start = time.perf_counter()
-        model.fit(features, label_mean, label_sigma, metadata={"source": "synthetic benchmark"})
-        seconds = time.perf_counter() - start
-        meta = model.training_metadata_
-        status = "met" if seconds <= TRAIN_SECONDS_TARGET else "NOT met"
-        print(
-            f"fit [{name}] on {meta['device']}: {seconds:.1f} s (target <= "
-            f"{TRAIN_SECONDS_TARGET:.0f} s: {status}); rows {meta['n_rows']}, excluded "
-            f"{meta['n_excluded_nonfinite']}, train {meta['n_train']}, "
-            f"validation {meta['n_validation']}"
-        )
-        for i, run in enumerate(model.history_["primary_runs"]):
-            print(
-                f"  moments run {i}: {run['epochs_run']} epochs (best {run['best_epoch']}), "
-                f"{run['seconds']:.1f} s, best validation loss {run['best_val_loss']:.4f}"
-            )
-        sec = model.history_["secondary"]
-        print(
-            f"  secondary: {sec['epochs_run']} epochs (best {sec['best_epoch']}), "
-            f"{sec['seconds']:.1f} s, best validation loss {sec['best_val_loss']:.4f}"
-        )
-        models[name] = model
-
-    if args.compare_batch_norm:
-        losses = {name: _validation_loss(m) for name, m in models.items()}
-        best = min(losses, key=losses.__getitem__)
-        print("validation moments loss: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
-        print(f"better validation: {best}")
-    model = models["no batch norm"]
-
-    # accuracy on fresh stars against the noiseless generating relations
+    # accuracy on fresh labelled stars
     test_x, test_mean, test_sigma = make_training_set(20_000, seed=7, missing_fraction=0.0)
     pred = model.predict(test_x)
+    ok = ~pred["invalid_input"]
+    print(
+        f"fresh stars: {ok.sum()} valid, {pred['invalid_input'].sum()} invalid (NaN colours), "
+        f"{pred['out_of_domain'].sum()} out of the training domain"
+    )
     for j, p in enumerate(("Mr", "Ar", "FeH")):
-        resid = pred[f"{p}_mean"] - test_mean[:, j]
+        resid = pred[f"{p}_mean"][ok] - test_mean[ok, j]
+        pull = resid / pred[f"{p}_sigma"][ok]
         print(
             f"  {p}: rms(mean - label) {np.sqrt(np.mean(resid**2)):.3f}, "
-            f"median sigma {np.median(pred[f'{p}_sigma']):.3f}, "
-            f"median sigma_bayes {np.median(pred[f'{p}_sigma_bayes']):.3f} "
-            f"(label {np.median(test_sigma[:, j]):.3f})"
+            f"median sigma_nn {np.median(pred[f'{p}_sigma_nn'][ok]):.3f}, "
+            f"median sigma_bayes {np.median(pred[f'{p}_sigma_bayes'][ok]):.3f} "
+            f"(label {np.median(test_sigma[ok, j]):.3f}), std(residual / sigma) {np.std(pull):.2f}"
         )
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,7 +238,8 @@ def main() -> None:
         rate = len(x) / best_time
         status = "met" if rate >= STARS_PER_SECOND_TARGET else "NOT met"
         print(
-            f"predict {len(x):,} rows (chunk {size or 'default'}): best of 3 {best_time:.3f} s "
+            f"predict {len(x):,} rows on {model.training_metadata_['device']} "
+            f"(chunk {size or 'default'}): best of 3 {best_time:.3f} s "
             f"= {rate / 1e6:.2f} M stars/s (target >= 2 M/s: {status}); "
             f"all runs {', '.join(f'{t:.3f}' for t in times)} s"
         )

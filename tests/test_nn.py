@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_save
 
+import photodist.nn
 from photodist.nn import (
     ACTIVATIONS,
     FLAG_KEYS,
@@ -196,16 +197,25 @@ def test_folded_inference_matches_modules_for_every_activation(batch_norm: bool)
         torch.device("cpu"),
     )
     with torch.inference_mode():
-        result, outside, invalid = plan.run(torch.from_numpy(x.astype(np.float32)), None)
+        result, outside, invalid = plan.run(torch.from_numpy(x.astype(np.float32)))
         xs = torch.from_numpy(((x - mean) / std).astype(np.float32))
         mu, sigma_nn = primary(xs)
         sigma_b = secondary(xs)
-    cols = {k: result[:, i].numpy() for i, k in enumerate(FLOAT_KEYS)}
-    for j, p in enumerate(("Mr", "Ar", "FeH")):
-        np.testing.assert_allclose(cols[f"{p}_mean"], mu[:, j], rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(cols[f"{p}_sigma_nn"], sigma_nn[:, j], rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(cols[f"{p}_sigma_bayes"], sigma_b[:, j], rtol=1e-4, atol=1e-6)
-    assert not outside.any() and not invalid.any()
+        fused = plan.onednn
+        for layer in (layer for net in plan.hidden for layer in net):
+            layer.fused = False  # the plain matrix-product path must agree as well
+        unfused, _, _ = plan.run(torch.from_numpy(x.astype(np.float32)))
+    for out in (result, unfused):
+        cols = {k: out[i].numpy() for i, k in enumerate(FLOAT_KEYS)}
+        for j, p in enumerate(("Mr", "Ar", "FeH")):
+            np.testing.assert_allclose(cols[f"{p}_mean"], mu[:, j], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(cols[f"{p}_sigma_nn"], sigma_nn[:, j], rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(
+                cols[f"{p}_sigma_bayes"], sigma_b[:, j], rtol=1e-4, atol=1e-6
+            )
+    assert outside.numel() == 0 and invalid.numel() == 0
+    if torch.backends.mkldnn.is_available():
+        assert fused, "the fused oneDNN path should be usable on this CPU build"
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -335,6 +345,35 @@ def test_same_seed_identical_different_seed_differs(sdss_data: tuple[np.ndarray,
         np.testing.assert_array_equal(pa[key], pb[key])
     assert not np.array_equal(pa["Mr_mean"], pc["Mr_mean"])
     assert not np.array_equal(pa["FeH_sigma_bayes"], pc["FeH_sigma_bayes"])
+
+
+def test_subprocess_training_matches_threads(sdss_data: tuple[np.ndarray, ...]) -> None:
+    x, y, s, _ = sdss_data
+    opts = {**FAST, "max_epochs": 6, "secondary_max_epochs": 3, "n_threads": 2}
+    a = PhotoDNetwork("sdss", seed=9, parallel="threads", **opts).fit(x, y, s)
+    b = PhotoDNetwork("sdss", seed=9, parallel="processes", **opts).fit(x, y, s)
+    assert a.training_metadata_["parallel"] == "threads"
+    assert b.training_metadata_["parallel"] == "processes"
+    for net_a, net_b in ((a.primary_, b.primary_), (a.secondary_, b.secondary_)):
+        for name, value in net_a.state_dict().items():
+            assert torch.equal(value, net_b.state_dict()[name]), name
+    for run_a, run_b in zip(a.history_["primary_runs"], b.history_["primary_runs"], strict=True):
+        assert run_a["val_loss"] == run_b["val_loss"]
+    with pytest.raises(ValueError, match="parallel must be"):
+        PhotoDNetwork("sdss", parallel="mpi", **opts).fit(x, y, s)
+
+
+def test_failed_subprocess_falls_back_to_this_process(
+    sdss_data: tuple[np.ndarray, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, y, s, _ = sdss_data
+    opts = {**FAST, "max_epochs": 4, "secondary_max_epochs": 2, "n_threads": 2}
+    reference = PhotoDNetwork("sdss", seed=2, parallel="threads", **opts).fit(x, y, s)
+    monkeypatch.setattr(photodist.nn, "_CHILD_CODE", "import sys; sys.exit(3)")
+    with pytest.warns(RuntimeWarning, match="exit status 3"):
+        model = PhotoDNetwork("sdss", seed=2, parallel="processes", **opts).fit(x, y, s)
+    for name, value in reference.primary_.state_dict().items():
+        assert torch.equal(value, model.primary_.state_dict()[name]), name
 
 
 def test_lsst_twelve_inputs_work() -> None:
@@ -496,3 +535,26 @@ def test_get_set_params() -> None:
     with pytest.raises(ValueError, match="unknown parameter"):
         model.set_params(epochs=3)
     assert math.isclose(PhotoDNetwork().lr_factor, 0.9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_and_inference(sdss_data: tuple[np.ndarray, ...], tmp_path) -> None:
+    x, y, s, truth = sdss_data
+    x = x.copy()
+    x[5, 2] = np.nan
+    model = PhotoDNetwork("sdss", seed=0, **{**FAST, "device": "cuda"}).fit(x, y, s)
+    assert model.training_metadata_["device"].startswith("cuda")
+    assert next(model.primary_.parameters()).is_cuda
+    pred = model.predict(x)
+    assert pred["invalid_input"][5] and np.isnan(pred["Mr_mean"][5])
+    assert np.isfinite(pred["Mr_mean"][np.arange(len(x)) != 5]).all()
+    path = model.save(tmp_path / "gpu.safetensors")
+    on_gpu = PhotoDNetwork.load(path, device="cuda").predict(x)
+    on_cpu = PhotoDNetwork.load(path, device="cpu").predict(x)
+    for key in pred:
+        np.testing.assert_array_equal(pred[key], on_gpu[key])
+        if key in FLAG_KEYS:
+            np.testing.assert_array_equal(pred[key], on_cpu[key])
+        else:
+            np.testing.assert_allclose(pred[key], on_cpu[key], rtol=1e-4, atol=1e-5)
+    assert np.corrcoef(pred["Mr_mean"][6:], truth[6:, 0])[0, 1] > 0.9

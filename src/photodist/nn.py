@@ -11,8 +11,11 @@ of M_r, A_r and [Fe/H]; the networks here learn those labels and then predict ev
 The reported uncertainty is ``sqrt(sigma_NN**2 + sigma_B**2)``.
 
 Training is deterministic for a given seed on the CPU: every optimisation run is executed with
-single-threaded tensor operations (independent runs execute concurrently in worker threads), so
-the weights do not depend on the number of threads. A fitted estimator is stored as one
+single-threaded tensor operations (independent runs execute concurrently, in worker threads or
+in Python subprocesses), so the weights do not depend on the number of threads. Inference folds
+the input standardisation and any batch normalisation into the dense layers and, on the CPU,
+runs each layer with its activation as one oneDNN primitive where the installed PyTorch
+provides one (checked against the plain path before use). A fitted estimator is stored as one
 safetensors file whose header carries the JSON metadata; loading never executes code.
 """
 
@@ -24,15 +27,18 @@ import importlib.metadata
 import json
 import math
 import os
+import pickle
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,8 @@ from photodist.bands import BandSet, Photometry, get_band_set
 
 __all__ = [
     "ACTIVATIONS",
+    "FLAG_KEYS",
+    "FLOAT_KEYS",
     "OUTPUT_KEYS",
     "PARAMETERS",
     "ModelFileError",
@@ -92,8 +100,10 @@ _ADAM_EPS = 1e-7  # the Keras default used by the reference implementation
 _BATCH_NORM_EPS = 1e-3
 _LR_MIN_DELTA = 1e-4  # ReduceLROnPlateau: improvement needed to reset its patience counter
 _MAX_HEADER_BYTES = 100_000_000
-_DEFAULT_CPU_CHUNK = 4096
+_DEFAULT_CPU_CHUNK = 32768  # rows per chunk and CPU thread; measured fastest of 4k to 64k
 _DEFAULT_DEVICE_CHUNK = 1 << 20
+#: Training rows x epochs above which "auto" trains concurrent runs in subprocesses.
+_PROCESS_WORK_THRESHOLD = 2_000_000
 
 
 class ModelFileError(ValueError):
@@ -330,6 +340,62 @@ class _Body(nn.Module):
                 linear.bias.zero_()
 
 
+class _MomentsLossFunction(torch.autograd.Function):
+    """Output transform and weighted moments loss from the raw head output, fused.
+
+    ``mu = offset + scale * raw[:, :P]``, ``sigma = scale * softplus(raw[:, P:])``; the value
+    equals ``moments_loss(mu, sigma, theta)`` and the gradient is analytic, which needs far
+    fewer tensor operations than automatic differentiation of the same expression.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        raw: torch.Tensor,
+        theta: torch.Tensor,
+        offset: torch.Tensor,
+        scale: torch.Tensor,
+        inv_w2: torch.Tensor,
+    ) -> torch.Tensor:
+        p = theta.shape[1]
+        pre = raw[:, p:]
+        sigma = F.softplus(pre).mul_(scale)
+        d = torch.addcmul(offset, raw[:, :p], scale).sub_(theta)  # mu - theta
+        d2 = d.square()
+        e = d2 - sigma.square()
+        loss = (torch.addcmul(d2, e, e).mean(dim=0) * inv_w2).sum()
+        ctx.save_for_backward(pre, d, e, sigma, scale, inv_w2)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        pre, d, e, sigma, scale, inv_w2 = ctx.saved_tensors
+        coef = (grad / d.shape[0]) * inv_w2 * scale
+        # d/dmu [d2 + e^2] = 2 d (1 + 2 e); d/dsigma [e^2] = -4 e sigma
+        grad_mu = e.mul(2.0).add_(1.0).mul_(d).mul_(2.0 * coef)
+        grad_pre = torch.sigmoid(pre).mul_(e).mul_(sigma).mul_(-4.0 * coef)
+        return torch.cat([grad_mu, grad_pre], dim=1), None, None, None, None
+
+
+class _SigmaLossFunction(torch.autograd.Function):
+    """``scale * softplus(raw)`` and its weighted mean squared error against the target, fused."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, raw: torch.Tensor, target: torch.Tensor, scale: torch.Tensor, inv_w2: torch.Tensor
+    ) -> torch.Tensor:
+        r = F.softplus(raw).mul_(scale).sub_(target)
+        loss = (r.square().mean(dim=0) * inv_w2).sum()
+        ctx.save_for_backward(raw, r, scale, inv_w2)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        raw, r, scale, inv_w2 = ctx.saved_tensors
+        coef = (grad * 2.0 / r.shape[0]) * inv_w2 * scale
+        return torch.sigmoid(raw).mul_(r).mul_(coef), None, None, None
+
+
 class _MomentsNet(_Body):
     """Standardised inputs -> (mu, sigma) for each parameter, in physical units."""
 
@@ -345,6 +411,10 @@ class _MomentsNet(_Body):
         sigma = F.softplus(raw[:, self.n_params :]) * self.out_scale
         return mu, sigma
 
+    def loss(self, raw: torch.Tensor, theta: torch.Tensor, inv_w2: torch.Tensor) -> torch.Tensor:
+        """Weighted moments loss of the raw head output against the label means."""
+        return _MomentsLossFunction.apply(raw, theta, self.out_offset, self.out_scale, inv_w2)
+
 
 class _SigmaNet(_Body):
     """Standardised inputs -> Bayesian posterior width of each parameter (positive)."""
@@ -355,6 +425,10 @@ class _SigmaNet(_Body):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.softplus(self.raw(x)) * self.out_scale
+
+    def loss(self, raw: torch.Tensor, target: torch.Tensor, inv_w2: torch.Tensor) -> torch.Tensor:
+        """Weighted mean squared error of the predicted widths against the label widths."""
+        return _SigmaLossFunction.apply(raw, target, self.out_scale, inv_w2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,8 +503,8 @@ class _FlatAdam:
 
 
 def _train_run(
-    net: _Body,
-    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+    net: _MomentsNet | _SigmaNet,
+    inv_w2: torch.Tensor,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
     x_val: torch.Tensor,
@@ -456,6 +530,10 @@ def _train_run(
     starts = list(range(0, n, batch_size))
     if net.norms is not None and len(starts) > 1 and n - starts[-1] < 2:
         starts.pop()  # batch normalisation cannot train on a single-row batch
+    sizes = torch.tensor(
+        [min(batch_size, n - s) for s in starts], dtype=x_train.dtype, device=x_train.device
+    )
+    used = float(sizes.sum())
     result = _RunResult(math.inf, 0, 0, False, 0.0)
     best = math.inf
     plateau_best = math.inf
@@ -465,17 +543,15 @@ def _train_run(
         net.train()
         perm = torch.randperm(n, generator=generator).to(x_train.device)
         xs, ys = x_train[perm], y_train[perm]
-        total = torch.zeros((), dtype=x_train.dtype, device=x_train.device)
-        used = 0
+        losses: list[torch.Tensor] = []
         for s in starts:
             xb, yb = xs[s : s + batch_size], ys[s : s + batch_size]
-            loss = loss_fn(net(xb), yb)
+            loss = net.loss(net.raw(xb), yb, inv_w2)
             grads = torch.autograd.grad(loss, params)
             optimizer.step(grads)
-            total += loss.detach() * xb.shape[0]
-            used += xb.shape[0]
-        val = _evaluate(net, loss_fn, x_val, y_val)
-        result.train_loss.append(float(total) / used)
+            losses.append(loss.detach())
+        val = _evaluate(net, inv_w2, x_val, y_val)
+        result.train_loss.append(float(torch.stack(losses) @ sizes) / used)
         result.val_loss.append(val)
         result.learning_rate.append(optimizer.lr)
         result.epochs_run = epoch
@@ -511,8 +587,8 @@ def _train_run(
 
 @torch.no_grad()
 def _evaluate(
-    net: _Body,
-    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+    net: _MomentsNet | _SigmaNet,
+    inv_w2: torch.Tensor,
     x: torch.Tensor,
     y: torch.Tensor,
     chunk: int = 65536,
@@ -522,7 +598,7 @@ def _evaluate(
     total = 0.0
     for s in range(0, x.shape[0], chunk):
         xb = x[s : s + chunk]
-        total += float(loss_fn(net(xb), y[s : s + chunk])) * xb.shape[0]
+        total += float(net.loss(net.raw(xb), y[s : s + chunk], inv_w2)) * xb.shape[0]
     return total / x.shape[0]
 
 
@@ -557,7 +633,9 @@ def _package_version() -> str:
     try:
         return importlib.metadata.version("photodist")
     except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+        import photodist
+
+        return str(getattr(photodist, "__version__", "unknown"))
 
 
 def _derive_seeds(seed: int | None, n: int) -> tuple[int, list[int]]:
@@ -565,7 +643,133 @@ def _derive_seeds(seed: int | None, n: int) -> tuple[int, list[int]]:
     sequence = np.random.SeedSequence(seed)
     children = sequence.spawn(n)
     seeds = [int(c.generate_state(1, np.uint64)[0] >> np.uint64(1)) for c in children]
-    return int(sequence.entropy), seeds  # type: ignore[arg-type]
+    return int(sequence.entropy), seeds
+
+
+def _new_net(kind: str, n_inputs: int, spec: NetworkSpec) -> _MomentsNet | _SigmaNet:
+    return _MomentsNet(n_inputs, spec) if kind == "moments" else _SigmaNet(n_inputs, spec)
+
+
+def _run_job(
+    net: _MomentsNet | _SigmaNet, job: Mapping[str, Any], shared: Mapping[str, Any]
+) -> _RunResult:
+    """Train ``net`` in place on one thread."""
+    y_train, y_val = shared["targets"][job["kind"]]
+    with _torch_threads(1):
+        return _train_run(
+            net,
+            shared["inv_w2"],
+            shared["x_train"],
+            y_train,
+            shared["x_val"],
+            y_val,
+            max_epochs=job["max_epochs"],
+            seed=job["seed"],
+            **shared["options"],
+        )
+
+
+class _SubprocessError(RuntimeError):
+    """A training subprocess could not run or failed."""
+
+
+# The child keeps stdout for the pickled result: anything printed goes to stderr instead.
+_CHILD_CODE = (
+    "import sys\n"
+    "out = sys.stdout.buffer\n"
+    "sys.stdout = sys.stderr\n"
+    "from photodist.nn import _child_main\n"
+    "_child_main(sys.stdin.buffer, out)\n"
+)
+
+
+def _child_main(stdin: Any, stdout: Any) -> None:
+    """Entry point of a training subprocess: train the jobs read from stdin."""
+    torch.set_num_threads(1)
+    payload = pickle.load(stdin)
+    spec = NetworkSpec.from_dict(payload["spec"])
+    done = []
+    for job, state in payload["jobs"]:
+        net = _new_net(job["kind"], payload["n_inputs"], spec)
+        net.load_state_dict(state)
+        result = _run_job(net, job, payload["shared"])
+        done.append((net.state_dict(), result))
+    pickle.dump(done, stdout, protocol=pickle.HIGHEST_PROTOCOL)
+    stdout.flush()
+
+
+def _run_in_subprocess(payload: dict[str, Any]) -> list[tuple[dict[str, torch.Tensor], _RunResult]]:
+    """Train jobs in a fresh interpreter (the payload is our own data, exchanged over pipes)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if isinstance(p, str) and p)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD_CODE],
+            input=pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL),
+            capture_output=True,
+            env=env,
+            check=False,
+        )
+    except OSError as exc:
+        raise _SubprocessError(str(exc)) from exc
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise _SubprocessError(f"exit status {proc.returncode}: {' / '.join(tail)}")
+    try:
+        return pickle.loads(proc.stdout)
+    except Exception as exc:  # a truncated or garbled result
+        raise _SubprocessError(f"unreadable result ({exc})") from exc
+
+
+def _run_jobs(
+    nets: list[_MomentsNet | _SigmaNet],
+    jobs: list[dict[str, Any]],
+    shared: dict[str, Any],
+    spec: NetworkSpec,
+    workers: int,
+    mode: str,
+) -> list[_RunResult]:
+    """Train ``nets[i]`` on ``jobs[i]``, spread over ``workers`` threads or processes."""
+    results: list[_RunResult | None] = [None] * len(jobs)
+    if mode == "serial":
+        return [_run_job(net, job, shared) for net, job in zip(nets, jobs, strict=True)]
+    if mode == "threads":
+        # the calling thread drops to one intra-op thread first, so that the workers inherit it
+        with _torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(_run_job, nets, jobs, [shared] * len(jobs)))
+    groups = [list(range(len(jobs)))[w::workers] for w in range(workers)]
+    n_inputs = shared["x_train"].shape[1]
+    with ThreadPoolExecutor(max_workers=workers - 1) as pool:
+        futures = [
+            pool.submit(
+                _run_in_subprocess,
+                {
+                    "spec": spec.to_dict(),
+                    "n_inputs": n_inputs,
+                    "shared": shared,
+                    "jobs": [(jobs[i], nets[i].state_dict()) for i in group],
+                },
+            )
+            for group in groups[1:]
+        ]
+        for i in groups[0]:
+            results[i] = _run_job(nets[i], jobs[i], shared)
+        for group, future in zip(groups[1:], futures, strict=True):
+            try:
+                done = future.result()
+            except _SubprocessError as exc:
+                warnings.warn(
+                    f"training subprocess failed ({exc}); training in this process instead",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                for i in group:
+                    results[i] = _run_job(nets[i], jobs[i], shared)
+                continue
+            for i, (state, result) in zip(group, done, strict=True):
+                nets[i].load_state_dict(state)
+                results[i] = result
+    return [r for r in results if r is not None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -609,39 +813,82 @@ _INPLACE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], Any]] = {
     "sigmoid": torch.sigmoid_,
     "softmax": lambda h: h.copy_(torch.softmax(h, dim=1)),
     "softplus": lambda h: h.copy_(F.softplus(h)),
+    "softsign": lambda h: h.div_(h.abs().add_(1.0)),
     "swish": lambda h: F.silu(h, inplace=True),
     "tanh": torch.tanh_,
 }
+#: Activations that oneDNN applies inside the matrix product (``mkldnn::_linear_pointwise``).
+_ONEDNN_ACTIVATIONS: dict[str, tuple[str, str]] = {
+    "gelu": ("gelu", "none"),  # "none" selects the exact erf form
+    "hard_sigmoid": ("hardsigmoid", ""),
+    "relu": ("relu", ""),
+    "sigmoid": ("sigmoid", ""),
+    "swish": ("swish", ""),
+    "tanh": ("tanh", ""),
+}
 
 
-def _activate_(h: torch.Tensor, name: str | None, scratch: torch.Tensor | None) -> None:
+def _activate_(h: torch.Tensor, name: str | None) -> torch.Tensor:
     """Apply an activation in place."""
-    if name is None or name == "linear":
-        return
-    if name == "softsign":
-        denom = torch.abs(h, out=scratch) if scratch is not None else h.abs()
-        denom.add_(1.0)
-        h.div_(denom)
-        return
-    _INPLACE_ACTIVATIONS[name](h)
+    if name is not None and name != "linear":
+        _INPLACE_ACTIVATIONS[name](h)
+    return h
 
 
-class _Workspace:
-    """Preallocated per-thread buffers for one chunk of rows (avoids page faults per call)."""
+class _DenseLayer:
+    """One folded dense layer on a device; ``fused`` layers run as one oneDNN primitive."""
 
-    def __init__(self, plan: _InferencePlan, rows: int) -> None:
-        dev = plan.device
-        self.rows = rows
-        self.layers = [
-            [torch.empty(rows, w.shape[1], device=dev) for w, _, _ in net] for net in plan.nets
-        ]
-        widest = max(w.shape[1] for net in plan.nets for w, _, _ in net)
-        self.scratch = torch.empty(rows, widest, device=dev)
-        self.result = torch.empty(rows, len(FLOAT_KEYS), device=dev)
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, activation: str | None) -> None:
+        self.w = w  # (in, out)
+        self.b = b
+        self.w_out_in = w.t().contiguous()  # (out, in), the layout oneDNN expects
+        self.activation = activation
+        self.fused = False
+
+    def reference(self, h: torch.Tensor) -> torch.Tensor:
+        return _activate_(torch.addmm(self.b, h, self.w), self.activation)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.fused:
+            return self.reference(h)
+        attr, algorithm = _ONEDNN_ACTIVATIONS.get(self.activation or "", ("none", ""))
+        out = torch.ops.mkldnn._linear_pointwise(h, self.w_out_in, self.b, attr, [], algorithm)
+        if attr == "none":
+            _activate_(out, self.activation)
+        return out
+
+
+def _try_onednn(layers: list[_DenseLayer], n_inputs: int) -> bool:
+    """Switch the layers to fused oneDNN primitives if they exist and reproduce the reference."""
+    if not (
+        torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    ):
+        return False
+    probe = torch.randn(257, n_inputs, generator=torch.Generator().manual_seed(0)) * 2.0
+    try:
+        with torch.inference_mode():
+            for layer in layers:
+                expected = layer.reference(probe.clone())
+                layer.fused = True
+                got = layer(probe.clone())
+                if got.shape != expected.shape or not torch.allclose(
+                    got, expected, rtol=1e-4, atol=1e-5
+                ):
+                    raise RuntimeError("fused layer disagrees with the reference")
+                probe = expected
+    except (RuntimeError, TypeError, ValueError):
+        for layer in layers:
+            layer.fused = False
+        return False
+    return True
 
 
 class _InferencePlan:
-    """Both networks reduced to float32 dense layers on one device."""
+    """Both networks reduced to float32 dense layers on one device.
+
+    ``run`` writes the float outputs as rows of a (len(FLOAT_KEYS), n) array, so that every
+    output column of :meth:`PhotoDNetwork.predict` is a contiguous 1-D array.
+    """
 
     def __init__(
         self,
@@ -658,56 +905,63 @@ class _InferencePlan:
         def to_dev(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
-        self.nets = [
-            [(to_dev(w), to_dev(b), name) for w, b, name in net] for net in (primary, secondary)
+        self.hidden = [
+            [_DenseLayer(to_dev(w), to_dev(b), name) for w, b, name in net[:-1]]
+            for net in (primary, secondary)
+        ]
+        # heads produce (outputs, rows) directly: rows of the result are contiguous
+        self.heads = [
+            (to_dev(net[-1][0].T), to_dev(net[-1][1][:, None])) for net in (primary, secondary)
         ]
         self.n_params = len(sigma_nn_scale)
-        self.sigma_nn_scale = to_dev(sigma_nn_scale)
-        self.sigma_bayes_scale = to_dev(sigma_bayes_scale)
+        self.sigma_nn_scale = to_dev(sigma_nn_scale[:, None])
+        self.sigma_bayes_scale = to_dev(sigma_bayes_scale[:, None])
         # round the domain limits outwards so that no training row is flagged after float32 rounding
         self.low = to_dev(np.nextafter(low.astype(np.float32), np.float32(-np.inf)))
         self.high = to_dev(np.nextafter(high.astype(np.float32), np.float32(np.inf)))
+        self.onednn = device.type == "cpu" and all(_try_onednn(n, len(low)) for n in self.hidden)
+        if not self.onednn:
+            for layer in (layer for net in self.hidden for layer in net):
+                layer.fused = False
 
     def run(
-        self, x: torch.Tensor, ws: _Workspace | None
+        self, x: torch.Tensor, dest: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Float outputs (rows, len(FLOAT_KEYS)), out-of-domain and invalid-input flags."""
+        """Predict rows ``x`` (n, n_inputs) into ``dest`` (len(FLOAT_KEYS), n).
+
+        Returns ``dest`` and the indices of the out-of-domain and of the invalid rows.
+        """
         n = x.shape[0]
-        finite = torch.isfinite(x).all(dim=1)
-        invalid = ~finite
-        any_invalid = bool(invalid.any())
-        if any_invalid:
-            x = x.masked_fill(invalid[:, None], 0.0)
-        outside = ((x < self.low) | (x > self.high)).any(dim=1) & finite
-        outs = []
-        for k, net in enumerate(self.nets):
+        if dest is None:
+            dest = torch.empty(len(FLOAT_KEYS), n, device=x.device)
+        # NaN fails both comparisons, so one test finds invalid and out-of-domain rows
+        inside = (x >= self.low).logical_and_(x <= self.high).all(dim=1)
+        empty = torch.empty(0, dtype=torch.long, device=x.device)
+        outside_rows, invalid_rows = empty, empty
+        if not bool(inside.all()):
+            suspect = torch.nonzero(~inside).squeeze(1)
+            finite = torch.isfinite(x[suspect]).all(dim=1)
+            outside_rows, invalid_rows = suspect[finite], suspect[~finite]
+            if invalid_rows.numel():
+                x = x.index_fill(0, invalid_rows, 0.0)
+        heads = []
+        for net, (w_head, b_head) in zip(self.hidden, self.heads, strict=True):
             h = x
-            for j, (w, b, name) in enumerate(net):
-                if ws is None:
-                    h = torch.addmm(b, h, w)
-                    _activate_(h, name, None)
-                else:
-                    out = ws.layers[k][j][:n]
-                    torch.addmm(b, h, w, out=out)
-                    _activate_(out, name, ws.scratch[:n, : out.shape[1]])
-                    h = out
-            outs.append(h)
-        primary, secondary = outs
+            for layer in net:
+                h = layer(h)
+            heads.append(torch.addmm(b_head, w_head, h.t()))  # (outputs, n)
+        primary, secondary = heads
         p = self.n_params
-        result = (
-            ws.result[:n] if ws is not None else torch.empty(n, len(FLOAT_KEYS), device=x.device)
-        )
-        per_param = result[:, : 4 * p].view(n, p, 4)
-        mu, sigma, sigma_nn, sigma_bayes = (per_param[:, :, i] for i in range(4))
-        mu.copy_(primary[:, :p])
-        torch.mul(F.softplus(primary[:, p:]), self.sigma_nn_scale, out=sigma_nn)
+        mean, sigma, sigma_nn, sigma_bayes = (dest[i : 4 * p : 4] for i in range(4))
+        mean.copy_(primary[:p])
+        torch.mul(F.softplus(primary[p:]), self.sigma_nn_scale, out=sigma_nn)
         torch.mul(F.softplus(secondary), self.sigma_bayes_scale, out=sigma_bayes)
         torch.hypot(sigma_nn, sigma_bayes, out=sigma)
-        torch.add(mu[:, 0], mu[:, 1], out=result[:, 4 * p])
-        torch.hypot(sigma[:, 0], sigma[:, 1], out=result[:, 4 * p + 1])
-        if any_invalid:
-            result.masked_fill_(invalid[:, None], math.nan)
-        return result, outside, invalid
+        torch.add(dest[0], dest[4], out=dest[4 * p])  # Q_r = M_r + A_r
+        torch.hypot(dest[1], dest[5], out=dest[4 * p + 1])
+        if invalid_rows.numel():
+            dest.index_fill_(1, invalid_rows, math.nan)
+        return dest, outside_rows, invalid_rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -762,10 +1016,15 @@ class PhotoDNetwork:
         CPU threads for training (concurrent runs) and inference; None uses
         ``torch.get_num_threads()``.
     predict_batch_size
-        Rows per inference chunk; None: 4096 per CPU thread, 2**20 on a GPU.
+        Rows per inference chunk; None: 32768 per CPU thread, 2**20 on a GPU.
     domain_margin
         Fraction of each input's training range added on both sides before a row is flagged
         ``out_of_domain``.
+    parallel
+        How independent training runs share the CPU threads: ``"threads"`` (in this process),
+        ``"processes"`` (runs beyond the first go to Python subprocesses, which avoids
+        contention for the interpreter lock) or ``"auto"`` (processes for large trainings).
+        The weights are identical either way.
     """
 
     def __init__(
@@ -787,6 +1046,7 @@ class PhotoDNetwork:
         n_threads: int | None = None,
         predict_batch_size: int | None = None,
         domain_margin: float = 0.05,
+        parallel: str = "auto",
     ) -> None:
         self.band_set = band_set
         self.spec = spec
@@ -805,6 +1065,7 @@ class PhotoDNetwork:
         self.n_threads = n_threads
         self.predict_batch_size = predict_batch_size
         self.domain_margin = domain_margin
+        self.parallel = parallel
 
     # -- sklearn-style parameter access ---------------------------------------------------------
 
@@ -826,6 +1087,7 @@ class PhotoDNetwork:
         "n_threads",
         "predict_batch_size",
         "domain_margin",
+        "parallel",
     )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -838,6 +1100,7 @@ class PhotoDNetwork:
             if name not in self._PARAM_NAMES:
                 raise ValueError(f"unknown parameter {name!r}")
             setattr(self, name, value)
+        self.__dict__.pop("_plans", None)  # e.g. domain_margin changes the inference plan
         return self
 
     def __repr__(self) -> str:
@@ -872,6 +1135,18 @@ class PhotoDNetwork:
         if isinstance(self.n_threads, bool) or int(self.n_threads) < 1:
             raise ValueError(f"n_threads must be a positive integer, got {self.n_threads!r}")
         return int(self.n_threads)
+
+    def _parallel_mode(self, workers: int, n_train: int) -> str:
+        mode = str(self.parallel).lower()
+        if mode not in {"auto", "threads", "processes"}:
+            raise ValueError(f"parallel must be 'auto', 'threads' or 'processes', got {mode!r}")
+        if workers < 2:
+            return "serial"
+        if mode == "auto":
+            work = n_train * max(int(self.max_epochs), int(self.secondary_max_epochs))
+            big = work >= _PROCESS_WORK_THRESHOLD
+            mode = "processes" if big and sys.executable else "threads"
+        return mode
 
     def _features(self, features: Any, band_set: BandSet) -> np.ndarray:
         if isinstance(features, Photometry):
@@ -971,9 +1246,9 @@ class PhotoDNetwork:
         xt = tensor((x_train - input_mean) / input_std)
         xv = tensor((x[val_rows] - input_mean) / input_std)
         n_inputs = x.shape[1]
-        nets: list[_Body] = []
+        nets: list[_MomentsNet | _SigmaNet] = []
         for i in range(int(self.n_runs) + 1):
-            net: _Body
+            net: _MomentsNet | _SigmaNet
             if i < int(self.n_runs):
                 net = _MomentsNet(n_inputs, spec)
                 net.out_offset.copy_(torch.from_numpy(offset))
@@ -987,67 +1262,45 @@ class PhotoDNetwork:
         inv_w2 = torch.tensor(1.0 / np.square(np.asarray(self.loss_weights, float)), device=device)
         inv_w2 = inv_w2.to(torch.float32)
 
-        def moments(out: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-            return (moments_loss_terms(out[0], out[1], y) * inv_w2).sum()
-
-        def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return ((out - y).square().mean(dim=0) * inv_w2).sum()
-
-        common = dict(
-            batch_size=int(self.batch_size),
-            learning_rate=float(self.learning_rate),
-            lr_factor=float(self.lr_factor),
-            lr_patience=int(self.lr_patience),
-            patience=int(self.patience),
-        )
-        y_mean_train, y_mean_val = tensor(y_mean[train_rows]), tensor(y_mean[val_rows])
-        y_sigma_train, y_sigma_val = tensor(y_sigma[train_rows]), tensor(y_sigma[val_rows])
-        jobs: list[Callable[[], _RunResult]] = [
-            partial(
-                _train_run,
-                nets[i],
-                moments,
-                xt,
-                y_mean_train,
-                xv,
-                y_mean_val,
-                max_epochs=int(self.max_epochs),
-                seed=seeds[1 + i],
-                **common,
-            )
+        shared = {
+            "inv_w2": inv_w2,
+            "x_train": xt,
+            "x_val": xv,
+            "targets": {
+                "moments": (tensor(y_mean[train_rows]), tensor(y_mean[val_rows])),
+                "sigma": (tensor(y_sigma[train_rows]), tensor(y_sigma[val_rows])),
+            },
+            "options": {
+                "batch_size": int(self.batch_size),
+                "learning_rate": float(self.learning_rate),
+                "lr_factor": float(self.lr_factor),
+                "lr_patience": int(self.lr_patience),
+                "patience": int(self.patience),
+            },
+        }
+        jobs = [
+            {"kind": "moments", "max_epochs": int(self.max_epochs), "seed": seeds[1 + i]}
             for i in range(int(self.n_runs))
         ]
         jobs.append(
-            partial(
-                _train_run,
-                nets[-1],
-                mse,
-                xt,
-                y_sigma_train,
-                xv,
-                y_sigma_val,
-                max_epochs=int(self.secondary_max_epochs),
-                seed=seeds[-1],
-                **common,
-            )
+            {"kind": "sigma", "max_epochs": int(self.secondary_max_epochs), "seed": seeds[-1]}
         )
-
         n_threads = self._threads()
         workers = min(n_threads, len(jobs)) if device.type == "cpu" else 1
-
-        def single_threaded(job: Callable[[], _RunResult]) -> _RunResult:
-            with _torch_threads(1):
-                return job()
-
-        with _torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
-            if workers > 1:
-                with ThreadPoolExecutor(max_workers=workers) as pool:
-                    results = list(pool.map(single_threaded, jobs))
-            else:
-                results = [job() for job in jobs]
+        mode = self._parallel_mode(workers, n_train)
+        results = _run_jobs(nets, jobs, shared, spec, workers, mode)
 
         primary_results, secondary_result = results[:-1], results[-1]
         selected = int(np.argmin([r.best_val_loss for r in primary_results]))
+        for name, result in (
+            ("moments", primary_results[selected]),
+            ("secondary", secondary_result),
+        ):
+            if not math.isfinite(result.best_val_loss):
+                raise RuntimeError(
+                    f"training of the {name} network diverged (no finite validation loss); "
+                    "check the labels or lower the learning rate"
+                )
         self.primary_ = nets[selected]
         self.secondary_ = nets[-1]
         self.spec_ = spec
@@ -1069,10 +1322,11 @@ class PhotoDNetwork:
             "n_excluded_nonfinite": int(n_rows - rows.size),
             "n_train": int(n_train),
             "n_validation": int(n_val),
-            "seed": self.seed,
+            "seed": None if self.seed is None else int(self.seed),
             "seed_entropy": str(entropy),
             "device": str(device),
             "n_threads": n_threads,
+            "parallel": mode,
             "epochs_run": [r.epochs_run for r in primary_results],
             "best_epochs": [r.best_epoch for r in primary_results],
             "validation_losses": [r.best_val_loss for r in primary_results],
@@ -1130,7 +1384,8 @@ class PhotoDNetwork:
         dict
             For p in (Mr, Ar, FeH): ``{p}_mean``, ``{p}_sigma_nn``, ``{p}_sigma_bayes`` and
             ``{p}_sigma = sqrt(sigma_nn**2 + sigma_bayes**2)``; ``Qr_mean = Mr + Ar`` and
-            ``Qr_sigma`` (the two sigmas in quadrature), all float32; boolean
+            ``Qr_sigma = sqrt(Mr_sigma**2 + Ar_sigma**2)`` (their covariance is not
+            modelled), all float32 and each a contiguous array; boolean
             ``out_of_domain`` (an input outside the training range plus margin) and
             ``invalid_input`` (a NaN/inf input; such rows have NaN outputs).
         """
@@ -1140,7 +1395,7 @@ class PhotoDNetwork:
         if x.dtype != np.float32:
             x = x.astype(np.float64, copy=False)
         n = x.shape[0]
-        floats = np.empty((len(FLOAT_KEYS), n), dtype=np.float32)
+        floats = np.empty((len(FLOAT_KEYS), n), dtype=np.float32)  # each output row contiguous
         flags = np.zeros((len(FLAG_KEYS), n), dtype=bool)
         device = _resolve_device(self.device)
         plan = self._plan(device)
@@ -1164,7 +1419,6 @@ class PhotoDNetwork:
         lock = threading.Lock()
 
         def worker() -> None:
-            ws = _Workspace(plan, min(chunk, n))
             with _torch_threads(1), torch.inference_mode():
                 while True:
                     with lock:
@@ -1172,17 +1426,18 @@ class PhotoDNetwork:
                     if start is None:
                         return
                     stop = min(start + chunk, n)
-                    xc = torch.from_numpy(np.ascontiguousarray(x[start:stop], dtype=np.float32))
-                    result, outside, invalid = plan.run(xc, ws)
-                    torch.from_numpy(floats[:, start:stop]).copy_(result.T)
-                    flags[0, start:stop] = outside.numpy()
-                    flags[1, start:stop] = invalid.numpy()
+                    rows = torch.from_numpy(np.ascontiguousarray(x[start:stop], dtype=np.float32))
+                    dest = torch.from_numpy(floats[:, start:stop])
+                    _, outside, invalid = plan.run(rows, dest)
+                    flags[0, outside.numpy() + start] = True
+                    flags[1, invalid.numpy() + start] = True
 
         workers = min(self._threads(), -(-n // chunk))
         if workers == 1:
             worker()
             return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        # workers inherit one intra-op thread; no worker changes a setting that another uses
+        with _torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
             for future in [pool.submit(worker) for _ in range(workers)]:
                 future.result()
 
@@ -1196,11 +1451,11 @@ class PhotoDNetwork:
         with torch.inference_mode():
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
-                host = torch.from_numpy(np.ascontiguousarray(x[start:stop], dtype=np.float32))
-                result, outside, invalid = plan.run(host.to(plan.device, non_blocking=True), None)
-                torch.from_numpy(floats[:, start:stop]).copy_(result.T.cpu())
-                flags[0, start:stop] = outside.cpu().numpy()
-                flags[1, start:stop] = invalid.cpu().numpy()
+                rows = torch.from_numpy(np.ascontiguousarray(x[start:stop], dtype=np.float32))
+                dest, outside, invalid = plan.run(rows.to(plan.device))
+                torch.from_numpy(floats[:, start:stop]).copy_(dest)
+                flags[0, outside.cpu().numpy() + start] = True
+                flags[1, invalid.cpu().numpy() + start] = True
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -1248,7 +1503,7 @@ class PhotoDNetwork:
         metadata = {
             "format": FORMAT_NAME,
             "format_version": str(FORMAT_VERSION),
-            "photodist": json.dumps(info, allow_nan=True),
+            "photodist": json.dumps(info, default=_json_default),
             "sha256": _tensor_digest(tensors),
         }
         payload = _safetensors_save(tensors, metadata=metadata)
@@ -1356,6 +1611,14 @@ class PhotoDNetwork:
         model.training_metadata_ = info.get("training", {})
         model._plans = {}
         return model
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 def _tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
