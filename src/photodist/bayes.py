@@ -111,6 +111,44 @@ def _log_ndtr_diff(a: float, b: float) -> float:
     return lb + math.log1p(-math.exp(d))
 
 
+@numba.njit(cache=True, fastmath=True)
+def _chi2_pass(colors, sw, reddening, sqrt_q, locus_t, log_prior, amax_s, s_buf, b_buf, lw_buf):
+    """Whitened chi2 terms of every locus point and an upper bound of its log weight.
+
+    Five colour rows always (unused colours have zero weight), so the loop vectorises.
+    ``log_prior`` must be finite (the caller replaces -inf by a large negative number).
+    """
+    a0, a1, a2, a3, a4 = (
+        sw[0] * colors[0],
+        sw[1] * colors[1],
+        sw[2] * colors[2],
+        sw[3] * colors[3],
+        sw[4] * colors[4],
+    )
+    s0, s1, s2, s3, s4 = sw[0], sw[1], sw[2], sw[3], sw[4]
+    u0, u1, u2, u3, u4 = (
+        sw[0] * reddening[0] / sqrt_q,
+        sw[1] * reddening[1] / sqrt_q,
+        sw[2] * reddening[2] / sqrt_q,
+        sw[3] * reddening[3] / sqrt_q,
+        sw[4] * reddening[4] / sqrt_q,
+    )
+    row0, row1, row2, row3, row4 = locus_t[0], locus_t[1], locus_t[2], locus_t[3], locus_t[4]
+    for j in range(locus_t.shape[1]):
+        d0 = a0 - s0 * row0[j]
+        d1 = a1 - s1 * row1[j]
+        d2 = a2 - s2 * row2[j]
+        d3 = a3 - s3 * row3[j]
+        d4 = a4 - s4 * row4[j]
+        ss = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4
+        bb = d0 * u0 + d1 * u1 + d2 * u2 + d3 * u3 + d4 * u4
+        s_buf[j] = ss
+        b_buf[j] = bb
+        below = min(bb, 0.0)
+        above = max(bb - amax_s, 0.0)
+        lw_buf[j] = log_prior[j] - 0.5 * (ss - bb * bb) - 0.5 * (below * below + above * above)
+
+
 @numba.njit(cache=True)
 def _truncated_normal(mu: float, sigma: float, upper: float) -> tuple[float, float, float]:
     """log mass, mean and variance of N(mu, sigma^2) truncated to [0, upper]."""
@@ -125,6 +163,22 @@ def _truncated_normal(mu: float, sigma: float, upper: float) -> tuple[float, flo
     mean = mu + sigma * (ra - rb)
     var = sigma * sigma * (1.0 + alpha * ra - beta * rb - (ra - rb) ** 2)
     return log_m, min(max(mean, 0.0), upper), min(max(var, 0.0), sigma * sigma)
+
+
+@numba.njit(cache=True)
+def _box_filter(values, width, cum):
+    """In-place centred moving average of an odd ``width`` of bins (no-op for width <= 1)."""
+    n = values.shape[0]
+    if width <= 1:
+        return
+    cum[0] = 0.0
+    for m in range(n):
+        cum[m + 1] = cum[m] + values[m]
+    lo_off = width // 2
+    for m in range(n):
+        a0 = min(max(m - lo_off, 0), n)
+        a1 = min(max(m - lo_off + width, 0), n)
+        values[m] = (cum[a1] - cum[a0]) / width
 
 
 @numba.njit(cache=True)
@@ -227,12 +281,14 @@ def _star_kernel(
     reddening,
     error_floor,
     chi2_poor,
+    log_weight_cut,
     out,
     flags_out,
     i,
     s_buf,
     b_buf,
     lw_buf,
+    cand_buf,
     work,
 ):
     nc = colors.shape[0]
@@ -269,37 +325,13 @@ def _star_kernel(
     sigma_a = 1.0 / sqrt_q
     a_max = a_max_in
 
-    # passes 1-2, fused over points (five colour rows; unused colours have zero weight):
-    # S_j = |e|^2, B_j = e.u, and a cheap upper bound of the log weight (no erf)
-    sw0, sw1, sw2, sw3, sw4 = sw[0], sw[1], sw[2], sw[3], sw[4]
-    a0, a1, a2, a3, a4 = (sw[0] * cz[0], sw[1] * cz[1], sw[2] * cz[2], sw[3] * cz[3], sw[4] * cz[4])
-    u0 = sw0 * reddening[0] / sqrt_q
-    u1 = sw1 * reddening[1] / sqrt_q
-    u2 = sw2 * reddening[2] / sqrt_q
-    u3 = sw3 * reddening[3] / sqrt_q
-    u4 = sw4 * reddening[4] / sqrt_q
-    row0, row1, row2, row3, row4 = locus_t[0], locus_t[1], locus_t[2], locus_t[3], locus_t[4]
+    # passes 1-2 (fused, vectorised): S_j = |e|^2, B_j = e.u and a cheap upper bound of
+    # the log weight, then the best point
     amax_s = a_max * sqrt_q
-    for j in range(n_points):
-        d0 = a0 - sw0 * row0[j]
-        d1 = a1 - sw1 * row1[j]
-        d2 = a2 - sw2 * row2[j]
-        d3 = a3 - sw3 * row3[j]
-        d4 = a4 - sw4 * row4[j]
-        s = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4
-        b = d0 * u0 + d1 * u1 + d2 * u2 + d3 * u3 + d4 * u4
-        s_buf[j] = s
-        b_buf[j] = b
-        below = min(b, 0.0)
-        above = max(b - amax_s, 0.0)
-        lw_buf[j] = log_prior[j] - 0.5 * (s - b * b) - 0.5 * (below * below + above * above)
-    best_j = 0
-    best = lw_buf[0]
-    for j in range(1, n_points):
-        if lw_buf[j] > best:
-            best = lw_buf[j]
-            best_j = j
-    threshold = best - HOPELESS_LOG_WEIGHT
+    _chi2_pass(cz, sw, reddening, sqrt_q, locus_t, log_prior, amax_s, s_buf, b_buf, lw_buf)
+    best_j = int(np.argmax(lw_buf))
+    best = lw_buf[best_j]
+    threshold = best - log_weight_cut
     best_chi2 = s_buf[best_j] - b_buf[best_j] * b_buf[best_j]
     best_astar_s = b_buf[best_j]
 
@@ -330,19 +362,30 @@ def _star_kernel(
     q_min = np.inf
     q_max = -np.inf
     n_cand = 0
-    # per-star table of the truncation over A* in [-6 σ_A, A_max + 6 σ_A]
-    t_lo = -6.0 * sigma_a
-    h_t = max(sigma_a / 8.0, (a_max + 12.0 * sigma_a) / (MAX_TABLE_NODES - 1))
-    n_t = min(int(math.ceil((a_max + 12.0 * sigma_a) / h_t)) + 1, MAX_TABLE_NODES)
+    # candidate points (log weight bound within the cut of the best) and their A* range
+    n_cand_all = 0
+    astar_lo = np.inf
+    astar_hi = -np.inf
+    for j in range(n_points):
+        if lw_buf[j] >= threshold:
+            cand_buf[n_cand_all] = j
+            n_cand_all += 1
+            astar_lo = min(astar_lo, b_buf[j])
+            astar_hi = max(astar_hi, b_buf[j])
+    # per-star table of the truncation over the candidates' A* (within [-6σ, A_max + 6σ])
+    t_lo = max(-6.0 * sigma_a, astar_lo * sigma_a)
+    t_hi = max(min(a_max + 6.0 * sigma_a, astar_hi * sigma_a), t_lo + sigma_a)
+    h_t = max(sigma_a / 8.0, (t_hi - t_lo) / (MAX_TABLE_NODES - 2))
+    n_t = int(math.ceil((t_hi - t_lo) / h_t)) + 2
     t_logm = work[8, :n_t]
     t_mean = work[9, :n_t]
     t_var = work[10, :n_t]
+    t_invm = work[11, :n_t]
     for k in range(n_t):
         t_logm[k], t_mean[k], t_var[k] = _truncated_normal(t_lo + k * h_t, sigma_a, a_max)
-    for j in range(n_points):
-        if lw_buf[j] < threshold:
-            lw_buf[j] = 0.0  # from here on lw_buf holds candidate weights (> 0)
-            continue
+        t_invm[k] = math.exp(min(-t_logm[k], 700.0))
+    for c in range(n_cand_all):
+        j = cand_buf[c]
         chi2min = s_buf[j] - b_buf[j] * b_buf[j]
         astar = b_buf[j] * sigma_a
         log_u = log_prior[j] - 0.5 * chi2min - best
@@ -355,15 +398,17 @@ def _star_kernel(
             log_m = t_logm[k] + fr * (t_logm[k + 1] - t_logm[k])
             mean_a = t_mean[k] + fr * (t_mean[k + 1] - t_mean[k])
             var_a = t_var[k] + fr * (t_var[k + 1] - t_var[k])
+            inv_m = t_invm[k] + fr * (t_invm[k + 1] - t_invm[k])
         else:
             log_m, mean_a, var_a = _truncated_normal(astar, sigma_a, a_max)
+            inv_m = math.exp(min(-log_m, 700.0))
         log_uw = log_u + log_m
         if log_uw < -700.0:
             lw_buf[j] = 0.0
             continue
         w = math.exp(log_uw)
         # deposit the untruncated component mass u_j at A*_j for the A_r histogram
-        _deposit(a_hist, (astar - a_lo) / h_a, math.exp(log_u))
+        _deposit(a_hist, (astar - a_lo) / h_a, w * inv_m)
         m = mr_axis[mr_index[j]]
         f = feh_axis[feh_index[j]]
         w_tot += w
@@ -421,6 +466,11 @@ def _star_kernel(
     # M_r cell width
     sigma_q = math.sqrt(s_var / w_tot)
     h_q = max(min(max(sigma_q / 4.0, 0.002), 0.02), (q_max - q_min) / 1500.0)
+    n_cell = 1
+    if mr_half > 0.0:  # an odd number of bins per M_r cell keeps the box filters centred
+        n_cell = int(math.ceil(2.0 * mr_half / h_q))
+        n_cell += 1 - n_cell % 2
+        h_q = 2.0 * mr_half / n_cell
     q_lo = q_min - 4.0 * sigma_q - mr_half - 2 * h_q
     q_hi = q_max + 4.0 * sigma_q + mr_half + 2 * h_q
     n_q = int(math.ceil((q_hi - q_lo) / h_q))
@@ -429,23 +479,21 @@ def _star_kernel(
         n_q = MAX_HIST_BINS
     q_hist = work[5, :n_q]
     q_hist[:] = 0.0
-    for j in range(n_points):
+    for c in range(n_cand_all):
+        j = cand_buf[c]
         if lw_buf[j] > 0.0:
             _deposit(q_hist, (b_buf[j] - q_lo) / h_q, lw_buf[j])
+    # Gaussian of width σ_q as three equal box passes (variance 3 (w^2 - 1) / 12 bins^2),
+    # then the box of the M_r cell width; all O(n) through cumulative sums
     q_smooth = work[6, :n_q]
-    _gaussian_smooth(q_hist, sigma_q / h_q, q_smooth)
-    # box of the M_r cell width (moving average via cumulative sums)
-    n_box = int(round(2.0 * mr_half / h_q))
-    if n_box > 1:
-        cum = work[7, : n_q + 1]
-        cum[0] = 0.0
-        for m in range(n_q):
-            cum[m + 1] = cum[m] + q_smooth[m]
-        lo_off = n_box // 2
-        for m in range(n_q):
-            a0 = max(m - lo_off, 0)
-            a1 = min(m - lo_off + n_box, n_q)
-            q_smooth[m] = (cum[a1] - cum[a0]) / n_box
+    q_smooth[:] = q_hist
+    cum = work[7, : n_q + 1]
+    n_gauss = int(round(math.sqrt(4.0 * (sigma_q / h_q) ** 2 + 1.0)))
+    n_gauss += 1 - n_gauss % 2  # odd, so the passes stay centred
+    if n_gauss > 1:
+        for _ in range(3):
+            _box_filter(q_smooth, n_gauss, cum)
+    _box_filter(q_smooth, n_cell, cum)
     _percentiles_from_density(q_smooth, q_lo, h_q, out[i], _K_QR + 2)
     mean_q = mean_mr + mean_a
     out[i, _K_QR + 1] = math.sqrt(max(s_q2 / w_tot - mean_q * mean_q, 0.0))
@@ -493,6 +541,7 @@ def _estimate_all(
     reddening,
     error_floor,
     chi2_poor,
+    log_weight_cut,
     out,
     flags_out,
     n_chunks,
@@ -504,7 +553,8 @@ def _estimate_all(
         s_buf = np.empty(n_points)
         b_buf = np.empty(n_points)
         lw_buf = np.empty(n_points)
-        work = np.empty((11, max(MAX_HIST_BINS + 1, mr_axis.shape[0], feh_axis.shape[0])))
+        cand_buf = np.empty(n_points, dtype=np.int64)
+        work = np.empty((12, max(MAX_HIST_BINS + 1, mr_axis.shape[0], feh_axis.shape[0])))
         start = c * n // n_chunks
         stop = (c + 1) * n // n_chunks
         for i in range(start, stop):
@@ -523,12 +573,14 @@ def _estimate_all(
                 reddening,
                 error_floor,
                 chi2_poor,
+                log_weight_cut,
                 out,
                 flags_out,
                 i,
                 s_buf,
                 b_buf,
                 lw_buf,
+                cand_buf,
                 work,
             )
 
@@ -600,6 +652,8 @@ class BayesConfig:
     chi2_poor
         Best-fit chi2 above which a star is flagged POOR_FIT (default: the 99.9 % point of a
         chi2 distribution with as many degrees of freedom as colours).
+    log_weight_cut
+        Locus points whose log weight is below the best by more than this are skipped.
     """
 
     error_floor: float = 0.02
@@ -607,6 +661,7 @@ class BayesConfig:
     dust_scale: float = 1.3
     dust_offset: float = 0.1
     chi2_poor: float | None = None
+    log_weight_cut: float = HOPELESS_LOG_WEIGHT
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -664,8 +719,9 @@ class BayesEstimator:
         a_max = a_max_for(photometry, self.config)
         r = np.where(np.isfinite(photometry.r), photometry.r, np.nan)
         bins = self.prior.bin_index(r)
+        # finite log prior (the fused chi2 pass assumes no infinities)
         log_prior = np.ascontiguousarray(
-            self.prior.log_prior.reshape(len(self.prior.r_centres), -1)
+            np.maximum(self.prior.log_prior.reshape(len(self.prior.r_centres), -1), -1e30)
         )
         if n:
             _estimate_all(
@@ -684,6 +740,7 @@ class BayesEstimator:
                 np.pad(band_set.reddening_vector(), (0, 5 - band_set.n_colors)),
                 float(self.config.error_floor),
                 self._chi2_threshold(band_set.n_colors),
+                float(self.config.log_weight_cut),
                 out,
                 flags,
                 8 * numba.get_num_threads(),
