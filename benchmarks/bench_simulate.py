@@ -3,7 +3,8 @@
 Usage: ``python benchmarks/bench_simulate.py [--l 90 --b 30 --radius 3] [--write out.parquet]``
 
 The default cone (l = 90, b = 30, radius 3 deg, r < 27.5, LSST 10-year errors) holds about
-1.8 million stars. The time includes photometry and errors; writing Parquet is timed apart.
+1.6 million stars with the default Galaxy model (1.8 million with one luminosity function
+for all components). The time includes photometry and errors; writing Parquet is timed apart.
 """
 
 from __future__ import annotations

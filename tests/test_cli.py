@@ -69,3 +69,29 @@ def test_bayes_command_missing_column_is_clear(tmp_path):
     )
     assert result.exit_code != 0
     assert "zErr" in result.output
+
+
+def test_bayes_command_with_trilegal_prior(tmp_path, s82_stars_path, s82_priors_path):
+    out = tmp_path / "s82.parquet"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bayes",
+            str(s82_stars_path),
+            str(out),
+            "--bands",
+            "sdss",
+            "--feh-step",
+            "0.1",
+            "--mr-step",
+            "0.2",
+            "--trilegal-prior",
+            str(s82_priors_path),
+            "--trilegal-pixel",
+            "0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    res = pd.read_parquet(out)
+    assert len(res) == 3981
+    assert not (res["flags"] & 128).any()  # a prior was used: no NO_PRIOR flag

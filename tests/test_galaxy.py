@@ -157,3 +157,96 @@ def test_default_extinction_is_a_cosecant_law_at_high_latitude():
         assert dust.default_ar_inf(100.0, b) == pytest.approx(expected, rel=0.05)
     assert dust.default_ar_inf(0.0, 0.0) == pytest.approx(10.0)  # capped toward the centre
     assert 1.0 < dust.default_ar_inf(180.0, 0.0) < 10.0
+
+
+LITERAL = GalaxyModel(old_population_turnoff=False)
+
+
+def test_local_shares_follow_juric_on_the_main_sequence():
+    shares = MODEL.local_fractions
+    thin, thick = np.exp(-25 / 300), 0.12 * np.exp(-25 / 900)
+    halo = 0.0051 * (8000 / np.hypot(8000, 25 / 0.64)) ** 2.77
+    assert shares[THICK] / shares[THIN] == pytest.approx(thick / thin)
+    assert shares[HALO] / shares[THIN] == pytest.approx(halo / thin)
+    assert shares.sum() == pytest.approx(1.0)
+    sun = (np.array(8000.0), np.array(25.0))
+    for mr in (5.0, 8.0, 12.5):  # main sequence below the old turn-offs
+        parts = MODEL.component_number_densities(*sun, np.array(mr))
+        np.testing.assert_allclose(parts / parts.sum(), shares, rtol=1e-12)
+        assert parts.sum() == pytest.approx(float(MODEL.luminosity_function(np.array(mr))))
+        assert MODEL.number_density(*sun, np.array(mr)) == pytest.approx(parts.sum())
+
+
+def test_old_population_turnoffs():
+    from photodist.galaxy import main_sequence_absmag_at_gr
+    from photodist.locus import locus_colors
+
+    assert MODEL.turnoff_absmag(THIN) == -np.inf
+    for code, gr, feh in ((HALO, 0.25, -1.46), (THICK, 0.30, MODEL.component_mean_feh(THICK))):
+        m_to = MODEL.turnoff_absmag(code)
+        assert 3.8 < m_to < 4.5  # "near M_r ~ 4"
+        assert m_to == pytest.approx(main_sequence_absmag_at_gr(gr, feh))
+        # the locus puts a main-sequence star of that [Fe/H] and M_r at the turn-off colour
+        colors, giant_weight = locus_colors(np.array([m_to]), np.array([feh]))
+        assert colors[0, 1] == pytest.approx(gr, abs=2e-3)
+        assert giant_weight[0] == 0.0
+    # the thick disk's mean [Fe/H] is the Ivezić disk metallicity over its vertical profile
+    z = np.linspace(0.0, 40000.0, 400001)
+    weight = np.exp(-z / 900.0)
+    mean = np.sum(MODEL.expected_feh(THICK, z) * weight) / np.sum(weight)
+    assert MODEL.component_mean_feh(THICK) == pytest.approx(mean, abs=1e-4)
+    with pytest.raises(ValueError, match="outside"):
+        main_sequence_absmag_at_gr(-0.5, -1.0)
+
+
+def test_old_components_lose_the_bright_main_sequence():
+    mr = np.linspace(-1.0, 17.0, 18001)
+    phi = MODEL.luminosity_function(mr)
+    np.testing.assert_array_equal(MODEL.component_luminosity_function(mr, THIN), phi)
+    for code in (THICK, HALO):
+        m_to = MODEL.turnoff_absmag(code)
+        phi_c = MODEL.component_luminosity_function(mr, code)
+        np.testing.assert_array_equal(phi_c[mr >= m_to], phi[mr >= m_to])
+        g = MODEL.giant_scale(code)
+        assert 0 < g < 0.5
+        np.testing.assert_allclose(phi_c[mr < m_to], g * phi[mr < m_to])
+        # stars brighter than the turn-off per main-sequence star in the magnitude below it
+
+        def integral(lo, hi, f=phi_c):
+            sel = (mr >= lo) & (mr <= hi)
+            return np.trapezoid(f[sel], mr[sel])
+
+        ratio = integral(-1.0, m_to - 1e-9) / integral(m_to, m_to + 1.0)
+        assert ratio == pytest.approx(MODEL.old_giant_ratio, rel=0.01)
+    # the literal model applies the full table to every component
+    for code in (THIN, THICK, HALO):
+        np.testing.assert_array_equal(LITERAL.component_luminosity_function(mr, code), phi)
+    r_cyl, z = np.array([8000.0, 9000.0]), np.array([25.0, 3000.0])
+    np.testing.assert_allclose(
+        LITERAL.number_density(r_cyl, z, np.array(2.0)),
+        LITERAL.luminosity_function(np.array(2.0)) * LITERAL.relative_density(r_cyl, z),
+    )
+
+
+def test_bright_stars_near_the_sun_are_thin_disk():
+    rng = np.random.default_rng(4)
+    n = 100_000
+    r_cyl, z = np.full(n, 8000.0), np.full(n, 25.0)
+    bright = MODEL.sample_component(r_cyl, z, rng, mr=np.full(n, 2.0))
+    faint = MODEL.sample_component(r_cyl, z, rng, mr=np.full(n, 8.0))
+    shares = MODEL.local_fractions
+    np.testing.assert_allclose(np.bincount(faint, minlength=3) / n, shares, atol=0.004)
+    expected = shares * np.array([1.0, MODEL.giant_scale(THICK), MODEL.giant_scale(HALO)])
+    observed = np.bincount(bright, minlength=3) / n
+    np.testing.assert_allclose(observed, expected / expected.sum(), atol=0.003)
+    assert observed[THIN] > 0.97
+
+
+def test_disk_metallicity_median_is_ivezic_mu_d():
+    # Ivezić et al. (2008): mu_D(Z) is the median disk [Fe/H] at |Z|; the two-Gaussian mixture
+    # with a = mu_D - 0.067 has its median 0.015 dex below mu_D
+    rng = np.random.default_rng(8)
+    for z in (500.0, 2000.0):
+        disk = MODEL.sample_feh(THIN, np.full(400_000, z), rng, feh_range=None)
+        mu_d = -0.78 + 0.35 * np.exp(-z / 1000.0)
+        assert np.median(disk) == pytest.approx(mu_d - 0.015, abs=0.004)

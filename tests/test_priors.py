@@ -154,3 +154,24 @@ def test_trilegal_priors_load(s82_priors_path, default_locus):
         read_trilegal_priors(s82_priors_path, default_locus)
     maps = read_trilegal_prior_catalog(s82_priors_path, default_locus)
     assert sorted(maps) == [0, 1, 2]
+
+
+def test_single_lf_model_is_brighter_at_faint_r(patch_priors, default_locus):
+    """Without main-sequence stars brighter than the old turn-off, faint bins (halo-dominated)
+    have fainter median M_r than with one luminosity function for every component."""
+    from photodist.galaxy import GalaxyModel
+
+    assert patch_priors.metadata["galaxy"]["old_population_turnoff"] is True
+    literal = build_patch_priors(
+        pixel=20,
+        order=7,
+        locus=default_locus,
+        seed=3,
+        min_stars=2000,
+        galaxy=GalaxyModel(old_population_turnoff=False),
+    )
+    assert literal.metadata["galaxy"]["old_population_turnoff"] is False
+    _, mr_new = patch_priors.marginal_medians()
+    _, mr_literal = literal.marginal_medians()
+    faint = R_BIN_CENTRES >= 20.0
+    assert np.all(mr_new[faint] > mr_literal[faint] + 0.5)

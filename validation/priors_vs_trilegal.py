@@ -9,13 +9,16 @@ locus grid) averaged over the three pixels, and the component mix of our simulat
 
 Acceptance (r bins 16-24): |median [Fe/H] difference| <= 0.3 dex, |median M_r difference| <=
 1.0 mag. The figure ``validation/figures/priors_vs_trilegal.png`` shows both maps per r bin.
+``--single-lf`` uses the literal single-luminosity-function model
+(``GalaxyModel(old_population_turnoff=False)``) instead of the default model, for comparison;
+it does not overwrite the figure.
 
-Usage: ``python validation/priors_vs_trilegal.py [path/to/s82_priors]``
+Usage: ``python validation/priors_vs_trilegal.py [path/to/s82_priors] [--single-lf]``
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from photodist.galaxy import GalaxyModel  # noqa: E402
 from photodist.locus import build_locus  # noqa: E402
 from photodist.priors import R_BIN_CENTRES, build_patch_priors, grid_median  # noqa: E402
 from photodist.simulate import simulate_patch  # noqa: E402
@@ -53,16 +57,24 @@ def read_trilegal_native(path: Path, pixel: int) -> dict[float, tuple[np.ndarray
 
 
 def main() -> int:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PATH
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", nargs="?", type=Path, default=DEFAULT_PATH)
+    parser.add_argument(
+        "--single-lf", action="store_true", help="literal single-luminosity-function model"
+    )
+    args = parser.parse_args()
+    path = args.path
     if not path.exists():
         print(f"TRILEGAL priors not found at {path}")
         return 1
+    galaxy = GalaxyModel(old_population_turnoff=not args.single_lf)
+    print(f"model: {'single LF for all components' if args.single_lf else 'default'}")
     locus = build_locus()
     ours, tri = {}, {}
     for pixel in PIXELS:
         start = time.perf_counter()
         ours[pixel] = build_patch_priors(
-            pixel=pixel, order=ORDER, locus=locus, seed=pixel, ar_inf=AR_INF
+            pixel=pixel, order=ORDER, locus=locus, seed=pixel, ar_inf=AR_INF, galaxy=galaxy
         )
         print(
             f"pixel {pixel}: built prior map in {time.perf_counter() - start:.1f} s "
@@ -80,6 +92,7 @@ def main() -> int:
         ar_inf=AR_INF,
         truth_only=True,
         locus=locus,
+        galaxy=galaxy,
     )
 
     rows = []
@@ -122,8 +135,9 @@ def main() -> int:
         f"max |d[Fe/H]| = {table.loc[in_range, 'dFeH'].abs().max():.2f} dex, "
         f"max |dM_r| = {table.loc[in_range, 'dMr'].abs().max():.2f} mag"
     )
-    make_figure(ours[PIXELS[0]], tri[PIXELS[0]], table)
-    print(f"figure: {FIGURE.relative_to(Path(__file__).resolve().parents[1])}")
+    if not args.single_lf:
+        make_figure(ours[PIXELS[0]], tri[PIXELS[0]], table)
+        print(f"figure: {FIGURE.relative_to(Path(__file__).resolve().parents[1])}")
     return 0
 
 

@@ -7,11 +7,17 @@ sightline A_r(inf) = median A_r of the real stars) and keeps the simulated stars
 footprint (Dec between the real stars' extremes); the footprint area follows from the fraction
 of uniformly drawn points of the pixel that fall inside it.
 
+The real catalogue is colour-selected: its observed g-i spans 0.207-2.999, with ~90 stars per
+0.1 mag just below g-i = 3.0 and none above, so the simulated stars are compared inside the same
+window, 0.2 <= g-i < 3.0 (observed colours); counts without the window are printed as well.
+
 Printed: star counts in 1-mag bins of observed r for 15 < r < 21 (acceptance: simulated / real
-within a factor 1.5) and counts in bins of g-i, where the model's discrepancies show. The
-figure ``validation/figures/simulated_vs_s82.png`` shows the counts and the g-r and u-g
-histograms (15 < r < 21) for single-epoch SDSS errors and for N-epoch averages like the real
-catalogue (N = median number of r-band epochs).
+within a factor 1.5), the same ratio for the literal single-luminosity-function model
+(``GalaxyModel(old_population_turnoff=False)``) for comparison, and counts in bins of g-i with
+the model's component mix, where the discrepancies show. The figure
+``validation/figures/simulated_vs_s82.png`` shows the counts and the g-r and u-g histograms
+(15 < r < 21) for single-epoch SDSS errors and for N-epoch averages like the real catalogue
+(N = median number of r-band epochs).
 
 Usage: ``python validation/simulated_vs_s82.py [path/to/s82_0_5]``
 """
@@ -28,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from photodist.galaxy import COMPONENT_NAMES, GalaxyModel  # noqa: E402
 from photodist.locus import build_locus  # noqa: E402
 from photodist.simulate import Patch, simulate_patch, uniform_points_in_cells  # noqa: E402
 
@@ -38,6 +45,8 @@ R_EDGES = np.arange(15.0, 21.0 + 1e-9, 1.0)
 GI_EDGES = np.array([-0.5, 0.4, 0.7, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0])
 MAX_RATIO = 1.5
 SEEDS = (0, 1, 2)
+#: Observed g-i window of the real catalogue (see the module docstring).
+GI_WINDOW = (0.2, 3.0)
 
 
 def load_real(path: Path) -> pd.DataFrame:
@@ -54,7 +63,9 @@ def footprint_area(dec_lo: float, dec_hi: float, n: int = 2_000_000) -> float:
     return patch.area_deg2 * float(np.mean((dec >= dec_lo) & (dec <= dec_hi)))
 
 
-def simulate(real: pd.DataFrame, errors: str, seed: int) -> pd.DataFrame:
+def simulate(
+    real: pd.DataFrame, errors: str, seed: int, galaxy: GalaxyModel | None = None
+) -> pd.DataFrame:
     sim = simulate_patch(
         pixel=PIXEL,
         order=ORDER,
@@ -64,11 +75,21 @@ def simulate(real: pd.DataFrame, errors: str, seed: int) -> pd.DataFrame:
         ar_inf=float(real["Ar"].median()),
         seed=seed,
         locus=build_locus(),
+        galaxy=galaxy,
     )
     inside = sim["dec"].between(real["dec"].min(), real["dec"].max())
     sim = sim[inside].copy()
     sim["gi"] = sim["gr"] + sim["ri"]
     return sim
+
+
+def in_window(frame: pd.DataFrame) -> pd.DataFrame:
+    """Stars inside the real catalogue's observed g-i window."""
+    return frame[(frame["gi"] >= GI_WINDOW[0]) & (frame["gi"] < GI_WINDOW[1])]
+
+
+def mean_counts(frames: list[pd.DataFrame]) -> np.ndarray:
+    return np.mean([np.histogram(f["rmag"], R_EDGES)[0] for f in frames], axis=0)
 
 
 def main() -> int:
@@ -85,22 +106,34 @@ def main() -> int:
         f"{real['dec'].max():.3f}); A_r = {real['Ar'].median():.3f}; median r epochs "
         f"{n_epochs}"
     )
-    single = [simulate(real, "sdss", s) for s in SEEDS]
-    averaged = simulate(real, f"sdss{n_epochs}", SEEDS[0])
+    print(
+        f"real g-i range {real['gi'].min():.3f}..{real['gi'].max():.3f}; simulated stars are "
+        f"compared inside {GI_WINDOW[0]} <= g-i < {GI_WINDOW[1]}"
+    )
+    single_all = [simulate(real, "sdss", s) for s in SEEDS]
+    single = [in_window(f) for f in single_all]
+    averaged = in_window(simulate(real, f"sdss{n_epochs}", SEEDS[0]))
+    literal_model = GalaxyModel(old_population_turnoff=False)
+    literal = [in_window(simulate(real, "sdss", s, literal_model)) for s in SEEDS]
 
     real_counts = np.histogram(real["rmag"], R_EDGES)[0]
-    sim_counts = np.mean([np.histogram(s["rmag"], R_EDGES)[0] for s in single], axis=0)
+    sim_counts = mean_counts(single)
     table = pd.DataFrame(
         {
             "r_lo": R_EDGES[:-1],
             "r_hi": R_EDGES[1:],
             "real": real_counts,
+            "sim_all_gi": mean_counts(single_all),
             "simulated": sim_counts,
             "ratio": sim_counts / real_counts,
+            "ratio_single_LF": mean_counts(literal) / real_counts,
         }
     )
     table["within_1.5"] = (table["ratio"] <= MAX_RATIO) & (table["ratio"] >= 1 / MAX_RATIO)
-    print(f"\nStar counts in the footprint (simulated: mean of seeds {SEEDS})")
+    print(
+        f"\nStar counts in the footprint (simulated: mean of seeds {SEEDS}; sim_all_gi without "
+        "the g-i window; ratio_single_LF: the literal single-LF model)"
+    )
     print(table.to_string(index=False, float_format=lambda v: f"{v:7.2f}"))
     print(f"{int(table['within_1.5'].sum())}/{len(table)} r bins within a factor {MAX_RATIO}")
 
@@ -112,7 +145,7 @@ def main() -> int:
         h_sim = np.mean(
             [
                 np.histogram(s.loc[s["rmag"].between(lo, hi, inclusive="left"), "gi"], GI_EDGES)[0]
-                for s in single
+                for s in single_all
             ],
             axis=0,
         )
@@ -123,10 +156,32 @@ def main() -> int:
             + " ".join(f"{v:5.0f}" for v in h_sim)
         )
     print(
-        "\nCounts in g-i bins "
+        "\nCounts in g-i bins (simulated: all colours) "
         + " ".join(f"[{a:g},{b:g})" for a, b in zip(GI_EDGES[:-1], GI_EDGES[1:], strict=True))
     )
     print("\n".join(rows))
+    print("\nSimulated component mix (thin/thick/halo) per r bin, 0.2 <= g-i < 1 and g-i >= 1")
+    for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:], strict=True):
+        parts = []
+        for name, sel in (("blue", lambda f: f["gi"] < 1.0), ("red", lambda f: f["gi"] >= 1.0)):
+            mix = np.mean(
+                [
+                    np.bincount(
+                        f.loc[f["rmag"].between(lo, hi, inclusive="left") & sel(f), "component"],
+                        minlength=3,
+                    )
+                    for f in single
+                ],
+                axis=0,
+            )
+            n_real = int((real["rmag"].between(lo, hi, inclusive="left") & sel(real)).sum())
+            parts.append(
+                f"{name}: real {n_real:5d} sim "
+                + "/".join(f"{v:.0f}" for v in mix)
+                + f" = {mix.sum():6.0f}"
+            )
+        print(f"{lo:4.0f}-{hi:2.0f}  " + "   ".join(parts))
+    print(f"(components: {'/'.join(COMPONENT_NAMES)})")
     sim_all = pd.concat(single)
     for name, data in (
         ("real", real[sel_real]),

@@ -112,29 +112,30 @@ def _log_ndtr_diff(a: float, b: float) -> float:
 
 
 @numba.njit(cache=True, fastmath=True)
-def _chi2_pass(colors, sw, reddening, sqrt_q, locus_t, log_prior, amax_s, s_buf, b_buf, lw_buf):
-    """Whitened chi2 terms of every locus point and an upper bound of its log weight.
+def _bound_pass(colors, sw, u, locus_t32, log_prior32, amax_s, lw32):
+    """Upper bound of every locus point's log weight, in float32 (vectorised, 8 lanes).
 
-    Five colour rows always (unused colours have zero weight), so the loop vectorises.
-    ``log_prior`` must be finite (the caller replaces -inf by a large negative number).
+    bound_j = log p_j - chi2min_j / 2 - (distance of A*_j outside [0, A_max])^2 q / 2; the
+    truncation factor is at most 1, so the bound only selects candidates, whose terms are then
+    recomputed in float64. Five colour rows always (unused colours have zero weight).
+    ``log_prior32`` must be finite.
     """
+    f32 = np.float32
+    half = f32(0.5)
+    zero = f32(0.0)
+    amax = f32(amax_s)
+    s0, s1, s2, s3, s4 = f32(sw[0]), f32(sw[1]), f32(sw[2]), f32(sw[3]), f32(sw[4])
     a0, a1, a2, a3, a4 = (
-        sw[0] * colors[0],
-        sw[1] * colors[1],
-        sw[2] * colors[2],
-        sw[3] * colors[3],
-        sw[4] * colors[4],
+        f32(sw[0] * colors[0]),
+        f32(sw[1] * colors[1]),
+        f32(sw[2] * colors[2]),
+        f32(sw[3] * colors[3]),
+        f32(sw[4] * colors[4]),
     )
-    s0, s1, s2, s3, s4 = sw[0], sw[1], sw[2], sw[3], sw[4]
-    u0, u1, u2, u3, u4 = (
-        sw[0] * reddening[0] / sqrt_q,
-        sw[1] * reddening[1] / sqrt_q,
-        sw[2] * reddening[2] / sqrt_q,
-        sw[3] * reddening[3] / sqrt_q,
-        sw[4] * reddening[4] / sqrt_q,
-    )
-    row0, row1, row2, row3, row4 = locus_t[0], locus_t[1], locus_t[2], locus_t[3], locus_t[4]
-    for j in range(locus_t.shape[1]):
+    u0, u1, u2, u3, u4 = f32(u[0]), f32(u[1]), f32(u[2]), f32(u[3]), f32(u[4])
+    row0, row1, row2 = locus_t32[0], locus_t32[1], locus_t32[2]
+    row3, row4 = locus_t32[3], locus_t32[4]
+    for j in range(locus_t32.shape[1]):
         d0 = a0 - s0 * row0[j]
         d1 = a1 - s1 * row1[j]
         d2 = a2 - s2 * row2[j]
@@ -142,11 +143,21 @@ def _chi2_pass(colors, sw, reddening, sqrt_q, locus_t, log_prior, amax_s, s_buf,
         d4 = a4 - s4 * row4[j]
         ss = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4
         bb = d0 * u0 + d1 * u1 + d2 * u2 + d3 * u3 + d4 * u4
-        s_buf[j] = ss
-        b_buf[j] = bb
-        below = min(bb, 0.0)
-        above = max(bb - amax_s, 0.0)
-        lw_buf[j] = log_prior[j] - 0.5 * (ss - bb * bb) - 0.5 * (below * below + above * above)
+        below = min(bb, zero)
+        above = max(bb - amax, zero)
+        lw32[j] = log_prior32[j] - half * (ss - bb * bb) - half * (below * below + above * above)
+
+
+@numba.njit(cache=True)
+def _point_terms(colors, sw, u, locus_t, j):
+    """Exact (float64) S_j = |e|^2 and B_j = e.u of locus point j."""
+    ss = 0.0
+    bb = 0.0
+    for k in range(5):
+        d = sw[k] * (colors[k] - locus_t[k, j])
+        ss += d * d
+        bb += d * u[k]
+    return ss, bb
 
 
 @numba.njit(cache=True)
@@ -272,7 +283,9 @@ def _star_kernel(
     r,
     a_max_in,
     log_prior,
+    log_prior32,
     locus_t,
+    locus_t32,
     mr_index,
     feh_index,
     giant,
@@ -288,6 +301,7 @@ def _star_kernel(
     s_buf,
     b_buf,
     lw_buf,
+    lw32,
     cand_buf,
     work,
 ):
@@ -325,15 +339,16 @@ def _star_kernel(
     sigma_a = 1.0 / sqrt_q
     a_max = a_max_in
 
-    # passes 1-2 (fused, vectorised): S_j = |e|^2, B_j = e.u and a cheap upper bound of
-    # the log weight, then the best point
+    # passes 1-2: float32 bound of every point's log weight, then the best point (exact)
     amax_s = a_max * sqrt_q
-    _chi2_pass(cz, sw, reddening, sqrt_q, locus_t, log_prior, amax_s, s_buf, b_buf, lw_buf)
-    best_j = int(np.argmax(lw_buf))
-    best = lw_buf[best_j]
-    threshold = best - log_weight_cut
-    best_chi2 = s_buf[best_j] - b_buf[best_j] * b_buf[best_j]
-    best_astar_s = b_buf[best_j]
+    u = work[0, 10:15]
+    for k in range(5):
+        u[k] = sw[k] * reddening[k] / sqrt_q
+    _bound_pass(cz, sw, u, locus_t32, log_prior32, amax_s, lw32)
+    best_j = int(np.argmax(lw32))
+    best = float(lw32[best_j])
+    # the float32 bound is accurate to far better than this margin
+    threshold = best - log_weight_cut - 0.5
 
     # pass 3: exact weights, marginals and moments over the candidate points
     mr_mass = work[1, :n_mr]
@@ -366,16 +381,29 @@ def _star_kernel(
     n_cand_all = 0
     astar_lo = np.inf
     astar_hi = -np.inf
+    best_exact = -np.inf
+    best_chi2 = np.inf
+    best_astar_s = 0.0
     for j in range(n_points):
-        if lw_buf[j] >= threshold:
+        if lw32[j] >= threshold:
+            ss, bb = _point_terms(cz, sw, u, locus_t, j)
+            s_buf[j] = ss
+            b_buf[j] = bb
+            below = min(bb, 0.0)
+            above = max(bb - amax_s, 0.0)
+            bound = log_prior[j] - 0.5 * (ss - bb * bb) - 0.5 * (below**2 + above**2)
+            if bound > best_exact:
+                best_exact = bound
+                best_chi2 = ss - bb * bb
+                best_astar_s = bb
             cand_buf[n_cand_all] = j
             n_cand_all += 1
-            astar_lo = min(astar_lo, b_buf[j])
-            astar_hi = max(astar_hi, b_buf[j])
+            astar_lo = min(astar_lo, bb)
+            astar_hi = max(astar_hi, bb)
     # per-star table of the truncation over the candidates' A* (within [-6σ, A_max + 6σ])
     t_lo = max(-6.0 * sigma_a, astar_lo * sigma_a)
     t_hi = max(min(a_max + 6.0 * sigma_a, astar_hi * sigma_a), t_lo + sigma_a)
-    h_t = max(sigma_a / 8.0, (t_hi - t_lo) / (MAX_TABLE_NODES - 2))
+    h_t = max(sigma_a / 4.0, (t_hi - t_lo) / (MAX_TABLE_NODES - 2))
     n_t = int(math.ceil((t_hi - t_lo) / h_t)) + 2
     t_logm = work[8, :n_t]
     t_mean = work[9, :n_t]
@@ -532,7 +560,9 @@ def _estimate_all(
     a_max,
     bin_index,
     log_prior,
+    log_prior32,
     locus_t,
+    locus_t32,
     mr_index,
     feh_index,
     giant,
@@ -553,6 +583,7 @@ def _estimate_all(
         s_buf = np.empty(n_points)
         b_buf = np.empty(n_points)
         lw_buf = np.empty(n_points)
+        lw32 = np.empty(n_points, dtype=np.float32)
         cand_buf = np.empty(n_points, dtype=np.int64)
         work = np.empty((12, max(MAX_HIST_BINS + 1, mr_axis.shape[0], feh_axis.shape[0])))
         start = c * n // n_chunks
@@ -564,7 +595,9 @@ def _estimate_all(
                 r[i],
                 a_max[i],
                 log_prior[bin_index[i]],
+                log_prior32[bin_index[i]],
                 locus_t,
+                locus_t32,
                 mr_index,
                 feh_index,
                 giant,
@@ -580,6 +613,7 @@ def _estimate_all(
                 s_buf,
                 b_buf,
                 lw_buf,
+                lw32,
                 cand_buf,
                 work,
             )
@@ -731,7 +765,9 @@ class BayesEstimator:
                 a_max,
                 bins,
                 log_prior,
+                log_prior.astype(np.float32),
                 locus_t,
+                locus_t.astype(np.float32),
                 mr_index.astype(np.int64),
                 feh_index.astype(np.int64),
                 self.locus.giant.ravel().copy(),

@@ -93,6 +93,26 @@ def _column_map(column: tuple[str, ...], dust: str | None) -> ColumnMap:
     default=None,
     help="Locus table to use instead of the built-in locus.",
 )
+@click.option(
+    "--prior",
+    "prior_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Prior map file from `photodist priors` (.npz).",
+)
+@click.option(
+    "--trilegal-prior",
+    "trilegal_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="TRILEGAL-format prior map (HATS catalogue or partition file).",
+)
+@click.option(
+    "--trilegal-pixel",
+    type=int,
+    default=None,
+    help="Pixel to read from a multi-pixel TRILEGAL prior catalogue.",
+)
 @click.option("--feh-step", type=float, default=BAYES_FEH_STEP, show_default=True)
 @click.option("--mr-step", type=float, default=BAYES_MR_STEP, show_default=True)
 @click.option(
@@ -131,6 +151,9 @@ def bayes_command(
     column: tuple[str, ...],
     dust_column: str,
     locus_path: Path | None,
+    prior_path: Path | None,
+    trilegal_path: Path | None,
+    trilegal_pixel: int | None,
     feh_step: float,
     mr_step: float,
     error_floor: float,
@@ -141,7 +164,8 @@ def bayes_command(
 ) -> None:
     """Bayesian estimates for every star of INPUT (Parquet, HATS, CSV or FITS) -> OUTPUT.
 
-    Runs with a flat ([Fe/H], M_r) prior; rows are flagged NO_PRIOR (see docs).
+    The ([Fe/H], M_r) prior comes from --prior or --trilegal-prior; without either the prior
+    is flat and every row is flagged NO_PRIOR.
     """
     from tqdm import tqdm
 
@@ -160,7 +184,18 @@ def bayes_command(
     if locus_path is None:
         locus = locus.resample(feh_step, mr_step)
     config = BayesConfig(error_floor=error_floor, default_a_max=a_max)
-    estimator = BayesEstimator(locus, None, config)
+    prior = None
+    if prior_path is not None and trilegal_path is not None:
+        raise click.UsageError("give --prior or --trilegal-prior, not both")
+    if prior_path is not None:
+        from photodist.priors import PriorMap
+
+        prior = PriorMap.load(prior_path)
+    elif trilegal_path is not None:
+        from photodist.priors import read_trilegal_priors
+
+        prior = read_trilegal_priors(trilegal_path, locus, pixel=trilegal_pixel)
+    estimator = BayesEstimator(locus, prior, config)
     start = time.perf_counter()
     parts = []
     with tqdm(total=total, unit="star", desc="bayes") as bar:
@@ -184,6 +219,182 @@ def bayes_command(
     click.echo(
         f"{len(output)} stars -> {output_path} in {elapsed:.1f} s "
         f"({elapsed / max(len(output), 1) * 1e6:.0f} us/star)"
+    )
+
+
+def _default(module: str, name: str) -> object:
+    """A constant of a photodist module, imported only when a command needs it (fast start)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"photodist.{module}"), name)
+
+
+def _patch_from_options(
+    pixel: int | None, order: int, cone: tuple[float, float, float] | None
+) -> dict[str, object]:
+    """``pixel``/``order`` or ``cone`` keyword arguments for the simulator; exactly one patch."""
+    if (pixel is None) == (cone is None):
+        raise click.UsageError("give exactly one of --pixel (with --order) or --cone L B RADIUS")
+    if pixel is not None:
+        return {"pixel": pixel, "order": order}
+    return {"cone": tuple(cone)}
+
+
+@cli.command("simulate")
+@click.argument("output_path", type=click.Path(path_type=Path))
+@click.option("--pixel", type=int, default=None, help="Nested HEALPix pixel (ICRS).")
+@click.option("--order", type=int, default=4, show_default=True, help="HEALPix order of --pixel.")
+@click.option(
+    "--cone",
+    type=float,
+    nargs=3,
+    default=None,
+    metavar="L B RADIUS",
+    help="Cone in Galactic coordinates (degrees) instead of a pixel.",
+)
+@click.option("--bands", type=click.Choice(["lsst", "sdss"]), default="lsst", show_default=True)
+@click.option(
+    "--errors",
+    default="lsst10",
+    show_default=True,
+    help="Photometric errors: lsst10 (lsstN: N years), sdss (sdssN: N epochs) or none.",
+)
+@click.option(
+    "--r-max",
+    type=float,
+    default=lambda: _default("simulate", "DEFAULT_R_MAX"),
+    show_default="27.5",
+    help="Faint limit in true r (mag).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--ar-inf",
+    type=float,
+    default=None,
+    help="Total sightline extinction A_r(inf) (mag) for the patch; default: the dust model.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def simulate_command(
+    output_path: Path,
+    pixel: int | None,
+    order: int,
+    cone: tuple[float, float, float] | None,
+    bands: str,
+    errors: str,
+    r_max: float,
+    seed: int,
+    ar_inf: float | None,
+    overwrite: bool,
+) -> None:
+    """Simulate the stars of a sky patch with their true parameters -> OUTPUT (.parquet)."""
+    from photodist import io
+    from photodist.simulate import simulate_patch, write_simulation
+
+    patch = _patch_from_options(pixel, order, cone)
+    if output_path.suffix.lower() != ".parquet":
+        raise click.BadParameter("the output must be a .parquet file", param_hint="OUTPUT")
+    try:
+        io.check_output_path(output_path, overwrite=overwrite)
+    except (io.CatalogError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    start = time.perf_counter()
+    try:
+        frame = simulate_patch(
+            **patch, r_max=r_max, band_set=bands, errors=errors, seed=seed, ar_inf=ar_inf
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    write_simulation(frame, output_path)
+    click.echo(
+        f"{len(frame)} stars (r <= {r_max:g}) -> {output_path} in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+
+
+@cli.command("priors")
+@click.argument("output_path", type=click.Path(path_type=Path))
+@click.option("--pixel", type=int, default=None, help="Nested HEALPix pixel (ICRS).")
+@click.option("--order", type=int, default=4, show_default=True, help="HEALPix order of --pixel.")
+@click.option(
+    "--cone",
+    type=float,
+    nargs=3,
+    default=None,
+    metavar="L B RADIUS",
+    help="Cone in Galactic coordinates (degrees) instead of a pixel.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--feh-step", type=float, default=DEFAULT_FEH_STEP, show_default=True, help="Grid step (dex)."
+)
+@click.option(
+    "--mr-step", type=float, default=DEFAULT_MR_STEP, show_default=True, help="Grid step (mag)."
+)
+@click.option(
+    "--ar-inf",
+    type=float,
+    default=None,
+    help="Total sightline extinction A_r(inf) (mag); default: the dust model.",
+)
+@click.option(
+    "--min-stars",
+    type=int,
+    default=lambda: _default("priors", "DEFAULT_MIN_STARS"),
+    show_default="20000",
+    help="Simulated stars per r bin the map aims for.",
+)
+@click.option(
+    "--trilegal",
+    "trilegal_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Convert this TRILEGAL prior catalogue (HATS folder or partition file) instead; "
+    "--pixel picks a pixel of a folder.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def priors_command(
+    output_path: Path,
+    pixel: int | None,
+    order: int,
+    cone: tuple[float, float, float] | None,
+    seed: int,
+    feh_step: float,
+    mr_step: float,
+    ar_inf: float | None,
+    min_stars: int,
+    trilegal_path: Path | None,
+    overwrite: bool,
+) -> None:
+    """Prior maps p([Fe/H], M_r | r) of a sky patch on the locus grid -> OUTPUT (.npz)."""
+    from photodist.priors import (
+        build_patch_priors,
+        prior_file_path,
+        read_trilegal_priors,
+    )
+
+    final = prior_file_path(output_path)
+    if final.is_dir() or (final.exists() and not overwrite):
+        raise click.ClickException(f"{final} already exists; use --overwrite to replace it")
+    if trilegal_path is not None and cone is not None:
+        raise click.UsageError("--cone cannot be used with --trilegal")
+    locus = build_locus(feh_step=feh_step, mr_step=mr_step)
+    start = time.perf_counter()
+    try:
+        if trilegal_path is not None:
+            prior = read_trilegal_priors(trilegal_path, locus, pixel=pixel)
+        else:
+            patch = _patch_from_options(pixel, order, cone)
+            prior = build_patch_priors(
+                **patch, locus=locus, seed=seed, ar_inf=ar_inf, min_stars=min_stars
+            )
+    except (ValueError, KeyError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    final.parent.mkdir(parents=True, exist_ok=True)
+    path = prior.save(final)
+    source = "TRILEGAL" if trilegal_path is not None else "photodist"
+    click.echo(
+        f"{source} prior map: {prior.n_bins} r bins on a {len(prior.feh)} x {len(prior.mr)} "
+        f"([Fe/H], M_r) grid -> {path} in {time.perf_counter() - start:.1f} s"
     )
 
 

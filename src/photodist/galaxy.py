@@ -1,4 +1,4 @@
-"""A simple Milky Way model: stellar number density, luminosity function, metallicity and dust.
+"""A simple Milky Way model: stellar number density, luminosity functions, metallicity and dust.
 
 The model is the one the simulator (:mod:`photodist.simulate`) draws stars from and the prior
 maps (:mod:`photodist.priors`) are built from.
@@ -13,13 +13,50 @@ maps (:mod:`photodist.priors`) are built from.
   ``rho_thin = exp(-(R - R0)/L1 - |Z|/H1)``, ``rho_thick = f exp(-(R - R0)/L2 - |Z|/H2)``,
   ``rho_halo = f_h (R0 / sqrt(R^2 + (Z/q_H)^2))^n_H``, with Z the height above the plane.
   There is no bulge or bar: sightlines into the inner Galaxy (R < ~2 kpc) are not realistic.
-* Luminosity function (Jurić et al. 2008 / Ivezić et al., tabulated for -1 < M_r < 17 in
-  stars pc^-3 mag^-1): the local density of all components together per unit M_r. The number
-  density of stars anywhere is ``phi(M_r) rho(R, Z) / rho(R0, Z0)``: one luminosity function
-  for every component, scaled by the total density relative to the solar position.
+* Luminosity functions. The tabulated local luminosity function phi(M_r) (Jurić et al. 2008 /
+  Ivezić et al., -1 < M_r < 17, stars pc^-3 mag^-1) is the density of all stars at the Sun per
+  unit M_r. Jurić et al. measured the component normalisations f and f_h with main-sequence
+  stars (M dwarfs for the disks, turn-off stars for the halo), so on the main sequence below the
+  turn-off every component has the same LF shape and component c contributes the fraction
+  ``rho_c(R0, Z0) / rho(R0, Z0)`` of phi. The density of component c anywhere is
+  ``phi_c(M_r) rho_c(R, Z) / rho(R0, Z0)``, with ``rho(R0, Z0)`` the total density at the Sun.
+
+  - Thin disk: ``phi_thin = phi``, the full table. Its bright end (M_r < ~4) is made of young
+    main-sequence stars and giants, which only the thin disk has (``old_population_turnoff``).
+  - Thick disk and halo (ages ~10-12 Gyr) have no main-sequence stars brighter than their
+    turn-off M_TO: ``phi_c = phi`` for M_r >= M_TO and ``phi_c = g_c phi`` for M_r < M_TO, a
+    small sub-giant / giant population with the bright-end shape of the table.
+  - Turn-off: Jurić et al. (2008) and Ivezić et al. (2008) place the halo main-sequence
+    turn-off at g-r ~ 0.2-0.3; we take the middle, g-r = 0.25, for the
+    halo and the red end, g-r = 0.30, for the ~0.85 dex more metal-rich thick disk (an old
+    population's turn-off reddens with metallicity). M_TO is the main-sequence M_r at that
+    colour and the component's mean [Fe/H] from the locus colours (Yuan et al. 2015) and the
+    Ivezić et al. (2008, eqs. A2 and A7) M_r(g-i, [Fe/H]) relation: M_TO = 4.23 for the halo
+    ([Fe/H] = -1.46) and 4.03 for the thick disk ([Fe/H] = -0.61, the Ivezić disk
+    metallicity averaged over the thick disk's vertical profile at R0), both "near M_r ~ 4".
+    A shift of 0.05 mag in the turn-off g-r moves M_TO by about 0.5 mag.
+  - Giants: the number of stars in a post-main-sequence phase equals the rate at which stars
+    leave the main sequence times the duration of the phase (the fuel-consumption theorem,
+    Renzini & Buzzoni 1986). With main-sequence lifetimes ``t ~ m^-(beta-1)`` for ``L ~
+    m^beta`` and post-main-sequence phases (sub-giant, red giant, horizontal and asymptotic
+    giant branch) lasting a fraction eps of the main-sequence lifetime, the number of stars
+    brighter than the turn-off per main-sequence star in the magnitude below it is
+    ``R = eps 2.5 beta / (ln(10) (beta - 1))`` = 0.14 for eps = 0.1 (the Sun: ~11 Gyr on the
+    main sequence, ~1 Gyr beyond it; Sackmann, Boothroyd & Kraemer 1993, ApJ 418, 457) and
+    beta = 4-5 (R changes by < 5 % over that range). ``g_c`` makes the integral of
+    ``g_c phi`` over -1 < M_r < M_TO equal R times that of phi over M_TO < M_r < M_TO + 1.
+
+  ``GalaxyModel(old_population_turnoff=False)`` is the literal single-LF model (every
+  component has ``phi``) for comparison.
 * Metallicity (Ivezić et al. 2008, ApJ 684, 287, eqs. 8-10): halo [Fe/H] ~ N(-1.46, 0.30)
   everywhere; disk (thin and thick alike) ``0.63 N(a, 0.2) + 0.37 N(a + 0.14, 0.2)`` with
-  ``a = mu_D(Z) - 0.067`` and ``mu_D(Z) = -0.78 + 0.35 exp(-|Z| / 1 kpc)``.
+  ``a = mu_D(Z) - 0.067`` and ``mu_D(Z) = -0.78 + 0.35 exp(-|Z| / 1 kpc)``, where mu_D is the
+  median disk metallicity at |Z| (the mixture's median is ``mu_D - 0.015``). Ivezić et al.
+  fit stars at |Z| > ~0.5 kpc; near the plane the formula gives [Fe/H] ~ -0.45, lower than
+  the solar neighbourhood's ~ -0.15 (e.g. the Geneva-Copenhagen survey, Nordström et al. 2004)
+  and TRILEGAL's thin disk. Bond et al. (2010, ApJ 716, 1, eq. A2) later refitted mu_D with
+  mu_inf = -0.82, Delta_mu = 0.55, H_mu = 0.5 kpc (``disk_feh_inf``, ``disk_feh_delta``,
+  ``disk_feh_scale``); the default stays Ivezić et al. (2008).
 * Dust: an exponential layer ``exp(-(R - R0)/L_d - |Z|/h_d)`` (h_d = 100 pc, L_d = 3 kpc, a
   common simple choice, e.g. Drimmel & Spergel 2001 find h_d ~ 0.1-0.2 kpc). Along a sightline
   A_r(d) = A_r(inf) x (dust column to d) / (column to infinity), so any total A_r(inf) (e.g. an
@@ -29,19 +66,27 @@ maps (:mod:`photodist.priors`) are built from.
   polar SFD value, E(B-V) ~ 0.03 times A_r/E(B-V) = 2.75), capped at ``a_max`` = 10 mag.
 
 Known limitations (measured by ``validation/simulated_vs_s82.py`` and
-``validation/priors_vs_trilegal.py``): with one luminosity function for all components the model
-predicts 2-5 times more blue (g-i < 1) halo and thick-disk stars at 15 < r < 21 than the Stripe 82
-standard stars show, while red (g-i > 1.5) star counts agree within ~25 %; the bright end of the
-luminosity function (M_r < 4.9, an extrapolation for the young disk) also puts main-sequence stars
-brighter than the turn-off into the old halo and thick disk. The Ivezić et al. disk metallicity
-is ~0.5 dex lower than TRILEGAL's thin disk near the plane.
+``validation/priors_vs_trilegal.py``): the locus is age-free, so sub-giants of the old components
+between the locus turn-off (g-i = 0.2) and M_TO get main-sequence colours slightly bluer than
+the turn-off. Even without main-sequence stars brighter than the turn-off the model has 2-3
+times more blue (0.2 < g-i < 1) halo stars at 18 < r < 21 than the Stripe 82 standard stars
+show (total counts 1.6 times the real ones there), while red (g-i > 1.5) counts agree within
+~20 %. One candidate cause: Jurić et al. measured f_h as a halo-to-disk ratio of stars of the
+same colour with one photometric parallax relation, whereas here it is a ratio at the same
+M_r, and at a given colour halo main-sequence stars are ~0.7 mag fainter than disk stars
+(Ivezić et al. 2008, eq. A2) while the tabulated LF rises steeply just below the turn-off
+(phi(4.9) / phi(4.2) ~ 1.8). The Ivezić et al. disk metallicity is ~0.45 dex lower than
+TRILEGAL's at 16 < r < 22 towards Stripe 82.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 import numpy as np
+
+from photodist import locus as _locus
 
 #: Component codes used in simulated catalogues.
 THIN, THICK, HALO = 0, 1, 2
@@ -84,6 +129,40 @@ LUMINOSITY_FUNCTION_TABLE: tuple[tuple[float, float], ...] = (
     (17.0, 8.5e-4),
 )
 _LF = np.array(LUMINOSITY_FUNCTION_TABLE)
+#: Step (mag) of the M_r grid on which the component luminosity functions are integrated.
+_LF_INTEGRATION_STEP = 1.0e-3
+
+
+@lru_cache(maxsize=256)
+def _integrate_lf(lo: float, hi: float) -> float:
+    """Integral of the tabulated luminosity function over lo < M_r < hi (stars pc^-3)."""
+    lo, hi = max(lo, float(_LF[0, 0])), min(hi, float(_LF[-1, 0]))
+    if hi <= lo:
+        return 0.0
+    n = max(int(np.ceil((hi - lo) / _LF_INTEGRATION_STEP)), 1) + 1
+    mr = np.linspace(lo, hi, n)
+    phi = GalaxyModel.luminosity_function(mr)
+    return float(np.sum(0.5 * (phi[1:] + phi[:-1]) * np.diff(mr)))
+
+
+@lru_cache(maxsize=256)
+def main_sequence_absmag_at_gr(gr: float, feh: float) -> float:
+    """Main-sequence M_r at colour g-r and [Fe/H].
+
+    The locus main-sequence colours (Yuan et al. 2015 and the calibrated blue end, see
+    :mod:`photodist.locus`) give the g-i of that g-r; the Ivezić et al. (2008, eqs. A2 and A7)
+    relation gives M_r(g-i, [Fe/H]).
+    """
+    gi = np.linspace(_locus.MS_GI_VALID[0], 1.5, 13001)
+    gr_ms = _locus.main_sequence_colors(gi, np.full_like(gi, feh))["gr"]
+    if not np.all(np.diff(gr_ms) > 0):
+        raise ValueError("main-sequence g-r is not monotonic in g-i; cannot invert")
+    if not gr_ms[0] <= gr <= gr_ms[-1]:
+        raise ValueError(
+            f"g-r = {gr} is outside the main-sequence range {gr_ms[0]:.3f}..{gr_ms[-1]:.3f} "
+            f"at [Fe/H] = {feh}"
+        )
+    return float(_locus.ms_absmag(np.interp(gr, gr_ms, gi), feh))
 
 
 def _as_component_codes(component: int | str | np.ndarray) -> np.ndarray:
@@ -126,6 +205,13 @@ class GalaxyModel:
 
     Lengths are in pc. Densities from :meth:`density` are relative to the thin-disk density in
     the plane at the solar radius (the Jurić et al. 2008 normalisation).
+
+    ``old_population_turnoff`` (default True) gives the thick disk and halo their own
+    luminosity function without main-sequence stars brighter than their turn-off
+    (``thick_turnoff_gr``, ``halo_turnoff_gr``) plus ``old_giant_ratio`` post-main-sequence
+    stars per main-sequence star in the magnitude below the turn-off; False applies the
+    tabulated luminosity function to every component (the literal single-LF model). See the
+    module docstring for the sources.
     """
 
     r_sun: float = 8000.0
@@ -148,6 +234,10 @@ class GalaxyModel:
     disk_feh_second_shift: float = 0.14
     disk_feh_first_weight: float = 0.63
     disk_feh_sigma: float = 0.2
+    old_population_turnoff: bool = True
+    thick_turnoff_gr: float = 0.30
+    halo_turnoff_gr: float = 0.25
+    old_giant_ratio: float = 0.14
 
     def density(
         self, r_cyl: np.ndarray, z: np.ndarray, component: int | str | np.ndarray = "total"
@@ -211,9 +301,85 @@ class GalaxyModel:
         inside = (mr >= _LF[0, 0]) & (mr <= _LF[-1, 0])
         return np.where(inside, np.exp(log_phi), 0.0)
 
+    @property
+    def local_fractions(self) -> np.ndarray:
+        """Shares of thin disk, thick disk and halo in the total density at the Sun, (3,)."""
+        local = self.component_densities(np.array(self.r_sun), np.array(self.z_sun))
+        return local / local.sum()
+
+    def component_mean_feh(self, component: int | str) -> float:
+        """Mean [Fe/H] of a component: the halo mean, or the disk metallicity averaged over the
+        component's vertical density profile at R0 (``E[exp(-|Z|/H_mu)] = H_mu / (H_mu + H)``).
+        """
+        code = int(_as_component_codes(component))
+        if code == HALO:
+            return float(self.halo_feh_mean)
+        height = self.thin_scale_height if code == THIN else self.thick_scale_height
+        mu_d = self.disk_feh_inf + self.disk_feh_delta * self.disk_feh_scale / (
+            self.disk_feh_scale + height
+        )
+        second = 1.0 - self.disk_feh_first_weight
+        return float(mu_d + self.disk_feh_offset + second * self.disk_feh_second_shift)
+
+    @cached_property
+    def _lf_cuts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Turn-off M_r and bright-end scale g of each component (-inf and 1 for full LFs)."""
+        turnoff = np.full(3, -np.inf)
+        scale = np.ones(3)
+        if self.old_population_turnoff:
+            if self.old_giant_ratio < 0:
+                raise ValueError("old_giant_ratio must be non-negative")
+            for code, colour in ((THICK, self.thick_turnoff_gr), (HALO, self.halo_turnoff_gr)):
+                m_to = main_sequence_absmag_at_gr(float(colour), self.component_mean_feh(code))
+                below = _integrate_lf(m_to, m_to + 1.0)
+                above = _integrate_lf(-np.inf, m_to)
+                turnoff[code] = m_to
+                scale[code] = self.old_giant_ratio * below / above if above > 0 else 0.0
+        return turnoff, scale
+
+    def turnoff_absmag(self, component: int | str) -> float:
+        """Main-sequence turn-off M_r of a component (-inf: the full luminosity function)."""
+        return float(self._lf_cuts[0][int(_as_component_codes(component))])
+
+    def giant_scale(self, component: int | str) -> float:
+        """Factor g on the tabulated luminosity function brighter than the turn-off."""
+        return float(self._lf_cuts[1][int(_as_component_codes(component))])
+
+    def component_luminosity_function(
+        self, mr: np.ndarray, component: int | str | np.ndarray
+    ) -> np.ndarray:
+        """LF shape phi_c(M_r) of a component (stars pc^-3 mag^-1 for a component alone at the
+        Sun's total density); equal to :meth:`luminosity_function` below the turn-off.
+
+        Parameters
+        ----------
+        mr
+            Absolute magnitudes.
+        component
+            Component name or codes (broadcast against ``mr``).
+        """
+        mr = np.asarray(mr, dtype=float)
+        code = _as_component_codes(component)
+        turnoff, scale = self._lf_cuts
+        factor = np.where(mr < turnoff[code], scale[code], 1.0)
+        return self.luminosity_function(mr) * factor
+
+    def component_number_densities(
+        self, r_cyl: np.ndarray, z: np.ndarray, mr: np.ndarray
+    ) -> np.ndarray:
+        """Stars pc^-3 mag^-1 of each component, ``phi_c(M_r) rho_c(R, Z) / rho(R0, Z0)``,
+        shape ``(..., 3)`` (thin, thick, halo)."""
+        dens = self.component_densities(r_cyl, z) / self.local_density
+        mr = np.asarray(mr, dtype=float)[..., None]
+        phi = np.stack([self.component_luminosity_function(mr[..., 0], c) for c in range(3)], -1)
+        return dens * phi
+
     def number_density(self, r_cyl: np.ndarray, z: np.ndarray, mr: np.ndarray) -> np.ndarray:
-        """Stars pc^-3 mag^-1 at (R, Z) and M_r: phi(M_r) rho(R, Z) / rho(R0, Z0)."""
-        return self.luminosity_function(mr) * self.relative_density(r_cyl, z)
+        """Stars pc^-3 mag^-1 at (R, Z) and M_r, summed over the components.
+
+        At the Sun this is phi(M_r) on the main sequence below the old components' turn-off.
+        """
+        return self.component_number_densities(r_cyl, z, mr).sum(axis=-1)
 
     def disk_feh_mean(self, z: np.ndarray) -> np.ndarray:
         """Median-defining disk metallicity mu_D(Z) (Ivezić et al. 2008, eq. 9)."""
@@ -265,10 +431,22 @@ class GalaxyModel:
         return feh
 
     def sample_component(
-        self, r_cyl: np.ndarray, z: np.ndarray, rng: np.random.Generator
+        self,
+        r_cyl: np.ndarray,
+        z: np.ndarray,
+        rng: np.random.Generator,
+        mr: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Draw each star's component with probabilities proportional to the local densities."""
-        dens = self.component_densities(r_cyl, z)
+        """Draw each star's component with probabilities proportional to the local densities.
+
+        With ``mr`` the probabilities are the component number densities at that M_r
+        (:meth:`component_number_densities`), which differ from the density ratios brighter
+        than the old components' turn-off.
+        """
+        if mr is None:
+            dens = self.component_densities(r_cyl, z)
+        else:
+            dens = self.component_number_densities(r_cyl, z, mr)
         cum = np.cumsum(dens, axis=-1)
         u = rng.random(cum.shape[:-1]) * cum[..., -1]
         return (u[..., None] >= cum[..., :-1]).sum(axis=-1).astype(np.int8)

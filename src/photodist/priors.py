@@ -186,11 +186,7 @@ class PriorMap:
 
     def save(self, path: str | Path) -> Path:
         """Write the map, its grid and build parameters to a compressed ``.npz`` file."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = (
-                path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-            )
+        path = prior_file_path(path)
         meta = dict(self.metadata, format_version=FORMAT_VERSION)
         np.savez_compressed(
             path,
@@ -232,6 +228,14 @@ class PriorMap:
         if locus is not None:
             prior.check_grid(locus)
         return prior
+
+
+def prior_file_path(path: str | Path) -> Path:
+    """The file name :meth:`PriorMap.save` writes for ``path`` (``.npz`` appended if missing)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        return path
+    return path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
 
 
 def _json_default(value: Any) -> Any:
@@ -565,6 +569,7 @@ __all__ = [
     "build_priors",
     "grid_median",
     "locus_valid_mask",
+    "prior_file_path",
     "read_trilegal_prior_catalog",
     "read_trilegal_priors",
 ]

@@ -5,13 +5,15 @@ or a cone in Galactic coordinates. The patch is split into small HEALPix cells (
 about 0.46 deg); along each cell's central sightline the expected number of stars in a grid of
 distance modulus (0.02 mag steps) and M_r is
 
-    lambda = Omega_cell x integral(rho(d) d^2 dd) x integral(phi(M_r) dM_r),
+    lambda_c = Omega_cell x integral(rho_c(d) / rho(R0, Z0) d^2 dd) x integral(phi_c(M_r) dM_r)
 
-restricted to stars that can reach ``r_min <= r <= r_max`` with ``r = M_r + DM + A_r(d)``.
-Counts are Poisson draws; each star gets a distance (uniform in volume within its bin), an
-M_r (inverse CDF of the luminosity function), a position uniform within its cell (the HEALPix
-projection is equal-area, so a uniform point in the projected cell is uniform on the sky), a
-component drawn from the local densities, [Fe/H] from its component and height, and A_r from
+for each component c (thin disk, thick disk, halo; each with its own luminosity function
+phi_c, see :mod:`photodist.galaxy`), restricted to stars that can reach ``r_min <= r <= r_max``
+with ``r = M_r + DM + A_r(d)``. Counts are Poisson draws of ``sum_c lambda_c``; each star gets
+a component (probabilities ``lambda_c / sum_c lambda_c`` of its bin), a distance (uniform in
+volume within its bin), an M_r (inverse CDF of its component's luminosity function), a
+position uniform within its cell (the HEALPix projection is equal-area, so a uniform point in
+the projected cell is uniform on the sky), [Fe/H] from its component and height, and A_r from
 the 3D dust model. Stars whose exact r falls outside the limits are discarded (an exact thinning
 of the Poisson process). Colours come from the stellar locus, magnitudes from r and the colours
 plus extinction, and photometric errors from:
@@ -49,7 +51,7 @@ import pyarrow.parquet as pq
 from astropy.coordinates import Latitude, Longitude, SkyCoord
 
 from photodist.bands import BandSet, colors_from_magnitudes, get_band_set
-from photodist.galaxy import DustModel, GalaxyModel, galactocentric
+from photodist.galaxy import COMPONENT_NAMES, DustModel, GalaxyModel, galactocentric
 from photodist.locus import COLOR_NAMES, Locus, build_locus
 
 #: Default faint limit: the paper's simulated depth.
@@ -273,20 +275,23 @@ def add_photometric_errors(
 
 
 class _LFSampler:
-    """Cumulative luminosity function on a fine M_r grid, for inverse-CDF sampling."""
+    """Cumulative component luminosity functions on a fine M_r grid, for inverse-CDF sampling."""
 
     def __init__(self, galaxy: GalaxyModel, mr_min: float, mr_max: float, step: float = 0.005):
         n = int(round((mr_max - mr_min) / step)) + 1
         self.mr = np.linspace(mr_min, mr_max, n)
-        phi = galaxy.luminosity_function(self.mr)
-        steps = 0.5 * (phi[1:] + phi[:-1]) * np.diff(self.mr)
-        self.cum = np.concatenate([[0.0], np.cumsum(steps)])
+        cums = []
+        for code in range(len(COMPONENT_NAMES)):
+            phi = galaxy.component_luminosity_function(self.mr, code)
+            steps = 0.5 * (phi[1:] + phi[:-1]) * np.diff(self.mr)
+            cums.append(np.concatenate([[0.0], np.cumsum(steps)]))
+        self.cum = np.array(cums)  # (n_components, n_mr)
 
-    def cdf(self, mr: np.ndarray) -> np.ndarray:
-        return np.interp(mr, self.mr, self.cum)
+    def cdf(self, mr: np.ndarray, component: int) -> np.ndarray:
+        return np.interp(mr, self.mr, self.cum[component])
 
-    def inverse(self, cum: np.ndarray) -> np.ndarray:
-        return np.interp(cum, self.cum, self.mr)
+    def inverse(self, cum: np.ndarray, component: int) -> np.ndarray:
+        return np.interp(cum, self.cum[component], self.mr)
 
 
 def _sightlines(
@@ -391,7 +396,8 @@ def simulate_patch(
     r_cyl, z = galactocentric(
         d_mid[None, :], sl.l[:, None], sl.b[:, None], galaxy.r_sun, galaxy.z_sun
     )
-    rho = galaxy.relative_density(r_cyl, z)
+    share = galaxy.component_densities(r_cyl, z) / galaxy.local_density  # (n_cells, n_bins, 3)
+    del r_cyl, z
     a_edges = sl.ar_inf[:, None] * sl.dust_fraction  # (n_cells, n_edges)
     mr_hi = np.minimum(mr_hi_grid, r_max - dm_edges[None, :-1] - a_edges[:, :-1])
     if r_min is None:
@@ -399,21 +405,33 @@ def simulate_patch(
     else:
         mr_lo = np.maximum(mr_lo_grid, r_min - dm_edges[None, 1:] - a_edges[:, 1:])
     lf = _LFSampler(galaxy, mr_lo_grid, mr_hi_grid)
-    cdf_lo, cdf_hi = lf.cdf(mr_lo), lf.cdf(mr_hi)
-    weight = np.clip(cdf_hi - cdf_lo, 0.0, None)
-    lam = oversample * omega * vol[None, :] * rho * weight
+    scale = oversample * omega * vol[None, :]
+    for code in range(share.shape[-1]):  # share becomes lambda_c in place (bounds memory)
+        weight = np.clip(lf.cdf(mr_hi, code) - lf.cdf(mr_lo, code), 0.0, None)
+        share[..., code] *= scale * weight
+    lam_c = share
+    lam = lam_c.sum(axis=-1)
     counts = rng.poisson(lam.ravel())
     if n_max is not None and counts.sum() > n_max:
         counts = rng.multivariate_hypergeometric(counts, int(n_max))
     flat = np.repeat(np.arange(counts.size), counts)
     cell, dm_bin = np.divmod(flat, n_bins)
 
-    # distance uniform in volume within the bin, M_r from the truncated luminosity function
+    # component from the bin's lambda_c; distance uniform in volume within the bin; M_r from
+    # the component's luminosity function truncated to the bin's limits
+    cum_c = np.cumsum(lam_c[cell, dm_bin], axis=-1)
+    u_c = rng.random(flat.size) * cum_c[:, -1]
+    component = (u_c[:, None] >= cum_c[:, :-1]).sum(axis=-1).astype(np.int8)
     d3_lo, d3_hi = d_edges[dm_bin] ** 3, d_edges[dm_bin + 1] ** 3
     dist = np.cbrt(d3_lo + rng.random(flat.size) * (d3_hi - d3_lo))
     dm = 5.0 * np.log10(dist) - 5.0
-    c_lo, c_hi = cdf_lo[cell, dm_bin], cdf_hi[cell, dm_bin]
-    mr = lf.inverse(c_lo + rng.random(flat.size) * (c_hi - c_lo))
+    u_mr = rng.random(flat.size)
+    mr = np.empty(flat.size)
+    for code in range(lam_c.shape[-1]):
+        sel = component == code
+        c_lo = lf.cdf(mr_lo[cell[sel], dm_bin[sel]], code)
+        c_hi = lf.cdf(mr_hi[cell[sel], dm_bin[sel]], code)
+        mr[sel] = lf.inverse(c_lo + u_mr[sel] * (c_hi - c_lo), code)
     t = np.clip((dm - dm_edges[dm_bin]) / DM_STEP, 0.0, 1.0)
     frac = sl.dust_fraction[cell, dm_bin] * (1 - t) + sl.dust_fraction[cell, dm_bin + 1] * t
     ar = sl.ar_inf[cell] * frac
@@ -421,15 +439,17 @@ def simulate_patch(
     keep = r_true <= r_max
     if r_min is not None:
         keep &= r_true >= r_min
-    cell, dist, dm, mr, ar, r_true = (x[keep] for x in (cell, dist, dm, mr, ar, r_true))
+    cell, dist, dm, mr, ar, r_true, component = (
+        x[keep] for x in (cell, dist, dm, mr, ar, r_true, component)
+    )
     n = len(cell)
 
     # positions within the cells (cone: drop the part of edge cells outside the cone)
     lon, lat = uniform_points_in_cells(sl.ipix[cell], sl.depth, rng)
     inside = patch.contains(lon, lat)
     if not np.all(inside):
-        cell, dist, dm, mr, ar, r_true, lon, lat = (
-            x[inside] for x in (cell, dist, dm, mr, ar, r_true, lon, lat)
+        cell, dist, dm, mr, ar, r_true, component, lon, lat = (
+            x[inside] for x in (cell, dist, dm, mr, ar, r_true, component, lon, lat)
         )
         n = len(cell)
     if patch.is_healpix:
@@ -438,8 +458,7 @@ def simulate_patch(
     else:
         l_deg, b_deg = lon, lat
         ra, dec = _galactic_to_icrs(l_deg, b_deg)
-    r_cyl, z = galactocentric(dist, l_deg, b_deg, galaxy.r_sun, galaxy.z_sun)
-    component = galaxy.sample_component(r_cyl, z, rng)
+    _, z = galactocentric(dist, l_deg, b_deg, galaxy.r_sun, galaxy.z_sun)
     feh = galaxy.sample_feh(component, z, rng, feh_range=feh_range)
 
     frame = pd.DataFrame(
@@ -474,6 +493,9 @@ def simulate_patch(
         "errors": str(errors) if not truth_only else None,
         "ar_inf": None if ar_inf is None else float(ar_inf),
         "expected_stars": float(lam.sum()),
+        "expected_stars_per_component": {
+            name: float(lam_c[..., k].sum()) for k, name in enumerate(COMPONENT_NAMES)
+        },
         "galaxy": asdict(galaxy),
         "dust": asdict(dust),
         "locus_feh": [float(locus.feh[0]), float(locus.feh[-1]), locus.feh_step],
