@@ -26,7 +26,9 @@ def _log_posterior(theta, locus, colors, weights, reddening, a_max):
     return -0.5 * float(np.sum(weights * (colors - model) ** 2))
 
 
-@pytest.mark.parametrize("truth", [(3.5, -1.5, 0.10), (7.5, -0.7, 0.10), (9.5, -0.4, 0.20), (12.0, -0.2, 0.05)])
+@pytest.mark.parametrize(
+    "truth", [(3.5, -1.5, 0.10), (7.5, -0.7, 0.10), (9.5, -0.4, 0.20), (12.0, -0.2, 0.05)]
+)
 def test_grid_means_agree_with_mcmc(truth):
     locus = build_locus(feh_step=0.05, mr_step=0.05)
     mr, feh, a_true = truth
