@@ -16,6 +16,7 @@ from photodist.plots import color_color_figure
 #: Default posterior grid of the Bayesian estimator (dex, mag); see docs/benchmarks.md.
 BAYES_FEH_STEP = 0.05
 BAYES_MR_STEP = 0.1
+BAND_SET_CHOICE = click.Choice(["lsst", "sdss", "ugrizy", "ugriz"], case_sensitive=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,13 +68,22 @@ def _column_map(column: tuple[str, ...], dust: str | None) -> ColumnMap:
             raise click.BadParameter(f"expected KEY=COLUMN, got {item!r}", param_hint="--column")
         mapping[key] = value
     mapping.setdefault("dust", dust)
-    return ColumnMap.from_mapping(mapping)
+    try:
+        return ColumnMap.from_mapping(mapping)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--column") from exc
 
 
 @cli.command("bayes")
 @click.argument("input_path", type=click.Path(exists=True, path_type=Path))
 @click.argument("output_path", type=click.Path(path_type=Path))
-@click.option("--bands", default="lsst", show_default=True, help="Band set: sdss or lsst.")
+@click.option(
+    "--bands",
+    type=BAND_SET_CHOICE,
+    default="lsst",
+    show_default=True,
+    help="Band set: sdss (ugriz) or lsst (ugrizy).",
+)
 @click.option(
     "--column",
     multiple=True,
@@ -252,7 +262,7 @@ def _patch_from_options(
     metavar="L B RADIUS",
     help="Cone in Galactic coordinates (degrees) instead of a pixel.",
 )
-@click.option("--bands", type=click.Choice(["lsst", "sdss"]), default="lsst", show_default=True)
+@click.option("--bands", type=BAND_SET_CHOICE, default="lsst", show_default=True)
 @click.option(
     "--errors",
     default="lsst10",
