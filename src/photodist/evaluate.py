@@ -1,0 +1,256 @@
+"""Accuracy of the hybrid estimates: robust statistics and the paper's Table 1.
+
+Table 1 of Mrakovčić, Ivezić & Palaversa (2025, AJ 170, 72) compares, for M_r, A_r and [Fe/H],
+the Bayesian estimates with the truth, the network estimates with the Bayesian ones, and the
+network estimates with the truth, each by the median and the robust width
+sigma_G = 0.7413 x (75th - 25th percentile) of the differences. :func:`table1` adds the
+calibration of the uncertainties (sigma_G of the normalised residuals, 1 when the quoted
+sigmas are right) and the coverage of the Gaussian 16-84 % interval mu +- sigma (0.683 when
+right), and the fraction of stars whose network and Bayesian [Fe/H] differ by more than
+0.3 dex.
+
+"NN vs Bayes" needs Bayesian estimates of the same stars the networks estimated: pass them as
+``bayes_full`` (the paper runs the Bayesian estimator on every star; on a large patch a random
+held-out subset of a few thousand stars labelled by the Bayesian estimator gives the same
+statistics with sampling noise, see ``benchmarks/bench_pipeline.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from photodist.bands import ColumnMap, get_band_set
+
+__all__ = [
+    "SIGMA_G_FACTOR",
+    "TABLE1_COLUMNS",
+    "calibration",
+    "gaussian_coverage",
+    "max_error_for_snr",
+    "outlier_fraction",
+    "robust_stats",
+    "snr_mask",
+    "table1",
+]
+
+#: sigma_G = SIGMA_G_FACTOR x interquartile range (equals sigma for a Gaussian).
+SIGMA_G_FACTOR = 0.7413
+#: Parameters compared in Table 1: (estimate prefix, truth column).
+TABLE1_PARAMETERS: dict[str, str] = {"Mr": "Mr_true", "Ar": "Ar_true", "FeH": "FeH_true"}
+#: Columns of the frame returned by :func:`table1`.
+TABLE1_COLUMNS: tuple[str, ...] = (
+    "n_stars",
+    "bayes_truth_median",
+    "bayes_truth_sigma_g",
+    "nn_bayes_median",
+    "nn_bayes_sigma_g",
+    "nn_bayes_calibration",
+    "nn_truth_median",
+    "nn_truth_sigma_g",
+    "nn_truth_over_bayes_truth",
+    "nn_calibration",
+    "nn_coverage",
+    "bayes_calibration",
+    "bayes_coverage",
+    "nn_bayes_outlier_fraction",
+)
+#: |NN - Bayes| above which a star counts as an outlier (only [Fe/H] by default, 0.3 dex).
+DEFAULT_OUTLIER_THRESHOLDS: dict[str, float] = {"FeH": 0.3}
+
+
+def robust_stats(x: np.ndarray | Sequence[float] | pd.Series) -> tuple[float, float]:
+    """Median and sigma_G = 0.7413 x IQR of the finite values (NaN, NaN when there are none).
+
+    Percentiles use numpy's default linear interpolation.
+    """
+    values = np.asarray(x, dtype=float).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    q25, q50, q75 = np.percentile(values, [25.0, 50.0, 75.0])
+    return float(q50), float(SIGMA_G_FACTOR * (q75 - q25))
+
+
+def calibration(estimate: np.ndarray, sigma: np.ndarray, truth: np.ndarray) -> float:
+    """sigma_G of (estimate - truth) / sigma over rows where all three are finite, sigma > 0.
+
+    1 when the quoted uncertainties match the scatter; above 1 when they are too small.
+    """
+    estimate, sigma, truth = (np.asarray(a, dtype=float) for a in (estimate, sigma, truth))
+    ok = np.isfinite(estimate) & np.isfinite(sigma) & np.isfinite(truth) & (sigma > 0)
+    return robust_stats((estimate[ok] - truth[ok]) / sigma[ok])[1]
+
+
+def gaussian_coverage(estimate: np.ndarray, sigma: np.ndarray, truth: np.ndarray) -> float:
+    """Fraction of rows whose truth lies within estimate +- sigma (0.683 for correct Gaussians).
+
+    Rows where any of the three is not finite are left out; NaN when none is left.
+    """
+    estimate, sigma, truth = (np.asarray(a, dtype=float) for a in (estimate, sigma, truth))
+    ok = np.isfinite(estimate) & np.isfinite(sigma) & np.isfinite(truth)
+    if not ok.any():
+        return float("nan")
+    return float(np.mean(np.abs(estimate[ok] - truth[ok]) <= sigma[ok]))
+
+
+def outlier_fraction(a: np.ndarray, b: np.ndarray, threshold: float) -> float:
+    """Fraction of rows (both finite) with |a - b| > threshold; NaN when none is finite."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if not ok.any():
+        return float("nan")
+    return float(np.mean(np.abs(a[ok] - b[ok]) > threshold))
+
+
+def max_error_for_snr(min_snr: float = 5.0) -> float:
+    """Magnitude error at signal-to-noise ``min_snr``: 2.5 / ln(10) / SNR (0.2171 for 5)."""
+    if not min_snr > 0:
+        raise ValueError("min_snr must be positive")
+    return float(2.5 / np.log(10.0) / min_snr)
+
+
+def snr_mask(
+    frame: pd.DataFrame,
+    band_set: str = "lsst",
+    min_snr: float = 5.0,
+    columns: ColumnMap | None = None,
+) -> np.ndarray:
+    """True for stars with SNR > ``min_snr`` in every band of the band set.
+
+    A band passes when its magnitude is finite and its error is positive and below
+    :func:`max_error_for_snr` (0.2171 mag for SNR 5).
+    """
+    bands = get_band_set(band_set).bands
+    columns = columns or ColumnMap()
+    limit = max_error_for_snr(min_snr)
+    ok = np.ones(len(frame), dtype=bool)
+    for band in bands:
+        mag = pd.to_numeric(frame[columns.mag_column(band)], errors="coerce").to_numpy(float)
+        err = pd.to_numeric(frame[columns.error_column(band)], errors="coerce").to_numpy(float)
+        ok &= np.isfinite(mag) & np.isfinite(err) & (err > 0) & (err < limit)
+    return ok
+
+
+def _column(frame: pd.DataFrame, *names: str) -> np.ndarray:
+    for name in names:
+        if name in frame.columns:
+            return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+    raise KeyError(f"none of the columns {list(names)} in the frame")
+
+
+def table1(
+    result: pd.DataFrame,
+    truth: pd.DataFrame,
+    bayes_full: pd.DataFrame | None = None,
+    *,
+    outlier_thresholds: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """Table-1 statistics of the network and Bayesian estimates against each other and truth.
+
+    Parameters
+    ----------
+    result
+        Pipeline output (:func:`photodist.pipeline.run_patch`): ``{p}_mean``, ``{p}_sigma``
+        and ``method``; the network statistics use the rows with ``method == "nn"`` (all rows
+        when there is no ``method`` column).
+    truth
+        True values, aligned row by row with ``result``: ``Mr_true``, ``Ar_true``,
+        ``FeH_true`` (a simulated catalogue works as it is).
+    bayes_full
+        Bayesian estimates of the same rows (``BayesEstimator.predict`` output with
+        ``{p}_mean``/``{p}_std``, or a pipeline-style frame with ``{p}_sigma``); rows not
+        estimated may be NaN. When given, every statistic is computed on the same stars: the
+        network rows with a finite Bayesian estimate and a finite truth. When None, "Bayes vs
+        truth" uses the rows of ``result`` estimated by the Bayesian method (a different set:
+        the training subsample and the fallbacks) and the "NN vs Bayes" columns are NaN.
+    outlier_thresholds
+        |NN - Bayes| thresholds per parameter for ``nn_bayes_outlier_fraction`` (default
+        0.3 dex for [Fe/H] only; NaN for parameters without one).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by parameter (``Mr``, ``Ar``, ``FeH``), columns :data:`TABLE1_COLUMNS`:
+        medians and sigma_G of the differences (first minus second), ``n_stars`` compared,
+        the ratio of the network's to the Bayesian sigma_G against the truth, calibration
+        (sigma_G of the residuals over the total sigma) and Gaussian 16-84 % coverage for
+        both estimators, ``nn_bayes_calibration`` (sigma_G of (NN - Bayes) / sigma_nn: whether
+        the network's own width describes its emulation error; needs ``{p}_sigma_nn``) and the
+        outlier fraction. ``attrs["bayes_source"]`` says which
+        Bayesian rows were used.
+    """
+    if len(truth) != len(result):
+        raise ValueError(f"truth has {len(truth)} rows, result {len(result)}")
+    if bayes_full is not None and len(bayes_full) != len(result):
+        raise ValueError(f"bayes_full has {len(bayes_full)} rows, result {len(result)}")
+    thresholds = (
+        DEFAULT_OUTLIER_THRESHOLDS if outlier_thresholds is None else dict(outlier_thresholds)
+    )
+    if "method" in result.columns:
+        is_nn = (result["method"].astype(str) == "nn").to_numpy()
+    else:
+        is_nn = np.ones(len(result), dtype=bool)
+    rows = {}
+    for p, truth_column in TABLE1_PARAMETERS.items():
+        nn = _column(result, f"{p}_mean")
+        nn_sigma = _column(result, f"{p}_sigma")
+        true = _column(truth, truth_column)
+        base = is_nn & np.isfinite(nn) & np.isfinite(true)
+        if bayes_full is not None:
+            bayes = _column(bayes_full, f"{p}_mean")
+            bayes_sigma = _column(bayes_full, f"{p}_std", f"{p}_sigma")
+            nn_rows = base & np.isfinite(bayes)
+            bayes_rows = nn_rows
+        else:
+            bayes, bayes_sigma = nn, nn_sigma  # the result's own Bayesian rows
+            nn_rows = base
+            bayes_rows = ~is_nn & np.isfinite(nn) & np.isfinite(true)
+        bt = robust_stats(bayes[bayes_rows] - true[bayes_rows])
+        nt = robust_stats(nn[nn_rows] - true[nn_rows])
+        if bayes_full is not None:
+            nb = robust_stats(nn[nn_rows] - bayes[nn_rows])
+            nb_cal = (
+                calibration(nn[nn_rows], _column(result, f"{p}_sigma_nn")[nn_rows], bayes[nn_rows])
+                if f"{p}_sigma_nn" in result.columns
+                else float("nan")
+            )
+            threshold = thresholds.get(p)
+            outliers = (
+                outlier_fraction(nn[nn_rows], bayes[nn_rows], threshold)
+                if threshold is not None
+                else float("nan")
+            )
+        else:
+            nb = (float("nan"), float("nan"))
+            nb_cal = float("nan")
+            outliers = float("nan")
+        rows[p] = {
+            "n_stars": int(nn_rows.sum()),
+            "bayes_truth_median": bt[0],
+            "bayes_truth_sigma_g": bt[1],
+            "nn_bayes_median": nb[0],
+            "nn_bayes_sigma_g": nb[1],
+            "nn_bayes_calibration": nb_cal,
+            "nn_truth_median": nt[0],
+            "nn_truth_sigma_g": nt[1],
+            "nn_truth_over_bayes_truth": nt[1] / bt[1] if bt[1] > 0 else float("nan"),
+            "nn_calibration": calibration(nn[nn_rows], nn_sigma[nn_rows], true[nn_rows]),
+            "nn_coverage": gaussian_coverage(nn[nn_rows], nn_sigma[nn_rows], true[nn_rows]),
+            "bayes_calibration": calibration(
+                bayes[bayes_rows], bayes_sigma[bayes_rows], true[bayes_rows]
+            ),
+            "bayes_coverage": gaussian_coverage(
+                bayes[bayes_rows], bayes_sigma[bayes_rows], true[bayes_rows]
+            ),
+            "nn_bayes_outlier_fraction": outliers,
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")[list(TABLE1_COLUMNS)]
+    table.index.name = "parameter"
+    table.attrs["bayes_source"] = (
+        "bayes_full on the network rows" if bayes_full is not None else "result's Bayesian rows"
+    )
+    table.attrs["outlier_thresholds"] = dict(thresholds)
+    return table

@@ -1,0 +1,577 @@
+"""Per-patch hybrid photo-D: Bayesian labels for a subsample, networks for everyone else.
+
+For one sky patch (Mrakovčić, Ivezić & Palaversa 2025, AJ 170, 72, Section 4):
+
+1. choose a training subsample (default 10,000 stars) among the stars the networks can take
+   (all inputs finite), stratified to cover the input space (:func:`choose_training_subsample`);
+2. label it with the Bayesian estimator (posterior means and standard deviations of M_r, A_r
+   and [Fe/H]);
+3. train the moments and secondary networks (:class:`photodist.nn.PhotoDNetwork`) on those
+   labels;
+4. predict every other star in chunks (bounded memory); stars the networks cannot take (a
+   missing colour, i.e. a non-finite input) get the Bayesian estimate instead.
+
+Labelled stars keep their Bayesian values. Patches with too few usable stars for a training
+set run the Bayesian estimator on every star. The ``method`` column says which estimator
+produced each row (``"bayes"`` or ``"nn"``); ``labelled`` marks the training subsample.
+
+Output columns (one row per input row, same order), for p in ``Mr``, ``Ar``, ``FeH``:
+
+* ``{p}_mean`` and ``{p}_sigma``: the estimate and its total uncertainty (networks:
+  ``sqrt(sigma_nn**2 + sigma_bayes**2)``; Bayesian rows: the posterior standard deviation);
+* ``{p}_sigma_nn`` (networks only, NaN on Bayesian rows) and ``{p}_sigma_bayes`` (the network's
+  prediction of the Bayesian width, or the Bayesian posterior width itself);
+
+then ``Qr_mean``, ``Qr_sigma`` (Q_r = M_r + A_r), ``DM_mean = r - Qr_mean``, ``DM_sigma``,
+``dist_pc = 10**(0.2 DM_mean + 1)``, ``flags`` (bits of :class:`photodist.bayes.Flags`),
+``method`` and ``labelled``.
+
+Flags: Bayesian rows carry the Bayesian flags; network rows get ``NN_OUT_OF_DOMAIN`` when an
+input lies outside the training range (plus margin); rows handed back to the Bayesian
+estimator because an input was not finite get ``NN_INVALID_INPUT`` besides their Bayesian
+flags (in a Bayes-only run no row is handed back and the bit is not used). The configuration,
+mode, counts and timings are stored in ``result.attrs["photodist_pipeline"]``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from photodist.bands import ColumnMap, Photometry, get_band_set, photometry_from_frame
+from photodist.bayes import BayesConfig, BayesEstimator, Flags
+from photodist.locus import Locus, build_locus
+from photodist.nn import NetworkSpec, PhotoDNetwork
+
+__all__ = [
+    "PARAMETERS",
+    "RESULT_FLOAT_COLUMNS",
+    "STAGES",
+    "STRATEGIES",
+    "PipelineConfig",
+    "choose_training_subsample",
+    "network_inputs_usable",
+    "posterior_grid",
+    "run_patch",
+    "strata",
+]
+
+#: Estimated parameters, in the column order of the network labels.
+PARAMETERS: tuple[str, ...] = ("Mr", "Ar", "FeH")
+#: Subsample strategies accepted by :func:`choose_training_subsample`.
+STRATEGIES: tuple[str, ...] = ("stratified", "random")
+#: Timed stages (seconds in the timings dict; zero when a stage did not run).
+STAGES: tuple[str, ...] = (
+    "prepare",
+    "bayes_label",
+    "train",
+    "predict",
+    "bayes_fallback",
+    "bayes_all",
+)
+#: Floating-point output columns, in order.
+RESULT_FLOAT_COLUMNS: tuple[str, ...] = tuple(
+    f"{p}_{s}" for p in PARAMETERS for s in ("mean", "sigma", "sigma_nn", "sigma_bayes")
+) + ("Qr_mean", "Qr_sigma", "DM_mean", "DM_sigma", "dist_pc")
+_METHODS = ("bayes", "nn")
+_LABEL_CHUNK = 2_000  # stars per Bayesian call while labelling (granularity of the progress bar)
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of the hybrid pipeline (stored with every result).
+
+    Attributes
+    ----------
+    band_set
+        Band set of the catalogue (``"lsst"`` or ``"sdss"``).
+    n_train
+        Size of the training subsample (the paper uses 10,000 stars per patch).
+    train_fraction
+        If set, the training subsample is this fraction of the usable stars instead of
+        ``n_train`` (the paper suggests 5-10 %).
+    min_train
+        Smallest training subsample worth a network; below it (or when the patch has no more
+        usable stars than the subsample size) every star gets the Bayesian estimate.
+    strategy
+        ``"stratified"`` (cover the input space, see :func:`choose_training_subsample`) or
+        ``"random"`` (uniform).
+    stratified_fraction
+        Fraction of a stratified subsample drawn evenly over the occupied cells; the rest is
+        drawn uniformly at random from the remaining stars.
+    strata_bins
+        Number of equal-width bins in r, u-g and g-r defining the cells.
+    bayes_feh_step, bayes_mr_step
+        Posterior grid of the Bayesian estimator (dex, mag); the locus is resampled to it.
+        None for either uses the given locus as it is.
+    error_floor
+        Colour-error floor of the Bayesian estimator (mag, added in quadrature).
+    default_a_max
+        A_r prior bound of the Bayesian estimator for stars without a dust-map value (mag).
+    nn_spec
+        Network architecture (:class:`photodist.nn.NetworkSpec` or its dict); None: the
+        paper's default.
+    nn_max_epochs, nn_patience, nn_n_runs, nn_batch_size, nn_device
+        Training settings passed to :class:`photodist.nn.PhotoDNetwork`.
+    nn_options
+        Further keyword arguments of :class:`photodist.nn.PhotoDNetwork` (JSON-serialisable).
+    bayes_out_of_domain
+        Also hand rows outside the networks' training domain to the Bayesian estimator (they
+        keep the ``NN_OUT_OF_DOMAIN`` flag). Off by default: such rows keep the network
+        estimate and the flag.
+    chunk_size
+        Rows per prediction / Bayesian-fallback chunk (bounds the working memory).
+    seed
+        Seed of the subsample and of the networks; the same seed gives the same result.
+    progress
+        Show a progress bar per stage.
+    """
+
+    band_set: str = "lsst"
+    n_train: int = 10_000
+    train_fraction: float | None = None
+    min_train: int = 1_000
+    strategy: str = "stratified"
+    stratified_fraction: float = 0.5
+    strata_bins: tuple[int, int, int] = (6, 10, 10)
+    bayes_feh_step: float | None = 0.05
+    bayes_mr_step: float | None = 0.1
+    error_floor: float = 0.02
+    default_a_max: float = 3.0
+    nn_spec: NetworkSpec | Mapping[str, Any] | None = None
+    nn_max_epochs: int = 1024
+    nn_patience: int = 100
+    nn_n_runs: int = 2
+    nn_batch_size: int = 1024
+    nn_device: str = "auto"
+    nn_options: dict[str, Any] = field(default_factory=dict)
+    bayes_out_of_domain: bool = False
+    chunk_size: int = 500_000
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        get_band_set(self.band_set)
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        for name in ("n_train", "min_train", "chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.train_fraction is not None and not 0.0 < float(self.train_fraction) <= 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction!r}")
+        if not 0.0 <= float(self.stratified_fraction) <= 1.0:
+            raise ValueError("stratified_fraction must be in [0, 1]")
+        bins = tuple(int(b) for b in self.strata_bins)
+        if len(bins) != 3 or min(bins) < 1:
+            raise ValueError("strata_bins must be three positive integers (r, u-g, g-r)")
+        self.strata_bins = bins  # type: ignore[assignment]
+        for name in ("bayes_feh_step", "bayes_mr_step"):
+            value = getattr(self, name)
+            if value is not None and not float(value) > 0:
+                raise ValueError(f"{name} must be positive or None")
+        reserved = {"band_set", "seed", "spec", "max_epochs", "patience", "n_runs"}
+        clash = (reserved | {"batch_size", "device"}) & set(self.nn_options)
+        if clash:
+            raise ValueError(f"nn_options may not set {sorted(clash)}; use the nn_* fields")
+
+    def training_size(self, n_usable: int) -> int:
+        """Size of the training subsample for a patch with ``n_usable`` usable stars."""
+        if self.train_fraction is not None:
+            return int(math.ceil(float(self.train_fraction) * n_usable))
+        return int(self.n_train)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable copy of the settings."""
+        data = asdict(self)
+        spec = self.nn_spec
+        data["nn_spec"] = spec.to_dict() if isinstance(spec, NetworkSpec) else spec
+        data["strata_bins"] = list(self.strata_bins)
+        return data
+
+    def bayes_config(self) -> BayesConfig:
+        """Settings of the Bayesian estimator."""
+        return BayesConfig(
+            error_floor=float(self.error_floor), default_a_max=float(self.default_a_max)
+        )
+
+    def network(self, seed: int) -> PhotoDNetwork:
+        """An unfitted :class:`PhotoDNetwork` with these settings."""
+        return PhotoDNetwork(
+            band_set=self.band_set,
+            spec=self.nn_spec,
+            seed=seed,
+            device=self.nn_device,
+            max_epochs=int(self.nn_max_epochs),
+            patience=int(self.nn_patience),
+            n_runs=int(self.nn_n_runs),
+            batch_size=int(self.nn_batch_size),
+            **self.nn_options,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Training subsample
+# ----------------------------------------------------------------------------------------------
+
+
+def network_inputs_usable(photometry: Photometry) -> np.ndarray:
+    """True for rows whose network inputs (r, colours and their errors) are all finite."""
+    ok = np.isfinite(photometry.r) & np.isfinite(photometry.r_err)
+    ok &= np.isfinite(photometry.colors).all(axis=1)
+    ok &= np.isfinite(photometry.color_errors).all(axis=1)
+    return ok
+
+
+def _bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-width bins between the 0.5th and 99.5th percentiles (outliers in the end bins)."""
+    if n_bins == 1 or values.size == 0:
+        return np.zeros(values.size, dtype=np.int64)
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    if not hi > lo:
+        return np.zeros(values.size, dtype=np.int64)
+    index = np.floor((values - lo) / (hi - lo) * n_bins).astype(np.int64)
+    return np.clip(index, 0, n_bins - 1)
+
+
+def strata(photometry: Photometry, rows: np.ndarray, bins: Sequence[int]) -> np.ndarray:
+    """Cell number of each row in a grid of r, u-g and g-r (the first two colours)."""
+    n_r, n_c1, n_c2 = (int(b) for b in bins)
+    i_r = _bin_index(photometry.r[rows], n_r)
+    i_1 = _bin_index(photometry.colors[rows, 0], n_c1)
+    i_2 = _bin_index(photometry.colors[rows, 1], n_c2)
+    return (i_r * n_c1 + i_1) * n_c2 + i_2
+
+
+def choose_training_subsample(
+    photometry: Photometry,
+    n: int,
+    strategy: str = "stratified",
+    seed: int = 0,
+    *,
+    stratified_fraction: float = 0.5,
+    bins: Sequence[int] = (6, 10, 10),
+) -> np.ndarray:
+    """Indices (ascending) of the stars to label with the Bayesian estimator.
+
+    Only rows whose network inputs are all finite are eligible (the networks cannot take the
+    others, which the pipeline estimates with the Bayesian method anyway).
+
+    Parameters
+    ----------
+    photometry
+        The patch's photometry.
+    n
+        Subsample size; all eligible rows are returned when there are no more than ``n``.
+    strategy
+        ``"random"``: a uniform draw. ``"stratified"``: the eligible stars are binned in r,
+        u-g and g-r (``bins`` equal-width bins each, between the 0.5th and 99.5th percentiles,
+        outliers joining the end bins); ``stratified_fraction`` of the subsample is drawn
+        evenly over the occupied cells (round robin: every cell gives one star, then a second,
+        ..., cells that run out drop out), so that sparse regions of the input space such as
+        blue metal-poor stars or bright stars are represented; the rest is drawn uniformly at
+        random from the remaining stars, so the dense regions keep most of the weight.
+    seed
+        Seed of the draw; the same seed gives the same subsample.
+    stratified_fraction, bins
+        See ``strategy``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted int64 row indices, ``min(n, eligible)`` of them.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if isinstance(n, bool) or int(n) < 0:
+        raise ValueError(f"subsample size must be a non-negative integer, got {n!r}")
+    n = int(n)
+    eligible = np.flatnonzero(network_inputs_usable(photometry))
+    if eligible.size <= n:
+        return eligible.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    if strategy == "random":
+        return np.sort(rng.choice(eligible, size=n, replace=False)).astype(np.int64)
+
+    n_even = int(round(float(stratified_fraction) * n))
+    cell = strata(photometry, eligible, bins)
+    # random order, then each star's rank within its cell: rank 0 of every cell comes first
+    order = rng.permutation(eligible.size)
+    by_cell = order[np.argsort(cell[order], kind="stable")]
+    sorted_cells = cell[by_cell]
+    starts = np.flatnonzero(np.r_[True, sorted_cells[1:] != sorted_cells[:-1]])
+    group_start = np.repeat(starts, np.diff(np.r_[starts, sorted_cells.size]))
+    rank = np.arange(sorted_cells.size) - group_start
+    # within a rank, cells in random order
+    key = rank + rng.random(rank.size)
+    even = by_cell[np.argsort(key, kind="stable")[:n_even]]
+    taken = np.zeros(eligible.size, dtype=bool)
+    taken[even] = True
+    rest = np.flatnonzero(~taken)
+    fill = rng.choice(rest, size=n - n_even, replace=False)
+    chosen = np.concatenate([even, fill])
+    return np.sort(eligible[chosen]).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pipeline
+# ----------------------------------------------------------------------------------------------
+
+
+def posterior_grid(locus: Locus | None, config: PipelineConfig) -> Locus:
+    """The locus on the configured posterior grid (the built-in locus when ``locus`` is None)."""
+    steps = (config.bayes_feh_step, config.bayes_mr_step)
+    base = locus if locus is not None else build_locus()
+    if steps[0] is None or steps[1] is None:
+        return base
+    same = math.isclose(base.feh_step, steps[0], rel_tol=1e-6) and math.isclose(
+        base.mr_step, steps[1], rel_tol=1e-6
+    )
+    return base if same else base.resample(float(steps[0]), float(steps[1]))
+
+
+def _chunks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, rows.size, size):
+        yield rows[start : start + size]
+
+
+def _progress(enabled: bool, total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="star", disable=not enabled, leave=False)
+
+
+class _Output:
+    """Column arrays of the result, filled stage by stage."""
+
+    def __init__(self, n: int) -> None:
+        self.floats = {name: np.full(n, np.nan) for name in RESULT_FLOAT_COLUMNS}
+        self.flags = np.zeros(n, dtype=np.int64)
+        self.method = np.zeros(n, dtype=np.int8)  # index into _METHODS
+        self.labelled = np.zeros(n, dtype=bool)
+
+    def put_bayes(self, rows: np.ndarray, bayes: pd.DataFrame, r: np.ndarray) -> None:
+        f = self.floats
+        for p in PARAMETERS:
+            f[f"{p}_mean"][rows] = bayes[f"{p}_mean"].to_numpy()
+            std = bayes[f"{p}_std"].to_numpy()
+            f[f"{p}_sigma"][rows] = std
+            f[f"{p}_sigma_bayes"][rows] = std
+            f[f"{p}_sigma_nn"][rows] = np.nan
+        f["Qr_mean"][rows] = bayes["Qr_mean"].to_numpy()
+        f["Qr_sigma"][rows] = bayes["Qr_std"].to_numpy()
+        self._distance(rows, r)
+        self.flags[rows] |= bayes["flags"].to_numpy(dtype=np.int64)
+        self.method[rows] = _METHODS.index("bayes")
+
+    def put_nn(self, rows: np.ndarray, pred: Mapping[str, np.ndarray], r: np.ndarray) -> None:
+        f = self.floats
+        for p in PARAMETERS:
+            for s in ("mean", "sigma", "sigma_nn", "sigma_bayes"):
+                f[f"{p}_{s}"][rows] = pred[f"{p}_{s}"]
+        f["Qr_mean"][rows] = pred["Qr_mean"]
+        f["Qr_sigma"][rows] = pred["Qr_sigma"]
+        self._distance(rows, r)
+        self.method[rows] = _METHODS.index("nn")
+
+    def _distance(self, rows: np.ndarray, r: np.ndarray) -> None:
+        f = self.floats
+        dm = r - f["Qr_mean"][rows]
+        f["DM_mean"][rows] = dm
+        f["DM_sigma"][rows] = f["Qr_sigma"][rows]
+        f["dist_pc"][rows] = 10.0 ** (0.2 * dm + 1.0)
+
+    def frame(self) -> pd.DataFrame:
+        data: dict[str, Any] = dict(self.floats)
+        data["flags"] = self.flags
+        data["method"] = pd.Categorical.from_codes(self.method, categories=list(_METHODS))
+        data["labelled"] = self.labelled
+        return pd.DataFrame(data)
+
+
+def _bayes_rows(
+    estimator: BayesEstimator,
+    photometry: Photometry,
+    rows: np.ndarray,
+    out: _Output,
+    chunk: int,
+    bar: Any,
+) -> None:
+    """Bayesian estimates of ``rows`` into ``out``, ``chunk`` rows per call."""
+    for part in _chunks(rows, chunk):
+        bayes = estimator.predict(photometry.subset(part))
+        out.put_bayes(part, bayes, photometry.r[part])
+        bar.update(part.size)
+
+
+def run_patch(
+    data: pd.DataFrame | Photometry,
+    prior: Any = None,
+    locus: Locus | None = None,
+    config: PipelineConfig | None = None,
+    *,
+    columns: ColumnMap | None = None,
+    keep: Sequence[str] = (),
+) -> tuple[pd.DataFrame, dict[str, float], PhotoDNetwork | None]:
+    """Estimate M_r, A_r, [Fe/H] and distances for every star of one patch (hybrid method).
+
+    Parameters
+    ----------
+    data
+        The patch's catalogue (columns as in ``columns``) or its :class:`Photometry`.
+    prior
+        Prior map for the patch (``photodist.priors.PriorMap`` or ``photodist.bayes.PriorGrid``);
+        None for a flat prior (Bayesian rows flagged NO_PRIOR).
+    locus
+        Stellar locus (default: the built-in locus); resampled to the configured posterior grid.
+    config
+        Pipeline settings (default :class:`PipelineConfig`).
+    columns
+        Catalogue column names (default ``{band}mag``, ``{band}Err``, dust ``Ar``).
+    keep
+        Catalogue columns copied to the front of the result when present (e.g. ids).
+
+    Returns
+    -------
+    result : pandas.DataFrame
+        One row per input row, same order; columns described in the module docstring.
+    timings : dict
+        Seconds per stage (:data:`STAGES`) and ``total``.
+    model : PhotoDNetwork or None
+        The trained networks, or None when every star got the Bayesian estimate.
+    """
+    config = config or PipelineConfig()
+    band_set = get_band_set(config.band_set)
+    timings = dict.fromkeys(STAGES, 0.0)
+    start_all = time.perf_counter()
+    frame = None
+    if isinstance(data, Photometry):
+        if data.band_set.name != band_set.name:
+            raise ValueError(
+                f"photometry is in band set {data.band_set.name!r}, the configuration says "
+                f"{band_set.name!r}"
+            )
+        phot = data
+    else:
+        frame = data
+        phot = photometry_from_frame(frame, band_set, columns)
+    grid = posterior_grid(locus, config)
+    estimator = BayesEstimator(grid, prior, config.bayes_config())
+    n = len(phot)
+    usable = network_inputs_usable(phot)
+    n_usable = int(usable.sum())
+    n_train = config.training_size(n_usable)
+    seeds = np.random.SeedSequence(int(config.seed)).spawn(2)
+    subsample_seed, nn_seed = (int(s.generate_state(1)[0]) for s in seeds)
+    out = _Output(n)
+    chunk = int(config.chunk_size)
+    info: dict[str, Any] = {"n_stars": n, "n_usable": n_usable, "n_train_requested": n_train}
+
+    hybrid = n_usable > n_train and n_train >= config.min_train
+    reason = None if hybrid else "patch too small for a training set"
+    model: PhotoDNetwork | None = None
+    train_rows = np.empty(0, dtype=np.int64)
+    if hybrid:
+        train_rows = choose_training_subsample(
+            phot,
+            n_train,
+            config.strategy,
+            subsample_seed,
+            stratified_fraction=config.stratified_fraction,
+            bins=config.strata_bins,
+        )
+    timings["prepare"] = time.perf_counter() - start_all
+    if hybrid:
+        t0 = time.perf_counter()
+        with _progress(config.progress, train_rows.size, "bayes (labels)") as bar:
+            _bayes_rows(estimator, phot, train_rows, out, _LABEL_CHUNK, bar)
+        out.labelled[train_rows] = True
+        timings["bayes_label"] = time.perf_counter() - t0
+
+        f = out.floats
+        label_mean = np.column_stack([f[f"{p}_mean"][train_rows] for p in PARAMETERS])
+        label_sigma = np.column_stack([f[f"{p}_sigma"][train_rows] for p in PARAMETERS])
+        finite = np.isfinite(label_mean).all(axis=1) & np.isfinite(label_sigma).all(axis=1)
+        n_labels = int(finite.sum())
+        if n_labels < config.min_train:
+            hybrid = False
+            reason = f"only {n_labels} finite Bayesian labels"
+    if hybrid:
+        t0 = time.perf_counter()
+        with _progress(config.progress, 1, "train") as bar:
+            model = config.network(nn_seed)
+            model.fit(
+                phot.subset(train_rows).features(),
+                label_mean,
+                label_sigma,
+                metadata={
+                    "labels": "Bayesian posterior means and standard deviations",
+                    "pipeline": config.to_dict(),
+                    "n_stars_patch": n,
+                },
+            )
+            bar.update(1)
+        timings["train"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        todo = np.flatnonzero(~out.labelled)
+        fallback_parts = []
+        n_ood = 0
+        with _progress(config.progress, todo.size, "nn (predict)") as bar:
+            for part in _chunks(todo, chunk):
+                sub = phot.subset(part)
+                pred = model.predict(sub.features())
+                out.put_nn(part, pred, sub.r)
+                ood = pred["out_of_domain"]
+                invalid = pred["invalid_input"]
+                n_ood += int(ood.sum())
+                out.flags[part[ood]] |= Flags.NN_OUT_OF_DOMAIN
+                out.flags[part[invalid]] |= Flags.NN_INVALID_INPUT
+                back = invalid | ood if config.bayes_out_of_domain else invalid
+                fallback_parts.append(part[back])
+                bar.update(part.size)
+        timings["predict"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        fallback = np.concatenate(fallback_parts) if fallback_parts else train_rows[:0]
+        with _progress(config.progress, fallback.size, "bayes (fallback)") as bar:
+            _bayes_rows(estimator, phot, fallback, out, chunk, bar)
+        timings["bayes_fallback"] = time.perf_counter() - t0
+        info.update(
+            mode="hybrid",
+            n_labelled=int(train_rows.size),
+            n_nn=int(np.count_nonzero(out.method == _METHODS.index("nn"))),
+            n_bayes_fallback=int(fallback.size),
+            n_out_of_domain=n_ood,
+        )
+    else:
+        t0 = time.perf_counter()
+        rows = np.flatnonzero(~out.labelled)  # rows labelled already keep their estimates
+        out.labelled[:] = False
+        with _progress(config.progress, rows.size, "bayes (all)") as bar:
+            _bayes_rows(estimator, phot, rows, out, chunk, bar)
+        timings["bayes_all"] = time.perf_counter() - t0
+        info.update(mode="bayes_only", reason=reason, n_labelled=0, n_nn=0, n_bayes_fallback=0)
+        info["n_out_of_domain"] = 0
+
+    result = out.frame()
+    if frame is not None and keep:
+        kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
+        result = pd.concat([kept, result], axis=1)
+    timings["total"] = time.perf_counter() - start_all
+    info["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    info["config"] = config.to_dict()
+    info["posterior_grid"] = {
+        "feh_step": grid.feh_step,
+        "mr_step": grid.mr_step,
+        "shape": list(grid.shape),
+    }
+    info["prior"] = prior is not None
+    result.attrs["photodist_pipeline"] = info
+    return result, timings, model

@@ -1,0 +1,137 @@
+"""Tests of the evaluation statistics (Table 1) against hand computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from photodist.evaluate import (
+    SIGMA_G_FACTOR,
+    TABLE1_COLUMNS,
+    calibration,
+    gaussian_coverage,
+    max_error_for_snr,
+    outlier_fraction,
+    robust_stats,
+    snr_mask,
+    table1,
+)
+
+
+def test_robust_stats_by_hand():
+    # percentiles with linear interpolation: q25 = 2.75, q50 = 4.5, q75 = 6.25
+    median, sigma_g = robust_stats([8, 1, 7, 2, 6, 3, 5, 4, np.nan, np.inf])
+    assert median == pytest.approx(4.5)
+    assert sigma_g == pytest.approx(0.7413 * 3.5)
+    assert SIGMA_G_FACTOR == 0.7413
+    assert all(np.isnan(v) for v in robust_stats([np.nan]))
+    assert robust_stats(pd.Series([2.0])) == (2.0, 0.0)
+
+
+def test_robust_stats_of_a_gaussian():
+    x = np.random.default_rng(0).normal(3.0, 2.0, 200_000)
+    median, sigma_g = robust_stats(x)
+    assert median == pytest.approx(3.0, abs=0.02)
+    assert sigma_g == pytest.approx(2.0, rel=0.01)
+
+
+def test_calibration_and_coverage():
+    rng = np.random.default_rng(1)
+    truth = rng.normal(0, 1, 100_000)
+    sigma = rng.uniform(0.1, 0.5, truth.size)
+    estimate = truth + sigma * rng.normal(0, 1, truth.size)
+    assert calibration(estimate, sigma, truth) == pytest.approx(1.0, abs=0.02)
+    assert gaussian_coverage(estimate, sigma, truth) == pytest.approx(0.6827, abs=0.005)
+    assert calibration(estimate, sigma / 2, truth) == pytest.approx(2.0, abs=0.04)
+    assert gaussian_coverage(estimate, 2 * sigma, truth) == pytest.approx(0.9545, abs=0.005)
+    # hand-made: residuals 0, 0.5, -1, 2 with sigma 1 -> |r| <= 1 for three of four
+    assert gaussian_coverage([0, 0.5, -1, 2, np.nan], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]) == 0.75
+    assert outlier_fraction([0.0, 0.31, -0.5, 0.1, np.nan], [0, 0, 0, 0, 0], 0.3) == 0.5
+
+
+def test_snr_mask():
+    limit = max_error_for_snr(5.0)
+    assert limit == pytest.approx(0.21715, abs=1e-5)
+    frame = pd.DataFrame({f"{b}mag": [20.0, 21.0, 22.0, np.nan] for b in "ugriz"})
+    for b in "ugriz":
+        frame[f"{b}Err"] = [0.05, 0.05, 0.05, 0.05]
+    frame.loc[1, "uErr"] = 0.2172  # SNR just below 5 in u
+    frame.loc[2, "zErr"] = 0.2171  # SNR just above 5
+    np.testing.assert_array_equal(snr_mask(frame, "sdss"), [True, False, True, False])
+    with pytest.raises(KeyError):
+        snr_mask(frame, "lsst")  # no y columns
+
+
+def _toy() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Five network rows and one Bayesian row with differences chosen by hand."""
+    truth = pd.DataFrame({"Mr_true": np.zeros(6), "Ar_true": np.zeros(6), "FeH_true": np.zeros(6)})
+    nn_minus_truth = np.array([0.0, 0.1, -0.1, 0.2, 0.35, 9.0])
+    bayes_minus_truth = np.array([0.0, 0.0, 0.0, 0.1, 0.1, 9.0])
+    result = pd.DataFrame({"method": ["nn"] * 5 + ["bayes"]})
+    bayes = pd.DataFrame(index=range(6))
+    for p in ("Mr", "Ar", "FeH"):
+        result[f"{p}_mean"] = nn_minus_truth
+        result[f"{p}_sigma"] = [0.1, 0.1, 0.1, 0.1, 0.1, 1.0]
+        result[f"{p}_sigma_nn"] = [0.05, 0.05, 0.05, 0.05, 0.05, np.nan]
+        bayes[f"{p}_mean"] = bayes_minus_truth
+        bayes[f"{p}_std"] = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2]
+    return result, truth, bayes
+
+
+def test_table1_by_hand():
+    result, truth, bayes = _toy()
+    table = table1(result, truth, bayes)
+    assert list(table.columns) == list(TABLE1_COLUMNS)
+    assert list(table.index) == ["Mr", "Ar", "FeH"]
+    row = table.loc["FeH"]
+    assert row["n_stars"] == 5  # the Bayesian row of the result is not a network estimate
+    # NN - truth over the five network rows: 0, .1, -.1, .2, .35 -> median .1, IQR 0..0.2
+    assert row["nn_truth_median"] == pytest.approx(0.1)
+    assert row["nn_truth_sigma_g"] == pytest.approx(0.7413 * 0.2)
+    # Bayes - truth on the same rows: 0, 0, 0, .1, .1 -> median 0, IQR 0..0.1
+    assert row["bayes_truth_median"] == pytest.approx(0.0)
+    assert row["bayes_truth_sigma_g"] == pytest.approx(0.7413 * 0.1)
+    assert row["nn_truth_over_bayes_truth"] == pytest.approx(2.0)
+    # NN - Bayes: 0, .1, -.1, .1, .25 -> median .1, IQR 0..0.1; none above 0.3
+    assert row["nn_bayes_median"] == pytest.approx(0.1)
+    assert row["nn_bayes_sigma_g"] == pytest.approx(0.7413 * 0.1)
+    assert row["nn_bayes_outlier_fraction"] == pytest.approx(0.0)
+    # (NN - Bayes) / sigma_nn: 0, 2, -2, 2, 5 -> IQR 0..2
+    assert row["nn_bayes_calibration"] == pytest.approx(0.7413 * 2.0)
+    # (NN - truth) / 0.1: 0, 1, -1, 2, 3.5 -> IQR 0..2; within 1 sigma: 0, 1, -1 -> 3 of 5
+    assert row["nn_calibration"] == pytest.approx(0.7413 * 2.0)
+    assert row["nn_coverage"] == pytest.approx(0.6)
+    # (Bayes - truth) / 0.2: 0, 0, 0, .5, .5 -> IQR 0..0.5; all within 1 sigma
+    assert row["bayes_calibration"] == pytest.approx(0.7413 * 0.5)
+    assert row["bayes_coverage"] == pytest.approx(1.0)
+    assert np.isnan(table.loc["Mr", "nn_bayes_outlier_fraction"])  # only [Fe/H] by default
+
+    # one more network row, 0.5 above Bayes in [Fe/H]: 1 of 6 outliers at 0.3 dex; in M_r
+    # |NN - Bayes| = 0, .1, .1, .1, .25, 0: 4 of 6 above 0.05
+    result.loc[5, "method"] = "nn"
+    result.loc[5, "FeH_mean"] = 9.5
+    table = table1(result, truth, bayes, outlier_thresholds={"FeH": 0.3, "Mr": 0.05})
+    assert table.loc["FeH", "nn_bayes_outlier_fraction"] == pytest.approx(1 / 6)
+    assert table.loc["Mr", "nn_bayes_outlier_fraction"] == pytest.approx(4 / 6)
+
+
+def test_table1_without_full_bayes_uses_the_bayes_rows():
+    result, truth, _ = _toy()
+    result.loc[4, "method"] = "bayes"  # Bayesian rows: 4 (0.35) and 5 (9.0)
+    table = table1(result, truth)
+    row = table.loc["Mr"]
+    assert row["n_stars"] == 4
+    assert row["bayes_truth_median"] == pytest.approx(4.675)
+    assert row["bayes_truth_sigma_g"] == pytest.approx(0.7413 * 0.5 * 8.65)
+    assert np.isnan(row["nn_bayes_sigma_g"]) and np.isnan(row["nn_bayes_outlier_fraction"])
+    assert row["nn_truth_median"] == pytest.approx(0.05)
+    assert table.attrs["bayes_source"] == "result's Bayesian rows"
+
+
+def test_table1_checks_lengths():
+    result, truth, bayes = _toy()
+    with pytest.raises(ValueError, match="truth"):
+        table1(result, truth.iloc[:3], bayes)
+    with pytest.raises(ValueError, match="bayes_full"):
+        table1(result, truth, bayes.iloc[:3])

@@ -1,0 +1,253 @@
+"""Tests of the hybrid per-patch pipeline on a small simulated cone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from photodist.bands import photometry_from_frame
+from photodist.bayes import BayesEstimator, Flags
+from photodist.pipeline import (
+    RESULT_FLOAT_COLUMNS,
+    STAGES,
+    PipelineConfig,
+    choose_training_subsample,
+    network_inputs_usable,
+    posterior_grid,
+    run_patch,
+    strata,
+)
+from photodist.priors import build_patch_priors
+from photodist.simulate import simulate_patch
+
+CONE = (60.0, 60.0, 0.3)
+# rows damaged on purpose: no u (one colour missing), no r (no estimate), a sentinel g
+NO_U = [3, 100, 777]
+NO_R = [10, 1500]
+SENTINEL_G = [42]
+
+
+def small_config(**overrides) -> PipelineConfig:
+    settings = {
+        "n_train": 800,
+        "min_train": 200,
+        "nn_max_epochs": 30,
+        "nn_patience": 10,
+        "nn_n_runs": 1,
+        "nn_device": "cpu",
+        "nn_options": {"secondary_max_epochs": 30, "n_threads": 1},
+        "seed": 5,
+    }
+    settings.update(overrides)
+    return PipelineConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def catalog(default_locus) -> pd.DataFrame:
+    frame = simulate_patch(cone=CONE, r_max=23.0, seed=1, locus=default_locus)
+    frame.loc[NO_U, "umag"] = np.nan
+    frame.loc[NO_R, "rmag"] = np.nan
+    frame.loc[SENTINEL_G, "gmag"] = 99.0
+    return frame
+
+
+@pytest.fixture(scope="module")
+def prior(default_locus):
+    return build_patch_priors(cone=CONE, locus=default_locus, seed=2, min_stars=2000)
+
+
+@pytest.fixture(scope="module")
+def bayes_all(catalog, prior, default_locus) -> pd.DataFrame:
+    """The Bayesian estimator on every star, with the pipeline's settings."""
+    config = small_config()
+    estimator = BayesEstimator(posterior_grid(default_locus, config), prior, config.bayes_config())
+    return estimator.predict(photometry_from_frame(catalog, "lsst"))
+
+
+@pytest.fixture(scope="module")
+def hybrid(catalog, prior, default_locus):
+    return run_patch(catalog, prior, default_locus, small_config(), keep=("source_id",))
+
+
+def test_rows_preserved_in_order(catalog, hybrid):
+    result, timings, model = hybrid
+    assert len(result) == len(catalog)
+    np.testing.assert_array_equal(result["source_id"], catalog["source_id"])
+    for name in RESULT_FLOAT_COLUMNS:
+        assert name in result.columns
+    assert set(result["method"].astype(str)) == {"bayes", "nn"}
+    assert set(STAGES) | {"total"} == set(timings)
+    assert all(v >= 0 for v in timings.values())
+    info = result.attrs["photodist_pipeline"]
+    assert info["mode"] == "hybrid"
+    assert info["config"]["n_train"] == 800
+    assert info["n_labelled"] + info["n_nn"] + info["n_bayes_fallback"] == len(catalog)
+    json.dumps(info)  # the record travels with the output (e.g. Parquet metadata)
+
+
+def test_labelled_rows_keep_bayes_values(hybrid, bayes_all):
+    result, _, _ = hybrid
+    labelled = result["labelled"].to_numpy()
+    assert labelled.sum() == 800
+    assert (result.loc[labelled, "method"] == "bayes").all()
+    for p in ("Mr", "Ar", "FeH"):
+        np.testing.assert_array_equal(
+            result.loc[labelled, f"{p}_mean"], bayes_all.loc[labelled, f"{p}_mean"]
+        )
+        np.testing.assert_array_equal(
+            result.loc[labelled, f"{p}_sigma"], bayes_all.loc[labelled, f"{p}_std"]
+        )
+        assert result.loc[labelled, f"{p}_sigma_nn"].isna().all()
+    np.testing.assert_array_equal(result.loc[labelled, "flags"], bayes_all.loc[labelled, "flags"])
+    np.testing.assert_allclose(
+        result.loc[labelled, "DM_mean"], bayes_all.loc[labelled, "DM_mean"], rtol=1e-12
+    )
+
+
+def test_network_rows_match_the_model(catalog, hybrid):
+    result, _, model = hybrid
+    phot = photometry_from_frame(catalog, "lsst")
+    pred = model.predict(phot.features())
+    nn_rows = (result["method"] == "nn").to_numpy()
+    assert nn_rows.sum() > 1500
+    # (float32 kernels may round differently for another batch: compare to float32 precision)
+    for key in ("Mr_mean", "Ar_sigma", "FeH_sigma_nn", "Mr_sigma_bayes", "Qr_mean"):
+        np.testing.assert_allclose(result.loc[nn_rows, key], pred[key][nn_rows], rtol=1e-6)
+    dm = phot.r[nn_rows] - result.loc[nn_rows, "Qr_mean"].to_numpy()
+    np.testing.assert_allclose(result.loc[nn_rows, "DM_mean"], dm, rtol=1e-12)
+    np.testing.assert_allclose(result.loc[nn_rows, "dist_pc"], 10 ** (0.2 * dm + 1), rtol=1e-12)
+    # out-of-domain network rows are flagged, the others are not
+    ood = pred["out_of_domain"][nn_rows]
+    flagged = (result.loc[nn_rows, "flags"].to_numpy() & Flags.NN_OUT_OF_DOMAIN) > 0
+    np.testing.assert_array_equal(flagged, ood)
+    assert not np.any(result.loc[nn_rows, "flags"].to_numpy() & ~Flags.NN_OUT_OF_DOMAIN)
+
+
+def test_bad_rows_get_bayes(hybrid, bayes_all):
+    result, _, _ = hybrid
+    for row in NO_U + SENTINEL_G:  # a missing colour: the network cannot take it
+        assert result.loc[row, "method"] == "bayes"
+        assert not result.loc[row, "labelled"]
+        flags = int(result.loc[row, "flags"])
+        assert flags & Flags.NN_INVALID_INPUT
+        assert flags & Flags.COLOR_UNUSABLE
+        assert np.isfinite(result.loc[row, "FeH_mean"])
+        assert result.loc[row, "Mr_mean"] == bayes_all.loc[row, "Mr_mean"]
+    for row in NO_R:  # no r: no estimate from either method, the row is kept and flagged
+        assert result.loc[row, "method"] == "bayes"
+        assert int(result.loc[row, "flags"]) & Flags.NO_R
+        assert np.isnan(result.loc[row, "Mr_mean"]) and np.isnan(result.loc[row, "dist_pc"])
+    # every other row has an estimate
+    others = np.setdiff1d(np.arange(len(result)), NO_R)
+    assert np.isfinite(result.loc[others, ["Mr_mean", "Ar_mean", "FeH_mean"]].to_numpy()).all()
+
+
+def test_small_patch_runs_bayes_on_all(catalog, prior, default_locus, bayes_all):
+    for config in (
+        small_config(n_train=10_000),  # more than the patch has
+        small_config(train_fraction=0.05, min_train=1000),  # a subsample below the minimum
+    ):
+        result, timings, model = run_patch(catalog, prior, default_locus, config)
+        assert model is None
+        assert result.attrs["photodist_pipeline"]["mode"] == "bayes_only"
+        assert (result["method"] == "bayes").all()
+        assert not result["labelled"].any()
+        assert timings["train"] == 0 and timings["bayes_all"] > 0
+        np.testing.assert_array_equal(result["FeH_mean"], bayes_all["FeH_mean"])
+        np.testing.assert_array_equal(result["flags"], bayes_all["flags"])
+        assert len(result) == len(catalog)
+
+
+def test_empty_catalog(catalog, prior, default_locus):
+    result, _, model = run_patch(catalog.iloc[:0], prior, default_locus, small_config())
+    assert len(result) == 0 and model is None
+    assert list(result.columns[: len(RESULT_FLOAT_COLUMNS)]) == list(RESULT_FLOAT_COLUMNS)
+
+
+def test_train_fraction_sets_the_subsample(catalog, prior, default_locus):
+    config = small_config(train_fraction=0.1, min_train=100, nn_max_epochs=5, nn_patience=5)
+    result, _, model = run_patch(catalog, prior, default_locus, config)
+    n_usable = network_inputs_usable(photometry_from_frame(catalog, "lsst")).sum()
+    assert result["labelled"].sum() == int(np.ceil(0.1 * n_usable))
+    assert model is not None
+
+
+def test_same_seed_same_result(catalog, prior, default_locus, hybrid):
+    result, _, model = hybrid
+    again, _, model2 = run_patch(catalog, prior, default_locus, small_config(), keep=("source_id",))
+    pd.testing.assert_frame_equal(result, again)
+    other, _, _ = run_patch(catalog, prior, default_locus, small_config(seed=6))
+    assert not np.array_equal(result["labelled"], other["labelled"])
+
+
+def test_photometry_input_and_band_check(catalog, prior, default_locus, hybrid):
+    phot = photometry_from_frame(catalog, "lsst")
+    result, _, _ = run_patch(phot, prior, default_locus, small_config())
+    pd.testing.assert_frame_equal(result, hybrid[0].drop(columns="source_id"))
+    with pytest.raises(ValueError, match="band set"):
+        run_patch(phot, prior, default_locus, small_config(band_set="sdss"))
+
+
+def test_subsample_excludes_unusable_rows_and_is_seeded(catalog):
+    phot = photometry_from_frame(catalog, "lsst")
+    usable = network_inputs_usable(phot)
+    assert not usable[NO_U + NO_R + SENTINEL_G].any()
+    for strategy in ("stratified", "random"):
+        idx = choose_training_subsample(phot, 500, strategy, seed=3)
+        assert idx.size == 500 and np.all(np.diff(idx) > 0)
+        assert usable[idx].all()
+        np.testing.assert_array_equal(idx, choose_training_subsample(phot, 500, strategy, seed=3))
+        assert not np.array_equal(idx, choose_training_subsample(phot, 500, strategy, seed=4))
+    everything = choose_training_subsample(phot, 10**6, "stratified", seed=0)
+    np.testing.assert_array_equal(everything, np.flatnonzero(usable))
+    with pytest.raises(ValueError, match="strategy"):
+        choose_training_subsample(phot, 10, "kmeans")
+
+
+def test_stratified_subsample_covers_rare_regions(catalog):
+    """Sparse input cells and the brightest stars are represented far better than at random."""
+    phot = photometry_from_frame(catalog, "lsst")
+    rows = np.flatnonzero(network_inputs_usable(phot))
+    cell = strata(phot, rows, (6, 10, 10))
+    counts = np.bincount(cell)
+    # stars in cells holding at most 10 stars (the sparse edges of the input space)
+    sparse = np.zeros(len(phot), dtype=bool)
+    sparse[rows[counts[cell] <= 10]] = True
+    bright = np.zeros(len(phot), dtype=bool)
+    bright[rows] = phot.r[rows] <= np.percentile(phot.r[rows], 5)
+    n = 300
+    stratified = np.array(
+        [choose_training_subsample(phot, n, "stratified", seed=s) for s in range(5)]
+    )
+    random = np.array([choose_training_subsample(phot, n, "random", seed=s) for s in range(5)])
+    # at random each draw holds on average n x (fraction of such stars)
+    for mask in (sparse, bright):
+        expected_random = n * mask[rows].mean()
+        assert random.size and abs(mask[random].sum(axis=1).mean() - expected_random) < 8
+        assert mask[stratified].sum(axis=1).min() > 2 * expected_random
+    # distinct cells covered
+    position = np.full(len(phot), -1)
+    position[rows] = cell
+    n_cells = [np.unique(position[idx]).size for idx in stratified]
+    n_cells_random = [np.unique(position[idx]).size for idx in random]
+    assert min(n_cells) > max(n_cells_random)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="strategy"):
+        PipelineConfig(strategy="grid")
+    with pytest.raises(ValueError, match="n_train"):
+        PipelineConfig(n_train=0)
+    with pytest.raises(ValueError, match="train_fraction"):
+        PipelineConfig(train_fraction=1.5)
+    with pytest.raises(ValueError, match="nn_options"):
+        PipelineConfig(nn_options={"seed": 3})
+    with pytest.raises(ValueError, match="band set"):
+        PipelineConfig(band_set="hsc")
+    config = PipelineConfig(train_fraction=0.05)
+    assert config.training_size(200_000) == 10_000
+    assert PipelineConfig().training_size(5) == 10_000
+    assert PipelineConfig().to_dict()["strata_bins"] == [6, 10, 10]
