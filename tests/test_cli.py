@@ -95,3 +95,40 @@ def test_bayes_command_with_trilegal_prior(tmp_path, s82_stars_path, s82_priors_
     res = pd.read_parquet(out)
     assert len(res) == 3981
     assert not (res["flags"] & 128).any()  # a prior was used: no NO_PRIOR flag
+
+
+def test_simulate_run_evaluate_chain(tmp_path):
+    sim = tmp_path / "sim.parquet"
+    out = tmp_path / "run.parquet"
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["simulate", str(sim), "--cone", "60", "60", "0.4", "--r-max", "24", "--seed", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    n = len(pd.read_parquet(sim))
+    result = runner.invoke(
+        cli, ["run", str(sim), str(out), "--n-train", "1000", "--epochs", "5", "--seed", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    res = pd.read_parquet(out)
+    assert len(res) == n and set(res["method"]) <= {"bayes", "nn"}
+    assert (tmp_path / "run.parquet.run.json").exists()
+    assert (tmp_path / "run.parquet.prior.npz").exists()
+    again = runner.invoke(cli, ["run", str(sim), str(out)])
+    assert again.exit_code != 0 and "overwrite" in again.output
+    result = runner.invoke(
+        cli,
+        [
+            "evaluate",
+            str(out),
+            str(sim),
+            "--bayes-sample",
+            "200",
+            "--out",
+            str(tmp_path / "t1.csv"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "t1.csv", index_col=0)
+    assert set(table.index) == {"Mr", "Ar", "FeH"}
+    assert table.loc["Mr", "bayes_truth_sigma_g"] > 0

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 import pandas as pd
 
 from photodist import __version__
@@ -406,6 +407,288 @@ def priors_command(
         f"{source} prior map: {prior.n_bins} r bins on a {len(prior.feh)} x {len(prior.mr)} "
         f"([Fe/H], M_r) grid -> {path} in {time.perf_counter() - start:.1f} s"
     )
+
+
+def _resolve_prior(
+    frame: pd.DataFrame,
+    columns: ColumnMap,
+    prior_path: Path | None,
+    trilegal_path: Path | None,
+    trilegal_pixel: int | None,
+    flat_prior: bool,
+    locus: Locus,
+    seed: int,
+):
+    """The prior for a one-patch run: a file, TRILEGAL maps, the Galaxy model, or flat."""
+    given = [x is not None for x in (prior_path, trilegal_path)] + [flat_prior]
+    if sum(given) > 1:
+        raise click.UsageError("give at most one of --prior, --trilegal-prior, --flat-prior")
+    if flat_prior:
+        return None
+    from photodist import priors
+
+    if prior_path is not None:
+        return priors.PriorMap.load(prior_path)
+    if trilegal_path is not None:
+        return priors.read_trilegal_priors(trilegal_path, locus, pixel=trilegal_pixel)
+    if columns.ra not in frame.columns or columns.dec not in frame.columns:
+        raise click.UsageError(
+            f"no {columns.ra}/{columns.dec} columns to place a Galaxy-model prior on the sky; "
+            "give --prior, --trilegal-prior or --flat-prior"
+        )
+    ar_inf = None
+    if columns.dust is not None and columns.dust in frame.columns:
+        dust = pd.to_numeric(frame[columns.dust], errors="coerce")
+        if dust.notna().any():
+            ar_inf = float(dust.median())
+    try:
+        return priors.galaxy_prior_for_stars(
+            frame[columns.ra].to_numpy(float),
+            frame[columns.dec].to_numpy(float),
+            locus=locus,
+            seed=seed,
+            ar_inf=ar_inf,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _prior_options(function):
+    """Options choosing the ([Fe/H], M_r) prior of a one-patch run."""
+    options = [
+        click.option(
+            "--prior",
+            "prior_path",
+            type=click.Path(exists=True, path_type=Path),
+            default=None,
+            help="Prior map file from `photodist priors` (.npz).",
+        ),
+        click.option(
+            "--trilegal-prior",
+            "trilegal_path",
+            type=click.Path(exists=True, path_type=Path),
+            default=None,
+            help="TRILEGAL-format prior map (HATS catalogue or partition file).",
+        ),
+        click.option(
+            "--trilegal-pixel",
+            type=int,
+            default=None,
+            help="Pixel to read from a multi-pixel TRILEGAL prior catalogue.",
+        ),
+        click.option(
+            "--flat-prior",
+            is_flag=True,
+            help="Flat prior in ([Fe/H], M_r) (rows flagged NO_PRIOR).",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@cli.command("run")
+@click.argument("input_path", type=click.Path(exists=True, path_type=Path))
+@click.argument("output_path", type=click.Path(path_type=Path))
+@click.option("--bands", type=BAND_SET_CHOICE, default="lsst", show_default=True)
+@click.option(
+    "--column",
+    multiple=True,
+    metavar="KEY=COLUMN",
+    help="Column mapping, e.g. --column umag=u_psf --column uerr=u_psf_err.",
+)
+@click.option(
+    "--dust-column",
+    default="Ar",
+    show_default=True,
+    help="Column with the map A_r per star (bounds the A_r prior).",
+)
+@_prior_options
+@click.option(
+    "--n-train",
+    type=int,
+    default=10_000,
+    show_default=True,
+    help="Stars labelled by the Bayesian estimator to train the networks.",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["stratified", "random"]),
+    default="stratified",
+    show_default=True,
+    help="How the training subsample is chosen.",
+)
+@click.option(
+    "--epochs",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Maximum training epochs of the moments network.",
+)
+@click.option("--error-floor", type=float, default=0.02, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--keep",
+    multiple=True,
+    default=("source_id", "ra", "dec"),
+    show_default=True,
+    help="Input columns copied to the output when present.",
+)
+@click.option(
+    "--save-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also save the trained networks to this file.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def run_command(
+    input_path: Path,
+    output_path: Path,
+    bands: str,
+    column: tuple[str, ...],
+    dust_column: str,
+    prior_path: Path | None,
+    trilegal_path: Path | None,
+    trilegal_pixel: int | None,
+    flat_prior: bool,
+    n_train: int,
+    strategy: str,
+    epochs: int,
+    error_floor: float,
+    seed: int,
+    keep: tuple[str, ...],
+    save_model: Path | None,
+    overwrite: bool,
+) -> None:
+    """Hybrid photo-D for one patch: Bayes on a subsample, networks for the rest.
+
+    Writes OUTPUT (one row per input row, same order) and, beside it, OUTPUT.run.json (the
+    configuration, counts and stage timings) and OUTPUT.prior.npz (the prior used).
+    """
+    import json
+
+    from photodist import io
+    from photodist.pipeline import PipelineConfig, run_patch
+
+    summary_path = output_path.with_name(output_path.name + ".run.json")
+    prior_out = output_path.with_name(output_path.name + ".prior.npz")
+    columns = _column_map(column, dust_column)
+    try:
+        io.check_output_path(output_path, overwrite=overwrite)
+        if summary_path.exists() and not overwrite:
+            raise FileExistsError(f"{summary_path} already exists; use --overwrite to replace it")
+        frame = io.read_catalog(input_path)
+    except (io.CatalogError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    config = PipelineConfig(
+        band_set=get_band_set(bands).name,
+        n_train=n_train,
+        strategy=strategy,
+        nn_max_epochs=epochs,
+        error_floor=error_floor,
+        seed=seed,
+        progress=True,
+    )
+    locus = build_locus()
+    start = time.perf_counter()
+    prior = _resolve_prior(
+        frame, columns, prior_path, trilegal_path, trilegal_pixel, flat_prior, locus, seed
+    )
+    prior_seconds = time.perf_counter() - start
+    try:
+        result, timings, model = run_patch(frame, prior, locus, config, columns=columns, keep=keep)
+    except KeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    timings = {"prior": prior_seconds, **timings}
+    io.write_table(result, output_path, overwrite=overwrite)
+    if prior is not None:
+        if prior_out.exists() and overwrite:
+            prior_out.unlink()
+        prior.save(prior_out)
+    if save_model is not None and model is not None:
+        model.save(save_model)
+    summary = {
+        "input": str(input_path),
+        "output": str(output_path),
+        "n_stars": len(result),
+        "methods": result["method"].value_counts().to_dict() if len(result) else {},
+        "prior": str(prior_out) if prior is not None else None,
+        "config": config.to_dict(),
+        "timings_s": timings,
+    }
+    summary_path.write_text(json.dumps(summary, indent=2, default=str))
+    click.echo("stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    click.echo(f"{len(result)} stars -> {output_path} (summary {summary_path})")
+
+
+@cli.command("evaluate")
+@click.argument("result_path", type=click.Path(exists=True, path_type=Path))
+@click.argument("truth_path", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--bayes-sample",
+    type=int,
+    default=5000,
+    show_default=True,
+    help="Network rows re-estimated by the Bayesian method for 'NN vs Bayes' (0: skip).",
+)
+@click.option(
+    "--min-snr",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Evaluate stars with at least this SNR in every band.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the table as CSV.",
+)
+def evaluate_command(
+    result_path: Path, truth_path: Path, bayes_sample: int, min_snr: float, out_path: Path | None
+) -> None:
+    """Table 1 of the paper for a `photodist run` output against a simulated truth catalogue."""
+    import json
+
+    from photodist import io
+    from photodist.bayes import BayesEstimator
+    from photodist.evaluate import snr_mask, table1
+    from photodist.pipeline import PipelineConfig, posterior_grid
+    from photodist.priors import PriorMap
+
+    result = io.read_catalog(result_path)
+    truth = io.read_catalog(truth_path)
+    if len(result) != len(truth):
+        raise click.ClickException(
+            f"{result_path} has {len(result)} rows but {truth_path} has {len(truth)}"
+        )
+    summary_path = result_path.with_name(result_path.name + ".run.json")
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    settings = dict(summary.get("config", {}), progress=False)
+    if "strata_bins" in settings:
+        settings["strata_bins"] = tuple(settings["strata_bins"])
+    config = PipelineConfig(**settings)
+    keep = snr_mask(truth, config.band_set, min_snr)
+    bayes_full = None
+    if bayes_sample > 0 and "method" in result.columns:
+        rng = np.random.default_rng(config.seed + 1)
+        nn_rows = np.flatnonzero(keep & (result["method"] == "nn").to_numpy())
+        sample = np.sort(rng.choice(nn_rows, size=min(bayes_sample, len(nn_rows)), replace=False))
+        prior = PriorMap.load(summary["prior"]) if summary.get("prior") else None
+        estimator = BayesEstimator(
+            posterior_grid(build_locus(), config), prior, config.bayes_config()
+        )
+        phot = photometry_from_frame(truth.iloc[sample], config.band_set)
+        estimates = estimator.predict(phot)
+        bayes_full = pd.DataFrame(np.nan, index=result.index, columns=estimates.columns)
+        bayes_full.iloc[sample] = estimates.to_numpy()
+    table = table1(result[keep], truth[keep], None if bayes_full is None else bayes_full[keep])
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        click.echo(table.round(4).T.to_string())
+    if out_path is not None:
+        table.to_csv(out_path)
+        click.echo(f"table -> {out_path}")
 
 
 @cli.command("demo")

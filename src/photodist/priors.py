@@ -573,3 +573,48 @@ __all__ = [
     "read_trilegal_prior_catalog",
     "read_trilegal_priors",
 ]
+
+
+def footprint_cone(
+    ra: np.ndarray, dec: np.ndarray, min_radius: float = 0.5
+) -> tuple[float, float, float]:
+    """Galactic cone (l, b, radius in degrees) covering a set of ICRS positions.
+
+    The centre is the normalised mean of the unit vectors; the radius is the largest angular
+    distance of a star from it (at least ``min_radius``).
+    """
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    ra = np.asarray(ra, dtype=float)
+    dec = np.asarray(dec, dtype=float)
+    ok = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0)
+    if not ok.any():
+        raise ValueError("no valid (ra, dec) positions to place the prior on the sky")
+    stars = SkyCoord(ra=ra[ok] * u.deg, dec=dec[ok] * u.deg)
+    xyz = stars.cartesian.xyz.value.mean(axis=1)
+    centre = SkyCoord(x=xyz[0], y=xyz[1], z=xyz[2], representation_type="cartesian")
+    centre = SkyCoord(centre.represent_as("unitspherical"), frame="icrs")
+    radius = max(float(stars.separation(centre).deg.max()), min_radius)
+    gal = centre.galactic
+    return float(gal.l.deg), float(gal.b.deg), radius
+
+
+def galaxy_prior_for_stars(
+    ra: np.ndarray,
+    dec: np.ndarray,
+    locus: Locus | None = None,
+    seed: int = 0,
+    ar_inf: float | None = None,
+    **kwargs: Any,
+) -> PriorMap:
+    """Galaxy-model prior map for the sky area covered by a catalogue's stars.
+
+    Builds :func:`build_patch_priors` for the cone of :func:`footprint_cone`; ``ar_inf`` is
+    the sightline extinction A_r(∞) (e.g. the median SFD value of the stars), default: the
+    Galaxy model's dust map.
+    """
+    cone = footprint_cone(ra, dec)
+    prior = build_patch_priors(locus=locus, seed=seed, cone=cone, ar_inf=ar_inf, **kwargs)
+    prior.metadata["footprint_cone"] = list(cone)
+    return prior
