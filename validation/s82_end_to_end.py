@@ -121,6 +121,25 @@ def main() -> None:
             + ", ".join(parts)
         )
 
+    print("\nwhat the flagged stars are (galaxy-model prior; medians of r and dereddened colours):")
+    res = results["galaxy model"]
+    flags = res["flags"].to_numpy()
+    gi = gr + stars["ri"].to_numpy(float) - reddening["ri"] * stars["Ar"].to_numpy(float)
+    r = stars["rmag"].to_numpy(float)
+    print(
+        f"  {'all stars':14s} n={len(r):5d} r {np.median(r):5.2f} u-g {np.median(ug):5.2f} "
+        f"g-r {np.median(gr):5.2f} g-i {np.median(gi):5.2f}"
+    )
+    for key, bit in Flags.describe().items():
+        sel = flags & bit > 0
+        if sel.any() and bit != Flags.NO_PRIOR:
+            print(
+                f"  {key:14s} n={sel.sum():5d} r {np.median(r[sel]):5.2f} "
+                f"u-g {np.median(ug[sel]):5.2f} g-r {np.median(gr[sel]):5.2f} "
+                f"g-i {np.median(gi[sel]):5.2f}  (g-i < 0.2: {np.mean(gi[sel] < 0.2):.0%}, "
+                f"u error > 0.1: {np.mean(stars['uErr'].to_numpy(float)[sel] > 0.1):.0%})"
+            )
+
 
 if __name__ == "__main__":
     main()
