@@ -1,0 +1,419 @@
+"""Tests of the diagnostic report (photodist.report) on synthetic runs with known errors."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from photodist.locus import turnoff_absmag
+from photodist.report import (
+    COMPARISONS,
+    PARAMETERS,
+    _grouped_quantiles,
+    comparison_table,
+    error_correlations,
+    flag_fractions,
+    load_run,
+    prepare_report_data,
+    report_from_run,
+    sigma_ratio_summary,
+    write_report,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+N_STARS = 3000
+N_BAYES = 300
+
+
+def synthetic_run(
+    n: int = N_STARS, n_bayes: int = N_BAYES, seed: int = 0
+) -> dict[str, pd.DataFrame]:
+    """A run with known errors: Bayes = truth + noise, NN = Bayes + smaller noise.
+
+    Returns the pipeline-style result (``n_bayes`` random rows estimated by the Bayesian method),
+    the truth, Bayesian estimates of every row and the photometry, all aligned by row.
+    """
+    rng = np.random.default_rng(seed)
+    poor = rng.random(n) < 0.3
+    truth = {
+        "Mr": rng.uniform(-0.5, 12.0, n),
+        "Ar": rng.uniform(0.0, 0.4, n),
+        "FeH": np.where(poor, rng.normal(-1.5, 0.3, n), rng.normal(-0.5, 0.2, n)),
+    }
+    rmag = rng.uniform(16.0, 24.5, n)
+    ug_true = 0.84 + 0.34 * 10 ** (0.45 * truth["FeH"]) + 0.05 * np.clip(truth["Mr"] - 5, 0, None)
+    gmag = rmag + 0.2 + 0.1 * np.clip(truth["Mr"] - 4, 0, None)
+    uerr = np.minimum(0.01 + 0.2 * 10 ** (0.4 * (gmag + ug_true - 25.0)), 1.5)
+    gerr = 0.005 + 0.1 * 10 ** (0.4 * (gmag - 26.0))
+    umag = gmag + ug_true + uerr * rng.standard_normal(n)
+    ug_err = np.hypot(uerr, gerr)
+    phot = pd.DataFrame(
+        {"umag": umag, "gmag": gmag, "rmag": rmag, "uErr": uerr, "gErr": gerr, "rErr": gerr}
+    )
+    s_b = {"Mr": 0.2 + 1.5 * ug_err, "Ar": 0.03 + 0.2 * ug_err, "FeH": 0.08 + 2.0 * ug_err}
+    bayes = {p: truth[p] + s_b[p] * rng.standard_normal(n) for p in PARAMETERS}
+    s_nn = {p: 0.3 * s_b[p] for p in PARAMETERS}
+    nn = {p: bayes[p] + s_nn[p] * rng.standard_normal(n) for p in PARAMETERS}
+    is_b = np.zeros(n, dtype=bool)
+    is_b[rng.choice(n, n_bayes, replace=False)] = True
+    columns: dict[str, object] = {"source_id": np.arange(n) + 1000}
+    for p in PARAMETERS:
+        columns[f"{p}_mean"] = np.where(is_b, bayes[p], nn[p])
+        columns[f"{p}_sigma"] = np.where(is_b, s_b[p], np.hypot(s_nn[p], s_b[p]))
+        columns[f"{p}_sigma_nn"] = np.where(is_b, np.nan, s_nn[p])
+        columns[f"{p}_sigma_bayes"] = s_b[p] * (1 + 0.05 * rng.standard_normal(n))
+    columns["flags"] = (rng.random(n) < 0.1) * 2 + (rng.random(n) < 0.02) * 512
+    columns["method"] = pd.Categorical(np.where(is_b, "bayes", "nn"), categories=["bayes", "nn"])
+    result = pd.DataFrame(columns)
+    result.attrs["photodist_pipeline"] = {
+        "mode": "hybrid",
+        "timings": {"prepare": 0.5, "bayes_label": 30.0, "train": 60.0, "predict": 5.0},
+        "config": {"band_set": "lsst", "n_train": n_bayes, "seed": seed},
+    }
+    reference = pd.DataFrame(
+        {**{f"{p}_mean": bayes[p] for p in PARAMETERS}, **{f"{p}_std": s_b[p] for p in PARAMETERS}}
+    )
+    truth_frame = pd.DataFrame(
+        {"source_id": result["source_id"], **{f"{p}_true": truth[p] for p in PARAMETERS}}
+    )
+    return {"result": result, "truth": truth_frame, "bayes": reference, "phot": phot}
+
+
+def _links(index: Path) -> tuple[set[str], set[str]]:
+    page = index.read_text(encoding="utf-8")
+    sources = {html.unescape(s) for s in re.findall(r'<img src="([^"]+)"', page)}
+    hrefs = {html.unescape(s) for s in re.findall(r'href="([^"#][^"]*)"', page)}
+    return sources, hrefs
+
+
+@pytest.fixture(scope="module")
+def run() -> dict[str, pd.DataFrame]:
+    return synthetic_run()
+
+
+@pytest.fixture(scope="module")
+def full_report(run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report_full")
+    return write_report(
+        run["result"], out, truth=run["truth"], bayes_reference=run["bayes"], photometry=run["phot"]
+    )
+
+
+def test_every_figure_written_is_referenced_and_exists(full_report):
+    out = full_report.parent
+    sources, hrefs = _links(full_report)
+    written = {f"figures/{p.name}" for p in (out / "figures").glob("*.png")}
+    # 1:1 per parameter; maps and residuals per parameter and comparison; normalised residuals
+    # per parameter; sigma ratios
+    assert len(written) == 3 + 2 * 3 * len(COMPARISONS) + 3 + 1
+    assert sources == written
+    for src in sources:
+        assert (out / src).is_file() and (out / src).stat().st_size > 1000
+    for href in hrefs:
+        assert (out / href).is_file(), href
+    data_files = {f"data/{p.name}" for p in (out / "data").glob("*.csv")}
+    assert data_files and data_files <= hrefs
+    numbers = json.loads((out / "report.json").read_text())
+    assert set(numbers["figures"]) == written
+    assert numbers["comparisons"] == ["bayes_truth", "nn_bayes", "nn_truth"]
+    assert numbers["timings"]["train"] == 60.0
+    assert numbers["config"]["n_train"] == N_BAYES
+
+
+def _direct(est: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[int, float, float]:
+    diff = (est - ref)[mask]
+    diff = diff[np.isfinite(diff)]
+    q25, q50, q75 = np.percentile(diff, [25, 50, 75])
+    return diff.size, q50, 0.7413 * (q75 - q25)
+
+
+def test_table1_equals_direct_computation(run, full_report):
+    table = pd.read_csv(full_report.parent / "table1.csv")
+    result, truth, bayes = run["result"], run["truth"], run["bayes"]
+    is_nn = (result["method"].astype(str) == "nn").to_numpy()
+    r = run["phot"]["rmag"].to_numpy()
+    true = {p: truth[f"{p}_true"].to_numpy() for p in PARAMETERS}
+    giant = true["Mr"] < turnoff_absmag(true["FeH"]) - 0.5
+    cases = [
+        ("all", "nn_truth", "FeH", is_nn, result, true),
+        ("all", "bayes_truth", "Mr", np.ones(len(result), bool), bayes, true),
+        ("[Fe/H] < -1", "nn_bayes", "Mr", is_nn & (true["FeH"] < -1), result, None),
+        ("[Fe/H] ≥ -1", "nn_truth", "Ar", is_nn & (true["FeH"] >= -1), result, true),
+        ("22 ≤ r < 23", "nn_truth", "FeH", is_nn & (r >= 22) & (r < 23), result, true),
+        ("giants", "bayes_truth", "FeH", giant, bayes, true),
+    ]
+    for subsample, key, p, mask, estimate, reference in cases:
+        est = estimate[f"{p}_mean"].to_numpy()
+        ref = bayes[f"{p}_mean"].to_numpy() if reference is None else reference[p]
+        n, median, sigma_g = _direct(est, ref, mask)
+        row = table[
+            (table["subsample"] == subsample)
+            & (table["comparison"] == key)
+            & (table["parameter"] == p)
+        ]
+        assert len(row) == 1, (subsample, key, p)
+        assert row["n_stars"].iloc[0] == n
+        assert row["median"].iloc[0] == pytest.approx(median, rel=1e-5, abs=1e-9)
+        assert row["sigma_g"].iloc[0] == pytest.approx(sigma_g, rel=1e-5)
+    # the synthetic errors are recovered: NN vs Bayes is the smaller, injected noise
+    all_rows = table[table["subsample"] == "all"].set_index(["comparison", "parameter"])
+    for p in PARAMETERS:
+        assert (
+            all_rows.loc[("nn_bayes", p), "sigma_g"] < all_rows.loc[("bayes_truth", p), "sigma_g"]
+        )
+
+
+def test_classes_partition_the_stars(run):
+    data = prepare_report_data(run["result"], run["truth"], run["bayes"], run["phot"])
+    table = comparison_table(data)
+    counts = table[(table["comparison"] == "bayes_truth") & (table["parameter"] == "Mr")]
+    n = counts.set_index("subsample")["n_stars"]
+    classes = [s for s in n.index if s == "giants" or "MS" in s]
+    assert len(classes) == 3 and all(n[c] > 0 for c in classes)
+    assert sum(n[c] for c in classes) == n["all"] == N_STARS
+    mags = [s for s in n.index if "r <" in s or "r ≥" in s]
+    assert sum(n[m] for m in mags) == N_STARS
+
+
+def test_real_data_report_has_only_nn_vs_bayes(run, tmp_path):
+    index = write_report(
+        run["result"],
+        tmp_path,
+        bayes_reference=run["bayes"],
+        photometry=run["phot"],
+        parameters=("FeH",),
+    )
+    written = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    assert "ug_map_FeH_nn_bayes.png" in written
+    assert not any("truth" in name for name in written)
+    sources, _ = _links(index)
+    assert sources == {f"figures/{name}" for name in written}
+    table = pd.read_csv(tmp_path / "table1.csv")
+    assert set(table["comparison"]) == {"nn_bayes"}
+    # without truth the classes come from the Bayesian estimates
+    assert "giants" in set(table["subsample"])
+
+
+def test_without_reference_bayes_rows_of_the_result_are_used(run, tmp_path):
+    data = prepare_report_data(run["result"], truth=run["truth"], photometry=run["phot"])
+    assert [c.key for c in data.comparisons()] == ["bayes_truth", "nn_truth"]
+    table = comparison_table(data)
+    row = table[
+        (table["subsample"] == "all")
+        & (table["comparison"] == "bayes_truth")
+        & (table["parameter"] == "Ar")
+    ]
+    assert row["n_stars"].iloc[0] == N_BAYES
+    index = write_report(
+        run["result"], tmp_path, truth=run["truth"], photometry=run["phot"], parameters=("Ar",)
+    )
+    assert "training subsample and fallbacks" in index.read_text(encoding="utf-8")
+    written = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    assert written == {
+        "one_to_one_Ar.png",
+        "normalised_Ar.png",
+        "sigma_ratios.png",
+        *(
+            f"{kind}_Ar_{key}.png"
+            for kind in ("ug_map", "residuals")
+            for key in ("bayes_truth", "nn_truth")
+        ),
+    }
+
+
+def test_error_correlation_is_recovered():
+    rng = np.random.default_rng(3)
+    n, rho = 40_000, 0.3
+    truth = pd.DataFrame({f"{p}_true": rng.normal(0, 1, n) for p in PARAMETERS})
+    bayes_error = rng.normal(0, 0.2, n)
+    # emulation error with correlation rho to the Bayesian error
+    emulation = 0.05 * (rho * bayes_error / 0.2 + np.sqrt(1 - rho**2) * rng.normal(0, 1, n))
+    bayes = pd.DataFrame(
+        {f"{p}_mean": truth[f"{p}_true"] + bayes_error for p in PARAMETERS}
+        | {f"{p}_std": np.full(n, 0.2) for p in PARAMETERS}
+    )
+    result = pd.DataFrame(
+        {f"{p}_mean": bayes[f"{p}_mean"] + emulation for p in PARAMETERS}
+        | {f"{p}_sigma_nn": np.full(n, 0.05) for p in PARAMETERS}
+    )
+    data = prepare_report_data(result, truth, bayes)
+    table = error_correlations(data)
+    for p in PARAMETERS:
+        assert table.loc[p, "n_stars"] == n
+        assert table.loc[p, "pearson_r"] == pytest.approx(rho, abs=0.02)
+        assert table.loc[p, "pearson_r_clipped"] == pytest.approx(rho, abs=0.02)
+
+
+def test_sigma_ratios(run):
+    data = prepare_report_data(run["result"], run["truth"], run["bayes"])
+    table = sigma_ratio_summary(data)
+    n_nn = N_STARS - N_BAYES
+    for p in PARAMETERS:
+        assert table.loc[p, "n_stars"] == n_nn
+        # sigma_NN = 0.3 sigma_B and sigma_B predicted to 5 %
+        assert table.loc[p, "nn_over_bayes_p50"] == pytest.approx(0.3, abs=0.01)
+        assert table.loc[p, "total_over_bayes_p50"] == pytest.approx(np.hypot(1, 0.3), abs=0.01)
+        assert table.loc[p, "total_over_bayes_p16"] < table.loc[p, "total_over_bayes_p84"]
+
+
+def test_flag_fractions_per_bit_and_method():
+    result = pd.DataFrame(
+        {
+            "flags": [0, 2, 2 | 512, 1024, 0, 2],
+            "method": ["nn", "nn", "nn", "bayes", "bayes", "bayes"],
+        }
+    )
+    table = flag_fractions(result).set_index("flag")
+    assert table.loc["TWO_BRANCH", "n_stars"] == 3
+    assert table.loc["TWO_BRANCH", "fraction"] == pytest.approx(0.5)
+    assert table.loc["TWO_BRANCH", "fraction_nn"] == pytest.approx(2 / 3)
+    assert table.loc["TWO_BRANCH", "fraction_bayes"] == pytest.approx(1 / 3)
+    assert table.loc["NN_OUT_OF_DOMAIN", "n_stars"] == 1
+    assert table.loc["NN_INVALID_INPUT", "fraction_bayes"] == pytest.approx(1 / 3)
+    assert table.loc["POOR_FIT", "n_stars"] == 0
+    assert table.loc["any", "n_stars"] == 4
+
+
+def test_grouped_quantiles_match_numpy():
+    rng = np.random.default_rng(1)
+    index = rng.integers(0, 7, 500)
+    index[index == 4] = 5  # an empty group
+    values = rng.normal(size=500)
+    counts, q = _grouped_quantiles(index, values, 7, (0.25, 0.5, 0.9))
+    for g in range(7):
+        sel = values[index == g]
+        assert counts[g] == sel.size
+        if sel.size == 0:
+            assert np.isnan(q[:, g]).all()
+        else:
+            np.testing.assert_allclose(q[:, g], np.percentile(sel, [25, 50, 90]), rtol=1e-12)
+
+
+def test_misaligned_frames_are_rejected(run, tmp_path):
+    with pytest.raises(ValueError, match="aligned row by row"):
+        write_report(run["result"], tmp_path, truth=run["truth"].iloc[:-1])
+
+
+def test_existing_report_needs_overwrite_and_stale_figures_go(run, tmp_path):
+    small = synthetic_run(n=800, n_bayes=100, seed=4)
+    only = {"parameters": ("FeH",)}
+    write_report(small["result"], tmp_path, truth=small["truth"], photometry=small["phot"], **only)
+    with pytest.raises(FileExistsError):
+        write_report(small["result"], tmp_path, bayes_reference=small["bayes"], **only)
+    index = write_report(
+        small["result"], tmp_path, bayes_reference=small["bayes"], overwrite=True, **only
+    )
+    written = {f"figures/{p.name}" for p in (tmp_path / "figures").glob("*.png")}
+    sources, _ = _links(index)
+    assert written == sources
+    assert not any("truth" in name for name in written)
+
+
+def test_load_run_directory_aligns_by_id(run, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    result = run["result"]
+    result.to_parquet(run_dir / "result.parquet")
+    shuffled = run["truth"].sample(frac=1.0, random_state=2)  # matched back by source_id
+    shuffled.to_parquet(run_dir / "truth.parquet")
+    run["bayes"].to_parquet(run_dir / "bayes_reference.parquet")  # no id: by position
+    timings = {"bayes_label": 1.5, "train": 2.5, "total": 4.0}
+    (run_dir / "run.json").write_text(json.dumps({"timings": timings}))
+
+    loaded = load_run(run_dir, photometry=run["phot"])
+    np.testing.assert_array_equal(
+        loaded.truth["source_id"].to_numpy(), result["source_id"].to_numpy()
+    )
+    assert loaded.timings == timings
+    assert loaded.config == result.attrs["photodist_pipeline"]["config"]
+
+    index = report_from_run(
+        run_dir, tmp_path / "report", photometry=run["phot"], parameters=("Mr",)
+    )
+    from_dir = pd.read_csv(index.parent / "table1.csv")
+    data = prepare_report_data(result, run["truth"], run["bayes"], run["phot"])
+    direct = comparison_table(data)
+    direct = direct[direct["parameter"] == "Mr"].reset_index(drop=True)
+    assert len(direct) > 10
+    pd.testing.assert_frame_equal(from_dir[["n_stars"]], direct[["n_stars"]], check_dtype=False)
+    np.testing.assert_allclose(from_dir["sigma_g"], direct["sigma_g"], rtol=1e-5)
+    assert json.loads((index.parent / "report.json").read_text())["timings"] == timings
+
+
+def test_load_run_uses_truth_columns_carried_in_the_output(run, tmp_path):
+    combined = pd.concat([run["result"], run["truth"].drop(columns="source_id")], axis=1)
+    path = tmp_path / "combined.parquet"
+    combined.to_parquet(path)
+    loaded = load_run(path)
+    assert loaded.truth is not None
+    np.testing.assert_array_equal(loaded.truth["FeH_true"], run["truth"]["FeH_true"])
+
+
+_CHECK_SCRIPT = """<script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var broken = images.filter(function (img) { return !(img.complete && img.naturalWidth > 0); })
+                     .map(function (img) { return img.getAttribute("src"); });
+  var out = document.createElement("pre");
+  out.id = "image-check";
+  out.textContent = JSON.stringify({n: images.length, broken: broken});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _chromium_image_check(page: Path, profile: Path) -> dict:
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=20000",
+        "--dump-dom",
+        page.resolve().as_uri(),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    found = re.search(r'<pre id="image-check">(.*?)</pre>', done.stdout, re.S)
+    assert found, f"no image report from Chromium (rc {done.returncode}): {done.stderr[-2000:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="headless Chromium not installed (apt-get install -y chromium)"
+)
+def test_page_images_load_in_headless_chromium(full_report, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(full_report.parent, site)
+    page = (site / "index.html").read_text(encoding="utf-8")
+    n_images = len(re.findall(r"<img ", page))
+    good = site / "check.html"
+    good.write_text(page.replace("</body>", _CHECK_SCRIPT + "</body>"), encoding="utf-8")
+    check = _chromium_image_check(good, tmp_path / "profile")
+    assert check == {"n": n_images, "broken": []}
+    # the check itself sees a broken link
+    bad = site / "check_broken.html"
+    missing = '<img src="figures/missing.png" alt="missing">'
+    bad.write_text(page.replace("</body>", missing + _CHECK_SCRIPT + "</body>"), encoding="utf-8")
+    check = _chromium_image_check(bad, tmp_path / "profile")
+    assert check["broken"] == ["figures/missing.png"]
+
+
+def test_report_without_references_still_shows_uncertainties_and_flags(run, tmp_path):
+    index = write_report(run["result"], tmp_path)
+    page = index.read_text(encoding="utf-8")
+    sources, _ = _links(index)
+    assert sources == {"figures/sigma_ratios.png"}
+    assert "No comparison possible" in page
+    assert "TWO_BRANCH" in page and "bayes_label" in page
+    assert pd.read_csv(tmp_path / "table1.csv").empty
