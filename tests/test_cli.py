@@ -126,9 +126,27 @@ def test_simulate_run_evaluate_chain(tmp_path):
             "200",
             "--out",
             str(tmp_path / "t1.csv"),
+            "--save-bayes",
+            str(tmp_path / "bayes.parquet"),
         ],
     )
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "bayes.parquet").exists()
+    result = runner.invoke(
+        cli,
+        [
+            "report",
+            str(out),
+            "--out",
+            str(tmp_path / "report"),
+            "--truth",
+            str(sim),
+            "--bayes-reference",
+            str(tmp_path / "bayes.parquet"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report" / "index.html").exists()
     table = pd.read_csv(tmp_path / "t1.csv", index_col=0)
     assert set(table.index) == {"Mr", "Ar", "FeH"}
     assert table.loc["Mr", "bayes_truth_sigma_g"] > 0

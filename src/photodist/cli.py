@@ -645,8 +645,20 @@ def run_command(
     default=None,
     help="Also write the table as CSV.",
 )
+@click.option(
+    "--save-bayes",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the Bayesian estimates of the sampled rows (NaN elsewhere), "
+    "aligned with RESULT, for `photodist report --bayes-reference`.",
+)
 def evaluate_command(
-    result_path: Path, truth_path: Path, bayes_sample: int, min_snr: float, out_path: Path | None
+    result_path: Path,
+    truth_path: Path,
+    bayes_sample: int,
+    min_snr: float,
+    out_path: Path | None,
+    save_bayes: Path | None,
 ) -> None:
     """Table 1 of the paper for a `photodist run` output against a simulated truth catalogue."""
     import json
@@ -689,6 +701,100 @@ def evaluate_command(
     if out_path is not None:
         table.to_csv(out_path)
         click.echo(f"table -> {out_path}")
+    if save_bayes is not None and bayes_full is not None:
+        io.write_table(bayes_full, save_bayes, overwrite=True)
+        click.echo(f"Bayesian reference -> {save_bayes}")
+
+
+@cli.command("report")
+@click.argument("run_output", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for index.html, figures and tables.",
+)
+@click.option(
+    "--truth",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Catalogue with true values (simulations), aligned with the run output.",
+)
+@click.option(
+    "--bayes-reference",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Bayesian estimates of the same stars (e.g. from `photodist evaluate "
+    "--save-bayes`) for the NN vs Bayes comparisons.",
+)
+@click.option(
+    "--photometry",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="The run's input catalogue (u magnitudes and errors for the maps).",
+)
+@click.option("--title", default=None, help="Page title.")
+@click.option("--dpi", type=int, default=80, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing report folder.")
+def report_command(
+    run_output: Path,
+    out_dir: Path,
+    truth: Path | None,
+    bayes_reference: Path | None,
+    photometry: Path | None,
+    title: str | None,
+    dpi: int,
+    overwrite: bool,
+) -> None:
+    """Diagnostic report (the paper's figures and Table 1) for a run, as static HTML."""
+    from photodist.report import report_from_run
+
+    options = {"dpi": dpi, "overwrite": overwrite}
+    if title:
+        options["title"] = title
+    try:
+        page = report_from_run(
+            run_output,
+            out_dir,
+            truth=truth,
+            bayes_reference=bayes_reference,
+            photometry=photometry,
+            **options,
+        )
+    except (ValueError, FileExistsError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"report: {page}")
+
+
+@cli.command("toy-model")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--n-stars", type=int, default=200_000, show_default=True)
+@click.option(
+    "--ug-error",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="u-g error of the median-[Fe/H] figure (mag).",
+)
+@click.option(
+    "--max-error",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Largest u-g error of the bias figure (mag).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def toy_model_command(
+    out_dir: Path, n_stars: int, ug_error: float, max_error: float, seed: int
+) -> None:
+    """The paper's appendix toy model: prior-driven bias of [Fe/H] from noisy u-g."""
+    from photodist.toy_model import run_toy_model
+
+    written = run_toy_model(
+        out_dir, n_stars=n_stars, ug_error=ug_error, max_error=max_error, seed=seed
+    )
+    click.echo(f"toy model -> {out_dir} ({written})")
 
 
 @cli.command("demo")
@@ -720,19 +826,34 @@ def demo_command(ctx: click.Context, out_dir: Path, radius: float) -> None:
     locus = build_locus()
     table = locus.save(out_dir / "locus.txt")
     figure = color_color_figure(Locus.load(table), out_dir / "locus_color_color.png")
-    click.echo(f"[1/4] locus table ({locus.shape[0]} x {locus.shape[1]} grid): {table}")
+    click.echo(f"[1/5] locus table ({locus.shape[0]} x {locus.shape[1]} grid): {table}")
     simulated = out_dir / "simulated_patch.parquet"
-    click.echo("[2/4] simulating a patch with truth")
+    click.echo("[2/5] simulating a patch with truth")
     ctx.invoke(simulate_command, output_path=simulated, cone=(60.0, 60.0, radius), overwrite=True)
     result = out_dir / "photodist_run.parquet"
-    click.echo("[3/4] hybrid pipeline: Bayes labels, networks, predictions")
+    click.echo("[3/5] hybrid pipeline: Bayes labels, networks, predictions")
     ctx.invoke(run_command, input_path=simulated, output_path=result, overwrite=True)
-    click.echo("[4/4] evaluation against the truth (stars with SNR > 5 in all bands)")
+    click.echo("[4/5] evaluation against the truth (stars with SNR > 5 in all bands)")
     ctx.invoke(
-        evaluate_command, result_path=result, truth_path=simulated, out_path=out_dir / "table1.csv"
+        evaluate_command,
+        result_path=result,
+        truth_path=simulated,
+        out_path=out_dir / "table1.csv",
+        save_bayes=out_dir / "bayes_reference.parquet",
+    )
+    click.echo("[5/5] diagnostic report")
+    ctx.invoke(
+        report_command,
+        run_output=result,
+        out_dir=out_dir / "report",
+        truth=simulated,
+        bayes_reference=out_dir / "bayes_reference.parquet",
+        title="photodist demo: simulated patch at l = 60, b = 60",
+        overwrite=True,
     )
     click.echo(f"\nlocus figure: {figure}")
     click.echo(f"results: {result} (one row per simulated star); Table 1: {out_dir / 'table1.csv'}")
+    click.echo(f"report: {out_dir / 'report' / 'index.html'} (open it in a browser)")
     click.echo(f"demo done in {time.perf_counter() - start:.0f} s")
 
 
