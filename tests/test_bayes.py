@@ -151,3 +151,24 @@ def test_prior_bins_pick_nearest():
     np.testing.assert_array_equal(
         prior.bin_index(np.array([10, 14.2, 14.3, 16, np.nan])), [0, 0, 1, 2, 0]
     )
+
+
+def test_bright_stars_with_wide_extinction_range_match_brute_force():
+    """Tiny errors and A_max = 3 mag: the truncation table must stay fine in σ_A units."""
+    locus = build_locus(feh_step=0.25, mr_step=0.25)
+    phot, *_ = _stars(locus, SDSS, 6, seed=11, err_range=(0.001, 0.002), a_range=(0.0, 1.0))
+    phot.dust = None  # flat A_r prior on [0, 3]
+    config = BayesConfig(error_floor=0.0)
+    result = BayesEstimator(locus, None, config).predict(phot)
+    for i in range(len(phot)):
+        ref = brute_force_posterior(phot, i, locus, None, config, a_step=0.001)
+        for p in ("Mr", "FeH", "Ar", "Qr"):
+            got = result.loc[i, [f"{p}_p16", f"{p}_p50", f"{p}_p84"]].to_numpy(float)
+            np.testing.assert_allclose(got, ref[f"{p}_percentiles"], atol=0.01, err_msg=p)
+
+
+def test_negative_dust_values_do_not_crash(coarse_locus):
+    phot, *_ = _stars(coarse_locus, SDSS, 3, seed=12)
+    phot.dust = np.array([-0.5, -0.08, 0.0])
+    result = BayesEstimator(coarse_locus).predict(phot)
+    assert (result["Ar_max"] > 0).all() and np.isfinite(result["Mr_p50"]).all()

@@ -43,7 +43,8 @@ from photodist.locus import Locus
 HOPELESS_LOG_WEIGHT = 20.0
 SQRT2 = math.sqrt(2.0)
 MAX_HIST_BINS = 8192  # cap on the A_r and Q_r histogram lengths (bins widen beyond it)
-MAX_TABLE_NODES = 400  # nodes of the per-star truncated-normal table
+MIN_A_MAX = 0.01  # floor of the A_r prior bound (mag)
+MAX_TABLE_NODES = 8000  # cap on the nodes of the per-star truncated-normal table
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -400,17 +401,24 @@ def _star_kernel(
             n_cand_all += 1
             astar_lo = min(astar_lo, bb)
             astar_hi = max(astar_hi, bb)
-    # per-star table of the truncation over the candidates' A* (within [-6σ, A_max + 6σ])
+    # per-star table of the truncation over the candidates' A* (within [-6σ, A_max + 6σ]),
+    # step σ_A / 4; nodes deep inside [0, A_max] (> 8 σ_A from both bounds) are never
+    # looked up: there the truncation is negligible (interior fast path below)
     t_lo = max(-6.0 * sigma_a, astar_lo * sigma_a)
     t_hi = max(min(a_max + 6.0 * sigma_a, astar_hi * sigma_a), t_lo + sigma_a)
     h_t = max(sigma_a / 4.0, (t_hi - t_lo) / (MAX_TABLE_NODES - 2))
     n_t = int(math.ceil((t_hi - t_lo) / h_t)) + 2
+    inner_lo = 8.0 * sigma_a
+    inner_hi = a_max - 8.0 * sigma_a
     t_logm = work[8, :n_t]
     t_mean = work[9, :n_t]
     t_var = work[10, :n_t]
     t_invm = work[11, :n_t]
     for k in range(n_t):
-        t_logm[k], t_mean[k], t_var[k] = _truncated_normal(t_lo + k * h_t, sigma_a, a_max)
+        a_node = t_lo + k * h_t
+        if inner_lo + h_t < a_node < inner_hi - h_t:
+            continue
+        t_logm[k], t_mean[k], t_var[k] = _truncated_normal(a_node, sigma_a, a_max)
         t_invm[k] = math.exp(min(-t_logm[k], 700.0))
     for c in range(n_cand_all):
         j = cand_buf[c]
@@ -420,7 +428,12 @@ def _star_kernel(
         # truncation mass and truncated-normal moments of A given j: a function of A*_j
         # alone for this star, so interpolated from the per-star table
         pos_t = (astar - t_lo) / h_t
-        if 0.0 <= pos_t < n_t - 1:
+        if inner_lo <= astar <= inner_hi:
+            log_m = 0.0
+            mean_a = astar
+            var_a = sigma_a * sigma_a
+            inv_m = 1.0
+        elif 0.0 <= pos_t < n_t - 1:
             k = int(pos_t)
             fr = pos_t - k
             log_m = t_logm[k] + fr * (t_logm[k + 1] - t_logm[k])
@@ -707,7 +720,7 @@ def a_max_for(photometry: Photometry, config: BayesConfig) -> np.ndarray:
         dust = photometry.dust
         ok = np.isfinite(dust)
         a_max[ok] = config.dust_scale * dust[ok] + config.dust_offset
-    return a_max
+    return np.maximum(a_max, MIN_A_MAX)
 
 
 class BayesEstimator:
