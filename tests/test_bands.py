@@ -93,3 +93,9 @@ def test_bad_values_become_nan_colors():
 def test_empty_frame():
     phot = photometry_from_frame(_frame(0), "sdss")
     assert len(phot) == 0 and phot.colors.shape == (0, 4)
+
+
+def test_negative_or_sentinel_dust_is_ignored():
+    frame = _frame(3, Ar=[0.2, -0.3, 99.0])
+    phot = photometry_from_frame(frame, "sdss")
+    assert phot.dust[0] == 0.2 and np.isnan(phot.dust[1:]).all()

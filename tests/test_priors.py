@@ -175,3 +175,17 @@ def test_single_lf_model_is_brighter_at_faint_r(patch_priors, default_locus):
     _, mr_literal = literal.marginal_medians()
     faint = R_BIN_CENTRES >= 20.0
     assert np.all(mr_new[faint] > mr_literal[faint] + 0.5)
+
+
+def test_footprint_cone_ignores_bad_positions_and_errors_without_any():
+    import numpy as np
+    import pytest
+
+    from photodist.priors import footprint_cone
+
+    _, b, radius = footprint_cone(
+        np.array([10.0, 10.5, np.nan, 11.0]), np.array([0.0, 0.5, 0.2, 95.0])
+    )
+    assert 0.5 <= radius < 1.0 and -90 <= b <= 90
+    with pytest.raises(ValueError, match="no valid"):
+        footprint_cone(np.array([np.nan]), np.array([100.0]))

@@ -450,7 +450,9 @@ def _resolve_prior(
             ar_inf=ar_inf,
         )
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(
+            f"{exc}; give --prior, --trilegal-prior or --flat-prior"
+        ) from exc
 
 
 def _prior_options(function):
