@@ -56,6 +56,7 @@ from photodist.bayes import (
     a_max_for,
 )
 from photodist.locus import Locus
+from photodist.nn import resolve_device
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 LOG_HALF = math.log(0.5)
@@ -73,21 +74,6 @@ _DENSE_ARRAYS = 8
 _CANDIDATE_BYTES = 320
 _COL = {name: k for k, name in enumerate(OUTPUT_COLUMNS)}
 _N_OUT = len(OUTPUT_COLUMNS)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a device."""
-    if isinstance(device, str) and device.strip().lower() == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available")
-    if resolved.type not in {"cpu", "cuda"}:
-        raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda'")
-    return resolved
 
 
 # --------------------------------------------------------------------------- kernels

@@ -615,7 +615,8 @@ def _torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a device."""
     if isinstance(device, str) and device.strip().lower() == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -1238,7 +1239,7 @@ class PhotoDNetwork:
         sigma_scale = y_sigma[train_rows].mean(axis=0)
         sigma_scale = np.where(sigma_scale > 0, sigma_scale, 1.0)
 
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
 
         def tensor(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
@@ -1397,7 +1398,7 @@ class PhotoDNetwork:
         n = x.shape[0]
         floats = np.empty((len(FLOAT_KEYS), n), dtype=np.float32)  # each output row contiguous
         flags = np.zeros((len(FLAG_KEYS), n), dtype=bool)
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         plan = self._plan(device)
         if n:
             if device.type == "cpu":
@@ -1573,7 +1574,7 @@ class PhotoDNetwork:
             model = cls(**params, device=device)
         except TypeError as exc:
             raise ModelFileError(f"{path}: invalid estimator parameters ({exc})") from exc
-        target_device = _resolve_device(device)
+        target_device = resolve_device(device)
         primary = _MomentsNet(n_inputs, spec)
         secondary = _SigmaNet(n_inputs, spec)
         for prefix, net in (("primary", primary), ("secondary", secondary)):
