@@ -78,7 +78,7 @@ def _run(args):
     return CliRunner().invoke(cli, args)
 
 
-BAYES_FAST = ["--bands", "sdss", "--feh-step", "0.25", "--mr-step", "0.5"]
+BAYES_FAST = ["--bands", "sdss", "--feh-step", "0.25", "--mr-step", "0.5", "--flat-prior"]
 
 
 def test_cli_empty_csv(tmp_path):

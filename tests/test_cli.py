@@ -50,6 +50,7 @@ def test_bayes_command_keeps_every_row(tmp_path):
         "0.25",
         "--mr-step",
         "0.5",
+        "--flat-prior",
     ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
@@ -150,3 +151,24 @@ def test_simulate_run_evaluate_chain(tmp_path):
     table = pd.read_csv(tmp_path / "t1.csv", index_col=0)
     assert set(table.index) == {"Mr", "Ar", "FeH"}
     assert table.loc["Mr", "bayes_truth_sigma_g"] > 0
+
+
+def test_bayes_command_places_a_galaxy_prior_from_positions(tmp_path):
+    frame = pd.read_csv(_catalog(tmp_path))
+    frame["dec"] = [0.5, 0.6, 0.7]
+    src = tmp_path / "pos.parquet"
+    frame.to_parquet(src)
+    out = tmp_path / "out.parquet"
+    result = CliRunner().invoke(
+        cli,
+        ["bayes", str(src), str(out), "--bands", "sdss", "--feh-step", "0.25", "--mr-step", "0.5"],
+    )
+    assert result.exit_code == 0, result.output
+    res = pd.read_parquet(out)
+    assert len(res) == 3 and not (res["flags"] & 128).any()  # a prior was used
+    no_positions = tmp_path / "nopos.csv"
+    frame.drop(columns=["ra", "dec"]).to_csv(no_positions, index=False)
+    result = CliRunner().invoke(
+        cli, ["bayes", str(no_positions), str(tmp_path / "o2.parquet"), "--bands", "sdss"]
+    )
+    assert result.exit_code != 0 and "--flat-prior" in result.output

@@ -75,164 +75,6 @@ def _column_map(column: tuple[str, ...], dust: str | None) -> ColumnMap:
         raise click.BadParameter(str(exc), param_hint="--column") from exc
 
 
-@cli.command("bayes")
-@click.argument("input_path", type=click.Path(exists=True, path_type=Path))
-@click.argument("output_path", type=click.Path(path_type=Path))
-@click.option(
-    "--bands",
-    type=BAND_SET_CHOICE,
-    default="lsst",
-    show_default=True,
-    help="Band set: sdss (ugriz) or lsst (ugrizy).",
-)
-@click.option(
-    "--column",
-    multiple=True,
-    metavar="KEY=COLUMN",
-    help="Column mapping, e.g. --column umag=u_psf --column uerr=u_psf_err.",
-)
-@click.option(
-    "--dust-column",
-    default="Ar",
-    show_default=True,
-    help="Column with the map A_r per star (bounds the A_r prior); absent = default.",
-)
-@click.option(
-    "--locus",
-    "locus_path",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Locus table to use instead of the built-in locus.",
-)
-@click.option(
-    "--prior",
-    "prior_path",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Prior map file from `photodist priors` (.npz).",
-)
-@click.option(
-    "--trilegal-prior",
-    "trilegal_path",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="TRILEGAL-format prior map (HATS catalogue or partition file).",
-)
-@click.option(
-    "--trilegal-pixel",
-    type=int,
-    default=None,
-    help="Pixel to read from a multi-pixel TRILEGAL prior catalogue.",
-)
-@click.option("--feh-step", type=float, default=BAYES_FEH_STEP, show_default=True)
-@click.option("--mr-step", type=float, default=BAYES_MR_STEP, show_default=True)
-@click.option(
-    "--error-floor",
-    type=float,
-    default=0.02,
-    show_default=True,
-    help="Colour-error floor added in quadrature (mag).",
-)
-@click.option(
-    "--a-max",
-    type=float,
-    default=3.0,
-    show_default=True,
-    help="A_r prior bound (mag) for stars without a dust-map value.",
-)
-@click.option(
-    "--batch-size",
-    type=int,
-    default=200_000,
-    show_default=True,
-    help="Stars per batch (bounds memory).",
-)
-@click.option(
-    "--keep",
-    multiple=True,
-    default=("ra", "dec"),
-    show_default=True,
-    help="Input columns copied to the output when present.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-def bayes_command(
-    input_path: Path,
-    output_path: Path,
-    bands: str,
-    column: tuple[str, ...],
-    dust_column: str,
-    locus_path: Path | None,
-    prior_path: Path | None,
-    trilegal_path: Path | None,
-    trilegal_pixel: int | None,
-    feh_step: float,
-    mr_step: float,
-    error_floor: float,
-    a_max: float,
-    batch_size: int,
-    keep: tuple[str, ...],
-    overwrite: bool,
-) -> None:
-    """Bayesian estimates for every star of INPUT (Parquet, HATS, CSV or FITS) -> OUTPUT.
-
-    The ([Fe/H], M_r) prior comes from --prior or --trilegal-prior; without either the prior
-    is flat and every row is flagged NO_PRIOR.
-    """
-    from tqdm import tqdm
-
-    from photodist import io
-    from photodist.bayes import BayesConfig, BayesEstimator
-
-    band_set = get_band_set(bands)
-    columns = _column_map(column, dust_column)
-    try:
-        io.check_output_path(output_path, overwrite=overwrite)
-        total = io.count_rows(input_path)
-        batches = io.iter_catalog_batches(input_path, batch_size=batch_size)
-    except (io.CatalogError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    locus = load_locus(locus_path)
-    if locus_path is None:
-        locus = locus.resample(feh_step, mr_step)
-    config = BayesConfig(error_floor=error_floor, default_a_max=a_max)
-    prior = None
-    if prior_path is not None and trilegal_path is not None:
-        raise click.UsageError("give --prior or --trilegal-prior, not both")
-    if prior_path is not None:
-        from photodist.priors import PriorMap
-
-        prior = PriorMap.load(prior_path)
-    elif trilegal_path is not None:
-        from photodist.priors import read_trilegal_priors
-
-        prior = read_trilegal_priors(trilegal_path, locus, pixel=trilegal_pixel)
-    estimator = BayesEstimator(locus, prior, config)
-    start = time.perf_counter()
-    parts = []
-    with tqdm(total=total, unit="star", desc="bayes") as bar:
-        for frame in batches:
-            try:
-                phot = photometry_from_frame(frame, band_set, columns)
-            except KeyError as exc:
-                raise click.ClickException(str(exc)) from exc
-            result = estimator.predict(phot)
-            kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
-            parts.append(
-                pd.concat(
-                    [kept, result.astype({c: "float32" for c in result.columns if c != "flags"})],
-                    axis=1,
-                )
-            )
-            bar.update(len(frame))
-    output = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    io.write_table(output, output_path, overwrite=overwrite)
-    elapsed = time.perf_counter() - start
-    click.echo(
-        f"{len(output)} stars -> {output_path} in {elapsed:.1f} s "
-        f"({elapsed / max(len(output), 1) * 1e6:.0f} us/star)"
-    )
-
-
 def _default(module: str, name: str) -> object:
     """A constant of a photodist module, imported only when a command needs it (fast start)."""
     import importlib
@@ -410,7 +252,7 @@ def priors_command(
 
 
 def _resolve_prior(
-    frame: pd.DataFrame,
+    positions,
     columns: ColumnMap,
     prior_path: Path | None,
     trilegal_path: Path | None,
@@ -419,7 +261,11 @@ def _resolve_prior(
     locus: Locus,
     seed: int,
 ):
-    """The prior for a one-patch run: a file, TRILEGAL maps, the Galaxy model, or flat."""
+    """The prior for a one-patch run: a file, TRILEGAL maps, the Galaxy model, or flat.
+
+    ``positions`` is the catalogue (or a function returning its position columns), read only
+    when the Galaxy-model prior has to be placed on the sky.
+    """
     given = [x is not None for x in (prior_path, trilegal_path)] + [flat_prior]
     if sum(given) > 1:
         raise click.UsageError("give at most one of --prior, --trilegal-prior, --flat-prior")
@@ -431,6 +277,7 @@ def _resolve_prior(
         return priors.PriorMap.load(prior_path)
     if trilegal_path is not None:
         return priors.read_trilegal_priors(trilegal_path, locus, pixel=trilegal_pixel)
+    frame = positions() if callable(positions) else positions
     if columns.ra not in frame.columns or columns.dec not in frame.columns:
         raise click.UsageError(
             f"no {columns.ra}/{columns.dec} columns to place a Galaxy-model prior on the sky; "
@@ -489,22 +336,207 @@ def _prior_options(function):
     return function
 
 
+def _catalog_options(function):
+    """Options naming the catalogue's band set and columns."""
+    options = [
+        click.option(
+            "--bands",
+            type=BAND_SET_CHOICE,
+            default="lsst",
+            show_default=True,
+            help="Band set: sdss (ugriz) or lsst (ugrizy).",
+        ),
+        click.option(
+            "--column",
+            multiple=True,
+            metavar="KEY=COLUMN",
+            help="Column mapping, e.g. --column umag=u_psf --column uerr=u_psf_err --column ra=RA.",
+        ),
+        click.option(
+            "--dust-column",
+            default="Ar",
+            show_default=True,
+            help="Column with the map A_r per star (bounds the A_r prior).",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _check_columns(frame: pd.DataFrame, band_set: str, columns: ColumnMap) -> None:
+    """Fail early, naming the column, when a required magnitude or error column is missing."""
+    try:
+        photometry_from_frame(frame.head(1), band_set, columns)
+    except KeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _positions_reader(path: Path, columns: ColumnMap):
+    """A loader of the catalogue's position (and dust) columns, for placing the prior."""
+
+    def read() -> pd.DataFrame:
+        from photodist import io
+
+        wanted = [columns.ra, columns.dec, columns.dust]
+        try:
+            available = next(io.iter_catalog_batches(path, batch_size=1)).columns
+            return io.read_catalog(path, columns=[c for c in wanted if c and c in available])
+        except io.CatalogError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return read
+
+
+@cli.command("bayes")
+@click.argument("input_path", type=click.Path(exists=True, path_type=Path))
+@click.argument("output_path", type=click.Path(path_type=Path))
+@_catalog_options
+@_prior_options
+@click.option(
+    "--locus",
+    "locus_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Locus table to use instead of the built-in locus.",
+)
+@click.option("--feh-step", type=float, default=BAYES_FEH_STEP, show_default=True)
+@click.option("--mr-step", type=float, default=BAYES_MR_STEP, show_default=True)
+@click.option(
+    "--error-floor",
+    type=float,
+    default=0.02,
+    show_default=True,
+    help="Colour-error floor added in quadrature (mag).",
+)
+@click.option(
+    "--a-max",
+    type=float,
+    default=3.0,
+    show_default=True,
+    help="A_r prior bound (mag) for stars without a dust-map value.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=200_000,
+    show_default=True,
+    help="Stars per batch (bounds memory).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the Galaxy-model prior simulation.",
+)
+@click.option(
+    "--keep",
+    multiple=True,
+    default=("source_id", "ra", "dec"),
+    show_default=True,
+    help="Input columns copied to the output when present.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def bayes_command(
+    input_path: Path,
+    output_path: Path,
+    bands: str,
+    column: tuple[str, ...],
+    dust_column: str,
+    prior_path: Path | None,
+    trilegal_path: Path | None,
+    trilegal_pixel: int | None,
+    flat_prior: bool,
+    locus_path: Path | None,
+    feh_step: float,
+    mr_step: float,
+    error_floor: float,
+    a_max: float,
+    batch_size: int,
+    seed: int,
+    keep: tuple[str, ...],
+    overwrite: bool,
+) -> None:
+    """Bayesian estimates for every star of INPUT (Parquet, HATS, CSV or FITS) -> OUTPUT.
+
+    The catalogue is streamed in batches; a Parquet OUTPUT is written batch by batch (bounded
+    memory). The ([Fe/H], M_r) prior is the Galaxy model's for the catalogue's sky area unless
+    --prior, --trilegal-prior or --flat-prior says otherwise.
+    """
+    from tqdm import tqdm
+
+    from photodist import io
+    from photodist.bayes import BayesConfig, BayesEstimator
+
+    band_set = get_band_set(bands)
+    columns = _column_map(column, dust_column)
+    try:
+        io.check_output_path(output_path, overwrite=overwrite)
+        total = io.count_rows(input_path)
+        batches = io.iter_catalog_batches(input_path, batch_size=batch_size)
+        _check_columns(next(io.iter_catalog_batches(input_path, batch_size=1)), bands, columns)
+    except (io.CatalogError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    locus = load_locus(locus_path)
+    if locus_path is None:
+        locus = locus.resample(feh_step, mr_step)
+    prior = _resolve_prior(
+        _positions_reader(input_path, columns),
+        columns,
+        prior_path,
+        trilegal_path,
+        trilegal_pixel,
+        flat_prior,
+        locus,
+        seed,
+    )
+    estimator = BayesEstimator(
+        locus, prior, BayesConfig(error_floor=error_floor, default_a_max=a_max)
+    )
+    start = time.perf_counter()
+    streamed = output_path.suffix == ".parquet"
+    parts: list[pd.DataFrame] = []
+    n_out = 0
+    writer = io.AtomicParquetWriter(output_path, overwrite=overwrite) if streamed else None
+    try:
+        if writer is not None:
+            writer.__enter__()
+        with tqdm(total=total, unit="star", desc="bayes") as bar:
+            for frame in batches:
+                try:
+                    phot = photometry_from_frame(frame, band_set, columns)
+                except KeyError as exc:
+                    raise click.ClickException(str(exc)) from exc
+                result = estimator.predict(phot)
+                kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
+                floats = {c: "float32" for c in result.columns if c != "flags"}
+                part = pd.concat([kept, result.astype(floats)], axis=1)
+                if writer is not None:
+                    writer.write(part)
+                else:
+                    parts.append(part)
+                n_out += len(part)
+                bar.update(len(frame))
+    except BaseException as exc:
+        if writer is not None:
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    if writer is not None:
+        writer.__exit__(None, None, None)
+    else:
+        io.write_table(pd.concat(parts, ignore_index=True), output_path, overwrite=overwrite)
+    elapsed = time.perf_counter() - start
+    click.echo(
+        f"{n_out} stars -> {output_path} in {elapsed:.1f} s "
+        f"({elapsed / max(n_out, 1) * 1e6:.0f} us/star)"
+    )
+
+
 @cli.command("run")
 @click.argument("input_path", type=click.Path(exists=True, path_type=Path))
 @click.argument("output_path", type=click.Path(path_type=Path))
-@click.option("--bands", type=BAND_SET_CHOICE, default="lsst", show_default=True)
-@click.option(
-    "--column",
-    multiple=True,
-    metavar="KEY=COLUMN",
-    help="Column mapping, e.g. --column umag=u_psf --column uerr=u_psf_err.",
-)
-@click.option(
-    "--dust-column",
-    default="Ar",
-    show_default=True,
-    help="Column with the map A_r per star (bounds the A_r prior).",
-)
+@_catalog_options
 @_prior_options
 @click.option(
     "--n-train",
@@ -591,6 +623,7 @@ def run_command(
         seed=seed,
         progress=True,
     )
+    _check_columns(frame, bands, columns)
     locus = build_locus()
     start = time.perf_counter()
     prior = _resolve_prior(
