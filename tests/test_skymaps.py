@@ -1,0 +1,185 @@
+"""Tests of the HEALPix sky maps of a survey run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from photodist.io import CatalogError
+from photodist.skymaps import (
+    HISTOGRAM_BINS,
+    MAP_COLUMNS,
+    load_maps,
+    make_maps,
+    plot_mollweide,
+    rasterize,
+    save_maps,
+    write_maps,
+)
+from photodist.survey import output_path, write_hats_metadata
+
+pytest.importorskip("hats")
+
+PART_ORDER = 5
+# two neighbouring order-3 parents, several order-5 partitions each
+PARTITIONS = (4 * 16 * 100 + 1, 4 * 16 * 100 + 6, 4 * 16 * 100 + 15, 4 * 16 * 101 + 2)
+
+
+def stars(pixel: int, n: int, rng: np.random.Generator) -> pd.DataFrame:
+    shift = 2 * (29 - PART_ORDER)
+    index = (pixel << shift) + rng.integers(0, 1 << shift, n, dtype=np.int64)
+    frame = pd.DataFrame(
+        {
+            "FeH_mean": rng.normal(-0.8, 0.5, n).astype(np.float32),
+            "Ar_mean": rng.uniform(0.0, 0.6, n).astype(np.float32),
+            "dist_pc": (10 ** rng.uniform(2.0, 4.5, n)).astype(np.float32),
+            "flags": np.where(rng.random(n) < 0.1, 4, 0).astype(np.int64),
+            "_healpix_29": index,
+        }
+    )
+    frame.loc[rng.random(n) < 0.05, "FeH_mean"] = np.nan
+    return frame.sort_values("_healpix_29", kind="stable").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def run_output(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    root = tmp_path_factory.mktemp("run")
+    rng = np.random.default_rng(42)
+    frames = []
+    for k, pixel in enumerate(PARTITIONS):
+        frame = stars(pixel, 3000 + 500 * k, rng)
+        path = output_path(root, PART_ORDER, pixel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(path, index=False)
+        frames.append(frame)
+    return root, pd.concat(frames, ignore_index=True)
+
+
+def expected_maps(frame: pd.DataFrame, order: int) -> pd.DataFrame:
+    pixel = frame["_healpix_29"].to_numpy() >> (2 * (29 - order))
+    values = frame.astype({c: np.float64 for c in ("FeH_mean", "Ar_mean", "dist_pc")})
+    groups = values.assign(pixel=pixel).groupby("pixel")
+    out = pd.DataFrame(
+        {
+            "n_stars": groups.size(),
+            "FeH_median": groups["FeH_mean"].agg(np.nanmedian),
+            "Ar_median": groups["Ar_mean"].agg(np.median),
+            "dist_median": groups["dist_pc"].agg(np.median),
+            "flagged_fraction": groups["flags"].agg(lambda v: np.mean(v != 0)),
+        }
+    )
+    return out.reset_index()
+
+
+@pytest.mark.parametrize("order", [3, PART_ORDER, 7])
+def test_exact_maps_match_groupby(run_output, order):
+    root, frame = run_output
+    maps = make_maps(root, order, batch_rows=700)  # batches split pixels: the carry is tested
+    expected = expected_maps(frame, order)
+    assert maps.attrs["healpix_order"] == order
+    assert list(maps.columns) == ["pixel", *MAP_COLUMNS]
+    np.testing.assert_array_equal(maps["pixel"], expected["pixel"])
+    np.testing.assert_array_equal(maps["n_stars"], expected["n_stars"])
+    for name in MAP_COLUMNS[1:]:
+        np.testing.assert_allclose(maps[name], expected[name], rtol=1e-12, err_msg=name)
+    if order == 3:
+        assert len(maps) == 2  # partitions of one parent merged into one map pixel
+
+
+def test_histogram_medians_for_crowded_pixels(run_output):
+    root, frame = run_output
+    maps = make_maps(root, 3, max_exact_rows=1000, batch_rows=700)
+    expected = expected_maps(frame, 3)
+    np.testing.assert_array_equal(maps["n_stars"], expected["n_stars"])
+    np.testing.assert_allclose(maps["flagged_fraction"], expected["flagged_fraction"])
+    for name in ("FeH_median", "Ar_median"):
+        step = HISTOGRAM_BINS[name][2]
+        assert np.all(np.abs(maps[name] - expected[name]) <= step), name
+    step = HISTOGRAM_BINS["dist_median"][2]
+    ratio = np.log10(maps["dist_median"] / expected["dist_median"])
+    assert np.all(np.abs(ratio) <= step)
+    assert not np.array_equal(maps["FeH_median"], expected["FeH_median"])  # histogram path
+
+
+def test_maps_of_a_hats_catalog_and_unsorted_input(run_output, tmp_path):
+    root, frame = run_output
+    # with HATS metadata the partitions are listed by hats; the maps do not change
+    copy = tmp_path / "catalog"
+    for pixel in PARTITIONS:
+        target = output_path(copy, PART_ORDER, pixel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        table = pq.read_table(output_path(root, PART_ORDER, pixel))
+        table = table.append_column("ra", pa.array(np.zeros(table.num_rows)))
+        table = table.append_column("dec", pa.array(np.zeros(table.num_rows)))
+        pq.write_table(table, target)
+    assert write_hats_metadata(copy, PARTITIONS, PART_ORDER) == len(frame)
+    pd.testing.assert_frame_equal(make_maps(copy, 6), make_maps(root, 6))
+    bad = output_path(copy, PART_ORDER, PARTITIONS[0])
+    table = pq.read_table(bad)
+    pq.write_table(table.take(pa.array(np.arange(table.num_rows)[::-1])), bad)
+    with pytest.raises(CatalogError, match="not sorted"):
+        make_maps(copy, 6)
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".parquet"])
+def test_save_and_load(run_output, tmp_path, suffix):
+    root, _ = run_output
+    maps = make_maps(root, 6)
+    path = save_maps(maps, tmp_path / f"maps{suffix}")
+    back = load_maps(path)
+    assert back.attrs["healpix_order"] == 6
+    pd.testing.assert_frame_equal(back, maps)
+    if suffix == ".fits":
+        from astropy.io import fits
+
+        header = fits.getheader(path, "PHOTODIST_MAPS")
+        assert header["ORDERING"] == "NESTED" and header["INDXSCHM"] == "EXPLICIT"
+        assert header["NSIDE"] == 64 and header["PIXTYPE"] == "HEALPIX"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_rasterize_puts_values_at_their_pixels(run_output):
+    import astropy.units as u
+    import cdshealpix.nested as chp
+    from astropy.coordinates import SkyCoord
+
+    root, _ = run_output
+    maps = make_maps(root, PART_ORDER)
+    shape = (360, 720)
+    for galactic in (False, True):
+        lon, lat, values = rasterize(maps, "n_stars", galactic=galactic, shape=shape)
+        assert values.shape == shape
+        assert np.isfinite(values).sum() > 0
+        for _, row in maps.iterrows():
+            ra, dec = chp.healpix_to_lonlat(np.array([int(row["pixel"])]), PART_ORDER)
+            x, y = ra.deg[0], dec.deg[0]
+            if galactic:
+                gal = SkyCoord(ra=x * u.deg, dec=y * u.deg).galactic
+                x, y = gal.l.deg, gal.b.deg
+            x = (x + 180.0) % 360.0 - 180.0
+            j = int(np.argmin(np.abs(lon - x)))
+            i = int(np.argmin(np.abs(lat - y)))
+            assert values[i, j] == row["n_stars"]
+        assert np.isnan(values).mean() > 0.9  # four small pixels: the rest of the sky is empty
+
+
+def test_figures_are_written(run_output, tmp_path):
+    root, _ = run_output
+    paths = write_maps(root, 6, tmp_path / "maps", fmt="parquet", galactic=True)
+    assert set(paths) == {"maps", *MAP_COLUMNS}
+    for column in MAP_COLUMNS:
+        png = paths[column]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.pyplot as plt
+
+    fig = plot_mollweide(make_maps(root, 6), "FeH_median", title="test")
+    assert fig.axes[0].get_title() == "test"
+    assert len(fig.axes) == 2  # map and colour bar
+    plt.close(fig)
+    with pytest.raises(ValueError, match="column"):
+        plot_mollweide(make_maps(root, 6), "nope")
