@@ -172,3 +172,34 @@ def test_bayes_command_places_a_galaxy_prior_from_positions(tmp_path):
         cli, ["bayes", str(no_positions), str(tmp_path / "o2.parquet"), "--bands", "sdss"]
     )
     assert result.exit_code != 0 and "--flat-prior" in result.output
+
+
+def test_survey_resume_refusal_and_maps(tmp_path):
+    runner = CliRunner()
+    sim = tmp_path / "sim.parquet"
+    result = runner.invoke(
+        cli, ["simulate", str(sim), "--cone", "60", "60", "0.6", "--r-max", "20", "--seed", "5"]
+    )
+    assert result.exit_code == 0, result.output
+    args = [
+        "survey",
+        str(sim),
+        str(tmp_path / "run"),
+        "--order",
+        "5",
+        "--scheduler",
+        "synchronous",
+        "--epochs",
+        "3",
+    ]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    again = runner.invoke(cli, args)
+    assert again.exit_code == 0 and "already done" in again.output
+    changed = runner.invoke(cli, [*args[:-1], "4"])
+    assert changed.exit_code != 0 and "different configuration" in changed.output
+    result = runner.invoke(
+        cli, ["maps", str(tmp_path / "run"), "--order", "4", "--out", str(tmp_path / "maps")]
+    )
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "maps").glob("*.png"))

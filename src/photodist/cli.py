@@ -741,6 +741,117 @@ def evaluate_command(
         click.echo(f"Bayesian reference -> {save_bayes}")
 
 
+@cli.command("survey")
+@click.argument("input_path", type=click.Path(exists=True, path_type=Path))
+@click.argument("output_dir", type=click.Path(path_type=Path))
+@_catalog_options
+@click.option(
+    "--order",
+    type=int,
+    default=4,
+    show_default=True,
+    help="HEALPix order of the patches (4: 13.4 deg^2).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Address of an existing Dask scheduler (tcp://host:port), or 'synchronous'; "
+    "default: a local cluster with --workers processes.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Local-cluster worker processes (default: one per core).",
+)
+@click.option(
+    "--trilegal-prior",
+    "trilegal_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="TRILEGAL-format prior catalogue instead of the Galaxy model.",
+)
+@click.option("--n-train", type=int, default=10_000, show_default=True)
+@click.option("--epochs", type=int, default=1024, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Delete an existing run in OUTPUT_DIR first.")
+def survey_command(
+    input_path: Path,
+    output_dir: Path,
+    bands: str,
+    column: tuple[str, ...],
+    dust_column: str,
+    order: int,
+    scheduler: str | None,
+    workers: int | None,
+    trilegal_path: Path | None,
+    n_train: int,
+    epochs: int,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    """Whole catalogue, patch by patch on Dask, into a HATS catalogue (resumable).
+
+    Rerunning the same command skips finished patches and redoes partial ones; a different
+    configuration is refused. Failed patches are listed and the exit status is non-zero.
+    """
+    from photodist import io
+    from photodist.pipeline import PipelineConfig
+    from photodist.survey import ManifestMismatchError, SurveyConfig, run_survey
+
+    pipeline = PipelineConfig(
+        band_set=get_band_set(bands).name, n_train=n_train, nn_max_epochs=epochs, seed=seed
+    )
+    config = SurveyConfig(
+        order=order,
+        pipeline=pipeline,
+        columns=_column_map(column, dust_column),
+        prior="trilegal" if trilegal_path is not None else "galaxy",
+        trilegal_path=None if trilegal_path is None else str(trilegal_path),
+        prior_seed=seed,
+    )
+    try:
+        summary = run_survey(
+            input_path,
+            output_dir,
+            config,
+            scheduler=scheduler,
+            n_workers=workers,
+            overwrite=overwrite,
+        )
+    except (ManifestMismatchError, io.CatalogError, FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"{summary.n_patches} patches ({summary.n_done} computed, {summary.n_skipped} "
+        f"already done), {summary.n_rows} stars, {summary.stars_per_s:,.0f} stars/s"
+    )
+    for name, message in summary.failed.items():
+        click.echo(f"FAILED {name}: {message}", err=True)
+    if not summary.ok:
+        raise SystemExit(1)
+    click.echo(f"HATS catalogue: {output_dir}")
+
+
+@cli.command("maps")
+@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
+@click.option("--order", type=int, required=True, help="HEALPix order of the maps.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["fits", "parquet"]), default="fits", show_default=True
+)
+@click.option("--galactic", is_flag=True, help="Draw the Mollweide maps in Galactic coordinates.")
+def maps_command(run_dir: Path, order: int, out_dir: Path, fmt: str, galactic: bool) -> None:
+    """Sky maps of a survey run: counts, median [Fe/H], A_r, distance, flagged fraction."""
+    from photodist.skymaps import write_maps
+
+    try:
+        written = write_maps(run_dir, order, out_dir, fmt=fmt, galactic=galactic)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for key, path in written.items():
+        click.echo(f"{key}: {path}")
+
+
 @cli.command("report")
 @click.argument("run_output", type=click.Path(exists=True, path_type=Path))
 @click.option(
