@@ -8,6 +8,7 @@ import pytest
 
 from photodist.training_size import (
     DEFAULT_SIZES,
+    plateau_reached,
     plateau_size,
     plot_training_size,
     training_size_curve,
@@ -77,6 +78,12 @@ def test_plateau_size_needs_the_curve_to_stay_inside():
     two = pd.DataFrame({"patch": ["a", "b"], "size": [1, 2], "nn_vs_truth": [1.0, 1.0]})
     with pytest.raises(ValueError, match="several patches"):
         plateau_size(two)
+
+
+def test_plateau_reached_compares_the_two_largest_sizes():
+    assert plateau_reached(_curve([500, 1000, 2000], [3.0, 1.04, 1.0]))
+    assert not plateau_reached(_curve([500, 1000, 2000], [3.0, 2.0, 1.0]))
+    assert not plateau_reached(_curve([500, 1000, 2000], [3.0, 1.04, 1.0]), tolerance=0.01)
 
 
 def test_training_size_curve_averages_seeds_and_smooths():

@@ -9,7 +9,8 @@ protocol with fewer epochs, see the options) are trained on nested random subset
 weighted moments losses NN vs truth, NN vs Bayes and Bayes vs truth, their moving averages and
 the smallest size within 5 % of the plateau; draws the figure.
 
-Usage: ``python validation/training_size_study.py [--seeds 2] [--epochs 500]``
+Usage: ``python validation/training_size_study.py [--seeds 2] [--epochs 500] [--csv fits.csv]``
+(``--from-csv fits.csv`` redoes the summary and the figure from a saved table).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pandas as pd
 from photodist.training_size import (
     DEFAULT_SIZES,
     patch_training_size_study,
+    plateau_reached,
     plateau_size,
     plot_training_size,
     training_size_curve,
@@ -46,12 +48,15 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulation")
     parser.add_argument("--csv", type=Path, default=None, help="write the per-fit table here")
+    parser.add_argument(
+        "--from-csv", type=Path, default=None, help="summarise and plot a saved table instead"
+    )
     parser.add_argument("--figure", type=Path, default=Path("validation/figures/training_size.png"))
     args = parser.parse_args()
 
     load_start = os.getloadavg()
-    frames = []
-    for name, cone in PATCHES.items():
+    frames = [] if args.from_csv is None else [pd.read_csv(args.from_csv)]
+    for name, cone in PATCHES.items() if args.from_csv is None else ():
         start = time.perf_counter()
         frame = patch_training_size_study(
             cone,
@@ -79,7 +84,11 @@ def main() -> None:
         print(curve[shown].to_string(index=False, float_format=lambda v: f"{v:9.4g}"))
         for column in ("nn_vs_truth", "nn_vs_bayes", "nn_vs_truth_mse", "nn_vs_bayes_mse"):
             size = plateau_size(curve, args.tolerance, column)
-            print(f"  smallest size within {args.tolerance:.0%} of the plateau ({column}): {size}")
+            note = "" if plateau_reached(curve, args.tolerance, column) else " (no plateau)"
+            print(
+                f"  smallest size within {args.tolerance:.0%} of the plateau ({column}): "
+                f"{size}{note}"
+            )
     plot_training_size(frame, args.figure, tolerance=args.tolerance)
     load_end = os.getloadavg()
     print(f"\nfigure: {args.figure}")

@@ -55,7 +55,7 @@ def main() -> None:
             n_jobs=args.jobs,
             seed=args.seed,
         )
-        plot_search(result.study, args.figure)
+        plot_search(result.study, args.figure, recommended=result.best_trial)
     total = time.perf_counter() - wall
     load_end = os.getloadavg()
     print(

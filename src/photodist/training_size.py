@@ -45,6 +45,7 @@ __all__ = [
     "COMPARISONS",
     "DEFAULT_SIZES",
     "patch_training_size_study",
+    "plateau_reached",
     "plateau_size",
     "plot_training_size",
     "training_size_curve",
@@ -343,6 +344,21 @@ def plateau_size(
     return int(sizes[first])
 
 
+def plateau_reached(
+    curve: pd.DataFrame, tolerance: float = 0.05, column: str = "nn_vs_truth"
+) -> bool:
+    """Whether the smoothed loss has levelled off: it changes by at most ``tolerance``
+    (relative) between the two largest sizes. If not, :func:`plateau_size` only says that
+    the largest sizes tried are needed, not that they suffice."""
+    if "patch" in curve.columns and curve["patch"].nunique() > 1:
+        raise ValueError("the curve holds several patches; select one")
+    name = f"{column}_smooth" if f"{column}_smooth" in curve.columns else column
+    loss = curve.sort_values("size")[name].to_numpy(dtype=float)
+    if loss.size < 2:
+        return False
+    return bool(abs(loss[-2] - loss[-1]) <= tolerance * abs(loss[-1]))
+
+
 def plot_training_size(
     frame: pd.DataFrame,
     path: str | os.PathLike[str],
@@ -387,15 +403,22 @@ def plot_training_size(
                 label=f"{_LABELS[base]} (moving average)",
             )
         chosen = plateau_size(curve, tolerance, f"{column}{suffix}")
-        ax.axvline(
-            chosen, color="k", ls="--", lw=1, label=f"within {tolerance:.0%} of plateau: {chosen}"
-        )
+        label = f"{_LABELS.get(column, column)} within {tolerance:.0%} of plateau: {chosen}"
+        if not plateau_reached(curve, tolerance, f"{column}{suffix}"):
+            label += " (no plateau reached)"
+        ax.axvline(chosen, color="k", ls="--", lw=1, label=label)
+        notes = [
+            f"{_LABELS[base]}: no plateau up to {int(curve['size'].max())}"
+            for base, col in zip(COMPARISONS[:2], columns[:2], strict=True)
+            if f"{column}{suffix}" != col and not plateau_reached(curve, tolerance, col)
+        ]
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("training size (labelled stars)")
         ax.set_ylabel("weighted " + ("MSE" if mse else "moments loss"))
-        if patch is not None:
-            ax.set_title(str(patch))
+        title = [str(patch)] if patch is not None else []
+        if title or notes:
+            ax.set_title("\n".join(title + notes), fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
     target = Path(path)

@@ -705,7 +705,7 @@ def _optimize_worker(config: Mapping[str, Any], data: TuneData | None = None) ->
 
     ``config`` is JSON-serialisable (storage path, study name, settings, this worker's trial
     count and sampler seed, the absolute deadline); ``data`` defaults to the ``.npz`` file named
-    in it. Returns the number of trials this worker finished.
+    in it. Returns how many trials the study gained while it ran (all workers together).
     """
     optuna = _optuna()
     optuna.logging.set_verbosity(int(config.get("verbosity", optuna.logging.WARNING)))
@@ -840,7 +840,7 @@ class TuneResult:
         if self.recheck is not None:
             paths["recheck"] = out / "recheck.csv"
             self.recheck.to_csv(paths["recheck"], index=False)
-        plot_search(self.study, paths["figure"])
+        plot_search(self.study, paths["figure"], recommended=self.best_trial)
         paths["summary"].write_text(json.dumps(self.summary(), indent=2, default=_jsonable) + "\n")
         return paths
 
@@ -1359,14 +1359,17 @@ def _collect(
 # ----------------------------------------------------------------------------------------------
 
 
-def plot_search(study: optuna.Study, path: str | os.PathLike[str]) -> Path:
+def plot_search(
+    study: optuna.Study, path: str | os.PathLike[str], recommended: int | None = None
+) -> Path:
     """Figure of a search: learning curves by trial state, and loss against trial number.
 
     Left: the reported (best-so-far) validation loss against epoch for every trial, pruned
-    trials in grey, completed ones coloured by their final loss; the best trial and the paper
-    default are highlighted; Hyperband's rung epochs are marked. Right: each trial's last
-    reported loss against its number (pruned: grey crosses, completed: dots) and the running
-    best.
+    trials in grey, completed ones coloured by their final loss; the trial with the lowest
+    loss, the paper default and the ``recommended`` trial (e.g. the re-check winner,
+    :attr:`TuneResult.best_trial`) are highlighted; Hyperband's rung epochs are marked. Right:
+    each trial's last reported loss against its number (pruned: grey crosses, completed: dots)
+    and the running best.
     """
     import matplotlib
 
@@ -1391,8 +1394,10 @@ def plot_search(study: optuna.Study, path: str | os.PathLike[str]) -> Path:
             ax1.plot(steps, vals, color=cmap(frac), lw=0.8, alpha=0.8)
         else:
             ax1.plot(steps, vals, color="0.7", lw=0.5, alpha=0.5)
+    chosen = [t for t in complete if t.number == recommended and t is not best]
     for t, colour, label in (
-        (best, "red", "best"),
+        (best, "red", "lowest loss"),
+        *[(t, "darkorange", "recommended") for t in chosen],
         *[
             (t, "black", "paper default")
             for t in trials
@@ -1446,6 +1451,6 @@ def plot_search(study: optuna.Study, path: str | os.PathLike[str]) -> Path:
     fig.tight_layout()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=110)
+    fig.savefig(target, dpi=80)
     plt.close(fig)
     return target
