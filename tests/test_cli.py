@@ -203,3 +203,47 @@ def test_survey_resume_refusal_and_maps(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert list((tmp_path / "maps").glob("*.png"))
+
+
+def test_tune_smoke_and_run_with_its_spec(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "tune"
+    result = runner.invoke(
+        cli,
+        [
+            "tune",
+            "--out",
+            str(out),
+            "--simulate-cone",
+            "60",
+            "60",
+            "0.5",
+            "--stars",
+            "600",
+            "--trials",
+            "4",
+            "--max-epochs",
+            "3",
+            "--timeout",
+            "60",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "best_spec.json").exists()
+    sim = tmp_path / "sim.parquet"
+    runner.invoke(cli, ["simulate", str(sim), "--cone", "60", "60", "0.3", "--r-max", "22"])
+    result = runner.invoke(
+        cli,
+        [
+            "run",
+            str(sim),
+            str(tmp_path / "run.parquet"),
+            "--spec",
+            str(out / "best_spec.json"),
+            "--n-train",
+            "1000",
+            "--epochs",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output

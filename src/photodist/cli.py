@@ -364,6 +364,16 @@ def _catalog_options(function):
     return function
 
 
+def _read_spec(path: Path):
+    """A network architecture from its JSON file, or a clear error."""
+    from photodist.nn import NetworkSpec
+
+    try:
+        return NetworkSpec.from_json(path.read_text())
+    except ValueError as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+
+
 def _check_columns(frame: pd.DataFrame, band_set: str, columns: ColumnMap) -> None:
     """Fail early, naming the column, when a required magnitude or error column is missing."""
     try:
@@ -560,6 +570,13 @@ def bayes_command(
     help="Maximum training epochs of the moments network.",
 )
 @click.option("--error-floor", type=float, default=0.02, show_default=True)
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Network architecture JSON (e.g. best_spec.json from `photodist tune`).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--keep",
@@ -589,6 +606,7 @@ def run_command(
     strategy: str,
     epochs: int,
     error_floor: float,
+    spec_path: Path | None,
     seed: int,
     keep: tuple[str, ...],
     save_model: Path | None,
@@ -622,6 +640,7 @@ def run_command(
         error_floor=error_floor,
         seed=seed,
         progress=True,
+        nn_spec=None if spec_path is None else _read_spec(spec_path),
     )
     _check_columns(frame, bands, columns)
     locus = build_locus()
@@ -850,6 +869,144 @@ def maps_command(run_dir: Path, order: int, out_dir: Path, fmt: str, galactic: b
         raise click.ClickException(str(exc)) from exc
     for key, path in written.items():
         click.echo(f"{key}: {path}")
+
+
+@cli.command("tune")
+@click.argument("labelled_path", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for best_spec.json, top_trials.csv, search.png, summary.json.",
+)
+@_catalog_options
+@click.option(
+    "--simulate-cone",
+    nargs=3,
+    type=float,
+    default=None,
+    metavar="L B RADIUS",
+    help="Label a simulated patch instead of reading LABELLED_PATH.",
+)
+@click.option(
+    "--stars",
+    type=int,
+    default=10_000,
+    show_default=True,
+    help="Stars labelled from the simulated patch.",
+)
+@click.option("--trials", type=int, default=1000, show_default=True)
+@click.option(
+    "--timeout", type=float, default=1260.0, show_default=True, help="Search wall-time budget (s)."
+)
+@click.option(
+    "--max-epochs",
+    type=int,
+    default=243,
+    show_default=True,
+    help="Hyperband's largest resource (epochs).",
+)
+@click.option(
+    "--jobs", type=int, default=1, show_default=True, help="Worker processes sharing the study."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def tune_command(
+    labelled_path: Path | None,
+    out_dir: Path,
+    bands: str,
+    column: tuple[str, ...],
+    dust_column: str,
+    simulate_cone: tuple[float, float, float] | None,
+    stars: int,
+    trials: int,
+    timeout: float,
+    max_epochs: int,
+    jobs: int,
+    seed: int,
+) -> None:
+    """Hyperband architecture search (resumable study in OUT/study.journal)."""
+    from photodist.tune import labelled_set_from_file, labelled_set_from_patch, run_tune
+
+    if (labelled_path is None) == (not simulate_cone):
+        raise click.UsageError("give LABELLED_PATH or --simulate-cone L B RADIUS")
+    if labelled_path is not None:
+        data = labelled_set_from_file(
+            labelled_path, get_band_set(bands).name, _column_map(column, dust_column)
+        )
+    else:
+        data = labelled_set_from_patch(tuple(simulate_cone), stars, seed=seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = run_tune(
+        data,
+        storage_path=out_dir / "study.journal",
+        n_trials=trials,
+        timeout=timeout,
+        max_epochs=max_epochs,
+        n_jobs=jobs,
+        seed=seed,
+    )
+    written = result.write(out_dir)
+    click.echo(
+        f"trials: {result.n_trials} ({result.n_complete} complete, {result.n_pruned} "
+        f"pruned) in {result.seconds:.0f} s"
+    )
+    click.echo(
+        f"recommended (trial {result.best_trial}): re-check loss {result.best_recheck}, "
+        f"paper default: {result.paper_recheck} (rank {result.paper_rank})"
+    )
+    click.echo(
+        f"best spec: {written.get('spec', out_dir / 'best_spec.json')} "
+        "(use with `photodist run --spec`)"
+    )
+
+
+@cli.command("training-size")
+@click.option(
+    "--cone",
+    "cones",
+    nargs=3,
+    type=float,
+    multiple=True,
+    required=True,
+    metavar="L B RADIUS",
+    help="Simulated patch (repeatable).",
+)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--seeds", type=int, default=2, show_default=True)
+@click.option("--epochs", type=int, default=500, show_default=True)
+@click.option("--tolerance", type=float, default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def training_size_command(
+    cones: tuple[tuple[float, float, float], ...],
+    out_dir: Path,
+    seeds: int,
+    epochs: int,
+    tolerance: float,
+    seed: int,
+) -> None:
+    """Figure 1 of the paper: loss vs training-set size, and the size at the plateau."""
+    from photodist.training_size import (
+        patch_training_size_study,
+        plateau_size,
+        plot_training_size,
+        training_size_curve,
+    )
+
+    frames = [
+        patch_training_size_study(
+            tuple(cone), seeds=tuple(range(seeds)), seed=seed, max_epochs=epochs
+        )
+        for cone in cones
+    ]
+    table = pd.concat(frames, ignore_index=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "training_size.csv", index=False)
+    plot_training_size(table, out_dir / "training_size.png", tolerance=tolerance)
+    for patch, part in table.groupby("patch"):
+        size = plateau_size(training_size_curve(part), tolerance=tolerance)
+        click.echo(f"{patch}: smallest training size within {tolerance:.0%} of the plateau: {size}")
+    click.echo(f"table: {out_dir / 'training_size.csv'}; figure: {out_dir / 'training_size.png'}")
 
 
 @cli.command("report")
