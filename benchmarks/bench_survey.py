@@ -140,7 +140,20 @@ def main() -> None:
     print(f"staging (driver, once per run): {t_stage:.1f} s; priors (once): {t_priors:.1f} s")
     shutil.rmtree(workdir / "plan", ignore_errors=True)
 
-    results = {}
+    setup = {
+        "pixels": pixels,
+        "order": args.order,
+        "r_max": args.r_max,
+        "n_stars": n_stars,
+        "pipeline": config.pipeline.to_dict(),
+    }
+    saved = workdir / "results.json"
+    results: dict = {}
+    if saved.is_file():  # runs of an earlier, interrupted call with the same setup
+        previous = json.loads(saved.read_text())
+        if previous.get("setup") == setup:
+            results = {int(k): v for k, v in previous.get("runs", {}).items()}
+            print(f"earlier runs with the same setup: {sorted(results)} worker(s)")
     for n_workers in args.workers:
         out = workdir / f"run_w{n_workers}"
         shutil.rmtree(out, ignore_errors=True)
@@ -179,6 +192,7 @@ def main() -> None:
             "  stage totals (core-s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["stage_s"].items())
         )
         print(f"  {r['load_after']}")
+        saved.write_text(json.dumps({"setup": setup, "runs": results}, indent=2, default=str))
 
     if 1 in results and 2 in results:
         ratio = results[2]["stars_per_s"] / results[1]["stars_per_s"]
@@ -204,15 +218,15 @@ def main() -> None:
             f"  on {cores} cores: naive {naive_core_h / cores / 24:.2f} days, "
             f"model {model_core_s / 3600 / cores / 24:.2f} days"
         )
-    results["summary"] = {
-        "n_stars": n_stars,
-        "n_patches": len(pixels),
+    summary = {
         "naive_core_hours_1e10": naive_core_h,
         "model_core_hours_1e10": model_core_s / 3600,
         "staging_s": t_stage,
         "priors_s": t_priors,
     }
-    (workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    saved.write_text(
+        json.dumps({"setup": setup, "runs": results, "summary": summary}, indent=2, default=str)
+    )
 
 
 if __name__ == "__main__":

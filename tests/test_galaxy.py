@@ -159,7 +159,7 @@ def test_default_extinction_is_a_cosecant_law_at_high_latitude():
     assert 1.0 < dust.default_ar_inf(180.0, 0.0) < 10.0
 
 
-LITERAL = GalaxyModel(old_population_turnoff=False)
+LITERAL = GalaxyModel(old_population_turnoff=False, same_colour_normalisation=False)
 
 
 def test_local_shares_follow_juric_on_the_main_sequence():
@@ -170,11 +170,27 @@ def test_local_shares_follow_juric_on_the_main_sequence():
     assert shares[HALO] / shares[THIN] == pytest.approx(halo / thin)
     assert shares.sum() == pytest.approx(1.0)
     sun = (np.array(8000.0), np.array(25.0))
+    shift = np.array([MODEL.main_sequence_shift(code) for code in (THIN, THICK, HALO)])
     for mr in (5.0, 8.0, 12.5):  # main sequence below the old turn-offs
-        parts = MODEL.component_number_densities(*sun, np.array(mr))
+        # Jurić's f and f_h compare stars of the same colour: an old component's main-sequence
+        # star of that colour is shift_c fainter than the thin disk's
+        parts = np.array(
+            [
+                MODEL.component_number_densities(*sun, np.array(mr + shift[code]))[code]
+                for code in (THIN, THICK, HALO)
+            ]
+        )
         np.testing.assert_allclose(parts / parts.sum(), shares, rtol=1e-12)
         assert parts.sum() == pytest.approx(float(MODEL.luminosity_function(np.array(mr))))
-        assert MODEL.number_density(*sun, np.array(mr)) == pytest.approx(parts.sum())
+        total = MODEL.component_number_densities(*sun, np.array(mr)).sum()
+        assert MODEL.number_density(*sun, np.array(mr)) == pytest.approx(total)
+    # the shift is the Ivezić et al. (2008, eq. A7) main-sequence offset between mean [Fe/H]
+    delta = lambda feh: 4.50 - 1.11 * feh - 0.18 * feh**2  # noqa: E731
+    thin_feh = MODEL.component_mean_feh(THIN)
+    assert shift[THIN] == 0.0
+    assert shift[HALO] == pytest.approx(delta(-1.46) - delta(thin_feh))
+    assert 0.6 < shift[HALO] < 0.8 and 0.0 < shift[THICK] < 0.15
+    assert GalaxyModel(same_colour_normalisation=False).main_sequence_shift(HALO) == 0.0
 
 
 def test_old_population_turnoffs():
@@ -206,7 +222,8 @@ def test_old_components_lose_the_bright_main_sequence():
     for code in (THICK, HALO):
         m_to = MODEL.turnoff_absmag(code)
         phi_c = MODEL.component_luminosity_function(mr, code)
-        np.testing.assert_array_equal(phi_c[mr >= m_to], phi[mr >= m_to])
+        shifted = MODEL.luminosity_function(mr - MODEL.main_sequence_shift(code))
+        np.testing.assert_array_equal(phi_c[mr >= m_to], shifted[mr >= m_to])
         g = MODEL.giant_scale(code)
         assert 0 < g < 0.5
         np.testing.assert_allclose(phi_c[mr < m_to], g * phi[mr < m_to])

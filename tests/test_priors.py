@@ -168,7 +168,7 @@ def test_single_lf_model_is_brighter_at_faint_r(patch_priors, default_locus):
         locus=default_locus,
         seed=3,
         min_stars=2000,
-        galaxy=GalaxyModel(old_population_turnoff=False),
+        galaxy=GalaxyModel(old_population_turnoff=False, same_colour_normalisation=False),
     )
     assert literal.metadata["galaxy"]["old_population_turnoff"] is False
     _, mr_new = patch_priors.marginal_medians()

@@ -287,7 +287,9 @@ def test_old_components_follow_their_own_luminosity_function(default_locus):
     from photodist.galaxy import HALO, THICK, GalaxyModel
 
     common = dict(pixel=0, order=5, r_max=21.0, truth_only=True, oversample=10.0, seed=5)
-    new_model, literal_model = GalaxyModel(), GalaxyModel(old_population_turnoff=False)
+    # both without the same-colour main-sequence shift, which would move the faint old stars
+    new_model = GalaxyModel(same_colour_normalisation=False)
+    literal_model = GalaxyModel(old_population_turnoff=False, same_colour_normalisation=False)
     new = simulate_patch(**common, locus=default_locus, galaxy=new_model)
     literal = simulate_patch(**common, locus=default_locus, galaxy=literal_model)
     for frame in (new, literal):

@@ -10,7 +10,8 @@ locus grid) averaged over the three pixels, and the component mix of our simulat
 Acceptance (r bins 16-24): |median [Fe/H] difference| <= 0.3 dex, |median M_r difference| <=
 1.0 mag. The figure ``validation/figures/priors_vs_trilegal.png`` shows both maps per r bin.
 ``--single-lf`` uses the literal single-luminosity-function model
-(``GalaxyModel(old_population_turnoff=False)``) instead of the default model, for comparison;
+(``GalaxyModel(old_population_turnoff=False, same_colour_normalisation=False)``)
+instead of the default model, for comparison;
 it does not overwrite the figure.
 
 Usage: ``python validation/priors_vs_trilegal.py [path/to/s82_priors] [--single-lf]``
@@ -67,7 +68,8 @@ def main() -> int:
     if not path.exists():
         print(f"TRILEGAL priors not found at {path}")
         return 1
-    galaxy = GalaxyModel(old_population_turnoff=not args.single_lf)
+    literal = args.single_lf
+    galaxy = GalaxyModel(old_population_turnoff=not literal, same_colour_normalisation=not literal)
     print(f"model: {'single LF for all components' if args.single_lf else 'default'}")
     locus = build_locus()
     ours, tri = {}, {}

@@ -13,7 +13,8 @@ window, 0.2 <= g-i < 3.0 (observed colours); counts without the window are print
 
 Printed: star counts in 1-mag bins of observed r for 15 < r < 21 (acceptance: simulated / real
 within a factor 1.5), the same ratio for the literal single-luminosity-function model
-(``GalaxyModel(old_population_turnoff=False)``) for comparison, and counts in bins of g-i with
+(``GalaxyModel(old_population_turnoff=False, same_colour_normalisation=False)``)
+for comparison, and counts in bins of g-i with
 the model's component mix, where the discrepancies show. The figure
 ``validation/figures/simulated_vs_s82.png`` shows the counts and the g-r and u-g histograms
 (15 < r < 21) for single-epoch SDSS errors and for N-epoch averages like the real catalogue
@@ -113,7 +114,7 @@ def main() -> int:
     single_all = [simulate(real, "sdss", s) for s in SEEDS]
     single = [in_window(f) for f in single_all]
     averaged = in_window(simulate(real, f"sdss{n_epochs}", SEEDS[0]))
-    literal_model = GalaxyModel(old_population_turnoff=False)
+    literal_model = GalaxyModel(old_population_turnoff=False, same_colour_normalisation=False)
     literal = [in_window(simulate(real, "sdss", s, literal_model)) for s in SEEDS]
 
     real_counts = np.histogram(real["rmag"], R_EDGES)[0]

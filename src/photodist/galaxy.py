@@ -15,17 +15,22 @@ maps (:mod:`photodist.priors`) are built from.
   There is no bulge or bar: sightlines into the inner Galaxy (R < ~2 kpc) are not realistic.
 * Luminosity functions. The tabulated local luminosity function phi(M_r) (Jurić et al. 2008 /
   Ivezić et al., -1 < M_r < 17, stars pc^-3 mag^-1) is the density of all stars at the Sun per
-  unit M_r. Jurić et al. measured the component normalisations f and f_h with main-sequence
-  stars (M dwarfs for the disks, turn-off stars for the halo), so on the main sequence below the
-  turn-off every component has the same LF shape and component c contributes the fraction
-  ``rho_c(R0, Z0) / rho(R0, Z0)`` of phi. The density of component c anywhere is
-  ``phi_c(M_r) rho_c(R, Z) / rho(R0, Z0)``, with ``rho(R0, Z0)`` the total density at the Sun.
+  unit M_r. Jurić et al. measured the component normalisations f and f_h as ratios of the
+  densities of main-sequence stars of the same colour (M dwarfs for the disks, stars near the
+  turn-off for the halo), with one photometric parallax relation. At a given colour an old,
+  metal-poor component's main-sequence star is fainter than a thin-disk star by ``shift_c =
+  DeltaM(<[Fe/H]>_c) - DeltaM(<[Fe/H]>_thin)`` with DeltaM of Ivezić et al. (2008, eq. A7):
+  0.70 mag for the halo, 0.08 mag for the thick disk (``main_sequence_shift``). So on the main
+  sequence component c has ``phi_c(M_r) = phi(M_r - shift_c)``: at every colour it contributes
+  the fraction ``rho_c(R0, Z0) / rho(R0, Z0)`` of the stars at the Sun. The density of component
+  c anywhere is ``phi_c(M_r) rho_c(R, Z) / rho(R0, Z0)``, with ``rho(R0, Z0)`` the total density
+  at the Sun. ``same_colour_normalisation=False`` drops the shift (ratios at the same M_r).
 
   - Thin disk: ``phi_thin = phi``, the full table. Its bright end (M_r < ~4) is made of young
     main-sequence stars and giants, which only the thin disk has (``old_population_turnoff``).
   - Thick disk and halo (ages ~10-12 Gyr) have no main-sequence stars brighter than their
-    turn-off M_TO: ``phi_c = phi`` for M_r >= M_TO and ``phi_c = g_c phi`` for M_r < M_TO, a
-    small sub-giant / giant population with the bright-end shape of the table.
+    turn-off M_TO: ``phi_c = phi(M_r - shift_c)`` for M_r >= M_TO and ``phi_c = g_c phi`` for
+    M_r < M_TO, a small sub-giant / giant population with the bright-end shape of the table.
   - Turn-off: Jurić et al. (2008) and Ivezić et al. (2008) place the halo main-sequence
     turn-off at g-r ~ 0.2-0.3; we take the middle, g-r = 0.25, for the
     halo and the red end, g-r = 0.30, for the ~0.85 dex more metal-rich thick disk (an old
@@ -44,10 +49,10 @@ maps (:mod:`photodist.priors`) are built from.
     ``R = eps 2.5 beta / (ln(10) (beta - 1))`` = 0.14 for eps = 0.1 (the Sun: ~11 Gyr on the
     main sequence, ~1 Gyr beyond it; Sackmann, Boothroyd & Kraemer 1993, ApJ 418, 457) and
     beta = 4-5 (R changes by < 5 % over that range). ``g_c`` makes the integral of
-    ``g_c phi`` over -1 < M_r < M_TO equal R times that of phi over M_TO < M_r < M_TO + 1.
+    ``g_c phi`` over -1 < M_r < M_TO equal R times that of phi_c over M_TO < M_r < M_TO + 1.
 
-  ``GalaxyModel(old_population_turnoff=False)`` is the literal single-LF model (every
-  component has ``phi``) for comparison.
+  ``GalaxyModel(old_population_turnoff=False, same_colour_normalisation=False)`` is the literal
+  single-LF model (every component has ``phi``) for comparison.
 * Metallicity (Ivezić et al. 2008, ApJ 684, 287, eqs. 8-10): halo [Fe/H] ~ N(-1.46, 0.30)
   everywhere; disk (thin and thick alike) ``0.63 N(a, 0.2) + 0.37 N(a + 0.14, 0.2)`` with
   ``a = mu_D(Z) - 0.067`` and ``mu_D(Z) = -0.78 + 0.35 exp(-|Z| / 1 kpc)``, where mu_D is the
@@ -68,15 +73,12 @@ maps (:mod:`photodist.priors`) are built from.
 Known limitations (measured by ``validation/simulated_vs_s82.py`` and
 ``validation/priors_vs_trilegal.py``): the locus is age-free, so sub-giants of the old components
 between the locus turn-off (g-i = 0.2) and M_TO get main-sequence colours slightly bluer than
-the turn-off. Even without main-sequence stars brighter than the turn-off the model has 2-3
-times more blue (0.2 < g-i < 1) halo stars at 18 < r < 21 than the Stripe 82 standard stars
-show (total counts 1.6 times the real ones there), while red (g-i > 1.5) counts agree within
-~20 %. One candidate cause: Jurić et al. measured f_h as a halo-to-disk ratio of stars of the
-same colour with one photometric parallax relation, whereas here it is a ratio at the same
-M_r, and at a given colour halo main-sequence stars are ~0.7 mag fainter than disk stars
-(Ivezić et al. 2008, eq. A2) while the tabulated LF rises steeply just below the turn-off
-(phi(4.9) / phi(4.2) ~ 1.8). The Ivezić et al. disk metallicity is ~0.45 dex lower than
-TRILEGAL's at 16 < r < 22 towards Stripe 82.
+the turn-off. Towards Stripe 82 total counts are 1.07-1.46 times the real ones for 15 < r < 21
+(1.56-2.24 for the literal single-LF model); red (g-i > 1) counts agree within ~20 %, but the
+model still has ~2 times more blue (0.4 < g-i < 1) stars at 19 < r < 21, nearly all halo. The
+Ivezić et al. disk metallicity is ~0.4 dex lower than TRILEGAL's at 16 < r < 22 towards Stripe
+82, and at r > 20 TRILEGAL's median M_r is 1-2 mag fainter (more M dwarfs, fewer distant halo
+turn-off stars).
 """
 
 from __future__ import annotations
@@ -238,6 +240,7 @@ class GalaxyModel:
     thick_turnoff_gr: float = 0.30
     halo_turnoff_gr: float = 0.25
     old_giant_ratio: float = 0.14
+    same_colour_normalisation: bool = True
 
     def density(
         self, r_cyl: np.ndarray, z: np.ndarray, component: int | str | np.ndarray = "total"
@@ -321,21 +324,35 @@ class GalaxyModel:
         second = 1.0 - self.disk_feh_first_weight
         return float(mu_d + self.disk_feh_offset + second * self.disk_feh_second_shift)
 
+    def main_sequence_shift(self, component: int | str) -> float:
+        """How much fainter (mag) a component's main sequence is than the thin disk's at the same
+        colour: ``M_r(g-i, [Fe/H]_c) - M_r(g-i, [Fe/H]_thin)`` from the component mean [Fe/H]
+        (Ivezić et al. 2008, eq. A7; independent of g-i). 0 without
+        ``same_colour_normalisation``."""
+        code = int(_as_component_codes(component))
+        if not self.same_colour_normalisation or code == THIN:
+            return 0.0
+        feh = np.array([self.component_mean_feh(code), self.component_mean_feh(THIN)])
+        delta = _locus.ms_delta_absmag(feh)
+        return float(delta[0] - delta[1])
+
     @cached_property
-    def _lf_cuts(self) -> tuple[np.ndarray, np.ndarray]:
-        """Turn-off M_r and bright-end scale g of each component (-inf and 1 for full LFs)."""
+    def _lf_cuts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Turn-off M_r, bright-end scale g and main-sequence shift of each component (-inf, 1
+        and 0 for the tabulated LF)."""
         turnoff = np.full(3, -np.inf)
         scale = np.ones(3)
+        shift = np.array([self.main_sequence_shift(code) for code in range(3)])
         if self.old_population_turnoff:
             if self.old_giant_ratio < 0:
                 raise ValueError("old_giant_ratio must be non-negative")
             for code, colour in ((THICK, self.thick_turnoff_gr), (HALO, self.halo_turnoff_gr)):
                 m_to = main_sequence_absmag_at_gr(float(colour), self.component_mean_feh(code))
-                below = _integrate_lf(m_to, m_to + 1.0)
+                below = _integrate_lf(m_to - shift[code], m_to + 1.0 - shift[code])
                 above = _integrate_lf(-np.inf, m_to)
                 turnoff[code] = m_to
                 scale[code] = self.old_giant_ratio * below / above if above > 0 else 0.0
-        return turnoff, scale
+        return turnoff, scale, shift
 
     def turnoff_absmag(self, component: int | str) -> float:
         """Main-sequence turn-off M_r of a component (-inf: the full luminosity function)."""
@@ -349,7 +366,8 @@ class GalaxyModel:
         self, mr: np.ndarray, component: int | str | np.ndarray
     ) -> np.ndarray:
         """LF shape phi_c(M_r) of a component (stars pc^-3 mag^-1 for a component alone at the
-        Sun's total density); equal to :meth:`luminosity_function` below the turn-off.
+        Sun's total density): ``phi(M_r - shift_c)`` on the main sequence (M_r at or below the
+        turn-off), ``g_c phi(M_r)`` brighter.
 
         Parameters
         ----------
@@ -360,9 +378,10 @@ class GalaxyModel:
         """
         mr = np.asarray(mr, dtype=float)
         code = _as_component_codes(component)
-        turnoff, scale = self._lf_cuts
-        factor = np.where(mr < turnoff[code], scale[code], 1.0)
-        return self.luminosity_function(mr) * factor
+        turnoff, scale, shift = self._lf_cuts
+        bright = mr < turnoff[code]
+        main_sequence = self.luminosity_function(mr - shift[code])
+        return np.where(bright, scale[code] * self.luminosity_function(mr), main_sequence)
 
     def component_number_densities(
         self, r_cyl: np.ndarray, z: np.ndarray, mr: np.ndarray
