@@ -434,6 +434,40 @@ def test_nan_rows_are_flagged_and_do_not_disturb_other_rows(
         np.testing.assert_array_equal(pred[key][~expected], clean[key][~expected])
 
 
+def test_missing_colours_are_learned_when_the_training_set_has_them(
+    sdss_data: tuple[np.ndarray, ...], tmp_path
+) -> None:
+    """A colour missing (NaN) in enough training rows enters as the training median with a
+    2-mag error; other missing colours stay invalid; the rule survives save/load."""
+    from photodist.nn import MISSING_COLOR_ERROR
+
+    x, y, s, _ = sdss_data
+    x = x.copy()
+    lacks_u = np.random.default_rng(3).random(len(x)) < 0.2
+    x[lacks_u, 1] = np.nan  # the first colour (u-g)
+    x[lacks_u, 6] = np.nan  # and its error
+    x[5, 2] = np.nan  # one row without the second colour: too rare to learn
+    model = PhotoDNetwork("sdss", seed=0, **FAST).fit(x, y, s)
+    assert model.missing_counts_[0] == lacks_u.sum()
+    assert model.missing_supported_.tolist() == [True, False, False, False]
+    np.testing.assert_allclose(model.color_fill_[0], np.median(x[~lacks_u, 1]))
+    assert model.training_range_[6, 1] == MISSING_COLOR_ERROR
+    pred = model.predict(x)
+    assert not pred["invalid_input"][lacks_u & (np.arange(len(x)) != 5)].any()
+    assert pred["invalid_input"][5] and np.isnan(pred["Mr_mean"][5])
+    filled = x.copy()
+    filled[lacks_u, 1] = model.color_fill_[0]
+    filled[lacks_u, 6] = MISSING_COLOR_ERROR
+    again = model.predict(filled)
+    ok = ~pred["invalid_input"]
+    np.testing.assert_array_equal(pred["Mr_mean"][ok], again["Mr_mean"][ok])
+    loaded = PhotoDNetwork.load(model.save(tmp_path / "m.safetensors"))
+    np.testing.assert_array_equal(loaded.predict(x)["FeH_mean"], pred["FeH_mean"])
+    # switched off: every row with a NaN is invalid
+    strict = PhotoDNetwork("sdss", seed=0, missing_colors=False, **FAST).fit(x, y, s)
+    assert strict.predict(x)["invalid_input"][lacks_u].all()
+
+
 def test_out_of_domain_rows_are_flagged(fitted: PhotoDNetwork) -> None:
     lo, hi = fitted.training_range_[:, 0], fitted.training_range_[:, 1]
     centre = (lo + hi) / 2

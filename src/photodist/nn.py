@@ -104,6 +104,11 @@ _DEFAULT_CPU_CHUNK = 32768  # rows per chunk and CPU thread; measured fastest of
 _DEFAULT_DEVICE_CHUNK = 1 << 20
 #: Training rows x epochs above which "auto" trains concurrent runs in subprocesses.
 _PROCESS_WORK_THRESHOLD = 2_000_000
+#: Error (mag) given to an unusable colour when it enters the networks (beyond the 1-mag limit
+#: of a usable colour error, so the networks can tell "no information").
+MISSING_COLOR_ERROR = 2.0
+#: Training rows with a colour unusable needed before the networks take stars without it.
+MIN_MISSING_TRAINING_ROWS = 50
 
 
 class ModelFileError(ValueError):
@@ -1026,6 +1031,13 @@ class PhotoDNetwork:
         ``"processes"`` (runs beyond the first go to Python subprocesses, which avoids
         contention for the interpreter lock) or ``"auto"`` (processes for large trainings).
         The weights are identical either way.
+    missing_colors
+        Take stars with unusable colours (NaN colour or error, e.g. no u detection): such a
+        colour enters as the training median of that colour with error
+        :data:`MISSING_COLOR_ERROR`, so the networks learn from the training stars that lack it
+        what the Bayesian estimator does without it. At prediction, rows missing a colour that
+        fewer than :data:`MIN_MISSING_TRAINING_ROWS` training rows lacked are
+        ``invalid_input``. False: any NaN input is ``invalid_input``.
     """
 
     def __init__(
@@ -1048,6 +1060,7 @@ class PhotoDNetwork:
         predict_batch_size: int | None = None,
         domain_margin: float = 0.05,
         parallel: str = "auto",
+        missing_colors: bool = True,
     ) -> None:
         self.band_set = band_set
         self.spec = spec
@@ -1067,6 +1080,7 @@ class PhotoDNetwork:
         self.predict_batch_size = predict_batch_size
         self.domain_margin = domain_margin
         self.parallel = parallel
+        self.missing_colors = missing_colors
 
     # -- sklearn-style parameter access ---------------------------------------------------------
 
@@ -1089,6 +1103,7 @@ class PhotoDNetwork:
         "predict_batch_size",
         "domain_margin",
         "parallel",
+        "missing_colors",
     )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -1166,6 +1181,28 @@ class PhotoDNetwork:
             )
         return array
 
+    @staticmethod
+    def _missing_mask(x: np.ndarray, n_colors: int) -> np.ndarray:
+        """(N, n_colors): colour or its error not finite (features: r, colours, r error,
+        colour errors)."""
+        colors = x[:, 1 : 1 + n_colors]
+        errors = x[:, 2 + n_colors : 2 + 2 * n_colors]
+        return ~(np.isfinite(colors) & np.isfinite(errors))
+
+    def _fill_missing(self, x: np.ndarray, n_colors: int) -> np.ndarray:
+        """Copy of ``x`` with the supported unusable colours filled (see ``missing_colors``)."""
+        fill = getattr(self, "color_fill_", None)
+        if fill is None:
+            return x
+        missing = self._missing_mask(x, n_colors) & self.missing_supported_[None, :]
+        if not missing.any():
+            return x
+        x = np.array(x, dtype=np.float64, copy=True)
+        rows, cols = np.nonzero(missing)
+        x[rows, 1 + cols] = fill[cols]
+        x[rows, 2 + n_colors + cols] = MISSING_COLOR_ERROR
+        return x
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "primary_"):
             raise NotFittedError("this PhotoDNetwork is not fitted yet; call fit() or load()")
@@ -1214,6 +1251,24 @@ class PhotoDNetwork:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
 
+        n_colors = band_set.n_colors
+        self.color_fill_ = None
+        if self.missing_colors:
+            labelled = np.isfinite(y_mean).all(axis=1) & np.isfinite(y_sigma).all(axis=1)
+            labelled &= np.isfinite(x[:, 0]) & np.isfinite(x[:, 1 + n_colors])
+            missing = self._missing_mask(x, n_colors)
+            self.missing_counts_ = missing[labelled].sum(axis=0).astype(np.int64)
+            self.missing_supported_ = self.missing_counts_ >= MIN_MISSING_TRAINING_ROWS
+            colors = np.where(missing, np.nan, x[:, 1 : 1 + n_colors])[labelled]
+            fill = np.zeros(n_colors)
+            for k in range(n_colors):
+                present = colors[:, k][np.isfinite(colors[:, k])]
+                fill[k] = float(np.median(present)) if present.size else 0.0
+            self.color_fill_ = fill
+            x = self._fill_missing(x, n_colors)
+        else:
+            self.missing_counts_ = np.zeros(n_colors, dtype=np.int64)
+            self.missing_supported_ = np.zeros(n_colors, dtype=bool)
         usable = np.isfinite(x).all(axis=1) & np.isfinite(y_mean).all(axis=1)
         usable &= np.isfinite(y_sigma).all(axis=1)
         if np.any(y_sigma[usable] < 0):
@@ -1321,6 +1376,7 @@ class PhotoDNetwork:
         self.training_metadata_ = {
             "n_rows": int(n_rows),
             "n_excluded_nonfinite": int(n_rows - rows.size),
+            "n_missing_color_rows": [int(c) for c in self.missing_counts_],
             "n_train": int(n_train),
             "n_validation": int(n_val),
             "seed": None if self.seed is None else int(self.seed),
@@ -1392,7 +1448,7 @@ class PhotoDNetwork:
         """
         self._check_fitted()
         band_set = get_band_set(self.band_set_)
-        x = self._features(features, band_set)
+        x = self._fill_missing(self._features(features, band_set), band_set.n_colors)
         if x.dtype != np.float32:
             x = x.astype(np.float64, copy=False)
         n = x.shape[0]
@@ -1496,6 +1552,10 @@ class PhotoDNetwork:
             "input_mean": [float(v) for v in self.input_mean_],
             "input_std": [float(v) for v in self.input_std_],
             "training_range": [[float(a), float(b)] for a, b in self.training_range_],
+            "color_fill": None
+            if self.color_fill_ is None
+            else [float(v) for v in self.color_fill_],
+            "missing_counts": [int(c) for c in self.missing_counts_],
             "training": self.training_metadata_,
             "history": self.history_,
             "package_version": _package_version(),
@@ -1610,6 +1670,21 @@ class PhotoDNetwork:
         model.validation_index_ = validation_index.copy()
         model.history_ = info.get("history", {})
         model.training_metadata_ = info.get("training", {})
+        n_colors = stored_band_set.n_colors
+        try:
+            fill = info.get("color_fill")
+            counts = np.asarray(info.get("missing_counts", [0] * n_colors), dtype=np.int64)
+            model.color_fill_ = None if fill is None else np.asarray(fill, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: invalid missing-colour metadata ({exc})") from exc
+        if counts.shape != (n_colors,) or (fill is not None and len(fill) != n_colors):
+            raise ModelFileError(f"{path}: missing-colour metadata do not match its band set")
+        model.missing_counts_ = counts
+        model.missing_supported_ = (
+            counts >= MIN_MISSING_TRAINING_ROWS
+            if model.color_fill_ is not None
+            else np.zeros(n_colors, dtype=bool)
+        )
         model._plans = {}
         return model
 

@@ -3,13 +3,16 @@
 For one sky patch (Mrakovčić, Ivezić & Palaversa 2025, AJ 170, 72, Section 4):
 
 1. choose a training subsample (default 10,000 stars) among the stars the networks can take
-   (all inputs finite), stratified to cover the input space (:func:`choose_training_subsample`);
+   (finite r and r error and at least two usable colours; see ``nn_missing_colors``), stratified
+   to cover the input space (:func:`choose_training_subsample`);
 2. label it with the Bayesian estimator (posterior means and standard deviations of M_r, A_r
    and [Fe/H]);
 3. train the moments and secondary networks (:class:`photodist.nn.PhotoDNetwork`) on those
    labels;
-4. predict every other star in chunks (bounded memory); stars the networks cannot take (a
-   missing colour, i.e. a non-finite input) get the Bayesian estimate instead.
+4. predict every other star in chunks (bounded memory); stars the networks cannot take get
+   the Bayesian estimate instead: no r, fewer than two usable colours, or an unusable colour
+   that too few training stars lacked (the networks learn what the Bayesian estimator does
+   without a colour, e.g. u for faint stars, from the training stars that lack it).
 
 Labelled stars keep their Bayesian values. Patches with too few usable stars for a training
 set run the Bayesian estimator on every star. The ``method`` column says which estimator
@@ -28,7 +31,8 @@ then ``Qr_mean``, ``Qr_sigma`` (Q_r = M_r + A_r), ``DM_mean = r - Qr_mean``, ``D
 ``method`` and ``labelled``.
 
 Flags: Bayesian rows carry the Bayesian flags; network rows get ``NN_OUT_OF_DOMAIN`` when an
-input lies outside the training range (plus margin); rows handed back to the Bayesian
+input lies outside the training range (plus margin) and ``COLOR_UNUSABLE`` when a colour was
+unusable (as Bayesian rows do); rows handed back to the Bayesian
 estimator because an input was not finite get ``NN_INVALID_INPUT`` besides their Bayesian
 flags (in a Bayes-only run no row is handed back and the bit is not used). The configuration,
 mode, counts and timings are stored in ``result.attrs["photodist_pipeline"]``.
@@ -122,6 +126,9 @@ class PipelineConfig:
         Training settings passed to :class:`photodist.nn.PhotoDNetwork`.
     nn_options
         Further keyword arguments of :class:`photodist.nn.PhotoDNetwork` (JSON-serialisable).
+    nn_missing_colors
+        Train on and predict stars with unusable colours too (``missing_colors`` of
+        :class:`photodist.nn.PhotoDNetwork`); False: such stars all get the Bayesian estimate.
     bayes_out_of_domain
         Also hand rows outside the networks' training domain to the Bayesian estimator (they
         keep the ``NN_OUT_OF_DOMAIN`` flag). Off by default: such rows keep the network
@@ -152,6 +159,7 @@ class PipelineConfig:
     nn_batch_size: int = 1024
     nn_device: str = "auto"
     nn_options: dict[str, Any] = field(default_factory=dict)
+    nn_missing_colors: bool = True
     bayes_out_of_domain: bool = False
     chunk_size: int = 500_000
     seed: int = 0
@@ -178,6 +186,7 @@ class PipelineConfig:
             if value is not None and not float(value) > 0:
                 raise ValueError(f"{name} must be positive or None")
         reserved = {"band_set", "seed", "spec", "max_epochs", "patience", "n_runs"}
+        reserved.add("missing_colors")
         clash = (reserved | {"batch_size", "device"}) & set(self.nn_options)
         if clash:
             raise ValueError(f"nn_options may not set {sorted(clash)}; use the nn_* fields")
@@ -213,6 +222,7 @@ class PipelineConfig:
             patience=int(self.nn_patience),
             n_runs=int(self.nn_n_runs),
             batch_size=int(self.nn_batch_size),
+            missing_colors=bool(self.nn_missing_colors),
             **self.nn_options,
         )
 
@@ -222,32 +232,45 @@ class PipelineConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def network_inputs_usable(photometry: Photometry) -> np.ndarray:
-    """True for rows whose network inputs (r, colours and their errors) are all finite."""
+#: Fewest usable colours of a star the networks may take (the Bayesian estimator's minimum).
+MIN_NETWORK_COLORS = 2
+
+
+def network_inputs_usable(photometry: Photometry, missing_colors: bool = True) -> np.ndarray:
+    """True for rows the networks can take: finite r and r error and, with ``missing_colors``,
+    at least :data:`MIN_NETWORK_COLORS` usable colours (without: every colour usable)."""
     ok = np.isfinite(photometry.r) & np.isfinite(photometry.r_err)
-    ok &= np.isfinite(photometry.colors).all(axis=1)
-    ok &= np.isfinite(photometry.color_errors).all(axis=1)
-    return ok
+    usable = np.isfinite(photometry.colors) & np.isfinite(photometry.color_errors)
+    if missing_colors:
+        return ok & (usable.sum(axis=1) >= MIN_NETWORK_COLORS)
+    return ok & usable.all(axis=1)
 
 
 def _bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-width bins between the 0.5th and 99.5th percentiles (outliers in the end bins)."""
-    if n_bins == 1 or values.size == 0:
-        return np.zeros(values.size, dtype=np.int64)
-    lo, hi = np.percentile(values, [0.5, 99.5])
+    """Equal-width bins between the 0.5th and 99.5th percentiles (outliers in the end bins);
+    NaN values get their own bin, ``n_bins``."""
+    index = np.full(values.size, n_bins, dtype=np.int64)
+    finite = np.isfinite(values)
+    if n_bins == 1 or not finite.any():
+        index[finite] = 0
+        return index
+    lo, hi = np.percentile(values[finite], [0.5, 99.5])
     if not hi > lo:
-        return np.zeros(values.size, dtype=np.int64)
-    index = np.floor((values - lo) / (hi - lo) * n_bins).astype(np.int64)
-    return np.clip(index, 0, n_bins - 1)
+        index[finite] = 0
+        return index
+    bins = np.floor((values[finite] - lo) / (hi - lo) * n_bins).astype(np.int64)
+    index[finite] = np.clip(bins, 0, n_bins - 1)
+    return index
 
 
 def strata(photometry: Photometry, rows: np.ndarray, bins: Sequence[int]) -> np.ndarray:
-    """Cell number of each row in a grid of r, u-g and g-r (the first two colours)."""
+    """Cell number of each row in a grid of r, u-g and g-r (the first two colours); an unusable
+    colour is a cell of its own."""
     n_r, n_c1, n_c2 = (int(b) for b in bins)
     i_r = _bin_index(photometry.r[rows], n_r)
     i_1 = _bin_index(photometry.colors[rows, 0], n_c1)
     i_2 = _bin_index(photometry.colors[rows, 1], n_c2)
-    return (i_r * n_c1 + i_1) * n_c2 + i_2
+    return (i_r * (n_c1 + 1) + i_1) * (n_c2 + 1) + i_2
 
 
 def choose_training_subsample(
@@ -258,11 +281,12 @@ def choose_training_subsample(
     *,
     stratified_fraction: float = 0.5,
     bins: Sequence[int] = (6, 10, 10),
+    missing_colors: bool = True,
 ) -> np.ndarray:
     """Indices (ascending) of the stars to label with the Bayesian estimator.
 
-    Only rows whose network inputs are all finite are eligible (the networks cannot take the
-    others, which the pipeline estimates with the Bayesian method anyway).
+    Only rows the networks can take are eligible (:func:`network_inputs_usable` with
+    ``missing_colors``; the pipeline estimates the others with the Bayesian method anyway).
 
     Parameters
     ----------
@@ -293,7 +317,7 @@ def choose_training_subsample(
     if isinstance(n, bool) or int(n) < 0:
         raise ValueError(f"subsample size must be a non-negative integer, got {n!r}")
     n = int(n)
-    eligible = np.flatnonzero(network_inputs_usable(photometry))
+    eligible = np.flatnonzero(network_inputs_usable(photometry, missing_colors))
     if eligible.size <= n:
         return eligible.astype(np.int64)
     rng = np.random.default_rng(seed)
@@ -466,7 +490,7 @@ def run_patch(
     grid = posterior_grid(locus, config)
     estimator = BayesEstimator(grid, prior, config.bayes_config())
     n = len(phot)
-    usable = network_inputs_usable(phot)
+    usable = network_inputs_usable(phot, config.nn_missing_colors)
     n_usable = int(usable.sum())
     n_train = config.training_size(n_usable)
     seeds = np.random.SeedSequence(int(config.seed)).spawn(2)
@@ -487,6 +511,7 @@ def run_patch(
             subsample_seed,
             stratified_fraction=config.stratified_fraction,
             bins=config.strata_bins,
+            missing_colors=config.nn_missing_colors,
         )
     timings["prepare"] = time.perf_counter() - start_all
     if hybrid:
@@ -523,6 +548,7 @@ def run_patch(
 
         t0 = time.perf_counter()
         todo = np.flatnonzero(~out.labelled)
+        color_unusable = ~(np.isfinite(phot.colors) & np.isfinite(phot.color_errors)).all(axis=1)
         fallback_parts = []
         n_ood = 0
         with _progress(config.progress, todo.size, "nn (predict)") as bar:
@@ -535,6 +561,7 @@ def run_patch(
                 n_ood += int(ood.sum())
                 out.flags[part[ood]] |= Flags.NN_OUT_OF_DOMAIN
                 out.flags[part[invalid]] |= Flags.NN_INVALID_INPUT
+                out.flags[part[~invalid & color_unusable[part]]] |= Flags.COLOR_UNUSABLE
                 back = invalid | ood if config.bayes_out_of_domain else invalid
                 fallback_parts.append(part[back])
                 bar.update(part.size)
