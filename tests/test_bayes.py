@@ -172,3 +172,28 @@ def test_negative_dust_values_do_not_crash(coarse_locus):
     phot.dust = np.array([-0.5, -0.08, 0.0])
     result = BayesEstimator(coarse_locus).predict(phot)
     assert (result["Ar_max"] > 0).all() and np.isfinite(result["Mr_p50"]).all()
+
+
+def test_fast_kernel_helpers_match_reference():
+    """The table's truncated normal and the restricted smoothing equal the reference forms."""
+    from photodist.bayes import (
+        _gaussian_smooth,
+        _gaussian_smooth_range,
+        _truncated_normal,
+        _truncated_normal_table,
+    )
+
+    for sigma, upper in ((0.05, 0.2), (0.3, 0.01), (0.01, 3.0)):
+        for mu in np.linspace(-40 * sigma, upper + 40 * sigma, 301):
+            log_m, mean, var, inv_m = _truncated_normal_table(mu, sigma, upper)
+            ref = _truncated_normal(mu, sigma, upper)
+            # (the variance cancels in the far tails: equal up to rounding of sigma^2 terms)
+            np.testing.assert_allclose([log_m, mean, var], ref, rtol=1e-9, atol=1e-9 * sigma**2)
+            assert inv_m == pytest.approx(np.exp(min(-ref[0], 700.0)), rel=1e-9)
+    hist = np.random.default_rng(0).uniform(size=80)
+    for sigma_bins in (0.2, 2.5, 30.0):
+        ref = np.empty(80)
+        _gaussian_smooth(hist, sigma_bins, ref)
+        got = np.full(80, np.nan)
+        _gaussian_smooth_range(hist, sigma_bins, got, 10, 70, np.empty(16))
+        np.testing.assert_allclose(got[10:70], ref[10:70], rtol=1e-12, atol=1e-15)

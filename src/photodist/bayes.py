@@ -46,6 +46,7 @@ MAX_HIST_BINS = 8192  # cap on the A_r and Q_r histogram lengths (bins widen bey
 MIN_A_MAX = 0.01  # floor of the A_r prior bound (mag)
 MAX_TABLE_NODES = 8000  # cap on the nodes of the per-star truncated-normal table
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+SQRT_2PI = math.sqrt(2.0 * math.pi)
 
 
 class Flags:
@@ -149,6 +150,21 @@ def _bound_pass(colors, sw, u, locus_t32, log_prior32, amax_s, lw32):
         lw32[j] = log_prior32[j] - half * (ss - bb * bb) - half * (below * below + above * above)
 
 
+@numba.njit(cache=True, fastmath=True)
+def _column_max(lw32, col_max):
+    """Maximum of ``lw32`` viewed as rows of ``col_max.shape[0]`` columns, per column.
+
+    An elementwise maximum over rows (vectorises, unlike a scalar max reduction); the inputs
+    must be free of NaN (fast-math).
+    """
+    width = col_max.shape[0]
+    col_max[:] = lw32[:width]
+    for r in range(1, lw32.shape[0] // width):
+        row = lw32[r * width : (r + 1) * width]
+        for t in range(width):
+            col_max[t] = max(col_max[t], row[t])
+
+
 @numba.njit(cache=True)
 def _point_terms(colors, sw, u, locus_t, j):
     """Exact (float64) S_j = |e|^2 and B_j = e.u of locus point j."""
@@ -175,6 +191,36 @@ def _truncated_normal(mu: float, sigma: float, upper: float) -> tuple[float, flo
     mean = mu + sigma * (ra - rb)
     var = sigma * sigma * (1.0 + alpha * ra - beta * rb - (ra - rb) ** 2)
     return log_m, min(max(mean, 0.0), upper), min(max(var, 0.0), sigma * sigma)
+
+
+@numba.njit(cache=True)
+def _truncated_normal_table(
+    mu: float, sigma: float, upper: float
+) -> tuple[float, float, float, float]:
+    """``_truncated_normal`` and the inverse mass, with fewer transcendental calls.
+
+    Away from the far tails the mass is one difference of erfc values (the same value as the
+    log-space difference up to rounding); else it falls back to ``_truncated_normal``.
+    """
+    alpha = -mu / sigma
+    beta = (upper - mu) / sigma
+    a, b = (-beta, -alpha) if alpha > 0.0 else (alpha, beta)
+    if a > -30.0:
+        mass = 0.5 * (math.erfc(-b / SQRT2) - math.erfc(-a / SQRT2))
+        if mass > 1e-290:
+            inv_m = 1.0 / mass
+            ra = math.exp(-0.5 * alpha * alpha) * (inv_m / SQRT_2PI)
+            rb = math.exp(-0.5 * beta * beta) * (inv_m / SQRT_2PI)
+            mean = mu + sigma * (ra - rb)
+            var = sigma * sigma * (1.0 + alpha * ra - beta * rb - (ra - rb) ** 2)
+            return (
+                math.log(mass),
+                min(max(mean, 0.0), upper),
+                min(max(var, 0.0), sigma * sigma),
+                inv_m,
+            )
+    log_m, mean, var = _truncated_normal(mu, sigma, upper)
+    return log_m, mean, var, math.exp(min(-log_m, 700.0))
 
 
 @numba.njit(cache=True)
@@ -278,6 +324,33 @@ def _gaussian_smooth(hist, sigma_bins, out):
 
 
 @numba.njit(cache=True)
+def _gaussian_smooth_range(hist, sigma_bins, out, m_lo, m_hi, kern_buf):
+    """``_gaussian_smooth`` for the output bins [m_lo, m_hi) only (same values).
+
+    ``kern_buf`` is scratch for the kernel (allocated here when too short).
+    """
+    n = hist.shape[0]
+    half = int(math.ceil(4.0 * sigma_bins))
+    if half < 1 or sigma_bins < 0.3:
+        out[m_lo:m_hi] = hist[m_lo:m_hi]
+        return
+    if 2 * half + 1 <= kern_buf.shape[0]:
+        kern = kern_buf[: 2 * half + 1]
+    else:
+        kern = np.empty(2 * half + 1)
+    for t in range(-half, half + 1):
+        kern[t + half] = math.exp(-0.5 * (t / sigma_bins) ** 2)
+    kern /= kern.sum()
+    for m in range(m_lo, m_hi):
+        acc = 0.0
+        t_lo = max(-half, m - n + 1)
+        t_hi = min(half, m)
+        for t in range(t_lo, t_hi + 1):
+            acc += kern[t + half] * hist[m - t]
+        out[m] = acc
+
+
+@numba.njit(cache=True)
 def _star_kernel(
     colors,
     color_errors,
@@ -304,6 +377,8 @@ def _star_kernel(
     lw_buf,
     lw32,
     cand_buf,
+    col_max,
+    col_act,
     work,
 ):
     nc = colors.shape[0]
@@ -346,10 +421,43 @@ def _star_kernel(
     for k in range(5):
         u[k] = sw[k] * reddening[k] / sqrt_q
     _bound_pass(cz, sw, u, locus_t32, log_prior32, amax_s, lw32)
-    best_j = int(np.argmax(lw32))
-    best = float(lw32[best_j])
+    # the float32 pass cannot overflow (no inf/NaN) when the whitened colours and weights are
+    # moderate; then the best bound and the candidate columns come from vectorised column
+    # maxima over the (n_feh, n_mr) grid, else from a plain scan of every point
+    safe = True
+    for k in range(5):
+        if not (abs(sw[k] * cz[k]) < 1e15 and sw[k] < 1e15 and abs(u[k]) <= 1.0 + 1e-6):
+            safe = False
+    safe = safe and n_points == n_mr * n_feh
+    if safe:
+        _column_max(lw32, col_max)
+        best = -np.inf
+        for t in range(n_mr):
+            best = max(best, float(col_max[t]))
+    else:
+        best = float(lw32[int(np.argmax(lw32))])
     # the float32 bound is accurate to far better than this margin
     threshold = best - log_weight_cut - 0.5
+    # candidate points (log weight bound within the cut of the best), in ascending order
+    n_cand_all = 0
+    if safe:
+        thr32 = np.float32(threshold)
+        n_act = 0
+        for t in range(n_mr):
+            if col_max[t] >= thr32:
+                col_act[n_act] = t
+                n_act += 1
+        for row in range(n_feh):
+            base = row * n_mr
+            for a in range(n_act):
+                j = base + col_act[a]
+                cand_buf[n_cand_all] = j
+                n_cand_all += lw32[j] >= threshold
+    else:
+        for j in range(n_points):
+            if lw32[j] >= threshold:
+                cand_buf[n_cand_all] = j
+                n_cand_all += 1
 
     # pass 3: exact weights, marginals and moments over the candidate points
     mr_mass = work[1, :n_mr]
@@ -378,29 +486,26 @@ def _star_kernel(
     q_min = np.inf
     q_max = -np.inf
     n_cand = 0
-    # candidate points (log weight bound within the cut of the best) and their A* range
-    n_cand_all = 0
+    # exact (float64) terms of the candidates (compact arrays) and their A* range
     astar_lo = np.inf
     astar_hi = -np.inf
     best_exact = -np.inf
     best_chi2 = np.inf
     best_astar_s = 0.0
-    for j in range(n_points):
-        if lw32[j] >= threshold:
-            ss, bb = _point_terms(cz, sw, u, locus_t, j)
-            s_buf[j] = ss
-            b_buf[j] = bb
-            below = min(bb, 0.0)
-            above = max(bb - amax_s, 0.0)
-            bound = log_prior[j] - 0.5 * (ss - bb * bb) - 0.5 * (below**2 + above**2)
-            if bound > best_exact:
-                best_exact = bound
-                best_chi2 = ss - bb * bb
-                best_astar_s = bb
-            cand_buf[n_cand_all] = j
-            n_cand_all += 1
-            astar_lo = min(astar_lo, bb)
-            astar_hi = max(astar_hi, bb)
+    for c in range(n_cand_all):
+        j = cand_buf[c]
+        ss, bb = _point_terms(cz, sw, u, locus_t, j)
+        s_buf[c] = ss - bb * bb
+        b_buf[c] = bb
+        below = min(bb, 0.0)
+        above = max(bb - amax_s, 0.0)
+        bound = log_prior[j] - 0.5 * (ss - bb * bb) - 0.5 * (below**2 + above**2)
+        if bound > best_exact:
+            best_exact = bound
+            best_chi2 = ss - bb * bb
+            best_astar_s = bb
+        astar_lo = min(astar_lo, bb)
+        astar_hi = max(astar_hi, bb)
     # per-star table of the truncation over the candidates' A* (within [-6σ, A_max + 6σ]),
     # step σ_A / 4; nodes deep inside [0, A_max] (> 8 σ_A from both bounds) are never
     # looked up: there the truncation is negligible (interior fast path below)
@@ -418,12 +523,11 @@ def _star_kernel(
         a_node = t_lo + k * h_t
         if inner_lo + h_t < a_node < inner_hi - h_t:
             continue
-        t_logm[k], t_mean[k], t_var[k] = _truncated_normal(a_node, sigma_a, a_max)
-        t_invm[k] = math.exp(min(-t_logm[k], 700.0))
+        t_logm[k], t_mean[k], t_var[k], t_invm[k] = _truncated_normal_table(a_node, sigma_a, a_max)
     for c in range(n_cand_all):
         j = cand_buf[c]
-        chi2min = s_buf[j] - b_buf[j] * b_buf[j]
-        astar = b_buf[j] * sigma_a
+        chi2min = s_buf[c]
+        astar = b_buf[c] * sigma_a
         log_u = log_prior[j] - 0.5 * chi2min - best
         # truncation mass and truncated-normal moments of A given j: a function of A*_j
         # alone for this star, so interpolated from the per-star table
@@ -445,7 +549,7 @@ def _star_kernel(
             inv_m = math.exp(min(-log_m, 700.0))
         log_uw = log_u + log_m
         if log_uw < -700.0:
-            lw_buf[j] = 0.0
+            lw_buf[c] = 0.0
             continue
         w = math.exp(log_uw)
         # deposit the untruncated component mass u_j at A*_j for the A_r histogram
@@ -466,8 +570,8 @@ def _star_kernel(
         s_var += w * var_a
         qv = m + mean_a
         s_q2 += w * (qv * qv + var_a)
-        lw_buf[j] = w
-        b_buf[j] = qv  # reuse: conditional mean of Q_r for point j
+        lw_buf[c] = w
+        b_buf[c] = qv  # reuse: conditional mean of Q_r for candidate c
         q_min = min(q_min, qv)
         q_max = max(q_max, qv)
         n_cand += 1
@@ -491,7 +595,8 @@ def _star_kernel(
 
     # A_r: histogram of A* convolved with N(0, σ_A^2), restricted to [0, A_max]
     a_smooth = work[4, :n_a]
-    _gaussian_smooth(a_hist, sigma_a / h_a, a_smooth)
+    # only the bins inside [0, A_max] are used
+    _gaussian_smooth_range(a_hist, sigma_a / h_a, a_smooth, n_margin, n_margin + n_in, work[12])
     m0 = n_margin
     inside = a_smooth[n_margin : n_margin + n_in]
     if inside.sum() <= 0.0:
@@ -521,16 +626,15 @@ def _star_kernel(
     q_hist = work[5, :n_q]
     q_hist[:] = 0.0
     for c in range(n_cand_all):
-        j = cand_buf[c]
-        if lw_buf[j] > 0.0:
-            _deposit(q_hist, (b_buf[j] - q_lo) / h_q, lw_buf[j])
+        if lw_buf[c] > 0.0:
+            _deposit(q_hist, (b_buf[c] - q_lo) / h_q, lw_buf[c])
     # Gaussian of width σ_q as three equal box passes (variance 3 (w^2 - 1) / 12 bins^2),
     # then the box of the M_r cell width; all O(n) through cumulative sums
     q_smooth = work[6, :n_q]
-    q_smooth[:] = q_hist
     cum = work[7, : n_q + 1]
     n_gauss = int(round(math.sqrt(4.0 * (sigma_q / h_q) ** 2 + 1.0)))
     n_gauss += 1 - n_gauss % 2  # odd, so the passes stay centred
+    q_smooth[:] = q_hist
     if n_gauss > 1:
         for _ in range(3):
             _box_filter(q_smooth, n_gauss, cum)
@@ -598,7 +702,9 @@ def _estimate_all(
         lw_buf = np.empty(n_points)
         lw32 = np.empty(n_points, dtype=np.float32)
         cand_buf = np.empty(n_points, dtype=np.int64)
-        work = np.empty((12, max(MAX_HIST_BINS + 1, mr_axis.shape[0], feh_axis.shape[0])))
+        col_max = np.empty(mr_axis.shape[0], dtype=np.float32)
+        col_act = np.empty(mr_axis.shape[0], dtype=np.int64)
+        work = np.empty((13, max(MAX_HIST_BINS + 1, mr_axis.shape[0], feh_axis.shape[0])))
         start = c * n // n_chunks
         stop = (c + 1) * n // n_chunks
         for i in range(start, stop):
@@ -628,6 +734,8 @@ def _estimate_all(
                 lw_buf,
                 lw32,
                 cand_buf,
+                col_max,
+                col_act,
                 work,
             )
 
