@@ -15,7 +15,8 @@ Paper targets (Mrakovčić, Ivezić & Palaversa 2025): NN vs Bayes sigma_G <= 0.
 0.024 mag (A_r), 0.055 dex ([Fe/H]); NN vs truth sigma_G within 5 % of Bayes vs truth;
 calibration in [0.9, 1.1]; whole patch <= 45 s.
 
-Usage: ``python benchmarks/bench_pipeline.py [--radius 3.85] [--heldout 50000] [--no-compare]``
+Usage: ``python benchmarks/bench_pipeline.py [--radius 3.85] [--heldout 50000] [--no-compare]
+[--max-epochs 1024] [--learning-rate 1e-3]``
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=50_000, help="held-out Bayes stars")
     parser.add_argument("--max-epochs", type=int, default=1024)
     parser.add_argument("--patience", type=int, default=100)
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--n-runs", type=int, default=2)
     parser.add_argument("--device", default="auto", help="network device: auto, cpu, cuda")
     parser.add_argument("--no-compare", action="store_true", help="skip the random subsample")
@@ -142,6 +144,7 @@ def main() -> None:
         n_train=args.n_train,
         nn_max_epochs=args.max_epochs,
         nn_patience=args.patience,
+        nn_learning_rate=args.learning_rate,
         nn_n_runs=args.n_runs,
         nn_device=args.device,
         seed=args.seed,

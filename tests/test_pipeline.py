@@ -285,3 +285,12 @@ def test_networks_take_stars_without_u(catalog, prior, default_locus):
     # switched off, every star without u gets the Bayesian estimate
     off, _, _ = run_patch(frame, prior, default_locus, small_config(nn_missing_colors=False))
     assert not np.any((off["method"] == "nn").to_numpy() & no_u)
+
+
+def test_learning_rate_setting_reaches_the_networks():
+    assert PipelineConfig().network(0).learning_rate == 1e-3  # the paper's
+    assert PipelineConfig(nn_learning_rate=0.01).network(0).learning_rate == 0.01
+    with pytest.raises(ValueError, match="nn_learning_rate"):
+        PipelineConfig(nn_learning_rate=0.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        PipelineConfig(nn_options={"learning_rate": 0.01})

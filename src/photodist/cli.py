@@ -569,6 +569,13 @@ def bayes_command(
     show_default=True,
     help="Maximum training epochs of the moments network.",
 )
+@click.option(
+    "--learning-rate",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Adam learning rate of the networks (the paper's 1e-3; see docs/benchmarks.md).",
+)
 @click.option("--error-floor", type=float, default=0.02, show_default=True)
 @click.option(
     "--spec",
@@ -605,6 +612,7 @@ def run_command(
     n_train: int,
     strategy: str,
     epochs: int,
+    learning_rate: float,
     error_floor: float,
     spec_path: Path | None,
     seed: int,
@@ -637,6 +645,7 @@ def run_command(
         n_train=n_train,
         strategy=strategy,
         nn_max_epochs=epochs,
+        nn_learning_rate=learning_rate,
         error_floor=error_floor,
         seed=seed,
         progress=True,
@@ -792,6 +801,13 @@ def evaluate_command(
 )
 @click.option("--n-train", type=int, default=10_000, show_default=True)
 @click.option("--epochs", type=int, default=1024, show_default=True)
+@click.option(
+    "--learning-rate",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Adam learning rate.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in OUTPUT_DIR first.")
 def survey_command(
@@ -806,6 +822,7 @@ def survey_command(
     trilegal_path: Path | None,
     n_train: int,
     epochs: int,
+    learning_rate: float,
     seed: int,
     overwrite: bool,
 ) -> None:
@@ -819,7 +836,11 @@ def survey_command(
     from photodist.survey import ManifestMismatchError, SurveyConfig, run_survey
 
     pipeline = PipelineConfig(
-        band_set=get_band_set(bands).name, n_train=n_train, nn_max_epochs=epochs, seed=seed
+        band_set=get_band_set(bands).name,
+        n_train=n_train,
+        nn_max_epochs=epochs,
+        nn_learning_rate=learning_rate,
+        seed=seed,
     )
     config = SurveyConfig(
         order=order,

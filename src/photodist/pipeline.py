@@ -122,8 +122,9 @@ class PipelineConfig:
     nn_spec
         Network architecture (:class:`photodist.nn.NetworkSpec` or its dict); None: the
         paper's default.
-    nn_max_epochs, nn_patience, nn_n_runs, nn_batch_size, nn_device
-        Training settings passed to :class:`photodist.nn.PhotoDNetwork`.
+    nn_max_epochs, nn_patience, nn_n_runs, nn_batch_size, nn_learning_rate, nn_device
+        Training settings passed to :class:`photodist.nn.PhotoDNetwork` (defaults: the paper's
+        1,024 epochs, patience 100, 2 runs, batch 1,024, Adam learning rate 1e-3).
     nn_options
         Further keyword arguments of :class:`photodist.nn.PhotoDNetwork` (JSON-serialisable).
     nn_missing_colors
@@ -157,6 +158,7 @@ class PipelineConfig:
     nn_patience: int = 100
     nn_n_runs: int = 2
     nn_batch_size: int = 1024
+    nn_learning_rate: float = 1e-3
     nn_device: str = "auto"
     nn_options: dict[str, Any] = field(default_factory=dict)
     nn_missing_colors: bool = True
@@ -186,7 +188,9 @@ class PipelineConfig:
             if value is not None and not float(value) > 0:
                 raise ValueError(f"{name} must be positive or None")
         reserved = {"band_set", "seed", "spec", "max_epochs", "patience", "n_runs"}
-        reserved.add("missing_colors")
+        reserved |= {"missing_colors", "learning_rate"}
+        if not float(self.nn_learning_rate) > 0:
+            raise ValueError(f"nn_learning_rate must be positive, got {self.nn_learning_rate!r}")
         clash = (reserved | {"batch_size", "device"}) & set(self.nn_options)
         if clash:
             raise ValueError(f"nn_options may not set {sorted(clash)}; use the nn_* fields")
@@ -222,6 +226,7 @@ class PipelineConfig:
             patience=int(self.nn_patience),
             n_runs=int(self.nn_n_runs),
             batch_size=int(self.nn_batch_size),
+            learning_rate=float(self.nn_learning_rate),
             missing_colors=bool(self.nn_missing_colors),
             **self.nn_options,
         )
