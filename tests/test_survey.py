@@ -567,3 +567,16 @@ def test_sigkill_then_rerun_gives_the_same_catalog(reference, catalog_path, prio
     assert temp_files(run) == []
     assert not (run / "_staging").exists()
     assert json.loads((run / MANIFEST_NAME).read_text())["status"]["complete"] is True
+
+
+def test_local_cluster_workers_keep_glibc_malloc_defaults():
+    """Dask's MALLOC_TRIM_THRESHOLD_ halves network-training speed; local workers drop it."""
+    from dask.distributed import Client
+
+    from photodist.survey import local_cluster
+
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        environ = client.run(lambda: dict(os.environ))
+    (worker_env,) = environ.values()
+    assert "MALLOC_TRIM_THRESHOLD_" not in worker_env
+    assert worker_env.get("OMP_NUM_THREADS") == "1"  # the other dask settings stay
