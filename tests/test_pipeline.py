@@ -288,8 +288,9 @@ def test_networks_take_stars_without_u(catalog, prior, default_locus):
 
 
 def test_learning_rate_setting_reaches_the_networks():
-    assert PipelineConfig().network(0).learning_rate == 1e-3  # the paper's
-    assert PipelineConfig(nn_learning_rate=0.01).network(0).learning_rate == 0.01
+    assert PipelineConfig().network(0).learning_rate == 1e-2
+    paper = PipelineConfig(nn_max_epochs=1024, nn_learning_rate=1e-3).network(0)
+    assert paper.learning_rate == 1e-3 and paper.max_epochs == 1024
     with pytest.raises(ValueError, match="nn_learning_rate"):
         PipelineConfig(nn_learning_rate=0.0)
     with pytest.raises(ValueError, match="learning_rate"):

@@ -565,16 +565,16 @@ def bayes_command(
 @click.option(
     "--epochs",
     type=int,
-    default=1024,
+    default=256,
     show_default=True,
-    help="Maximum training epochs of the moments network.",
+    help="Maximum training epochs of the moments network (the paper: 1024).",
 )
 @click.option(
     "--learning-rate",
     type=click.FloatRange(min=0.0, min_open=True),
-    default=1e-3,
+    default=1e-2,
     show_default=True,
-    help="Adam learning rate of the networks (the paper's 1e-3; see docs/benchmarks.md).",
+    help="Adam learning rate of the networks (the paper: 1e-3; see docs/benchmarks.md).",
 )
 @click.option("--error-floor", type=float, default=0.02, show_default=True)
 @click.option(
@@ -800,13 +800,19 @@ def evaluate_command(
     help="TRILEGAL-format prior catalogue instead of the Galaxy model.",
 )
 @click.option("--n-train", type=int, default=10_000, show_default=True)
-@click.option("--epochs", type=int, default=1024, show_default=True)
+@click.option(
+    "--epochs",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Maximum training epochs (paper: 1024).",
+)
 @click.option(
     "--learning-rate",
     type=click.FloatRange(min=0.0, min_open=True),
-    default=1e-3,
+    default=1e-2,
     show_default=True,
-    help="Adam learning rate.",
+    help="Adam learning rate (paper: 1e-3).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in OUTPUT_DIR first.")
