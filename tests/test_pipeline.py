@@ -88,10 +88,12 @@ def test_rows_preserved_in_order(catalog, hybrid):
     json.dumps(info)  # the record travels with the output (e.g. Parquet metadata)
 
 
-def test_labelled_rows_keep_bayes_values(hybrid, bayes_all):
+def test_labelled_rows_keep_bayes_values(catalog, hybrid, bayes_all):
     result, _, _ = hybrid
     labelled = result["labelled"].to_numpy()
-    assert labelled.sum() == 800
+    # 800 complete stars plus those lacking a colour at the same rate (see the subsample test)
+    complete = network_inputs_usable(photometry_from_frame(catalog, "lsst"), missing_colors=False)
+    assert labelled[complete].sum() == 800 and 0 < labelled[~complete].sum() <= 10
     assert (result.loc[labelled, "method"] == "bayes").all()
     for p in ("Mr", "Ar", "FeH"):
         np.testing.assert_array_equal(
@@ -171,8 +173,10 @@ def test_empty_catalog(catalog, prior, default_locus):
 def test_train_fraction_sets_the_subsample(catalog, prior, default_locus):
     config = small_config(train_fraction=0.1, min_train=100, nn_max_epochs=5, nn_patience=5)
     result, _, model = run_patch(catalog, prior, default_locus, config)
-    n_usable = network_inputs_usable(photometry_from_frame(catalog, "lsst")).sum()
-    assert result["labelled"].sum() == int(np.ceil(0.1 * n_usable))
+    phot = photometry_from_frame(catalog, "lsst")
+    complete = network_inputs_usable(phot, missing_colors=False)
+    labelled = result["labelled"].to_numpy()
+    assert labelled[complete].sum() == int(np.ceil(0.1 * complete.sum()))
     assert model is not None
 
 
@@ -201,7 +205,11 @@ def test_subsample_excludes_unusable_rows_and_is_seeded(catalog):
     assert np.array_equal(strict, usable & np.isfinite(phot.colors).all(axis=1))
     for strategy in ("stratified", "random"):
         idx = choose_training_subsample(phot, 500, strategy, seed=3)
-        assert idx.size == 500 and np.all(np.diff(idx) > 0)
+        # 500 complete stars, plus stars lacking a colour at the same rate
+        partial = usable & ~strict
+        n_partial = min(500, int(np.ceil(500 * partial.sum() / strict.sum())))
+        assert strict[idx].sum() == 500 and partial[idx].sum() == n_partial
+        assert idx.size == 500 + n_partial and np.all(np.diff(idx) > 0)
         assert usable[idx].all()
         np.testing.assert_array_equal(idx, choose_training_subsample(phot, 500, strategy, seed=3))
         assert not np.array_equal(idx, choose_training_subsample(phot, 500, strategy, seed=4))

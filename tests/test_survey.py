@@ -147,7 +147,8 @@ def test_reference_run_is_a_complete_hats_catalog(reference, catalog, catalog_pa
         index = part["_healpix_29"].to_numpy()
         assert np.all(np.diff(index) >= 0)
         assert np.all(index >> (2 * (29 - ORDER)) == pixel)
-        assert part["labelled"].sum() == PIPELINE["n_train"]
+        # n_train complete stars, plus the few lacking a colour at the same rate
+        assert PIPELINE["n_train"] <= part["labelled"].sum() <= 1.1 * PIPELINE["n_train"]
     # the damaged rows are kept and flagged
     damaged = result.set_index("source_id").loc[catalog.loc[[5, 7, 50], "source_id"]]
     assert (damaged["flags"] != 0).all()

@@ -296,6 +296,9 @@ def choose_training_subsample(
 
     Only rows the networks can take are eligible (:func:`network_inputs_usable` with
     ``missing_colors``; the pipeline estimates the others with the Bayesian method anyway).
+    ``n`` stars are drawn among those with every colour usable; with ``missing_colors``, stars
+    lacking a colour are drawn on top, at the same rate (at most ``n`` of them), so that they do
+    not take training examples away from the complete stars.
 
     Parameters
     ----------
@@ -319,14 +322,47 @@ def choose_training_subsample(
     Returns
     -------
     numpy.ndarray
-        Sorted int64 row indices, ``min(n, eligible)`` of them.
+        Sorted int64 row indices: ``min(n, complete)`` complete stars plus the stars lacking a
+        colour.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if isinstance(n, bool) or int(n) < 0:
         raise ValueError(f"subsample size must be a non-negative integer, got {n!r}")
     n = int(n)
-    eligible = np.flatnonzero(network_inputs_usable(photometry, missing_colors))
+    complete = network_inputs_usable(photometry, missing_colors=False)
+    partial = network_inputs_usable(photometry, missing_colors) & ~complete
+    seeds = np.random.SeedSequence(seed).spawn(2)
+    chosen = _draw(
+        photometry, np.flatnonzero(complete), n, strategy, seeds[0], stratified_fraction, bins
+    )
+    if partial.any():
+        n_complete = max(int(complete.sum()), 1)
+        n_partial = min(n, int(math.ceil(n * int(partial.sum()) / n_complete)))
+        extra = _draw(
+            photometry,
+            np.flatnonzero(partial),
+            n_partial,
+            strategy,
+            seeds[1],
+            stratified_fraction,
+            bins,
+        )
+        chosen = np.sort(np.concatenate([chosen, extra]))
+    return chosen.astype(np.int64)
+
+
+def _draw(
+    photometry: Photometry,
+    eligible: np.ndarray,
+    n: int,
+    strategy: str,
+    seed: np.random.SeedSequence,
+    stratified_fraction: float,
+    bins: Sequence[int],
+) -> np.ndarray:
+    """``min(n, eligible.size)`` of the ``eligible`` rows, sorted (see
+    :func:`choose_training_subsample`)."""
     if eligible.size <= n:
         return eligible.astype(np.int64)
     rng = np.random.default_rng(seed)
@@ -499,8 +535,8 @@ def run_patch(
     grid = posterior_grid(locus, config)
     estimator = BayesEstimator(grid, prior, config.bayes_config())
     n = len(phot)
-    usable = network_inputs_usable(phot, config.nn_missing_colors)
-    n_usable = int(usable.sum())
+    # the training size counts stars with every colour usable (see choose_training_subsample)
+    n_usable = int(network_inputs_usable(phot, missing_colors=False).sum())
     n_train = config.training_size(n_usable)
     seeds = np.random.SeedSequence(int(config.seed)).spawn(2)
     subsample_seed, nn_seed = (int(s.generate_state(1)[0]) for s in seeds)
