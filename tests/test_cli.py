@@ -247,3 +247,14 @@ def test_tune_smoke_and_run_with_its_spec(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
+
+
+def test_training_option_defaults_match_the_pipeline():
+    from photodist.cli import run_command, survey_command
+    from photodist.pipeline import PipelineConfig
+
+    defaults = PipelineConfig()
+    for command in (run_command, survey_command):
+        params = {p.name: p.default for p in command.params}
+        assert params["epochs"] == defaults.nn_max_epochs
+        assert params["learning_rate"] == defaults.nn_learning_rate

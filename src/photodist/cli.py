@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -18,6 +19,25 @@ from photodist.plots import color_color_figure
 BAYES_FEH_STEP = 0.05
 BAYES_MR_STEP = 0.1
 BAND_SET_CHOICE = click.Choice(["lsst", "sdss", "ugrizy", "ugriz"], case_sensitive=False)
+
+
+def _training_options(command: Any) -> Any:
+    """``--epochs`` and ``--learning-rate`` of the networks (the defaults of
+    ``PipelineConfig``; not imported here, which would load PyTorch for every command)."""
+    command = click.option(
+        "--learning-rate",
+        type=click.FloatRange(min=0.0, min_open=True),
+        default=1e-2,
+        show_default=True,
+        help="Adam learning rate of the networks (the paper: 1e-3; see docs/benchmarks.md).",
+    )(command)
+    return click.option(
+        "--epochs",
+        type=int,
+        default=256,
+        show_default=True,
+        help="Maximum training epochs of the moments network (the paper: 1024).",
+    )(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -562,20 +582,7 @@ def bayes_command(
     show_default=True,
     help="How the training subsample is chosen.",
 )
-@click.option(
-    "--epochs",
-    type=int,
-    default=256,
-    show_default=True,
-    help="Maximum training epochs of the moments network (the paper: 1024).",
-)
-@click.option(
-    "--learning-rate",
-    type=click.FloatRange(min=0.0, min_open=True),
-    default=1e-2,
-    show_default=True,
-    help="Adam learning rate of the networks (the paper: 1e-3; see docs/benchmarks.md).",
-)
+@_training_options
 @click.option("--error-floor", type=float, default=0.02, show_default=True)
 @click.option(
     "--spec",
@@ -800,20 +807,7 @@ def evaluate_command(
     help="TRILEGAL-format prior catalogue instead of the Galaxy model.",
 )
 @click.option("--n-train", type=int, default=10_000, show_default=True)
-@click.option(
-    "--epochs",
-    type=int,
-    default=256,
-    show_default=True,
-    help="Maximum training epochs (paper: 1024).",
-)
-@click.option(
-    "--learning-rate",
-    type=click.FloatRange(min=0.0, min_open=True),
-    default=1e-2,
-    show_default=True,
-    help="Adam learning rate (paper: 1e-3).",
-)
+@_training_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in OUTPUT_DIR first.")
 def survey_command(
