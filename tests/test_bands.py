@@ -77,6 +77,10 @@ def test_custom_column_map():
     np.testing.assert_allclose(phot.colors[:, 0], 0.5)
     with pytest.raises(ValueError, match="unknown column-map key"):
         ColumnMap.from_mapping({"colour": "x"})
+    mapping = {"umag": "u_psf", "uerr": "u_psf_err", "ra": "RA", "dust": None}
+    again = ColumnMap.from_mapping(ColumnMap.from_mapping(mapping).to_mapping())
+    assert again == ColumnMap.from_mapping(mapping)
+    assert again.mag_column("u") == "u_psf" and again.ra == "RA" and again.dust is None
 
 
 def test_bad_values_become_nan_colors():

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 from click.testing import CliRunner
 
@@ -151,6 +152,37 @@ def test_simulate_run_evaluate_chain(tmp_path):
     table = pd.read_csv(tmp_path / "t1.csv", index_col=0)
     assert set(table.index) == {"Mr", "Ar", "FeH"}
     assert table.loc["Mr", "bayes_truth_sigma_g"] > 0
+
+
+def test_evaluate_reads_photod_truth_with_the_runs_column_mapping(tmp_path):
+    """A photod-style simulated catalogue (truth in Mr/FeH/Ar, renamed magnitude columns)."""
+    sim = tmp_path / "sim.parquet"
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["simulate", str(sim), "--cone", "60", "60", "0.4", "--r-max", "24", "--seed", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(sim)
+    frame = frame.rename(columns={"Mr_true": "Mr", "FeH_true": "FeH", "umag": "u_psf"})
+    frame["Ar"] = frame.pop("Ar_true")
+    photod = tmp_path / "photod.parquet"
+    frame.to_parquet(photod)
+    out = tmp_path / "run.parquet"
+    args = ["run", str(photod), str(out), "--column", "umag=u_psf", "--n-train", "1000"]
+    result = runner.invoke(cli, [*args, "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    t1 = tmp_path / "t1.csv"
+    result = runner.invoke(
+        cli, ["evaluate", str(out), str(photod), "--bayes-sample", "100", "--out", str(t1)]
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(t1, index_col=0)
+    assert (table["n_stars"] > 0).all() and np.isfinite(table["bayes_truth_sigma_g"]).all()
+    # no truth at all: a clear message, not a traceback
+    frame.drop(columns=["Mr", "FeH"]).to_parquet(photod)
+    result = runner.invoke(cli, ["evaluate", str(out), str(photod), "--bayes-sample", "0"])
+    assert result.exit_code != 0 and "--truth-column" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_bayes_command_places_a_galaxy_prior_from_positions(tmp_path):

@@ -16,6 +16,7 @@ from photodist.evaluate import (
     robust_stats,
     snr_mask,
     table1,
+    truth_values,
 )
 
 
@@ -135,3 +136,37 @@ def test_table1_checks_lengths():
         table1(result, truth.iloc[:3], bayes)
     with pytest.raises(ValueError, match="bayes_full"):
         table1(result, truth, bayes.iloc[:3])
+
+
+def test_truth_values_reads_simulator_and_photod_conventions():
+    sim = pd.DataFrame({"Mr_true": [4.0], "Ar_true": [0.1], "FeH_true": [-1.0], "Ar": [0.3]})
+    found = truth_values(sim)
+    assert {p: v[0] for p, v in found.items()} == {"Mr": 4.0, "Ar": 0.1, "FeH": -1.0}
+    # photod: truth in Mr / FeH / Ar, -99 = no value
+    photod = pd.DataFrame({"Mr": [4.0, -99.0], "FeH": [-1.0, -99.0], "Ar": [0.2, 0.3]})
+    found = truth_values(photod)
+    np.testing.assert_array_equal(found["Mr"], [4.0, np.nan])
+    np.testing.assert_array_equal(found["FeH"], [-1.0, np.nan])
+    np.testing.assert_array_equal(found["Ar"], [0.2, 0.3])
+    # a real photod-format catalogue: only sentinels, so Ar is the dust map, not a truth
+    real = pd.DataFrame({"Mr": [-99.0, -99.0], "FeH": [-99.0, -99.0], "Ar": [0.24, 0.25]})
+    assert truth_values(real) == {}
+    # explicit columns win; bad names are clear errors
+    named = truth_values(photod.assign(A_sim=[0.5, 0.6]), {"Ar": "A_sim"})
+    np.testing.assert_array_equal(named["Ar"], [0.5, 0.6])
+    with pytest.raises(KeyError, match="A_none"):
+        truth_values(photod, {"Ar": "A_none"})
+    with pytest.raises(KeyError, match="unknown truth parameter"):
+        truth_values(photod, {"logg": "Mr"})
+
+
+def test_table1_takes_photod_truth_and_names_missing_truth():
+    result, truth, bayes = _toy()
+    photod = truth.rename(columns={"Mr_true": "Mr", "Ar_true": "Ar", "FeH_true": "FeH"})
+    pd.testing.assert_frame_equal(table1(result, photod, bayes), table1(result, truth, bayes))
+    arrays = {p: truth[f"{p}_true"].to_numpy() for p in ("Mr", "Ar", "FeH")}
+    pd.testing.assert_frame_equal(table1(result, arrays, bayes), table1(result, truth, bayes))
+    with pytest.raises(KeyError, match="FeH_true or FeH"):
+        table1(result, truth.drop(columns="FeH_true"), bayes)
+    with pytest.raises(ValueError, match="rows"):
+        table1(result, truth.iloc[:3], bayes)

@@ -158,6 +158,13 @@ class ColumnMap:
                 raise ValueError(f"unknown column-map key {key!r}")
         return cls(mags=mags, errors=errors, **other)  # type: ignore[arg-type]
 
+    def to_mapping(self) -> dict[str, str | None]:
+        """Flat keys that :meth:`from_mapping` reads back (for run summaries)."""
+        mapping: dict[str, str | None] = {f"{b}mag": c for b, c in self.mags.items()}
+        mapping.update({f"{b}err": c for b, c in self.errors.items()})
+        mapping.update(ra=self.ra, dec=self.dec, object_id=self.object_id, dust=self.dust)
+        return mapping
+
 
 @dataclass
 class Photometry:

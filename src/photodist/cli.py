@@ -81,13 +81,19 @@ def locus_command(out_path: Path, feh_step: float, mr_step: float, figure: Path 
         click.echo(f"figure: {figure}")
 
 
-def _column_map(column: tuple[str, ...], dust: str | None) -> ColumnMap:
-    mapping: dict[str, str | None] = {}
-    for item in column:
+def _key_values(items: tuple[str, ...], option: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` option values as pairs, or a clear usage error."""
+    pairs = []
+    for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected KEY=COLUMN, got {item!r}", param_hint="--column")
-        mapping[key] = value
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=COLUMN, got {item!r}", param_hint=option)
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def _column_map(column: tuple[str, ...], dust: str | None) -> ColumnMap:
+    mapping: dict[str, str | None] = dict(_key_values(column, "--column"))
     mapping.setdefault("dust", dust)
     try:
         return ColumnMap.from_mapping(mapping)
@@ -684,6 +690,7 @@ def run_command(
         "methods": result["method"].value_counts().to_dict() if len(result) else {},
         "prior": str(prior_out) if prior is not None else None,
         "config": config.to_dict(),
+        "columns": columns.to_mapping(),
         "timings_s": timings,
     }
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
@@ -709,6 +716,12 @@ def run_command(
     help="Evaluate stars with at least this SNR in every band.",
 )
 @click.option(
+    "--truth-column",
+    multiple=True,
+    metavar="PARAM=COLUMN",
+    help="Column holding the true value of Mr, Ar or FeH, e.g. --truth-column Ar=A_r_sim.",
+)
+@click.option(
     "--out",
     "out_path",
     type=click.Path(path_type=Path),
@@ -727,23 +740,44 @@ def evaluate_command(
     truth_path: Path,
     bayes_sample: int,
     min_snr: float,
+    truth_column: tuple[str, ...],
     out_path: Path | None,
     save_bayes: Path | None,
 ) -> None:
-    """Table 1 of the paper for a `photodist run` output against a simulated truth catalogue."""
+    """Table 1 of the paper for a `photodist run` output against a simulated truth catalogue.
+
+    TRUTH is the catalogue given to `photodist run` with true values per row: the simulator's
+    Mr_true, Ar_true, FeH_true, the photod convention Mr, FeH, Ar (-99 = none), or columns
+    named with --truth-column. Its photometry columns are read with the run's column mapping.
+    """
     import json
 
     from photodist import io
     from photodist.bayes import BayesEstimator
-    from photodist.evaluate import snr_mask, table1
+    from photodist.evaluate import snr_mask, table1, truth_values
     from photodist.pipeline import PipelineConfig, posterior_grid
     from photodist.priors import PriorMap
 
-    result = io.read_catalog(result_path)
-    truth = io.read_catalog(truth_path)
+    overrides = dict(_key_values(truth_column, "--truth-column"))
+    try:
+        result = io.read_catalog(result_path)
+        truth = io.read_catalog(truth_path)
+    except (io.CatalogError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
     if len(result) != len(truth):
         raise click.ClickException(
             f"{result_path} has {len(result)} rows but {truth_path} has {len(truth)}"
+        )
+    try:
+        true_values = truth_values(truth, overrides)
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from exc
+    missing = [p for p in ("Mr", "Ar", "FeH") if p not in true_values]
+    if missing:
+        raise click.ClickException(
+            f"{truth_path} has no true values for {', '.join(missing)}: expected the columns "
+            "Mr_true/Ar_true/FeH_true (or photod's Mr/FeH/Ar), or name them with "
+            "--truth-column, e.g. --truth-column Mr=M_r_sim"
         )
     summary_path = result_path.with_name(result_path.name + ".run.json")
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -751,7 +785,13 @@ def evaluate_command(
     if "strata_bins" in settings:
         settings["strata_bins"] = tuple(settings["strata_bins"])
     config = PipelineConfig(**settings)
-    keep = snr_mask(truth, config.band_set, min_snr)
+    columns = ColumnMap.from_mapping(summary["columns"]) if "columns" in summary else ColumnMap()
+    try:
+        keep = snr_mask(truth, config.band_set, min_snr, columns)
+    except KeyError as exc:
+        raise click.ClickException(
+            f"{truth_path}: photometry column {exc} not found (run's column mapping)"
+        ) from exc
     bayes_full = None
     if bayes_sample > 0 and "method" in result.columns:
         rng = np.random.default_rng(config.seed + 1)
@@ -761,11 +801,15 @@ def evaluate_command(
         estimator = BayesEstimator(
             posterior_grid(build_locus(), config), prior, config.bayes_config()
         )
-        phot = photometry_from_frame(truth.iloc[sample], config.band_set)
+        phot = photometry_from_frame(truth.iloc[sample], config.band_set, columns)
         estimates = estimator.predict(phot)
         bayes_full = pd.DataFrame(np.nan, index=result.index, columns=estimates.columns)
         bayes_full.iloc[sample] = estimates.to_numpy()
-    table = table1(result[keep], truth[keep], None if bayes_full is None else bayes_full[keep])
+    table = table1(
+        result[keep],
+        {p: v[keep] for p, v in true_values.items()},
+        None if bayes_full is None else bayes_full[keep],
+    )
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         click.echo(table.round(4).T.to_string())
     if out_path is not None:

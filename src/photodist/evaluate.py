@@ -34,12 +34,22 @@ __all__ = [
     "robust_stats",
     "snr_mask",
     "table1",
+    "truth_values",
 ]
 
 #: sigma_G = SIGMA_G_FACTOR x interquartile range (equals sigma for a Gaussian).
 SIGMA_G_FACTOR = 0.7413
-#: Parameters compared in Table 1: (estimate prefix, truth column).
-TABLE1_PARAMETERS: dict[str, str] = {"Mr": "Mr_true", "Ar": "Ar_true", "FeH": "FeH_true"}
+#: Parameters compared in Table 1 (estimate prefixes).
+TABLE1_PARAMETERS: tuple[str, ...] = ("Mr", "Ar", "FeH")
+#: Truth columns of a simulated catalogue, in order of preference: photodist's simulator
+#: (``Mr_true``) and the photod package's convention (``Mr``, ``FeH``, ``Ar``).
+TRUTH_ALIASES: dict[str, tuple[str, str]] = {
+    "Mr": ("Mr_true", "Mr"),
+    "Ar": ("Ar_true", "Ar"),
+    "FeH": ("FeH_true", "FeH"),
+}
+#: Truth values at or below this are "no value" sentinels (photod writes -99).
+TRUTH_SENTINEL_MAX = -90.0
 #: Columns of the frame returned by :func:`table1`.
 TABLE1_COLUMNS: tuple[str, ...] = (
     "n_stars",
@@ -59,6 +69,52 @@ TABLE1_COLUMNS: tuple[str, ...] = (
 )
 #: |NN - Bayes| above which a star counts as an outlier (only [Fe/H] by default, 0.3 dex).
 DEFAULT_OUTLIER_THRESHOLDS: dict[str, float] = {"FeH": 0.3}
+
+
+def _truth_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+    return np.where(values > TRUTH_SENTINEL_MAX, values, np.nan)
+
+
+def truth_values(
+    frame: pd.DataFrame, overrides: Mapping[str, str] | None = None
+) -> dict[str, np.ndarray]:
+    """True M_r, A_r and [Fe/H] of a simulated catalogue, keyed ``Mr``, ``Ar``, ``FeH``.
+
+    Columns are looked up in this order: ``overrides`` (parameter -> column), the simulator's
+    ``Mr_true``/``Ar_true``/``FeH_true``, then the photod convention ``Mr``/``FeH``/``Ar``.
+    Under the photod convention ``Ar`` counts as the true extinction only when ``Mr`` or
+    ``FeH`` holds true values: in a real catalogue ``Ar`` is the dust-map value and the truth
+    columns hold the -99 sentinel. Sentinels (<= -90) and non-numeric values become NaN.
+    Parameters without truth are left out of the result.
+
+    Raises
+    ------
+    KeyError
+        An override names a column that is not in the frame, or an unknown parameter.
+    """
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(TRUTH_ALIASES)
+    if unknown:
+        raise KeyError(f"unknown truth parameter(s) {sorted(unknown)}; use {list(TRUTH_ALIASES)}")
+    found: dict[str, np.ndarray] = {}
+    for p, (simulator_name, _) in TRUTH_ALIASES.items():
+        if p in overrides:
+            if overrides[p] not in frame.columns:
+                raise KeyError(f"truth column {overrides[p]!r} for {p} is not in the catalogue")
+            found[p] = _truth_column(frame, overrides[p])
+        elif simulator_name in frame.columns:
+            found[p] = _truth_column(frame, simulator_name)
+    photod = {
+        p: _truth_column(frame, TRUTH_ALIASES[p][1])
+        for p in ("Mr", "FeH")
+        if p not in found and TRUTH_ALIASES[p][1] in frame.columns
+    }
+    photod = {p: v for p, v in photod.items() if np.isfinite(v).any()}
+    found.update(photod)
+    if photod and "Ar" not in found and TRUTH_ALIASES["Ar"][1] in frame.columns:
+        found["Ar"] = _truth_column(frame, TRUTH_ALIASES["Ar"][1])
+    return {p: found[p] for p in TRUTH_ALIASES if p in found}
 
 
 def robust_stats(x: np.ndarray | Sequence[float] | pd.Series) -> tuple[float, float]:
@@ -143,7 +199,7 @@ def _column(frame: pd.DataFrame, *names: str) -> np.ndarray:
 
 def table1(
     result: pd.DataFrame,
-    truth: pd.DataFrame,
+    truth: pd.DataFrame | Mapping[str, np.ndarray],
     bayes_full: pd.DataFrame | None = None,
     *,
     outlier_thresholds: Mapping[str, float] | None = None,
@@ -157,8 +213,8 @@ def table1(
         and ``method``; the network statistics use the rows with ``method == "nn"`` (all rows
         when there is no ``method`` column).
     truth
-        True values, aligned row by row with ``result``: ``Mr_true``, ``Ar_true``,
-        ``FeH_true`` (a simulated catalogue works as it is).
+        True values, aligned row by row with ``result``: a simulated catalogue with the
+        columns :func:`truth_values` recognises, or a mapping parameter -> array.
     bayes_full
         Bayesian estimates of the same rows (``BayesEstimator.predict`` output with
         ``{p}_mean``/``{p}_std``, or a pipeline-style frame with ``{p}_sigma``); rows not
@@ -182,8 +238,6 @@ def table1(
         outlier fraction. ``attrs["bayes_source"]`` says which
         Bayesian rows were used.
     """
-    if len(truth) != len(result):
-        raise ValueError(f"truth has {len(truth)} rows, result {len(result)}")
     if bayes_full is not None and len(bayes_full) != len(result):
         raise ValueError(f"bayes_full has {len(bayes_full)} rows, result {len(result)}")
     thresholds = (
@@ -193,11 +247,25 @@ def table1(
         is_nn = (result["method"].astype(str) == "nn").to_numpy()
     else:
         is_nn = np.ones(len(result), dtype=bool)
+    true_values = (
+        truth_values(truth)
+        if isinstance(truth, pd.DataFrame)
+        else {p: np.asarray(v, dtype=float) for p, v in truth.items()}
+    )
+    for p, values in true_values.items():
+        if len(values) != len(result):
+            raise ValueError(f"truth of {p} has {len(values)} rows, result {len(result)}")
+    missing = [p for p in TABLE1_PARAMETERS if p not in true_values]
+    if missing:
+        raise KeyError(
+            f"no truth for {missing}: expected columns "
+            + ", ".join(" or ".join(TRUTH_ALIASES[p]) for p in missing)
+        )
     rows = {}
-    for p, truth_column in TABLE1_PARAMETERS.items():
+    for p in TABLE1_PARAMETERS:
         nn = _column(result, f"{p}_mean")
         nn_sigma = _column(result, f"{p}_sigma")
-        true = _column(truth, truth_column)
+        true = true_values[p]
         base = is_nn & np.isfinite(nn) & np.isfinite(true)
         if bayes_full is not None:
             bayes = _column(bayes_full, f"{p}_mean")

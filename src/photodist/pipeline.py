@@ -411,10 +411,10 @@ def _chunks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield rows[start : start + size]
 
 
-def _progress(enabled: bool, total: int, desc: str) -> Any:
+def _progress(enabled: bool, total: int, desc: str, unit: str = "star") -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="star", disable=not enabled, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
 
 
 class _Output:
@@ -576,7 +576,7 @@ def run_patch(
             reason = f"only {n_labels} finite Bayesian labels"
     if hybrid:
         t0 = time.perf_counter()
-        with _progress(config.progress, 1, "train") as bar:
+        with _progress(config.progress, 1, "train", unit="model") as bar:
             model = config.network(nn_seed)
             model.fit(
                 phot.subset(train_rows).features(),

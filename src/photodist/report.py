@@ -68,7 +68,7 @@ from matplotlib.ticker import LogFormatter
 
 from photodist.bands import ColumnMap
 from photodist.bayes import Flags
-from photodist.evaluate import SIGMA_G_FACTOR, robust_stats
+from photodist.evaluate import SIGMA_G_FACTOR, TRUTH_ALIASES, robust_stats, truth_values
 from photodist.locus import SUBGIANT_WIDTH, ms_gi, turnoff_absmag
 
 __all__ = [
@@ -91,7 +91,8 @@ __all__ = [
 
 #: Parameters compared, with their truth columns, plain-text symbols and units.
 PARAMETERS: tuple[str, ...] = ("Mr", "Ar", "FeH")
-TRUTH_COLUMNS: dict[str, str] = {"Mr": "Mr_true", "Ar": "Ar_true", "FeH": "FeH_true"}
+#: The simulator's truth columns (a run output that kept them is its own truth).
+TRUTH_COLUMNS: dict[str, str] = {p: TRUTH_ALIASES[p][0] for p in PARAMETERS}
 SYMBOLS: dict[str, str] = {"Mr": "M_r", "Ar": "A_r", "FeH": "[Fe/H]"}
 UNITS: dict[str, str] = {"Mr": "mag", "Ar": "mag", "FeH": "dex"}
 _TEX: dict[str, str] = {"Mr": "$M_r$", "Ar": "$A_r$", "FeH": "[Fe/H]"}
@@ -249,7 +250,9 @@ def prepare_report_data(
         Pipeline output: ``{p}_mean``, ``{p}_sigma`` (or ``{p}_std``), optionally
         ``{p}_sigma_nn``, ``{p}_sigma_bayes``, ``method``, ``flags``.
     truth
-        ``Mr_true``, ``Ar_true``, ``FeH_true`` per row (a simulated catalogue works as is).
+        True values per row: a simulated catalogue (``Mr_true``, ``Ar_true``, ``FeH_true``,
+        or the photod convention ``Mr``, ``FeH``, ``Ar``; see
+        :func:`photodist.evaluate.truth_values`).
     bayes_reference
         Bayesian estimates of the same rows: ``{p}_mean`` and ``{p}_std`` or ``{p}_sigma``
         (``BayesEstimator.predict`` output or a pipeline-style frame); NaN rows allowed.
@@ -320,12 +323,15 @@ def prepare_report_data(
             sigmas["bayes"][p] = nan.copy() if sig is None else np.where(is_bayes, sig, np.nan)
 
     if truth is not None:
-        values["truth"] = {}
-        for p in PARAMETERS:
-            col = _numeric(truth, TRUTH_COLUMNS[p])
-            if col is None:
-                raise KeyError(f"truth has no column {TRUTH_COLUMNS[p]}")
-            values["truth"][p] = col
+        found = truth_values(truth)
+        missing = [p for p in PARAMETERS if p not in found]
+        if missing:
+            raise KeyError(
+                f"truth has no column for {missing} (expected "
+                + ", ".join(" or ".join(TRUTH_ALIASES[p]) for p in missing)
+                + ")"
+            )
+        values["truth"] = {p: found[p] for p in PARAMETERS}
 
     frames = [f for f in (photometry, result, truth) if f is not None]
 
