@@ -204,6 +204,19 @@ def test_bayes_command_places_a_galaxy_prior_from_positions(tmp_path):
         cli, ["bayes", str(no_positions), str(tmp_path / "o2.parquet"), "--bands", "sdss"]
     )
     assert result.exit_code != 0 and "--flat-prior" in result.output
+    # galactic coordinates only (the photod convention): converted, and the same prior placed
+    from astropy.coordinates import SkyCoord
+
+    sky = SkyCoord(ra=frame["ra"].to_numpy(), dec=frame["dec"].to_numpy(), unit="deg").galactic
+    galactic = tmp_path / "gal.csv"
+    frame.drop(columns=["ra", "dec"]).assign(glon=sky.l.deg, glat=sky.b.deg).to_csv(
+        galactic, index=False
+    )
+    out_gal = tmp_path / "gal.parquet"
+    args = ["--bands", "sdss", "--feh-step", "0.25", "--mr-step", "0.5"]
+    result = CliRunner().invoke(cli, ["bayes", str(galactic), str(out_gal), *args])
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_parquet(out_gal), res.drop(columns=["ra", "dec"]))
 
 
 def test_survey_resume_refusal_and_maps(tmp_path):

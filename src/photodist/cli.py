@@ -304,11 +304,7 @@ def _resolve_prior(
     if trilegal_path is not None:
         return priors.read_trilegal_priors(trilegal_path, locus, pixel=trilegal_pixel)
     frame = positions() if callable(positions) else positions
-    if columns.ra not in frame.columns or columns.dec not in frame.columns:
-        raise click.UsageError(
-            f"no {columns.ra}/{columns.dec} columns to place a Galaxy-model prior on the sky; "
-            "give --prior, --trilegal-prior or --flat-prior"
-        )
+    ra, dec = _equatorial_positions(frame, columns)
     ar_inf = None
     if columns.dust is not None and columns.dust in frame.columns:
         dust = pd.to_numeric(frame[columns.dust], errors="coerce")
@@ -316,8 +312,8 @@ def _resolve_prior(
             ar_inf = float(dust.median())
     try:
         return priors.galaxy_prior_for_stars(
-            frame[columns.ra].to_numpy(float),
-            frame[columns.dec].to_numpy(float),
+            ra,
+            dec,
             locus=locus,
             seed=seed,
             ar_inf=ar_inf,
@@ -326,6 +322,31 @@ def _resolve_prior(
         raise click.ClickException(
             f"{exc}; give --prior, --trilegal-prior or --flat-prior"
         ) from exc
+
+
+#: Galactic-coordinate columns accepted when a catalogue has no RA/Dec (photod, simulators).
+GALACTIC_COLUMNS = (("glon", "glat"), ("l", "b"))
+
+
+def _equatorial_positions(frame: pd.DataFrame, columns: ColumnMap) -> tuple:
+    """RA and Dec (deg) of the stars: the RA/Dec columns, else converted galactic l, b."""
+    if columns.ra in frame.columns and columns.dec in frame.columns:
+        return frame[columns.ra].to_numpy(float), frame[columns.dec].to_numpy(float)
+    for lon, lat in GALACTIC_COLUMNS:
+        if lon in frame.columns and lat in frame.columns:
+            from astropy import units as u
+            from astropy.coordinates import SkyCoord
+
+            sky = SkyCoord(
+                l=frame[lon].to_numpy(float) * u.deg,
+                b=frame[lat].to_numpy(float) * u.deg,
+                frame="galactic",
+            ).icrs
+            return sky.ra.deg, sky.dec.deg
+    raise click.UsageError(
+        f"no {columns.ra}/{columns.dec} (or glon/glat, l/b) columns to place a Galaxy-model "
+        "prior on the sky; give --prior, --trilegal-prior or --flat-prior"
+    )
 
 
 def _prior_options(function):
@@ -414,7 +435,7 @@ def _positions_reader(path: Path, columns: ColumnMap):
     def read() -> pd.DataFrame:
         from photodist import io
 
-        wanted = [columns.ra, columns.dec, columns.dust]
+        wanted = [columns.ra, columns.dec, columns.dust, *sum(GALACTIC_COLUMNS, ())]
         try:
             available = next(io.iter_catalog_batches(path, batch_size=1)).columns
             return io.read_catalog(path, columns=[c for c in wanted if c and c in available])
