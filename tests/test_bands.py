@@ -64,6 +64,36 @@ def test_photometry_from_frame_default_columns():
     assert phot.features().shape == (3, 10)
 
 
+def test_colours_read_from_colour_columns_when_magnitudes_are_absent():
+    """photod's simulated catalogues: r, observed colours and every band's error."""
+    rng = np.random.default_rng(3)
+    mags = pd.DataFrame({f"{b}mag": rng.uniform(17, 22, 6) for b in "ugriz"})
+    errors = pd.DataFrame({f"{b}Err": rng.uniform(0.01, 0.1, 6) for b in "ugriz"})
+    errors.loc[2, "gErr"] = -1.0  # a bad g error spoils u-g and g-r either way
+    full = pd.concat([mags, errors], axis=1)
+    reference = photometry_from_frame(full, "sdss")
+    colours = errors.assign(
+        rmag=mags["rmag"],
+        ugObs=mags["umag"] - mags["gmag"],
+        grObs=mags["gmag"] - mags["rmag"],
+        ri=mags["rmag"] - mags["imag"],
+        iz=mags["imag"] - mags["zmag"],
+    )
+    colours.loc[4, "iz"] = -99.0  # a sentinel colour is unusable, like a sentinel magnitude
+    columns = ColumnMap.from_mapping({"ug": "ugObs", "gr": "grObs"})
+    phot = photometry_from_frame(colours, "sdss", columns)
+    expected = reference.colors.copy()
+    expected[4, 3] = np.nan
+    np.testing.assert_allclose(phot.colors, expected, atol=1e-12)
+    np.testing.assert_array_equal(np.isnan(phot.color_errors), np.isnan(expected))
+    np.testing.assert_allclose(phot.r, reference.r)
+    # a colour without its magnitudes or colour column names the magnitude and the colour
+    with pytest.raises(MissingColumnError, match="'imag'.*'ri'"):
+        photometry_from_frame(colours.drop(columns="ri"), "sdss", columns)
+    with pytest.raises(MissingColumnError, match="rmag"):
+        photometry_from_frame(colours.drop(columns="rmag"), "sdss", columns)
+
+
 def test_missing_column_names_it():
     frame = _frame().drop(columns=["iErr"])
     with pytest.raises(MissingColumnError, match="iErr"):

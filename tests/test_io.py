@@ -86,9 +86,9 @@ def test_detect_format_by_magic_bytes_and_layout(tmp_path: Path) -> None:
 
 
 def test_detect_format_rejects_unknown_and_missing(tmp_path: Path) -> None:
-    weird = tmp_path / "stars.txt"
+    weird = tmp_path / "stars.xyz"
     weird.write_text("hello")
-    with pytest.raises(CatalogError, match="stars.txt.*unknown catalogue format"):
+    with pytest.raises(CatalogError, match="stars.xyz.*unknown catalogue format"):
         detect_format(weird)
     with pytest.raises(CatalogError, match="nothere.parquet.*no such file"):
         detect_format(tmp_path / "nothere.parquet")
@@ -563,3 +563,18 @@ def test_atomic_parquet_writer_requires_context_manager(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="out.csv"):
         with AtomicParquetWriter(tmp_path / "out.csv"):
             pass
+
+
+def test_whitespace_text_tables_are_read_in_batches(tmp_path: Path) -> None:
+    """photod writes its simulated catalogues as space-aligned text with a header line."""
+    frame = _frame()[["umag", "uErr"]].rename(columns={"umag": "rmag", "uErr": "rErr"})
+    lines = ["   " + "  ".join(f"{c:>10s}" for c in frame.columns)]
+    lines += ["   " + "  ".join(f"{v:10.5f}" for v in row) for row in frame.to_numpy(float)]
+    path = tmp_path / "sim.txt"
+    path.write_text("\n".join(lines) + "\n")
+    assert detect_format(path) == "text"
+    pd.testing.assert_frame_equal(read_catalog(path), frame.astype(float), atol=1e-5)
+    batches = list(iter_catalog_batches(path, batch_size=2, columns=["rmag"]))
+    assert sum(len(b) for b in batches) == len(frame) and list(batches[0].columns) == ["rmag"]
+    with pytest.raises(CatalogError, match="text tables are read, not written"):
+        write_table(frame, tmp_path / "out.dat")

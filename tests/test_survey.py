@@ -298,9 +298,15 @@ def test_staging_needs_positions_and_photometry(catalog, tmp_path):
 
     with pytest.raises(CatalogError, match="without a valid position"):
         plan_patches(tmp_path / "bad.parquet", survey_config(tmp_path), tmp_path / "w1")
+    # without z the colours i-z and z-y come from their colour columns; without those too,
+    # the missing column is named
     catalog.head(50).drop(columns=["zmag"]).to_csv(tmp_path / "nz.csv", index=False)
+    plan = plan_patches(tmp_path / "nz.csv", survey_config(tmp_path), tmp_path / "w2")
+    assert {"iz", "zy"} <= set(plan.read_columns)
+    no_z = catalog.head(50).drop(columns=["zmag", "iz", "zy"])
+    no_z.to_csv(tmp_path / "nz2.csv", index=False)
     with pytest.raises(CatalogError, match="zmag"):
-        plan_patches(tmp_path / "nz.csv", survey_config(tmp_path), tmp_path / "w2")
+        plan_patches(tmp_path / "nz2.csv", survey_config(tmp_path), tmp_path / "w3")
 
 
 def test_flat_staging_conserves_rows(catalog, tmp_path):

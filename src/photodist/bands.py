@@ -6,7 +6,7 @@ y from the Cardelli, Clayton & Mathis (1989) law.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,11 +124,16 @@ class ColumnMap:
 
     Magnitude and error columns default to ``"{band}mag"`` and ``"{band}Err"`` (the SDSS
     Stripe 82 / photod convention); override any of them with ``mags``/``errors``.
+    A catalogue may give colours instead of some magnitudes (photod's simulated catalogues
+    hold r, the colours and every band's error): a colour whose two magnitudes are not both
+    present is read from its colour column, ``"ug"``, ``"gr"``, ... by default (override with
+    ``colors``, e.g. ``{"ug": "ugObs"}``). The r magnitude and all band errors are required.
     ``dust`` names an optional column with the map extinction A_r (e.g. SFD) per star.
     """
 
     mags: Mapping[str, str] = field(default_factory=dict)
     errors: Mapping[str, str] = field(default_factory=dict)
+    colors: Mapping[str, str] = field(default_factory=dict)
     ra: str = "ra"
     dec: str = "dec"
     object_id: str | None = None
@@ -140,10 +145,57 @@ class ColumnMap:
     def error_column(self, band: str) -> str:
         return self.errors.get(band, f"{band}Err")
 
+    def color_column(self, blue: str, red: str) -> str:
+        return self.colors.get(blue + red, blue + red)
+
+    def photometry_sources(
+        self, band_set: BandSet, available: Sequence[str]
+    ) -> tuple[list[str], list[str | None]]:
+        """Where the photometry of ``band_set`` comes from in a catalogue with ``available``.
+
+        Returns the columns to read, and per colour the colour column it is read from (None
+        when both magnitudes are present and the colour is their difference).
+
+        Raises
+        ------
+        MissingColumnError
+            The r magnitude, a band error, or a colour (neither both magnitudes nor the colour
+            column) is missing.
+        """
+        present = set(available)
+        needed = [self.mag_column("r")] + [self.error_column(b) for b in band_set.bands]
+        for column in needed:
+            if column not in present:
+                raise MissingColumnError(
+                    f"required column {column!r} not in catalogue "
+                    f"(columns: {list(available)[:20]}...)"
+                )
+        sources: list[str | None] = []
+        for blue, red in band_set.color_pairs:
+            mag_columns = [self.mag_column(blue), self.mag_column(red)]
+            if all(c in present for c in mag_columns):
+                needed += mag_columns
+                sources.append(None)
+                continue
+            color = self.color_column(blue, red)
+            if color not in present:
+                absent = next(c for c in mag_columns if c not in present)
+                raise MissingColumnError(
+                    f"required column {absent!r} (or the colour column {color!r}) not in "
+                    f"catalogue (columns: {list(available)[:20]}...)"
+                )
+            needed.append(color)
+            sources.append(color)
+        return list(dict.fromkeys(needed)), sources
+
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, str | None]) -> ColumnMap:
-        """Build from flat keys such as ``{"umag": "u_psf", "uerr": "u_psf_err", "ra": "RA"}``."""
+        """Build from flat keys such as ``{"umag": "u_psf", "uerr": "u_psf_err", "ra": "RA"}``.
+
+        Two-letter keys name colour columns, e.g. ``{"ug": "ugObs"}``.
+        """
         mags: dict[str, str] = {}
+        colors: dict[str, str] = {}
         errors: dict[str, str] = {}
         other: dict[str, str | None] = {}
         for key, value in mapping.items():
@@ -154,14 +206,17 @@ class ColumnMap:
                 errors[k[0]] = str(value)
             elif k in {"ra", "dec", "object_id", "dust"}:
                 other[k] = value
+            elif len(k) == 2 and set(k) <= set("ugrizy"):
+                colors[k] = str(value)
             else:
                 raise ValueError(f"unknown column-map key {key!r}")
-        return cls(mags=mags, errors=errors, **other)  # type: ignore[arg-type]
+        return cls(mags=mags, errors=errors, colors=colors, **other)  # type: ignore[arg-type]
 
     def to_mapping(self) -> dict[str, str | None]:
         """Flat keys that :meth:`from_mapping` reads back (for run summaries)."""
         mapping: dict[str, str | None] = {f"{b}mag": c for b, c in self.mags.items()}
         mapping.update({f"{b}err": c for b, c in self.errors.items()})
+        mapping.update(self.colors)
         mapping.update(ra=self.ra, dec=self.dec, object_id=self.object_id, dust=self.dust)
         return mapping
 
@@ -242,28 +297,41 @@ def photometry_from_frame(
 ) -> Photometry:
     """Read magnitudes and errors from a catalogue and form colours.
 
+    A colour comes from its two magnitudes when the catalogue has both, else from its colour
+    column (see :class:`ColumnMap`), with the two band errors in quadrature.
+
     Missing columns raise :class:`MissingColumnError` naming the column. Non-numeric entries,
     NaN/inf, sentinels (|mag| > 40), non-positive errors and errors making a colour error
     exceed 1 mag become NaN colours (the estimators drop such colours and flag the star).
     """
     band_set = get_band_set(band_set)
     columns = columns or ColumnMap()
-    mags = np.column_stack([_numeric_column(frame, columns.mag_column(b)) for b in band_set.bands])
+    _, color_sources = columns.photometry_sources(band_set, [str(c) for c in frame.columns])
+    n_bands = len(band_set.bands)
+
+    def column_or_nan(name: str) -> np.ndarray:
+        if name in frame.columns:
+            return _numeric_column(frame, name)
+        return np.full(len(frame), np.nan)
+
+    mags = np.column_stack([column_or_nan(columns.mag_column(b)) for b in band_set.bands])
     errs = np.column_stack(
         [_numeric_column(frame, columns.error_column(b)) for b in band_set.bands]
     )
-    if len(frame) == 0:
-        mags = mags.reshape(0, len(band_set.bands))
-        errs = errs.reshape(0, len(band_set.bands))
-    bad = (
-        ~np.isfinite(mags)
-        | ~np.isfinite(errs)
-        | (np.abs(mags) > MAX_PLAUSIBLE_MAGNITUDE)
-        | (errs <= 0)
-    )
+    mags = mags.reshape(len(frame), n_bands)
+    errs = errs.reshape(len(frame), n_bands)
+    bad_err = ~np.isfinite(errs) | (errs <= 0)
+    bad = bad_err | ~np.isfinite(mags) | (np.abs(mags) > MAX_PLAUSIBLE_MAGNITUDE)
     mags = np.where(bad, np.nan, mags)
-    errs = np.where(bad, np.nan, errs)
-    colors, color_errors = colors_from_magnitudes(mags, errs)
+    colors, color_errors = colors_from_magnitudes(mags, np.where(bad, np.nan, errs))
+    for k, source in enumerate(color_sources):
+        if source is not None:  # a colour column: its own value, errors from the two bands
+            value = _numeric_column(frame, source)
+            ok = np.isfinite(value) & (np.abs(value) < MAX_PLAUSIBLE_MAGNITUDE)
+            ok &= ~bad_err[:, k] & ~bad_err[:, k + 1]
+            colors[:, k] = np.where(ok, value, np.nan)
+            color_errors[:, k] = np.where(ok, np.hypot(errs[:, k], errs[:, k + 1]), np.nan)
+    errs = np.where(bad_err, np.nan, errs)
     unusable = (
         ~np.isfinite(colors) | ~np.isfinite(color_errors) | (color_errors > MAX_USABLE_COLOR_ERROR)
     )
@@ -274,4 +342,5 @@ def photometry_from_frame(
     if columns.dust is not None and columns.dust in frame.columns:
         dust = _numeric_column(frame, columns.dust)
         dust = np.where(np.isfinite(dust) & (dust >= 0) & (dust < 50), dust, np.nan)
-    return Photometry(band_set, mags[:, r_index], errs[:, r_index], colors, color_errors, dust)
+    r_err = np.where(np.isfinite(mags[:, r_index]), errs[:, r_index], np.nan)
+    return Photometry(band_set, mags[:, r_index], r_err, colors, color_errors, dust)

@@ -176,7 +176,8 @@ def snr_mask(
 ) -> np.ndarray:
     """True for stars with SNR > ``min_snr`` in every band of the band set.
 
-    A band passes when its magnitude is finite and its error is positive and below
+    A band passes when its magnitude is finite (when the catalogue has the magnitude; a
+    catalogue of r and colours has only r) and its error is positive and below
     :func:`max_error_for_snr` (0.2171 mag for SNR 5).
     """
     bands = get_band_set(band_set).bands
@@ -184,9 +185,11 @@ def snr_mask(
     limit = max_error_for_snr(min_snr)
     ok = np.ones(len(frame), dtype=bool)
     for band in bands:
-        mag = pd.to_numeric(frame[columns.mag_column(band)], errors="coerce").to_numpy(float)
         err = pd.to_numeric(frame[columns.error_column(band)], errors="coerce").to_numpy(float)
-        ok &= np.isfinite(mag) & np.isfinite(err) & (err > 0) & (err < limit)
+        ok &= np.isfinite(err) & (err > 0) & (err < limit)
+        if columns.mag_column(band) in frame.columns or band == "r":
+            mag = pd.to_numeric(frame[columns.mag_column(band)], errors="coerce")
+            ok &= np.isfinite(mag.to_numpy(float))
     return ok
 
 

@@ -40,6 +40,8 @@ PathLike = str | os.PathLike[str]
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 CSV_SUFFIXES = (".csv",)
+#: Whitespace-separated text tables with a header line (e.g. photod's simulated catalogues).
+TEXT_SUFFIXES = (".txt", ".dat")
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 #: Compression suffixes understood after a CSV or FITS suffix, e.g. ``stars.csv.gz``.
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
@@ -74,6 +76,8 @@ def _file_format(path: Path) -> str | None:
         return "parquet"
     if last in CSV_SUFFIXES:
         return "csv"
+    if last in TEXT_SUFFIXES:
+        return "text"
     if last in FITS_SUFFIXES:
         return "fits"
     return None
@@ -107,7 +111,8 @@ def _parquet_files(root: Path) -> list[Path]:
 
 
 def detect_format(path: PathLike) -> str:
-    """Return the catalogue format of ``path``: ``"parquet"``, ``"hats"``, ``"csv"`` or ``"fits"``.
+    """Return the catalogue format of ``path``: ``"parquet"``, ``"hats"``, ``"csv"``, ``"text"``
+    (whitespace-separated columns with a header line, ``.txt``/``.dat``) or ``"fits"``.
 
     A directory holding a HATS ``properties`` file or ``dataset/Norder=*`` folders is HATS; any
     other directory containing ``.parquet`` files is a Parquet dataset. Files are recognised by
@@ -142,7 +147,8 @@ def detect_format(path: PathLike) -> str:
     if head.startswith(b"SIMPLE  ="):
         return "fits"
     raise CatalogError(
-        f"{p}: unknown catalogue format (expected .parquet, .csv, .fits or a HATS directory)"
+        f"{p}: unknown catalogue format (expected .parquet, .csv, whitespace-separated "
+        ".txt/.dat, .fits or a HATS directory)"
     )
 
 
@@ -441,26 +447,29 @@ def _read_parquet(
 
 
 def _read_csv(
-    path: Path, batch_size: int | None, columns: list[str] | None
+    path: Path, batch_size: int | None, columns: list[str] | None, whitespace: bool = False
 ) -> Iterator[pd.DataFrame]:
+    """CSV, or whitespace-separated text when ``whitespace`` (both with a header line)."""
+    options = {"sep": r"\s+"} if whitespace else {}
+    kind = "text table" if whitespace else "CSV"
     try:
-        header = pd.read_csv(path, nrows=0)
+        header = pd.read_csv(path, nrows=0, **options)
         _check_columns(path, [str(c) for c in header.columns], columns)
         if batch_size is None:
-            frame = pd.read_csv(path, usecols=columns)
+            frame = pd.read_csv(path, usecols=columns, **options)
             yield frame if columns is None else frame[columns]
             return
         empty = True
-        with pd.read_csv(path, usecols=columns, chunksize=batch_size) as reader:
+        with pd.read_csv(path, usecols=columns, chunksize=batch_size, **options) as reader:
             for chunk in reader:
                 empty = False
                 yield chunk if columns is None else chunk[columns]
         if empty:
             yield header if columns is None else header[columns]
     except pd.errors.EmptyDataError as exc:
-        raise CatalogError(f"{path}: empty CSV file (no header line)") from exc
+        raise CatalogError(f"{path}: empty {kind} file (no header line)") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        raise CatalogError(f"{path}: cannot parse CSV: {_one_line(exc)}") from exc
+        raise CatalogError(f"{path}: cannot parse {kind}: {_one_line(exc)}") from exc
 
 
 def _fits_table_hdu(hdul: Any, path: Path) -> Any:
@@ -540,8 +549,8 @@ def _batches(
     cols = _normalise_columns(columns)
     if fmt in ("parquet", "hats"):
         frames = _read_parquet(p, fmt, batch_size, cols)
-    elif fmt == "csv":
-        frames = _read_csv(p, batch_size, cols)
+    elif fmt in ("csv", "text"):
+        frames = _read_csv(p, batch_size, cols, whitespace=fmt == "text")
     else:
         frames = _read_fits(p, batch_size, cols)
     offset = 0
@@ -637,6 +646,8 @@ def _output_format(path: Path) -> str:
     fmt = _file_format(path)
     if fmt is None:
         raise CatalogError(f"{path}: unsupported output format (use .parquet, .csv or .fits)")
+    if fmt == "text":
+        raise CatalogError(f"{path}: text tables are read, not written; use .parquet or .csv")
     if fmt == "parquet" and path.suffix.lower() not in PARQUET_SUFFIXES:
         raise CatalogError(f"{path}: compressed Parquet names are not supported; use .parquet")
     return fmt

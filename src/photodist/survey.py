@@ -418,12 +418,13 @@ def _partition_files(part: Path) -> list[Path]:
     return [part]
 
 
-def _needed_columns(config: SurveyConfig) -> list[str]:
+def _needed_columns(config: SurveyConfig, available: Sequence[str]) -> list[str]:
+    """Photometry columns of the input (magnitudes, or colours where a magnitude is absent)."""
     band_set = get_band_set(config.pipeline.band_set)
-    cols = config.columns
-    needed = [cols.mag_column(b) for b in band_set.bands]
-    needed += [cols.error_column(b) for b in band_set.bands]
-    return list(dict.fromkeys(needed))
+    try:
+        return config.columns.photometry_sources(band_set, available)[0]
+    except KeyError as exc:
+        raise io.CatalogError(f"input lacks photometry: {exc.args[0]}") from exc
 
 
 def _resolve_keep(config: SurveyConfig, available: Sequence[str], where: str) -> tuple[str, ...]:
@@ -445,10 +446,7 @@ def _resolve_keep(config: SurveyConfig, available: Sequence[str], where: str) ->
 
 def _read_columns(config: SurveyConfig, available: Sequence[str], keep: Sequence[str]) -> list[str]:
     """Input columns a task reads: photometry, dust (if present) and the kept columns."""
-    cols = _needed_columns(config)
-    missing = [c for c in cols if c not in set(available)]
-    if missing:
-        raise io.CatalogError(f"input lacks photometry column(s) {missing}")
+    cols = _needed_columns(config, available)
     dust = config.columns.dust
     if dust is not None and dust in set(available):
         cols.append(dust)
@@ -1410,7 +1408,8 @@ def run_survey(
         if not plan.patches:
             raise io.CatalogError(f"{input_path}: the catalogue has no rows")
         dust = config.columns.dust
-        phot = _needed_columns(config) + ([dust] if dust and dust in plan.read_columns else [])
+        phot = _needed_columns(config, plan.read_columns)
+        phot += [dust] if dust and dust in plan.read_columns else []
         job = _Job(
             config=config,
             output_dir=str(out),
