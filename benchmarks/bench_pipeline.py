@@ -16,7 +16,7 @@ Paper targets (Mrakovčić, Ivezić & Palaversa 2025): NN vs Bayes sigma_G <= 0.
 calibration in [0.9, 1.1]; whole patch <= 45 s.
 
 Usage: ``python benchmarks/bench_pipeline.py [--radius 4] [--heldout 50000] [--no-compare]
-[--max-epochs 256] [--learning-rate 1e-2]`` (the paper's training: ``--max-epochs 1024
+[--max-epochs 512] [--learning-rate 1e-2]`` (the paper's training: ``--max-epochs 1024
 --learning-rate 1e-3``)
 """
 
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=10_000)
     parser.add_argument("--heldout", type=int, default=50_000, help="held-out Bayes stars")
-    parser.add_argument("--max-epochs", type=int, default=256)
+    parser.add_argument("--max-epochs", type=int, default=512)
     parser.add_argument("--patience", type=int, default=100)
     parser.add_argument("--learning-rate", type=float, default=1e-2, help="Adam learning rate")
     parser.add_argument("--n-runs", type=int, default=2)

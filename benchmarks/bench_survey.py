@@ -18,7 +18,7 @@ sizes (10^10 stars over the 3,072 order-4 patches of the sky), in core-hours and
 cores. The machine's load average is printed before and after (other users share the CPUs).
 
 Usage: ``python benchmarks/bench_survey.py [--workdir DIR] [--r-max 24] [--epochs N]``
-(``--epochs`` and ``--learning-rate`` override the pipeline's ``nn_max_epochs`` = 256 and
+(``--epochs`` and ``--learning-rate`` override the pipeline's ``nn_max_epochs`` = 512 and
 ``nn_learning_rate`` = 1e-2; the paper's training is ``--epochs 1024 --learning-rate 1e-3``).
 """
 
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--b", type=float, default=45.0)
     parser.add_argument("--r-max", type=float, default=24.0)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--epochs", type=int, default=None, help="nn_max_epochs (default 256)")
+    parser.add_argument("--epochs", type=int, default=None, help="nn_max_epochs (default 512)")
     parser.add_argument("--learning-rate", type=float, default=None, help="nn_learning_rate")
     parser.add_argument("--cores", type=int, nargs="+", default=[2, 100])
     args = parser.parse_args()

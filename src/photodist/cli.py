@@ -34,7 +34,7 @@ def _training_options(command: Any) -> Any:
     return click.option(
         "--epochs",
         type=int,
-        default=256,
+        default=512,
         show_default=True,
         help="Maximum training epochs of the moments network (the paper: 1024).",
     )(command)

@@ -1,0 +1,78 @@
+"""Network-vs-Bayes accuracy of the hybrid pipeline on several simulated patches.
+
+The pipeline benchmark measures one patch; this script checks that the network targets hold
+elsewhere on the sky and shows how they depend on the training length. For each patch (a cone
+of radius 1.5 deg, LSST 10-year errors, r < 25.5, Galaxy-model prior) and each epoch limit it
+runs the default hybrid pipeline, re-estimates 4,000 network rows with SNR > 5 in every band by
+the Bayesian method, and prints sigma_G of NN - Bayes and the ratio of the network's to the
+Bayesian sigma_G against the truth (targets: <= 0.06 / 0.024 / 0.055 and <= 1.05), with the
+training time.
+
+Usage: ``python validation/nn_accuracy_patches.py [--epochs 256 512] [--patches 100,35 200,-30]``
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from photodist.bands import photometry_from_frame
+from photodist.bayes import BayesEstimator
+from photodist.evaluate import robust_stats, snr_mask
+from photodist.locus import build_locus
+from photodist.pipeline import PipelineConfig, posterior_grid, run_patch
+from photodist.priors import build_patch_priors
+from photodist.simulate import simulate_patch
+
+TARGET_NN_BAYES = {"Mr": 0.06, "Ar": 0.024, "FeH": 0.055}
+TARGET_RATIO = 1.05
+TRUTH = {"Mr": "Mr_true", "Ar": "Ar_true", "FeH": "FeH_true"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--patches", nargs="+", default=["100,35", "200,-30", "60,60"])
+    parser.add_argument("--radius", type=float, default=1.5)
+    parser.add_argument("--held-out", type=int, default=4000)
+    args = parser.parse_args()
+    locus = build_locus()
+    for patch in args.patches:
+        lon, lat = (float(v) for v in patch.split(","))
+        cone = (lon, lat, args.radius)
+        catalog = simulate_patch(cone=cone, seed=11, r_max=25.5)
+        prior = build_patch_priors(cone=cone, seed=12)
+        print(f"\npatch l = {lon:g}, b = {lat:g}: {len(catalog):,} stars")
+        reference = rows = None
+        for epochs in args.epochs:
+            config = PipelineConfig(nn_max_epochs=epochs, seed=3)
+            result, timings, _ = run_patch(catalog, prior, locus, config)
+            if reference is None:  # the same held-out stars for every epoch limit
+                is_nn = (result["method"] == "nn").to_numpy()
+                pool = np.flatnonzero(snr_mask(catalog, "lsst") & is_nn)
+                rng = np.random.default_rng(5)
+                rows = np.sort(rng.choice(pool, min(args.held_out, pool.size), replace=False))
+                estimator = BayesEstimator(
+                    posterior_grid(locus, config), prior, config.bayes_config()
+                )
+                reference = estimator.predict(photometry_from_frame(catalog.iloc[rows], "lsst"))
+            cells, passed = [], True
+            for p, truth_column in TRUTH.items():
+                nn = result[f"{p}_mean"].to_numpy()[rows]
+                bayes = reference[f"{p}_mean"].to_numpy()
+                truth = catalog[truth_column].to_numpy()[rows]
+                nn_bayes = robust_stats(nn - bayes)[1]
+                ratio = robust_stats(nn - truth)[1] / robust_stats(bayes - truth)[1]
+                passed &= nn_bayes <= TARGET_NN_BAYES[p] and ratio <= TARGET_RATIO
+                cells.append(f"{p} {nn_bayes:.4f} / {ratio:.3f}")
+            print(
+                f"  {epochs:5d} epochs: train {timings['train']:5.1f} s | "
+                + " | ".join(cells)
+                + f" | {'pass' if passed else 'FAIL'}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
