@@ -450,6 +450,7 @@ class _RunResult:
     epochs_run: int
     stopped_early: bool
     seconds: float
+    stopped_by_callback: bool = False
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     learning_rate: list[float] = field(default_factory=list)
@@ -460,6 +461,7 @@ class _RunResult:
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
             "stopped_early": self.stopped_early,
+            "stopped_by_callback": self.stopped_by_callback,
             "seconds": round(self.seconds, 3),
             "train_loss": self.train_loss,
             "val_loss": self.val_loss,
@@ -522,8 +524,13 @@ def _train_run(
     lr_factor: float,
     lr_patience: int,
     seed: int,
+    callback: Callable[[int, float, float], bool] | None = None,
 ) -> _RunResult:
-    """Mini-batch Adam with early stopping (best weights restored) and ReduceLROnPlateau."""
+    """Mini-batch Adam with early stopping (best weights restored) and ReduceLROnPlateau.
+
+    After every epoch ``callback(epoch, val_loss, best_val_loss)``, when given, may return
+    True to stop the run (e.g. a Hyperband pruning decision of the architecture search).
+    """
     start = time.perf_counter()
     params = list(net.parameters())
     optimizer = _FlatAdam(params, learning_rate)
@@ -560,7 +567,8 @@ def _train_run(
         result.val_loss.append(val)
         result.learning_rate.append(optimizer.lr)
         result.epochs_run = epoch
-        if val < best:  # NaN never counts as an improvement
+        improved = val < best  # NaN never counts as an improvement
+        if improved:
             best = val
             since_best = 0
             result.best_val_loss, result.best_epoch = val, epoch
@@ -569,9 +577,12 @@ def _train_run(
                 saved.copy_(current)
         else:
             since_best += 1
-            if since_best >= patience:
-                result.stopped_early = True
-                break
+        if callback is not None and callback(epoch, val, best):
+            result.stopped_by_callback = True
+            break
+        if not improved and since_best >= patience:
+            result.stopped_early = True
+            break
         if val < plateau_best - _LR_MIN_DELTA:
             plateau_best = val
             since_plateau_best = 0
@@ -588,6 +599,60 @@ def _train_run(
     net.eval()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def train_moments_run(
+    spec: NetworkSpec,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    out_offset: np.ndarray,
+    out_scale: np.ndarray,
+    loss_weights: Sequence[float],
+    seed: int,
+    max_epochs: int,
+    patience: int,
+    batch_size: int,
+    learning_rate: float,
+    lr_factor: float,
+    lr_patience: int,
+    callback: Callable[[int, float, float], bool] | None = None,
+) -> _RunResult:
+    """One training run of a moments network, as :class:`PhotoDNetwork` does it, on one thread.
+
+    Inputs must be standardised already and labels in physical units; ``out_offset`` and
+    ``out_scale`` are the label means' training mean and standard deviation, ``seed`` the run
+    seed (initialisation and shuffling). Returns the run's outcome (best validation loss, its
+    epoch, the loss history, whether ``callback`` stopped it): used by the architecture search.
+    """
+    net = _MomentsNet(x_train.shape[1], spec)
+    net.out_offset.copy_(torch.from_numpy(np.asarray(out_offset, dtype=np.float64)))
+    net.out_scale.copy_(torch.from_numpy(np.asarray(out_scale, dtype=np.float64)))
+    net.init_weights(torch.Generator().manual_seed(int(seed)))
+    inv_w2 = torch.tensor(1.0 / np.square(np.asarray(loss_weights, float))).float()
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+    with _torch_threads(1):
+        return _train_run(
+            net,
+            inv_w2,
+            tensor(x_train),
+            tensor(y_train),
+            tensor(x_val),
+            tensor(y_val),
+            max_epochs=int(max_epochs),
+            patience=int(patience),
+            batch_size=int(batch_size),
+            learning_rate=float(learning_rate),
+            lr_factor=float(lr_factor),
+            lr_patience=int(lr_patience),
+            seed=int(seed),
+            callback=callback,
+        )
 
 
 @torch.no_grad()
@@ -644,7 +709,7 @@ def _package_version() -> str:
         return str(getattr(photodist, "__version__", "unknown"))
 
 
-def _derive_seeds(seed: int | None, n: int) -> tuple[int, list[int]]:
+def derive_seeds(seed: int | None, n: int) -> tuple[int, list[int]]:
     """Entropy actually used and ``n`` independent 63-bit seeds."""
     sequence = np.random.SeedSequence(seed)
     children = sequence.spawn(n)
@@ -1280,7 +1345,7 @@ class PhotoDNetwork:
             raise ValueError(
                 f"only {rows.size} usable rows (of {n_rows}); too few to train and validate"
             )
-        entropy, seeds = _derive_seeds(self.seed, 2 + int(self.n_runs))
+        entropy, seeds = derive_seeds(self.seed, 2 + int(self.n_runs))
         split = np.random.default_rng(seeds[0]).permutation(rows.size)
         val_rows, train_rows = rows[split[:n_val]], rows[split[n_val:]]
 

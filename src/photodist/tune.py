@@ -45,20 +45,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from photodist.bands import ColumnMap, Photometry, get_band_set, photometry_from_frame
 from photodist.nn import (
-    _LR_MIN_DELTA,
     ACTIVATIONS,
     DEFAULT_LOSS_WEIGHTS,
     PARAMETERS,
     NetworkSpec,
-    _derive_seeds,
-    _evaluate,
-    _FlatAdam,
-    _MomentsNet,
-    _torch_threads,
+    derive_seeds,
+    train_moments_run,
 )
 
 if TYPE_CHECKING:
@@ -456,7 +451,7 @@ def prepare_tune_data(
     n_val = int(round(float(validation_fraction) * rows.size))
     if n_val < 1 or rows.size - n_val < 2:
         raise ValueError(f"only {rows.size} usable rows; too few to train and validate")
-    _, seeds = _derive_seeds(int(seed), 2)
+    _, seeds = derive_seeds(int(seed), 2)
     split = np.random.default_rng(seeds[0]).permutation(rows.size)
     val_rows, train_rows = rows[split[:n_val]], rows[split[n_val:]]
     x_train = x[train_rows]
@@ -516,56 +511,33 @@ def train_spec(
     ``n_runs=1``. After every epoch ``callback(epoch, val_loss, best_val_loss)`` may return
     True to stop the training (a Hyperband decision).
     """
-    start = time.perf_counter()
-    net = _MomentsNet(data.n_inputs, spec)
-    net.out_offset.copy_(torch.from_numpy(np.asarray(data.out_offset, dtype=np.float64)))
-    net.out_scale.copy_(torch.from_numpy(np.asarray(data.out_scale, dtype=np.float64)))
-    net.init_weights(torch.Generator().manual_seed(data.run_seed))
-    inv_w2 = torch.tensor(1.0 / np.square(np.asarray(data.loss_weights, float))).float()
-    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    x_val, y_val = torch.from_numpy(data.x_val), torch.from_numpy(data.y_val)
-    result = SpecResult(math.inf, 0, 0, False, False, 0.0)
-    with _torch_threads(1):
-        params = list(net.parameters())
-        optimizer = _FlatAdam(params, float(learning_rate))
-        generator = torch.Generator().manual_seed(data.run_seed)
-        n = x_train.shape[0]
-        starts = list(range(0, n, batch_size))
-        if net.norms is not None and len(starts) > 1 and n - starts[-1] < 2:
-            starts.pop()  # batch normalisation cannot train on a single-row batch
-        best = plateau_best = math.inf
-        since_best = since_plateau_best = 0
-        for epoch in range(1, int(max_epochs) + 1):
-            net.train()
-            perm = torch.randperm(n, generator=generator)
-            xs, ys = x_train[perm], y_train[perm]
-            for s in starts:
-                loss = net.loss(net.raw(xs[s : s + batch_size]), ys[s : s + batch_size], inv_w2)
-                optimizer.step(torch.autograd.grad(loss, params))
-            val = _evaluate(net, inv_w2, x_val, y_val)
-            result.val_loss.append(val)
-            result.epochs_run = epoch
-            improved = val < best  # NaN never counts as an improvement
-            if improved:
-                best, since_best = val, 0
-                result.best_val_loss, result.best_epoch = val, epoch
-            else:
-                since_best += 1
-            if callback is not None and callback(epoch, val, best):
-                result.stopped_by_callback = True
-                break
-            if not improved and since_best >= patience:
-                result.stopped_early = True
-                break
-            if val < plateau_best - _LR_MIN_DELTA:
-                plateau_best, since_plateau_best = val, 0
-            else:
-                since_plateau_best += 1
-                if since_plateau_best >= lr_patience:
-                    optimizer.lr *= lr_factor
-                    since_plateau_best = 0
-    result.seconds = time.perf_counter() - start
-    return result
+    run = train_moments_run(
+        spec,
+        data.x_train,
+        data.y_train,
+        data.x_val,
+        data.y_val,
+        out_offset=data.out_offset,
+        out_scale=data.out_scale,
+        loss_weights=data.loss_weights,
+        seed=data.run_seed,
+        max_epochs=max_epochs,
+        patience=patience,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_factor=lr_factor,
+        lr_patience=lr_patience,
+        callback=callback,
+    )
+    return SpecResult(
+        best_val_loss=run.best_val_loss,
+        best_epoch=run.best_epoch,
+        epochs_run=run.epochs_run,
+        stopped_early=run.stopped_early,
+        stopped_by_callback=run.stopped_by_callback,
+        seconds=run.seconds,
+        val_loss=run.val_loss,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
