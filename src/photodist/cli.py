@@ -515,7 +515,7 @@ def bayes_command(
     keep: tuple[str, ...],
     overwrite: bool,
 ) -> None:
-    """Bayesian estimates for every star of INPUT (Parquet, HATS, CSV or FITS) -> OUTPUT.
+    """Bayesian estimates for every star of INPUT (Parquet, HATS, CSV, text or FITS) -> OUTPUT.
 
     The catalogue is streamed in batches; a Parquet OUTPUT is written batch by batch (bounded
     memory). The ([Fe/H], M_r) prior is the Galaxy model's for the catalogue's sky area unless

@@ -591,7 +591,7 @@ def iter_catalog_batches(
 
 
 def read_catalog(path: PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read a whole catalogue (Parquet file/directory, HATS, CSV or FITS) into one DataFrame.
+    """Read a whole catalogue (Parquet file/directory, HATS, CSV, text or FITS) into a DataFrame.
 
     Numeric columns are numpy ``float64`` / ``int64``; rows keep file order (HATS: partition
     order as listed by the catalogue, then row order); the index is a ``RangeIndex``.

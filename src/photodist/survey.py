@@ -1341,7 +1341,7 @@ def run_survey(
     Parameters
     ----------
     input_path
-        HATS catalogue, Parquet file or folder, CSV or FITS table.
+        HATS catalogue, Parquet file or folder, CSV, whitespace-separated text or FITS table.
     output_dir
         Output folder (created); it becomes a HATS catalogue once every patch is done.
     config
@@ -1551,7 +1551,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m photodist.survey",
         description="Run the hybrid photo-D pipeline on a whole catalogue, patch by patch.",
     )
-    parser.add_argument("input", help="HATS catalogue, Parquet file/folder, CSV or FITS")
+    parser.add_argument("input", help="HATS catalogue, Parquet file/folder, CSV, text or FITS")
     parser.add_argument("output_dir", help="output folder (becomes a HATS catalogue)")
     parser.add_argument("--order", type=int, default=DEFAULT_ORDER, help="patch HEALPix order")
     parser.add_argument(
