@@ -578,3 +578,23 @@ def test_whitespace_text_tables_are_read_in_batches(tmp_path: Path) -> None:
     assert sum(len(b) for b in batches) == len(frame) and list(batches[0].columns) == ["rmag"]
     with pytest.raises(CatalogError, match="text tables are read, not written"):
         write_table(frame, tmp_path / "out.dat")
+
+
+def test_parquet_outputs_dictionary_encode_only_categorical_columns(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "Mr_mean": np.linspace(0, 1, 50),
+            "method": pd.Categorical(["nn", "bayes"] * 25, categories=["nn", "bayes"]),
+        }
+    )
+    path = write_table(frame, tmp_path / "t.parquet")
+    with AtomicParquetWriter(tmp_path / "s.parquet") as writer:
+        writer.write(frame)
+    for written in (path, tmp_path / "s.parquet"):
+        back = read_catalog(written)
+        np.testing.assert_array_equal(back["Mr_mean"], frame["Mr_mean"])
+        assert list(back["method"].astype(str)) == list(frame["method"].astype(str))
+        meta = pq.ParquetFile(written).metadata.row_group(0)
+        encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(2)}
+        assert not any("DICTIONARY" in e for e in encodings["Mr_mean"])
+        assert any("DICTIONARY" in e for e in encodings["method"])
