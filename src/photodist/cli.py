@@ -790,16 +790,12 @@ def evaluate_command(
             f"{result_path} has {len(result)} rows but {truth_path} has {len(truth)}"
         )
     try:
-        true_values = truth_values(truth, overrides)
+        true_values = truth_values(truth, overrides, required=True)
     except KeyError as exc:
-        raise click.ClickException(str(exc.args[0])) from exc
-    missing = [p for p in ("Mr", "Ar", "FeH") if p not in true_values]
-    if missing:
         raise click.ClickException(
-            f"{truth_path} has no true values for {', '.join(missing)}: expected the columns "
-            "Mr_true/Ar_true/FeH_true (or photod's Mr/FeH/Ar), or name them with "
-            "--truth-column, e.g. --truth-column Mr=M_r_sim"
-        )
+            f"{truth_path}: {exc.args[0]} (or name them with --truth-column, "
+            "e.g. --truth-column Mr=M_r_sim)"
+        ) from exc
     summary_path = result_path.with_name(result_path.name + ".run.json")
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     settings = dict(summary.get("config", {}), progress=False)

@@ -77,7 +77,7 @@ def _truth_column(frame: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def truth_values(
-    frame: pd.DataFrame, overrides: Mapping[str, str] | None = None
+    frame: pd.DataFrame, overrides: Mapping[str, str] | None = None, *, required: bool = False
 ) -> dict[str, np.ndarray]:
     """True M_r, A_r and [Fe/H] of a simulated catalogue, keyed ``Mr``, ``Ar``, ``FeH``.
 
@@ -86,12 +86,13 @@ def truth_values(
     Under the photod convention ``Ar`` counts as the true extinction only when ``Mr`` or
     ``FeH`` holds true values: in a real catalogue ``Ar`` is the dust-map value and the truth
     columns hold the -99 sentinel. Sentinels (<= -90) and non-numeric values become NaN.
-    Parameters without truth are left out of the result.
+    Parameters without truth are left out of the result, or with ``required`` raise.
 
     Raises
     ------
     KeyError
-        An override names a column that is not in the frame, or an unknown parameter.
+        An override names a column that is not in the frame, or an unknown parameter; with
+        ``required``, a parameter has no truth column (the message names the accepted ones).
     """
     overrides = dict(overrides or {})
     unknown = set(overrides) - set(TRUTH_ALIASES)
@@ -114,6 +115,12 @@ def truth_values(
     found.update(photod)
     if photod and "Ar" not in found and TRUTH_ALIASES["Ar"][1] in frame.columns:
         found["Ar"] = _truth_column(frame, TRUTH_ALIASES["Ar"][1])
+    missing = [p for p in TRUTH_ALIASES if p not in found]
+    if required and missing:
+        raise KeyError(
+            f"no truth for {missing}: expected columns "
+            + ", ".join(" or ".join(TRUTH_ALIASES[p]) for p in missing)
+        )
     return {p: found[p] for p in TRUTH_ALIASES if p in found}
 
 
@@ -250,20 +257,16 @@ def table1(
         is_nn = (result["method"].astype(str) == "nn").to_numpy()
     else:
         is_nn = np.ones(len(result), dtype=bool)
-    true_values = (
-        truth_values(truth)
-        if isinstance(truth, pd.DataFrame)
-        else {p: np.asarray(v, dtype=float) for p, v in truth.items()}
-    )
+    if isinstance(truth, pd.DataFrame):
+        true_values = truth_values(truth, required=True)
+    else:
+        true_values = {p: np.asarray(v, dtype=float) for p, v in truth.items()}
+        missing = [p for p in TABLE1_PARAMETERS if p not in true_values]
+        if missing:
+            raise KeyError(f"no truth for {missing}")
     for p, values in true_values.items():
         if len(values) != len(result):
             raise ValueError(f"truth of {p} has {len(values)} rows, result {len(result)}")
-    missing = [p for p in TABLE1_PARAMETERS if p not in true_values]
-    if missing:
-        raise KeyError(
-            f"no truth for {missing}: expected columns "
-            + ", ".join(" or ".join(TRUTH_ALIASES[p]) for p in missing)
-        )
     rows = {}
     for p in TABLE1_PARAMETERS:
         nn = _column(result, f"{p}_mean")

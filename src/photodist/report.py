@@ -323,14 +323,7 @@ def prepare_report_data(
             sigmas["bayes"][p] = nan.copy() if sig is None else np.where(is_bayes, sig, np.nan)
 
     if truth is not None:
-        found = truth_values(truth)
-        missing = [p for p in PARAMETERS if p not in found]
-        if missing:
-            raise KeyError(
-                f"truth has no column for {missing} (expected "
-                + ", ".join(" or ".join(TRUTH_ALIASES[p]) for p in missing)
-                + ")"
-            )
+        found = truth_values(truth, required=True)
         values["truth"] = {p: found[p] for p in PARAMETERS}
 
     frames = [f for f in (photometry, result, truth) if f is not None]
