@@ -36,7 +36,7 @@ from photodist.bands import photometry_from_frame
 from photodist.bayes import BayesEstimator
 from photodist.evaluate import outlier_fraction, robust_stats, snr_mask, table1
 from photodist.locus import build_locus
-from photodist.pipeline import PipelineConfig, posterior_grid, run_patch
+from photodist.pipeline import PipelineConfig, posterior_grid, run_patch, used_error_floor
 from photodist.priors import build_patch_priors
 from photodist.simulate import simulate_patch
 
@@ -151,9 +151,9 @@ def main() -> None:
         seed=args.seed,
         progress=args.progress,
     )
-    estimator = BayesEstimator(posterior_grid(locus, base), prior, base.bayes_config())
     phot = photometry_from_frame(frame, "lsst")
-    estimator.predict(phot.subset(np.arange(10)))  # compile / load the numba cache
+    warm = BayesEstimator(posterior_grid(locus, base), prior, base.bayes_config())
+    warm.predict(phot.subset(np.arange(10)))  # compile / load the numba cache
 
     strategies = ["stratified"] if args.no_compare else ["stratified", "random"]
     runs = {}
@@ -163,7 +163,15 @@ def main() -> None:
         result, timings, model = run_patch(frame, prior, locus, config)
         info = result.attrs["photodist_pipeline"]
         total = timings["total"]
-        for stage in ("prepare", "bayes_label", "train", "predict", "bayes_fallback"):
+        print(f"  error floor {info['error_floor']}")
+        for stage in (
+            "prepare",
+            "error_floor",
+            "bayes_label",
+            "train",
+            "predict",
+            "bayes_fallback",
+        ):
             print(f"  {stage:15s} {timings[stage]:8.2f} s")
         print(f"  {'total':15s} {total:8.2f} s  ({len(frame) / total:,.0f} stars/s)")
         meta = model.training_metadata_ if model is not None else {}
@@ -182,6 +190,9 @@ def main() -> None:
     rng = np.random.default_rng(args.seed + 2)
     n_held = min(args.heldout, int(eligible.sum()))
     held = np.sort(rng.choice(np.flatnonzero(eligible), size=n_held, replace=False))
+    # the Bayesian reference with the floor the (first) run used
+    floor = used_error_floor(next(iter(runs.values()))[0].attrs["photodist_pipeline"])
+    estimator = BayesEstimator(posterior_grid(locus, base), prior, base.bayes_config(floor))
     t0 = time.perf_counter()
     bayes_held = estimator.predict(phot.subset(held))
     bayes_seconds = time.perf_counter() - t0

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 from click.testing import CliRunner
@@ -94,9 +96,27 @@ def test_bayes_command_with_trilegal_prior(tmp_path, s82_stars_path, s82_priors_
         ],
     )
     assert result.exit_code == 0, result.output
+    assert "error floor 0.0" in result.output and "fitted on 1000 stars" in result.output
     res = pd.read_parquet(out)
     assert len(res) == 3981
     assert not (res["flags"] & 128).any()  # a prior was used: no NO_PRIOR flag
+
+
+def test_error_floor_option_is_auto_or_a_magnitude(tmp_path):
+    src = _catalog(tmp_path)
+    for bad in ("nope", "-0.01"):
+        result = CliRunner().invoke(
+            cli, ["bayes", str(src), str(tmp_path / "o.parquet"), "--error-floor", bad]
+        )
+        assert result.exit_code == 2 and "neither 'auto' nor a magnitude" in result.output
+    # three stars are too few to fit a floor: the fixed fallback is used and said
+    result = CliRunner().invoke(
+        cli,
+        ["bayes", str(src), str(tmp_path / "o.parquet"), "--bands", "sdss", "--flat-prior"]
+        + ["--feh-step", "0.25", "--mr-step", "0.5"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "error floor 0.0200 mag" in result.output and "at least 100 needed" in result.output
 
 
 def test_simulate_run_evaluate_chain(tmp_path):
@@ -114,7 +134,8 @@ def test_simulate_run_evaluate_chain(tmp_path):
     assert result.exit_code == 0, result.output
     res = pd.read_parquet(out)
     assert len(res) == n and set(res["method"]) <= {"bayes", "nn"}
-    assert (tmp_path / "run.parquet.run.json").exists()
+    summary = json.loads((tmp_path / "run.parquet.run.json").read_text())
+    assert summary["config"]["error_floor"] == "auto" and summary["error_floor"]["fitted"]
     assert (tmp_path / "run.parquet.prior.npz").exists()
     again = runner.invoke(cli, ["run", str(sim), str(out)])
     assert again.exit_code != 0 and "overwrite" in again.output
@@ -302,4 +323,5 @@ def test_training_option_defaults_match_the_pipeline():
     for command in (run_command, survey_command):
         params = {p.name: p.default for p in command.params}
         assert params["epochs"] == defaults.nn_max_epochs
+        assert params.get("error_floor", defaults.error_floor) == defaults.error_floor
         assert params["learning_rate"] == defaults.nn_learning_rate

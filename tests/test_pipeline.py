@@ -19,6 +19,7 @@ from photodist.pipeline import (
     posterior_grid,
     run_patch,
     strata,
+    used_error_floor,
 )
 from photodist.priors import build_patch_priors
 from photodist.simulate import simulate_patch
@@ -60,16 +61,19 @@ def prior(default_locus):
 
 
 @pytest.fixture(scope="module")
-def bayes_all(catalog, prior, default_locus) -> pd.DataFrame:
-    """The Bayesian estimator on every star, with the pipeline's settings."""
-    config = small_config()
-    estimator = BayesEstimator(posterior_grid(default_locus, config), prior, config.bayes_config())
-    return estimator.predict(photometry_from_frame(catalog, "lsst"))
+def hybrid(catalog, prior, default_locus):
+    return run_patch(catalog, prior, default_locus, small_config(), keep=("source_id",))
 
 
 @pytest.fixture(scope="module")
-def hybrid(catalog, prior, default_locus):
-    return run_patch(catalog, prior, default_locus, small_config(), keep=("source_id",))
+def bayes_all(catalog, prior, default_locus, hybrid) -> pd.DataFrame:
+    """The Bayesian estimator on every star, with the pipeline's settings and fitted floor."""
+    config = small_config()
+    floor = used_error_floor(hybrid[0].attrs["photodist_pipeline"])
+    estimator = BayesEstimator(
+        posterior_grid(default_locus, config), prior, config.bayes_config(floor)
+    )
+    return estimator.predict(photometry_from_frame(catalog, "lsst"))
 
 
 def test_rows_preserved_in_order(catalog, hybrid):
@@ -148,17 +152,25 @@ def test_bad_rows_get_bayes(hybrid, bayes_all):
     assert np.isfinite(result.loc[others, ["Mr_mean", "Ar_mean", "FeH_mean"]].to_numpy()).all()
 
 
-def test_small_patch_runs_bayes_on_all(catalog, prior, default_locus, bayes_all):
+def test_small_patch_runs_bayes_on_all(catalog, prior, default_locus):
+    phot = photometry_from_frame(catalog, "lsst")
     for config in (
         small_config(n_train=10_000),  # more than the patch has
         small_config(train_fraction=0.05, min_train=1000),  # a subsample below the minimum
     ):
         result, timings, model = run_patch(catalog, prior, default_locus, config)
         assert model is None
-        assert result.attrs["photodist_pipeline"]["mode"] == "bayes_only"
+        info = result.attrs["photodist_pipeline"]
+        assert info["mode"] == "bayes_only"
         assert (result["method"] == "bayes").all()
         assert not result["labelled"].any()
         assert timings["train"] == 0 and timings["bayes_all"] > 0
+        # the floor was fitted on the patch's own stars, and every row used it
+        assert info["error_floor"]["fitted"]
+        grid = posterior_grid(default_locus, config)
+        bayes_all = BayesEstimator(
+            grid, prior, config.bayes_config(used_error_floor(info))
+        ).predict(phot)
         np.testing.assert_array_equal(result["FeH_mean"], bayes_all["FeH_mean"])
         np.testing.assert_array_equal(result["flags"], bayes_all["flags"])
         assert len(result) == len(catalog)
@@ -194,6 +206,16 @@ def test_photometry_input_and_band_check(catalog, prior, default_locus, hybrid):
     pd.testing.assert_frame_equal(result, hybrid[0].drop(columns="source_id"))
     with pytest.raises(ValueError, match="band set"):
         run_patch(phot, prior, default_locus, small_config(band_set="sdss"))
+
+
+def test_fixed_error_floor_is_used_as_given(catalog, default_locus):
+    phot = photometry_from_frame(catalog, "lsst")
+    fixed = small_config(error_floor="0.015").resolve_error_floor(phot, default_locus)
+    assert fixed.floor == 0.015 and not fixed.fitted and fixed.reason == "fixed"
+    assert small_config(error_floor=0.015).bayes_config().error_floor == 0.015
+    auto = small_config()
+    assert auto.bayes_config().error_floor == auto.fallback_error_floor
+    assert auto.bayes_config(0.004).error_floor == 0.004
 
 
 def test_subsample_excludes_unusable_rows_and_is_seeded(catalog):
@@ -259,6 +281,9 @@ def test_config_validation():
         PipelineConfig(nn_options={"seed": 3})
     with pytest.raises(ValueError, match="band set"):
         PipelineConfig(band_set="hsc")
+    for bad in ("0.02x", -0.01, None):
+        with pytest.raises(ValueError, match="error_floor must be 'auto' or >= 0"):
+            PipelineConfig(error_floor=bad)
     config = PipelineConfig(train_fraction=0.05)
     assert config.training_size(200_000) == 10_000
     assert PipelineConfig().training_size(5) == 10_000

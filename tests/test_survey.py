@@ -19,7 +19,13 @@ import pytest
 
 from photodist.bands import photometry_from_frame
 from photodist.bayes import BayesEstimator
-from photodist.pipeline import RESULT_FLOAT_COLUMNS, PipelineConfig, posterior_grid, run_patch
+from photodist.pipeline import (
+    RESULT_FLOAT_COLUMNS,
+    PipelineConfig,
+    posterior_grid,
+    run_patch,
+    used_error_floor,
+)
 from photodist.simulate import simulate_patch
 from photodist.survey import (
     MANIFEST_NAME,
@@ -405,7 +411,8 @@ def test_predict_rows_matches_run_patch(catalog):
     assert model is not None
     rest = np.flatnonzero(~result["labelled"].to_numpy())
     phot = photometry_from_frame(frame, config.band_set)
-    estimator = BayesEstimator(posterior_grid(None, config), None, config.bayes_config())
+    floor = used_error_floor(result.attrs["photodist_pipeline"])
+    estimator = BayesEstimator(posterior_grid(None, config), None, config.bayes_config(floor))
     predicted = predict_rows(model, estimator, phot.subset(rest), config)
     expected = result.iloc[rest].reset_index(drop=True)
     assert list(predicted.columns) == list(expected.columns)

@@ -5,7 +5,10 @@ from the same Galaxy model), prints Table-1-style statistics of estimate - truth
 σ_G = 0.7413 IQR) for M_r, A_r and [Fe/H], the calibration σ_G of (estimate - truth) / σ, and
 the fraction of stars whose truth lies inside the 16-84 % interval.
 
-Usage: ``python validation/bayes_accuracy.py [--stars 5000] [--error-floor 0.02]``
+The colour-error floor is fitted per patch by default (``photodist.error_floor``); give a number
+to fix it instead.
+
+Usage: ``python validation/bayes_accuracy.py [--stars 5000] [--error-floor auto|MAG]``
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 
 from photodist.bands import photometry_from_frame
 from photodist.bayes import BayesConfig, BayesEstimator
+from photodist.error_floor import fit_error_floor
 from photodist.locus import build_locus
 from photodist.priors import build_patch_priors
 from photodist.simulate import simulate_patch
@@ -32,12 +36,11 @@ def sigma_g(x: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stars", type=int, default=5000)
-    parser.add_argument("--error-floor", type=float, default=0.02)
+    parser.add_argument("--error-floor", default="auto", help="'auto' or a floor in mag")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     locus = build_locus().resample(0.05, 0.1)
-    config = BayesConfig(error_floor=args.error_floor)
-    print(f"error floor {args.error_floor} mag; statistic: posterior mean - truth")
+    print(f"error floor {args.error_floor}; statistic: posterior mean - truth")
     for name, (lon, lat) in PATCHES.items():
         cone = (lon, lat, 0.5)
         catalog = simulate_patch(cone=cone, seed=args.seed, r_max=25.5)
@@ -46,8 +49,17 @@ def main() -> None:
         catalog = catalog.sample(n=min(args.stars, len(catalog)), random_state=args.seed)
         catalog = catalog.reset_index(drop=True)
         prior = build_patch_priors(cone=cone, seed=args.seed + 1)
-        result = BayesEstimator(locus, prior, config).predict(photometry_from_frame(catalog))
-        print(f"\n{name}: {len(catalog)} stars, sightline A_r = {catalog['Ar'].iloc[0]:.3f}")
+        phot = photometry_from_frame(catalog)
+        if args.error_floor == "auto":
+            floor = fit_error_floor(phot, locus, prior, seed=args.seed).floor
+        else:
+            floor = float(args.error_floor)
+        config = BayesConfig(error_floor=floor)
+        result = BayesEstimator(locus, prior, config).predict(phot)
+        print(
+            f"\n{name}: {len(catalog)} stars, sightline A_r = {catalog['Ar'].iloc[0]:.3f}, "
+            f"error floor {floor:.4f} mag"
+        )
         print(f"{'':6s} {'median':>8s} {'sigma_G':>8s} {'norm sigma_G':>13s} {'16-84 cover':>12s}")
         for param, truth_col in (("Mr", "Mr_true"), ("Ar", "Ar_true"), ("FeH", "FeH_true")):
             truth = catalog[truth_col].to_numpy()

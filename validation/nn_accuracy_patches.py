@@ -21,7 +21,7 @@ from photodist.bands import photometry_from_frame
 from photodist.bayes import BayesEstimator
 from photodist.evaluate import robust_stats, snr_mask
 from photodist.locus import build_locus
-from photodist.pipeline import PipelineConfig, posterior_grid, run_patch
+from photodist.pipeline import PipelineConfig, posterior_grid, run_patch, used_error_floor
 from photodist.priors import build_patch_priors
 from photodist.simulate import simulate_patch
 
@@ -54,7 +54,9 @@ def main() -> None:
                 rng = np.random.default_rng(5)
                 rows = np.sort(rng.choice(pool, min(args.held_out, pool.size), replace=False))
                 estimator = BayesEstimator(
-                    posterior_grid(locus, config), prior, config.bayes_config()
+                    posterior_grid(locus, config),
+                    prior,
+                    config.bayes_config(used_error_floor(result.attrs["photodist_pipeline"])),
                 )
                 reference = estimator.predict(photometry_from_frame(catalog.iloc[rows], "lsst"))
             cells, passed = [], True

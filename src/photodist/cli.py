@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -383,6 +385,35 @@ def _prior_options(function):
     return function
 
 
+class ErrorFloorType(click.ParamType):
+    """``auto`` or a non-negative number of magnitudes."""
+
+    name = "auto|MAG"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            floor = float(value)
+        except (TypeError, ValueError):
+            floor = float("nan")
+        if not floor >= 0.0:
+            self.fail(f"{value!r} is neither 'auto' nor a magnitude >= 0", param, ctx)
+        return floor
+
+
+def _error_floor_option(function):
+    """The colour-error floor option of the Bayesian stage."""
+    return click.option(
+        "--error-floor",
+        type=ErrorFloorType(),
+        default="auto",
+        show_default=True,
+        help="Colour-error floor added in quadrature (mag), or 'auto': fitted to the "
+        "catalogue's well-measured stars (0.02 when it has fewer than 100).",
+    )(function)
+
+
 def _catalog_options(function):
     """Options naming the catalogue's band set and columns."""
     options = [
@@ -459,13 +490,7 @@ def _positions_reader(path: Path, columns: ColumnMap):
 )
 @click.option("--feh-step", type=float, default=BAYES_FEH_STEP, show_default=True)
 @click.option("--mr-step", type=float, default=BAYES_MR_STEP, show_default=True)
-@click.option(
-    "--error-floor",
-    type=float,
-    default=0.02,
-    show_default=True,
-    help="Colour-error floor added in quadrature (mag).",
-)
+@_error_floor_option
 @click.option(
     "--a-max",
     type=float,
@@ -508,7 +533,7 @@ def bayes_command(
     locus_path: Path | None,
     feh_step: float,
     mr_step: float,
-    error_floor: float,
+    error_floor: float | str,
     a_max: float,
     batch_size: int,
     seed: int,
@@ -525,6 +550,7 @@ def bayes_command(
 
     from photodist import io
     from photodist.bayes import BayesConfig, BayesEstimator
+    from photodist.error_floor import fit_error_floor
 
     band_set = get_band_set(bands)
     columns = _column_map(column, dust_column)
@@ -548,8 +574,23 @@ def bayes_command(
         locus,
         seed,
     )
+    config = BayesConfig(default_a_max=a_max)
+    if error_floor == "auto":
+        first = next(batches, None)
+        if first is not None:
+            batches = itertools.chain([first], batches)
+            try:
+                sample = photometry_from_frame(first, band_set, columns)
+            except KeyError as exc:
+                raise click.ClickException(str(exc)) from exc
+            fit = fit_error_floor(sample, locus, prior, config, seed=seed)
+            error_floor = fit.floor
+            how = f"fitted on {fit.n_stars} stars" if fit.fitted else fit.reason
+            click.echo(f"error floor {error_floor:.4f} mag ({how})")
+        else:
+            error_floor = config.error_floor
     estimator = BayesEstimator(
-        locus, prior, BayesConfig(error_floor=error_floor, default_a_max=a_max)
+        locus, prior, dataclasses.replace(config, error_floor=float(error_floor))
     )
     start = time.perf_counter()
     streamed = output_path.suffix == ".parquet"
@@ -610,7 +651,7 @@ def bayes_command(
     help="How the training subsample is chosen.",
 )
 @_training_options
-@click.option("--error-floor", type=float, default=0.02, show_default=True)
+@_error_floor_option
 @click.option(
     "--spec",
     "spec_path",
@@ -647,7 +688,7 @@ def run_command(
     strategy: str,
     epochs: int,
     learning_rate: float,
-    error_floor: float,
+    error_floor: float | str,
     spec_path: Path | None,
     seed: int,
     keep: tuple[str, ...],
@@ -711,6 +752,7 @@ def run_command(
         "methods": result["method"].value_counts().to_dict() if len(result) else {},
         "prior": str(prior_out) if prior is not None else None,
         "config": config.to_dict(),
+        "error_floor": result.attrs["photodist_pipeline"]["error_floor"],
         "columns": columns.to_mapping(),
         "timings_s": timings,
     }
@@ -776,7 +818,7 @@ def evaluate_command(
     from photodist import io
     from photodist.bayes import BayesEstimator
     from photodist.evaluate import snr_mask, table1, truth_values
-    from photodist.pipeline import PipelineConfig, posterior_grid
+    from photodist.pipeline import PipelineConfig, posterior_grid, used_error_floor
     from photodist.priors import PriorMap
 
     overrides = dict(_key_values(truth_column, "--truth-column"))
@@ -816,7 +858,9 @@ def evaluate_command(
         sample = np.sort(rng.choice(nn_rows, size=min(bayes_sample, len(nn_rows)), replace=False))
         prior = PriorMap.load(summary["prior"]) if summary.get("prior") else None
         estimator = BayesEstimator(
-            posterior_grid(build_locus(), config), prior, config.bayes_config()
+            posterior_grid(build_locus(), config),
+            prior,
+            config.bayes_config(used_error_floor(summary)),
         )
         phot = photometry_from_frame(truth.iloc[sample], config.band_set, columns)
         estimates = estimator.predict(phot)
@@ -869,6 +913,7 @@ def evaluate_command(
 )
 @click.option("--n-train", type=int, default=10_000, show_default=True)
 @_training_options
+@_error_floor_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in OUTPUT_DIR first.")
 def survey_command(
@@ -884,6 +929,7 @@ def survey_command(
     n_train: int,
     epochs: int,
     learning_rate: float,
+    error_floor: float | str,
     seed: int,
     overwrite: bool,
 ) -> None:
@@ -901,6 +947,7 @@ def survey_command(
         n_train=n_train,
         nn_max_epochs=epochs,
         nn_learning_rate=learning_rate,
+        error_floor=error_floor,
         seed=seed,
     )
     config = SurveyConfig(

@@ -338,11 +338,14 @@ class Locus:
     def mr_step(self) -> float:
         return float(np.median(np.diff(self.mr))) if len(self.mr) > 1 else 0.0
 
+    @staticmethod
+    def color_indices(band_set: BandSet | str) -> list[int]:
+        """Positions of the band set's colours along the last axis of ``colors``."""
+        return [COLOR_NAMES.index(c) for c in get_band_set(band_set).colors]
+
     def colors_for(self, band_set: BandSet | str) -> np.ndarray:
         """Intrinsic colours of the band set's colours, shape (n_feh, n_mr, n_colors)."""
-        band_set = get_band_set(band_set)
-        index = [COLOR_NAMES.index(c) for c in band_set.colors]
-        return self.colors[..., index]
+        return self.colors[..., self.color_indices(band_set)]
 
     def interpolate(self, mr: np.ndarray, feh: np.ndarray) -> np.ndarray:
         """Bilinear interpolation of the colours at (M_r, [Fe/H]); NaN outside the grid."""

@@ -51,6 +51,7 @@ import pandas as pd
 
 from photodist.bands import ColumnMap, Photometry, get_band_set, photometry_from_frame
 from photodist.bayes import BayesConfig, BayesEstimator, Flags
+from photodist.error_floor import ErrorFloorFit, fit_error_floor
 from photodist.locus import Locus, build_locus
 from photodist.nn import NetworkSpec, PhotoDNetwork
 
@@ -74,6 +75,7 @@ STRATEGIES: tuple[str, ...] = ("stratified", "random")
 #: Timed stages (seconds in the timings dict; zero when a stage did not run).
 STAGES: tuple[str, ...] = (
     "prepare",
+    "error_floor",
     "bayes_label",
     "train",
     "predict",
@@ -116,7 +118,13 @@ class PipelineConfig:
         Posterior grid of the Bayesian estimator (dex, mag); the locus is resampled to it.
         None for either uses the given locus as it is.
     error_floor
-        Colour-error floor of the Bayesian estimator (mag, added in quadrature).
+        Colour-error floor of the Bayesian estimator (mag, added in quadrature), or ``"auto"``
+        to fit it per patch on the well-measured stars of the training subsample (all stars of
+        a patch too small for one) with :func:`photodist.error_floor.fit_error_floor`; when a
+        patch has too few such stars, ``fallback_error_floor`` is used.
+    fallback_error_floor
+        Floor (mag) of an ``"auto"`` patch without enough well-measured stars; 0.02 mag, the
+        fixed floor of the reference method.
     default_a_max
         A_r prior bound of the Bayesian estimator for stars without a dust-map value (mag).
     nn_spec
@@ -156,7 +164,8 @@ class PipelineConfig:
     strata_bins: tuple[int, int, int] = (6, 10, 10)
     bayes_feh_step: float | None = 0.05
     bayes_mr_step: float | None = 0.1
-    error_floor: float = 0.02
+    error_floor: float | str = "auto"
+    fallback_error_floor: float = 0.02
     default_a_max: float = 3.0
     nn_spec: NetworkSpec | Mapping[str, Any] | None = None
     nn_max_epochs: int = 512
@@ -180,6 +189,16 @@ class PipelineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.error_floor != "auto":
+            try:
+                floor = float(self.error_floor)
+            except (TypeError, ValueError):
+                floor = math.nan
+            if not floor >= 0.0:
+                raise ValueError(f"error_floor must be 'auto' or >= 0, got {self.error_floor!r}")
+            self.error_floor = floor
+        if not float(self.fallback_error_floor) >= 0.0:
+            raise ValueError("fallback_error_floor must be >= 0")
         if self.train_fraction is not None and not 0.0 < float(self.train_fraction) <= 1.0:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction!r}")
         if not 0.0 <= float(self.stratified_fraction) <= 1.0:
@@ -214,10 +233,26 @@ class PipelineConfig:
         data["strata_bins"] = list(self.strata_bins)
         return data
 
-    def bayes_config(self) -> BayesConfig:
-        """Settings of the Bayesian estimator."""
-        return BayesConfig(
-            error_floor=float(self.error_floor), default_a_max=float(self.default_a_max)
+    def bayes_config(self, error_floor: float | None = None) -> BayesConfig:
+        """Settings of the Bayesian estimator (``error_floor`` replaces an ``"auto"`` floor)."""
+        if error_floor is None:
+            auto = self.error_floor == "auto"
+            error_floor = self.fallback_error_floor if auto else float(self.error_floor)
+        return BayesConfig(error_floor=float(error_floor), default_a_max=float(self.default_a_max))
+
+    def resolve_error_floor(
+        self, photometry: Photometry, locus: Locus, prior: Any = None
+    ) -> ErrorFloorFit:
+        """The floor for a patch: fitted to ``photometry`` when ``"auto"``, else the fixed one."""
+        if self.error_floor != "auto":
+            return ErrorFloorFit(float(self.error_floor), False, 0, reason="fixed")
+        return fit_error_floor(
+            photometry,
+            locus,
+            prior,
+            self.bayes_config(),
+            fallback=float(self.fallback_error_floor),
+            seed=int(self.seed),
         )
 
     def network(self, seed: int) -> PhotoDNetwork:
@@ -244,6 +279,15 @@ class PipelineConfig:
 
 #: Fewest usable colours of a star the networks may take (the Bayesian estimator's minimum).
 MIN_NETWORK_COLORS = 2
+
+
+def used_error_floor(info: Mapping[str, Any]) -> float | None:
+    """The colour-error floor a run used, from its info (``result.attrs["photodist_pipeline"]``
+    or the CLI's run summary); None when it is not recorded."""
+    floor = info.get("error_floor")
+    if isinstance(floor, Mapping):
+        floor = floor.get("floor")
+    return None if floor is None else float(floor)
 
 
 def network_inputs_usable(photometry: Photometry, missing_colors: bool = True) -> np.ndarray:
@@ -534,7 +578,6 @@ def run_patch(
         frame = data
         phot = photometry_from_frame(frame, band_set, columns)
     grid = posterior_grid(locus, config)
-    estimator = BayesEstimator(grid, prior, config.bayes_config())
     n = len(phot)
     # the training size counts stars with every colour usable (see choose_training_subsample)
     n_usable = int(network_inputs_usable(phot, missing_colors=False).sum())
@@ -560,6 +603,11 @@ def run_patch(
             missing_colors=config.nn_missing_colors,
         )
     timings["prepare"] = time.perf_counter() - start_all
+    t0 = time.perf_counter()
+    floor = config.resolve_error_floor(phot.subset(train_rows) if hybrid else phot, grid, prior)
+    info["error_floor"] = floor.to_dict()
+    estimator = BayesEstimator(grid, prior, config.bayes_config(floor.floor))
+    timings["error_floor"] = time.perf_counter() - t0
     if hybrid:
         t0 = time.perf_counter()
         with _progress(config.progress, train_rows.size, "bayes (labels)") as bar:

@@ -84,6 +84,7 @@ from photodist.pipeline import (
     PipelineConfig,
     posterior_grid,
     run_patch,
+    used_error_floor,
 )
 
 __all__ = [
@@ -680,6 +681,7 @@ class PatchResult:
     timings: dict[str, float] = field(default_factory=dict)
     worker: str = ""
     path: str = ""
+    error_floor: float | None = None
 
 
 _GRIDS: dict[tuple[float | None, float | None], Locus] = {}
@@ -893,24 +895,26 @@ def process_patch(task: PatchTask, job: _Job) -> PatchResult:
         prior = load_or_build_prior(task, config, job.prior_cache)
         cfg = _task_config(job, task)
         if task.n_rows <= config.max_patch_rows:
-            mode, timings = _process_in_memory(task, job, cfg, grid, prior, final)
+            info, timings = _process_in_memory(task, job, cfg, grid, prior, final)
         else:
-            mode, timings = _process_streamed(task, job, cfg, grid, prior, final)
+            info, timings = _process_streamed(task, job, cfg, grid, prior, final)
     return PatchResult(
         name=task.name,
         pixel=task.pixel,
         n_rows=task.n_rows,
         seconds=time.perf_counter() - start,
-        mode=mode,
+        mode=info["mode"],
         timings=timings,
         worker=f"{os.uname().nodename}:{os.getpid()}",
         path=str(final),
+        error_floor=used_error_floor(info),
     )
 
 
 def _process_in_memory(
     task: PatchTask, job: _Job, cfg: PipelineConfig, grid: Locus, prior: Any, final: Path
-) -> tuple[str, dict[str, float]]:
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Process a patch that fits in memory; returns the pipeline info and the stage timings."""
     lo, hi = task.index_range
     table = _read_sorted(_patch_dataset(task), job.read_columns, lo, hi)
     if table.num_rows != task.n_rows:
@@ -925,8 +929,9 @@ def _process_in_memory(
     out = _assemble(kept, result, table.column(SPATIAL_INDEX_COLUMN), schema)
     with io.AtomicParquetWriter(final, schema=schema, overwrite=True) as writer:
         writer.write(out)
-    mode = str(result.attrs.get("photodist_pipeline", {}).get("mode", ""))
-    return mode, {k: float(v) for k, v in timings.items()}
+    info = dict(result.attrs.get("photodist_pipeline", {}))
+    info["mode"] = str(info.get("mode", ""))
+    return info, {k: float(v) for k, v in timings.items()}
 
 
 #: Result columns not derived from the network outputs or the distance modulus.
@@ -1017,7 +1022,7 @@ def _sub_ranges(task: PatchTask, dataset: pads.Dataset, chunk: int) -> list[tupl
 
 def _process_streamed(
     task: PatchTask, job: _Job, cfg: PipelineConfig, grid: Locus, prior: Any, final: Path
-) -> tuple[str, dict[str, float]]:
+) -> tuple[dict[str, Any], dict[str, float]]:
     """A patch larger than ``max_patch_rows``: hybrid on a random pool, the rest streamed."""
     dataset = _patch_dataset(task)
     chunk = max(1, min(int(cfg.chunk_size), int(job.config.max_patch_rows)))
@@ -1043,7 +1048,8 @@ def _process_streamed(
     pool_result, timings, model = run_patch(
         pool_frame, prior, grid, cfg, columns=job.config.columns
     )
-    estimator = BayesEstimator(grid, prior, cfg.bayes_config())
+    info = dict(pool_result.attrs["photodist_pipeline"])
+    estimator = BayesEstimator(grid, prior, cfg.bayes_config(used_error_floor(info)))
     t_pool = time.perf_counter() - t0
     t1 = time.perf_counter()
     offset = 0
@@ -1081,8 +1087,8 @@ def _process_streamed(
     out = {k: float(v) for k, v in timings.items()}
     out["pool"] = t_pool
     out["stream_predict"] = time.perf_counter() - t1
-    mode = str(pool_result.attrs.get("photodist_pipeline", {}).get("mode", ""))
-    return f"streamed-{mode}", out
+    info["mode"] = f"streamed-{info.get('mode', '')}"
+    return info, out
 
 
 # ----------------------------------------------------------------------------------------------
