@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=100)
     parser.add_argument("--learning-rate", type=float, default=1e-2, help="Adam learning rate")
     parser.add_argument("--n-runs", type=int, default=2)
+    parser.add_argument("--error-floor", default="0.02", help="'auto' or a floor in mag")
     parser.add_argument("--device", default="auto", help="network device: auto, cpu, cuda")
     parser.add_argument("--no-compare", action="store_true", help="skip the random subsample")
     parser.add_argument("--progress", action="store_true")
@@ -148,6 +149,7 @@ def main() -> None:
         nn_learning_rate=args.learning_rate,
         nn_n_runs=args.n_runs,
         nn_device=args.device,
+        error_floor=args.error_floor,
         seed=args.seed,
         progress=args.progress,
     )

@@ -93,6 +93,8 @@ def test_bayes_command_with_trilegal_prior(tmp_path, s82_stars_path, s82_priors_
             str(s82_priors_path),
             "--trilegal-pixel",
             "0",
+            "--error-floor",
+            "auto",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -113,7 +115,7 @@ def test_error_floor_option_is_auto_or_a_magnitude(tmp_path):
     result = CliRunner().invoke(
         cli,
         ["bayes", str(src), str(tmp_path / "o.parquet"), "--bands", "sdss", "--flat-prior"]
-        + ["--feh-step", "0.25", "--mr-step", "0.5"],
+        + ["--feh-step", "0.25", "--mr-step", "0.5", "--error-floor", "auto"],
     )
     assert result.exit_code == 0, result.output
     assert "error floor 0.0200 mag" in result.output and "at least 100 needed" in result.output
@@ -135,7 +137,17 @@ def test_simulate_run_evaluate_chain(tmp_path):
     res = pd.read_parquet(out)
     assert len(res) == n and set(res["method"]) <= {"bayes", "nn"}
     summary = json.loads((tmp_path / "run.parquet.run.json").read_text())
-    assert summary["config"]["error_floor"] == "auto" and summary["error_floor"]["fitted"]
+    assert summary["config"]["error_floor"] == 0.02
+    assert summary["error_floor"] == {
+        "floor": 0.02,
+        "fitted": False,
+        "n_stars": 0,
+        "observed_median": None,
+        "replicated_median": None,
+        "scatter": None,
+        "grid": None,
+        "reason": "fixed",
+    }
     assert (tmp_path / "run.parquet.prior.npz").exists()
     again = runner.invoke(cli, ["run", str(sim), str(out)])
     assert again.exit_code != 0 and "overwrite" in again.output

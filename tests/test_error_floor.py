@@ -14,6 +14,7 @@ from photodist.error_floor import (
     band_errors,
     correlated_color_noise,
     fit_error_floor,
+    grid_error,
     well_measured_rows,
 )
 from photodist.locus import build_locus
@@ -60,16 +61,27 @@ def test_recovers_injected_scatter(coarse_locus, band_set):
     phot = _stars(coarse_locus, band_set, 500, seed=3, extra_scatter=0.02)
     fit = fit_error_floor(phot, coarse_locus, seed=1, max_stars=400)
     assert fit.fitted and fit.n_stars == 400
-    assert 0.017 <= fit.floor <= 0.024
-    # at the fitted floor the observed and replicated medians agree
+    assert 0.017 <= fit.scatter <= 0.024
+    # at the fitted scatter the observed and replicated medians agree
     assert fit.observed_median == pytest.approx(fit.replicated_median, rel=0.2)
+    # the floor adds the posterior grid's quantisation error
+    assert fit.grid == grid_error(coarse_locus, band_set)
+    assert fit.floor == pytest.approx(np.hypot(fit.scatter, fit.grid))
 
 
 def test_no_extra_scatter_gives_a_small_floor(coarse_locus):
     phot = _stars(coarse_locus, LSST, 500, seed=4)
     fit = fit_error_floor(phot, coarse_locus, seed=1, max_stars=400)
     assert fit.fitted
-    assert fit.floor <= 0.005
+    assert fit.scatter <= 0.005
+    assert fit.floor == pytest.approx(np.hypot(fit.scatter, fit.grid))
+
+
+def test_grid_error_halves_with_the_grid_step():
+    coarse = grid_error(build_locus(feh_step=0.1, mr_step=0.2), LSST)
+    fine = grid_error(build_locus(feh_step=0.05, mr_step=0.1), LSST)
+    assert 0.004 < fine < 0.01
+    assert fine == pytest.approx(coarse / 2, rel=0.25)
 
 
 def test_same_seed_same_floor(coarse_locus):

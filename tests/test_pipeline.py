@@ -155,7 +155,7 @@ def test_bad_rows_get_bayes(hybrid, bayes_all):
 def test_small_patch_runs_bayes_on_all(catalog, prior, default_locus):
     phot = photometry_from_frame(catalog, "lsst")
     for config in (
-        small_config(n_train=10_000),  # more than the patch has
+        small_config(n_train=10_000, error_floor="auto"),  # more stars than the patch has
         small_config(train_fraction=0.05, min_train=1000),  # a subsample below the minimum
     ):
         result, timings, model = run_patch(catalog, prior, default_locus, config)
@@ -165,8 +165,8 @@ def test_small_patch_runs_bayes_on_all(catalog, prior, default_locus):
         assert (result["method"] == "bayes").all()
         assert not result["labelled"].any()
         assert timings["train"] == 0 and timings["bayes_all"] > 0
-        # the floor was fitted on the patch's own stars, and every row used it
-        assert info["error_floor"]["fitted"]
+        # an "auto" floor was fitted on the patch's own stars, and every row used it
+        assert info["error_floor"]["fitted"] == (config.error_floor == "auto")
         grid = posterior_grid(default_locus, config)
         bayes_all = BayesEstimator(
             grid, prior, config.bayes_config(used_error_floor(info))
@@ -213,7 +213,7 @@ def test_fixed_error_floor_is_used_as_given(catalog, default_locus):
     fixed = small_config(error_floor="0.015").resolve_error_floor(phot, default_locus)
     assert fixed.floor == 0.015 and not fixed.fitted and fixed.reason == "fixed"
     assert small_config(error_floor=0.015).bayes_config().error_floor == 0.015
-    auto = small_config()
+    auto = small_config(error_floor="auto")
     assert auto.bayes_config().error_floor == auto.fallback_error_floor
     assert auto.bayes_config(0.004).error_floor == 0.004
 

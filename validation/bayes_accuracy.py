@@ -5,8 +5,8 @@ from the same Galaxy model), prints Table-1-style statistics of estimate - truth
 σ_G = 0.7413 IQR) for M_r, A_r and [Fe/H], the calibration σ_G of (estimate - truth) / σ, and
 the fraction of stars whose truth lies inside the 16-84 % interval.
 
-The colour-error floor is fitted per patch by default (``photodist.error_floor``); give a number
-to fix it instead.
+The colour-error floor is the default 0.02 mag unless given; ``--error-floor auto`` fits it per
+patch (``photodist.error_floor``).
 
 Usage: ``python validation/bayes_accuracy.py [--stars 5000] [--error-floor auto|MAG]``
 """
@@ -36,7 +36,7 @@ def sigma_g(x: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stars", type=int, default=5000)
-    parser.add_argument("--error-floor", default="auto", help="'auto' or a floor in mag")
+    parser.add_argument("--error-floor", default="0.02", help="'auto' or a floor in mag")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     locus = build_locus().resample(0.05, 0.1)

@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--patches", nargs="+", default=["100,35", "200,-30", "60,60"])
     parser.add_argument("--radius", type=float, default=1.5)
     parser.add_argument("--held-out", type=int, default=4000)
+    parser.add_argument("--error-floor", default=0.02, help="floor in mag, or auto")
     args = parser.parse_args()
     locus = build_locus()
     for patch in args.patches:
@@ -46,7 +47,7 @@ def main() -> None:
         print(f"\npatch l = {lon:g}, b = {lat:g}: {len(catalog):,} stars")
         reference = rows = None
         for epochs in args.epochs:
-            config = PipelineConfig(nn_max_epochs=epochs, seed=3)
+            config = PipelineConfig(nn_max_epochs=epochs, seed=3, error_floor=args.error_floor)
             result, timings, _ = run_patch(catalog, prior, locus, config)
             if reference is None:  # the same held-out stars for every epoch limit
                 is_nn = (result["method"] == "nn").to_numpy()

@@ -407,10 +407,11 @@ def _error_floor_option(function):
     return click.option(
         "--error-floor",
         type=ErrorFloorType(),
-        default="auto",
+        default=0.02,
         show_default=True,
         help="Colour-error floor added in quadrature (mag), or 'auto': fitted to the "
-        "catalogue's well-measured stars (0.02 when it has fewer than 100).",
+        "catalogue's well-measured stars (0.02 when it has fewer than 100); see "
+        "docs/benchmarks.md for when each is better.",
     )(function)
 
 

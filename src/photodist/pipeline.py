@@ -118,10 +118,14 @@ class PipelineConfig:
         Posterior grid of the Bayesian estimator (dex, mag); the locus is resampled to it.
         None for either uses the given locus as it is.
     error_floor
-        Colour-error floor of the Bayesian estimator (mag, added in quadrature), or ``"auto"``
-        to fit it per patch on the well-measured stars of the training subsample (all stars of
-        a patch too small for one) with :func:`photodist.error_floor.fit_error_floor`; when a
-        patch has too few such stars, ``fallback_error_floor`` is used.
+        Colour-error floor of the Bayesian estimator (mag, added in quadrature; 0.02 as in the
+        reference method), or ``"auto"`` to fit it per patch on the well-measured stars of the
+        training subsample (all stars of a patch too small for one) with
+        :func:`photodist.error_floor.fit_error_floor`; when a patch has too few such stars,
+        ``fallback_error_floor`` is used. ``"auto"`` makes the Bayesian estimates of simulated
+        catalogues more accurate and better calibrated, but their posterior means become
+        harder to learn: the networks then miss their targets on smaller patches
+        (``docs/benchmarks.md``), so the default stays fixed.
     fallback_error_floor
         Floor (mag) of an ``"auto"`` patch without enough well-measured stars; 0.02 mag, the
         fixed floor of the reference method.
@@ -164,7 +168,7 @@ class PipelineConfig:
     strata_bins: tuple[int, int, int] = (6, 10, 10)
     bayes_feh_step: float | None = 0.05
     bayes_mr_step: float | None = 0.1
-    error_floor: float | str = "auto"
+    error_floor: float | str = 0.02
     fallback_error_floor: float = 0.02
     default_a_max: float = 3.0
     nn_spec: NetworkSpec | Mapping[str, Any] | None = None
