@@ -138,16 +138,10 @@ def test_simulate_run_evaluate_chain(tmp_path):
     assert len(res) == n and set(res["method"]) <= {"bayes", "nn"}
     summary = json.loads((tmp_path / "run.parquet.run.json").read_text())
     assert summary["config"]["error_floor"] == 0.02
-    assert summary["error_floor"] == {
-        "floor": 0.02,
-        "fitted": False,
-        "n_stars": 0,
-        "observed_median": None,
-        "replicated_median": None,
-        "scatter": None,
-        "grid": None,
-        "reason": "fixed",
-    }
+    floor = summary["error_floor"]
+    assert floor["floor"] == 0.02 and not floor["fitted"] and floor["reason"] == "fixed"
+    # the error-model check still ran: a simulated catalogue has no extra colour scatter
+    assert floor["n_stars"] >= 100 and 0.0 <= floor["scatter"] < 0.005
     assert (tmp_path / "run.parquet.prior.npz").exists()
     again = runner.invoke(cli, ["run", str(sim), str(out)])
     assert again.exit_code != 0 and "overwrite" in again.output

@@ -210,8 +210,14 @@ def test_photometry_input_and_band_check(catalog, prior, default_locus, hybrid):
 
 def test_fixed_error_floor_is_used_as_given(catalog, default_locus):
     phot = photometry_from_frame(catalog, "lsst")
-    fixed = small_config(error_floor="0.015").resolve_error_floor(phot, default_locus)
+    unchecked = small_config(error_floor="0.015", check_error_model=False)
+    fixed = unchecked.resolve_error_floor(phot, default_locus)
     assert fixed.floor == 0.015 and not fixed.fitted and fixed.reason == "fixed"
+    assert fixed.n_stars == 0 and np.isnan(fixed.scatter)
+    # the check measures the scatter but keeps the fixed floor
+    checked = small_config(error_floor=0.015).resolve_error_floor(phot, default_locus)
+    assert checked.floor == 0.015 and not checked.fitted and checked.reason == "fixed"
+    assert checked.n_stars > 0 and checked.scatter < 0.005
     assert small_config(error_floor=0.015).bayes_config().error_floor == 0.015
     auto = small_config(error_floor="auto")
     assert auto.bayes_config().error_floor == auto.fallback_error_floor

@@ -20,6 +20,7 @@ from photodist.report import (
     _grouped_quantiles,
     comparison_table,
     error_correlations,
+    error_model_note,
     flag_fractions,
     load_run,
     prepare_report_data,
@@ -77,6 +78,14 @@ def synthetic_run(
         "mode": "hybrid",
         "timings": {"prepare": 0.5, "bayes_label": 30.0, "train": 60.0, "predict": 5.0},
         "config": {"band_set": "lsst", "n_train": n_bayes, "seed": seed},
+        "error_floor": {
+            "floor": 0.02,
+            "fitted": False,
+            "n_stars": 812,
+            "scatter": 0.0101,
+            "grid": 0.007,
+            "reason": "fixed",
+        },
     }
     reference = pd.DataFrame(
         {**{f"{p}_mean": bayes[p] for p in PARAMETERS}, **{f"{p}_std": s_b[p] for p in PARAMETERS}}
@@ -198,8 +207,23 @@ def test_real_data_report_has_only_nn_vs_bayes(run, tmp_path):
     assert sources == {f"figures/{name}" for name in written}
     table = pd.read_csv(tmp_path / "table1.csv")
     assert set(table["comparison"]) == {"nn_bayes"}
+    # the error-model check of the run is stated on the page
+    page = html.unescape(index.read_text(encoding="utf-8"))
+    assert "812 well-measured stars scatter by 0.0101 mag beyond their quoted" in page
     # without truth the classes come from the Bayesian estimates
     assert "giants" in set(table["subsample"])
+
+
+def test_error_model_note():
+    assert error_model_note(None) == ""
+    fitted = {"floor": 0.0123, "fitted": True, "n_stars": 1000, "scatter": 0.0101, "grid": 0.007}
+    note = error_model_note(fitted)
+    assert "1,000 well-measured stars scatter by 0.0101 mag" in note
+    assert "floor of 0.0123 mag (fitted)" in note
+    fixed = {"floor": 0.02, "fitted": False, "n_stars": 0, "scatter": None, "grid": None}
+    assert error_model_note(fixed) == (
+        "Error model: the Bayesian stage used a colour-error floor of 0.0200 mag."
+    )
 
 
 def test_without_reference_bayes_rows_of_the_result_are_used(run, tmp_path):

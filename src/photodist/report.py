@@ -602,6 +602,21 @@ def flag_fractions(result: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def error_model_note(record: Mapping[str, Any] | None) -> str:
+    """One sentence on the catalogue's error model from a run's ``error_floor`` record."""
+    if not record or record.get("floor") is None:
+        return ""
+    used = f"the Bayesian stage used a colour-error floor of {record['floor']:.4f} mag"
+    used += " (fitted)" if record.get("fitted") else ""
+    if record.get("scatter") is None:
+        return f"Error model: {used}."
+    return (
+        f"Error model: {record['n_stars']:,} well-measured stars scatter by "
+        f"{record['scatter']:.4f} mag beyond their quoted colour errors (posterior predictive "
+        f"chi2 check; posterior grid resolution {record['grid']:.4f} mag); {used}."
+    )
+
+
 def _timings_table(timings: Mapping[str, float] | None) -> pd.DataFrame:
     if not timings:
         return pd.DataFrame(columns=["stage", "seconds", "fraction_of_total"])
@@ -1376,6 +1391,9 @@ def _page(
         )
     if "ug" not in data.photometry:
         notes.append("No u/g photometry found: the (u-g, u-g error) maps are left out.")
+    error_model = error_model_note(info.get("error_floor"))
+    if error_model:
+        notes.append(error_model)
     if data.population_source is not None:
         notes.append(
             f"Stellar classes and the [Fe/H] split use the {data.population_source} values; "
