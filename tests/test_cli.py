@@ -57,6 +57,10 @@ def test_bayes_command_keeps_every_row(tmp_path):
     ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
+    # three stars are too few for the error-model check: only the floor used is stated
+    assert "Error model: the Bayesian stage used a colour-error floor of 0.0200 mag." in (
+        result.output
+    )
     res = pd.read_parquet(out)
     assert len(res) == 3 and list(res["ra"]) == [1.0, 2.0, 3.0]
     assert res.loc[1, "flags"] & 32  # sentinel u magnitude flagged, row kept

@@ -552,6 +552,8 @@ def bayes_command(
     from photodist import io
     from photodist.bayes import BayesConfig, BayesEstimator
     from photodist.error_floor import fit_error_floor
+    from photodist.pipeline import CHECK_STARS
+    from photodist.report import error_model_note
 
     band_set = get_band_set(bands)
     columns = _column_map(column, dust_column)
@@ -576,20 +578,27 @@ def bayes_command(
         seed,
     )
     config = BayesConfig(default_a_max=a_max)
-    if error_floor == "auto":
-        first = next(batches, None)
-        if first is not None:
-            batches = itertools.chain([first], batches)
-            try:
-                sample = photometry_from_frame(first, band_set, columns)
-            except KeyError as exc:
-                raise click.ClickException(str(exc)) from exc
-            fit = fit_error_floor(sample, locus, prior, config, seed=seed)
+    auto = error_floor == "auto"
+    # the floor fit ("auto") or the error-model check of a fixed floor, on the first batch
+    first = next(batches, None)
+    if first is not None:
+        batches = itertools.chain([first], batches)
+        try:
+            sample = photometry_from_frame(first, band_set, columns)
+        except KeyError as exc:
+            raise click.ClickException(str(exc)) from exc
+        fit = fit_error_floor(
+            sample, locus, prior, config, max_stars=1000 if auto else CHECK_STARS, seed=seed
+        )
+        if auto:
             error_floor = fit.floor
             how = f"fitted on {fit.n_stars} stars" if fit.fitted else fit.reason
             click.echo(f"error floor {error_floor:.4f} mag ({how})")
         else:
-            error_floor = config.error_floor
+            record = {**fit.to_dict(), "floor": float(error_floor), "fitted": False}
+            click.echo(error_model_note(record))
+    elif auto:
+        error_floor = config.error_floor
     estimator = BayesEstimator(
         locus, prior, dataclasses.replace(config, error_floor=float(error_floor))
     )
