@@ -9,11 +9,13 @@ small makes their posteriors too narrow. Real catalogues and simulations need di
 Method: a posterior predictive check of the best-fit chi2. For a trial floor f, the
 well-measured stars (every colour error below ``max_error``) are fitted, giving their observed
 median chi2min. Each star is then replaced by its model colours (the locus at its posterior
-mean M_r and [Fe/H], reddened by its posterior mean A_r) plus Gaussian noise of the quoted
-errors with f in quadrature, and fitted again: the median chi2min of these replicas is what
-the data would give if the error model were right. The smallest f at which the observed median
-is no longer above the replicated one (bisection; both sides use the same noise draws, so the
-comparison is smooth in f) is the catalogue's extra scatter.
+mean M_r and [Fe/H], reddened by its posterior mean A_r) plus noise as noisy magnitudes make it
+(drawn per band from the r error and the colour errors, so adjacent colours share it,
+:func:`correlated_color_noise`) and an independent N(0, f^2) per colour, and fitted again:
+the median chi2min of these replicas is what the data would give if the error model were
+right. The smallest f at which the observed median is no longer above the replicated one
+(bisection; both sides use the same noise draws, so the comparison is smooth in f) is the
+catalogue's extra scatter.
 
 The check cannot see the posterior grid's own error, since the replicas are fitted on the same
 grid: a star between grid points is compared with the colours of the nearest points, a
@@ -54,7 +56,8 @@ class ErrorFloorFit:
         The floor to use (mag): ``scatter`` and ``grid`` in quadrature, or the fallback when
         ``fitted`` is False.
     fitted
-        Whether the floor was measured (False: too few well-measured stars).
+        Whether ``floor`` was measured (False: too few well-measured stars, or a fixed floor
+        whose catalogue was only checked, see ``PipelineConfig.check_error_model``).
     n_stars
         Well-measured stars used.
     observed_median, replicated_median
