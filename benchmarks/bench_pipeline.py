@@ -36,7 +36,13 @@ from photodist.bands import photometry_from_frame
 from photodist.bayes import BayesEstimator
 from photodist.evaluate import outlier_fraction, robust_stats, snr_mask, table1
 from photodist.locus import build_locus
-from photodist.pipeline import PipelineConfig, posterior_grid, run_patch, used_error_floor
+from photodist.pipeline import (
+    STAGES,
+    PipelineConfig,
+    posterior_grid,
+    run_patch,
+    used_error_floor,
+)
 from photodist.priors import build_patch_priors
 from photodist.simulate import simulate_patch
 
@@ -166,14 +172,7 @@ def main() -> None:
         info = result.attrs["photodist_pipeline"]
         total = timings["total"]
         print(f"  error floor {info['error_floor']}")
-        for stage in (
-            "prepare",
-            "error_floor",
-            "bayes_label",
-            "train",
-            "predict",
-            "bayes_fallback",
-        ):
+        for stage in STAGES:
             print(f"  {stage:15s} {timings[stage]:8.2f} s")
         print(f"  {'total':15s} {total:8.2f} s  ({len(frame) / total:,.0f} stars/s)")
         meta = model.training_metadata_ if model is not None else {}

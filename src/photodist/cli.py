@@ -551,8 +551,7 @@ def bayes_command(
 
     from photodist import io
     from photodist.bayes import BayesConfig, BayesEstimator
-    from photodist.error_floor import fit_error_floor
-    from photodist.pipeline import CHECK_STARS
+    from photodist.error_floor import resolve_error_floor
     from photodist.report import error_model_note
 
     band_set = get_band_set(bands)
@@ -587,16 +586,13 @@ def bayes_command(
             sample = photometry_from_frame(first, band_set, columns)
         except KeyError as exc:
             raise click.ClickException(str(exc)) from exc
-        fit = fit_error_floor(
-            sample, locus, prior, config, max_stars=1000 if auto else CHECK_STARS, seed=seed
-        )
+        fit = resolve_error_floor(error_floor, sample, locus, prior, config, seed=seed)
+        error_floor = fit.floor
         if auto:
-            error_floor = fit.floor
             how = f"fitted on {fit.n_stars} stars" if fit.fitted else fit.reason
             click.echo(f"error floor {error_floor:.4f} mag ({how})")
         else:
-            record = {**fit.to_dict(), "floor": float(error_floor), "fitted": False}
-            click.echo(error_model_note(record))
+            click.echo(error_model_note(fit.to_dict()))
     elif auto:
         error_floor = config.error_floor
     estimator = BayesEstimator(

@@ -44,6 +44,9 @@ MAX_ERROR = 0.03
 MIN_STARS = 100
 #: Largest floor considered (mag).
 MAX_FLOOR = 0.05
+#: Well-measured stars used by a fit ("auto") and by the error-model check of a fixed floor.
+FIT_STARS = 1000
+CHECK_STARS = 500
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,7 @@ def fit_error_floor(
     config: BayesConfig | None = None,
     *,
     fallback: float | None = None,
-    max_stars: int = 1000,
+    max_stars: int = FIT_STARS,
     max_error: float = MAX_ERROR,
     tolerance: float = 0.001,
     seed: int = 0,
@@ -254,3 +257,34 @@ def fit_error_floor(
     return ErrorFloorFit(
         float(np.hypot(hi, grid)), True, int(rows.size), best[0], best[1], hi, grid, reason
     )
+
+
+def resolve_error_floor(
+    error_floor: float | str,
+    photometry: Photometry,
+    locus: Locus,
+    prior: Any = None,
+    config: BayesConfig | None = None,
+    *,
+    check: bool = True,
+    fallback: float | None = None,
+    seed: int = 0,
+) -> ErrorFloorFit:
+    """The floor to use for ``photometry``: fitted when ``error_floor`` is ``"auto"``.
+
+    A fixed (numeric) floor is returned as given, with ``fitted`` False; with ``check`` the
+    catalogue's scatter is still measured on up to ``CHECK_STARS`` stars as a diagnostic of its
+    error model (``scatter``, the medians; ``reason`` starts with "fixed").
+    """
+    if error_floor == "auto":
+        return fit_error_floor(
+            photometry, locus, prior, config, fallback=fallback, max_stars=FIT_STARS, seed=seed
+        )
+    fixed = float(error_floor)
+    if not check:
+        return ErrorFloorFit(fixed, False, 0, reason="fixed")
+    fit = fit_error_floor(
+        photometry, locus, prior, config, fallback=fallback, max_stars=CHECK_STARS, seed=seed
+    )
+    reason = "fixed" + (f"; check: {fit.reason}" if fit.reason else "")
+    return dataclasses.replace(fit, floor=fixed, fitted=False, reason=reason)

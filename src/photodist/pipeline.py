@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,7 @@ import pandas as pd
 
 from photodist.bands import ColumnMap, Photometry, get_band_set, photometry_from_frame
 from photodist.bayes import BayesConfig, BayesEstimator, Flags
-from photodist.error_floor import ErrorFloorFit, fit_error_floor
+from photodist.error_floor import ErrorFloorFit, resolve_error_floor
 from photodist.locus import Locus, build_locus
 from photodist.nn import NetworkSpec, PhotoDNetwork
 
@@ -72,8 +72,6 @@ __all__ = [
 PARAMETERS: tuple[str, ...] = ("Mr", "Ar", "FeH")
 #: Subsample strategies accepted by :func:`choose_training_subsample`.
 STRATEGIES: tuple[str, ...] = ("stratified", "random")
-#: Well-measured stars used by the error-model check of a fixed floor (an "auto" fit uses 1,000).
-CHECK_STARS = 500
 #: Timed stages (seconds in the timings dict; zero when a stage did not run).
 STAGES: tuple[str, ...] = (
     "prepare",
@@ -133,7 +131,8 @@ class PipelineConfig:
         fixed floor of the reference method.
     check_error_model
         With a fixed floor, still measure the catalogue's colour scatter beyond its quoted
-        errors (the same fit on up to ``CHECK_STARS`` stars, ~0.5 s per patch) and record it
+        errors (the same fit on up to ``error_floor.CHECK_STARS`` stars, ~0.5 s per patch) and
+        record it
         as a diagnostic (``info["error_floor"]["scatter"]``); the floor used is unchanged.
     default_a_max
         A_r prior bound of the Bayesian estimator for stars without a dust-map value (mag).
@@ -254,24 +253,18 @@ class PipelineConfig:
     def resolve_error_floor(
         self, photometry: Photometry, locus: Locus, prior: Any = None
     ) -> ErrorFloorFit:
-        """The floor for a patch: fitted to ``photometry`` when ``"auto"``, else the fixed one."""
-        auto = self.error_floor == "auto"
-        if not auto and not self.check_error_model:
-            return ErrorFloorFit(float(self.error_floor), False, 0, reason="fixed")
-        fit = fit_error_floor(
+        """The floor for a patch: fitted to ``photometry`` when ``"auto"``, else the fixed one
+        (:func:`photodist.error_floor.resolve_error_floor`)."""
+        return resolve_error_floor(
+            self.error_floor,
             photometry,
             locus,
             prior,
             self.bayes_config(),
+            check=self.check_error_model,
             fallback=float(self.fallback_error_floor),
-            max_stars=1000 if auto else CHECK_STARS,
             seed=int(self.seed),
         )
-        if auto:
-            return fit
-        # a fixed floor: the fit is only the diagnostic of the catalogue's error model
-        reason = "fixed" + (f"; check: {fit.reason}" if fit.reason else "")
-        return replace(fit, floor=float(self.error_floor), fitted=False, reason=reason)
 
     def network(self, seed: int) -> PhotoDNetwork:
         """An unfitted :class:`PhotoDNetwork` with these settings."""
