@@ -24,12 +24,14 @@ Usage: ``python benchmarks/bench_bayes_gpu.py [n_stars] [--device cuda|cpu]
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from pathlib import Path
 
 import numba
 import numpy as np
+import pandas as pd
 import torch
 
 from photodist.bands import LSST, Photometry
@@ -107,12 +109,68 @@ def _profile(estimator: TorchBayesEstimator, phot: Photometry, rows: int = 25) -
     print(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
 
 
+def time_torch(
+    grid: Locus,
+    prior: PriorGrid,
+    phot: Photometry,
+    device: str,
+    batch_size: int | None,
+    compile_kernels: bool | None,
+    repeats: int,
+) -> tuple[float, pd.DataFrame, TorchBayesEstimator]:
+    """Best microseconds per star of the torch estimator (transfers included), its output and
+    the estimator."""
+    n_points = grid.colors[..., 0].size
+    estimator = TorchBayesEstimator(
+        grid, prior, device=device, batch_size=batch_size, compile_kernels=compile_kernels
+    )
+    dev = estimator.device
+    print(
+        f"device: {_describe(dev)}; batch size {estimator.batch_size_for(n_points)}; "
+        f"compiled kernels {estimator.compile_kernels}"
+    )
+    t0 = time.perf_counter()
+    estimator.predict(phot.subset(np.arange(min(len(phot), 3000))))  # compile, plans, pools
+    print(f"  warm-up (compilation included): {time.perf_counter() - t0:.1f} s")
+    times = []
+    result = None
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    for _ in range(repeats):
+        _sync(dev)
+        start = time.perf_counter()
+        result = estimator.predict(phot)
+        _sync(dev)
+        times.append(time.perf_counter() - start)
+    best, median = min(times), float(np.median(times))
+    us_best = best / len(phot) * 1e6
+    print(
+        f"  torch ({dev.type}, compiled {estimator.compile_kernels}): {us_best:.3f} us/star "
+        f"best, {median / len(phot) * 1e6:.3f} median of {repeats} "
+        f"({len(phot) / best:,.0f} stars/s), transfers included"
+    )
+    per_star = estimator.stats_["n_candidates"] / max(len(phot), 1)
+    print(
+        f"  candidate points per star {per_star:,.0f} ({per_star / n_points:.1%} of the grid), "
+        f"{estimator.stats_['n_batches']} batches"
+    )
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) / 2**30
+        print(f"  peak device memory {peak:.2f} GiB")
+    assert result is not None
+    return us_best, result, estimator
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("n_stars", nargs="?", type=int, default=1_000_000)
     parser.add_argument("--device", default="auto", help="auto, cuda or cpu")
     parser.add_argument("--cpu-stars", type=int, default=20_000, help="numba subset size")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument(
+        "--batch-size",
+        default="default",
+        help="stars per batch; a comma-separated list times each (default: the memory budget)",
+    )
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--radius", type=float, default=2.0, help="simulated cone radius (deg)")
@@ -134,40 +192,14 @@ def main() -> None:
     )
 
     compile_kernels = {"auto": None, "on": True, "off": False}[args.compile]
-    estimator = TorchBayesEstimator(
-        grid, prior, device=args.device, batch_size=args.batch_size, compile_kernels=compile_kernels
-    )
-    device = estimator.device
-    print(
-        f"device: {_describe(device)}; batch size {estimator.batch_size_for(n_points)}; "
-        f"compiled kernels {estimator.compile_kernels}"
-    )
-    t0 = time.perf_counter()
-    estimator.predict(phot.subset(np.arange(min(len(phot), 3000))))  # compile, plans, pools
-    print(f"warm-up (compilation included): {time.perf_counter() - t0:.1f} s")
-    times = []
-    result = None
-    for _ in range(args.repeats):
-        _sync(device)
-        start = time.perf_counter()
-        result = estimator.predict(phot)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    best, median = min(times), float(np.median(times))
-    us_best = best / len(phot) * 1e6
-    print(
-        f"torch ({device.type}, compiled {estimator.compile_kernels}): {us_best:.3f} us/star "
-        f"best, {median / len(phot) * 1e6:.3f} median of {args.repeats} "
-        f"({len(phot) / best:,.0f} stars/s), transfers included"
-    )
-    per_star = estimator.stats_["n_candidates"] / max(len(phot), 1)
-    print(
-        f"  candidate points per star {per_star:,.0f} ({per_star / n_points:.1%} of the grid), "
-        f"{estimator.stats_['n_batches']} batches"
-    )
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**30
-        print(f"  peak device memory {peak:.2f} GiB")
+    sizes = [int(v) if v not in ("", "default") else None for v in args.batch_size.split(",")]
+    us_best, result, best_estimator = math.inf, None, None
+    for size in sizes:
+        us, out, estimator = time_torch(
+            grid, prior, phot, args.device, size, compile_kernels, args.repeats
+        )
+        if us < us_best:
+            us_best, result, best_estimator = us, out, estimator
 
     n_cpu = min(args.cpu_stars, len(phot))
     subset = phot.subset(np.arange(n_cpu))
@@ -196,7 +228,7 @@ def main() -> None:
         + f"; identical flags {same_flags:.2%}"
     )
     if args.profile:
-        _profile(estimator, phot.subset(np.arange(min(len(phot), 200_000))))
+        _profile(best_estimator, phot.subset(np.arange(min(len(phot), 200_000))))
 
 
 if __name__ == "__main__":

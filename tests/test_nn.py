@@ -463,6 +463,17 @@ def test_missing_colours_are_learned_when_the_training_set_has_them(
     np.testing.assert_array_equal(pred["Mr_mean"][ok], again["Mr_mean"][ok])
     loaded = PhotoDNetwork.load(model.save(tmp_path / "m.safetensors"))
     np.testing.assert_array_equal(loaded.predict(x)["FeH_mean"], pred["FeH_mean"])
+    # rows already in a tensor: the same fill, flags and values, without host arrays
+    on_tensor = model.predict_tensor(torch.from_numpy(x))
+    assert set(on_tensor) == set(pred)
+    for key, value in on_tensor.items():
+        assert isinstance(value, torch.Tensor) and value.shape == (len(x),)
+        if key in FLAG_KEYS:
+            np.testing.assert_array_equal(value.numpy(), pred[key])
+        else:
+            np.testing.assert_allclose(value.numpy(), pred[key], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="expected an"):
+        model.predict_tensor(torch.zeros(3, 12))
     # switched off: every row with a NaN is invalid
     strict = PhotoDNetwork("sdss", seed=0, missing_colors=False, **FAST).fit(x, y, s)
     assert strict.predict(x)["invalid_input"][lacks_u].all()
@@ -494,6 +505,31 @@ def test_chunked_multithreaded_prediction_matches_single_chunk(
         np.testing.assert_array_equal(one[key], two[key])
         np.testing.assert_allclose(one[key], whole[key], rtol=1e-5, atol=1e-6)
     assert fitted.predict(x[:0])["Mr_mean"].shape == (0,)
+
+
+def test_device_chunk_loop_matches_cpu_prediction(
+    fitted: PhotoDNetwork, sdss_data: tuple[np.ndarray, ...]
+) -> None:
+    """The staged chunk loop used for GPUs, run with the CPU plan: same rows, same flags."""
+    from photodist.nn import FLOAT_KEYS
+
+    x = sdss_data[0].copy()
+    x[3, 1] = np.nan  # invalid
+    x[7, 0] = 99.0  # out of the training domain
+    expected = fitted.predict(x)
+    assert fitted.inference_backend("cpu") in {"onednn", "torch-cpu"}
+    floats = np.full((len(FLOAT_KEYS), len(x)), np.nan, dtype=np.float32)
+    flags = np.zeros((len(FLAG_KEYS), len(x)), dtype=bool)
+    fitted.set_params(predict_batch_size=97)
+    try:
+        fitted._predict_device(fitted._plan(torch.device("cpu")), x, floats, flags)
+    finally:
+        fitted.set_params(predict_batch_size=None)
+    for i, key in enumerate(FLOAT_KEYS):
+        np.testing.assert_allclose(floats[i], expected[key], rtol=1e-5, atol=1e-6)
+    for i, key in enumerate(FLAG_KEYS):
+        np.testing.assert_array_equal(flags[i], expected[key])
+    assert flags[1, 3] and flags[0, 7] and flags.sum() == 2
 
 
 # -- persistence ------------------------------------------------------------------------------
@@ -592,3 +628,13 @@ def test_cuda_training_and_inference(sdss_data: tuple[np.ndarray, ...], tmp_path
         else:
             np.testing.assert_allclose(pred[key], on_cpu[key], rtol=1e-4, atol=1e-5)
     assert np.corrcoef(pred["Mr_mean"][6:], truth[6:, 0])[0, 1] > 0.9
+    if photodist.nn.nn_triton.available():
+        assert model.inference_backend() == "triton"
+    on_device = model.predict_tensor(torch.from_numpy(x).cuda())
+    for key in pred:
+        assert on_device[key].is_cuda
+        got = on_device[key].cpu().numpy()
+        if key in FLAG_KEYS:
+            np.testing.assert_array_equal(got, pred[key])
+        else:
+            np.testing.assert_allclose(got, pred[key], rtol=1e-6, atol=1e-6)

@@ -64,8 +64,11 @@ SQRT_HALF = math.sqrt(0.5)
 LOG_FLOOR = -1e30  # stands for log(0) in the prior (keeps the matrix products finite)
 LEVELS = (0.16, 0.5, 0.84)
 MIN_A_MAX = 1e-6  # smallest A_r bound used (mag); A_max <= 0 would leave no histogram bins
-#: Default device-memory budget of one batch (bytes) on CUDA devices and on the CPU.
-CUDA_BATCH_BYTES = 2 * 1024**3
+#: Device-memory budget of one batch (bytes) on CUDA devices: this fraction of the device's
+#: memory, at most CUDA_BATCH_BYTES (larger batches spread the per-batch host overhead)
+CUDA_BATCH_FRACTION = 1 / 8
+CUDA_BATCH_BYTES = 16 * 1024**3
+#: Memory budget of one batch (bytes) on the CPU.
 CPU_BATCH_BYTES = 256 * 1024**2
 #: float64 arrays of the size of the (stars x locus points) problem held at once, per star
 #: (lw0, bb, the bound's temporaries, the mask and the retained candidate arrays, with margin)
@@ -289,8 +292,8 @@ class TorchBayesEstimator:
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     batch_size
-        Stars per batch; None sizes batches to about 2 GiB of device memory on CUDA
-        (256 MiB on the CPU) for the locus grid used.
+        Stars per batch; None sizes batches to an eighth of the device's memory, at most
+        16 GiB, on CUDA (256 MiB on the CPU) for the locus grid used.
     compile_kernels
         Compile the dense bound and the candidate pass with ``torch.compile``; None (default)
         compiles on CUDA devices only. Falls back to eager kernels (with a warning) if
@@ -333,7 +336,10 @@ class TorchBayesEstimator:
     @property
     def memory_budget(self) -> int:
         """Device-memory budget of one batch in bytes."""
-        return CUDA_BATCH_BYTES if self.device.type == "cuda" else CPU_BATCH_BYTES
+        if self.device.type != "cuda":
+            return CPU_BATCH_BYTES
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        return min(CUDA_BATCH_BYTES, int(total * CUDA_BATCH_FRACTION))
 
     def batch_size_for(self, n_points: int) -> int:
         """Stars per batch for a locus of ``n_points`` points."""

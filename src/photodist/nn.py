@@ -49,6 +49,7 @@ from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 from torch import nn
 
+from photodist import nn_triton
 from photodist.bands import BandSet, Photometry, get_band_set
 
 __all__ = [
@@ -994,6 +995,44 @@ class _InferencePlan:
         if not self.onednn:
             for layer in (layer for net in self.hidden for layer in net):
                 layer.fused = False
+        self.fused: nn_triton.FusedNetworks | None = None
+        if device.type == "cuda" and nn_triton.available():
+            self.fused = self._try_fused(
+                primary, secondary, sigma_nn_scale, sigma_bayes_scale, len(low)
+            )
+        self.backend = (
+            "triton" if self.fused else "onednn" if self.onednn else f"torch-{device.type}"
+        )
+
+    def _try_fused(
+        self,
+        primary: list[tuple[np.ndarray, np.ndarray, str | None]],
+        secondary: list[tuple[np.ndarray, np.ndarray, str | None]],
+        sigma_nn_scale: np.ndarray,
+        sigma_bayes_scale: np.ndarray,
+        n_inputs: int,
+    ) -> nn_triton.FusedNetworks | None:
+        """The fused Triton kernel if it exists for these networks and reproduces the
+        layer-by-layer path on a probe; else None (with a warning if it failed)."""
+        if not nn_triton.supports(primary, secondary):
+            return None
+        generator = torch.Generator().manual_seed(0)
+        probe = (torch.randn(4099, n_inputs, generator=generator) * 2.0).to(self.device)
+        try:
+            fused = nn_triton.FusedNetworks(
+                primary, secondary, sigma_nn_scale, sigma_bayes_scale, self.device
+            )
+            with torch.inference_mode():
+                expected = self.run(probe)[0]
+                got = torch.full_like(expected, math.nan)
+                fused.run(probe, got)
+            if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4):
+                worst = float((got - expected).abs().nan_to_num(math.inf).max())
+                raise RuntimeError(f"fused kernel differs from the reference by {worst:.3g}")
+        except Exception as exc:  # any compilation or launch failure keeps the cuBLAS path
+            warnings.warn(f"fused GPU inference disabled: {exc}", RuntimeWarning, stacklevel=3)
+            return None
+        return fused
 
     def run(
         self, x: torch.Tensor, dest: torch.Tensor | None = None
@@ -1015,6 +1054,11 @@ class _InferencePlan:
             outside_rows, invalid_rows = suspect[finite], suspect[~finite]
             if invalid_rows.numel():
                 x = x.index_fill(0, invalid_rows, 0.0)
+        if self.fused is not None:
+            self.fused.run(x.contiguous(), dest)
+            if invalid_rows.numel():
+                dest.index_fill_(1, invalid_rows, math.nan)
+            return dest, outside_rows, invalid_rows
         heads = []
         for net, (w_head, b_head) in zip(self.hidden, self.heads, strict=True):
             h = x
@@ -1530,6 +1574,55 @@ class PhotoDNetwork:
         out.update({key: flags[i] for i, key in enumerate(FLAG_KEYS)})
         return out
 
+    def inference_backend(self, device: str | torch.device | None = None) -> str:
+        """How :meth:`predict` runs on ``device`` (default: the model's): ``"triton"`` (one
+        fused GPU kernel), ``"torch-cuda"`` (a matrix product per layer), ``"onednn"`` or
+        ``"torch-cpu"``."""
+        self._check_fitted()
+        return self._plan(resolve_device(self.device if device is None else device)).backend
+
+    def predict_tensor(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predict rows that are already a tensor, on the tensor's device, without host copies.
+
+        For catalogues held in device memory (e.g. a GPU pipeline): ``features`` is an
+        (N, 2 + 2 n_colors) tensor in :meth:`predict`'s column order; the results are tensors
+        on the same device with :meth:`predict`'s keys and meaning.
+        """
+        self._check_fitted()
+        band_set = get_band_set(self.band_set_)
+        expected = 2 + 2 * band_set.n_colors
+        if features.ndim != 2 or features.shape[1] != expected:
+            raise ValueError(
+                f"expected an (N, {expected}) tensor for band set {band_set.name!r}, "
+                f"got shape {tuple(features.shape)}"
+            )
+        x = features.to(torch.float32).contiguous()
+        fill = getattr(self, "color_fill_", None)
+        with torch.inference_mode():
+            if fill is not None and bool(self.missing_supported_.any()):
+                n_colors = band_set.n_colors
+                colors = x[:, 1 : 1 + n_colors]
+                errors = x[:, 2 + n_colors :]
+                supported = torch.as_tensor(self.missing_supported_, device=x.device)
+                missing = ~(colors.isfinite() & errors.isfinite()) & supported
+                if bool(missing.any()):
+                    fill_values = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+                    x = torch.cat(
+                        [
+                            x[:, :1],
+                            torch.where(missing, fill_values, colors),
+                            x[:, 1 + n_colors : 2 + n_colors],
+                            torch.where(missing, MISSING_COLOR_ERROR, errors),
+                        ],
+                        dim=1,
+                    )
+            dest, outside, invalid = self._plan(x.device).run(x)
+            out = {key: dest[i] for i, key in enumerate(FLOAT_KEYS)}
+            for key, rows in zip(FLAG_KEYS, (outside, invalid), strict=True):
+                flag = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+                out[key] = flag.index_fill_(0, rows, True)
+        return out
+
     def _predict_cpu(
         self, plan: _InferencePlan, x: np.ndarray, floats: np.ndarray, flags: np.ndarray
     ) -> None:
@@ -1570,14 +1663,24 @@ class PhotoDNetwork:
         chunk = int(self.predict_batch_size or _DEFAULT_DEVICE_CHUNK)
         if chunk < 1:
             raise ValueError("predict_batch_size must be positive")
+        chunk = min(chunk, n)
+        # page-locked staging buffers: the copies run at full bus speed
+        pin = plan.device.type == "cuda"
+        rows_in = torch.empty((chunk, x.shape[1]), dtype=torch.float32, pin_memory=pin)
+        rows_out = torch.empty((len(FLOAT_KEYS), chunk), dtype=torch.float32, pin_memory=pin)
         with torch.inference_mode():
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
-                rows = torch.from_numpy(np.ascontiguousarray(x[start:stop], dtype=np.float32))
-                dest, outside, invalid = plan.run(rows.to(plan.device))
-                torch.from_numpy(floats[:, start:stop]).copy_(dest)
-                flags[0, outside.cpu().numpy() + start] = True
-                flags[1, invalid.cpu().numpy() + start] = True
+                m = stop - start
+                rows_in[:m].copy_(torch.from_numpy(x[start:stop]))
+                dest, outside, invalid = plan.run(rows_in[:m].to(plan.device, non_blocking=pin))
+                rows_out[:, :m].copy_(dest, non_blocking=pin)
+                outside, invalid = outside.cpu(), invalid.cpu()
+                if pin:
+                    torch.cuda.current_stream(plan.device).synchronize()
+                floats[:, start:stop] = rows_out[:, :m].numpy()
+                flags[0, outside.numpy() + start] = True
+                flags[1, invalid.numpy() + start] = True
 
     # -- persistence ---------------------------------------------------------------------------
 
