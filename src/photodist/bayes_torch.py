@@ -66,8 +66,8 @@ LEVELS = (0.16, 0.5, 0.84)
 MIN_A_MAX = 1e-6  # smallest A_r bound used (mag); A_max <= 0 would leave no histogram bins
 #: Device-memory budget of one batch (bytes) on CUDA devices: this fraction of the device's
 #: memory, at most CUDA_BATCH_BYTES (larger batches spread the per-batch host overhead)
-CUDA_BATCH_FRACTION = 1 / 8
-CUDA_BATCH_BYTES = 16 * 1024**3
+CUDA_BATCH_FRACTION = 1 / 4
+CUDA_BATCH_BYTES = 32 * 1024**3
 #: Memory budget of one batch (bytes) on the CPU.
 CPU_BATCH_BYTES = 256 * 1024**2
 #: float64 arrays of the size of the (stars x locus points) problem held at once, per star
@@ -292,8 +292,9 @@ class TorchBayesEstimator:
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     batch_size
-        Stars per batch; None sizes batches to an eighth of the device's memory, at most
-        16 GiB, on CUDA (256 MiB on the CPU) for the locus grid used.
+        Stars per batch; None sizes batches to a quarter of the device's memory, at most
+        32 GiB, on CUDA (256 MiB on the CPU) for the locus grid used (the peak use is about
+        0.4 of that).
     compile_kernels
         Compile the dense bound and the candidate pass with ``torch.compile``; None (default)
         compiles on CUDA devices only. Falls back to eager kernels (with a warning) if

@@ -1312,6 +1312,29 @@ class PhotoDNetwork:
         x[rows, 2 + n_colors + cols] = MISSING_COLOR_ERROR
         return x
 
+    def _fill_missing_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_fill_missing` for float32 rows in a tensor (on any device)."""
+        fill = getattr(self, "color_fill_", None)
+        if fill is None or not bool(self.missing_supported_.any()):
+            return x
+        n_colors = len(fill)
+        colors = x[:, 1 : 1 + n_colors]
+        errors = x[:, 2 + n_colors :]
+        supported = torch.as_tensor(self.missing_supported_, device=x.device)
+        missing = ~(colors.isfinite() & errors.isfinite()) & supported
+        if not bool(missing.any()):
+            return x
+        fill_values = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+        return torch.cat(
+            [
+                x[:, :1],
+                torch.where(missing, fill_values, colors),
+                x[:, 1 + n_colors : 2 + n_colors],
+                torch.where(missing, MISSING_COLOR_ERROR, errors),
+            ],
+            dim=1,
+        )
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "primary_"):
             raise NotFittedError("this PhotoDNetwork is not fitted yet; call fit() or load()")
@@ -1557,7 +1580,7 @@ class PhotoDNetwork:
         """
         self._check_fitted()
         band_set = get_band_set(self.band_set_)
-        x = self._fill_missing(self._features(features, band_set), band_set.n_colors)
+        x = self._features(features, band_set)  # unusable colours are filled per chunk
         if x.dtype != np.float32:
             x = x.astype(np.float64, copy=False)
         n = x.shape[0]
@@ -1597,25 +1620,8 @@ class PhotoDNetwork:
                 f"got shape {tuple(features.shape)}"
             )
         x = features.to(torch.float32).contiguous()
-        fill = getattr(self, "color_fill_", None)
         with torch.inference_mode():
-            if fill is not None and bool(self.missing_supported_.any()):
-                n_colors = band_set.n_colors
-                colors = x[:, 1 : 1 + n_colors]
-                errors = x[:, 2 + n_colors :]
-                supported = torch.as_tensor(self.missing_supported_, device=x.device)
-                missing = ~(colors.isfinite() & errors.isfinite()) & supported
-                if bool(missing.any()):
-                    fill_values = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
-                    x = torch.cat(
-                        [
-                            x[:, :1],
-                            torch.where(missing, fill_values, colors),
-                            x[:, 1 + n_colors : 2 + n_colors],
-                            torch.where(missing, MISSING_COLOR_ERROR, errors),
-                        ],
-                        dim=1,
-                    )
+            x = self._fill_missing_tensor(x)
             dest, outside, invalid = self._plan(x.device).run(x)
             out = {key: dest[i] for i, key in enumerate(FLOAT_KEYS)}
             for key, rows in zip(FLAG_KEYS, (outside, invalid), strict=True):
@@ -1642,6 +1648,7 @@ class PhotoDNetwork:
                         return
                     stop = min(start + chunk, n)
                     rows = torch.from_numpy(np.ascontiguousarray(x[start:stop], dtype=np.float32))
+                    rows = self._fill_missing_tensor(rows)
                     dest = torch.from_numpy(floats[:, start:stop])
                     _, outside, invalid = plan.run(rows, dest)
                     flags[0, outside.numpy() + start] = True
@@ -1673,7 +1680,8 @@ class PhotoDNetwork:
                 stop = min(start + chunk, n)
                 m = stop - start
                 rows_in[:m].copy_(torch.from_numpy(x[start:stop]))
-                dest, outside, invalid = plan.run(rows_in[:m].to(plan.device, non_blocking=pin))
+                rows = self._fill_missing_tensor(rows_in[:m].to(plan.device, non_blocking=pin))
+                dest, outside, invalid = plan.run(rows)
                 rows_out[:, :m].copy_(dest, non_blocking=pin)
                 outside, invalid = outside.cpu(), invalid.cpu()
                 if pin:

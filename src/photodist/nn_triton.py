@@ -46,8 +46,11 @@ ACTIVATION_CODES: dict[str | None, int] = {
 MAX_WIDTH = 128
 #: Most hidden layers per network (4 bits of the activation word per layer).
 MAX_LAYERS = 15
-#: Rows per program.
+#: Rows per program, warps per program and the precision of the matrix products
+#: (``"tf32x3"``: tensor cores at float32 accuracy; ``"ieee"``: float32 FMA units).
 BLOCK_ROWS = 128
+NUM_WARPS = 4
+PRECISION = "tf32x3"
 #: Set to False to keep the layer-by-layer cuBLAS path (e.g. to compare the two).
 ENABLED = True
 
@@ -63,7 +66,7 @@ def supports(primary: Sequence[Layer], secondary: Sequence[Layer]) -> bool:
     """Whether the fused kernel can run these folded networks (widths, depth, activations)."""
     for net in (primary, secondary):
         hidden = net[:-1]
-        if len(hidden) != len(primary) - 1 or len(hidden) > MAX_LAYERS:
+        if len(hidden) != len(primary) - 1 or not 1 <= len(hidden) <= MAX_LAYERS:
             return False
         if any(name not in ACTIVATION_CODES for _, _, name in hidden):
             return False
@@ -135,6 +138,7 @@ class FusedNetworks:
         ``block_rows`` rows per program (default :data:`BLOCK_ROWS`)."""
         block_rows = int(block_rows or BLOCK_ROWS)
         n, n_inputs = x.shape
+        in_pad = max(16, 1 << (n_inputs - 1).bit_length())
         if n == 0:
             return
         grid = (math.ceil(n / block_rows),)
@@ -158,7 +162,10 @@ class FusedNetworks:
             N_LAYERS=self.n_layers,
             ACT1=self.act1,
             ACT2=self.act2,
+            IN_PAD=in_pad,
+            PRECISION=PRECISION,
             BLOCK=block_rows,
+            num_warps=NUM_WARPS,
         )
 
 
@@ -194,13 +201,27 @@ if triton is not None:
         return tl.maximum(h, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(h)))
 
     @triton.jit
-    def _body(h, w_ptr, b_ptr, WIDTH: tl.constexpr, N_LAYERS: tl.constexpr, ACTS: tl.constexpr):
+    def _body(
+        x,
+        w_ptr,
+        b_ptr,
+        IN_PAD: tl.constexpr,
+        WIDTH: tl.constexpr,
+        N_LAYERS: tl.constexpr,
+        ACTS: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
         k = tl.arange(0, WIDTH)
-        for layer in tl.static_range(N_LAYERS):
+        k_in = tl.arange(0, IN_PAD)
+        # the first layer reads only the IN_PAD input rows of its padded weights
+        w = tl.load(w_ptr + k_in[:, None] * WIDTH + k[None, :])
+        h = tl.dot(x, w, input_precision=PRECISION) + tl.load(b_ptr + k)[None, :]
+        h = _activate(h, ACTS & 15)
+        for layer in tl.static_range(1, N_LAYERS):
             offs = layer * WIDTH * WIDTH + k[:, None] * WIDTH + k[None, :]
             w = tl.load(w_ptr + offs)
             b = tl.load(b_ptr + layer * WIDTH + k)
-            h = tl.dot(h, w, input_precision="tf32x3") + b[None, :]
+            h = tl.dot(h, w, input_precision=PRECISION) + b[None, :]
             h = _activate(h, (ACTS >> (4 * layer)) & 15)
         return h
 
@@ -230,18 +251,20 @@ if triton is not None:
         N_LAYERS: tl.constexpr,
         ACT1: tl.constexpr,
         ACT2: tl.constexpr,
+        IN_PAD: tl.constexpr,
+        PRECISION: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         live = rows < n
-        cols = tl.arange(0, WIDTH)
+        cols = tl.arange(0, IN_PAD)
         x = tl.load(
             x_ptr + rows[:, None] * x_stride + cols[None, :],
             mask=live[:, None] & (cols[None, :] < N_INPUTS),
             other=0.0,
         )
-        h1 = _body(x, w1_ptr, b1_ptr, WIDTH, N_LAYERS, ACT1)
-        h2 = _body(x, w2_ptr, b2_ptr, WIDTH, N_LAYERS, ACT2)
+        h1 = _body(x, w1_ptr, b1_ptr, IN_PAD, WIDTH, N_LAYERS, ACT1, PRECISION)
+        h2 = _body(x, w2_ptr, b2_ptr, IN_PAD, WIDTH, N_LAYERS, ACT2, PRECISION)
         mr_mean, mr_sigma = _parameter(
             h1,
             h2,
