@@ -83,9 +83,7 @@ def _reference(x, primary, secondary, nn_scale, bayes_scale):
         ("hard_sigmoid", "softplus", "linear", "gelu", "tanh"),
     ],
 )
-@pytest.mark.parametrize("precision", ["tf32x3", "ieee"])
-def test_fused_kernel_matches_float64_forward_pass(activations, precision, monkeypatch) -> None:
-    monkeypatch.setattr(nn_triton, "PRECISION", precision)
+def test_fused_kernel_matches_float64_forward_pass(activations) -> None:
     rng = np.random.default_rng(len(activations[0]))
     widths = (10, 45, 45, 42, 33, 36)
     primary = _network(rng, widths, activations, 6)

@@ -47,7 +47,7 @@ MAX_WIDTH = 128
 #: Most hidden layers per network (4 bits of the activation word per layer).
 MAX_LAYERS = 15
 #: Rows per program, warps per program and the precision of the matrix products
-#: (``"tf32x3"``: tensor cores at float32 accuracy; ``"ieee"``: float32 FMA units).
+#: (``"tf32x3"``: tensor cores at float32 accuracy). Timed in ``benchmarks/bench_nn.py``.
 BLOCK_ROWS = 128
 NUM_WARPS = 4
 PRECISION = "tf32x3"
