@@ -314,6 +314,29 @@ def test_early_stopping_restores_the_best_epoch(sdss_data: tuple[np.ndarray, ...
     assert run["val_loss"][-1] > run["best_val_loss"]
 
 
+def test_diverging_epochs_are_rolled_back(sdss_data: tuple[np.ndarray, ...]) -> None:
+    """A loss spike (validation loss above 3x the best) restores the best weights and
+    halves the learning rate; without the option the spikes stay."""
+    x, y, s, _ = (a[:800] for a in sdss_data)
+    opts = {**FAST, "max_epochs": 60, "patience": 60, "n_runs": 1, "learning_rate": 1.0}
+    model = PhotoDNetwork("sdss", seed=0, **opts).fit(x, y, s)
+    run = model.history_["primary_runs"][0]
+    val, lr = np.array(run["val_loss"]), np.array(run["learning_rate"])
+    assert run["rollbacks"], "a learning rate of 1 should make the loss spike"
+    for epoch in run["rollbacks"]:
+        i = epoch - 1
+        assert not val[i] <= 3.0 * val[:i].min()  # a spike (or NaN)
+        if i + 1 < len(lr):
+            assert lr[i + 1] <= 0.5 * lr[i] * (1 + 1e-12)
+    assert np.isfinite(run["best_val_loss"])
+    plain = PhotoDNetwork("sdss", seed=0, divergence_factor=None, **opts).fit(x, y, s)
+    plain_run = plain.history_["primary_runs"][0]
+    assert plain_run["rollbacks"] == []
+    assert max(plain_run["val_loss"]) > 3.0 * plain_run["best_val_loss"]
+    with pytest.raises(ValueError, match="divergence_factor"):
+        PhotoDNetwork("sdss", divergence_factor=1.0, **FAST).fit(x, y, s)
+
+
 def test_batch_norm_variant_trains_and_round_trips(
     sdss_data: tuple[np.ndarray, ...], tmp_path
 ) -> None:

@@ -100,6 +100,10 @@ _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-7  # the Keras default used by the reference implementation
 _BATCH_NORM_EPS = 1e-3
 _LR_MIN_DELTA = 1e-4  # ReduceLROnPlateau: improvement needed to reset its patience counter
+#: A validation loss above this multiple of the best undoes the epoch (``divergence_factor``),
+#: and the learning rate is then multiplied by ROLLBACK_LR_FACTOR.
+DEFAULT_DIVERGENCE_FACTOR = 3.0
+ROLLBACK_LR_FACTOR = 0.5
 _MAX_HEADER_BYTES = 100_000_000
 _DEFAULT_CPU_CHUNK = 32768  # rows per chunk and CPU thread; measured fastest of 4k to 64k
 _DEFAULT_DEVICE_CHUNK = 1 << 20
@@ -452,6 +456,7 @@ class _RunResult:
     stopped_early: bool
     seconds: float
     stopped_by_callback: bool = False
+    rollbacks: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     learning_rate: list[float] = field(default_factory=list)
@@ -463,6 +468,7 @@ class _RunResult:
             "epochs_run": self.epochs_run,
             "stopped_early": self.stopped_early,
             "stopped_by_callback": self.stopped_by_callback,
+            "rollbacks": self.rollbacks,
             "seconds": round(self.seconds, 3),
             "train_loss": self.train_loss,
             "val_loss": self.val_loss,
@@ -503,6 +509,12 @@ class _FlatAdam:
         denom = self.exp_avg_sq.sqrt().div_(math.sqrt(1.0 - beta2**self.steps)).add_(_ADAM_EPS)
         self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / (1.0 - beta1**self.steps))
 
+    def reset_moments(self) -> None:
+        """Forget the gradient history (as at the first step)."""
+        self.exp_avg.zero_()
+        self.exp_avg_sq.zero_()
+        self.steps = 0
+
     def release(self) -> None:
         """Give every parameter its own storage again."""
         with torch.no_grad():
@@ -525,10 +537,14 @@ def _train_run(
     lr_factor: float,
     lr_patience: int,
     seed: int,
+    divergence_factor: float | None = None,
     callback: Callable[[int, float, float], bool] | None = None,
 ) -> _RunResult:
     """Mini-batch Adam with early stopping (best weights restored) and ReduceLROnPlateau.
 
+    With ``divergence_factor``, an epoch whose validation loss exceeds that multiple of the
+    best (a loss spike, or NaN) is undone: the best weights come back, the Adam moments are
+    reset and the learning rate is halved (the epochs are listed in ``rollbacks``).
     After every epoch ``callback(epoch, val_loss, best_val_loss)``, when given, may return
     True to stop the run (e.g. a Hyperband pruning decision of the architecture search).
     """
@@ -578,6 +594,15 @@ def _train_run(
                 saved.copy_(current)
         else:
             since_best += 1
+            if divergence_factor is not None and math.isfinite(best):
+                if not val <= divergence_factor * best:  # a spike, or NaN
+                    with torch.no_grad():
+                        optimizer.flat.copy_(best_flat)
+                        for saved, current in zip(best_buffers, buffers, strict=True):
+                            current.copy_(saved)
+                    optimizer.reset_moments()
+                    optimizer.lr *= ROLLBACK_LR_FACTOR
+                    result.rollbacks.append(epoch)
         if callback is not None and callback(epoch, val, best):
             result.stopped_by_callback = True
             break
@@ -619,6 +644,7 @@ def train_moments_run(
     learning_rate: float,
     lr_factor: float,
     lr_patience: int,
+    divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR,
     callback: Callable[[int, float, float], bool] | None = None,
 ) -> _RunResult:
     """One training run of a moments network, as :class:`PhotoDNetwork` does it, on one thread.
@@ -652,6 +678,7 @@ def train_moments_run(
             lr_factor=float(lr_factor),
             lr_patience=int(lr_patience),
             seed=int(seed),
+            divergence_factor=divergence_factor,
             callback=callback,
         )
 
@@ -1122,6 +1149,10 @@ class PhotoDNetwork:
         Epoch limit of the (single) secondary-network run.
     validation_fraction
         Fraction of the usable labelled rows held out for validation.
+    divergence_factor
+        An epoch whose validation loss exceeds this multiple of the best so far (a loss spike;
+        default 3) is undone: best weights restored, Adam moments reset, learning rate halved. None
+        trains as the paper does, without this.
     lr_factor, lr_patience
         ReduceLROnPlateau: multiply the learning rate by ``lr_factor`` after ``lr_patience``
         epochs without validation improvement.
@@ -1164,6 +1195,7 @@ class PhotoDNetwork:
         validation_fraction: float = 0.25,
         lr_factor: float = 0.9,
         lr_patience: int = 10,
+        divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR,
         loss_weights: Sequence[float] = DEFAULT_LOSS_WEIGHTS,
         n_threads: int | None = None,
         predict_batch_size: int | None = None,
@@ -1184,6 +1216,7 @@ class PhotoDNetwork:
         self.validation_fraction = validation_fraction
         self.lr_factor = lr_factor
         self.lr_patience = lr_patience
+        self.divergence_factor = divergence_factor
         self.loss_weights = loss_weights
         self.n_threads = n_threads
         self.predict_batch_size = predict_batch_size
@@ -1207,6 +1240,7 @@ class PhotoDNetwork:
         "validation_fraction",
         "lr_factor",
         "lr_patience",
+        "divergence_factor",
         "loss_weights",
         "n_threads",
         "predict_batch_size",
@@ -1248,11 +1282,20 @@ class PhotoDNetwork:
             raise ValueError("learning_rate must be positive")
         if not 0.0 < float(self.lr_factor) <= 1.0:
             raise ValueError("lr_factor must be in (0, 1]")
+        self._divergence_factor()
         weights = np.asarray(self.loss_weights, dtype=float)
         if weights.shape != (len(PARAMETERS),) or not np.all(weights > 0):
             raise ValueError(f"loss_weights must be {len(PARAMETERS)} positive numbers")
         if float(self.domain_margin) < 0:
             raise ValueError("domain_margin must be non-negative")
+
+    def _divergence_factor(self) -> float | None:
+        factor = self.divergence_factor
+        if factor is None:
+            return None
+        if isinstance(factor, bool) or not float(factor) > 1.0:
+            raise ValueError(f"divergence_factor must be None or a number > 1, got {factor!r}")
+        return float(factor)
 
     def _threads(self) -> int:
         if self.n_threads is None:
@@ -1464,6 +1507,7 @@ class PhotoDNetwork:
                 "lr_factor": float(self.lr_factor),
                 "lr_patience": int(self.lr_patience),
                 "patience": int(self.patience),
+                "divergence_factor": self._divergence_factor(),
             },
         }
         jobs = [

@@ -49,6 +49,7 @@ import pandas as pd
 from photodist.bands import ColumnMap, Photometry, get_band_set, photometry_from_frame
 from photodist.nn import (
     ACTIVATIONS,
+    DEFAULT_DIVERGENCE_FACTOR,
     DEFAULT_LOSS_WEIGHTS,
     PARAMETERS,
     NetworkSpec,
@@ -501,6 +502,7 @@ def train_spec(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     lr_factor: float = DEFAULT_LR_FACTOR,
     lr_patience: int = DEFAULT_LR_PATIENCE,
+    divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR,
     callback: Callable[[int, float, float], bool] | None = None,
 ) -> SpecResult:
     """Train the moments network of ``spec`` and return its best validation loss.
@@ -527,6 +529,7 @@ def train_spec(
         learning_rate=learning_rate,
         lr_factor=lr_factor,
         lr_patience=lr_patience,
+        divergence_factor=divergence_factor,
         callback=callback,
     )
     return SpecResult(
