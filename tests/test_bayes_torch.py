@@ -205,3 +205,19 @@ def test_cuda_matches_cpu_estimator(coarse_locus, random_prior):
             coarse_locus, random_prior, device="cuda", compile_kernels=compile_kernels
         ).predict(phot)
         _assert_same(ref, got)
+
+
+def test_make_estimator_picks_the_backend(coarse_locus, random_prior):
+    from photodist.bayes_torch import make_estimator
+
+    cpu = make_estimator(coarse_locus, random_prior, device="cpu")
+    assert type(cpu) is BayesEstimator
+    auto = make_estimator(coarse_locus, random_prior, device="auto")
+    expected = TorchBayesEstimator if torch.cuda.is_available() else BayesEstimator
+    assert type(auto) is expected
+    if torch.cuda.is_available():
+        phot = _stars(coarse_locus, LSST, 200, seed=9)
+        _assert_same(cpu.predict(phot), auto.predict(phot))
+    else:
+        with pytest.raises(ValueError, match="no CUDA device"):
+            make_estimator(coarse_locus, random_prior, device="cuda")

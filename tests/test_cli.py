@@ -68,6 +68,30 @@ def test_bayes_command_keeps_every_row(tmp_path):
     assert again.exit_code != 0 and "overwrite" in again.output
 
 
+def test_bayes_command_device_choice(tmp_path):
+    """--device cpu runs the numba estimator; an unknown or absent device is a clear error."""
+    import torch
+
+    src = _catalog(tmp_path)
+    base = ["bayes", str(src), "--bands", "sdss", "--feh-step", "0.25", "--mr-step", "0.5"]
+    base.append("--flat-prior")
+    ok = CliRunner().invoke(
+        cli, [*base[:2], str(tmp_path / "cpu.parquet"), *base[2:], "--device", "cpu"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "PyTorch" not in ok.output
+    bad = CliRunner().invoke(
+        cli, [*base[:2], str(tmp_path / "x.parquet"), *base[2:], "--device", "tpu"]
+    )
+    assert bad.exit_code != 0 and "--device" in bad.output
+    if not torch.cuda.is_available():
+        gpu = CliRunner().invoke(
+            cli, [*base[:2], str(tmp_path / "g.parquet"), *base[2:], "--device", "cuda"]
+        )
+        assert gpu.exit_code != 0 and "no CUDA device" in gpu.output
+        assert not (tmp_path / "g.parquet").exists()
+
+
 def test_bayes_command_missing_column_is_clear(tmp_path):
     src = _catalog(tmp_path)
     frame = pd.read_csv(src).drop(columns=["zErr"])

@@ -50,6 +50,7 @@ from photodist.bayes import (
     MAX_HIST_BINS,
     OUTPUT_COLUMNS,
     BayesConfig,
+    BayesEstimator,
     Flags,
     PriorGrid,
     _fill_distance_columns,
@@ -776,3 +777,19 @@ class TorchBayesEstimator:
         m = torch.arange(size_q, device=dev)
         smoothed = torch.where(m < n_q[:, None], smoothed[:, :size_q].clamp(min=0.0), 0.0)
         return _density_percentiles(smoothed, q_lo, h_q, n_q.to(torch.float64))
+
+
+def make_estimator(
+    locus: Locus,
+    prior: Any = None,
+    config: BayesConfig | None = None,
+    device: str | torch.device = "cpu",
+) -> BayesEstimator | TorchBayesEstimator:
+    """The Bayesian estimator for ``device``: the numba :class:`~photodist.bayes.BayesEstimator`
+    on the CPU cores for ``"cpu"``, :class:`TorchBayesEstimator` on a CUDA device (``"cuda"``,
+    ``"cuda:N"``); ``"auto"`` takes CUDA when a device is present. Both give the same
+    posterior summaries and columns; on CPUs the numba kernel is the faster."""
+    resolved = resolve_device(device)
+    if resolved.type == "cpu":
+        return BayesEstimator(locus, prior, config)
+    return TorchBayesEstimator(locus, prior, config, device=resolved)

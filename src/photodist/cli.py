@@ -520,6 +520,13 @@ def _positions_reader(path: Path, columns: ColumnMap):
     show_default=True,
     help="Input columns copied to the output when present.",
 )
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="cpu: the numba estimator on the CPU cores; cuda (or cuda:N): the batched PyTorch "
+    "estimator on a GPU; auto: cuda when a CUDA device is present.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def bayes_command(
     input_path: Path,
@@ -539,6 +546,7 @@ def bayes_command(
     batch_size: int,
     seed: int,
     keep: tuple[str, ...],
+    device: str,
     overwrite: bool,
 ) -> None:
     """Bayesian estimates for every star of INPUT (Parquet, HATS, CSV, text or FITS) -> OUTPUT.
@@ -550,12 +558,18 @@ def bayes_command(
     from tqdm import tqdm
 
     from photodist import io
-    from photodist.bayes import BayesConfig, BayesEstimator
+    from photodist.bayes import BayesConfig
+    from photodist.bayes_torch import make_estimator
     from photodist.error_floor import resolve_error_floor
+    from photodist.nn import resolve_device
     from photodist.report import error_model_note
 
     band_set = get_band_set(bands)
     columns = _column_map(column, dust_column)
+    try:
+        resolved_device = resolve_device(device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from exc
     try:
         io.check_output_path(output_path, overwrite=overwrite)
         total = io.count_rows(input_path)
@@ -595,9 +609,11 @@ def bayes_command(
             click.echo(error_model_note(fit.to_dict()))
     elif auto:
         error_floor = config.error_floor
-    estimator = BayesEstimator(
-        locus, prior, dataclasses.replace(config, error_floor=float(error_floor))
+    estimator = make_estimator(
+        locus, prior, dataclasses.replace(config, error_floor=float(error_floor)), resolved_device
     )
+    if resolved_device.type == "cuda":
+        click.echo(f"Bayesian estimator on {resolved_device} (batched PyTorch)")
     start = time.perf_counter()
     streamed = output_path.suffix == ".parquet"
     parts: list[pd.DataFrame] = []
