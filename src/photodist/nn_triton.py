@@ -14,6 +14,7 @@ caller checks the kernel against the cuBLAS path on a probe before using it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -138,10 +139,17 @@ class FusedNetworks:
         ``block_rows`` rows per program (default :data:`BLOCK_ROWS`)."""
         block_rows = int(block_rows or BLOCK_ROWS)
         n, n_inputs = x.shape
-        in_pad = max(16, 1 << (n_inputs - 1).bit_length())
         if n == 0:
             return
         grid = (math.ceil(n / block_rows),)
+        with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+            self._launch(grid, x, dest, n_inputs, block_rows)
+
+    def _launch(
+        self, grid: tuple[int], x: torch.Tensor, dest: torch.Tensor, n_inputs: int, block_rows: int
+    ) -> None:
+        n = x.shape[0]
+        in_pad = max(16, 1 << (n_inputs - 1).bit_length())
         _fused_kernel[grid](
             x,
             dest,
