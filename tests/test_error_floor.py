@@ -75,6 +75,9 @@ def test_no_extra_scatter_gives_a_small_floor(coarse_locus):
     assert fit.fitted
     assert fit.scatter <= 0.005
     assert fit.floor == pytest.approx(np.hypot(fit.scatter, fit.grid))
+    # Bayes-only runs take the scatter alone
+    alone = fit_error_floor(phot, coarse_locus, seed=1, max_stars=400, grid_term=False)
+    assert alone.grid == 0.0 and alone.floor == alone.scatter == fit.scatter
 
 
 def test_grid_error_halves_with_the_grid_step():

@@ -6,9 +6,14 @@ from the same Galaxy model), prints Table-1-style statistics of estimate - truth
 the fraction of stars whose truth lies inside the 16-84 % interval.
 
 The colour-error floor is the default 0.02 mag unless given; ``--error-floor auto`` fits it per
-patch (``photodist.error_floor``).
+patch as ``photodist bayes`` does (``photodist.error_floor``, the catalogue's scatter alone;
+``--grid-term`` adds the grid's quantisation error, as the hybrid pipeline does).
 
-Usage: ``python validation/bayes_accuracy.py [--stars 5000] [--error-floor auto|MAG]``
+``--by-magnitude`` adds, per r range, the calibration with σ_G of the residuals and the median
+posterior σ (which of the two makes a calibration miss).
+
+Usage: ``python validation/bayes_accuracy.py [--stars 5000] [--error-floor auto|MAG]
+[--by-magnitude]``
 """
 
 from __future__ import annotations
@@ -33,11 +38,32 @@ def sigma_g(x: np.ndarray) -> float:
     return float(0.7413 * (q75 - q25))
 
 
+R_RANGES = ((14.0, 18.0), (18.0, 20.0), (20.0, 22.0), (22.0, 26.0))
+
+
+def by_magnitude(catalog, result) -> None:
+    """Per r range: calibration σ_G, σ_G of the residuals and the median posterior σ."""
+    r = catalog["rmag"].to_numpy()
+    print("  per r range: calibration (residual sigma_G / median posterior sigma)")
+    for lo, hi in R_RANGES:
+        rows = (r >= lo) & (r < hi)
+        cells = []
+        for param in ("Mr", "Ar", "FeH"):
+            diff = (result[f"{param}_mean"] - catalog[f"{param}_true"]).to_numpy()[rows]
+            std = result[f"{param}_std"].to_numpy()[rows]
+            cells.append(
+                f"{param} {sigma_g(diff / std):.2f} ({sigma_g(diff):.3f} / {np.median(std):.3f})"
+            )
+        print(f"  r {lo:.0f}-{hi:.0f} ({rows.sum():4d} stars): " + ", ".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stars", type=int, default=5000)
     parser.add_argument("--error-floor", default="0.02", help="'auto' or a floor in mag")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--by-magnitude", action="store_true", help="calibration per r range")
+    parser.add_argument("--grid-term", action="store_true", help="auto: add the grid error")
     args = parser.parse_args()
     locus = build_locus().resample(0.05, 0.1)
     print(f"error floor {args.error_floor}; statistic: posterior mean - truth")
@@ -51,7 +77,8 @@ def main() -> None:
         prior = build_patch_priors(cone=cone, seed=args.seed + 1)
         phot = photometry_from_frame(catalog)
         if args.error_floor == "auto":
-            floor = fit_error_floor(phot, locus, prior, seed=args.seed).floor
+            fit = fit_error_floor(phot, locus, prior, seed=args.seed, grid_term=args.grid_term)
+            floor = fit.floor
         else:
             floor = float(args.error_floor)
         config = BayesConfig(error_floor=floor)
@@ -70,6 +97,8 @@ def main() -> None:
                 f"{param:6s} {np.nanmedian(diff):+8.3f} {sigma_g(diff):8.3f} "
                 f"{sigma_g(norm):13.2f} {inside.mean():12.3f}"
             )
+        if args.by_magnitude:
+            by_magnitude(catalog, result)
 
 
 if __name__ == "__main__":

@@ -600,7 +600,10 @@ def bayes_command(
             sample = photometry_from_frame(first, band_set, columns)
         except KeyError as exc:
             raise click.ClickException(str(exc)) from exc
-        fit = resolve_error_floor(error_floor, sample, locus, prior, config, seed=seed)
+        # Bayes only: the measured scatter alone (no grid term) calibrates best
+        fit = resolve_error_floor(
+            error_floor, sample, locus, prior, config, seed=seed, grid_term=False
+        )
         error_floor = fit.floor
         if auto:
             how = f"fitted on {fit.n_stars} stars" if fit.fitted else fit.reason

@@ -23,7 +23,9 @@ quantisation error of RMS step/sqrt(12) per colour (:func:`grid_error`, ~0.007 m
 default 0.05 dex x 0.1 mag grid). The floor is the extra scatter and that grid error added in
 quadrature. Without the grid term, the fitted floor of a simulated catalogue (~0.002 mag) made
 the posterior means jump between neighbouring grid points, and the networks trained on them
-missed their targets (``docs/benchmarks.md``).
+missed their targets (``docs/benchmarks.md``). The Bayesian uncertainties themselves are best
+calibrated without it, so Bayes-only runs (``photodist bayes``) fit the scatter alone
+(``grid_term=False``) and the hybrid pipeline keeps the term.
 """
 
 from __future__ import annotations
@@ -196,6 +198,7 @@ def fit_error_floor(
     max_error: float = MAX_ERROR,
     tolerance: float = 0.001,
     seed: int = 0,
+    grid_term: bool = True,
 ) -> ErrorFloorFit:
     """Colour-error floor that makes the best-fit chi2 of well-measured stars match the model.
 
@@ -218,6 +221,10 @@ def fit_error_floor(
         Width (mag) at which the bisection stops.
     seed
         Seed of the star draw and of the replica noise.
+    grid_term
+        Add the posterior grid's quantisation error to the fitted scatter (for labels that
+        train networks); False returns the catalogue's extra scatter alone, with which the
+        Bayesian uncertainties are best calibrated (``docs/benchmarks.md``).
 
     Returns
     -------
@@ -238,7 +245,7 @@ def fit_error_floor(
             f"(at least {MIN_STARS} needed)",
         )
     check = _Check(photometry.subset(rows), locus, prior, config, seed)
-    grid = grid_error(locus, photometry.band_set)
+    grid = grid_error(locus, photometry.band_set) if grid_term else 0.0
     lo, hi = 0.0, MAX_FLOOR
     best = check.medians(lo)
     reason = ""
@@ -269,8 +276,10 @@ def resolve_error_floor(
     check: bool = True,
     fallback: float | None = None,
     seed: int = 0,
+    grid_term: bool = True,
 ) -> ErrorFloorFit:
-    """The floor to use for ``photometry``: fitted when ``error_floor`` is ``"auto"``.
+    """The floor to use for ``photometry``: fitted when ``error_floor`` is ``"auto"`` (with
+    the grid's quantisation error when ``grid_term``, see :func:`fit_error_floor`).
 
     A fixed (numeric) floor is returned as given, with ``fitted`` False; with ``check`` the
     catalogue's scatter is still measured on up to ``CHECK_STARS`` stars as a diagnostic of its
@@ -278,7 +287,14 @@ def resolve_error_floor(
     """
     if error_floor == "auto":
         return fit_error_floor(
-            photometry, locus, prior, config, fallback=fallback, max_stars=FIT_STARS, seed=seed
+            photometry,
+            locus,
+            prior,
+            config,
+            fallback=fallback,
+            max_stars=FIT_STARS,
+            seed=seed,
+            grid_term=grid_term,
         )
     fixed = float(error_floor)
     if not check:
