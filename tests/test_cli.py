@@ -158,14 +158,16 @@ def test_simulate_run_evaluate_chain(tmp_path):
     )
     assert result.exit_code == 0, result.output
     n = len(pd.read_parquet(sim))
-    result = runner.invoke(
-        cli, ["run", str(sim), str(out), "--n-train", "1000", "--epochs", "5", "--seed", "1"]
-    )
+    bad = runner.invoke(cli, ["run", str(sim), str(out), "--nn-device", "gpu0"])
+    assert bad.exit_code != 0 and "--nn-device" in bad.output and not out.exists()
+    args = ["run", str(sim), str(out), "--n-train", "1000", "--epochs", "5", "--seed", "1"]
+    result = runner.invoke(cli, [*args, "--nn-device", "cpu"])
     assert result.exit_code == 0, result.output
     res = pd.read_parquet(out)
     assert len(res) == n and set(res["method"]) <= {"bayes", "nn"}
     summary = json.loads((tmp_path / "run.parquet.run.json").read_text())
     assert summary["config"]["error_floor"] == 0.02
+    assert summary["config"]["nn_device"] == "cpu"
     floor = summary["error_floor"]
     assert floor["floor"] == 0.02 and not floor["fitted"] and floor["reason"] == "fixed"
     # the error-model check still ran: a simulated catalogue has no extra colour scatter

@@ -24,8 +24,15 @@ BAND_SET_CHOICE = click.Choice(["lsst", "sdss", "ugrizy", "ugriz"], case_sensiti
 
 
 def _training_options(command: Any) -> Any:
-    """``--epochs`` and ``--learning-rate`` of the networks (the defaults of
+    """``--epochs``, ``--learning-rate`` and ``--nn-device`` of the networks (the defaults of
     ``PipelineConfig``; not imported here, which would load PyTorch for every command)."""
+    command = click.option(
+        "--nn-device",
+        default="auto",
+        show_default=True,
+        help="Where the networks train and predict: cpu, cuda (or cuda:N), or auto (cuda when "
+        "a CUDA device is present).",
+    )(command)
     command = click.option(
         "--learning-rate",
         type=click.FloatRange(min=0.0, min_open=True),
@@ -40,6 +47,17 @@ def _training_options(command: Any) -> Any:
         show_default=True,
         help="Maximum training epochs of the moments network (the paper: 1024).",
     )(command)
+
+
+def _checked_device(device: str, option: str = "--nn-device") -> str:
+    """``device`` if it names a usable device, else a usage error about ``option``."""
+    from photodist.nn import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from exc
+    return device
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -566,10 +584,7 @@ def bayes_command(
 
     band_set = get_band_set(bands)
     columns = _column_map(column, dust_column)
-    try:
-        resolved_device = resolve_device(device)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--device") from exc
+    resolved_device = resolve_device(_checked_device(device, "--device"))
     try:
         io.check_output_path(output_path, overwrite=overwrite)
         total = io.count_rows(input_path)
@@ -713,6 +728,7 @@ def run_command(
     strategy: str,
     epochs: int,
     learning_rate: float,
+    nn_device: str,
     error_floor: float | str,
     spec_path: Path | None,
     seed: int,
@@ -746,6 +762,7 @@ def run_command(
         strategy=strategy,
         nn_max_epochs=epochs,
         nn_learning_rate=learning_rate,
+        nn_device=_checked_device(nn_device),
         error_floor=error_floor,
         seed=seed,
         progress=True,
@@ -954,6 +971,7 @@ def survey_command(
     n_train: int,
     epochs: int,
     learning_rate: float,
+    nn_device: str,
     error_floor: float | str,
     seed: int,
     overwrite: bool,
@@ -972,6 +990,7 @@ def survey_command(
         n_train=n_train,
         nn_max_epochs=epochs,
         nn_learning_rate=learning_rate,
+        nn_device=_checked_device(nn_device),
         error_floor=error_floor,
         seed=seed,
     )
