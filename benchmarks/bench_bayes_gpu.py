@@ -10,15 +10,16 @@ host-to-device and device-to-host transfers are included (CUDA is synchronised b
 after). Prints microseconds per star (best and median of the repeats), the numba estimator's
 microseconds per star on a subset in the same run, their ratio, the issue target
 (<= 0.5 us/star on one H100/H200), and the largest differences between the two estimators'
-outputs on that subset. ``--profile`` adds the device kernels that took most time in one
-more call.
+outputs on that subset. ``--batch-size 3039,default,48000`` times each batch size in turn
+(``default``: the estimator's memory budget) and compares the fastest with numba.
+``--profile`` adds the device kernels that took most time in one more call.
 
 The simulation needs astropy, cdshealpix and photerr; ``--stars-file`` stores the simulated
 sample and its prior (``.npz``) on the first run and reuses them afterwards, so that machines
 without those packages can run the benchmark from the file.
 
 Usage: ``python benchmarks/bench_bayes_gpu.py [n_stars] [--device cuda|cpu]
-[--cpu-stars N] [--compile auto|on|off] [--stars-file PATH] [--profile]``
+[--cpu-stars N] [--batch-size LIST] [--compile auto|on|off] [--stars-file PATH] [--profile]``
 """
 
 from __future__ import annotations
