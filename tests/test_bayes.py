@@ -52,6 +52,33 @@ def test_closed_form_matches_brute_force(coarse_locus):
         assert result.loc[i, "Ar_mean"] == pytest.approx(ref["Ar_mean"], abs=2e-3)
 
 
+def test_lower_extinction_bound_matches_brute_force(coarse_locus):
+    """A flat A_r prior on [f A_map, 1.3 A_map + 0.1]: closed form against the explicit grid,
+    and every A_r summary inside the bounds."""
+    phot, *_ = _stars(coarse_locus, LSST, 10, seed=6, a_range=(0.0, 0.4))
+    phot.color_errors[:2] = 0.001
+    prior = PriorGrid(
+        np.log(np.random.default_rng(3).uniform(0.2, 1.0, (1, *coarse_locus.shape))),
+        np.array([20.0]),
+    )
+    config = BayesConfig(error_floor=0.0, dust_min_fraction=0.8)
+    result = BayesEstimator(coarse_locus, prior, config).predict(phot)
+    a_min = 0.8 * phot.dust
+    assert (result["Ar_p16"] >= a_min - 1e-9).all() and (result["Ar_p84"] <= result["Ar_max"]).all()
+    for i in range(len(phot)):
+        ref = brute_force_posterior(phot, i, coarse_locus, prior, config, a_step=0.001)
+        assert ref["Ar"][0].min() > a_min[i]
+        for p in ("Mr", "FeH", "Ar", "Qr"):
+            got = result.loc[i, [f"{p}_p16", f"{p}_p50", f"{p}_p84"]].to_numpy(float)
+            np.testing.assert_allclose(got, ref[f"{p}_percentiles"], atol=0.01, err_msg=p)
+        assert result.loc[i, "Ar_mean"] == pytest.approx(ref["Ar_mean"], abs=2e-3)
+    # the default (0) is the paper's prior on [0, A_max]; out-of-range fractions are refused
+    plain = BayesEstimator(coarse_locus, prior, BayesConfig(error_floor=0.0)).predict(phot)
+    assert (plain["Ar_p16"] < a_min).any()
+    with pytest.raises(ValueError, match="dust_min_fraction"):
+        BayesEstimator(coarse_locus, prior, BayesConfig(dust_min_fraction=1.5)).predict(phot)
+
+
 def test_recovers_noise_free_locus_stars(coarse_locus):
     phot, mr, feh, a_true = _stars(coarse_locus, LSST, 200, seed=1, err_range=(0.01, 0.011))
     phot.colors[:] = (

@@ -101,6 +101,14 @@ def test_matches_cpu_estimator(coarse_locus, random_prior, band_set):
     assert (got["flags"] & Flags.COLOR_UNUSABLE).sum() > 10
 
 
+def test_lower_extinction_bound_matches_cpu_estimator(coarse_locus, random_prior):
+    phot = _stars(coarse_locus, LSST, 80, seed=11)
+    config = BayesConfig(dust_min_fraction=0.7)
+    ref = BayesEstimator(coarse_locus, random_prior, config).predict(phot)
+    got = TorchBayesEstimator(coarse_locus, random_prior, config, device="cpu").predict(phot)
+    _assert_same(ref, got)
+
+
 def test_flat_prior_without_dust_and_no_floor(coarse_locus):
     phot = _stars(coarse_locus, LSST, 80, seed=2, err_range=(0.002, 0.05), dust=False)
     config = BayesConfig(error_floor=0.005)

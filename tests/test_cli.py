@@ -92,6 +92,22 @@ def test_bayes_command_device_choice(tmp_path):
         assert not (tmp_path / "g.parquet").exists()
 
 
+def test_bayes_command_lower_extinction_bound(tmp_path):
+    src = _catalog(tmp_path)
+    frame = pd.read_csv(src).assign(Ar=[0.3, 0.2, 0.4])
+    frame.to_csv(src, index=False)
+    out = tmp_path / "out.csv"
+    args = ["bayes", str(src), str(out), "--bands", "sdss", "--flat-prior", "--feh-step", "0.25"]
+    result = CliRunner().invoke(cli, [*args, "--mr-step", "0.5", "--a-min-fraction", "0.8"])
+    assert result.exit_code == 0, result.output
+    res = pd.read_csv(out)
+    ok = res["Ar_p16"].notna()
+    assert ok.sum() >= 2
+    assert (res["Ar_p16"][ok] >= 0.8 * frame["Ar"][ok] - 1e-4).all()
+    bad = CliRunner().invoke(cli, [*args, "--a-min-fraction", "1.5", "--overwrite"])
+    assert bad.exit_code != 0 and "a-min-fraction" in bad.output
+
+
 def test_bayes_command_missing_column_is_clear(tmp_path):
     src = _catalog(tmp_path)
     frame = pd.read_csv(src).drop(columns=["zErr"])

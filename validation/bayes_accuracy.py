@@ -8,6 +8,8 @@ the fraction of stars whose truth lies inside the 16-84 % interval.
 The colour-error floor is the default 0.02 mag unless given; ``--error-floor auto`` fits it per
 patch as ``photodist bayes`` does (``photodist.error_floor``, the catalogue's scatter alone;
 ``--grid-term`` adds the grid's quantisation error, as the hybrid pipeline does).
+``--a-min-fraction F --a-max-scale S --a-max-offset O`` set the flat A_r prior to
+[F A_map, S A_map + O] (default [0, 1.3 A_map + 0.1]).
 
 ``--by-magnitude`` adds, per r range, the calibration with σ_G of the residuals and the median
 posterior σ (which of the two makes a calibration miss).
@@ -64,9 +66,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--by-magnitude", action="store_true", help="calibration per r range")
     parser.add_argument("--grid-term", action="store_true", help="auto: add the grid error")
+    parser.add_argument(
+        "--a-min-fraction", type=float, default=0.0, help="A_r prior from this x A_map"
+    )
+    parser.add_argument("--a-max-scale", type=float, default=1.3, help="A_max = S A_map + O")
+    parser.add_argument("--a-max-offset", type=float, default=0.1, help="A_max = S A_map + O")
     args = parser.parse_args()
     locus = build_locus().resample(0.05, 0.1)
-    print(f"error floor {args.error_floor}; statistic: posterior mean - truth")
+    print(
+        f"error floor {args.error_floor}, A_r prior [{args.a_min_fraction} A_map, "
+        f"{args.a_max_scale} A_map + {args.a_max_offset}]; "
+        "statistic: posterior mean - truth"
+    )
     for name, (lon, lat) in PATCHES.items():
         cone = (lon, lat, 0.5)
         catalog = simulate_patch(cone=cone, seed=args.seed, r_max=25.5)
@@ -81,7 +92,12 @@ def main() -> None:
             floor = fit.floor
         else:
             floor = float(args.error_floor)
-        config = BayesConfig(error_floor=floor)
+        config = BayesConfig(
+            error_floor=floor,
+            dust_min_fraction=args.a_min_fraction,
+            dust_scale=args.a_max_scale,
+            dust_offset=args.a_max_offset,
+        )
         result = BayesEstimator(locus, prior, config).predict(phot)
         print(
             f"\n{name}: {len(catalog)} stars, sightline A_r = {catalog['Ar'].iloc[0]:.3f}, "

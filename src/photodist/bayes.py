@@ -28,6 +28,7 @@ The CPU kernel is a fused numba loop over stars (parallel over cores).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -804,6 +805,10 @@ class BayesConfig:
         Upper bound of the flat A_r prior when the catalogue has no dust-map value (mag).
     dust_scale, dust_offset
         With a dust-map value A_map: A_max = dust_scale * A_map + dust_offset.
+    dust_min_fraction
+        With a dust-map value, the flat A_r prior starts at A_min = dust_min_fraction * A_map
+        instead of 0 (for sightlines whose stars mostly lie beyond the dust). 0, the paper's
+        prior, by default.
     chi2_poor
         Best-fit chi2 above which a star is flagged POOR_FIT (default: the 99.9 % point of a
         chi2 distribution with as many degrees of freedom as colours).
@@ -815,6 +820,7 @@ class BayesConfig:
     default_a_max: float = 3.0
     dust_scale: float = 1.3
     dust_offset: float = 0.1
+    dust_min_fraction: float = 0.0
     chi2_poor: float | None = None
     log_weight_cut: float = HOPELESS_LOG_WEIGHT
     extra: dict[str, Any] = field(default_factory=dict)
@@ -829,6 +835,38 @@ def a_max_for(photometry: Photometry, config: BayesConfig) -> np.ndarray:
         ok = np.isfinite(dust)
         a_max[ok] = config.dust_scale * dust[ok] + config.dust_offset
     return np.maximum(a_max, MIN_A_MAX)
+
+
+def a_min_for(photometry: Photometry, config: BayesConfig) -> np.ndarray:
+    """Lower A_r bound per star: ``dust_min_fraction`` of the dust-map value, else 0 (always
+    below :func:`a_max_for` by at least ``MIN_A_MAX``)."""
+    fraction = float(config.dust_min_fraction)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"dust_min_fraction must be in [0, 1], got {config.dust_min_fraction!r}")
+    a_min = np.zeros(len(photometry))
+    if fraction > 0.0 and photometry.dust is not None:
+        dust = photometry.dust
+        ok = np.isfinite(dust) & (dust > 0.0)
+        a_min[ok] = fraction * dust[ok]
+    return np.minimum(a_min, np.maximum(a_max_for(photometry, config) - MIN_A_MAX, 0.0))
+
+
+def without_extinction(photometry: Photometry, a_min: np.ndarray) -> Photometry:
+    """``photometry`` with its colours dereddened by ``a_min`` (the flat prior on
+    [A_min, A_max] becomes one on [0, A_max - A_min]); itself when ``a_min`` is all 0."""
+    if not np.any(a_min):
+        return photometry
+    colors = photometry.colors - a_min[:, None] * photometry.band_set.reddening_vector()
+    return dataclasses.replace(photometry, colors=colors)
+
+
+def add_extinction(frame: pd.DataFrame, a_min: np.ndarray) -> None:
+    """Shift the A_r and Q_r summaries of a dereddened fit (:func:`without_extinction`) back."""
+    if not np.any(a_min):
+        return
+    for p in ("Ar", "Qr"):
+        for stat in ("mean", "p16", "p50", "p84"):
+            frame[f"{p}_{stat}"] += a_min
 
 
 class BayesEstimator:
@@ -872,6 +910,8 @@ class BayesEstimator:
         if not self.has_prior:
             flags |= Flags.NO_PRIOR
         a_max = a_max_for(photometry, self.config)
+        a_min = a_min_for(photometry, self.config)
+        fitted = without_extinction(photometry, a_min)
         r = np.where(np.isfinite(photometry.r), photometry.r, np.nan)
         bins = self.prior.bin_index(r)
         # finite log prior (the fused chi2 pass assumes no infinities)
@@ -880,10 +920,10 @@ class BayesEstimator:
         )
         if n:
             _estimate_all(
-                np.ascontiguousarray(photometry.colors, dtype=np.float64),
+                np.ascontiguousarray(fitted.colors, dtype=np.float64),
                 np.ascontiguousarray(photometry.color_errors, dtype=np.float64),
                 r.astype(np.float64),
-                a_max,
+                a_max - a_min,
                 bins,
                 log_prior,
                 log_prior.astype(np.float32),
@@ -903,6 +943,7 @@ class BayesEstimator:
                 8 * numba.get_num_threads(),
             )
         frame = pd.DataFrame(out, columns=OUTPUT_COLUMNS)
+        add_extinction(frame, a_min)
         frame["Ar_max"] = a_max
         _fill_distance_columns(frame, r)
         frame["flags"] = flags
@@ -931,7 +972,7 @@ def brute_force_posterior(
     """Reference posterior of one star on an explicit A_r grid (for tests and plots).
 
     Evaluates exp(-chi2/2) x prior on every (locus point, A_r node) pair, A_r nodes at the
-    centres of cells of width ``a_step`` covering [0, A_max]. Returns the marginals
+    centres of cells of width ``a_step`` covering [A_min, A_max]. Returns the marginals
     (``Mr``, ``FeH``, ``Ar`` as (values, mass) pairs), and 16/50/84 percentiles of M_r, [Fe/H],
     A_r and Q_r with the same cell conventions as :class:`BayesEstimator`.
     """
@@ -944,9 +985,11 @@ def brute_force_posterior(
     w = 1.0 / (errors[used] ** 2 + config.error_floor**2)
     red = band_set.reddening_vector()[used]
     lc = locus.colors_for(band_set).reshape(-1, band_set.n_colors)[:, used]
-    a_max = a_max_for(photometry.subset(np.array([index])), config)[0]
-    n_a = max(int(np.ceil(a_max / a_step)), 1)
-    a_nodes = (np.arange(n_a) + 0.5) * (a_max / n_a)
+    one = photometry.subset(np.array([index]))
+    a_min = a_min_for(one, config)[0]
+    a_max = a_max_for(one, config)[0]
+    n_a = max(int(np.ceil((a_max - a_min) / a_step)), 1)
+    a_nodes = a_min + (np.arange(n_a) + 0.5) * ((a_max - a_min) / n_a)
     log_p = prior.log_prior[prior.bin_index(np.array([photometry.r[index]]))[0]].ravel()
     resid = colors[used][None, None, :] - lc[:, None, :] - a_nodes[None, :, None] * red
     log_post = log_p[:, None] - 0.5 * (resid**2 * w).sum(-1)
@@ -969,7 +1012,7 @@ def brute_force_posterior(
         locus.mr[None, :, None] + a_nodes[None, None, :], joint.shape
     ).ravel()
     q_mass = joint.ravel()
-    h = min(a_max / n_a, mr_step) / 2
+    h = min((a_max - a_min) / n_a, mr_step) / 2
     lo = q_values.min() - mr_step
     n_q = int(np.ceil((q_values.max() + mr_step - lo) / h))
     hist = np.bincount(((q_values - lo) / h).astype(int), weights=q_mass, minlength=n_q)
@@ -984,7 +1027,7 @@ def brute_force_posterior(
         "Ar": (a_nodes, a_mass),
         "Mr_percentiles": cell_percentiles(locus.mr, mr_mass, mr_step),
         "FeH_percentiles": cell_percentiles(locus.feh, feh_mass, locus.feh_step),
-        "Ar_percentiles": cell_percentiles(a_nodes, a_mass, a_max / n_a),
+        "Ar_percentiles": cell_percentiles(a_nodes, a_mass, (a_max - a_min) / n_a),
         "Qr_percentiles": np.interp([0.16, 0.5, 0.84], q_cdf, q_edges),
         "Mr_mean": float((locus.mr * mr_mass).sum()),
         "FeH_mean": float((locus.feh * feh_mass).sum()),

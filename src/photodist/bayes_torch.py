@@ -55,6 +55,9 @@ from photodist.bayes import (
     PriorGrid,
     _fill_distance_columns,
     a_max_for,
+    a_min_for,
+    add_extinction,
+    without_extinction,
 )
 from photodist.locus import Locus
 from photodist.nn import resolve_device
@@ -413,14 +416,16 @@ class TorchBayesEstimator:
         nc = grid.n_colors
         n = len(photometry)
         a_max = a_max_for(photometry, self.config)
+        a_min = a_min_for(photometry, self.config)
+        fitted = without_extinction(photometry, a_min)
         r = np.where(np.isfinite(photometry.r), photometry.r, np.nan)
         bins = self.prior.bin_index(r) % grid.n_rbins
         # one array in, one array out per batch
         host = np.empty((n, 2 * nc + 3))
-        host[:, :nc] = photometry.colors
+        host[:, :nc] = fitted.colors
         host[:, nc : 2 * nc] = photometry.color_errors
         host[:, 2 * nc] = r
-        host[:, 2 * nc + 1] = a_max
+        host[:, 2 * nc + 1] = a_max - a_min
         host[:, 2 * nc + 2] = bins
         result = np.empty((n, _N_OUT + 1))
         batch = self.batch_size_for(grid.n_points)
@@ -432,6 +437,7 @@ class TorchBayesEstimator:
             out = self._predict_batch(grid, block, chi2_poor)
             result[start : start + batch] = out.cpu().numpy()
         frame = pd.DataFrame(result[:, :_N_OUT], columns=OUTPUT_COLUMNS)
+        add_extinction(frame, a_min)
         frame["Ar_max"] = a_max
         _fill_distance_columns(frame, r)
         frame["flags"] = result[:, _N_OUT].astype(np.int64)

@@ -49,6 +49,32 @@ def _training_options(command: Any) -> Any:
     )(command)
 
 
+def _a_prior_options(command: Any) -> Any:
+    """Bounds of the flat A_r prior with a dust-map value A_map: [F A_map, S A_map + O]."""
+    command = click.option(
+        "--a-max-offset",
+        type=click.FloatRange(0.0),
+        default=0.1,
+        show_default=True,
+        help="O of the A_r prior's upper bound S A_map + O (mag).",
+    )(command)
+    command = click.option(
+        "--a-max-scale",
+        type=click.FloatRange(0.0),
+        default=1.3,
+        show_default=True,
+        help="S of the A_r prior's upper bound S A_map + O.",
+    )(command)
+    return click.option(
+        "--a-min-fraction",
+        type=click.FloatRange(0.0, 1.0),
+        default=0.0,
+        show_default=True,
+        help="Start the flat A_r prior at this fraction F of the dust-map value instead of 0 "
+        "(for sightlines whose stars lie beyond the dust; docs/benchmarks.md).",
+    )(command)
+
+
 def _checked_device(device: str, option: str = "--nn-device") -> str:
     """``device`` if it names a usable device, else a usage error about ``option``."""
     from photodist.nn import resolve_device
@@ -517,6 +543,7 @@ def _positions_reader(path: Path, columns: ColumnMap):
     show_default=True,
     help="A_r prior bound (mag) for stars without a dust-map value.",
 )
+@_a_prior_options
 @click.option(
     "--batch-size",
     type=int,
@@ -561,6 +588,9 @@ def bayes_command(
     mr_step: float,
     error_floor: float | str,
     a_max: float,
+    a_min_fraction: float,
+    a_max_scale: float,
+    a_max_offset: float,
     batch_size: int,
     seed: int,
     keep: tuple[str, ...],
@@ -605,7 +635,12 @@ def bayes_command(
         locus,
         seed,
     )
-    config = BayesConfig(default_a_max=a_max)
+    config = BayesConfig(
+        default_a_max=a_max,
+        dust_scale=a_max_scale,
+        dust_offset=a_max_offset,
+        dust_min_fraction=a_min_fraction,
+    )
     auto = error_floor == "auto"
     # the floor fit ("auto") or the error-model check of a fixed floor, on the first batch
     first = next(batches, None)
@@ -691,6 +726,7 @@ def bayes_command(
     help="How the training subsample is chosen.",
 )
 @_training_options
+@_a_prior_options
 @_error_floor_option
 @click.option(
     "--spec",
@@ -729,6 +765,9 @@ def run_command(
     epochs: int,
     learning_rate: float,
     nn_device: str,
+    a_min_fraction: float,
+    a_max_scale: float,
+    a_max_offset: float,
     error_floor: float | str,
     spec_path: Path | None,
     seed: int,
@@ -763,6 +802,9 @@ def run_command(
         nn_max_epochs=epochs,
         nn_learning_rate=learning_rate,
         nn_device=_checked_device(nn_device),
+        dust_min_fraction=a_min_fraction,
+        dust_scale=a_max_scale,
+        dust_offset=a_max_offset,
         error_floor=error_floor,
         seed=seed,
         progress=True,
@@ -955,6 +997,7 @@ def evaluate_command(
 )
 @click.option("--n-train", type=int, default=10_000, show_default=True)
 @_training_options
+@_a_prior_options
 @_error_floor_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in OUTPUT_DIR first.")
@@ -972,6 +1015,9 @@ def survey_command(
     epochs: int,
     learning_rate: float,
     nn_device: str,
+    a_min_fraction: float,
+    a_max_scale: float,
+    a_max_offset: float,
     error_floor: float | str,
     seed: int,
     overwrite: bool,
@@ -991,6 +1037,9 @@ def survey_command(
         nn_max_epochs=epochs,
         nn_learning_rate=learning_rate,
         nn_device=_checked_device(nn_device),
+        dust_min_fraction=a_min_fraction,
+        dust_scale=a_max_scale,
+        dust_offset=a_max_offset,
         error_floor=error_floor,
         seed=seed,
     )

@@ -136,6 +136,10 @@ class PipelineConfig:
         as a diagnostic (``info["error_floor"]["scatter"]``); the floor used is unchanged.
     default_a_max
         A_r prior bound of the Bayesian estimator for stars without a dust-map value (mag).
+    dust_min_fraction, dust_scale, dust_offset
+        Bounds of the flat A_r prior with a dust-map value A_map: [dust_min_fraction A_map,
+        dust_scale A_map + dust_offset]; the paper's [0, 1.3 A_map + 0.1] by default (see
+        :class:`photodist.bayes.BayesConfig`).
     nn_spec
         Network architecture (:class:`photodist.nn.NetworkSpec` or its dict); None: the
         paper's default.
@@ -177,6 +181,9 @@ class PipelineConfig:
     fallback_error_floor: float = 0.02
     check_error_model: bool = True
     default_a_max: float = 3.0
+    dust_min_fraction: float = 0.0
+    dust_scale: float = 1.3
+    dust_offset: float = 0.1
     nn_spec: NetworkSpec | Mapping[str, Any] | None = None
     nn_max_epochs: int = 512
     nn_patience: int = 100
@@ -213,6 +220,10 @@ class PipelineConfig:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction!r}")
         if not 0.0 <= float(self.stratified_fraction) <= 1.0:
             raise ValueError("stratified_fraction must be in [0, 1]")
+        if not 0.0 <= float(self.dust_min_fraction) <= 1.0:
+            raise ValueError(f"dust_min_fraction must be in [0, 1], got {self.dust_min_fraction!r}")
+        if not (float(self.dust_scale) >= 0.0 and float(self.dust_offset) >= 0.0):
+            raise ValueError("dust_scale and dust_offset must be >= 0")
         bins = tuple(int(b) for b in self.strata_bins)
         if len(bins) != 3 or min(bins) < 1:
             raise ValueError("strata_bins must be three positive integers (r, u-g, g-r)")
@@ -248,7 +259,13 @@ class PipelineConfig:
         if error_floor is None:
             auto = self.error_floor == "auto"
             error_floor = self.fallback_error_floor if auto else float(self.error_floor)
-        return BayesConfig(error_floor=float(error_floor), default_a_max=float(self.default_a_max))
+        return BayesConfig(
+            error_floor=float(error_floor),
+            default_a_max=float(self.default_a_max),
+            dust_min_fraction=float(self.dust_min_fraction),
+            dust_scale=float(self.dust_scale),
+            dust_offset=float(self.dust_offset),
+        )
 
     def resolve_error_floor(
         self, photometry: Photometry, locus: Locus, prior: Any = None
