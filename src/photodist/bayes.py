@@ -825,6 +825,12 @@ class BayesConfig:
     log_weight_cut: float = HOPELESS_LOG_WEIGHT
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.dust_min_fraction) <= 1.0:
+            raise ValueError(f"dust_min_fraction must be in [0, 1], got {self.dust_min_fraction!r}")
+        if not (float(self.dust_scale) >= 0.0 and float(self.dust_offset) >= 0.0):
+            raise ValueError("dust_scale and dust_offset must be >= 0")
+
 
 def a_max_for(photometry: Photometry, config: BayesConfig) -> np.ndarray:
     """Upper A_r bound per star: from the dust-map column when present, else the default."""
@@ -837,18 +843,17 @@ def a_max_for(photometry: Photometry, config: BayesConfig) -> np.ndarray:
     return np.maximum(a_max, MIN_A_MAX)
 
 
-def a_min_for(photometry: Photometry, config: BayesConfig) -> np.ndarray:
-    """Lower A_r bound per star: ``dust_min_fraction`` of the dust-map value, else 0 (always
-    below :func:`a_max_for` by at least ``MIN_A_MAX``)."""
-    fraction = float(config.dust_min_fraction)
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"dust_min_fraction must be in [0, 1], got {config.dust_min_fraction!r}")
+def a_bounds_for(photometry: Photometry, config: BayesConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds (A_min, A_max) of the flat A_r prior per star: A_max from :func:`a_max_for`,
+    A_min ``dust_min_fraction`` of the dust-map value (else 0), kept below A_max."""
+    a_max = a_max_for(photometry, config)
     a_min = np.zeros(len(photometry))
+    fraction = float(config.dust_min_fraction)
     if fraction > 0.0 and photometry.dust is not None:
         dust = photometry.dust
         ok = np.isfinite(dust) & (dust > 0.0)
         a_min[ok] = fraction * dust[ok]
-    return np.minimum(a_min, np.maximum(a_max_for(photometry, config) - MIN_A_MAX, 0.0))
+    return np.minimum(a_min, np.maximum(a_max - MIN_A_MAX, 0.0)), a_max
 
 
 def without_extinction(photometry: Photometry, a_min: np.ndarray) -> Photometry:
@@ -909,8 +914,7 @@ class BayesEstimator:
         flags = np.zeros(n, dtype=np.int64)
         if not self.has_prior:
             flags |= Flags.NO_PRIOR
-        a_max = a_max_for(photometry, self.config)
-        a_min = a_min_for(photometry, self.config)
+        a_min, a_max = a_bounds_for(photometry, self.config)
         fitted = without_extinction(photometry, a_min)
         r = np.where(np.isfinite(photometry.r), photometry.r, np.nan)
         bins = self.prior.bin_index(r)
@@ -986,8 +990,7 @@ def brute_force_posterior(
     red = band_set.reddening_vector()[used]
     lc = locus.colors_for(band_set).reshape(-1, band_set.n_colors)[:, used]
     one = photometry.subset(np.array([index]))
-    a_min = a_min_for(one, config)[0]
-    a_max = a_max_for(one, config)[0]
+    a_min, a_max = (bound[0] for bound in a_bounds_for(one, config))
     n_a = max(int(np.ceil((a_max - a_min) / a_step)), 1)
     a_nodes = a_min + (np.arange(n_a) + 0.5) * ((a_max - a_min) / n_a)
     log_p = prior.log_prior[prior.bin_index(np.array([photometry.r[index]]))[0]].ravel()

@@ -54,8 +54,7 @@ from photodist.bayes import (
     Flags,
     PriorGrid,
     _fill_distance_columns,
-    a_max_for,
-    a_min_for,
+    a_bounds_for,
     add_extinction,
     without_extinction,
 )
@@ -415,8 +414,7 @@ class TorchBayesEstimator:
         grid = self._grid(band_set)
         nc = grid.n_colors
         n = len(photometry)
-        a_max = a_max_for(photometry, self.config)
-        a_min = a_min_for(photometry, self.config)
+        a_min, a_max = a_bounds_for(photometry, self.config)
         fitted = without_extinction(photometry, a_min)
         r = np.where(np.isfinite(photometry.r), photometry.r, np.nan)
         bins = self.prior.bin_index(r) % grid.n_rbins

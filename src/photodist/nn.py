@@ -876,13 +876,11 @@ def _run_jobs(
 # ----------------------------------------------------------------------------------------------
 
 
-def _fold_network(
-    net: _Body, in_scale: np.ndarray, in_shift: np.ndarray
-) -> list[tuple[np.ndarray, np.ndarray, str | None]]:
+def _fold_network(net: _Body, in_scale: np.ndarray, in_shift: np.ndarray) -> list[nn_triton.Layer]:
     """Dense layers ``(W[in, out], b, activation)`` of ``net`` with the input standardisation
     ``x * in_scale + in_shift`` and every batch normalisation folded into the weights."""
     scale, shift = in_scale.astype(np.float64), in_shift.astype(np.float64)
-    layers: list[tuple[np.ndarray, np.ndarray, str | None]] = []
+    layers: list[nn_triton.Layer] = []
     linears = [*net.linears, net.head]
     names: list[str | None] = [*net.activation_names, None]
     for i, (linear, name) in enumerate(zip(linears, names, strict=True)):
@@ -991,8 +989,8 @@ class _InferencePlan:
 
     def __init__(
         self,
-        primary: list[tuple[np.ndarray, np.ndarray, str | None]],
-        secondary: list[tuple[np.ndarray, np.ndarray, str | None]],
+        primary: list[nn_triton.Layer],
+        secondary: list[nn_triton.Layer],
         sigma_nn_scale: np.ndarray,
         sigma_bayes_scale: np.ndarray,
         low: np.ndarray,
@@ -1033,8 +1031,8 @@ class _InferencePlan:
 
     def _try_fused(
         self,
-        primary: list[tuple[np.ndarray, np.ndarray, str | None]],
-        secondary: list[tuple[np.ndarray, np.ndarray, str | None]],
+        primary: list[nn_triton.Layer],
+        secondary: list[nn_triton.Layer],
         sigma_nn_scale: np.ndarray,
         sigma_bayes_scale: np.ndarray,
         n_inputs: int,
@@ -1341,22 +1339,10 @@ class PhotoDNetwork:
         errors = x[:, 2 + n_colors : 2 + 2 * n_colors]
         return ~(np.isfinite(colors) & np.isfinite(errors))
 
-    def _fill_missing(self, x: np.ndarray, n_colors: int) -> np.ndarray:
-        """Copy of ``x`` with the supported unusable colours filled (see ``missing_colors``)."""
-        fill = getattr(self, "color_fill_", None)
-        if fill is None:
-            return x
-        missing = self._missing_mask(x, n_colors) & self.missing_supported_[None, :]
-        if not missing.any():
-            return x
-        x = np.array(x, dtype=np.float64, copy=True)
-        rows, cols = np.nonzero(missing)
-        x[rows, 1 + cols] = fill[cols]
-        x[rows, 2 + n_colors + cols] = MISSING_COLOR_ERROR
-        return x
-
-    def _fill_missing_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`_fill_missing` for float32 rows in a tensor (on any device)."""
+    def _fill_missing(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (rows of features, any device) with the supported unusable colours filled:
+        the training median with error ``MISSING_COLOR_ERROR`` (see ``missing_colors``); ``x``
+        itself when there is nothing to fill."""
         fill = getattr(self, "color_fill_", None)
         if fill is None or not bool(self.missing_supported_.any()):
             return x
@@ -1440,7 +1426,7 @@ class PhotoDNetwork:
                 present = colors[:, k][np.isfinite(colors[:, k])]
                 fill[k] = float(np.median(present)) if present.size else 0.0
             self.color_fill_ = fill
-            x = self._fill_missing(x, n_colors)
+            x = self._fill_missing(torch.tensor(x, dtype=torch.float64)).numpy()
         else:
             self.missing_counts_ = np.zeros(n_colors, dtype=np.int64)
             self.missing_supported_ = np.zeros(n_colors, dtype=bool)
@@ -1665,7 +1651,7 @@ class PhotoDNetwork:
             )
         x = features.to(torch.float32).contiguous()
         with torch.inference_mode():
-            x = self._fill_missing_tensor(x)
+            x = self._fill_missing(x)
             dest, outside, invalid = self._plan(x.device).run(x)
             out = {key: dest[i] for i, key in enumerate(FLOAT_KEYS)}
             for key, rows in zip(FLAG_KEYS, (outside, invalid), strict=True):
@@ -1692,7 +1678,7 @@ class PhotoDNetwork:
                         return
                     stop = min(start + chunk, n)
                     rows = torch.from_numpy(np.ascontiguousarray(x[start:stop], dtype=np.float32))
-                    rows = self._fill_missing_tensor(rows)
+                    rows = self._fill_missing(rows)
                     dest = torch.from_numpy(floats[:, start:stop])
                     _, outside, invalid = plan.run(rows, dest)
                     flags[0, outside.numpy() + start] = True
@@ -1724,7 +1710,7 @@ class PhotoDNetwork:
                 stop = min(start + chunk, n)
                 m = stop - start
                 rows_in[:m].copy_(torch.from_numpy(x[start:stop]))
-                rows = self._fill_missing_tensor(rows_in[:m].to(plan.device, non_blocking=pin))
+                rows = self._fill_missing(rows_in[:m].to(plan.device, non_blocking=pin))
                 dest, outside, invalid = plan.run(rows)
                 rows_out[:, :m].copy_(dest, non_blocking=pin)
                 outside, invalid = outside.cpu(), invalid.cpu()

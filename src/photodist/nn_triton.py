@@ -55,6 +55,7 @@ PRECISION = "tf32x3"
 #: Set to False to keep the layer-by-layer cuBLAS path (e.g. to compare the two).
 ENABLED = True
 
+#: A folded dense layer: weights (in, out), bias (out,), activation name (None: linear).
 Layer = tuple[np.ndarray, np.ndarray, str | None]
 
 
@@ -76,9 +77,13 @@ def supports(primary: Sequence[Layer], secondary: Sequence[Layer]) -> bool:
     return True
 
 
+def _padded(size: int) -> int:
+    """The power of two >= ``size``, at least 16 (the smallest matrix-product tile)."""
+    return max(16, 1 << (size - 1).bit_length())
+
+
 def _padded_width(net: Sequence[Layer]) -> int:
-    widest = max(max(w.shape) for w, _, _ in net[:-1])
-    return max(16, 1 << (widest - 1).bit_length())
+    return _padded(max(max(w.shape) for w, _, _ in net[:-1]))
 
 
 class FusedNetworks:
@@ -107,7 +112,6 @@ class FusedNetworks:
             raise ValueError("these networks have no fused form")
         self.width = max(_padded_width(primary), _padded_width(secondary))
         self.n_layers = len(primary) - 1
-        self.n_params = len(sigma_nn_scale)
         buffers = [self._pack(net, device) for net in (primary, secondary)]
         (self.w1, self.b1, self.h1, self.c1, self.act1) = buffers[0]
         (self.w2, self.b2, self.h2, self.c2, self.act2) = buffers[1]
@@ -143,38 +147,31 @@ class FusedNetworks:
             return
         grid = (math.ceil(n / block_rows),)
         with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-            self._launch(grid, x, dest, n_inputs, block_rows)
-
-    def _launch(
-        self, grid: tuple[int], x: torch.Tensor, dest: torch.Tensor, n_inputs: int, block_rows: int
-    ) -> None:
-        n = x.shape[0]
-        in_pad = max(16, 1 << (n_inputs - 1).bit_length())
-        _fused_kernel[grid](
-            x,
-            dest,
-            n,
-            x.stride(0),
-            dest.stride(0),
-            self.w1,
-            self.b1,
-            self.h1,
-            self.c1,
-            self.w2,
-            self.b2,
-            self.h2,
-            self.c2,
-            self.scales,
-            N_INPUTS=n_inputs,
-            WIDTH=self.width,
-            N_LAYERS=self.n_layers,
-            ACT1=self.act1,
-            ACT2=self.act2,
-            IN_PAD=in_pad,
-            PRECISION=PRECISION,
-            BLOCK=block_rows,
-            num_warps=NUM_WARPS,
-        )
+            _fused_kernel[grid](
+                x,
+                dest,
+                n,
+                x.stride(0),
+                dest.stride(0),
+                self.w1,
+                self.b1,
+                self.h1,
+                self.c1,
+                self.w2,
+                self.b2,
+                self.h2,
+                self.c2,
+                self.scales,
+                N_INPUTS=n_inputs,
+                WIDTH=self.width,
+                N_LAYERS=self.n_layers,
+                ACT1=self.act1,
+                ACT2=self.act2,
+                IN_PAD=_padded(n_inputs),
+                PRECISION=PRECISION,
+                BLOCK=block_rows,
+                num_warps=NUM_WARPS,
+            )
 
 
 if triton is not None:

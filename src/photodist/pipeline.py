@@ -220,10 +220,6 @@ class PipelineConfig:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction!r}")
         if not 0.0 <= float(self.stratified_fraction) <= 1.0:
             raise ValueError("stratified_fraction must be in [0, 1]")
-        if not 0.0 <= float(self.dust_min_fraction) <= 1.0:
-            raise ValueError(f"dust_min_fraction must be in [0, 1], got {self.dust_min_fraction!r}")
-        if not (float(self.dust_scale) >= 0.0 and float(self.dust_offset) >= 0.0):
-            raise ValueError("dust_scale and dust_offset must be >= 0")
         bins = tuple(int(b) for b in self.strata_bins)
         if len(bins) != 3 or min(bins) < 1:
             raise ValueError("strata_bins must be three positive integers (r, u-g, g-r)")
@@ -239,6 +235,7 @@ class PipelineConfig:
         clash = (reserved | {"batch_size", "device"}) & set(self.nn_options)
         if clash:
             raise ValueError(f"nn_options may not set {sorted(clash)}; use the nn_* fields")
+        self.bayes_config()  # checks the estimator settings (A_r prior bounds)
 
     def training_size(self, n_usable: int) -> int:
         """Size of the training subsample for a patch with ``n_usable`` usable stars."""
