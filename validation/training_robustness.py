@@ -8,7 +8,8 @@ default rollback (``divergence_factor=3``) and without it (``None``), and the NN
 M_r, A_r and [Fe/H] on the held-out stars is printed, with the epochs the rollback undid and
 the final training loss (a run ruined by a spike ends far above the others).
 
-Usage: ``python validation/training_robustness.py [--floor 0.02] [--seeds 6]``
+Usage: ``python validation/training_robustness.py [--floor 0.02] [--seeds 6]
+[--factors 3,2,none]``
 """
 
 from __future__ import annotations
@@ -62,12 +63,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--floor", type=float, default=0.02, help="colour-error floor (mag)")
     parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument(
+        "--factors", default="3,none", help="divergence factors to compare ('none': no rollback)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    factors = [None if f.strip().lower() == "none" else float(f) for f in args.factors.split(",")]
     sets = labelled_sets(args.floor)
     print("seed  rollback  sigma_G Mr / Ar / FeH     epochs undone        final train loss")
     for seed in range(args.seeds):
-        for factor in (3.0, None):
+        for factor in factors:
             model = PhotoDNetwork(
                 "lsst",
                 seed=seed,
