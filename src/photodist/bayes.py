@@ -16,6 +16,8 @@ in closed form gives the locus-point weights::
 and, given j, A is a normal N(A*_j, 1/q) truncated to [0, A_max]. Everything is done in log
 space relative to the star's best point, and points hopelessly worse than the best (log
 weight below the best by more than ``HOPELESS_LOG_WEIGHT`` = 20) are skipped before any exp/erf.
+The moments use every remaining point; the A_r and Q_r histograms, which only give percentiles,
+take the points within ``HISTOGRAM_LOG_WEIGHT`` = 13 of the best.
 
 Percentiles: M_r and [Fe/H] from their grid marginals (each grid point a uniform cell);
 A_r from the exact mixture (all components share σ_A = 1/√q, so the untruncated density is a
@@ -42,6 +44,9 @@ from photodist.locus import Locus
 
 #: Points whose log weight is below the best by more than this are skipped (e^-20 ~ 2e-9).
 HOPELESS_LOG_WEIGHT = 20.0
+#: Points below the best by more than this (e^-13 ~ 2e-6) still count in the moments, but are
+#: left out of the A_r and Q_r histograms, whose percentiles they cannot move.
+HISTOGRAM_LOG_WEIGHT = 13.0
 SQRT2 = math.sqrt(2.0)
 MAX_HIST_BINS = 8192  # cap on the A_r and Q_r histogram lengths (bins widen beyond it)
 MIN_A_MAX = 0.01  # floor of the A_r prior bound (mag)
@@ -166,16 +171,70 @@ def _column_max(lw32, col_max):
             col_max[t] = max(col_max[t], row[t])
 
 
-@numba.njit(cache=True)
-def _point_terms(colors, sw, u, locus_t, j):
-    """Exact (float64) S_j = |e|^2 and B_j = e.u of locus point j."""
-    ss = 0.0
-    bb = 0.0
-    for k in range(5):
-        d = sw[k] * (colors[k] - locus_t[k, j])
-        ss += d * d
-        bb += d * u[k]
-    return ss, bb
+@numba.njit(cache=True, fastmath=True)
+def _candidate_terms(colors, sw, u, locus_t, cand, n, chi2min, b):
+    """Exact (float64) chi2min_j = |e|^2 - B_j^2 and B_j = e.u of the first ``n`` candidates."""
+    row0, row1, row2, row3, row4 = locus_t[0], locus_t[1], locus_t[2], locus_t[3], locus_t[4]
+    for c in range(n):
+        j = cand[c]
+        d0 = sw[0] * (colors[0] - row0[j])
+        d1 = sw[1] * (colors[1] - row1[j])
+        d2 = sw[2] * (colors[2] - row2[j])
+        d3 = sw[3] * (colors[3] - row3[j])
+        d4 = sw[4] * (colors[4] - row4[j])
+        bb = d0 * u[0] + d1 * u[1] + d2 * u[2] + d3 * u[3] + d4 * u[4]
+        chi2min[c] = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4 - bb * bb
+        b[c] = bb
+
+
+@numba.njit(cache=True, fastmath=True)
+def _table_lookup(b, n, sigma_a, t_lo, h_t, top, log_prior, cand, chi2min, offset, tables, out):
+    """Candidates' log weights and conditional A moments, interpolated from the per-star table.
+
+    ``tables`` rows: log mass, mean, variance and inverse mass at the nodes t_lo + k h_t;
+    positions are clipped to [0, top]. ``out`` rows: log weight (log p_j - chi2min_j / 2 -
+    offset + log mass), mean, variance, inverse mass.
+    """
+    t_logm, t_mean, t_var, t_invm = tables[0], tables[1], tables[2], tables[3]
+    o_lw, o_mean, o_var, o_invm = out[0], out[1], out[2], out[3]
+    inv_h = 1.0 / h_t
+    for c in range(n):
+        pos = min(max((b[c] * sigma_a - t_lo) * inv_h, 0.0), top)
+        k = int(pos)
+        fr = pos - k
+        o_mean[c] = t_mean[k] + fr * (t_mean[k + 1] - t_mean[k])
+        o_var[c] = t_var[k] + fr * (t_var[k + 1] - t_var[k])
+        o_invm[c] = t_invm[k] + fr * (t_invm[k + 1] - t_invm[k])
+        log_m = t_logm[k] + fr * (t_logm[k + 1] - t_logm[k])
+        o_lw[c] = log_prior[cand[c]] - 0.5 * chi2min[c] - offset + log_m
+
+
+@numba.njit(cache=True, fastmath=True)
+def _weighted_sums(w, mean_a, var_a, mr_of, giant_of, cand, n, q_out):
+    """Sums over candidates of w, w [giant], w E[A], w E[A^2], w Var[A] and w E[Q^2].
+
+    Also writes each candidate's conditional mean of Q_r = M_r + A_r to ``q_out``.
+    """
+    s_w = 0.0
+    s_g = 0.0
+    s_a = 0.0
+    s_a2 = 0.0
+    s_var = 0.0
+    s_q2 = 0.0
+    for c in range(n):
+        j = cand[c]
+        wc = w[c]
+        ma = mean_a[c]
+        va = var_a[c]
+        qv = mr_of[j] + ma
+        q_out[c] = qv
+        s_w += wc
+        s_g += wc * giant_of[j]
+        s_a += wc * ma
+        s_a2 += wc * (va + ma * ma)
+        s_var += wc * va
+        s_q2 += wc * (qv * qv + va)
+    return s_w, s_g, s_a, s_a2, s_var, s_q2
 
 
 @numba.njit(cache=True)
@@ -294,11 +353,15 @@ def _percentiles_from_density(density, lo, h, out, k0):
 
 @numba.njit(cache=True)
 def _entropy_bits(mass):
+    """Shannon entropy (bits) of a histogram; bins below 1e-18 of the total add < 1e-16 bits."""
     total = mass.sum()
     h = 0.0
+    if not total > 0.0:
+        return h
+    inv_total = 1.0 / total
     for m in range(mass.shape[0]):
-        if mass[m] > 0.0:
-            p = mass[m] / total
+        p = mass[m] * inv_total
+        if p > 1e-18:
             h -= p * math.log2(p)
     return h
 
@@ -363,7 +426,8 @@ def _star_kernel(
     locus_t32,
     mr_index,
     feh_index,
-    giant,
+    giant_of,
+    mr_of,
     mr_axis,
     feh_axis,
     reddening,
@@ -373,9 +437,7 @@ def _star_kernel(
     out,
     flags_out,
     i,
-    s_buf,
-    b_buf,
-    lw_buf,
+    cand_work,
     lw32,
     cand_buf,
     col_max,
@@ -460,7 +522,12 @@ def _star_kernel(
                 cand_buf[n_cand_all] = j
                 n_cand_all += 1
 
-    # pass 3: exact weights, marginals and moments over the candidate points
+    # pass 3: exact weights, marginals and moments over the candidate points, one short loop
+    # per step over compact per-candidate rows of cand_work: chi2min, A* √q, log weight, conditional
+    # mean and variance of A, inverse truncation mass, conditional mean of Q, weight
+    s_buf, b_buf = cand_work[0], cand_work[1]
+    lw_buf, cand_mean, cand_var, cand_invm = cand_work[2], cand_work[3], cand_work[4], cand_work[5]
+    cand_q, cand_w = cand_work[6], cand_work[7]
     mr_mass = work[1, :n_mr]
     feh_mass = work[2, :n_feh]
     mr_mass[:] = 0.0
@@ -474,112 +541,113 @@ def _star_kernel(
     n_a = n_in + 2 * n_margin
     a_hist = work[3, :n_a]
     a_hist[:] = 0.0
-    w_tot = 0.0
-    w_giant = 0.0
-    s_mr = 0.0
-    s_mr2 = 0.0
-    s_feh = 0.0
-    s_feh2 = 0.0
-    s_a = 0.0
-    s_a2 = 0.0
-    s_var = 0.0
-    s_q2 = 0.0
     q_min = np.inf
     q_max = -np.inf
-    n_cand = 0
-    # exact (float64) terms of the candidates (compact arrays) and their A* range
+    # exact (float64) terms of the candidates, the best point and their A* range
+    _candidate_terms(cz, sw, u, locus_t, cand_buf, n_cand_all, s_buf, b_buf)
     astar_lo = np.inf
     astar_hi = -np.inf
     best_exact = -np.inf
-    best_chi2 = np.inf
-    best_astar_s = 0.0
+    best_c = 0
     for c in range(n_cand_all):
-        j = cand_buf[c]
-        ss, bb = _point_terms(cz, sw, u, locus_t, j)
-        s_buf[c] = ss - bb * bb
-        b_buf[c] = bb
+        bb = b_buf[c]
         below = min(bb, 0.0)
         above = max(bb - amax_s, 0.0)
-        bound = log_prior[j] - 0.5 * (ss - bb * bb) - 0.5 * (below**2 + above**2)
+        bound = log_prior[cand_buf[c]] - 0.5 * s_buf[c] - 0.5 * (below**2 + above**2)
         if bound > best_exact:
             best_exact = bound
-            best_chi2 = ss - bb * bb
-            best_astar_s = bb
+            best_c = c
         astar_lo = min(astar_lo, bb)
         astar_hi = max(astar_hi, bb)
+    best_chi2 = s_buf[best_c] if n_cand_all else np.inf
+    best_astar_s = b_buf[best_c] if n_cand_all else 0.0
+    # candidates this far below the best point's bound only enter the moments
+    log_hist_cut = best_exact - best - HISTOGRAM_LOG_WEIGHT
     # per-star table of the truncation over the candidates' A* (within [-6σ, A_max + 6σ]),
-    # step σ_A / 4; nodes deep inside [0, A_max] (> 8 σ_A from both bounds) are never
-    # looked up: there the truncation is negligible (interior fast path below)
+    # step σ_A / 4; at nodes deep inside [0, A_max] (> 8 σ_A from both bounds) the
+    # truncation is negligible
     t_lo = max(-6.0 * sigma_a, astar_lo * sigma_a)
     t_hi = max(min(a_max + 6.0 * sigma_a, astar_hi * sigma_a), t_lo + sigma_a)
     h_t = max(sigma_a / 4.0, (t_hi - t_lo) / (MAX_TABLE_NODES - 2))
     n_t = int(math.ceil((t_hi - t_lo) / h_t)) + 2
     inner_lo = 8.0 * sigma_a
     inner_hi = a_max - 8.0 * sigma_a
-    t_logm = work[8, :n_t]
-    t_mean = work[9, :n_t]
-    t_var = work[10, :n_t]
-    t_invm = work[11, :n_t]
+    tables = work[8:12, :n_t]
     for k in range(n_t):
         a_node = t_lo + k * h_t
         if inner_lo + h_t < a_node < inner_hi - h_t:
-            continue
-        t_logm[k], t_mean[k], t_var[k], t_invm[k] = _truncated_normal_table(a_node, sigma_a, a_max)
+            log_m, mean_a, var_a, inv_m = 0.0, a_node, sigma_a * sigma_a, 1.0
+        else:
+            log_m, mean_a, var_a, inv_m = _truncated_normal_table(a_node, sigma_a, a_max)
+        tables[0, k] = max(log_m, -1e300)
+        tables[1, k] = mean_a
+        tables[2, k] = var_a
+        tables[3, k] = inv_m
+    # log weights relative to the best bound and the conditional A moments (a function of
+    # A*_j alone for this star); the few A* beyond the table are redone exactly
+    _table_lookup(
+        b_buf,
+        n_cand_all,
+        sigma_a,
+        t_lo,
+        h_t,
+        n_t - 1.0 - 1e-9,
+        log_prior,
+        cand_buf,
+        s_buf,
+        best,
+        tables,
+        cand_work[2:6],
+    )
+    for c in range(n_cand_all):
+        astar = b_buf[c] * sigma_a
+        pos_t = (astar - t_lo) / h_t
+        if not (0.0 <= pos_t < n_t - 1):
+            log_m, cand_mean[c], cand_var[c] = _truncated_normal(astar, sigma_a, a_max)
+            cand_invm[c] = math.exp(min(-log_m, 700.0))
+            lw_buf[c] = log_prior[cand_buf[c]] - 0.5 * s_buf[c] - best + max(log_m, -1e300)
+    for c in range(n_cand_all):
+        cand_w[c] = math.exp(lw_buf[c]) if lw_buf[c] >= -700.0 else 0.0
+    w_tot, w_giant, s_a, s_a2, s_var, s_q2 = _weighted_sums(
+        cand_w, cand_mean, cand_var, mr_of, giant_of, cand_buf, n_cand_all, cand_q
+    )
+    # marginals ([Fe/H] rows arrive in order, so their mass is summed in a register), the
+    # A_r histogram (untruncated component mass u_j deposited at A*_j) and the Q_r range,
+    # the histograms from the candidates that matter for percentiles
+    n_cand = 0
+    w_row = 0.0
+    row = feh_index[cand_buf[0]] if n_cand_all else 0
     for c in range(n_cand_all):
         j = cand_buf[c]
-        chi2min = s_buf[c]
-        astar = b_buf[c] * sigma_a
-        log_u = log_prior[j] - 0.5 * chi2min - best
-        # truncation mass and truncated-normal moments of A given j: a function of A*_j
-        # alone for this star, so interpolated from the per-star table
-        pos_t = (astar - t_lo) / h_t
-        if inner_lo <= astar <= inner_hi:
-            log_m = 0.0
-            mean_a = astar
-            var_a = sigma_a * sigma_a
-            inv_m = 1.0
-        elif 0.0 <= pos_t < n_t - 1:
-            k = int(pos_t)
-            fr = pos_t - k
-            log_m = t_logm[k] + fr * (t_logm[k + 1] - t_logm[k])
-            mean_a = t_mean[k] + fr * (t_mean[k + 1] - t_mean[k])
-            var_a = t_var[k] + fr * (t_var[k + 1] - t_var[k])
-            inv_m = t_invm[k] + fr * (t_invm[k + 1] - t_invm[k])
-        else:
-            log_m, mean_a, var_a = _truncated_normal(astar, sigma_a, a_max)
-            inv_m = math.exp(min(-log_m, 700.0))
-        log_uw = log_u + log_m
-        if log_uw < -700.0:
-            lw_buf[c] = 0.0
-            continue
-        w = math.exp(log_uw)
-        # deposit the untruncated component mass u_j at A*_j for the A_r histogram
-        _deposit(a_hist, (astar - a_lo) / h_a, w * inv_m)
-        m = mr_axis[mr_index[j]]
-        f = feh_axis[feh_index[j]]
-        w_tot += w
+        w = cand_w[c]
+        n_cand += w > 0.0
         mr_mass[mr_index[j]] += w
-        feh_mass[feh_index[j]] += w
-        if giant[j]:
-            w_giant += w
-        s_mr += w * m
-        s_mr2 += w * m * m
-        s_feh += w * f
-        s_feh2 += w * f * f
-        s_a += w * mean_a
-        s_a2 += w * (var_a + mean_a * mean_a)
-        s_var += w * var_a
-        qv = m + mean_a
-        s_q2 += w * (qv * qv + var_a)
-        lw_buf[c] = w
-        b_buf[c] = qv  # reuse: conditional mean of Q_r for candidate c
-        q_min = min(q_min, qv)
-        q_max = max(q_max, qv)
-        n_cand += 1
+        if feh_index[j] != row:
+            feh_mass[row] += w_row
+            row = feh_index[j]
+            w_row = 0.0
+        w_row += w
+        if lw_buf[c] >= log_hist_cut and w > 0.0:
+            _deposit(a_hist, (b_buf[c] * sigma_a - a_lo) / h_a, w * cand_invm[c])
+            q_min = min(q_min, cand_q[c])
+            q_max = max(q_max, cand_q[c])
+        else:
+            cand_w[c] = 0.0  # out of the Q_r histogram
+    feh_mass[row] += w_row
     if w_tot <= 0.0 or n_cand == 0:
         flags_out[i] |= 1
         return
 
+    s_mr = 0.0
+    s_mr2 = 0.0
+    for t in range(n_mr):
+        s_mr += mr_mass[t] * mr_axis[t]
+        s_mr2 += mr_mass[t] * mr_axis[t] ** 2
+    s_feh = 0.0
+    s_feh2 = 0.0
+    for t in range(n_feh):
+        s_feh += feh_mass[t] * feh_axis[t]
+        s_feh2 += feh_mass[t] * feh_axis[t] ** 2
     mean_mr = s_mr / w_tot
     mean_feh = s_feh / w_tot
     mean_a = s_a / w_tot
@@ -627,8 +695,8 @@ def _star_kernel(
     q_hist = work[5, :n_q]
     q_hist[:] = 0.0
     for c in range(n_cand_all):
-        if lw_buf[c] > 0.0:
-            _deposit(q_hist, (b_buf[c] - q_lo) / h_q, lw_buf[c])
+        if cand_w[c] > 0.0:
+            _deposit(q_hist, (cand_q[c] - q_lo) / h_q, cand_w[c])
     # Gaussian of width σ_q as three equal box passes (variance 3 (w^2 - 1) / 12 bins^2),
     # then the box of the M_r cell width; all O(n) through cumulative sums
     q_smooth = work[6, :n_q]
@@ -683,7 +751,8 @@ def _estimate_all(
     locus_t32,
     mr_index,
     feh_index,
-    giant,
+    giant_of,
+    mr_of,
     mr_axis,
     feh_axis,
     reddening,
@@ -698,9 +767,7 @@ def _estimate_all(
     n_points = locus_t.shape[1]
     n_chunks = max(min(n, n_chunks), 1)
     for c in numba.prange(n_chunks):
-        s_buf = np.empty(n_points)
-        b_buf = np.empty(n_points)
-        lw_buf = np.empty(n_points)
+        cand_work = np.empty((8, n_points))
         lw32 = np.empty(n_points, dtype=np.float32)
         cand_buf = np.empty(n_points, dtype=np.int64)
         col_max = np.empty(mr_axis.shape[0], dtype=np.float32)
@@ -720,7 +787,8 @@ def _estimate_all(
                 locus_t32,
                 mr_index,
                 feh_index,
-                giant,
+                giant_of,
+                mr_of,
                 mr_axis,
                 feh_axis,
                 reddening,
@@ -730,9 +798,7 @@ def _estimate_all(
                 out,
                 flags_out,
                 i,
-                s_buf,
-                b_buf,
-                lw_buf,
+                cand_work,
                 lw32,
                 cand_buf,
                 col_max,
@@ -935,7 +1001,8 @@ class BayesEstimator:
                 locus_t.astype(np.float32),
                 mr_index.astype(np.int64),
                 feh_index.astype(np.int64),
-                self.locus.giant.ravel().copy(),
+                self.locus.giant.ravel().astype(np.float64),
+                self.locus.mr.astype(np.float64)[mr_index],
                 self.locus.mr.astype(np.float64),
                 self.locus.feh.astype(np.float64),
                 np.pad(band_set.reddening_vector(), (0, 5 - band_set.n_colors)),
