@@ -193,13 +193,17 @@ def _table_lookup(b, n, sigma_a, t_lo, h_t, top, log_prior, cand, chi2min, offse
 
     ``tables`` rows: log mass, mean, variance and inverse mass at the nodes t_lo + k h_t;
     positions are clipped to [0, top]. ``out`` rows: log weight (log p_j - chi2min_j / 2 -
-    offset + log mass), mean, variance, inverse mass.
+    offset + log mass), mean, variance, inverse mass. Returns how many candidates lie outside
+    the table (their values are clipped ones, to be recomputed).
     """
     t_logm, t_mean, t_var, t_invm = tables[0], tables[1], tables[2], tables[3]
     o_lw, o_mean, o_var, o_invm = out[0], out[1], out[2], out[3]
     inv_h = 1.0 / h_t
+    n_outside = 0
     for c in range(n):
-        pos = min(max((b[c] * sigma_a - t_lo) * inv_h, 0.0), top)
+        raw = (b[c] * sigma_a - t_lo) * inv_h
+        n_outside += not (0.0 <= raw <= top)
+        pos = min(max(raw, 0.0), top)
         k = int(pos)
         fr = pos - k
         o_mean[c] = t_mean[k] + fr * (t_mean[k + 1] - t_mean[k])
@@ -207,6 +211,7 @@ def _table_lookup(b, n, sigma_a, t_lo, h_t, top, log_prior, cand, chi2min, offse
         o_invm[c] = t_invm[k] + fr * (t_invm[k + 1] - t_invm[k])
         log_m = t_logm[k] + fr * (t_logm[k + 1] - t_logm[k])
         o_lw[c] = log_prior[cand[c]] - 0.5 * chi2min[c] - offset + log_m
+    return n_outside
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -585,7 +590,7 @@ def _star_kernel(
         tables[3, k] = inv_m
     # log weights relative to the best bound and the conditional A moments (a function of
     # A*_j alone for this star); the few A* beyond the table are redone exactly
-    _table_lookup(
+    n_outside = _table_lookup(
         b_buf,
         n_cand_all,
         sigma_a,
@@ -599,7 +604,7 @@ def _star_kernel(
         tables,
         cand_work[2:6],
     )
-    for c in range(n_cand_all):
+    for c in range(n_cand_all if n_outside else 0):
         astar = b_buf[c] * sigma_a
         pos_t = (astar - t_lo) / h_t
         if not (0.0 <= pos_t < n_t - 1):

@@ -132,8 +132,8 @@ class PipelineConfig:
     check_error_model
         With a fixed floor, still measure the catalogue's colour scatter beyond its quoted
         errors (the same fit on up to ``error_floor.CHECK_STARS`` stars, ~0.5 s per patch) and
-        record it
-        as a diagnostic (``info["error_floor"]["scatter"]``); the floor used is unchanged.
+        record it as a diagnostic (``info["error_floor"]["scatter"]``); the floor used is
+        unchanged.
     default_a_max
         A_r prior bound of the Bayesian estimator for stars without a dust-map value (mag).
     dust_min_fraction, dust_scale, dust_offset
