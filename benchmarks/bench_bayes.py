@@ -10,15 +10,22 @@ Two workloads on a posterior grid of 0.05 dex x 0.1 mag (11,041 points):
 Prints microseconds per star per core for the closed form (CPU time of a single-threaded run,
 best of 3, so other jobs on the machine matter little) and for the brute-force reference (A_r
 step 0.005 mag) measured in the same run, their ratio, and wall-clock stars/s with 1 and all
-threads.
+threads. With ``--compare-with REV`` the estimator of an earlier git revision (its
+``src/photodist/bayes.py``) is timed against the current one, alternately in the same process
+(1 thread, CPU time, best of 8 each), with the largest change of any output column.
 
-Usage: ``python benchmarks/bench_bayes.py [n_stars] [synthetic|patch]``
+Usage: ``python benchmarks/bench_bayes.py [n_stars] [synthetic|patch] [--compare-with REV]``
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -67,11 +74,61 @@ def _cpu_seconds(estimator: BayesEstimator, phot: Photometry, repeats: int = 3) 
     return best
 
 
+def _estimator_at(revision: str, locus, prior, workdir: str):
+    """The BayesEstimator class of ``src/photodist/bayes.py`` at a git revision, instantiated."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(
+        ["git", "show", f"{revision}:src/photodist/bayes.py"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    if source.returncode:
+        raise SystemExit(f"cannot read bayes.py at {revision!r}: {source.stderr.strip()}")
+    path = Path(workdir) / "bayes_reference.py"
+    path.write_text(source.stdout)
+    spec = importlib.util.spec_from_file_location("bayes_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bayes_reference"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.BayesEstimator(locus, prior)
+
+
+def compare_with(revision: str, estimator: BayesEstimator, locus, prior, phot) -> None:
+    """Time the estimator of ``revision`` against ``estimator``, alternately, and compare."""
+    numba.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as workdir:
+        reference = _estimator_at(revision, locus, prior, workdir)
+        old_frame = reference.predict(phot)
+        new_frame = estimator.predict(phot)
+        old, new = [], []
+        for _ in range(8):
+            for est, times in ((reference, old), (estimator, new)):
+                start = time.process_time()
+                est.predict(phot)
+                times.append(time.process_time() - start)
+    n = len(phot)
+    print(
+        f"{revision}: {min(old) / n * 1e6:.1f} us/star, current: {min(new) / n * 1e6:.1f} "
+        f"us/star (1 thread, best of 8); speed-up {min(old) / min(new):.2f}x"
+    )
+    diffs = {
+        c: float(np.nanmax(np.abs(new_frame[c] - old_frame[c])))
+        for c in new_frame.columns
+        if c in old_frame.columns and c not in {"flags", "dist_p16", "dist_p50", "dist_p84"}
+    }
+    worst = max(diffs, key=diffs.get)
+    changed = int((new_frame["flags"] != old_frame["flags"]).sum())
+    print(f"largest output change: {worst} {diffs[worst]:.2e}; flags changed on {changed} stars")
+
+
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    workload = sys.argv[2] if len(sys.argv) > 2 else "synthetic"
-    if workload not in {"synthetic", "patch"}:
-        raise SystemExit(f"workload must be 'synthetic' or 'patch', got {workload!r}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n_stars", nargs="?", type=int, default=20_000)
+    parser.add_argument("workload", nargs="?", default="synthetic", choices=["synthetic", "patch"])
+    parser.add_argument("--compare-with", metavar="REV", help="git revision to time against")
+    args = parser.parse_args()
+    n, workload = args.n_stars, args.workload
     locus = build_locus(feh_step=0.05, mr_step=0.1)
     print(
         f"posterior grid: {locus.shape[0]} x {locus.shape[1]} = {locus.colors[..., 0].size} points"
@@ -85,6 +142,9 @@ def main() -> None:
         print(f"workload: {n} synthetic stars, flat prior")
     estimator = BayesEstimator(locus, prior)
     estimator.predict(phot.subset(slice(0, 10)))  # compile
+    if args.compare_with:
+        compare_with(args.compare_with, estimator, locus, prior, phot)
+        return
     cpu = _cpu_seconds(estimator, phot)
     print(f"closed form, 1 thread, CPU time: {cpu / n * 1e6:8.1f} us/star/core (best of 3)")
     rates = {}

@@ -35,7 +35,8 @@ def _stars(locus, band_set, n, seed, err_range=(0.002, 0.1), a_range=(0.0, 0.3),
 
 
 def test_closed_form_matches_brute_force(coarse_locus):
-    """Percentiles of the closed-form marginalisation agree with an explicit A_r grid."""
+    """Percentiles and moments of the closed-form marginalisation agree with an explicit A_r
+    grid."""
     phot, *_ = _stars(coarse_locus, LSST, 12, seed=5)
     # include very bright stars with tiny errors, where a 0.02-mag A_r grid is too coarse
     phot.color_errors[:3] = 0.001
@@ -50,6 +51,10 @@ def test_closed_form_matches_brute_force(coarse_locus):
             got = result.loc[i, [f"{p}_p16", f"{p}_p50", f"{p}_p84"]].to_numpy(float)
             np.testing.assert_allclose(got, ref[f"{p}_percentiles"], atol=0.01, err_msg=p)
         assert result.loc[i, "Ar_mean"] == pytest.approx(ref["Ar_mean"], abs=2e-3)
+        for p in ("Mr", "FeH"):
+            assert result.loc[i, f"{p}_mean"] == pytest.approx(ref[f"{p}_mean"], abs=1e-3)
+            assert result.loc[i, f"{p}_std"] == pytest.approx(ref[f"{p}_std"], abs=1e-3)
+        assert result.loc[i, "Ar_std"] == pytest.approx(ref["Ar_std"], abs=2e-3)
 
 
 def test_lower_extinction_bound_matches_brute_force(coarse_locus):

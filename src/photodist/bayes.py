@@ -1049,8 +1049,9 @@ def brute_force_posterior(
 
     Evaluates exp(-chi2/2) x prior on every (locus point, A_r node) pair, A_r nodes at the
     centres of cells of width ``a_step`` covering [A_min, A_max]. Returns the marginals
-    (``Mr``, ``FeH``, ``Ar`` as (values, mass) pairs), and 16/50/84 percentiles of M_r, [Fe/H],
-    A_r and Q_r with the same cell conventions as :class:`BayesEstimator`.
+    (``Mr``, ``FeH``, ``Ar`` as (values, mass) pairs), 16/50/84 percentiles of M_r, [Fe/H],
+    A_r and Q_r with the same cell conventions as :class:`BayesEstimator`, and the means and
+    standard deviations of M_r, [Fe/H] and A_r (``Mr_mean``, ``Mr_std``, ...).
     """
     config = config or BayesConfig()
     prior = prior or PriorGrid.flat(locus)
@@ -1096,7 +1097,7 @@ def brute_force_posterior(
     q_edges = lo + np.arange(n_q + 1) * h
     q_cdf = np.concatenate([[0.0], np.cumsum(hist[:n_q])])
     q_cdf /= q_cdf[-1]
-    return {
+    result: dict[str, Any] = {
         "Mr": (locus.mr, mr_mass),
         "FeH": (locus.feh, feh_mass),
         "Ar": (a_nodes, a_mass),
@@ -1104,7 +1105,13 @@ def brute_force_posterior(
         "FeH_percentiles": cell_percentiles(locus.feh, feh_mass, locus.feh_step),
         "Ar_percentiles": cell_percentiles(a_nodes, a_mass, (a_max - a_min) / n_a),
         "Qr_percentiles": np.interp([0.16, 0.5, 0.84], q_cdf, q_edges),
-        "Mr_mean": float((locus.mr * mr_mass).sum()),
-        "FeH_mean": float((locus.feh * feh_mass).sum()),
-        "Ar_mean": float((a_nodes * a_mass).sum()),
     }
+    for name in ("Mr", "FeH", "Ar"):
+        result[f"{name}_mean"], result[f"{name}_std"] = _weighted_mean_std(*result[name])
+    return result
+
+
+def _weighted_mean_std(values: np.ndarray, mass: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of ``values`` with normalised weights ``mass``."""
+    mean = float((values * mass).sum())
+    return mean, float(np.sqrt(max(((values - mean) ** 2 * mass).sum(), 0.0)))
