@@ -229,3 +229,27 @@ def test_fast_kernel_helpers_match_reference():
         got = np.full(80, np.nan)
         _gaussian_smooth_range(hist, sigma_bins, got, 10, 70, np.empty(16))
         np.testing.assert_allclose(got[10:70], ref[10:70], rtol=1e-12, atol=1e-15)
+
+
+def test_smoothed_percentiles_match_explicit_box_smoothing():
+    """Percentiles from kernel-weighted cumulative sums equal those of the smoothed histogram."""
+    from photodist.bayes import _box_kernel, _smoothed_percentiles
+
+    rng = np.random.default_rng(3)
+    for n, widths in ((200, (9, 9, 9, 41)), (60, (1, 1, 1, 5)), (500, (31, 31, 31, 1))):
+        hist = np.zeros(n)
+        hist[n // 3 : 2 * n // 3] = rng.exponential(size=2 * n // 3 - n // 3)
+        kern = np.empty(1 + sum(w - 1 for w in widths))
+        n_k = _box_kernel(widths, kern, np.empty(kern.size + 1))
+        assert n_k == kern.size and kern.sum() == pytest.approx(1.0)
+        smooth = hist.copy()
+        for w in widths:  # explicit centred boxes, zero-padded
+            smooth = np.convolve(smooth, np.full(w, 1.0 / w), mode="same")
+        cdf = np.concatenate([[0.0], np.cumsum(smooth)])
+        lo, h = -1.5, 0.01
+        expected = [
+            lo + np.interp(p * cdf[-1], cdf, np.arange(n + 1)) * h for p in (0.16, 0.5, 0.84)
+        ]
+        got = np.full(3, np.nan)
+        _smoothed_percentiles(hist, kern, n_k, lo, h, np.empty(n + n_k), got, 0)
+        np.testing.assert_allclose(got, expected, atol=1e-9)

@@ -289,19 +289,74 @@ def _truncated_normal_table(
 
 
 @numba.njit(cache=True)
-def _box_filter(values, width, cum):
-    """In-place centred moving average of an odd ``width`` of bins (no-op for width <= 1)."""
-    n = values.shape[0]
-    if width <= 1:
-        return
-    cum[0] = 0.0
+def _box_kernel(widths, kern, cum):
+    """Normalised convolution of centred boxes of odd ``widths`` (bins) into ``kern``.
+
+    Returns the kernel length, 1 + sum(widths - 1); ``cum`` is scratch of at least that + 1.
+    """
+    kern[0] = 1.0
+    n = 1
+    for width in widths:
+        cum[0] = 0.0
+        for m in range(n):
+            cum[m + 1] = cum[m] + kern[m]
+        n_new = n + width - 1
+        for m in range(n_new):
+            kern[m] = (cum[min(m + 1, n)] - cum[max(m + 1 - width, 0)]) / width
+        n = n_new
+    return n
+
+
+@numba.njit(cache=True, fastmath=True)
+def _kernel_dot(kern, n_k, padded_cdf, edge):
+    """Smoothed cumulative mass at bin edge ``edge`` (see ``_smoothed_percentiles``)."""
+    acc = 0.0
+    for s in range(n_k):
+        acc += kern[s] * padded_cdf[edge + s]
+    return acc
+
+
+@numba.njit(cache=True)
+def _smoothed_percentiles(hist, kern, n_k, lo, h, padded_cdf, out, k0):
+    """16/50/84 percentiles of ``hist`` convolved with the centred odd kernel ``kern[:n_k]``.
+
+    ``hist`` holds masses in bins [lo + m h, lo + (m + 1) h); the smoothed histogram is never
+    formed: its cumulative mass at bin edge M is sum_s kern[s] F(M - n_k // 2 + s), with F the
+    raw cumulative mass (0 below the grid, the total above), found by bisection and
+    interpolated linearly within the bin. ``padded_cdf`` is scratch of length n + n_k.
+    """
+    n = hist.shape[0]
+    half = n_k // 2
+    total = 0.0
+    for m in range(half + 1):
+        padded_cdf[m] = 0.0
     for m in range(n):
-        cum[m + 1] = cum[m] + values[m]
-    lo_off = width // 2
-    for m in range(n):
-        a0 = min(max(m - lo_off, 0), n)
-        a1 = min(max(m - lo_off + width, 0), n)
-        values[m] = (cum[a1] - cum[a0]) / width
+        total += hist[m]
+        padded_cdf[half + 1 + m] = total
+    for m in range(n + half + 1, n + n_k):
+        padded_cdf[m] = total
+    total_smoothed = _kernel_dot(kern, n_k, padded_cdf, n)
+    levels = (0.16, 0.5, 0.84)
+    a = 0  # bisection bracket: S(a) < target <= S(b)
+    s_a = _kernel_dot(kern, n_k, padded_cdf, 0)
+    for li in range(3):
+        target = levels[li] * total_smoothed
+        value = lo + n * h
+        if total_smoothed > 0.0:
+            if s_a >= target:
+                value = lo
+            else:
+                b = n
+                s_b = total_smoothed
+                while b - a > 1:
+                    mid = (a + b) // 2
+                    s_mid = _kernel_dot(kern, n_k, padded_cdf, mid)
+                    if s_mid >= target:
+                        b, s_b = mid, s_mid
+                    else:
+                        a, s_a = mid, s_mid
+                value = lo + (a + (target - s_a) / (s_b - s_a)) * h
+        out[k0 + li] = value
 
 
 @numba.njit(cache=True)
@@ -703,17 +758,12 @@ def _star_kernel(
         if cand_w[c] > 0.0:
             _deposit(q_hist, (cand_q[c] - q_lo) / h_q, cand_w[c])
     # Gaussian of width σ_q as three equal box passes (variance 3 (w^2 - 1) / 12 bins^2),
-    # then the box of the M_r cell width; all O(n) through cumulative sums
-    q_smooth = work[6, :n_q]
-    cum = work[7, : n_q + 1]
+    # then the box of the M_r cell width: one kernel, applied only where the percentiles are
     n_gauss = int(round(math.sqrt(4.0 * (sigma_q / h_q) ** 2 + 1.0)))
     n_gauss += 1 - n_gauss % 2  # odd, so the passes stay centred
-    q_smooth[:] = q_hist
-    if n_gauss > 1:
-        for _ in range(3):
-            _box_filter(q_smooth, n_gauss, cum)
-    _box_filter(q_smooth, n_cell, cum)
-    _percentiles_from_density(q_smooth, q_lo, h_q, out[i], _K_QR + 2)
+    n_gauss = min(n_gauss, 2 * ((work.shape[1] - n_q - n_cell) // 6) + 1)
+    n_k = _box_kernel((n_gauss, n_gauss, n_gauss, n_cell), work[6], work[7])
+    _smoothed_percentiles(q_hist, work[6], n_k, q_lo, h_q, work[7], out[i], _K_QR + 2)
     mean_q = mean_mr + mean_a
     out[i, _K_QR + 1] = math.sqrt(max(s_q2 / w_tot - mean_q * mean_q, 0.0))
 
@@ -777,7 +827,7 @@ def _estimate_all(
         cand_buf = np.empty(n_points, dtype=np.int64)
         col_max = np.empty(mr_axis.shape[0], dtype=np.float32)
         col_act = np.empty(mr_axis.shape[0], dtype=np.int64)
-        work = np.empty((13, max(MAX_HIST_BINS + 1, mr_axis.shape[0], feh_axis.shape[0])))
+        work = np.empty((13, max(2 * MAX_HIST_BINS + 64, mr_axis.shape[0], feh_axis.shape[0])))
         start = c * n // n_chunks
         stop = (c + 1) * n // n_chunks
         for i in range(start, stop):
