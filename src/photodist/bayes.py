@@ -188,13 +188,16 @@ def _candidate_terms(colors, sw, u, locus_t, cand, n, chi2min, b):
 
 
 @numba.njit(cache=True, fastmath=True)
-def _table_lookup(b, n, sigma_a, t_lo, h_t, top, log_prior, cand, chi2min, offset, tables, out):
+def _table_lookup(
+    b, n, sigma_a, t_lo, h_t, top, log_prior, cand, chi2min, offset, tables, out, outside
+):
     """Candidates' log weights and conditional A moments, interpolated from the per-star table.
 
     ``tables`` rows: log mass, mean, variance and inverse mass at the nodes t_lo + k h_t;
     positions are clipped to [0, top]. ``out`` rows: log weight (log p_j - chi2min_j / 2 -
-    offset + log mass), mean, variance, inverse mass. Returns how many candidates lie outside
-    the table (their values are clipped ones, to be recomputed).
+    offset + log mass), mean, variance, inverse mass. The positions in the candidate list of
+    those outside the table (their values are clipped ones, to be recomputed) go to
+    ``outside`` (as floats); returns their number.
     """
     t_logm, t_mean, t_var, t_invm = tables[0], tables[1], tables[2], tables[3]
     o_lw, o_mean, o_var, o_invm = out[0], out[1], out[2], out[3]
@@ -202,6 +205,7 @@ def _table_lookup(b, n, sigma_a, t_lo, h_t, top, log_prior, cand, chi2min, offse
     n_outside = 0
     for c in range(n):
         raw = (b[c] * sigma_a - t_lo) * inv_h
+        outside[n_outside] = c
         n_outside += not (0.0 <= raw <= top)
         pos = min(max(raw, 0.0), top)
         k = int(pos)
@@ -658,14 +662,13 @@ def _star_kernel(
         best,
         tables,
         cand_work[2:6],
+        cand_w,  # free until the weights: the positions of the candidates beyond the table
     )
-    for c in range(n_cand_all if n_outside else 0):
-        astar = b_buf[c] * sigma_a
-        pos_t = (astar - t_lo) / h_t
-        if not (0.0 <= pos_t < n_t - 1):
-            log_m, cand_mean[c], cand_var[c] = _truncated_normal(astar, sigma_a, a_max)
-            cand_invm[c] = math.exp(min(-log_m, 700.0))
-            lw_buf[c] = log_prior[cand_buf[c]] - 0.5 * s_buf[c] - best + max(log_m, -1e300)
+    for t in range(n_outside):
+        c = int(cand_w[t])
+        log_m, cand_mean[c], cand_var[c] = _truncated_normal(b_buf[c] * sigma_a, sigma_a, a_max)
+        cand_invm[c] = math.exp(min(-log_m, 700.0))
+        lw_buf[c] = log_prior[cand_buf[c]] - 0.5 * s_buf[c] - best + max(log_m, -1e300)
     for c in range(n_cand_all):
         cand_w[c] = math.exp(lw_buf[c]) if lw_buf[c] >= -700.0 else 0.0
     w_tot, w_giant, s_a, s_a2, s_var, s_q2 = _weighted_sums(
