@@ -92,10 +92,16 @@ def test_cli_empty_csv(tmp_path):
 def test_cli_header_only_csv_gives_empty_output(tmp_path):
     src = tmp_path / "header.csv"
     _good_frame(0).to_csv(src, index=False)
-    out = tmp_path / "o.parquet"
-    result = _run(["bayes", str(src), str(out), *BAYES_FAST])
-    assert result.exit_code == 0, result.output
-    assert len(pd.read_parquet(out)) == 0
+    # with the default Galaxy-model prior too: no positions are needed when there are no stars
+    for command, options in (
+        ("bayes", BAYES_FAST),
+        ("bayes", BAYES_FAST[:-1]),
+        ("run", ["--bands", "sdss"]),
+    ):
+        out = tmp_path / f"o_{command}_{len(options)}.parquet"
+        result = _run([command, str(src), str(out), *options])
+        assert result.exit_code == 0, result.output
+        assert len(pd.read_parquet(out)) == 0
 
 
 def test_cli_truncated_parquet(tmp_path):

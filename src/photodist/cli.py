@@ -350,6 +350,8 @@ def _resolve_prior(
     if trilegal_path is not None:
         return priors.read_trilegal_priors(trilegal_path, locus, pixel=trilegal_pixel)
     frame = positions() if callable(positions) else positions
+    if len(frame) == 0:  # nothing to place on the sky; the output is empty too
+        return None
     ra, dec = _equatorial_positions(frame, columns)
     ar_inf = None
     if columns.dust is not None and columns.dust in frame.columns:
