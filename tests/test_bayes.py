@@ -253,3 +253,29 @@ def test_smoothed_percentiles_match_explicit_box_smoothing():
         got = np.full(3, np.nan)
         _smoothed_percentiles(hist, kern, n_k, lo, h, np.empty(n + n_k), got, 0)
         np.testing.assert_allclose(got, expected, atol=1e-9)
+
+
+def test_truncation_grid_matches_the_exact_truncated_normal():
+    """The precomputed (z, U) grid's interpolated tables agree with the direct evaluation."""
+    from photodist.bayes import (
+        TRUNC_U_MAX,
+        TRUNC_U_MIN,
+        _table_from_grid,
+        _truncated_normal,
+        _truncation_grid,
+    )
+
+    grid = _truncation_grid()
+    rng = np.random.default_rng(4)
+    sigma = 0.05
+    for upper_s in np.exp(rng.uniform(np.log(TRUNC_U_MIN), np.log(TRUNC_U_MAX), 300)):
+        k_lo = int(np.floor(4 * rng.uniform(-6, upper_s + 5)))
+        n_t = int(np.ceil(4 * (upper_s + 6))) - k_lo + 2
+        tables = np.empty((4, n_t))
+        _table_from_grid(grid, upper_s, sigma, k_lo, n_t, tables)
+        mu = (k_lo + np.arange(n_t)) * sigma / 4
+        ref = np.array([_truncated_normal(m, sigma, upper_s * sigma) for m in mu]).T
+        np.testing.assert_allclose(tables[0], ref[0], atol=1e-3)
+        np.testing.assert_allclose(tables[1], ref[1], atol=5e-4 * sigma)
+        np.testing.assert_allclose(tables[2], ref[2], atol=5e-4 * sigma**2)
+        np.testing.assert_allclose(tables[3] * np.exp(ref[0]), 1.0, rtol=0.05)

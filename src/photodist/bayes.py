@@ -31,6 +31,7 @@ The CPU kernel is a fused numba loop over stars (parallel over cores).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,17 @@ MIN_A_MAX = 0.01  # floor of the A_r prior bound (mag)
 MAX_TABLE_NODES = 8000  # cap on the nodes of the per-star truncated-normal table
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 SQRT_2PI = math.sqrt(2.0 * math.pi)
+#: Precomputed truncation grid in units of σ_A: N(z, 1) truncated to [0, U] at z = Z_LO + k/4,
+#: its rows evenly spaced in s = ln U + U / U_SCALE (ratio steps for small U, steps of ~0.075
+#: for large U, where the upper bound moves across the nodes), U in [U_MIN, U_MAX]. Stars with
+#: U = A_max/σ_A in that range fill their table by interpolating linearly in s between two rows
+#: instead of calling erfc, exp and log per node.
+TRUNC_Z_LO = -6.5
+TRUNC_Z_NODES = 151  # up to z = 31: U_MAX + 7
+TRUNC_U_MIN = 1.0 / 64.0
+TRUNC_U_MAX = 24.0
+TRUNC_U_SCALE = 3.0
+TRUNC_S_STEP = 0.025
 
 
 class Flags:
@@ -293,6 +305,59 @@ def _truncated_normal_table(
 
 
 @numba.njit(cache=True)
+def _grid_coordinate(upper_s: float) -> float:
+    """Row coordinate s = ln U + U / TRUNC_U_SCALE of the truncation grid."""
+    return math.log(upper_s) + upper_s / TRUNC_U_SCALE
+
+
+@numba.njit(cache=True)
+def _build_truncation_grid():
+    """Rows (in s) x (log mass, mean, variance, inverse mass) x z nodes; see TRUNC_*."""
+    s_min = _grid_coordinate(TRUNC_U_MIN)
+    n_u = int(math.ceil((_grid_coordinate(TRUNC_U_MAX) - s_min) / TRUNC_S_STEP)) + 2
+    grid = np.empty((n_u, 4, TRUNC_Z_NODES))
+    upper = TRUNC_U_MIN
+    for i in range(n_u):
+        target = s_min + i * TRUNC_S_STEP
+        for _ in range(50):  # Newton on s(U) = target (s is increasing and concave in ln U)
+            upper -= (_grid_coordinate(upper) - target) / (1.0 / upper + 1.0 / TRUNC_U_SCALE)
+        for k in range(TRUNC_Z_NODES):
+            log_m, mean, var = _truncated_normal(TRUNC_Z_LO + 0.25 * k, 1.0, upper)
+            grid[i, 0, k] = max(log_m, -1e300)
+            grid[i, 1, k] = mean
+            grid[i, 2, k] = var
+            grid[i, 3, k] = math.exp(min(-log_m, 700.0))
+    return grid
+
+
+@numba.njit(cache=True)
+def _table_from_grid(grid, upper_s, sigma, k_lo, n_t, tables):
+    """Per-star truncation table at A = (k_lo + k) σ/4 from the precomputed grid.
+
+    ``upper_s`` = A_max/σ in [TRUNC_U_MIN, TRUNC_U_MAX); nodes k_lo/4 ... must lie on the grid.
+    Interpolates linearly in s between the two neighbouring rows.
+    """
+    pos = (_grid_coordinate(upper_s) - _grid_coordinate(TRUNC_U_MIN)) / TRUNC_S_STEP
+    i = min(int(pos), grid.shape[0] - 2)
+    f = pos - i
+    g0 = k_lo - int(round(4.0 * TRUNC_Z_LO))
+    row0 = grid[i]
+    row1 = grid[i + 1]
+    scale = (0.0, sigma, sigma * sigma, 0.0)
+    for r in range(4):
+        a = row0[r, g0 : g0 + n_t]
+        b = row1[r, g0 : g0 + n_t]
+        out = tables[r]
+        if r == 0 or r == 3:
+            for k in range(n_t):
+                out[k] = a[k] + f * (b[k] - a[k])
+        else:
+            sc = scale[r]
+            for k in range(n_t):
+                out[k] = sc * (a[k] + f * (b[k] - a[k]))
+
+
+@numba.njit(cache=True)
 def _box_kernel(widths, kern, cum):
     """Normalised convolution of centred boxes of odd ``widths`` (bins) into ``kern``.
 
@@ -501,6 +566,7 @@ def _star_kernel(
     out,
     flags_out,
     i,
+    trunc_grid,
     cand_work,
     lw32,
     cand_buf,
@@ -630,23 +696,32 @@ def _star_kernel(
     # per-star table of the truncation over the candidates' A* (within [-6σ, A_max + 6σ]),
     # step σ_A / 4; at nodes deep inside [0, A_max] (> 8 σ_A from both bounds) the
     # truncation is negligible
-    t_lo = max(-6.0 * sigma_a, astar_lo * sigma_a)
-    t_hi = max(min(a_max + 6.0 * sigma_a, astar_hi * sigma_a), t_lo + sigma_a)
-    h_t = max(sigma_a / 4.0, (t_hi - t_lo) / (MAX_TABLE_NODES - 2))
-    n_t = int(math.ceil((t_hi - t_lo) / h_t)) + 2
-    inner_lo = 8.0 * sigma_a
-    inner_hi = a_max - 8.0 * sigma_a
-    tables = work[8:12, :n_t]
-    for k in range(n_t):
-        a_node = t_lo + k * h_t
-        if inner_lo + h_t < a_node < inner_hi - h_t:
-            log_m, mean_a, var_a, inv_m = 0.0, a_node, sigma_a * sigma_a, 1.0
-        else:
-            log_m, mean_a, var_a, inv_m = _truncated_normal_table(a_node, sigma_a, a_max)
-        tables[0, k] = max(log_m, -1e300)
-        tables[1, k] = mean_a
-        tables[2, k] = var_a
-        tables[3, k] = inv_m
+    if TRUNC_U_MIN <= amax_s < TRUNC_U_MAX:  # from the precomputed grid (nodes on it)
+        k_lo = int(math.floor(4.0 * min(max(-6.0, astar_lo), amax_s + 5.0)))
+        z_hi = max(min(amax_s + 6.0, astar_hi), 0.25 * k_lo + 1.0)
+        n_t = int(math.ceil(4.0 * z_hi)) - k_lo + 2
+        h_t = 0.25 * sigma_a
+        t_lo = k_lo * h_t
+        tables = work[8:12, :n_t]
+        _table_from_grid(trunc_grid, amax_s, sigma_a, k_lo, n_t, tables)
+    else:
+        t_lo = max(-6.0 * sigma_a, astar_lo * sigma_a)
+        t_hi = max(min(a_max + 6.0 * sigma_a, astar_hi * sigma_a), t_lo + sigma_a)
+        h_t = max(sigma_a / 4.0, (t_hi - t_lo) / (MAX_TABLE_NODES - 2))
+        n_t = int(math.ceil((t_hi - t_lo) / h_t)) + 2
+        inner_lo = 8.0 * sigma_a
+        inner_hi = a_max - 8.0 * sigma_a
+        tables = work[8:12, :n_t]
+        for k in range(n_t):
+            a_node = t_lo + k * h_t
+            if inner_lo + h_t < a_node < inner_hi - h_t:
+                log_m, mean_a, var_a, inv_m = 0.0, a_node, sigma_a * sigma_a, 1.0
+            else:
+                log_m, mean_a, var_a, inv_m = _truncated_normal_table(a_node, sigma_a, a_max)
+            tables[0, k] = max(log_m, -1e300)
+            tables[1, k] = mean_a
+            tables[2, k] = var_a
+            tables[3, k] = inv_m
     # log weights relative to the best bound and the conditional A moments (a function of
     # A*_j alone for this star); the few A* beyond the table are redone exactly
     n_outside = _table_lookup(
@@ -820,6 +895,7 @@ def _estimate_all(
     out,
     flags_out,
     n_chunks,
+    trunc_grid,
 ):
     n = colors.shape[0]
     n_points = locus_t.shape[1]
@@ -856,6 +932,7 @@ def _estimate_all(
                 out,
                 flags_out,
                 i,
+                trunc_grid,
                 cand_work,
                 lw32,
                 cand_buf,
@@ -1070,6 +1147,7 @@ class BayesEstimator:
                 out,
                 flags,
                 8 * numba.get_num_threads(),
+                _truncation_grid(),
             )
         frame = pd.DataFrame(out, columns=OUTPUT_COLUMNS)
         add_extinction(frame, a_min)
@@ -1077,6 +1155,12 @@ class BayesEstimator:
         _fill_distance_columns(frame, r)
         frame["flags"] = flags
         return frame
+
+
+@functools.cache
+def _truncation_grid() -> np.ndarray:
+    """The precomputed truncation grid (built once per process, ~10 ms)."""
+    return _build_truncation_grid()
 
 
 def _fill_distance_columns(frame: pd.DataFrame, r: np.ndarray) -> None:
