@@ -279,3 +279,24 @@ def test_truncation_grid_matches_the_exact_truncated_normal():
         np.testing.assert_allclose(tables[1], ref[1], atol=5e-4 * sigma)
         np.testing.assert_allclose(tables[2], ref[2], atol=5e-4 * sigma**2)
         np.testing.assert_allclose(tables[3] * np.exp(ref[0]), 1.0, rtol=0.05)
+
+
+def test_edge_table_matches_the_exact_truncated_normal_for_wide_bounds():
+    """With A_max/σ_A >= TRUNC_U_MAX, each node's nearer bound alone sets its truncation."""
+    from photodist.bayes import TRUNC_U_MAX, _edge_table, _table_from_edges, _truncated_normal
+
+    edge = _edge_table()
+    rng = np.random.default_rng(5)
+    sigma = 0.02
+    for upper_s in rng.uniform(TRUNC_U_MAX, 300.0, 40):
+        t_lo = rng.uniform(-6.0, 0.0) * sigma
+        h_t = sigma / rng.choice([4.0, 3.3])
+        n_t = int(np.ceil((upper_s * sigma + 6 * sigma - t_lo) / h_t)) + 2
+        tables = np.empty((4, n_t))
+        _table_from_edges(edge, upper_s, sigma, t_lo, h_t, n_t, tables)
+        mu = t_lo + np.arange(n_t) * h_t
+        ref = np.array([_truncated_normal(m, sigma, upper_s * sigma) for m in mu]).T
+        np.testing.assert_allclose(tables[0], ref[0], atol=1e-4)
+        np.testing.assert_allclose(tables[1], ref[1], atol=1e-4 * sigma)
+        np.testing.assert_allclose(tables[2], ref[2], atol=1e-4 * sigma**2)
+        np.testing.assert_allclose(tables[3] * np.exp(ref[0]), 1.0, rtol=3e-3)

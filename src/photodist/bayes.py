@@ -65,6 +65,12 @@ TRUNC_U_MIN = 1.0 / 64.0
 TRUNC_U_MAX = 24.0
 TRUNC_U_SCALE = 3.0
 TRUNC_S_STEP = 0.025
+#: For U >= TRUNC_U_MAX the bounds act separately: each node takes the one-sided truncation
+#: N(x, 1) on [0, inf) of its nearer bound (x = z or U - z, the other bound > 12 σ away),
+#: interpolated in a table at x = EDGE_X_LO + k / EDGE_PER_UNIT; beyond it, no truncation.
+EDGE_X_LO = -8.0
+EDGE_PER_UNIT = 64
+EDGE_NODES = 1297  # up to x = 12.25
 
 
 class Flags:
@@ -331,6 +337,50 @@ def _build_truncation_grid():
 
 
 @numba.njit(cache=True)
+def _build_edge_table():
+    """One-sided truncation rows (log mass, mean, variance, inverse mass) at EDGE_* nodes."""
+    table = np.empty((4, EDGE_NODES))
+    for k in range(EDGE_NODES):
+        log_m, mean, var = _truncated_normal(EDGE_X_LO + k / EDGE_PER_UNIT, 1.0, 1e6)
+        table[0, k] = log_m
+        table[1, k] = mean
+        table[2, k] = var
+        table[3, k] = math.exp(min(-log_m, 700.0))
+    return table
+
+
+@numba.njit(cache=True)
+def _table_from_edges(edge, upper_s, sigma, t_lo, h_t, n_t, tables):
+    """Per-star truncation table at A = t_lo + k h_t for U = A_max/σ >= TRUNC_U_MAX.
+
+    Each node takes its nearer bound's one-sided values from ``edge`` (linear interpolation;
+    mirrored for the upper bound); nodes beyond the table's reach are untruncated.
+    """
+    x_top = EDGE_X_LO + (EDGE_NODES - 1.0) / EDGE_PER_UNIT
+    for k in range(n_t):
+        z = (t_lo + k * h_t) / sigma
+        upper_side = z > 0.5 * upper_s
+        x = upper_s - z if upper_side else z
+        if x >= x_top:
+            log_m, mean, var, inv_m = 0.0, x, 1.0, 1.0
+        elif x < EDGE_X_LO:  # beyond the table (coarse tables of extreme grids only)
+            log_m, mean, var = _truncated_normal(x, 1.0, 1e6)
+            inv_m = math.exp(min(-log_m, 700.0))
+        else:
+            pos = (x - EDGE_X_LO) * EDGE_PER_UNIT
+            i = min(int(pos), EDGE_NODES - 2)
+            f = pos - i
+            log_m = edge[0, i] + f * (edge[0, i + 1] - edge[0, i])
+            mean = edge[1, i] + f * (edge[1, i + 1] - edge[1, i])
+            var = edge[2, i] + f * (edge[2, i + 1] - edge[2, i])
+            inv_m = edge[3, i] + f * (edge[3, i + 1] - edge[3, i])
+        tables[0, k] = max(log_m, -1e300)
+        tables[1, k] = sigma * (upper_s - mean if upper_side else mean)
+        tables[2, k] = sigma * sigma * var
+        tables[3, k] = inv_m
+
+
+@numba.njit(cache=True)
 def _table_from_grid(grid, upper_s, sigma, k_lo, n_t, tables):
     """Per-star truncation table at A = (k_lo + k) σ/4 from the precomputed grid.
 
@@ -567,6 +617,7 @@ def _star_kernel(
     flags_out,
     i,
     trunc_grid,
+    edge_table,
     cand_work,
     lw32,
     cand_buf,
@@ -709,9 +760,12 @@ def _star_kernel(
         t_hi = max(min(a_max + 6.0 * sigma_a, astar_hi * sigma_a), t_lo + sigma_a)
         h_t = max(sigma_a / 4.0, (t_hi - t_lo) / (MAX_TABLE_NODES - 2))
         n_t = int(math.ceil((t_hi - t_lo) / h_t)) + 2
+        tables = work[8:12, :n_t]
+    if amax_s >= TRUNC_U_MAX:
+        _table_from_edges(edge_table, amax_s, sigma_a, t_lo, h_t, n_t, tables)
+    elif amax_s < TRUNC_U_MIN:
         inner_lo = 8.0 * sigma_a
         inner_hi = a_max - 8.0 * sigma_a
-        tables = work[8:12, :n_t]
         for k in range(n_t):
             a_node = t_lo + k * h_t
             if inner_lo + h_t < a_node < inner_hi - h_t:
@@ -896,6 +950,7 @@ def _estimate_all(
     flags_out,
     n_chunks,
     trunc_grid,
+    edge_table,
 ):
     n = colors.shape[0]
     n_points = locus_t.shape[1]
@@ -933,6 +988,7 @@ def _estimate_all(
                 flags_out,
                 i,
                 trunc_grid,
+                edge_table,
                 cand_work,
                 lw32,
                 cand_buf,
@@ -1148,6 +1204,7 @@ class BayesEstimator:
                 flags,
                 8 * numba.get_num_threads(),
                 _truncation_grid(),
+                _edge_table(),
             )
         frame = pd.DataFrame(out, columns=OUTPUT_COLUMNS)
         add_extinction(frame, a_min)
@@ -1161,6 +1218,12 @@ class BayesEstimator:
 def _truncation_grid() -> np.ndarray:
     """The precomputed truncation grid (built once per process, ~10 ms)."""
     return _build_truncation_grid()
+
+
+@functools.cache
+def _edge_table() -> np.ndarray:
+    """The precomputed one-sided truncation table (built once per process)."""
+    return _build_edge_table()
 
 
 def _fill_distance_columns(frame: pd.DataFrame, r: np.ndarray) -> None:
