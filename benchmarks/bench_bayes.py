@@ -14,12 +14,17 @@ threads. With ``--compare-with REV`` the estimator of an earlier git revision (i
 ``src/photodist/bayes.py``) is timed against the current one, alternately in the same process
 (1 thread, CPU time, best of 8 each), with the largest change of any output column.
 
-Usage: ``python benchmarks/bench_bayes.py [n_stars] [synthetic|patch] [--compare-with REV]``
+``--no-dust`` drops the dust-map column, so the A_r prior spans the default [0, 3] mag (a
+catalogue without a dust map; more candidate points per star).
+
+Usage: ``python benchmarks/bench_bayes.py [n_stars] [synthetic|patch] [--no-dust]
+[--compare-with REV]``
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -127,6 +132,7 @@ def main() -> None:
     parser.add_argument("n_stars", nargs="?", type=int, default=20_000)
     parser.add_argument("workload", nargs="?", default="synthetic", choices=["synthetic", "patch"])
     parser.add_argument("--compare-with", metavar="REV", help="git revision to time against")
+    parser.add_argument("--no-dust", action="store_true", help="drop the dust-map column")
     args = parser.parse_args()
     n, workload = args.n_stars, args.workload
     locus = build_locus(feh_step=0.05, mr_step=0.1)
@@ -140,6 +146,9 @@ def main() -> None:
     else:
         phot, prior = make_stars(locus, n), None
         print(f"workload: {n} synthetic stars, flat prior")
+    if args.no_dust:
+        phot = dataclasses.replace(phot, dust=None)
+        print("no dust-map column: A_r prior [0, 3] mag")
     estimator = BayesEstimator(locus, prior)
     estimator.predict(phot.subset(slice(0, 10)))  # compile
     if args.compare_with:

@@ -566,6 +566,16 @@ def _gaussian_smooth(hist, sigma_bins, out):
         out[m] = acc
 
 
+@numba.njit(cache=True, fastmath=True)
+def _kernel_window_dot(kern, hist, offset, s_lo, s_hi):
+    """sum of kern[s - offset] hist[s] over s in [s_lo, s_hi) (a symmetric kernel's convolution
+    at one bin, with both arrays read forwards so that it vectorises)."""
+    acc = 0.0
+    for s in range(s_lo, s_hi):
+        acc += kern[s - offset] * hist[s]
+    return acc
+
+
 @numba.njit(cache=True)
 def _gaussian_smooth_range(hist, sigma_bins, out, m_lo, m_hi, kern_buf):
     """``_gaussian_smooth`` for the output bins [m_lo, m_hi) only (same values).
@@ -585,12 +595,7 @@ def _gaussian_smooth_range(hist, sigma_bins, out, m_lo, m_hi, kern_buf):
         kern[t + half] = math.exp(-0.5 * (t / sigma_bins) ** 2)
     kern /= kern.sum()
     for m in range(m_lo, m_hi):
-        acc = 0.0
-        t_lo = max(-half, m - n + 1)
-        t_hi = min(half, m)
-        for t in range(t_lo, t_hi + 1):
-            acc += kern[t + half] * hist[m - t]
-        out[m] = acc
+        out[m] = _kernel_window_dot(kern, hist, m - half, max(m - half, 0), min(m + half + 1, n))
 
 
 @numba.njit(cache=True)
@@ -856,8 +861,14 @@ def _star_kernel(
 
     # A_r: histogram of A* convolved with N(0, σ_A^2), restricted to [0, A_max]
     a_smooth = work[4, :n_a]
-    # only the bins inside [0, A_max] are used
-    _gaussian_smooth_range(a_hist, sigma_a / h_a, a_smooth, n_margin, n_margin + n_in, work[12])
+    # only the bins inside [0, A_max] are used, and only those within the kernel's reach of
+    # the deposits (at A* in [astar_lo, astar_hi] σ_A) can be non-zero
+    reach = int(math.ceil(4.0 * sigma_a / h_a)) + 2
+    m_lo = max(int(math.floor((astar_lo * sigma_a - a_lo) / h_a)) - reach, n_margin)
+    m_hi = min(int(math.floor((astar_hi * sigma_a - a_lo) / h_a)) + reach, n_margin + n_in)
+    a_smooth[n_margin : n_margin + n_in] = 0.0
+    if m_lo < m_hi:
+        _gaussian_smooth_range(a_hist, sigma_a / h_a, a_smooth, m_lo, m_hi, work[12])
     m0 = n_margin
     inside = a_smooth[n_margin : n_margin + n_in]
     if inside.sum() <= 0.0:
