@@ -25,7 +25,10 @@ histogram of A*_j convolved with N(0, σ_A^2), then cut to [0, A_max]); Q_r = M_
 mixture of the per-point conditionals (Gaussian of the mean conditional variance, convolved with
 the M_r cell).
 
-The CPU kernel is a fused numba loop over stars (parallel over cores).
+The CPU kernel is a fused numba loop over stars (parallel over cores). The truncation factor
+and the conditional moments of A are functions of A*_j alone for a star: they are interpolated
+from a per-star table at steps of σ_A/4, itself taken from grids precomputed once per process in
+units of σ_A (see ``TRUNC_*`` and ``EDGE_*``).
 """
 
 from __future__ import annotations
@@ -750,8 +753,9 @@ def _star_kernel(
     # candidates this far below the best point's bound only enter the moments
     log_hist_cut = best_exact - best - HISTOGRAM_LOG_WEIGHT
     # per-star table of the truncation over the candidates' A* (within [-6σ, A_max + 6σ]),
-    # step σ_A / 4; at nodes deep inside [0, A_max] (> 8 σ_A from both bounds) the
-    # truncation is negligible
+    # step σ_A / 4: from the precomputed (z, U) grid, from the one-sided edge table when the
+    # bounds are far apart (U >= TRUNC_U_MAX), or evaluated (U < TRUNC_U_MIN; at nodes deep
+    # inside [0, A_max], > 8 σ_A from both bounds, the truncation is negligible)
     if TRUNC_U_MIN <= amax_s < TRUNC_U_MAX:  # from the precomputed grid (nodes on it)
         k_lo = int(math.floor(4.0 * min(max(-6.0, astar_lo), amax_s + 5.0)))
         z_hi = max(min(amax_s + 6.0, astar_hi), 0.25 * k_lo + 1.0)
