@@ -332,11 +332,13 @@ def _resolve_prior(
     flat_prior: bool,
     locus: Locus,
     seed: int,
+    n_stars: int,
 ):
     """The prior for a one-patch run: a file, TRILEGAL maps, the Galaxy model, or flat.
 
     ``positions`` is the catalogue (or a function returning its position columns), read only
-    when the Galaxy-model prior has to be placed on the sky.
+    when the Galaxy-model prior has to be placed on the sky; an empty catalogue (``n_stars``
+    0) needs none.
     """
     given = [x is not None for x in (prior_path, trilegal_path)] + [flat_prior]
     if sum(given) > 1:
@@ -349,9 +351,9 @@ def _resolve_prior(
         return priors.PriorMap.load(prior_path)
     if trilegal_path is not None:
         return priors.read_trilegal_priors(trilegal_path, locus, pixel=trilegal_pixel)
-    frame = positions() if callable(positions) else positions
-    if len(frame) == 0:  # nothing to place on the sky; the output is empty too
+    if n_stars == 0:  # nothing to place on the sky; the output is empty too
         return None
+    frame = positions() if callable(positions) else positions
     ra, dec = _equatorial_positions(frame, columns)
     ar_inf = None
     if columns.dust is not None and columns.dust in frame.columns:
@@ -636,6 +638,7 @@ def bayes_command(
         flat_prior,
         locus,
         seed,
+        n_stars=total,
     )
     config = BayesConfig(
         default_a_max=a_max,
@@ -816,7 +819,15 @@ def run_command(
     locus = build_locus()
     start = time.perf_counter()
     prior = _resolve_prior(
-        frame, columns, prior_path, trilegal_path, trilegal_pixel, flat_prior, locus, seed
+        frame,
+        columns,
+        prior_path,
+        trilegal_path,
+        trilegal_pixel,
+        flat_prior,
+        locus,
+        seed,
+        n_stars=len(frame),
     )
     prior_seconds = time.perf_counter() - start
     try:
