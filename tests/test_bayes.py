@@ -258,6 +258,7 @@ def test_smoothed_percentiles_match_explicit_box_smoothing():
 def test_truncation_grid_matches_the_exact_truncated_normal():
     """The precomputed (z, U) grid's interpolated tables agree with the direct evaluation."""
     from photodist.bayes import (
+        TABLE_NODES_PER_SIGMA,
         TRUNC_U_MAX,
         TRUNC_U_MIN,
         _table_from_grid,
@@ -269,11 +270,12 @@ def test_truncation_grid_matches_the_exact_truncated_normal():
     rng = np.random.default_rng(4)
     sigma = 0.05
     for upper_s in np.exp(rng.uniform(np.log(TRUNC_U_MIN), np.log(TRUNC_U_MAX), 300)):
-        k_lo = int(np.floor(4 * rng.uniform(-6, upper_s + 5)))
-        n_t = int(np.ceil(4 * (upper_s + 6))) - k_lo + 2
+        per = TABLE_NODES_PER_SIGMA
+        k_lo = int(np.floor(per * rng.uniform(-6, upper_s + 5)))
+        n_t = int(np.ceil(per * (upper_s + 6))) - k_lo + 2
         tables = np.empty((4, n_t))
         _table_from_grid(grid, upper_s, sigma, k_lo, n_t, tables)
-        mu = (k_lo + np.arange(n_t)) * sigma / 4
+        mu = (k_lo + np.arange(n_t)) * sigma / per
         ref = np.array([_truncated_normal(m, sigma, upper_s * sigma) for m in mu]).T
         np.testing.assert_allclose(tables[0], ref[0], atol=1e-3)
         np.testing.assert_allclose(tables[1], ref[1], atol=5e-4 * sigma)

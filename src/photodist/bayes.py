@@ -27,7 +27,7 @@ the M_r cell).
 
 The CPU kernel is a fused numba loop over stars (parallel over cores). The truncation factor
 and the conditional moments of A are functions of A*_j alone for a star: they are interpolated
-from a per-star table at steps of σ_A/4, itself taken from grids precomputed once per process in
+from a per-star table at steps of σ_A/8, itself taken from grids precomputed once per process in
 units of σ_A (see ``TRUNC_*`` and ``EDGE_*``).
 """
 
@@ -57,13 +57,16 @@ MIN_A_MAX = 0.01  # floor of the A_r prior bound (mag)
 MAX_TABLE_NODES = 8000  # cap on the nodes of the per-star truncated-normal table
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 SQRT_2PI = math.sqrt(2.0 * math.pi)
-#: Precomputed truncation grid in units of σ_A: N(z, 1) truncated to [0, U] at z = Z_LO + k/4,
+#: Nodes per σ_A of the per-star truncation tables (linear interpolation: log-mass error
+#: <= 1/(8 N^2), 0.002 for N = 8).
+TABLE_NODES_PER_SIGMA = 8
+#: Precomputed truncation grid in units of σ_A: N(z, 1) truncated to [0, U] at z = Z_LO + k/N,
 #: its rows evenly spaced in s = ln U + U / U_SCALE (ratio steps for small U, steps of ~0.075
 #: for large U, where the upper bound moves across the nodes), U in [U_MIN, U_MAX]. Stars with
 #: U = A_max/σ_A in that range fill their table by interpolating linearly in s between two rows
 #: instead of calling erfc, exp and log per node.
 TRUNC_Z_LO = -6.5
-TRUNC_Z_NODES = 151  # up to z = 31: U_MAX + 7
+TRUNC_Z_NODES = 301  # up to z = 31: U_MAX + 7
 TRUNC_U_MIN = 1.0 / 64.0
 TRUNC_U_MAX = 24.0
 TRUNC_U_SCALE = 3.0
@@ -331,7 +334,8 @@ def _build_truncation_grid():
         for _ in range(50):  # Newton on s(U) = target (s is increasing and concave in ln U)
             upper -= (_grid_coordinate(upper) - target) / (1.0 / upper + 1.0 / TRUNC_U_SCALE)
         for k in range(TRUNC_Z_NODES):
-            log_m, mean, var = _truncated_normal(TRUNC_Z_LO + 0.25 * k, 1.0, upper)
+            z = TRUNC_Z_LO + k / TABLE_NODES_PER_SIGMA
+            log_m, mean, var = _truncated_normal(z, 1.0, upper)
             grid[i, 0, k] = max(log_m, -1e300)
             grid[i, 1, k] = mean
             grid[i, 2, k] = var
@@ -385,15 +389,16 @@ def _table_from_edges(edge, upper_s, sigma, t_lo, h_t, n_t, tables):
 
 @numba.njit(cache=True)
 def _table_from_grid(grid, upper_s, sigma, k_lo, n_t, tables):
-    """Per-star truncation table at A = (k_lo + k) σ/4 from the precomputed grid.
+    """Per-star truncation table at A = (k_lo + k) σ/N from the precomputed grid.
 
-    ``upper_s`` = A_max/σ in [TRUNC_U_MIN, TRUNC_U_MAX); nodes k_lo/4 ... must lie on the grid.
+    N = TABLE_NODES_PER_SIGMA; ``upper_s`` = A_max/σ in [TRUNC_U_MIN, TRUNC_U_MAX); the nodes
+    z = k_lo/N ... must lie on the grid.
     Interpolates linearly in s between the two neighbouring rows.
     """
     pos = (_grid_coordinate(upper_s) - _grid_coordinate(TRUNC_U_MIN)) / TRUNC_S_STEP
     i = min(int(pos), grid.shape[0] - 2)
     f = pos - i
-    g0 = k_lo - int(round(4.0 * TRUNC_Z_LO))
+    g0 = k_lo - int(round(TABLE_NODES_PER_SIGMA * TRUNC_Z_LO))
     row0 = grid[i]
     row1 = grid[i + 1]
     scale = (0.0, sigma, sigma * sigma, 0.0)
@@ -753,21 +758,22 @@ def _star_kernel(
     # candidates this far below the best point's bound only enter the moments
     log_hist_cut = best_exact - best - HISTOGRAM_LOG_WEIGHT
     # per-star table of the truncation over the candidates' A* (within [-6σ, A_max + 6σ]),
-    # step σ_A / 4: from the precomputed (z, U) grid, from the one-sided edge table when the
+    # step σ_A / 8: from the precomputed (z, U) grid, from the one-sided edge table when the
     # bounds are far apart (U >= TRUNC_U_MAX), or evaluated (U < TRUNC_U_MIN; at nodes deep
     # inside [0, A_max], > 8 σ_A from both bounds, the truncation is negligible)
     if TRUNC_U_MIN <= amax_s < TRUNC_U_MAX:  # from the precomputed grid (nodes on it)
-        k_lo = int(math.floor(4.0 * min(max(-6.0, astar_lo), amax_s + 5.0)))
-        z_hi = max(min(amax_s + 6.0, astar_hi), 0.25 * k_lo + 1.0)
-        n_t = int(math.ceil(4.0 * z_hi)) - k_lo + 2
-        h_t = 0.25 * sigma_a
+        per = TABLE_NODES_PER_SIGMA
+        k_lo = int(math.floor(per * min(max(-6.0, astar_lo), amax_s + 5.0)))
+        z_hi = max(min(amax_s + 6.0, astar_hi), k_lo / per + 1.0)
+        n_t = int(math.ceil(per * z_hi)) - k_lo + 2
+        h_t = sigma_a / per
         t_lo = k_lo * h_t
         tables = work[8:12, :n_t]
         _table_from_grid(trunc_grid, amax_s, sigma_a, k_lo, n_t, tables)
     else:
         t_lo = max(-6.0 * sigma_a, astar_lo * sigma_a)
         t_hi = max(min(a_max + 6.0 * sigma_a, astar_hi * sigma_a), t_lo + sigma_a)
-        h_t = max(sigma_a / 4.0, (t_hi - t_lo) / (MAX_TABLE_NODES - 2))
+        h_t = max(sigma_a / TABLE_NODES_PER_SIGMA, (t_hi - t_lo) / (MAX_TABLE_NODES - 2))
         n_t = int(math.ceil((t_hi - t_lo) / h_t)) + 2
         tables = work[8:12, :n_t]
     if amax_s >= TRUNC_U_MAX:
