@@ -401,18 +401,14 @@ def _table_from_grid(grid, upper_s, sigma, k_lo, n_t, tables):
     g0 = k_lo - int(round(TABLE_NODES_PER_SIGMA * TRUNC_Z_LO))
     row0 = grid[i]
     row1 = grid[i + 1]
-    scale = (0.0, sigma, sigma * sigma, 0.0)
+    scale = (1.0, sigma, sigma * sigma, 1.0)  # mean and variance in units of σ, σ^2
     for r in range(4):
         a = row0[r, g0 : g0 + n_t]
         b = row1[r, g0 : g0 + n_t]
         out = tables[r]
-        if r == 0 or r == 3:
-            for k in range(n_t):
-                out[k] = a[k] + f * (b[k] - a[k])
-        else:
-            sc = scale[r]
-            for k in range(n_t):
-                out[k] = sc * (a[k] + f * (b[k] - a[k]))
+        sc = scale[r]
+        for k in range(n_t):
+            out[k] = sc * (a[k] + f * (b[k] - a[k]))
 
 
 @numba.njit(cache=True)
@@ -776,21 +772,21 @@ def _star_kernel(
         h_t = max(sigma_a / TABLE_NODES_PER_SIGMA, (t_hi - t_lo) / (MAX_TABLE_NODES - 2))
         n_t = int(math.ceil((t_hi - t_lo) / h_t)) + 2
         tables = work[8:12, :n_t]
-    if amax_s >= TRUNC_U_MAX:
-        _table_from_edges(edge_table, amax_s, sigma_a, t_lo, h_t, n_t, tables)
-    elif amax_s < TRUNC_U_MIN:
-        inner_lo = 8.0 * sigma_a
-        inner_hi = a_max - 8.0 * sigma_a
-        for k in range(n_t):
-            a_node = t_lo + k * h_t
-            if inner_lo + h_t < a_node < inner_hi - h_t:
-                log_m, mean_a, var_a, inv_m = 0.0, a_node, sigma_a * sigma_a, 1.0
-            else:
-                log_m, mean_a, var_a, inv_m = _truncated_normal_table(a_node, sigma_a, a_max)
-            tables[0, k] = max(log_m, -1e300)
-            tables[1, k] = mean_a
-            tables[2, k] = var_a
-            tables[3, k] = inv_m
+        if amax_s >= TRUNC_U_MAX:
+            _table_from_edges(edge_table, amax_s, sigma_a, t_lo, h_t, n_t, tables)
+        else:
+            inner_lo = 8.0 * sigma_a
+            inner_hi = a_max - 8.0 * sigma_a
+            for k in range(n_t):
+                a_node = t_lo + k * h_t
+                if inner_lo + h_t < a_node < inner_hi - h_t:
+                    log_m, mean_a, var_a, inv_m = 0.0, a_node, sigma_a * sigma_a, 1.0
+                else:
+                    log_m, mean_a, var_a, inv_m = _truncated_normal_table(a_node, sigma_a, a_max)
+                tables[0, k] = max(log_m, -1e300)
+                tables[1, k] = mean_a
+                tables[2, k] = var_a
+                tables[3, k] = inv_m
     # log weights relative to the best bound and the conditional A moments (a function of
     # A*_j alone for this star); the few A* beyond the table are redone exactly
     n_outside = _table_lookup(

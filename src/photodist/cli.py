@@ -51,20 +51,13 @@ def _training_options(command: Any) -> Any:
 
 def _a_prior_options(command: Any) -> Any:
     """Bounds of the flat A_r prior with a dust-map value A_map: [F A_map, S A_map + O]."""
-    command = click.option(
-        "--a-max-offset",
-        type=click.FloatRange(0.0),
-        default=0.1,
-        show_default=True,
-        help="O of the A_r prior's upper bound S A_map + O (mag).",
-    )(command)
-    command = click.option(
-        "--a-max-scale",
-        type=click.FloatRange(0.0),
-        default=1.3,
-        show_default=True,
-        help="S of the A_r prior's upper bound S A_map + O.",
-    )(command)
+    for name, default, what in (
+        ("--a-max-offset", 0.1, "O of the A_r prior's upper bound S A_map + O (mag)."),
+        ("--a-max-scale", 1.3, "S of the A_r prior's upper bound S A_map + O."),
+    ):
+        command = click.option(
+            name, type=click.FloatRange(0.0), default=default, show_default=True, help=what
+        )(command)
     return click.option(
         "--a-min-fraction",
         type=click.FloatRange(0.0, 1.0),
