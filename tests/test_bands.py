@@ -94,6 +94,35 @@ def test_colours_read_from_colour_columns_when_magnitudes_are_absent():
         photometry_from_frame(colours.drop(columns="rmag"), "sdss", columns)
 
 
+def test_adjacent_colours_from_magnitudes_covary():
+    """Colours from magnitudes share a band: covariance -sigma^2 of that band, matching the
+    scatter of many noisy realisations; colours from colour columns and unusable colours
+    are independent (0)."""
+    rng = np.random.default_rng(4)
+    n = 20000
+    band_err = np.array([0.05, 0.02, 0.01, 0.03, 0.04])
+    true = np.array([21.5, 20.2, 19.7, 19.55, 19.5])
+    frame = pd.DataFrame(
+        {f"{b}mag": true[k] + rng.normal(0, band_err[k], n) for k, b in enumerate("ugriz")}
+        | {f"{b}Err": np.full(n, band_err[k]) for k, b in enumerate("ugriz")}
+    )
+    phot = photometry_from_frame(frame, "sdss")
+    np.testing.assert_allclose(phot.color_covariance, -np.tile(band_err[1:-1] ** 2, (n, 1)))
+    empirical = np.cov(phot.colors.T)
+    for k in range(3):
+        assert empirical[k, k + 1] == pytest.approx(phot.color_covariance[0, k], rel=0.05)
+    # a colour column breaks the link to its neighbours; so does an unusable colour
+    frame["ug"] = frame["umag"] - frame["gmag"]
+    with_column = photometry_from_frame(frame.drop(columns="umag"), "sdss")
+    np.testing.assert_allclose(with_column.colors, phot.colors)
+    np.testing.assert_allclose(with_column.color_covariance[:, 0], 0.0)
+    np.testing.assert_allclose(with_column.color_covariance[:, 1:], phot.color_covariance[:, 1:])
+    frame.loc[0, "gErr"] = -1.0
+    bad = photometry_from_frame(frame, "sdss")
+    np.testing.assert_array_equal(bad.color_covariance[0], [0.0, 0.0, -(band_err[3] ** 2)])
+    assert bad.subset(np.array([0, 1])).color_covariance.shape == (2, 3)
+
+
 def test_missing_column_names_it():
     frame = _frame().drop(columns=["iErr"])
     with pytest.raises(MissingColumnError, match="iErr"):

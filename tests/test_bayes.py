@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,6 +57,75 @@ def test_closed_form_matches_brute_force(coarse_locus):
             assert result.loc[i, f"{p}_mean"] == pytest.approx(ref[f"{p}_mean"], abs=1e-3)
             assert result.loc[i, f"{p}_std"] == pytest.approx(ref[f"{p}_std"], abs=1e-3)
         assert result.loc[i, "Ar_std"] == pytest.approx(ref["Ar_std"], abs=2e-3)
+
+
+def _band_noise_stars(locus, band_set, n, seed, err_range=(0.002, 0.08)):
+    """Locus stars whose noise is drawn per band, so adjacent colours covary (-sigma^2 of
+    the shared band), as in catalogues of magnitudes."""
+    rng = np.random.default_rng(seed)
+    fi = rng.integers(0, locus.shape[0], n)
+    mi = rng.integers(0, locus.shape[1], n)
+    a_true = rng.uniform(0.0, 0.3, n)
+    band_err = np.exp(rng.uniform(*np.log(err_range), (n, band_set.n_colors + 1)))
+    band_noise = rng.normal(0, 1, band_err.shape) * band_err
+    colors = (
+        locus.colors_for(band_set)[fi, mi]
+        + a_true[:, None] * band_set.reddening_vector()
+        + band_noise[:, :-1]
+        - band_noise[:, 1:]
+    )
+    err = np.hypot(band_err[:, :-1], band_err[:, 1:])
+    cov = -(band_err[:, 1:-1] ** 2)
+    phot = Photometry(
+        band_set, np.full(n, 20.0), band_err[:, 2], colors, err, np.full(n, 0.25), cov
+    )
+    return phot, locus.mr[mi], locus.feh[fi], a_true
+
+
+@pytest.mark.parametrize("band_set", [LSST, SDSS], ids=["lsst", "sdss"])
+def test_correlated_colours_match_brute_force(coarse_locus, band_set):
+    """With the covariance of adjacent colours (and a missing colour, which decouples its
+    neighbours) the closed form agrees with the explicit grid, whose chi2 inverts the full
+    covariance matrix."""
+    phot, *_ = _band_noise_stars(coarse_locus, band_set, 8, seed=12)
+    phot.colors[0, 1] = np.nan
+    phot.color_errors[0, 1] = np.nan
+    phot.color_errors[1] *= 0.05  # bright: the covariance dominates the shape of chi2
+    phot.color_covariance[1] *= 0.05**2
+    config = BayesConfig(error_floor=0.01)
+    result = BayesEstimator(coarse_locus, None, config).predict(phot)
+    independent = BayesEstimator(
+        coarse_locus, None, BayesConfig(error_floor=0.01, color_covariance=False)
+    ).predict(phot)
+    for i in range(len(phot)):
+        ref = brute_force_posterior(phot, i, coarse_locus, None, config, a_step=0.001)
+        for p in ("Mr", "FeH", "Ar", "Qr"):
+            got = result.loc[i, [f"{p}_p16", f"{p}_p50", f"{p}_p84"]].to_numpy(float)
+            np.testing.assert_allclose(got, ref[f"{p}_percentiles"], atol=0.01, err_msg=p)
+        for p in ("Mr", "FeH", "Ar"):
+            assert result.loc[i, f"{p}_mean"] == pytest.approx(ref[f"{p}_mean"], abs=2e-3)
+    # the covariance matters: ignoring it changes the posteriors of the bright star
+    assert abs(independent.loc[1, "Mr_mean"] - result.loc[1, "Mr_mean"]) > 0.01
+    # without a covariance in the photometry, the two settings agree exactly
+    plain = dataclasses.replace(phot, color_covariance=None)
+    a = BayesEstimator(coarse_locus, None, config).predict(plain)
+    b = BayesEstimator(coarse_locus, None, dataclasses.replace(config, color_covariance=False))
+    pd.testing.assert_frame_equal(a, b.predict(phot))
+
+
+def test_calibrated_with_band_noise_and_covariance(coarse_locus):
+    """Stars from the flat prior with per-band noise: calibrated when the estimator uses the
+    colours' covariance."""
+    phot, mr, feh, a_true = _band_noise_stars(
+        coarse_locus, SDSS, 3000, seed=8, err_range=(0.01, 0.04)
+    )
+    res = BayesEstimator(coarse_locus, None, BayesConfig(error_floor=0.0)).predict(phot)
+    for p, truth in (("Mr", mr), ("FeH", feh), ("Ar", a_true)):
+        z = (res[f"{p}_mean"] - truth) / res[f"{p}_std"]
+        sigma_g = 0.7413 * np.subtract(*np.percentile(z, [75, 25]))
+        assert 0.85 < sigma_g < 1.15, (p, sigma_g)
+        coverage = ((truth > res[f"{p}_p16"]) & (truth < res[f"{p}_p84"])).mean()
+        assert 0.6 < coverage < 0.76, (p, coverage)
 
 
 def test_lower_extinction_bound_matches_brute_force(coarse_locus):

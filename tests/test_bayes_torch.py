@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -99,6 +100,22 @@ def test_matches_cpu_estimator(coarse_locus, random_prior, band_set):
     assert got.loc[2, "flags"] & Flags.NO_R and np.isnan(got.loc[2, OUTPUT_COLUMNS[:-1]]).all()
     assert got.loc[3, "flags"] & Flags.TOO_FEW_COLORS and np.isnan(got.loc[3, "Mr_p50"])
     assert (got["flags"] & Flags.COLOR_UNUSABLE).sum() > 10
+
+
+def test_correlated_colours_match_cpu_estimator(coarse_locus, random_prior):
+    """Adjacent colours that share a band's error (and missing colours between them)."""
+    phot = _stars(coarse_locus, LSST, 120, seed=4)
+    rng = np.random.default_rng(9)
+    cov = -((np.nan_to_num(phot.color_errors[:, :-1]) * rng.uniform(0.1, 0.7, (len(phot), 4))) ** 2)
+    cov = np.minimum(cov, 0.0) * np.isfinite(phot.color_errors[:, 1:])
+    phot = dataclasses.replace(phot, color_covariance=cov)
+    ref = BayesEstimator(coarse_locus, random_prior).predict(phot)
+    got = TorchBayesEstimator(coarse_locus, random_prior, device="cpu").predict(phot)
+    _assert_same(ref, got)
+    independent = BayesEstimator(
+        coarse_locus, random_prior, BayesConfig(color_covariance=False)
+    ).predict(phot)
+    assert np.nanmax(np.abs(independent["Mr_mean"] - ref["Mr_mean"])) > 0.01
 
 
 def test_lower_extinction_bound_matches_cpu_estimator(coarse_locus, random_prior):

@@ -12,6 +12,9 @@ patch as ``photodist bayes`` does (``photodist.error_floor``, the catalogue's sc
 ``--a-min-fraction F --a-max-scale S --a-max-offset O`` set the flat A_r prior to
 [F A_map, S A_map + O] (default [0, 1.3 A_map + 0.1]).
 
+``--independent-colors`` ignores the covariance of adjacent colours (the paper's chi2); by
+default the estimator uses it, as the colours come from magnitudes with independent noise.
+
 ``--by-magnitude`` adds, per r range, the calibration with σ_G of the residuals and the median
 posterior σ (which of the two makes a calibration miss).
 
@@ -22,6 +25,7 @@ Usage: ``python validation/bayes_accuracy.py [--stars 5000] [--error-floor auto|
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 
@@ -72,11 +76,15 @@ def main() -> None:
     )
     parser.add_argument("--a-max-scale", type=float, default=1.3, help="A_max = S A_map + O")
     parser.add_argument("--a-max-offset", type=float, default=0.1, help="A_max = S A_map + O")
+    parser.add_argument(
+        "--independent-colors", action="store_true", help="chi2 without the colour covariance"
+    )
     args = parser.parse_args()
     locus = build_locus().resample(0.05, 0.1)
     print(
         f"error floor {args.error_floor}, A_r prior [{args.a_min_fraction} A_map, "
-        f"{args.a_max_scale} A_map + {args.a_max_offset}]; "
+        f"{args.a_max_scale} A_map + {args.a_max_offset}], "
+        f"{'independent colour errors' if args.independent_colors else 'colour covariance'}; "
         "statistic: posterior mean - truth"
     )
     for name, (lon, lat) in PATCHES.items():
@@ -88,17 +96,20 @@ def main() -> None:
         catalog = catalog.reset_index(drop=True)
         prior = build_patch_priors(cone=cone, seed=args.seed + 1)
         phot = photometry_from_frame(catalog)
-        if args.error_floor == "auto":
-            fit = fit_error_floor(phot, locus, prior, seed=args.seed, grid_term=args.grid_term)
-            floor = fit.floor
-        else:
-            floor = float(args.error_floor)
         config = BayesConfig(
-            error_floor=floor,
             dust_min_fraction=args.a_min_fraction,
             dust_scale=args.a_max_scale,
             dust_offset=args.a_max_offset,
+            color_covariance=not args.independent_colors,
         )
+        if args.error_floor == "auto":
+            fit = fit_error_floor(
+                phot, locus, prior, config, seed=args.seed, grid_term=args.grid_term
+            )
+            floor = fit.floor
+        else:
+            floor = float(args.error_floor)
+        config = dataclasses.replace(config, error_floor=floor)
         result = BayesEstimator(locus, prior, config).predict(phot)
         print(
             f"\n{name}: {len(catalog)} stars, sightline A_r = {catalog['Ar'].iloc[0]:.3f}, "

@@ -234,6 +234,11 @@ class Photometry:
         (missing, non-finite, sentinel, non-positive or > 1 mag error) are NaN in both.
     dust
         Map extinction A_r per star (NaN where unknown), or None if the catalogue has none.
+    color_covariance
+        Covariance of each pair of adjacent colours, shape (N, n_colors - 1): colours k and
+        k + 1 formed from magnitudes share band k + 1, so their errors correlate with
+        covariance -sigma_{k+1}^2. 0 where the colours are independent (a colour taken from
+        a colour column, or an unusable colour); None: all independent.
     """
 
     band_set: BandSet
@@ -242,6 +247,7 @@ class Photometry:
     colors: np.ndarray
     color_errors: np.ndarray
     dust: np.ndarray | None = None
+    color_covariance: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.r)
@@ -259,6 +265,7 @@ class Photometry:
             self.colors[index],
             self.color_errors[index],
             None if self.dust is None else self.dust[index],
+            None if self.color_covariance is None else self.color_covariance[index],
         )
 
 
@@ -324,6 +331,7 @@ def photometry_from_frame(
     bad = bad_err | ~np.isfinite(mags) | (np.abs(mags) > MAX_PLAUSIBLE_MAGNITUDE)
     mags = np.where(bad, np.nan, mags)
     colors, color_errors = colors_from_magnitudes(mags, np.where(bad, np.nan, errs))
+    from_columns = np.zeros(n_bands - 1, dtype=bool)
     for k, source in enumerate(color_sources):
         if source is not None:  # a colour column: its own value, errors from the two bands
             value = _numeric_column(frame, source)
@@ -331,6 +339,7 @@ def photometry_from_frame(
             ok &= ~bad_err[:, k] & ~bad_err[:, k + 1]
             colors[:, k] = np.where(ok, value, np.nan)
             color_errors[:, k] = np.where(ok, np.hypot(errs[:, k], errs[:, k + 1]), np.nan)
+            from_columns[k] = True
     errs = np.where(bad_err, np.nan, errs)
     unusable = (
         ~np.isfinite(colors) | ~np.isfinite(color_errors) | (color_errors > MAX_USABLE_COLOR_ERROR)
@@ -343,4 +352,7 @@ def photometry_from_frame(
         dust = _numeric_column(frame, columns.dust)
         dust = np.where(np.isfinite(dust) & (dust >= 0) & (dust < 50), dust, np.nan)
     r_err = np.where(np.isfinite(mags[:, r_index]), errs[:, r_index], np.nan)
-    return Photometry(band_set, mags[:, r_index], r_err, colors, color_errors, dust)
+    # adjacent colours from magnitudes share a band: covariance -sigma^2 of that band
+    shared = ~(from_columns[:-1] | from_columns[1:]) & ~unusable[:, :-1] & ~unusable[:, 1:]
+    covariance = np.where(shared, -(np.nan_to_num(errs[:, 1:-1]) ** 2), 0.0)
+    return Photometry(band_set, mags[:, r_index], r_err, colors, color_errors, dust, covariance)

@@ -144,19 +144,20 @@ def _log_ndtr_diff(a: float, b: float) -> float:
 
 
 @numba.njit(cache=True, fastmath=True)
-def _bound_pass(colors, sw, u, locus_t32, log_prior32, amax_s, lw32):
+def _bound_pass(colors, sw, mw, u, locus_t32, log_prior32, amax_s, lw32):
     """Upper bound of every locus point's log weight, in float32 (vectorised, 8 lanes).
 
     bound_j = log p_j - chi2min_j / 2 - (distance of A*_j outside [0, A_max])^2 q / 2; the
     truncation factor is at most 1, so the bound only selects candidates, whose terms are then
-    recomputed in float64. Five colour rows always (unused colours have zero weight).
-    ``log_prior32`` must be finite.
+    recomputed in float64. Five colour rows always (unused colours have zero weight); the
+    residuals are whitened as in :func:`_whiten`. ``log_prior32`` must be finite.
     """
     f32 = np.float32
     half = f32(0.5)
     zero = f32(0.0)
     amax = f32(amax_s)
     s0, s1, s2, s3, s4 = f32(sw[0]), f32(sw[1]), f32(sw[2]), f32(sw[3]), f32(sw[4])
+    m1, m2, m3, m4 = f32(mw[1]), f32(mw[2]), f32(mw[3]), f32(mw[4])
     a0, a1, a2, a3, a4 = (
         f32(sw[0] * colors[0]),
         f32(sw[1] * colors[1]),
@@ -169,10 +170,10 @@ def _bound_pass(colors, sw, u, locus_t32, log_prior32, amax_s, lw32):
     row3, row4 = locus_t32[3], locus_t32[4]
     for j in range(locus_t32.shape[1]):
         d0 = a0 - s0 * row0[j]
-        d1 = a1 - s1 * row1[j]
-        d2 = a2 - s2 * row2[j]
-        d3 = a3 - s3 * row3[j]
-        d4 = a4 - s4 * row4[j]
+        d1 = a1 - s1 * row1[j] - m1 * d0
+        d2 = a2 - s2 * row2[j] - m2 * d1
+        d3 = a3 - s3 * row3[j] - m3 * d2
+        d4 = a4 - s4 * row4[j] - m4 * d3
         ss = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4
         bb = d0 * u0 + d1 * u1 + d2 * u2 + d3 * u3 + d4 * u4
         below = min(bb, zero)
@@ -196,19 +197,58 @@ def _column_max(lw32, col_max):
 
 
 @numba.njit(cache=True, fastmath=True)
-def _candidate_terms(colors, sw, u, locus_t, cand, n, chi2min, b):
-    """Exact (float64) chi2min_j = |e|^2 - B_j^2 and B_j = e.u of the first ``n`` candidates."""
+def _candidate_terms(colors, sw, mw, u, locus_t, cand, n, chi2min, b):
+    """Exact (float64) chi2min_j = |e|^2 - B_j^2 and B_j = e.u of the first ``n`` candidates
+    (e the whitened residual, :func:`_whiten`)."""
     row0, row1, row2, row3, row4 = locus_t[0], locus_t[1], locus_t[2], locus_t[3], locus_t[4]
     for c in range(n):
         j = cand[c]
         d0 = sw[0] * (colors[0] - row0[j])
-        d1 = sw[1] * (colors[1] - row1[j])
-        d2 = sw[2] * (colors[2] - row2[j])
-        d3 = sw[3] * (colors[3] - row3[j])
-        d4 = sw[4] * (colors[4] - row4[j])
+        d1 = sw[1] * (colors[1] - row1[j]) - mw[1] * d0
+        d2 = sw[2] * (colors[2] - row2[j]) - mw[2] * d1
+        d3 = sw[3] * (colors[3] - row3[j]) - mw[3] * d2
+        d4 = sw[4] * (colors[4] - row4[j]) - mw[4] * d3
         bb = d0 * u[0] + d1 * u[1] + d2 * u[2] + d3 * u[3] + d4 * u[4]
         chi2min[c] = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4 - bb * bb
         b[c] = bb
+
+
+@numba.njit(cache=True)
+def _whiten(colors, color_errors, color_cov, error_floor, sw, mw, cz):
+    """Whitening of one star's colour residuals; returns the number of usable colours.
+
+    The colour covariance C (variances sigma_k^2 + floor^2, covariances ``color_cov`` of
+    adjacent usable colours) is tridiagonal, so its Cholesky factor L is bidiagonal and the
+    whitened residual e = L^-1 (c - L_j) follows by forward substitution:
+    e_k = sw_k (c_k - L_jk) - mw_k e_{k-1}, with sw_k = 1 / L_kk and mw_k = L_k,k-1 / L_kk.
+    Unusable colours get sw_k = mw_k = 0 (dropped; their neighbours decouple) and cz_k = 0.
+    """
+    sw[:] = 0.0
+    mw[:] = 0.0
+    cz[:] = 0.0
+    n_used = 0
+    diag_prev = 0.0  # L_{k-1,k-1} of the previous usable colour (0: none adjacent)
+    for k in range(colors.shape[0]):
+        c = colors[k]
+        e = color_errors[k]
+        if not (math.isfinite(c) and math.isfinite(e) and e > 0.0):
+            diag_prev = 0.0
+            continue
+        var = e * e + error_floor * error_floor
+        off = 0.0
+        if diag_prev > 0.0 and k > 0:
+            cov = color_cov[k - 1]
+            if math.isfinite(cov):
+                off = cov / diag_prev
+        if off * off >= 0.999 * var:  # not positive definite: treat as independent
+            off = 0.0
+        diag = math.sqrt(var - off * off)
+        sw[k] = 1.0 / diag
+        mw[k] = off / diag
+        cz[k] = c
+        diag_prev = diag
+        n_used += 1
+    return n_used
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -606,6 +646,7 @@ def _gaussian_smooth_range(hist, sigma_bins, out, m_lo, m_hi, kern_buf):
 def _star_kernel(
     colors,
     color_errors,
+    color_cov,
     r,
     a_max_in,
     log_prior,
@@ -641,21 +682,19 @@ def _star_kernel(
     mr_half = 0.5 * (mr_axis[1] - mr_axis[0]) if n_mr > 1 else 0.0
     feh_half = 0.5 * (feh_axis[1] - feh_axis[0]) if n_feh > 1 else 0.0
 
-    # per-star whitening: e_k = sqrt(w_k) (c_k - L_jk); u_k = sqrt(w_k) R_k / sqrt(q)
+    # per-star whitening (_whiten) of the residuals c - L_j and of the reddening vector R:
+    # rho = L^-1 R, q = |rho|^2, u = rho / sqrt(q)
     sw = work[0, :5]
     cz = work[0, 5:10]
-    sw[:] = 0.0
-    cz[:] = 0.0
+    mw = work[0, 15:20]
+    n_used = _whiten(colors, color_errors, color_cov, error_floor, sw, mw, cz)
+    u = work[0, 10:15]
     q = 0.0
-    n_used = 0
-    for k in range(nc):
-        c = colors[k]
-        e = color_errors[k]
-        if math.isfinite(c) and math.isfinite(e) and e > 0.0:
-            sw[k] = 1.0 / math.sqrt(e * e + error_floor * error_floor)
-            cz[k] = c
-            q += (sw[k] * reddening[k]) ** 2
-            n_used += 1
+    rho = 0.0
+    for k in range(5):
+        rho = sw[k] * reddening[k] - mw[k] * rho
+        u[k] = rho
+        q += rho * rho
     if n_used < nc:
         flags_out[i] |= 32
     if not math.isfinite(r):
@@ -670,16 +709,20 @@ def _star_kernel(
 
     # passes 1-2: float32 bound of every point's log weight, then the best point (exact)
     amax_s = a_max * sqrt_q
-    u = work[0, 10:15]
     for k in range(5):
-        u[k] = sw[k] * reddening[k] / sqrt_q
-    _bound_pass(cz, sw, u, locus_t32, log_prior32, amax_s, lw32)
+        u[k] /= sqrt_q
+    _bound_pass(cz, sw, mw, u, locus_t32, log_prior32, amax_s, lw32)
     # the float32 pass cannot overflow (no inf/NaN) when the whitened colours and weights are
     # moderate; then the best bound and the candidate columns come from vectorised column
     # maxima over the (n_feh, n_mr) grid, else from a plain scan of every point
     safe = True
     for k in range(5):
-        if not (abs(sw[k] * cz[k]) < 1e15 and sw[k] < 1e15 and abs(u[k]) <= 1.0 + 1e-6):
+        if not (
+            abs(sw[k] * cz[k]) < 1e15
+            and sw[k] < 1e15
+            and abs(mw[k]) < 1e3
+            and abs(u[k]) <= 1.0 + 1e-6
+        ):
             safe = False
     safe = safe and n_points == n_mr * n_feh
     if safe:
@@ -734,7 +777,7 @@ def _star_kernel(
     q_min = np.inf
     q_max = -np.inf
     # exact (float64) terms of the candidates, the best point and their A* range
-    _candidate_terms(cz, sw, u, locus_t, cand_buf, n_cand_all, s_buf, b_buf)
+    _candidate_terms(cz, sw, mw, u, locus_t, cand_buf, n_cand_all, s_buf, b_buf)
     astar_lo = np.inf
     astar_hi = -np.inf
     best_exact = -np.inf
@@ -946,6 +989,7 @@ def _star_kernel(
 def _estimate_all(
     colors,
     color_errors,
+    color_cov,
     r,
     a_max,
     bin_index,
@@ -985,6 +1029,7 @@ def _estimate_all(
             _star_kernel(
                 colors[i],
                 color_errors[i],
+                color_cov[i],
                 r[i],
                 a_max[i],
                 log_prior[bin_index[i]],
@@ -1088,6 +1133,10 @@ class BayesConfig:
         chi2 distribution with as many degrees of freedom as colours).
     log_weight_cut
         Locus points whose log weight is below the best by more than this are skipped.
+    color_covariance
+        Use the covariance of adjacent colours that share a band's error
+        (``Photometry.color_covariance``, from catalogues with magnitudes) in chi2. False
+        treats every colour error as independent, as the paper does.
     """
 
     error_floor: float = 0.02
@@ -1097,6 +1146,7 @@ class BayesConfig:
     dust_min_fraction: float = 0.0
     chi2_poor: float | None = None
     log_weight_cut: float = HOPELESS_LOG_WEIGHT
+    color_covariance: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -1128,6 +1178,21 @@ def a_bounds_for(photometry: Photometry, config: BayesConfig) -> tuple[np.ndarra
         ok = np.isfinite(dust) & (dust > 0.0)
         a_min[ok] = fraction * dust[ok]
     return np.minimum(a_min, np.maximum(a_max - MIN_A_MAX, 0.0)), a_max
+
+
+def adjacent_covariance(photometry: Photometry, config: BayesConfig) -> np.ndarray:
+    """Covariances of adjacent colours that the estimator uses, shape (N, n_colors - 1):
+    the photometry's (:attr:`Photometry.color_covariance`) when ``config.color_covariance``,
+    else zeros (independent colour errors)."""
+    n, n_colors = photometry.colors.shape
+    if config.color_covariance and photometry.color_covariance is not None:
+        cov = np.nan_to_num(np.asarray(photometry.color_covariance, dtype=np.float64))
+        if cov.shape != (n, n_colors - 1):
+            raise ValueError(
+                f"color_covariance has shape {cov.shape}, expected {(n, n_colors - 1)}"
+            )
+        return np.ascontiguousarray(cov)
+    return np.zeros((n, n_colors - 1))
 
 
 def without_extinction(photometry: Photometry, a_min: np.ndarray) -> Photometry:
@@ -1200,6 +1265,7 @@ class BayesEstimator:
             _estimate_all(
                 np.ascontiguousarray(fitted.colors, dtype=np.float64),
                 np.ascontiguousarray(photometry.color_errors, dtype=np.float64),
+                adjacent_covariance(photometry, self.config),
                 r.astype(np.float64),
                 a_max - a_min,
                 bins,
@@ -1276,7 +1342,11 @@ def brute_force_posterior(
     colors = photometry.colors[index]
     errors = photometry.color_errors[index]
     used = np.isfinite(colors) & np.isfinite(errors) & (errors > 0)
-    w = 1.0 / (errors[used] ** 2 + config.error_floor**2)
+    cov = np.diag(errors**2 + config.error_floor**2)
+    adjacent = adjacent_covariance(photometry.subset(np.array([index])), config)[0]
+    for k in range(len(adjacent)):
+        cov[k, k + 1] = cov[k + 1, k] = adjacent[k] if used[k] and used[k + 1] else 0.0
+    inv_cov = np.linalg.inv(cov[np.ix_(used, used)])
     red = band_set.reddening_vector()[used]
     lc = locus.colors_for(band_set).reshape(-1, band_set.n_colors)[:, used]
     one = photometry.subset(np.array([index]))
@@ -1285,7 +1355,7 @@ def brute_force_posterior(
     a_nodes = a_min + (np.arange(n_a) + 0.5) * ((a_max - a_min) / n_a)
     log_p = prior.log_prior[prior.bin_index(np.array([photometry.r[index]]))[0]].ravel()
     resid = colors[used][None, None, :] - lc[:, None, :] - a_nodes[None, :, None] * red
-    log_post = log_p[:, None] - 0.5 * (resid**2 * w).sum(-1)
+    log_post = log_p[:, None] - 0.5 * np.einsum("...k,kl,...l->...", resid, inv_cov, resid)
     post = np.exp(log_post - log_post.max())
     post /= post.sum()
     n_feh, n_mr = locus.shape

@@ -56,6 +56,7 @@ from photodist.bayes import (
     _fill_distance_columns,
     a_bounds_for,
     add_extinction,
+    adjacent_covariance,
     without_extinction,
 )
 from photodist.locus import Locus
@@ -100,6 +101,37 @@ def log_ndtr_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     d = log_ndtr(lo) - lb
     out = lb + torch.log1p(-torch.exp(d))
     return torch.where(d >= 0.0, -math.inf, out)
+
+
+def _whitening(
+    errors: torch.Tensor, cov: torch.Tensor, used: torch.Tensor, floor: float
+) -> torch.Tensor:
+    """Per-star whitening matrices W = L^-1, (B, nc, nc), as the CPU kernel's ``_whiten``.
+
+    L is the bidiagonal Cholesky factor of the tridiagonal colour covariance (variances
+    sigma_k^2 + floor^2, covariances ``cov`` of adjacent usable colours); row k of W is
+    sw_k e_k - mw_k W_{k-1}. Rows and columns of unusable colours are zero.
+    """
+    n_b, nc = errors.shape
+    var = torch.where(used, errors * errors + floor * floor, 1.0)
+    eye = torch.eye(nc, dtype=errors.dtype, device=errors.device)
+    rows = []
+    diag_prev = torch.zeros(n_b, dtype=errors.dtype, device=errors.device)
+    for k in range(nc):
+        off = torch.zeros_like(diag_prev)
+        if k > 0:
+            adjacent = (diag_prev > 0.0) & torch.isfinite(cov[:, k - 1])
+            off = torch.where(adjacent, cov[:, k - 1] / torch.where(adjacent, diag_prev, 1.0), 0.0)
+        off = torch.where(off * off >= 0.999 * var[:, k], 0.0, off)
+        diag = torch.sqrt(var[:, k] - off * off)
+        sw = torch.where(used[:, k], 1.0 / diag, 0.0)
+        mw = torch.where(used[:, k], off / diag, 0.0)
+        row = sw[:, None] * eye[k]
+        if k > 0:
+            row = row - mw[:, None] * rows[-1]
+        rows.append(row)
+        diag_prev = torch.where(used[:, k], diag, 0.0)
+    return torch.stack(rows, dim=1)
 
 
 def _dense_pass(
@@ -419,12 +451,13 @@ class TorchBayesEstimator:
         r = np.where(np.isfinite(photometry.r), photometry.r, np.nan)
         bins = self.prior.bin_index(r) % grid.n_rbins
         # one array in, one array out per batch
-        host = np.empty((n, 2 * nc + 3))
+        host = np.empty((n, 3 * nc + 2))
         host[:, :nc] = fitted.colors
         host[:, nc : 2 * nc] = photometry.color_errors
-        host[:, 2 * nc] = r
-        host[:, 2 * nc + 1] = a_max - a_min
-        host[:, 2 * nc + 2] = bins
+        host[:, 2 * nc : 3 * nc - 1] = adjacent_covariance(photometry, self.config)
+        host[:, 3 * nc - 1] = r
+        host[:, 3 * nc] = a_max - a_min
+        host[:, 3 * nc + 1] = bins
         result = np.empty((n, _N_OUT + 1))
         batch = self.batch_size_for(grid.n_points)
         chi2_poor = self._chi2_threshold(nc)
@@ -464,17 +497,16 @@ class TorchBayesEstimator:
         n_b = block.shape[0]
         colors = block[:, :nc]
         errors = block[:, nc : 2 * nc]
-        r = block[:, 2 * nc]
-        a_max = block[:, 2 * nc + 1]
-        bins = block[:, 2 * nc + 2].long()
+        cov = block[:, 2 * nc : 3 * nc - 1]
+        r = block[:, 3 * nc - 1]
+        a_max = block[:, 3 * nc]
+        bins = block[:, 3 * nc + 1].long()
         floor = float(self.config.error_floor)
 
         used = torch.isfinite(colors) & torch.isfinite(errors) & (errors > 0.0)
-        safe_err = torch.where(used, errors, 1.0)
-        sw = torch.where(used, 1.0 / torch.sqrt(safe_err * safe_err + floor * floor), 0.0)
-        q = torch.zeros(n_b, dtype=torch.float64, device=dev)
-        for k in range(nc):  # the CPU kernel's summation order
-            q = q + (sw[:, k] * grid.reddening[k]) ** 2
+        whiten = _whitening(errors, cov, used, floor)
+        rho = whiten @ grid.reddening
+        q = (rho * rho).sum(dim=1)
         n_used = used.sum(dim=1)
         finite_r = torch.isfinite(r)
         flags = torch.zeros(n_b, dtype=torch.int64, device=dev)
@@ -490,7 +522,7 @@ class TorchBayesEstimator:
             centred_colors = torch.where(used, colors - grid.mean_color, 0.0)
             res, vflags = self._posterior(
                 grid,
-                sw[valid],
+                whiten[valid],
                 centred_colors[valid],
                 q[valid],
                 a_max[valid],
@@ -505,7 +537,7 @@ class TorchBayesEstimator:
     def _posterior(
         self,
         grid: _Grid,
-        sw: torch.Tensor,
+        whiten: torch.Tensor,
         cc: torch.Tensor,
         q: torch.Tensor,
         a_max: torch.Tensor,
@@ -514,37 +546,40 @@ class TorchBayesEstimator:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs and flags of stars with at least two usable colours and an r magnitude.
 
-        ``sw`` are the colour weights sqrt(w_k) (0 for unusable colours), ``cc`` the colours
-        minus the grid's mean colour (0 where unusable).
+        ``whiten`` is each star's whitening matrix W (:func:`_whitening`; zero rows and columns
+        for unusable colours), ``cc`` the colours minus the grid's mean colour (0 where
+        unusable), ``q`` = |W R|^2.
         """
-        dev = sw.device
+        dev = whiten.device
         f64 = torch.float64
-        n_s = sw.shape[0]
+        n_s = whiten.shape[0]
         a_max = a_max.clamp(min=MIN_A_MAX)
         sqrt_q = torch.sqrt(q)
         sigma = 1.0 / sqrt_q
         amax_s = a_max * sqrt_q
 
-        # whitened colours a = sqrt(w) c and unit reddening direction u; chi2min_j is the
-        # squared norm of the whitened residual a - sqrt(w) L_j projected orthogonally to u:
-        # c0 - 2 v.L_j + L_j^T M L_j with M = D (I - u u^T) D, D = diag(sqrt(w))
-        a = sw * cc
-        u = sw * grid.reddening / sqrt_q[:, None]
+        # whitened colours a = W c and unit reddening direction u = W R / sqrt(q); chi2min_j
+        # is the squared norm of the whitened residual W (c - L_j) projected orthogonally to
+        # u: c^T M c - 2 (M c).L_j + L_j^T M L_j with M = W^T (I - u u^T) W = W^T W - g g^T,
+        # g = W^T u; and A*_j sqrt(q) = u.W (c - L_j) = g.c - g.L_j
+        a = (whiten @ cc[:, :, None]).squeeze(2)
+        u = (whiten @ grid.reddening) / sqrt_q[:, None]
         ua = (a * u).sum(dim=1)
         pa = a - u * ua[:, None]
-        swu = sw * u
-        cross = [swu[:, k] * swu[:, m] for k, m in grid.pairs]
+        g = (whiten.transpose(1, 2) @ u[:, :, None]).squeeze(2)
+        metric = whiten.transpose(1, 2) @ whiten - g[:, :, None] * g[:, None, :]
+        cross = [-metric[:, k, m] for k, m in grid.pairs]
         f_lw = torch.cat(
             [
                 (-0.5 * (pa * pa).sum(dim=1))[:, None],
-                sw * pa,
-                -0.5 * (sw * sw - swu * swu),
-                torch.stack(cross, dim=1) if cross else sw[:, :0],
+                (metric @ cc[:, :, None]).squeeze(2),
+                -0.5 * torch.diagonal(metric, dim1=1, dim2=2),
+                torch.stack(cross, dim=1) if cross else cc[:, :0],
                 torch.nn.functional.one_hot(bins, grid.n_rbins).to(f64),
             ],
             dim=1,
         )
-        f_bb = torch.cat([ua[:, None], -swu], dim=1)
+        f_bb = torch.cat([ua[:, None], -g], dim=1)
 
         # dense pass: bound of the log weight, best point and candidates
         cut = float(self.config.log_weight_cut)
@@ -557,7 +592,7 @@ class TorchBayesEstimator:
         self.stats_["n_candidates"] += n_cand
 
         # best point's chi2 and scaled A*, directly
-        e_best = a - sw * grid.centred[best_j]
+        e_best = a - (whiten @ grid.centred[best_j][:, :, None]).squeeze(2)
         bb_best = (e_best * u).sum(dim=1)
         chi2_best = (e_best * e_best).sum(dim=1) - bb_best * bb_best
 

@@ -68,6 +68,16 @@ def _a_prior_options(command: Any) -> Any:
     )(command)
 
 
+def _independent_colors_option(command: Any) -> Any:
+    """``--independent-colors``: the paper's chi2, without the colours' covariance."""
+    return click.option(
+        "--independent-colors",
+        is_flag=True,
+        help="Treat the colour errors as independent (the paper's chi2). By default adjacent "
+        "colours formed from magnitudes covary through their shared band's error.",
+    )(command)
+
+
 def _checked_device(device: str, option: str = "--nn-device") -> str:
     """``device`` if it names a usable device, else a usage error about ``option``."""
     from photodist.nn import resolve_device
@@ -541,6 +551,7 @@ def _positions_reader(path: Path, columns: ColumnMap):
     help="A_r prior bound (mag) for stars without a dust-map value.",
 )
 @_a_prior_options
+@_independent_colors_option
 @click.option(
     "--batch-size",
     type=int,
@@ -588,6 +599,7 @@ def bayes_command(
     a_min_fraction: float,
     a_max_scale: float,
     a_max_offset: float,
+    independent_colors: bool,
     batch_size: int,
     seed: int,
     keep: tuple[str, ...],
@@ -637,6 +649,7 @@ def bayes_command(
         default_a_max=a_max,
         dust_scale=a_max_scale,
         dust_offset=a_max_offset,
+        color_covariance=not independent_colors,
         dust_min_fraction=a_min_fraction,
     )
     auto = error_floor == "auto"
@@ -725,6 +738,7 @@ def bayes_command(
 )
 @_training_options
 @_a_prior_options
+@_independent_colors_option
 @_error_floor_option
 @click.option(
     "--spec",
@@ -766,6 +780,7 @@ def run_command(
     a_min_fraction: float,
     a_max_scale: float,
     a_max_offset: float,
+    independent_colors: bool,
     error_floor: float | str,
     spec_path: Path | None,
     seed: int,
@@ -803,6 +818,7 @@ def run_command(
         dust_min_fraction=a_min_fraction,
         dust_scale=a_max_scale,
         dust_offset=a_max_offset,
+        color_covariance=not independent_colors,
         error_floor=error_floor,
         seed=seed,
         progress=True,
@@ -1004,6 +1020,7 @@ def evaluate_command(
 @click.option("--n-train", type=int, default=10_000, show_default=True)
 @_training_options
 @_a_prior_options
+@_independent_colors_option
 @_error_floor_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in OUTPUT_DIR first.")
@@ -1024,6 +1041,7 @@ def survey_command(
     a_min_fraction: float,
     a_max_scale: float,
     a_max_offset: float,
+    independent_colors: bool,
     error_floor: float | str,
     seed: int,
     overwrite: bool,
@@ -1046,6 +1064,7 @@ def survey_command(
         dust_min_fraction=a_min_fraction,
         dust_scale=a_max_scale,
         dust_offset=a_max_offset,
+        color_covariance=not independent_colors,
         error_floor=error_floor,
         seed=seed,
     )

@@ -138,8 +138,9 @@ def band_errors(photometry: Photometry) -> np.ndarray:
 def correlated_color_noise(photometry: Photometry, rng: np.random.Generator) -> np.ndarray:
     """Colour noise as made by noisy magnitudes: differences of independent band noises.
 
-    Adjacent colours share a band, so their errors are correlated (the estimator's chi2 ignores
-    that); each colour's noise is scaled to its quoted error.
+    Adjacent colours share a band, so their errors are correlated (as the estimator's chi2
+    assumes, given the photometry's colour covariance); each colour's noise is scaled to its
+    quoted error.
     """
     errors = band_errors(photometry)
     bands = rng.standard_normal(errors.shape) * errors

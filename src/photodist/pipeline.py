@@ -140,6 +140,9 @@ class PipelineConfig:
         Bounds of the flat A_r prior with a dust-map value A_map: [dust_min_fraction A_map,
         dust_scale A_map + dust_offset]; the paper's [0, 1.3 A_map + 0.1] by default (see
         :class:`photodist.bayes.BayesConfig`).
+    color_covariance
+        Use the covariance of adjacent colours that share a band's error in the Bayesian
+        chi2 (:class:`photodist.bayes.BayesConfig`); False: independent errors, as the paper.
     nn_spec
         Network architecture (:class:`photodist.nn.NetworkSpec` or its dict); None: the
         paper's default.
@@ -184,6 +187,7 @@ class PipelineConfig:
     dust_min_fraction: float = 0.0
     dust_scale: float = 1.3
     dust_offset: float = 0.1
+    color_covariance: bool = True
     nn_spec: NetworkSpec | Mapping[str, Any] | None = None
     nn_max_epochs: int = 512
     nn_patience: int = 100
@@ -262,6 +266,7 @@ class PipelineConfig:
             dust_min_fraction=float(self.dust_min_fraction),
             dust_scale=float(self.dust_scale),
             dust_offset=float(self.dust_offset),
+            color_covariance=bool(self.color_covariance),
         )
 
     def resolve_error_floor(
