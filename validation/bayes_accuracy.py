@@ -12,6 +12,10 @@ patch as ``photodist bayes`` does (``photodist.error_floor``, the catalogue's sc
 ``--a-min-fraction F --a-max-scale S --a-max-offset O`` set the flat A_r prior to
 [F A_map, S A_map + O] (default [0, 1.3 A_map + 0.1]).
 
+``--dust-from-truth`` puts each star's true A_r in the dust-map column, so that with
+``--a-min-fraction 0.98 --a-max-scale 1.02 --a-max-offset 0`` the A_r prior pins A_r near its
+true value (isolates what the colours and the ([Fe/H], M_r) prior do).
+
 ``--independent-colors`` ignores the covariance of adjacent colours (the paper's chi2); by
 default the estimator uses it, as the colours come from magnitudes with independent noise.
 
@@ -79,6 +83,9 @@ def main() -> None:
     parser.add_argument(
         "--independent-colors", action="store_true", help="chi2 without the colour covariance"
     )
+    parser.add_argument(
+        "--dust-from-truth", action="store_true", help="dust-map column = true A_r per star"
+    )
     args = parser.parse_args()
     locus = build_locus().resample(0.05, 0.1)
     print(
@@ -96,6 +103,8 @@ def main() -> None:
         catalog = catalog.reset_index(drop=True)
         prior = build_patch_priors(cone=cone, seed=args.seed + 1)
         phot = photometry_from_frame(catalog)
+        if args.dust_from_truth:
+            phot = dataclasses.replace(phot, dust=catalog["Ar_true"].to_numpy())
         config = BayesConfig(
             dust_min_fraction=args.a_min_fraction,
             dust_scale=args.a_max_scale,
