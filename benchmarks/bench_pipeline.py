@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--error-floor", default="0.02", help="'auto' or a floor in mag")
     parser.add_argument("--device", default="auto", help="network device: auto, cpu, cuda")
     parser.add_argument("--no-compare", action="store_true", help="skip the random subsample")
+    parser.add_argument(
+        "--independent-colors", action="store_true", help="Bayes chi2 without colour covariance"
+    )
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
 
@@ -156,6 +159,7 @@ def main() -> None:
         nn_n_runs=args.n_runs,
         nn_device=args.device,
         error_floor=args.error_floor,
+        color_covariance=not args.independent_colors,
         seed=args.seed,
         progress=args.progress,
     )
