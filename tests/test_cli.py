@@ -108,6 +108,25 @@ def test_bayes_command_lower_extinction_bound(tmp_path):
     assert bad.exit_code != 0 and "a-min-fraction" in bad.output
 
 
+def test_bayes_command_independent_colors(tmp_path):
+    """By default chi2 uses the covariance of adjacent colours; --independent-colors drops it
+    (same rows, different posteriors for the well-measured stars)."""
+    src = _catalog(tmp_path)
+    frame = pd.read_csv(src)
+    for b in "ugriz":
+        frame[f"{b}Err"] = 0.005
+    frame.to_csv(src, index=False)
+    args = ["--bands", "sdss", "--flat-prior", "--feh-step", "0.1", "--mr-step", "0.1"]
+    outs = {}
+    for flag in ([], ["--independent-colors"]):
+        out = tmp_path / f"out{len(flag)}.csv"
+        result = CliRunner().invoke(cli, ["bayes", str(src), str(out), *args, *flag])
+        assert result.exit_code == 0, result.output
+        outs[len(flag)] = pd.read_csv(out)
+    assert len(outs[0]) == len(outs[1]) == 3
+    assert not np.allclose(outs[0]["chi2min"], outs[1]["chi2min"], rtol=1e-3)
+
+
 def test_bayes_command_missing_column_is_clear(tmp_path):
     src = _catalog(tmp_path)
     frame = pd.read_csv(src).drop(columns=["zErr"])
