@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from photodist.cli import cli
@@ -125,6 +126,26 @@ def test_bayes_command_independent_colors(tmp_path):
         outs[len(flag)] = pd.read_csv(out)
     assert len(outs[0]) == len(outs[1]) == 3
     assert not np.allclose(outs[0]["chi2min"], outs[1]["chi2min"], rtol=1e-3)
+
+
+def test_bayes_command_writes_posteriors_of_chosen_rows(tmp_path):
+    src = _catalog(tmp_path)
+    out = tmp_path / "out.parquet"
+    args = ["bayes", str(src), str(out), "--bands", "sdss", "--flat-prior", "--feh-step", "0.25"]
+    result = CliRunner().invoke(cli, [*args, "--mr-step", "0.5", "--posterior-rows", "2,0,7"])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out_posteriors"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "row_0.npz",
+        "row_0.png",
+        "row_2.npz",
+        "row_2.png",
+    ]
+    assert "beyond the catalogue's 3 rows: [7]" in result.output
+    post = np.load(folder / "row_2.npz")
+    assert post["joint"].sum() == pytest.approx(1.0) and int(post["row"]) == 2
+    bad = CliRunner().invoke(cli, [*args, "--posterior-rows", "a,b", "--overwrite"])
+    assert bad.exit_code != 0 and "--posterior-rows" in bad.output
 
 
 def test_bayes_command_missing_column_is_clear(tmp_path):

@@ -19,6 +19,13 @@ weight below the best by more than ``HOPELESS_LOG_WEIGHT`` = 20) are skipped bef
 The moments use every remaining point; the A_r and Q_r histograms, which only give percentiles,
 take the points within ``HISTOGRAM_LOG_WEIGHT`` = 13 of the best.
 
+Colours formed from magnitudes share a band with their neighbours, so their errors covary
+(``Photometry.color_covariance``). With the covariance C of the colours (tridiagonal; the floor
+adds to its diagonal) the weighted sums above become quadratic forms in C^-1: each star's
+residuals are whitened by its bidiagonal Cholesky factor (``_whiten``), after which the
+formulas hold as written with unit weights. ``BayesConfig(color_covariance=False)`` gives the
+independent errors of the paper.
+
 Percentiles: M_r and [Fe/H] from their grid marginals (each grid point a uniform cell);
 A_r from the exact mixture (all components share σ_A = 1/√q, so the untruncated density is a
 histogram of A*_j convolved with N(0, σ_A^2), then cut to [0, A_max]); Q_r = M_r + A_r from the
@@ -1295,6 +1302,17 @@ class BayesEstimator:
         _fill_distance_columns(frame, r)
         frame["flags"] = flags
         return frame
+
+    def posteriors(self, photometry: Photometry, rows: Any) -> list[Any]:
+        """Full marginal posteriors of the stars ``rows`` (a few; for plots), as
+        :class:`photodist.posterior.StarPosterior` objects; see
+        :func:`photodist.posterior.star_posterior`."""
+        from photodist.posterior import star_posterior
+
+        return [
+            star_posterior(photometry, int(row), self.locus, self.prior, self.config)
+            for row in np.atleast_1d(rows)
+        ]
 
 
 @functools.cache

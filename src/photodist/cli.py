@@ -574,6 +574,18 @@ def _positions_reader(path: Path, columns: ColumnMap):
     help="Input columns copied to the output when present.",
 )
 @click.option(
+    "--posterior-rows",
+    default=None,
+    help="Comma-separated input rows (0-based) whose full marginal posteriors are written "
+    "(.npz and .png per star) to --posterior-dir.",
+)
+@click.option(
+    "--posterior-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for --posterior-rows [default: OUTPUT's name + '_posteriors'].",
+)
+@click.option(
     "--device",
     default="auto",
     show_default=True,
@@ -603,6 +615,8 @@ def bayes_command(
     batch_size: int,
     seed: int,
     keep: tuple[str, ...],
+    posterior_rows: str | None,
+    posterior_dir: Path | None,
     device: str,
     overwrite: bool,
 ) -> None:
@@ -615,7 +629,7 @@ def bayes_command(
     from tqdm import tqdm
 
     from photodist import io
-    from photodist.bayes import BayesConfig
+    from photodist.bayes import BayesConfig, PriorGrid
     from photodist.bayes_torch import make_estimator
     from photodist.error_floor import resolve_error_floor
     from photodist.nn import resolve_device
@@ -678,6 +692,9 @@ def bayes_command(
     )
     if resolved_device.type == "cuda":
         click.echo(f"Bayesian estimator on {resolved_device} (batched PyTorch)")
+    wanted = _parse_rows(posterior_rows)
+    post_dir = posterior_dir or output_path.with_name(output_path.stem + "_posteriors")
+    prior_grid = PriorGrid.from_prior(prior, locus) if prior is not None and wanted.size else None
     start = time.perf_counter()
     streamed = output_path.suffix == ".parquet"
     parts: list[pd.DataFrame] = []
@@ -693,6 +710,10 @@ def bayes_command(
                 except KeyError as exc:
                     raise click.ClickException(str(exc)) from exc
                 result = estimator.predict(phot)
+                for row in wanted[(wanted >= n_out) & (wanted < n_out + len(phot))]:
+                    _write_posterior(
+                        phot, int(row), n_out, locus, prior_grid, estimator.config, post_dir
+                    )
                 kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
                 floats = {c: "float32" for c in result.columns if c != "flags"}
                 part = pd.concat([kept, result.astype(floats)], axis=1)
@@ -715,6 +736,42 @@ def bayes_command(
         f"{n_out} stars -> {output_path} in {elapsed:.1f} s "
         f"({elapsed / max(n_out, 1) * 1e6:.0f} us/star)"
     )
+    if wanted.size and wanted.max() >= n_out:
+        click.echo(f"posterior rows beyond the catalogue's {n_out} rows: {wanted[wanted >= n_out]}")
+
+
+def _parse_rows(text: str | None) -> np.ndarray:
+    """Row numbers of ``--posterior-rows`` ("3,17,42"), sorted and unique."""
+    if not text:
+        return np.zeros(0, dtype=np.int64)
+    try:
+        rows = np.unique([int(part) for part in text.split(",") if part.strip()])
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"expected comma-separated row numbers, got {text!r}", param_hint="--posterior-rows"
+        ) from exc
+    if rows.size and rows.min() < 0:
+        raise click.BadParameter("row numbers must be >= 0", param_hint="--posterior-rows")
+    return rows.astype(np.int64)
+
+
+def _write_posterior(
+    phot: Any, row: int, offset: int, locus: Locus, prior: Any, config: Any, folder: Path
+) -> None:
+    """Full posterior of input row ``row`` (``row - offset`` in this batch): .npz and .png."""
+    from photodist.plots import posterior_figure
+    from photodist.posterior import star_posterior
+
+    try:
+        posterior = star_posterior(phot, row - offset, locus, prior, config)
+    except ValueError as exc:
+        click.echo(f"posterior of row {row} not written: {exc}")
+        return
+    posterior.row = row
+    folder.mkdir(parents=True, exist_ok=True)
+    posterior.save(folder / f"row_{row}.npz")
+    posterior_figure(posterior, folder / f"row_{row}.png")
+    click.echo(f"posterior of row {row} -> {folder / f'row_{row}.png'}")
 
 
 @cli.command("run")

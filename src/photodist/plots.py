@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -11,6 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from photodist.locus import COLOR_NAMES, Locus  # noqa: E402
+
+if TYPE_CHECKING:
+    from photodist.posterior import StarPosterior
 
 
 def color_color_figure(
@@ -63,5 +67,46 @@ def color_color_figure(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def posterior_figure(posterior: StarPosterior, path: str | Path, title: str | None = None) -> Path:
+    """Draw one star's posterior: the joint ([Fe/H], M_r) mass and the M_r, [Fe/H], A_r and
+    Q_r marginals, with their 16/50/84 percentiles (dashed).
+
+    Parameters
+    ----------
+    posterior
+        From :func:`photodist.posterior.star_posterior`.
+    path
+        Output PNG path; parent folders are created.
+    """
+    fig, axes = plt.subplots(1, 5, figsize=(19, 3.8))
+    joint = np.ma.masked_less_equal(posterior.joint, 1e-6 * posterior.joint.max())
+    axes[0].pcolormesh(posterior.mr, posterior.feh, np.ma.log10(joint), shading="nearest")
+    axes[0].set_xlabel("M_r (mag)")
+    axes[0].set_ylabel("[Fe/H] (dex)")
+    axes[0].set_title("log10 joint mass (6 decades)")
+    step = {
+        "Mr": (posterior.mr, posterior.mr_mass, "M_r (mag)"),
+        "FeH": (posterior.feh, posterior.feh_mass, "[Fe/H] (dex)"),
+        "Ar": (posterior.ar, posterior.ar_density, "A_r (mag)"),
+        "Qr": (posterior.qr, posterior.qr_density, "Q_r = M_r + A_r (mag)"),
+    }
+    for ax, (name, (x, y, label)) in zip(axes[1:], step.items(), strict=True):
+        if name in ("Mr", "FeH"):
+            ax.step(x, y, where="mid", color="C0")
+        else:
+            ax.plot(x, y, color="C0")
+        for value in posterior.percentiles(name):
+            ax.axvline(value, color="C1", ls="--", lw=1)
+        ax.set_xlabel(label)
+        ax.set_yticks([])
+    fig.suptitle(title or f"row {posterior.row}: posterior (chi2min {posterior.chi2min:.2f})")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

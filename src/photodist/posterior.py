@@ -1,0 +1,192 @@
+"""Full marginal posteriors of single stars, for plots and inspection.
+
+The estimator (:class:`photodist.bayes.BayesEstimator`) keeps only summaries per star. For a few
+stars, :func:`star_posterior` evaluates the same posterior on the whole locus grid, in closed
+form and in float64, and returns its marginals: the joint ([Fe/H], M_r) mass, the M_r and
+[Fe/H] masses, and the A_r and Q_r = M_r + A_r densities on fine grids. With the inverse colour
+covariance C^-1 (:func:`photodist.bayes.adjacent_covariance`, error floor on the variances)::
+
+    q = R^T C^-1 R,  b_j = R^T C^-1 (c - L_j),  A*_j = b_j / q,
+    chi2min_j = (c - L_j)^T C^-1 (c - L_j) - b_j^2 / q,
+    weight_j ∝ p_j exp(-chi2min_j / 2) [Φ((A_max - A*_j) √q) - Φ(-A*_j √q)],
+
+and given j, A_r is N(A*_j, 1/q) truncated to the prior's [A_min, A_max].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import special
+
+from photodist.bands import Photometry
+from photodist.bayes import (
+    BayesConfig,
+    PriorGrid,
+    a_bounds_for,
+    adjacent_covariance,
+)
+from photodist.locus import Locus
+
+#: Points below the best by more than this (e^-30) are left out of the densities.
+NEGLIGIBLE_LOG_WEIGHT = 30.0
+#: Nodes of the A_r and Q_r density grids.
+DENSITY_NODES = 400
+LEVELS = (0.16, 0.5, 0.84)
+
+
+@dataclass
+class StarPosterior:
+    """Marginal posteriors of one star.
+
+    Attributes
+    ----------
+    row
+        The star's row in the photometry.
+    feh, mr
+        The grid axes ([Fe/H] in dex, M_r in mag).
+    joint
+        Posterior mass on the grid, shape (n_feh, n_mr), summing to 1.
+    feh_mass, mr_mass
+        Its marginals.
+    ar, ar_density
+        A_r nodes (mag) spanning the prior's [A_min, A_max] and the posterior density there.
+    qr, qr_density
+        Q_r = M_r + A_r nodes and density (each M_r grid point a uniform cell of the grid step).
+    chi2min
+        Best-fit chi2 over the grid.
+    """
+
+    row: int
+    feh: np.ndarray
+    mr: np.ndarray
+    joint: np.ndarray
+    feh_mass: np.ndarray
+    mr_mass: np.ndarray
+    ar: np.ndarray
+    ar_density: np.ndarray
+    qr: np.ndarray
+    qr_density: np.ndarray
+    chi2min: float
+
+    def percentiles(self, name: str) -> np.ndarray:
+        """16/50/84 percentiles of ``"Mr"``, ``"FeH"``, ``"Ar"`` or ``"Qr"``, with the
+        estimator's conventions (grid points as uniform cells; densities interpolated)."""
+        if name in ("Mr", "FeH"):
+            values, mass = (self.mr, self.mr_mass) if name == "Mr" else (self.feh, self.feh_mass)
+            half = 0.5 * (values[1] - values[0]) if len(values) > 1 else 0.0
+            edges = np.concatenate([values - half, [values[-1] + half]])
+            cdf = np.concatenate([[0.0], np.cumsum(mass)])
+            return np.interp(LEVELS, cdf / cdf[-1], edges)
+        nodes, density = (self.ar, self.ar_density) if name == "Ar" else (self.qr, self.qr_density)
+        cdf = np.concatenate(
+            [[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(nodes))]
+        )
+        return np.interp(LEVELS, cdf / cdf[-1], nodes)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the posterior as a ``.npz`` file (plain arrays; load with ``np.load``)."""
+        path = Path(path)
+        np.savez_compressed(path, **{k: np.asarray(v) for k, v in vars(self).items()})
+        return path
+
+
+def _log_ndtr_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log(Φ(b) - Φ(a)) for a <= b, stable in both tails (upper tail by symmetry)."""
+    flip = a > 0.0
+    lo, hi = np.where(flip, -b, a), np.where(flip, -a, b)
+    log_hi = special.log_ndtr(hi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return log_hi + np.log1p(-np.exp(special.log_ndtr(lo) - log_hi))
+
+
+def star_posterior(
+    photometry: Photometry,
+    row: int,
+    locus: Locus,
+    prior: Any = None,
+    config: BayesConfig | None = None,
+) -> StarPosterior:
+    """Marginal posteriors of star ``row`` (see the module docstring).
+
+    ``prior`` is a :class:`photodist.bayes.PriorGrid`, a prior map or None (flat), as for
+    :class:`photodist.bayes.BayesEstimator`. Raises ``ValueError`` for a star the estimator
+    gives no estimate (no r magnitude or fewer than two usable colours).
+    """
+    config = config or BayesConfig()
+    grid = PriorGrid.flat(locus) if prior is None else PriorGrid.from_prior(prior, locus)
+    one = photometry.subset(np.array([row]))
+    colors, errors = one.colors[0], one.color_errors[0]
+    used = np.isfinite(colors) & np.isfinite(errors) & (errors > 0)
+    if not np.isfinite(one.r[0]) or used.sum() < 2:
+        raise ValueError("no r magnitude or fewer than two usable colours: no estimate")
+    cov = np.diag(np.where(used, errors, 1.0) ** 2 + config.error_floor**2)
+    adjacent = adjacent_covariance(one, config)[0]
+    for k in np.flatnonzero(used[:-1] & used[1:]):
+        cov[k, k + 1] = cov[k + 1, k] = adjacent[k]
+    inv_cov = np.linalg.inv(cov[np.ix_(used, used)])
+    a_min, a_max = (float(bound[0]) for bound in a_bounds_for(one, config))
+    width = max(a_max - a_min, 1e-6)
+
+    red = one.band_set.reddening_vector()[used]
+    resid = (
+        colors[used] - a_min * red - locus.colors_for(one.band_set).reshape(-1, len(used))[:, used]
+    )
+    weighted = resid @ inv_cov
+    q = float(red @ inv_cov @ red)
+    sigma = 1.0 / np.sqrt(q)
+    astar = weighted @ red / q
+    chi2min = np.einsum("jk,jk->j", weighted, resid) - q * astar**2
+    log_mass = _log_ndtr_diff(-astar / sigma, (width - astar) / sigma)
+    log_prior = grid.log_prior[grid.bin_index(one.r)[0]].ravel()
+    log_w = log_prior - 0.5 * chi2min + log_mass
+    log_w -= np.max(log_w)
+    weight = np.where(log_w > -NEGLIGIBLE_LOG_WEIGHT, np.exp(log_w), 0.0)
+    weight /= weight.sum()
+    joint = weight.reshape(locus.shape)
+
+    # A_r | j: N(A*_j, sigma^2) truncated to [0, width] (then shifted by A_min)
+    keep = np.flatnonzero(weight > 0.0)
+    a_nodes = np.linspace(0.0, width, DENSITY_NODES)
+    norm = weight[keep] / np.exp(log_mass[keep]) / (sigma * np.sqrt(2.0 * np.pi))
+    ar_density = norm @ np.exp(-0.5 * ((a_nodes[None, :] - astar[keep, None]) / sigma) ** 2)
+
+    # Q_r = M_r + A_r: the same conditionals shifted by each point's M_r, convolved with the
+    # M_r cell (uniform over the grid step)
+    mr_j = np.broadcast_to(locus.mr[None, :], locus.shape).ravel()[keep]
+    step = locus.mr_step if len(locus.mr) > 1 else 0.0
+    q_lo = mr_j.min() - step + a_min
+    q_hi = mr_j.max() + step + a_min + width
+    h = min(sigma / 8.0, step / 8.0 if step else np.inf, (q_hi - q_lo) / DENSITY_NODES)
+    qr = q_lo + h * np.arange(int(np.ceil((q_hi - q_lo) / h)) + 1)
+    qr_density = np.zeros(len(qr))
+    shift = a_min + mr_j
+    for start in range(0, len(keep), 256):  # bounded temporaries
+        part = slice(start, start + 256)
+        a = qr[None, :] - shift[part, None]
+        inside = (a >= 0.0) & (a <= width)
+        gauss = np.exp(-0.5 * ((a - astar[keep][part, None]) / sigma) ** 2)
+        qr_density += norm[part] @ np.where(inside, gauss, 0.0)
+    cells = max(int(round(step / h)), 1)
+    qr_density = np.convolve(qr_density, np.ones(cells) / cells, mode="same")
+
+    def normalised(nodes: np.ndarray, density: np.ndarray) -> np.ndarray:
+        total = np.sum(0.5 * (density[1:] + density[:-1]) * np.diff(nodes))
+        return density / total if total > 0 else density
+
+    return StarPosterior(
+        row=int(row),
+        feh=locus.feh.copy(),
+        mr=locus.mr.copy(),
+        joint=joint,
+        feh_mass=joint.sum(axis=1),
+        mr_mass=joint.sum(axis=0),
+        ar=a_min + a_nodes,
+        ar_density=normalised(a_nodes, ar_density),
+        qr=qr,
+        qr_density=normalised(qr, qr_density),
+        chi2min=float(chi2min.min()),
+    )

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from photodist.bands import LSST, Photometry
+from photodist.bayes import BayesConfig, BayesEstimator, PriorGrid
+from photodist.locus import build_locus
+from photodist.plots import posterior_figure
+from photodist.posterior import LEVELS, star_posterior
+
+
+@pytest.fixture(scope="module")
+def locus():
+    return build_locus(feh_step=0.1, mr_step=0.1)
+
+
+@pytest.fixture(scope="module")
+def stars(locus):
+    """Locus stars with per-band noise (adjacent colours covary)."""
+    rng = np.random.default_rng(21)
+    n = 12
+    fi = rng.integers(0, locus.shape[0], n)
+    mi = rng.integers(0, locus.shape[1], n)
+    band_err = rng.uniform(0.005, 0.05, (n, 6))
+    noise = rng.normal(0, 1, band_err.shape) * band_err
+    colors = (
+        locus.colors_for(LSST)[fi, mi]
+        + rng.uniform(0, 0.3, n)[:, None] * LSST.reddening_vector()
+        + noise[:, :-1]
+        - noise[:, 1:]
+    )
+    err = np.hypot(band_err[:, :-1], band_err[:, 1:])
+    r = np.full(n, 20.0)
+    r[0] = np.nan  # no estimate
+    return Photometry(
+        LSST, r, band_err[:, 2], colors, err, np.full(n, 0.25), -(band_err[:, 1:-1] ** 2)
+    )
+
+
+def _cdf_at(post, name, values):
+    """The posterior's cumulative mass at ``values`` (same conventions as its percentiles)."""
+    if name in ("Mr", "FeH"):
+        axis, mass = (post.mr, post.mr_mass) if name == "Mr" else (post.feh, post.feh_mass)
+        half = 0.5 * (axis[1] - axis[0])
+        edges = np.concatenate([axis - half, [axis[-1] + half]])
+        cdf = np.concatenate([[0.0], np.cumsum(mass)])
+        return np.interp(values, edges, cdf)
+    nodes, density = (post.ar, post.ar_density) if name == "Ar" else (post.qr, post.qr_density)
+    steps = 0.5 * (density[1:] + density[:-1]) * np.diff(nodes)
+    return np.interp(values, nodes, np.concatenate([[0.0], np.cumsum(steps)]))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.6])
+def test_marginals_agree_with_the_estimator(locus, stars, fraction):
+    """The estimator's percentiles match those of the full marginals to 0.002, or sit at the
+    16/50/84 % levels of the marginals (M_r, [Fe/H] to 0.003, A_r from its histogram to
+    0.006, Q_r, which the estimator smooths by a Gaussian, to 0.02; the level is the test where
+    a percentile falls in a gap between two branches)."""
+    rng = np.random.default_rng(3)
+    prior = PriorGrid(np.log(rng.uniform(0.2, 1.0, (1, *locus.shape))), np.array([20.0]))
+    config = BayesConfig(dust_min_fraction=fraction)
+    estimator = BayesEstimator(locus, prior, config)
+    result = estimator.predict(stars)
+    posts = estimator.posteriors(stars, np.arange(1, len(stars)))
+    for post in posts:
+        i = post.row
+        assert post.joint.sum() == pytest.approx(1.0)
+        assert post.ar.min() == pytest.approx(fraction * 0.25)
+        assert post.ar.max() == pytest.approx(result.loc[i, "Ar_max"])
+        for name, tol in (("Mr", 0.003), ("FeH", 0.003), ("Ar", 0.006), ("Qr", 0.02)):
+            got = result.loc[i, [f"{name}_p16", f"{name}_p50", f"{name}_p84"]].to_numpy(float)
+            # each percentile within 0.002 (mag or dex), or at its level to ``tol``
+            close = np.abs(got - post.percentiles(name)) <= 0.002
+            at_level = np.abs(_cdf_at(post, name, got) - LEVELS) <= tol
+            assert (close | at_level).all(), (i, name, got, post.percentiles(name))
+            assert _cdf_at(post, name, np.array([np.inf]))[0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_rows_without_estimates_and_files(locus, stars, tmp_path):
+    with pytest.raises(ValueError, match="no estimate"):
+        star_posterior(stars, 0, locus)
+    post = star_posterior(stars, 3, locus)
+    saved = np.load(post.save(tmp_path / "star.npz"))
+    np.testing.assert_array_equal(saved["joint"], post.joint)
+    assert int(saved["row"]) == 3
+    png = posterior_figure(post, tmp_path / "fig" / "star.png")
+    assert png.exists() and png.stat().st_size > 10_000
