@@ -3,7 +3,8 @@
 The same posterior — locus colours interpolated bilinearly in ([Fe/H], M_r), a prior that is
 flat on the grid, a flat A_r prior on [0, A_max] — is sampled with emcee; posterior means from
 the closed-form grid estimator agree with the MCMC means within the MCMC error (plus half a grid
-step for the grid discretisation).
+step for the grid discretisation). The colours come from magnitudes, so adjacent colours covary
+through their shared band; both sides use the full colour covariance.
 """
 
 import numpy as np
@@ -16,14 +17,15 @@ from photodist.locus import build_locus
 emcee = pytest.importorskip("emcee")
 
 
-def _log_posterior(theta, locus, colors, weights, reddening, a_max):
+def _log_posterior(theta, locus, colors, inv_cov, reddening, a_max):
     mr, feh, a = theta
     if not (locus.mr[0] <= mr <= locus.mr[-1] and locus.feh[0] <= feh <= locus.feh[-1]):
         return -np.inf
     if not 0.0 <= a <= a_max:
         return -np.inf
     model = locus.interpolate(np.array([mr]), np.array([feh]))[0, :4] + a * reddening
-    return -0.5 * float(np.sum(weights * (colors - model) ** 2))
+    resid = colors - model
+    return -0.5 * float(resid @ inv_cov @ resid)
 
 
 @pytest.mark.parametrize(
@@ -32,11 +34,20 @@ def _log_posterior(theta, locus, colors, weights, reddening, a_max):
 def test_grid_means_agree_with_mcmc(truth):
     locus = build_locus(feh_step=0.05, mr_step=0.05)
     mr, feh, a_true = truth
-    errors = np.array([0.03, 0.02, 0.02, 0.02])
+    band_errors = np.array([0.015, 0.008, 0.006, 0.008, 0.01])  # u g r i z
+    errors = np.hypot(band_errors[:-1], band_errors[1:])
+    adjacent = -(band_errors[1:-1] ** 2)
+    cov = np.diag(errors**2) + np.diag(adjacent, 1) + np.diag(adjacent, -1)
     colors = locus.interpolate(np.array([mr]), np.array([feh]))[0, :4]
     colors = colors + a_true * SDSS.reddening_vector()
     phot = Photometry(
-        SDSS, np.array([19.0]), np.array([0.01]), colors[None], errors[None], np.array([0.2])
+        SDSS,
+        np.array([19.0]),
+        np.array([0.01]),
+        colors[None],
+        errors[None],
+        np.array([0.2]),
+        adjacent[None],
     )
     config = BayesConfig(error_floor=0.0)
     grid = BayesEstimator(locus, None, config).predict(phot).iloc[0]
@@ -53,7 +64,7 @@ def test_grid_means_agree_with_mcmc(truth):
         n_walkers,
         3,
         _log_posterior,
-        args=(locus, colors, 1.0 / errors**2, SDSS.reddening_vector(), a_max),
+        args=(locus, colors, np.linalg.inv(cov), SDSS.reddening_vector(), a_max),
     )
     sampler.random_state = np.random.RandomState(7).get_state()  # deterministic chain
     sampler.run_mcmc(start, n_steps, progress=False)
