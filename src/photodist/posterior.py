@@ -160,7 +160,12 @@ def star_posterior(
     step = locus.mr_step if len(locus.mr) > 1 else 0.0
     q_lo = mr_j.min() - step + a_min
     q_hi = mr_j.max() + step + a_min + width
-    h = min(sigma / 8.0, step / 8.0 if step else np.inf, (q_hi - q_lo) / DENSITY_NODES)
+    h = min(sigma / 8.0, (q_hi - q_lo) / DENSITY_NODES)
+    cells = 1
+    if step:  # an odd number of nodes per M_r cell keeps the box centred
+        cells = int(np.ceil(step / min(h, step / 8.0)))
+        cells += 1 - cells % 2
+        h = step / cells
     qr = q_lo + h * np.arange(int(np.ceil((q_hi - q_lo) / h)) + 1)
     qr_density = np.zeros(len(qr))
     shift = a_min + mr_j
@@ -170,7 +175,6 @@ def star_posterior(
         inside = (a >= 0.0) & (a <= width)
         gauss = np.exp(-0.5 * ((a - astar[keep][part, None]) / sigma) ** 2)
         qr_density += norm[part] @ np.where(inside, gauss, 0.0)
-    cells = max(int(round(step / h)), 1)
     qr_density = np.convolve(qr_density, np.ones(cells) / cells, mode="same")
 
     def normalised(nodes: np.ndarray, density: np.ndarray) -> np.ndarray:
