@@ -262,6 +262,21 @@ def test_simulate_run_evaluate_chain(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report" / "index.html").exists()
+    # example posteriors, recomputed with the run's prior file and settings: for rows the
+    # run estimated by the Bayesian method they reproduce its means
+    numbers = json.loads((tmp_path / "report" / "report.json").read_text())
+    examples = numbers["posteriors"]
+    assert examples and examples[0]["label"].startswith("typical")
+    assert "Example posteriors" in (tmp_path / "report" / "index.html").read_text()
+    for example in examples:
+        assert (tmp_path / "report" / "figures" / f"posterior_row_{example['row']}.png").exists()
+        if res["method"].iloc[example["row"]] == "bayes":
+            assert example["Mr_mean"] == pytest.approx(
+                res["Mr_mean"].iloc[example["row"]], abs=2e-3
+            )
+            assert example["FeH_mean"] == pytest.approx(
+                res["FeH_mean"].iloc[example["row"]], abs=2e-3
+            )
     table = pd.read_csv(tmp_path / "t1.csv", index_col=0)
     assert set(table.index) == {"Mr", "Ar", "FeH"}
     assert table.loc["Mr", "bayes_truth_sigma_g"] > 0

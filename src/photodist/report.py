@@ -1235,6 +1235,7 @@ def write_report(
     parameters: Sequence[str] = PARAMETERS,
     dpi: int = 80,
     overwrite: bool = False,
+    posteriors: Sequence[tuple[str, Any]] | None = None,
 ) -> Path:
     """Write the diagnostic report of a run: ``index.html`` with figures and tables.
 
@@ -1273,6 +1274,9 @@ def write_report(
     overwrite
         Replace an existing report in ``out_dir`` (its figures, data files and page);
         otherwise an existing ``index.html`` raises :class:`FileExistsError`.
+    posteriors
+        ``(label, StarPosterior)`` pairs (:func:`example_posteriors`) drawn in an "Example
+        posteriors" section; None or empty leaves it out.
 
     Returns
     -------
@@ -1314,6 +1318,7 @@ def write_report(
             _residual_figure(data, p, c, art)
         _normalised_figure(data, p, art)
     _sigma_ratio_figure(data, art, chosen)
+    _posterior_figures(posteriors or [], result, art)
 
     table1.to_csv(out / "table1.csv", index=False, float_format="%.6g")
     render_seconds = time.perf_counter() - start
@@ -1332,6 +1337,7 @@ def write_report(
         "timings": timings,
         "config": config,
         "pipeline_info": {k: v for k, v in info.items() if k not in ("config", "timings")},
+        "posteriors": [_posterior_record(label, post) for label, post in posteriors or []],
         "figures": [src for items in art.figures.values() for src, _ in items],
         "data_files": art.data_files,
         "report_seconds": round(render_seconds, 3),
@@ -1402,7 +1408,9 @@ def _page(
         )
     nav_items = [("table1", "Table 1"), ("errors", "NN vs Bayes errors")]
     nav_items += [(p, SYMBOLS[p]) for p in PARAMETERS if p in art.figures]
-    nav_items += [("sigma", "Uncertainties"), ("flags", "Flags"), ("timings", "Timings")]
+    nav_items += [("sigma", "Uncertainties")]
+    nav_items += [("posteriors", "Posteriors")] if "posteriors" in art.figures else []
+    nav_items += [("flags", "Flags"), ("timings", "Timings")]
     nav_items += [("config", "Configuration"), ("files", "Data files")]
     nav = " ".join(f'<a href="#{k}">{esc(v)}</a>' for k, v in nav_items)
     parts = [
@@ -1440,6 +1448,14 @@ def _page(
         parts.append(_figures_html(art.figures["sigma"]))
     else:
         parts.append('<p class="note">No network rows with σ<sub>NN</sub> and σ<sub>B</sub>.</p>')
+    if "posteriors" in art.figures:
+        parts.append('<h2 id="posteriors">Example posteriors</h2>')
+        parts.append(
+            '<p class="note">Full marginal posteriors of a few stars (first row of each kind), '
+            "recomputed on the run's posterior grid with its prior and settings "
+            "(photodist.posterior). Dashed: 16/50/84 percentiles.</p>"
+        )
+        parts.append(_figures_html(art.figures["posteriors"]))
     parts += [
         '<h2 id="flags">Flag fractions</h2>',
         '<p class="note">Fraction of stars with each bit of the flags column set '
@@ -1462,6 +1478,100 @@ def _page(
     parts += [f'<li><a href="{esc(f)}">{esc(f)}</a></li>' for f in files]
     parts.append("</ul></body></html>")
     return "\n".join(parts) + "\n"
+
+
+#: Kinds of stars whose posteriors the report draws: a label and the flag bit that selects
+#: them (0: a star without flags).
+POSTERIOR_KINDS = (
+    ("typical (no flags)", 0),
+    ("two branches", Flags.TWO_BRANCH),
+    ("poor fit", Flags.POOR_FIT),
+    ("A_r at its bound", Flags.AR_AT_BOUND),
+)
+
+
+def example_rows(result: pd.DataFrame) -> list[tuple[str, int]]:
+    """The first row of each kind in :data:`POSTERIOR_KINDS` with a finite M_r estimate."""
+    if "Mr_mean" not in result:
+        return []
+    flags = result["flags"].to_numpy(np.int64) if "flags" in result else np.zeros(len(result))
+    estimated = np.isfinite(result["Mr_mean"].to_numpy(float))
+    rows = []
+    for label, bit in POSTERIOR_KINDS:
+        match = (flags == 0) if bit == 0 else (flags & bit) != 0
+        found = np.flatnonzero(match & estimated)
+        if found.size:
+            rows.append((label, int(found[0])))
+    return rows
+
+
+def example_posteriors(
+    result: pd.DataFrame,
+    photometry: pd.DataFrame,
+    prior: Any,
+    config: Mapping[str, Any],
+    columns: ColumnMap | None = None,
+    error_floor: float | None = None,
+) -> list[tuple[str, Any]]:
+    """Posteriors of :func:`example_rows`, recomputed as the run's Bayesian stage would.
+
+    ``photometry`` is the run's input catalogue aligned with ``result``; ``prior`` the prior
+    map the run used (``OUTPUT.prior.npz``); ``config`` the run's
+    :class:`photodist.pipeline.PipelineConfig` as a dict and ``error_floor`` the floor it
+    used. Stars without an estimate are skipped.
+    """
+    import dataclasses
+
+    from photodist.bands import photometry_from_frame
+    from photodist.pipeline import PipelineConfig, posterior_grid
+    from photodist.posterior import star_posterior
+
+    names = {f.name for f in dataclasses.fields(PipelineConfig)}
+    pipeline = PipelineConfig(**{k: v for k, v in config.items() if k in names})
+    phot = photometry_from_frame(photometry, pipeline.band_set, columns)
+    locus = posterior_grid(None, pipeline)
+    bayes = pipeline.bayes_config(error_floor)
+    out = []
+    for label, row in example_rows(result):
+        try:
+            out.append((label, star_posterior(phot, row, locus, prior, bayes)))
+        except ValueError:
+            continue
+    return out
+
+
+def _posterior_record(label: str, post: Any) -> dict[str, Any]:
+    """One example posterior on report.json: its row, kind, means and percentiles."""
+    record: dict[str, Any] = {"label": label, "row": post.row, "chi2min": post.chi2min}
+    for name, axis, mass in (("Mr", post.mr, post.mr_mass), ("FeH", post.feh, post.feh_mass)):
+        record[f"{name}_mean"] = float(np.sum(axis * mass))
+    for name in ("Mr", "FeH", "Ar", "Qr"):
+        record[f"{name}_percentiles"] = [float(v) for v in post.percentiles(name)]
+    return record
+
+
+def _posterior_figures(
+    posteriors: Sequence[tuple[str, Any]], result: pd.DataFrame, art: _Artifacts
+) -> None:
+    from photodist.plots import posterior_figure
+
+    for label, post in posteriors:
+        name = f"posterior_row_{post.row}.png"
+        method = result["method"].iloc[post.row] if "method" in result else "bayes"
+        flags = int(result["flags"].iloc[post.row]) if "flags" in result else 0
+        set_bits = [k for k, v in Flags.describe().items() if flags & v]
+        title = f"row {post.row}: {label} ({method}; flags {', '.join(set_bits) or 'none'})"
+        posterior_figure(post, art.out_dir / "figures" / name, title=title)
+        caption = f"{title}; best-fit chi2 {post.chi2min:.2f}"
+        run_values = [
+            f"{SYMBOLS[q]} {result[f'{q}_mean'].iloc[post.row]:.2f}"
+            + (f" ± {result[f'{q}_sigma'].iloc[post.row]:.2f}" if f"{q}_sigma" in result else "")
+            for q in PARAMETERS
+            if f"{q}_mean" in result
+        ]
+        if run_values:
+            caption += f"; the run's estimate: {', '.join(run_values)}"
+        art.figures.setdefault("posteriors", []).append((f"figures/{name}", caption))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1586,7 +1696,9 @@ def report_from_run(
     """:func:`load_run` then :func:`write_report` (one call for a command line).
 
     ``options`` are passed to :func:`write_report` (``title``, ``dpi``, ``overwrite``, ...).
-    Returns the path of ``index.html``.
+    For the output file of ``photodist run`` (with ``OUTPUT.prior.npz`` beside it) and a
+    photometry or truth catalogue with the magnitudes, the page also shows example
+    posteriors (:func:`example_posteriors`). Returns the path of ``index.html``.
     """
     run = load_run(
         run_output,
@@ -1595,6 +1707,8 @@ def report_from_run(
         photometry=photometry,
         id_column=id_column,
     )
+    if "posteriors" not in options:
+        options["posteriors"] = _run_posteriors(Path(run_output), run)
     return write_report(
         run.result,
         out_dir,
@@ -1605,3 +1719,33 @@ def report_from_run(
         timings=run.timings,
         **options,
     )
+
+
+def _run_posteriors(path: Path, run: RunData) -> list[tuple[str, Any]]:
+    """Example posteriors of a ``photodist run`` output, or [] when its prior file, its
+    configuration or the input magnitudes are not at hand."""
+    from photodist.pipeline import used_error_floor
+    from photodist.priors import PriorMap
+
+    prior_file = path.with_name(path.name + ".prior.npz")
+    if not (path.is_file() and prior_file.is_file() and run.config):
+        return []
+    summary_file = path.with_name(path.name + ".run.json")
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    columns = ColumnMap.from_mapping(summary["columns"]) if "columns" in summary else None
+    info = dict(run.result.attrs.get(_PIPELINE_ATTR, {}) or {}) or summary
+    for frame in (run.photometry, run.truth):
+        if frame is None:
+            continue
+        try:
+            return example_posteriors(
+                run.result,
+                frame,
+                PriorMap.load(prior_file),
+                run.config,
+                columns,
+                used_error_floor(info),
+            )
+        except KeyError:  # this frame lacks the magnitudes: try the next
+            continue
+    return []
