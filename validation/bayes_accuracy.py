@@ -1,10 +1,11 @@
 """Accuracy and calibration of the Bayesian estimator on simulated patches with truth.
 
-For a high-latitude and a low-latitude patch (LSST 10-year errors unless ``--survey sdss``,
-SNR > 5 in all bands, priors from the same Galaxy model), prints Table-1-style statistics of estimate - truth (median and
-σ_G = 0.7413 IQR) for M_r, A_r and [Fe/H], the calibration σ_G of (estimate - truth) / σ, the
-fraction of stars whose truth lies inside the 16-84 % interval, and the calibration with half
-that interval's width in place of σ (insensitive to a posterior's far tails).
+For a high-latitude and a low-latitude patch (LSST 10-year errors unless ``--survey sdss``, SNR
+> 5 in all bands, priors from the same Galaxy model), prints Table-1-style statistics of
+estimate - truth (median and σ_G = 0.7413 IQR) for M_r, A_r and [Fe/H], the calibration σ_G of
+(estimate - truth) / σ, the fraction of stars whose truth lies inside the 16-84 % interval, and
+the calibration with half that interval's width in place of σ (insensitive to a posterior's far
+tails).
 
 The colour-error floor is the default 0.02 mag unless given; ``--error-floor auto`` fits it per
 patch as ``photodist bayes`` does (``photodist.error_floor``, the catalogue's scatter alone;
