@@ -1,4 +1,4 @@
-"""Shared fixtures: the reference data beside the repository and a cached default locus."""
+"""Shared fixtures: the reference data beside the repository and cached loci."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ S82_PRIORS = SHARED_DATA / "s82_priors"
 @pytest.fixture(scope="session")
 def default_locus() -> Locus:
     return build_locus()
+
+
+@pytest.fixture(scope="session")
+def coarse_locus() -> Locus:
+    """The locus on a 0.1 dex x 0.1 mag grid (fast posteriors for tests)."""
+    return build_locus(feh_step=0.1, mr_step=0.1)
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,6 @@ from photodist.bayes import (
 from photodist.locus import build_locus
 
 
-@pytest.fixture(scope="module")
-def coarse_locus():
-    return build_locus(feh_step=0.1, mr_step=0.1)
-
-
 def _stars(locus, band_set, n, seed, err_range=(0.002, 0.1), a_range=(0.0, 0.3), ar_map=0.25):
     rng = np.random.default_rng(seed)
     fi = rng.integers(0, locus.shape[0], n)

@@ -17,7 +17,6 @@ from photodist.bayes import (
     brute_force_posterior,
 )
 from photodist.bayes_torch import TorchBayesEstimator, log_ndtr, log_ndtr_diff
-from photodist.locus import build_locus
 
 PERCENTILE_COLUMNS = [
     f"{p}_{s}"
@@ -25,11 +24,6 @@ PERCENTILE_COLUMNS = [
     for s in ("mean", "std", "p16", "p50", "p84")
 ]
 OTHER_COLUMNS = ["Mr_entropy_drop", "FeH_entropy_drop", "Ar_entropy_drop", "P_giant", "Ar_max"]
-
-
-@pytest.fixture(scope="module")
-def coarse_locus():
-    return build_locus(feh_step=0.1, mr_step=0.1)
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,6 @@ from photodist.error_floor import (
 from photodist.locus import build_locus
 
 
-@pytest.fixture(scope="module")
-def coarse_locus():
-    return build_locus(feh_step=0.1, mr_step=0.1)
-
-
 def _stars(locus, band_set, n, seed, extra_scatter=0.0):
     """Dwarfs on the locus grid, reddened, observed through noisy magnitudes (errors
     0.003-0.018 mag per band, so adjacent colours share noise); the colours also scatter by

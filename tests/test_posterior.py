@@ -3,14 +3,13 @@ import pytest
 
 from photodist.bands import LSST, Photometry
 from photodist.bayes import BayesConfig, BayesEstimator, PriorGrid
-from photodist.locus import build_locus
 from photodist.plots import posterior_figure
 from photodist.posterior import LEVELS, star_posterior
 
 
 @pytest.fixture(scope="module")
-def locus():
-    return build_locus(feh_step=0.1, mr_step=0.1)
+def locus(coarse_locus):
+    return coarse_locus
 
 
 @pytest.fixture(scope="module")

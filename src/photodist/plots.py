@@ -14,7 +14,19 @@ import numpy as np  # noqa: E402
 from photodist.locus import COLOR_NAMES, Locus  # noqa: E402
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from photodist.posterior import StarPosterior
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 80) -> Path:
+    """Lay out ``fig``, write it to ``path`` (parent folders created) and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def color_color_figure(
@@ -63,12 +75,7 @@ def color_color_figure(
         ax.set_ylabel(labels[j])
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def posterior_figure(posterior: StarPosterior, path: str | Path, title: str | None = None) -> Path:
@@ -104,9 +111,4 @@ def posterior_figure(posterior: StarPosterior, path: str | Path, title: str | No
         ax.set_xlabel(label)
         ax.set_yticks([])
     fig.suptitle(title or f"row {posterior.row}: posterior (chi2min {posterior.chi2min:.2f})")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

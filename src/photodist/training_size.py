@@ -380,6 +380,8 @@ def plot_training_size(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from photodist.plots import save_figure
+
     suffix = "_mse" if mse else ""
     columns = [f"{c}{suffix}" for c in COMPARISONS]
     patches = list(frame["patch"].unique()) if "patch" in frame.columns else [None]
@@ -420,9 +422,4 @@ def plot_training_size(
         if title or notes:
             ax.set_title("\n".join(title + notes), fontsize=10)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return target
+    return save_figure(fig, path, dpi=110)

@@ -1351,6 +1351,8 @@ def plot_search(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from photodist.plots import save_figure
+
     optuna = _optuna()
     state = optuna.trial.TrialState
     trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
@@ -1423,9 +1425,4 @@ def plot_search(
     ax2.set_xlabel("trial")
     ax2.set_ylabel("validation loss")
     ax2.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=80)
-    plt.close(fig)
-    return target
+    return save_figure(fig, path)
