@@ -79,7 +79,13 @@ def load_workload(
     if stars_file is not None and stars_file.exists():
         data = np.load(stars_file)
         phot = Photometry(
-            LSST, data["r"], data["r_err"], data["colors"], data["color_errors"], data["dust"]
+            LSST,
+            data["r"],
+            data["r_err"],
+            data["colors"],
+            data["color_errors"],
+            data["dust"],
+            data["color_covariance"] if "color_covariance" in data.files else None,
         )
         return phot, PriorGrid(data["log_prior"], data["r_centres"])
     phot, prior = _simulate(grid, radius, seed)
@@ -92,6 +98,7 @@ def load_workload(
             colors=phot.colors,
             color_errors=phot.color_errors,
             dust=phot.dust if phot.dust is not None else np.full(len(phot), np.nan),
+            color_covariance=phot.color_covariance,
             log_prior=prior.log_prior,
             r_centres=prior.r_centres,
         )
