@@ -16,8 +16,9 @@ Paper targets (Mrakovčić, Ivezić & Palaversa 2025): NN vs Bayes sigma_G <= 0.
 calibration in [0.9, 1.1]; whole patch <= 45 s.
 
 Usage: ``python benchmarks/bench_pipeline.py [--radius 4] [--heldout 50000] [--no-compare]
-[--max-epochs 512] [--learning-rate 1e-2]`` (the paper's training: ``--max-epochs 1024
---learning-rate 1e-3``)
+[--max-epochs 512] [--learning-rate 1e-2] [--error-floor F|auto] [--independent-colors]
+[--a-min-fraction F --a-max-scale S --a-max-offset O]`` (the paper's training:
+``--max-epochs 1024 --learning-rate 1e-3``)
 """
 
 from __future__ import annotations
@@ -125,6 +126,9 @@ def main() -> None:
     parser.add_argument(
         "--independent-colors", action="store_true", help="Bayes chi2 without colour covariance"
     )
+    parser.add_argument("--a-min-fraction", type=float, default=0.0, help="A_r prior from F A_map")
+    parser.add_argument("--a-max-scale", type=float, default=1.3, help="A_max = S A_map + O")
+    parser.add_argument("--a-max-offset", type=float, default=0.1, help="A_max = S A_map + O")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
 
@@ -160,6 +164,9 @@ def main() -> None:
         nn_device=args.device,
         error_floor=args.error_floor,
         color_covariance=not args.independent_colors,
+        dust_min_fraction=args.a_min_fraction,
+        dust_scale=args.a_max_scale,
+        dust_offset=args.a_max_offset,
         seed=args.seed,
         progress=args.progress,
     )
