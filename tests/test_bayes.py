@@ -10,6 +10,7 @@ from photodist.bayes import (
     BayesEstimator,
     Flags,
     PriorGrid,
+    adjacent_covariance,
     brute_force_posterior,
 )
 from photodist.locus import build_locus
@@ -151,6 +152,23 @@ def test_recovers_noise_free_locus_stars(coarse_locus):
         assert inside.mean() > 0.6, p
     assert (res["chi2min"] < 1e-6).all()  # the generating grid point fits exactly
     assert np.median(np.abs(res["Ar_p50"] - a_true)) < 0.05
+
+
+def test_inconsistent_covariances_are_dropped(coarse_locus):
+    """Covariances that no positive-definite matrix allows (or that belong to an unusable
+    colour) are zeroed once, so every estimator and the reference see the same matrix."""
+    phot, *_ = _band_noise_stars(coarse_locus, LSST, 4, seed=13)
+    phot.color_covariance[0, 1] = -4.0 * phot.color_errors[0, 1] * phot.color_errors[0, 2]
+    phot.colors[1, 2] = np.nan  # r-i unusable: its two covariances go
+    config = BayesConfig(error_floor=0.01)
+    cov = adjacent_covariance(phot, config)
+    assert cov[0, 1] == 0.0 and cov[0, 0] == phot.color_covariance[0, 0]
+    np.testing.assert_array_equal(cov[1, 1:3], 0.0)
+    np.testing.assert_array_equal(cov[2:], phot.color_covariance[2:])
+    result = BayesEstimator(coarse_locus, None, config).predict(phot)
+    ref = brute_force_posterior(phot, 0, coarse_locus, None, config, a_step=0.001)
+    got = result.loc[0, ["Mr_p16", "Mr_p50", "Mr_p84"]].to_numpy(float)
+    np.testing.assert_allclose(got, ref["Mr_percentiles"], atol=0.01)
 
 
 @pytest.mark.parametrize("noise", ["colour", "band"])

@@ -1198,8 +1198,30 @@ def adjacent_covariance(photometry: Photometry, config: BayesConfig) -> np.ndarr
             raise ValueError(
                 f"color_covariance has shape {cov.shape}, expected {(n, n_colors - 1)}"
             )
-        return np.ascontiguousarray(cov)
+        cov = np.array(cov, order="C")
+        _drop_inconsistent_covariances(
+            np.ascontiguousarray(photometry.colors, dtype=np.float64),
+            np.ascontiguousarray(photometry.color_errors, dtype=np.float64),
+            cov,
+            float(config.error_floor),
+        )
+        return cov
     return np.zeros((n, n_colors - 1))
+
+
+@numba.njit(cache=True)
+def _drop_inconsistent_covariances(colors, color_errors, cov, error_floor):
+    """Zero (in place) the covariances that :func:`_whiten` would ignore: those of unusable
+    colours and those that would leave the covariance matrix not positive definite. Every
+    estimator, the brute force included, then sees the same, valid matrix."""
+    sw = np.zeros(5)
+    mw = np.zeros(5)
+    cz = np.zeros(5)
+    for i in range(colors.shape[0]):
+        _whiten(colors[i], color_errors[i], cov[i], error_floor, sw, mw, cz)
+        for k in range(cov.shape[1]):
+            if mw[k + 1] == 0.0:
+                cov[i, k] = 0.0
 
 
 def without_extinction(photometry: Photometry, a_min: np.ndarray) -> Photometry:
