@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from pathlib import Path
@@ -327,12 +328,9 @@ def priors_command(
 
 
 def _resolve_prior(
+    choice: PriorChoice,
     positions,
     columns: ColumnMap,
-    prior_path: Path | None,
-    trilegal_path: Path | None,
-    trilegal_pixel: int | None,
-    flat_prior: bool,
     locus: Locus,
     seed: int,
     n_stars: int,
@@ -343,17 +341,17 @@ def _resolve_prior(
     when the Galaxy-model prior has to be placed on the sky; an empty catalogue (``n_stars``
     0) needs none.
     """
-    given = [x is not None for x in (prior_path, trilegal_path)] + [flat_prior]
-    if sum(given) > 1:
+    given = [x is not None for x in (choice.prior_path, choice.trilegal_path)]
+    if sum(given) + choice.flat_prior > 1:
         raise click.UsageError("give at most one of --prior, --trilegal-prior, --flat-prior")
-    if flat_prior:
+    if choice.flat_prior:
         return None
     from photodist import priors
 
-    if prior_path is not None:
-        return priors.PriorMap.load(prior_path)
-    if trilegal_path is not None:
-        return priors.read_trilegal_priors(trilegal_path, locus, pixel=trilegal_pixel)
+    if choice.prior_path is not None:
+        return priors.PriorMap.load(choice.prior_path)
+    if choice.trilegal_path is not None:
+        return priors.read_trilegal_priors(choice.trilegal_path, locus, pixel=choice.trilegal_pixel)
     if n_stars == 0:  # nothing to place on the sky; the output is empty too
         return None
     frame = positions() if callable(positions) else positions
@@ -402,8 +400,27 @@ def _equatorial_positions(frame: pd.DataFrame, columns: ColumnMap) -> tuple:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class PriorChoice:
+    """The ([Fe/H], M_r) prior options of a one-patch run (``--prior``, ``--trilegal-prior``,
+    ``--trilegal-pixel``, ``--flat-prior``)."""
+
+    prior_path: Path | None = None
+    trilegal_path: Path | None = None
+    trilegal_pixel: int | None = None
+    flat_prior: bool = False
+
+
 def _prior_options(function):
-    """Options choosing the ([Fe/H], M_r) prior of a one-patch run."""
+    """Options choosing the ([Fe/H], M_r) prior of a one-patch run, passed to the command as
+    one ``prior_choice`` (:class:`PriorChoice`)."""
+    names = [f.name for f in dataclasses.fields(PriorChoice)]
+
+    @functools.wraps(function)
+    def command(*args, **kwargs):
+        choice = PriorChoice(**{name: kwargs.pop(name) for name in names})
+        return function(*args, prior_choice=choice, **kwargs)
+
     options = [
         click.option(
             "--prior",
@@ -432,8 +449,8 @@ def _prior_options(function):
         ),
     ]
     for option in reversed(options):
-        function = option(function)
-    return function
+        command = option(command)
+    return command
 
 
 class ErrorFloorType(click.ParamType):
@@ -599,10 +616,7 @@ def bayes_command(
     bands: str,
     column: tuple[str, ...],
     dust_column: str,
-    prior_path: Path | None,
-    trilegal_path: Path | None,
-    trilegal_pixel: int | None,
-    flat_prior: bool,
+    prior_choice: PriorChoice,
     locus_path: Path | None,
     feh_step: float,
     mr_step: float,
@@ -649,15 +663,7 @@ def bayes_command(
     if locus_path is None:
         locus = locus.resample(feh_step, mr_step)
     prior = _resolve_prior(
-        _positions_reader(input_path, columns),
-        columns,
-        prior_path,
-        trilegal_path,
-        trilegal_pixel,
-        flat_prior,
-        locus,
-        seed,
-        n_stars=total,
+        prior_choice, _positions_reader(input_path, columns), columns, locus, seed, total
     )
     config = BayesConfig(
         default_a_max=a_max,
@@ -825,10 +831,7 @@ def run_command(
     bands: str,
     column: tuple[str, ...],
     dust_column: str,
-    prior_path: Path | None,
-    trilegal_path: Path | None,
-    trilegal_pixel: int | None,
-    flat_prior: bool,
+    prior_choice: PriorChoice,
     n_train: int,
     strategy: str,
     epochs: int,
@@ -884,17 +887,7 @@ def run_command(
     _check_columns(frame, bands, columns)
     locus = build_locus()
     start = time.perf_counter()
-    prior = _resolve_prior(
-        frame,
-        columns,
-        prior_path,
-        trilegal_path,
-        trilegal_pixel,
-        flat_prior,
-        locus,
-        seed,
-        n_stars=len(frame),
-    )
+    prior = _resolve_prior(prior_choice, frame, columns, locus, seed, len(frame))
     prior_seconds = time.perf_counter() - start
     try:
         result, timings, model = run_patch(frame, prior, locus, config, columns=columns, keep=keep)
