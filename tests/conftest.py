@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from photodist.bands import Photometry
 from photodist.locus import Locus, build_locus
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -36,3 +38,33 @@ def s82_priors_path() -> Path:
     if not S82_PRIORS.exists():
         pytest.skip("reference TRILEGAL priors not available")
     return S82_PRIORS
+
+
+def _band_noise_stars(locus, band_set, n, seed, err_range=(0.002, 0.08)):
+    """Locus stars whose noise is drawn per band, so adjacent colours covary (-sigma^2 of
+    the shared band), as in catalogues of magnitudes."""
+    rng = np.random.default_rng(seed)
+    fi = rng.integers(0, locus.shape[0], n)
+    mi = rng.integers(0, locus.shape[1], n)
+    a_true = rng.uniform(0.0, 0.3, n)
+    band_err = np.exp(rng.uniform(*np.log(err_range), (n, band_set.n_colors + 1)))
+    band_noise = rng.normal(0, 1, band_err.shape) * band_err
+    colors = (
+        locus.colors_for(band_set)[fi, mi]
+        + a_true[:, None] * band_set.reddening_vector()
+        + band_noise[:, :-1]
+        - band_noise[:, 1:]
+    )
+    err = np.hypot(band_err[:, :-1], band_err[:, 1:])
+    cov = -(band_err[:, 1:-1] ** 2)
+    phot = Photometry(
+        band_set, np.full(n, 20.0), band_err[:, 2], colors, err, np.full(n, 0.25), cov
+    )
+    return phot, locus.mr[mi], locus.feh[fi], a_true
+
+
+@pytest.fixture(scope="session")
+def band_noise_stars():
+    """Factory ``(locus, band_set, n, seed, err_range)`` of locus stars with per-band noise:
+    ``(photometry, M_r, [Fe/H], A_r)`` truths included."""
+    return _band_noise_stars

@@ -55,35 +55,12 @@ def test_closed_form_matches_brute_force(coarse_locus):
         assert result.loc[i, "Ar_std"] == pytest.approx(ref["Ar_std"], abs=2e-3)
 
 
-def _band_noise_stars(locus, band_set, n, seed, err_range=(0.002, 0.08)):
-    """Locus stars whose noise is drawn per band, so adjacent colours covary (-sigma^2 of
-    the shared band), as in catalogues of magnitudes."""
-    rng = np.random.default_rng(seed)
-    fi = rng.integers(0, locus.shape[0], n)
-    mi = rng.integers(0, locus.shape[1], n)
-    a_true = rng.uniform(0.0, 0.3, n)
-    band_err = np.exp(rng.uniform(*np.log(err_range), (n, band_set.n_colors + 1)))
-    band_noise = rng.normal(0, 1, band_err.shape) * band_err
-    colors = (
-        locus.colors_for(band_set)[fi, mi]
-        + a_true[:, None] * band_set.reddening_vector()
-        + band_noise[:, :-1]
-        - band_noise[:, 1:]
-    )
-    err = np.hypot(band_err[:, :-1], band_err[:, 1:])
-    cov = -(band_err[:, 1:-1] ** 2)
-    phot = Photometry(
-        band_set, np.full(n, 20.0), band_err[:, 2], colors, err, np.full(n, 0.25), cov
-    )
-    return phot, locus.mr[mi], locus.feh[fi], a_true
-
-
 @pytest.mark.parametrize("band_set", [LSST, SDSS], ids=["lsst", "sdss"])
-def test_correlated_colours_match_brute_force(coarse_locus, band_set):
+def test_correlated_colours_match_brute_force(coarse_locus, band_set, band_noise_stars):
     """With the covariance of adjacent colours (and a missing colour, which decouples its
     neighbours) the closed form agrees with the explicit grid, whose chi2 inverts the full
     covariance matrix."""
-    phot, *_ = _band_noise_stars(coarse_locus, band_set, 8, seed=12)
+    phot, *_ = band_noise_stars(coarse_locus, band_set, 8, seed=12)
     phot.colors[0, 1] = np.nan
     phot.color_errors[0, 1] = np.nan
     phot.color_errors[1] *= 0.05  # bright: the covariance dominates the shape of chi2
@@ -154,10 +131,10 @@ def test_recovers_noise_free_locus_stars(coarse_locus):
     assert np.median(np.abs(res["Ar_p50"] - a_true)) < 0.05
 
 
-def test_inconsistent_covariances_are_dropped(coarse_locus):
+def test_inconsistent_covariances_are_dropped(coarse_locus, band_noise_stars):
     """Covariances that no positive-definite matrix allows (or that belong to an unusable
     colour) are zeroed once, so every estimator and the reference see the same matrix."""
-    phot, *_ = _band_noise_stars(coarse_locus, LSST, 4, seed=13)
+    phot, *_ = band_noise_stars(coarse_locus, LSST, 4, seed=13)
     phot.color_covariance[0, 1] = -4.0 * phot.color_errors[0, 1] * phot.color_errors[0, 2]
     phot.colors[1, 2] = np.nan  # r-i unusable: its two covariances go
     config = BayesConfig(error_floor=0.01)
@@ -172,11 +149,11 @@ def test_inconsistent_covariances_are_dropped(coarse_locus):
 
 
 @pytest.mark.parametrize("noise", ["colour", "band"])
-def test_calibrated_on_flat_prior_population(coarse_locus, noise):
+def test_calibrated_on_flat_prior_population(coarse_locus, noise, band_noise_stars):
     """Stars drawn from the (flat) prior: normalised residuals have unit width, with noise
     drawn per colour (independent errors) or per band (adjacent colours covary, and the
     estimator uses that covariance)."""
-    make = _stars if noise == "colour" else _band_noise_stars
+    make = _stars if noise == "colour" else band_noise_stars
     phot, mr, feh, a_true = make(coarse_locus, SDSS, 3000, seed=7, err_range=(0.02, 0.05))
     res = BayesEstimator(coarse_locus).predict(phot)
     for p, truth in (("Mr", mr), ("FeH", feh), ("Ar", a_true)):

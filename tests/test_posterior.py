@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from photodist.bands import LSST, Photometry
+from photodist.bands import LSST
 from photodist.bayes import BayesConfig, BayesEstimator, PriorGrid
 from photodist.plots import posterior_figure
 from photodist.posterior import LEVELS, star_posterior
@@ -13,26 +13,11 @@ def locus(coarse_locus):
 
 
 @pytest.fixture(scope="module")
-def stars(locus):
-    """Locus stars with per-band noise (adjacent colours covary)."""
-    rng = np.random.default_rng(21)
-    n = 12
-    fi = rng.integers(0, locus.shape[0], n)
-    mi = rng.integers(0, locus.shape[1], n)
-    band_err = rng.uniform(0.005, 0.05, (n, 6))
-    noise = rng.normal(0, 1, band_err.shape) * band_err
-    colors = (
-        locus.colors_for(LSST)[fi, mi]
-        + rng.uniform(0, 0.3, n)[:, None] * LSST.reddening_vector()
-        + noise[:, :-1]
-        - noise[:, 1:]
-    )
-    err = np.hypot(band_err[:, :-1], band_err[:, 1:])
-    r = np.full(n, 20.0)
-    r[0] = np.nan  # no estimate
-    return Photometry(
-        LSST, r, band_err[:, 2], colors, err, np.full(n, 0.25), -(band_err[:, 1:-1] ** 2)
-    )
+def stars(locus, band_noise_stars):
+    """Locus stars with per-band noise (adjacent colours covary); the first has no r."""
+    phot, *_ = band_noise_stars(locus, LSST, 12, seed=21, err_range=(0.005, 0.05))
+    phot.r[0] = np.nan  # no estimate
+    return phot
 
 
 def _cdf_at(post, name, values):
