@@ -334,3 +334,19 @@ def test_learning_rate_setting_reaches_the_networks():
         PipelineConfig(nn_learning_rate=0.0)
     with pytest.raises(ValueError, match="learning_rate"):
         PipelineConfig(nn_options={"learning_rate": 0.01})
+
+
+def test_config_from_its_json_form():
+    """A run summary's config (JSON: tuples become lists) rebuilds the same settings;
+    unknown keys are refused unless told to ignore them."""
+    import dataclasses
+    import json
+
+    from photodist.pipeline import PipelineConfig
+
+    config = PipelineConfig(strata_bins=(4, 5, 6), seed=3, color_covariance=False)
+    data = json.loads(json.dumps(dataclasses.asdict(config)))
+    assert PipelineConfig.from_dict(data) == config
+    with pytest.raises(TypeError):
+        PipelineConfig.from_dict({**data, "no_such_setting": 1})
+    assert PipelineConfig.from_dict({**data, "no_such_setting": 1}, ignore_unknown=True) == config

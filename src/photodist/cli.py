@@ -996,10 +996,7 @@ def evaluate_command(
         ) from exc
     summary_path = result_path.with_name(result_path.name + ".run.json")
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    settings = dict(summary.get("config", {}), progress=False)
-    if "strata_bins" in settings:
-        settings["strata_bins"] = tuple(settings["strata_bins"])
-    config = PipelineConfig(**settings)
+    config = PipelineConfig.from_dict(dict(summary.get("config", {}), progress=False))
     columns = ColumnMap.from_mapping(summary["columns"]) if "columns" in summary else ColumnMap()
     try:
         keep = snr_mask(truth, config.band_set, min_snr, columns)

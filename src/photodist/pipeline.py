@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -254,6 +254,19 @@ class PipelineConfig:
         data["nn_spec"] = spec.to_dict() if isinstance(spec, NetworkSpec) else spec
         data["strata_bins"] = list(self.strata_bins)
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], ignore_unknown: bool = False) -> PipelineConfig:
+        """Settings from their JSON form (a run summary's ``config``, a survey's
+        ``--pipeline-config``). Unknown keys raise ``TypeError`` unless ``ignore_unknown``
+        (e.g. a summary written by another version)."""
+        settings = dict(data)
+        if ignore_unknown:
+            names = {f.name for f in fields(cls)}
+            settings = {k: v for k, v in settings.items() if k in names}
+        if "strata_bins" in settings:
+            settings["strata_bins"] = tuple(settings["strata_bins"])
+        return cls(**settings)
 
     def bayes_config(self, error_floor: float | None = None) -> BayesConfig:
         """Settings of the Bayesian estimator (``error_floor`` replaces an ``"auto"`` floor)."""

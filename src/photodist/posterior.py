@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import special
 
 from photodist.bands import Photometry
 from photodist.bayes import (
     BayesConfig,
     PriorGrid,
+    _log_ndtr_diff,
     a_bounds_for,
     adjacent_covariance,
 )
@@ -94,15 +94,6 @@ class StarPosterior:
         return path
 
 
-def _log_ndtr_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """log(Φ(b) - Φ(a)) for a <= b, stable in both tails (upper tail by symmetry)."""
-    flip = a > 0.0
-    lo, hi = np.where(flip, -b, a), np.where(flip, -a, b)
-    log_hi = special.log_ndtr(hi)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return log_hi + np.log1p(-np.exp(special.log_ndtr(lo) - log_hi))
-
-
 def star_posterior(
     photometry: Photometry,
     row: int,
@@ -140,7 +131,7 @@ def star_posterior(
     sigma = 1.0 / np.sqrt(q)
     astar = weighted @ red / q
     chi2min = np.einsum("jk,jk->j", weighted, resid) - q * astar**2
-    log_mass = _log_ndtr_diff(-astar / sigma, (width - astar) / sigma)
+    log_mass = np.vectorize(_log_ndtr_diff, otypes=[float])(-astar / sigma, (width - astar) / sigma)
     log_prior = grid.log_prior[grid.bin_index(one.r)[0]].ravel()
     log_w = log_prior - 0.5 * chi2min + log_mass
     log_w -= np.max(log_w)

@@ -1520,14 +1520,11 @@ def example_posteriors(
     :class:`photodist.pipeline.PipelineConfig` as a dict and ``error_floor`` the floor it
     used. Stars without an estimate are skipped.
     """
-    import dataclasses
-
     from photodist.bands import photometry_from_frame
     from photodist.pipeline import PipelineConfig, posterior_grid
     from photodist.posterior import star_posterior
 
-    names = {f.name for f in dataclasses.fields(PipelineConfig)}
-    pipeline = PipelineConfig(**{k: v for k, v in config.items() if k in names})
+    pipeline = PipelineConfig.from_dict(config, ignore_unknown=True)
     phot = photometry_from_frame(photometry, pipeline.band_set, columns)
     locus = posterior_grid(None, pipeline)
     bayes = pipeline.bayes_config(error_floor)

@@ -1546,9 +1546,7 @@ def _pipeline_config(text: str | None, seed: int, band_set: str) -> PipelineConf
             raise ValueError("--pipeline-config must be a JSON object of PipelineConfig fields")
     settings.setdefault("seed", seed)
     settings.setdefault("band_set", band_set)
-    if "strata_bins" in settings:
-        settings["strata_bins"] = tuple(settings["strata_bins"])
-    return PipelineConfig(**settings)
+    return PipelineConfig.from_dict(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
