@@ -1731,18 +1731,13 @@ def _run_posteriors(path: Path, run: RunData) -> list[tuple[str, Any]]:
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     columns = ColumnMap.from_mapping(summary["columns"]) if "columns" in summary else None
     info = dict(run.result.attrs.get(_PIPELINE_ATTR, {}) or {}) or summary
+    prior = PriorMap.load(prior_file)
+    floor = used_error_floor(info)
     for frame in (run.photometry, run.truth):
         if frame is None:
             continue
         try:
-            return example_posteriors(
-                run.result,
-                frame,
-                PriorMap.load(prior_file),
-                run.config,
-                columns,
-                used_error_floor(info),
-            )
+            return example_posteriors(run.result, frame, prior, run.config, columns, floor)
         except KeyError:  # this frame lacks the magnitudes: try the next
             continue
     return []
