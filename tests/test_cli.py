@@ -11,7 +11,7 @@ from photodist.cli import cli
 def test_help_lists_commands():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for command in ("locus", "bayes", "demo"):
+    for command in ("locus", "bayes", "predict", "demo"):
         assert command in result.output
 
 
@@ -217,7 +217,8 @@ def test_simulate_run_evaluate_chain(tmp_path):
     bad = runner.invoke(cli, ["run", str(sim), str(out), "--nn-device", "gpu0"])
     assert bad.exit_code != 0 and "--nn-device" in bad.output and not out.exists()
     args = ["run", str(sim), str(out), "--n-train", "1000", "--epochs", "5", "--seed", "1"]
-    result = runner.invoke(cli, [*args, "--nn-device", "cpu"])
+    model = tmp_path / "model.safetensors"
+    result = runner.invoke(cli, [*args, "--nn-device", "cpu", "--save-model", str(model)])
     assert result.exit_code == 0, result.output
     res = pd.read_parquet(out)
     assert len(res) == n and set(res["method"]) <= {"bayes", "nn"}
@@ -229,6 +230,23 @@ def test_simulate_run_evaluate_chain(tmp_path):
     # the error-model check still ran: a simulated catalogue has no extra colour scatter
     assert floor["n_stars"] >= 100 and 0.0 <= floor["scatter"] < 0.005
     assert (tmp_path / "run.parquet.prior.npz").exists()
+    # the saved networks predict the catalogue again, batch by batch, as the run did
+    pred_out = tmp_path / "pred.parquet"
+    predict = ["predict", str(model), str(sim), str(pred_out), "--nn-device", "cpu"]
+    result = runner.invoke(cli, [*predict, "--batch-size", "1500"])
+    assert result.exit_code == 0, result.output
+    pred = pd.read_parquet(pred_out)
+    assert len(pred) == n and (pred["method"] == "nn").all()
+    nn_rows = (res["method"] == "nn").to_numpy()
+    for key in ("Mr_mean", "FeH_sigma", "dist_pc"):
+        np.testing.assert_allclose(pred.loc[nn_rows, key], res.loc[nn_rows, key], rtol=1e-6)
+    assert runner.invoke(cli, predict).exit_code != 0  # the output exists: --overwrite needed
+    not_a_model = runner.invoke(cli, ["predict", str(sim), str(sim), str(tmp_path / "x.csv")])
+    assert not_a_model.exit_code != 0 and "Traceback" not in not_a_model.output
+    sdss = tmp_path / "sdss.csv"  # the model's band set needs y
+    pd.read_parquet(sim).drop(columns=["ymag", "yErr"]).head(50).to_csv(sdss, index=False)
+    no_y = runner.invoke(cli, ["predict", str(model), str(sdss), str(tmp_path / "y.csv")])
+    assert no_y.exit_code != 0 and "required column" in no_y.output
     again = runner.invoke(cli, ["run", str(sim), str(out)])
     assert again.exit_code != 0 and "overwrite" in again.output
     result = runner.invoke(

@@ -17,6 +17,7 @@ from photodist.pipeline import (
     choose_training_subsample,
     network_inputs_usable,
     posterior_grid,
+    predict_with_model,
     run_patch,
     strata,
     used_error_floor,
@@ -150,6 +151,45 @@ def test_bad_rows_get_bayes(hybrid, bayes_all):
     # every other row has an estimate
     others = np.setdiff1d(np.arange(len(result)), NO_R)
     assert np.isfinite(result.loc[others, ["Mr_mean", "Ar_mean", "FeH_mean"]].to_numpy()).all()
+
+
+def test_saved_model_predicts_every_row_as_the_run_did(catalog, hybrid, tmp_path):
+    result, _, model = hybrid
+    model.save(tmp_path / "model.safetensors")
+    loaded = type(model).load(tmp_path / "model.safetensors")
+    pred = predict_with_model(loaded, catalog, keep=("source_id",), chunk_size=997)
+    assert len(pred) == len(catalog) and list(pred.columns) == list(result.columns)
+    np.testing.assert_array_equal(pred["source_id"], catalog["source_id"])
+    assert (pred["method"] == "nn").all() and not pred["labelled"].any()
+    assert pred["chi2min"].isna().all()
+    # the run's network rows, values and flags alike (float32 kernels: compare to their precision)
+    nn_rows = (result["method"] == "nn").to_numpy()
+    for key in ("Mr_mean", "Ar_sigma", "FeH_sigma_nn", "Qr_mean", "dist_pc"):
+        np.testing.assert_allclose(pred.loc[nn_rows, key], result.loc[nn_rows, key], rtol=1e-6)
+    np.testing.assert_array_equal(pred.loc[nn_rows, "flags"], result.loc[nn_rows, "flags"])
+    # rows the networks cannot take stay, NaN and flagged with the reason
+    for row in NO_R:
+        flags = int(pred.loc[row, "flags"])
+        assert flags & Flags.NN_INVALID_INPUT and flags & Flags.NO_R
+        assert np.isnan(pred.loc[row, ["Mr_mean", "Ar_mean", "FeH_mean", "dist_pc"]]).all()
+    for row in NO_U + SENTINEL_G:
+        flags = int(pred.loc[row, "flags"])
+        assert flags & Flags.NN_INVALID_INPUT and flags & Flags.COLOR_UNUSABLE
+        assert not flags & Flags.NO_R
+    info = pred.attrs["photodist_pipeline"]
+    n_invalid = int(((pred["flags"].to_numpy() & Flags.NN_INVALID_INPUT) > 0).sum())
+    assert info["n_invalid_input"] == n_invalid >= len(NO_R + NO_U + SENTINEL_G)
+    assert info["n_nn"] + n_invalid == len(catalog)
+
+
+def test_saved_model_refuses_another_band_set(catalog, hybrid):
+    _, _, model = hybrid
+    frame = simulate_patch(cone=CONE, r_max=18.0, seed=3, band_set="sdss", errors="sdss")
+    sdss = photometry_from_frame(frame, "sdss")
+    with pytest.raises(ValueError, match="band set"):
+        predict_with_model(model, sdss)
+    with pytest.raises(ValueError, match="chunk_size"):
+        predict_with_model(model, catalog, chunk_size=0)
 
 
 def test_small_patch_runs_bayes_on_all(catalog, prior, default_locus):

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import itertools
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,17 @@ def _independent_colors_option(command: Any) -> Any:
         is_flag=True,
         help="Treat the colour errors as independent (the paper's chi2). By default adjacent "
         "colours formed from magnitudes covary through their shared band's error.",
+    )(command)
+
+
+def _keep_option(command: Any) -> Any:
+    """``--keep``: input columns copied to the output."""
+    return click.option(
+        "--keep",
+        multiple=True,
+        default=("source_id", "ra", "dec"),
+        show_default=True,
+        help="Input columns copied to the output when present.",
     )(command)
 
 
@@ -583,13 +595,7 @@ def _positions_reader(path: Path, columns: ColumnMap):
     show_default=True,
     help="Seed of the Galaxy-model prior simulation.",
 )
-@click.option(
-    "--keep",
-    multiple=True,
-    default=("source_id", "ra", "dec"),
-    show_default=True,
-    help="Input columns copied to the output when present.",
-)
+@_keep_option
 @click.option(
     "--posterior-rows",
     default=None,
@@ -702,13 +708,9 @@ def bayes_command(
     post_dir = posterior_dir or output_path.with_name(output_path.stem + "_posteriors")
     prior_grid = PriorGrid.from_prior(prior, locus) if prior is not None and wanted.size else None
     start = time.perf_counter()
-    streamed = output_path.suffix == ".parquet"
-    parts: list[pd.DataFrame] = []
-    n_out = 0
-    writer = io.AtomicParquetWriter(output_path, overwrite=overwrite) if streamed else None
-    try:
-        if writer is not None:
-            writer.__enter__()
+
+    def parts() -> Iterator[pd.DataFrame]:
+        n_done = 0
         with tqdm(total=total, unit="star", desc="bayes") as bar:
             for frame in batches:
                 try:
@@ -716,27 +718,17 @@ def bayes_command(
                 except KeyError as exc:
                     raise click.ClickException(str(exc)) from exc
                 result = estimator.predict(phot)
-                for row in wanted[(wanted >= n_out) & (wanted < n_out + len(phot))]:
+                for row in wanted[(wanted >= n_done) & (wanted < n_done + len(phot))]:
                     _write_posterior(
-                        phot, int(row), n_out, locus, prior_grid, estimator.config, post_dir
+                        phot, int(row), n_done, locus, prior_grid, estimator.config, post_dir
                     )
                 kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
                 floats = {c: "float32" for c in result.columns if c != "flags"}
-                part = pd.concat([kept, result.astype(floats)], axis=1)
-                if writer is not None:
-                    writer.write(part)
-                else:
-                    parts.append(part)
-                n_out += len(part)
+                yield pd.concat([kept, result.astype(floats)], axis=1)
+                n_done += len(phot)
                 bar.update(len(frame))
-    except BaseException as exc:
-        if writer is not None:
-            writer.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    if writer is not None:
-        writer.__exit__(None, None, None)
-    else:
-        io.write_table(pd.concat(parts, ignore_index=True), output_path, overwrite=overwrite)
+
+    n_out = _write_parts(parts(), output_path, overwrite)
     elapsed = time.perf_counter() - start
     click.echo(
         f"{n_out} stars -> {output_path} in {elapsed:.1f} s "
@@ -744,6 +736,24 @@ def bayes_command(
     )
     if wanted.size and wanted.max() >= n_out:
         click.echo(f"posterior rows beyond the catalogue's {n_out} rows: {wanted[wanted >= n_out]}")
+
+
+def _write_parts(parts: Iterable[pd.DataFrame], output_path: Path, overwrite: bool) -> int:
+    """Write the frames to OUTPUT, a Parquet file batch by batch (bounded memory), other formats
+    at the end; an interrupted or failed run leaves no partial Parquet file. Returns the rows."""
+    from photodist import io
+
+    if output_path.suffix != ".parquet":
+        frames = list(parts)
+        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        io.write_table(table, output_path, overwrite=overwrite)
+        return len(table)
+    n_rows = 0
+    with io.AtomicParquetWriter(output_path, overwrite=overwrite) as writer:
+        for part in parts:
+            writer.write(part)
+            n_rows += len(part)
+    return n_rows
 
 
 def _parse_rows(text: str | None) -> np.ndarray:
@@ -780,6 +790,92 @@ def _write_posterior(
     click.echo(f"posterior of row {row} -> {folder / f'row_{row}.png'}")
 
 
+@cli.command("predict")
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("input_path", type=click.Path(exists=True, path_type=Path))
+@click.argument("output_path", type=click.Path(path_type=Path))
+@click.option(
+    "--column",
+    multiple=True,
+    metavar="KEY=COLUMN",
+    help="Column mapping, e.g. --column umag=u_psf --column uerr=u_psf_err.",
+)
+@click.option(
+    "--nn-device",
+    default="auto",
+    show_default=True,
+    help="Where the networks predict: cpu, cuda (or cuda:N), or auto (cuda when present).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1_000_000,
+    show_default=True,
+    help="Stars per batch (bounds memory).",
+)
+@_keep_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def predict_command(
+    model_path: Path,
+    input_path: Path,
+    output_path: Path,
+    column: tuple[str, ...],
+    nn_device: str,
+    batch_size: int,
+    keep: tuple[str, ...],
+    overwrite: bool,
+) -> None:
+    """Network estimates for every star of INPUT with MODEL (from `run --save-model`) -> OUTPUT.
+
+    For more stars of a patch whose networks were trained already. The catalogue is streamed
+    in batches (bounded memory) and must be in the model's band set. One row per input row,
+    same order, with `run`'s columns; rows the networks cannot take (no r, too few usable
+    colours) keep NaN estimates and the NN_INVALID_INPUT flag (`photodist bayes` estimates
+    them), rows outside the training domain are flagged NN_OUT_OF_DOMAIN.
+    """
+    from tqdm import tqdm
+
+    from photodist import io
+    from photodist.nn import ModelFileError, PhotoDNetwork
+    from photodist.pipeline import predict_with_model
+
+    try:
+        model = PhotoDNetwork.load(model_path, device=_checked_device(nn_device))
+    except (ModelFileError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    band_set = model.band_set_
+    columns = _column_map(column, None)
+    try:
+        io.check_output_path(output_path, overwrite=overwrite)
+        total = io.count_rows(input_path)
+        batches = io.iter_catalog_batches(input_path, batch_size=batch_size)
+        _check_columns(next(io.iter_catalog_batches(input_path, batch_size=1)), band_set, columns)
+    except (io.CatalogError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    counts = {"n_out_of_domain": 0, "n_invalid_input": 0}
+
+    def parts() -> Iterator[pd.DataFrame]:
+        with tqdm(total=total, unit="star", desc=f"nn ({band_set})") as bar:
+            for frame in batches:
+                try:
+                    result = predict_with_model(model, frame, columns=columns, keep=keep)
+                except KeyError as exc:
+                    raise click.ClickException(str(exc)) from exc
+                for key in counts:
+                    counts[key] += result.attrs["photodist_pipeline"][key]
+                yield result
+                bar.update(len(frame))
+
+    start = time.perf_counter()
+    n_out = _write_parts(parts(), output_path, overwrite)
+    elapsed = time.perf_counter() - start
+    click.echo(
+        f"{n_out} stars -> {output_path} in {elapsed:.1f} s; {counts['n_invalid_input']} without "
+        f"a network estimate (NN_INVALID_INPUT), {counts['n_out_of_domain']} outside the "
+        "training domain (NN_OUT_OF_DOMAIN)"
+    )
+
+
 @cli.command("run")
 @click.argument("input_path", type=click.Path(exists=True, path_type=Path))
 @click.argument("output_path", type=click.Path(path_type=Path))
@@ -811,13 +907,7 @@ def _write_posterior(
     help="Network architecture JSON (e.g. best_spec.json from `photodist tune`).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--keep",
-    multiple=True,
-    default=("source_id", "ra", "dec"),
-    show_default=True,
-    help="Input columns copied to the output when present.",
-)
+@_keep_option
 @click.option(
     "--save-model",
     type=click.Path(path_type=Path),
@@ -899,8 +989,14 @@ def run_command(
         if prior_out.exists() and overwrite:
             prior_out.unlink()
         prior.save(prior_out)
-    if save_model is not None and model is not None:
-        model.save(save_model)
+    if save_model is not None:
+        if model is not None:
+            model.save(save_model)
+        else:
+            click.echo(
+                f"no networks trained (every star got the Bayesian estimate): {save_model} "
+                "not written"
+            )
     summary = {
         "input": str(input_path),
         "output": str(output_path),

@@ -64,6 +64,7 @@ __all__ = [
     "choose_training_subsample",
     "network_inputs_usable",
     "posterior_grid",
+    "predict_with_model",
     "run_patch",
     "strata",
 ]
@@ -569,6 +570,100 @@ def _bayes_rows(
         bar.update(part.size)
 
 
+def _network_rows(
+    model: PhotoDNetwork, photometry: Photometry, rows: np.ndarray, out: _Output
+) -> tuple[np.ndarray, np.ndarray]:
+    """Network estimates of ``rows`` into ``out``, flagged ``NN_OUT_OF_DOMAIN``,
+    ``NN_INVALID_INPUT`` and (rows with valid inputs) ``COLOR_UNUSABLE``.
+
+    Returns the rows' out-of-domain and invalid-input masks.
+    """
+    sub = photometry.subset(rows)
+    pred = model.predict(sub.features())
+    out.put_nn(rows, pred, sub.r)
+    ood, invalid = pred["out_of_domain"], pred["invalid_input"]
+    unusable = ~(np.isfinite(sub.colors) & np.isfinite(sub.color_errors)).all(axis=1)
+    out.flags[rows[ood]] |= Flags.NN_OUT_OF_DOMAIN
+    out.flags[rows[invalid]] |= Flags.NN_INVALID_INPUT
+    out.flags[rows[~invalid & unusable]] |= Flags.COLOR_UNUSABLE
+    return ood, invalid
+
+
+def predict_with_model(
+    model: PhotoDNetwork,
+    data: pd.DataFrame | Photometry,
+    *,
+    columns: ColumnMap | None = None,
+    keep: Sequence[str] = (),
+    chunk_size: int = 1_000_000,
+) -> pd.DataFrame:
+    """Network estimates for every row of a catalogue, with a model trained earlier.
+
+    For catalogues of a patch whose networks were trained already (``photodist run
+    --save-model``, :meth:`photodist.nn.PhotoDNetwork.save`): a later data release, or stars
+    that were not in the training run. There is no Bayesian fallback: rows the networks cannot
+    take (no r, too few usable colours) keep NaN estimates and are flagged
+    ``NN_INVALID_INPUT`` (and ``NO_R`` or ``COLOR_UNUSABLE``); ``photodist bayes`` estimates
+    them.
+
+    Parameters
+    ----------
+    model
+        A fitted :class:`photodist.nn.PhotoDNetwork`; the catalogue must be in its band set.
+    data
+        The catalogue (columns as in ``columns``) or its :class:`Photometry`.
+    columns
+        Catalogue column names (default ``{band}mag``, ``{band}Err``).
+    keep
+        Catalogue columns copied to the front of the result when present (e.g. ids).
+    chunk_size
+        Rows per network call (bounds the working memory).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per input row, same order, with :func:`run_patch`'s columns (``method`` is
+        ``"nn"``, ``labelled`` False, ``chi2min`` NaN).
+    """
+    if not getattr(model, "band_set_", None):
+        raise ValueError("the model is not fitted")
+    band_set = get_band_set(model.band_set_)
+    if isinstance(data, Photometry):
+        if data.band_set.name != band_set.name:
+            raise ValueError(
+                f"photometry is in band set {data.band_set.name!r}, the model was trained on "
+                f"{band_set.name!r}"
+            )
+        phot, frame = data, None
+    else:
+        phot, frame = photometry_from_frame(data, band_set, columns), data
+    if int(chunk_size) < 1:
+        raise ValueError("chunk_size must be positive")
+    out = _Output(len(phot))
+    n_ood = n_invalid = 0
+    for part in _chunks(np.arange(len(phot)), int(chunk_size)):
+        ood, invalid = _network_rows(model, phot, part, out)
+        n_ood += int(ood.sum())
+        n_invalid += int(invalid.sum())
+        # rows without a network estimate say why, as the Bayesian estimator's flags would
+        bad = part[invalid]
+        out.flags[bad[~np.isfinite(phot.r[bad])]] |= Flags.NO_R
+        usable = np.isfinite(phot.colors[bad]) & np.isfinite(phot.color_errors[bad])
+        out.flags[bad[~usable.all(axis=1)]] |= Flags.COLOR_UNUSABLE
+    result = out.frame()
+    if frame is not None and keep:
+        kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
+        result = pd.concat([kept, result], axis=1)
+    result.attrs["photodist_pipeline"] = {
+        "mode": "nn_only",
+        "n_stars": len(phot),
+        "n_nn": len(phot) - n_invalid,
+        "n_invalid_input": n_invalid,
+        "n_out_of_domain": n_ood,
+    }
+    return result
+
+
 def run_patch(
     data: pd.DataFrame | Photometry,
     prior: Any = None,
@@ -685,20 +780,12 @@ def run_patch(
 
         t0 = time.perf_counter()
         todo = np.flatnonzero(~out.labelled)
-        color_unusable = ~(np.isfinite(phot.colors) & np.isfinite(phot.color_errors)).all(axis=1)
         fallback_parts = []
         n_ood = 0
         with _progress(config.progress, todo.size, "nn (predict)") as bar:
             for part in _chunks(todo, chunk):
-                sub = phot.subset(part)
-                pred = model.predict(sub.features())
-                out.put_nn(part, pred, sub.r)
-                ood = pred["out_of_domain"]
-                invalid = pred["invalid_input"]
+                ood, invalid = _network_rows(model, phot, part, out)
                 n_ood += int(ood.sum())
-                out.flags[part[ood]] |= Flags.NN_OUT_OF_DOMAIN
-                out.flags[part[invalid]] |= Flags.NN_INVALID_INPUT
-                out.flags[part[~invalid & color_unusable[part]]] |= Flags.COLOR_UNUSABLE
                 back = invalid | ood if config.bayes_out_of_domain else invalid
                 fallback_parts.append(part[back])
                 bar.update(part.size)
