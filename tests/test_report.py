@@ -121,8 +121,9 @@ def test_every_figure_written_is_referenced_and_exists(full_report):
     sources, hrefs = _links(full_report)
     written = {f"figures/{p.name}" for p in (out / "figures").glob("*.png")}
     # 1:1 per parameter; maps and residuals per parameter and comparison; normalised residuals
-    # per parameter; sigma ratios
-    assert len(written) == 3 + 2 * 3 * len(COMPARISONS) + 3 + 1
+    # per parameter; sigma ratios; the by-magnitude diagnostics
+    assert len(written) == 3 + 2 * 3 * len(COMPARISONS) + 3 + 1 + 1
+    assert "figures/diagnostics.png" in written and "data/by_magnitude.csv" in hrefs
     assert sources == written
     for src in sources:
         assert (out / src).is_file() and (out / src).stat().st_size > 1000
@@ -245,6 +246,7 @@ def test_without_reference_bayes_rows_of_the_result_are_used(run, tmp_path):
         "one_to_one_Ar.png",
         "normalised_Ar.png",
         "sigma_ratios.png",
+        "diagnostics.png",
         *(
             f"{kind}_Ar_{key}.png"
             for kind in ("ug_map", "residuals")
@@ -441,3 +443,28 @@ def test_report_without_references_still_shows_uncertainties_and_flags(run, tmp_
     assert "No comparison possible" in page
     assert "TWO_BRANCH" in page and "bayes_label" in page
     assert pd.read_csv(tmp_path / "table1.csv").empty
+
+
+def test_dust_map_comes_from_the_catalogue_never_from_a_true_ar():
+    n = 5
+    result = pd.DataFrame({f"{p}_{s}": np.ones(n) for p in PARAMETERS for s in ("mean", "sigma")})
+    simulator = pd.DataFrame(
+        {
+            "Mr_true": np.ones(n),
+            "FeH_true": np.ones(n),
+            "Ar_true": np.zeros(n),
+            "Ar": np.full(n, 0.3),
+        }
+    )
+    photod = pd.DataFrame({"Mr": np.ones(n), "FeH": np.ones(n), "Ar": np.full(n, 0.1)})
+    catalogue = pd.DataFrame({"Ar": np.full(n, 0.2)})
+    for truth, phot, expected in (
+        (simulator, None, 0.3),  # the simulator's Ar is the map value, Ar_true the truth
+        (photod, None, None),  # the photod convention's Ar is the true extinction
+        (photod, catalogue, 0.2),
+    ):
+        data = prepare_report_data(result, truth=truth, photometry=phot)
+        if expected is None:
+            assert "a_map" not in data.photometry
+        else:
+            np.testing.assert_array_equal(data.photometry["a_map"], expected)

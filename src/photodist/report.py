@@ -68,6 +68,7 @@ from matplotlib.ticker import LogFormatter
 
 from photodist.bands import ColumnMap
 from photodist.bayes import Flags
+from photodist.diagnostics import diagnostics_figure, magnitude_table
 from photodist.evaluate import SIGMA_G_FACTOR, TRUTH_ALIASES, robust_stats, truth_values
 from photodist.locus import SUBGIANT_WIDTH, ms_gi, turnoff_absmag
 
@@ -182,7 +183,8 @@ class ReportData:
         ``"nn"`` (sigma_NN), ``"bayes_pred"`` (the network's prediction of the Bayesian
         width) and ``"bayes"`` (Bayesian posterior width of the Bayesian values).
     photometry
-        ``umag``, ``rmag``, ``ug`` and ``ug_err`` where available.
+        ``umag``, ``rmag``, ``ug``, ``ug_err`` and ``a_map`` (the input catalogue's dust-map
+        A_r) where available.
     bayes_source
         Where the Bayesian values come from (``"bayes_reference"``, ``"result"`` or
         ``"none"``).
@@ -350,6 +352,16 @@ def prepare_report_data(
         ug_err = np.hypot(uerr, gerr)
     if ug is not None and ug_err is not None:
         phot["ug"], phot["ug_err"] = ug, ug_err
+    # the dust map from the input catalogue, or from a simulated one that keeps the true A_r
+    # apart (``Ar_true``): under the photod convention a truth frame's ``Ar`` is the true A_r
+    a_map = None
+    if columns.dust:
+        if photometry is not None:
+            a_map = _numeric(photometry, columns.dust)
+        if a_map is None and truth is not None and TRUTH_ALIASES["Ar"][0] in truth.columns:
+            a_map = _numeric(truth, columns.dust)
+    if a_map is not None:
+        phot["a_map"] = a_map
 
     population = "truth" if "truth" in values else ("Bayes" if "Bayes" in values else None)
     return ReportData(
@@ -1033,6 +1045,23 @@ def _normalised_figure(data: ReportData, p: str, art: _Artifacts) -> None:
     )
 
 
+def _diagnostics(result: pd.DataFrame, data: ReportData, art: _Artifacts) -> pd.DataFrame:
+    """The by-magnitude table and figure (:mod:`photodist.diagnostics`); empty without r."""
+    a_map = data.photometry.get("a_map")
+    table = magnitude_table(result, data.photometry.get("rmag"), a_map)
+    if len(table) == 0:
+        return table
+    art.save(
+        diagnostics_figure(result, table, a_map),
+        "diagnostics.png",
+        "diagnostics",
+        "Median uncertainties, best-fit χ² and flag fractions against r; the estimates in "
+        "(M_r, [Fe/H]); distance moduli by method; A_r minus the dust map against distance.",
+    )
+    art.table(table, "by_magnitude.csv")
+    return table
+
+
 def _sigma_ratio_figure(data: ReportData, art: _Artifacts, parameters: Sequence[str]) -> None:
     cols = []
     for p in parameters:
@@ -1319,6 +1348,7 @@ def write_report(
         _normalised_figure(data, p, art)
     _sigma_ratio_figure(data, art, chosen)
     _posterior_figures(posteriors or [], result, art)
+    by_magnitude = _diagnostics(result, data, art)
 
     table1.to_csv(out / "table1.csv", index=False, float_format="%.6g")
     render_seconds = time.perf_counter() - start
@@ -1338,6 +1368,7 @@ def write_report(
         "config": config,
         "pipeline_info": {k: v for k, v in info.items() if k not in ("config", "timings")},
         "posteriors": [_posterior_record(label, post) for label, post in posteriors or []],
+        "by_magnitude": _records(by_magnitude),
         "figures": [src for items in art.figures.values() for src, _ in items],
         "data_files": art.data_files,
         "report_seconds": round(render_seconds, 3),
@@ -1347,7 +1378,7 @@ def write_report(
     )
     page = _page(
         title, data, comparisons, table1, correlations, ratios, flags, timing_table,
-        config, info, art, render_seconds,
+        by_magnitude, config, info, art, render_seconds,
     )  # fmt: skip
     index = out / "index.html"
     tmp = out / ".index.html.tmp"
@@ -1365,6 +1396,7 @@ def _page(
     ratios: pd.DataFrame,
     flags: pd.DataFrame,
     timing_table: pd.DataFrame,
+    by_magnitude: pd.DataFrame,
     config: Mapping[str, Any] | None,
     info: Mapping[str, Any],
     art: _Artifacts,
@@ -1410,6 +1442,7 @@ def _page(
     nav_items += [(p, SYMBOLS[p]) for p in PARAMETERS if p in art.figures]
     nav_items += [("sigma", "Uncertainties")]
     nav_items += [("posteriors", "Posteriors")] if "posteriors" in art.figures else []
+    nav_items += [("diagnostics", "By magnitude")] if "diagnostics" in art.figures else []
     nav_items += [("flags", "Flags"), ("timings", "Timings")]
     nav_items += [("config", "Configuration"), ("files", "Data files")]
     nav = " ".join(f'<a href="#{k}">{esc(v)}</a>' for k, v in nav_items)
@@ -1456,6 +1489,18 @@ def _page(
             "(photodist.posterior). Dashed: 16/50/84 percentiles.</p>"
         )
         parts.append(_figures_html(art.figures["posteriors"]))
+    if "diagnostics" in art.figures:
+        parts.append('<h2 id="diagnostics">By magnitude: precision, fit quality, flags</h2>')
+        parts.append(
+            '<p class="note">No truth needed (photodist.diagnostics): per 1-mag bin of r, the '
+            "median uncertainties, the best-fit χ² of the Bayesian rows (rising for bright "
+            "stars: quoted colour errors too small; see the error-model check above), flag "
+            "fractions and, with the catalogue's dust-map column, the median A<sub>r</sub> − "
+            "map A<sub>r</sub> of stars beyond DM = 10, which lie behind most of the dust. "
+            '<a href="data/by_magnitude.csv">by_magnitude.csv</a></p>'
+        )
+        parts.append(_figures_html(art.figures["diagnostics"]))
+        parts.append(_html_table(by_magnitude, 3))
     parts += [
         '<h2 id="flags">Flag fractions</h2>',
         '<p class="note">Fraction of stars with each bit of the flags column set '

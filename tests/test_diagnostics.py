@@ -1,0 +1,99 @@
+"""Tests of the truth-free run diagnostics (per r bin statistics and their figure)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from photodist.bayes import Flags
+from photodist.diagnostics import FLAG_COLUMNS, diagnostics_figure, magnitude_table
+
+
+def _result(n: int = 600, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """A run output whose per-bin statistics are known: r in [18, 21), sigma_Mr = r - 17."""
+    rng = np.random.default_rng(seed)
+    r = np.repeat([18.5, 19.5, 20.5], n // 3) + rng.uniform(-0.4, 0.4, n)
+    qr = rng.uniform(3.0, 10.0, n)
+    flags = np.zeros(n, dtype=np.int64)
+    flags[::4] |= Flags.POOR_FIT  # a quarter of every bin
+    flags[r > 20] |= Flags.AR_AT_BOUND
+    result = pd.DataFrame(
+        {
+            "Mr_mean": qr - 0.1,
+            "Mr_sigma": np.floor(r) - 17.0,
+            "Ar_mean": np.full(n, 0.2),
+            "Ar_sigma": np.full(n, 0.05),
+            "FeH_mean": rng.uniform(-2, 0, n),
+            "FeH_sigma": np.full(n, 0.2),
+            "Qr_mean": qr,
+            "DM_mean": r - qr,
+            "chi2min": np.where(np.arange(n) % 2 == 0, 1.0, 3.0),
+            "flags": flags,
+            "method": pd.Categorical(np.where(np.arange(n) % 3 == 0, "bayes", "nn")),
+        }
+    )
+    a_map = np.full(n, 0.25)
+    return result, r, a_map
+
+
+def test_bins_hold_known_statistics():
+    result, r, a_map = _result()
+    table = magnitude_table(result, r, a_map)
+    np.testing.assert_array_equal(table["r_lo"], [18.0, 19.0, 20.0])
+    np.testing.assert_array_equal(table["n_stars"], [200, 200, 200])
+    np.testing.assert_allclose(table["sigma_Mr"], [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(table["POOR_FIT"], 0.25, atol=0.01)
+    np.testing.assert_allclose(table["AR_AT_BOUND"], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(table["estimated"], 1.0)
+    np.testing.assert_allclose(table["nn"], 2 / 3, atol=0.01)
+    assert set(FLAG_COLUMNS) <= set(table.columns)
+    assert np.all(table["chi2min_p50"].between(1.0, 3.0)) and np.all(table["chi2min_p90"] == 3.0)
+    # only stars beyond DM = 10 enter the comparison with the dust map
+    far = (result["DM_mean"] > 10).to_numpy()
+    assert far.any() and not far.all()
+    np.testing.assert_allclose(table["ar_minus_map_distant"].dropna(), -0.05)
+
+
+def test_r_defaults_to_dm_plus_qr_and_small_bins_are_nan():
+    result, r, _ = _result()
+    from_result = magnitude_table(result)
+    pd.testing.assert_frame_equal(from_result, magnitude_table(result, r))
+    assert "ar_minus_map_distant" not in from_result
+    rows = np.r_[0:25, 200:210]  # 25 stars in the first bin, 10 in the second
+    few = magnitude_table(result.iloc[rows], r[rows], min_stars=20)
+    np.testing.assert_array_equal(few["n_stars"], [25, 10])
+    assert few["sigma_Mr"].iloc[0] == 1.0 and np.isnan(few["sigma_Mr"].iloc[1])
+    assert np.isnan(few["POOR_FIT"].iloc[1]) and np.isnan(few["chi2min_p50"].iloc[1])
+
+
+def test_rows_without_estimates_count_but_have_no_statistics():
+    result, r, _ = _result()
+    cols = ["Mr_mean", "Mr_sigma", "DM_mean", "Qr_mean", "chi2min"]
+    result.loc[:199, cols] = np.nan  # the whole first bin lost its estimates
+    table = magnitude_table(result, r)
+    assert table["n_stars"].iloc[0] == 200 and table["estimated"].iloc[0] == 0.0
+    assert np.isnan(table["sigma_Mr"].iloc[0]) and np.isnan(table["chi2min_p50"].iloc[0])
+    # without the given r those rows have no magnitude at all
+    assert magnitude_table(result)["n_stars"].sum() == 400
+
+
+def test_bad_arguments_and_empty_input():
+    result, r, a_map = _result()
+    with pytest.raises(ValueError, match="r has shape"):
+        magnitude_table(result, r[:-1])
+    with pytest.raises(ValueError, match="a_map has shape"):
+        magnitude_table(result, r, a_map[:-1])
+    with pytest.raises(ValueError, match="bin_width"):
+        magnitude_table(result, r, bin_width=0.0)
+    assert len(magnitude_table(result.iloc[:0], r[:0])) == 0
+
+
+@pytest.mark.parametrize("with_map", [True, False])
+def test_figure_draws_six_panels(with_map, tmp_path):
+    result, r, a_map = _result()
+    table = magnitude_table(result, r, a_map if with_map else None)
+    fig = diagnostics_figure(result, table, a_map if with_map else None)
+    assert len(fig.axes) >= 6
+    fig.savefig(tmp_path / "diagnostics.png", dpi=40)
+    assert (tmp_path / "diagnostics.png").stat().st_size > 1000
