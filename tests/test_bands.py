@@ -3,12 +3,15 @@ import pandas as pd
 import pytest
 
 from photodist.bands import (
+    FLUX_ZERO_POINTS,
     LSST,
     SDSS,
+    SFD_EBV_TO_AR,
     ColumnMap,
     MissingColumnError,
     colors_from_magnitudes,
     get_band_set,
+    magnitudes_from_fluxes,
     photometry_from_frame,
 )
 
@@ -162,3 +165,87 @@ def test_negative_or_sentinel_dust_is_ignored():
     frame = _frame(3, Ar=[0.2, -0.3, 99.0])
     phot = photometry_from_frame(frame, "sdss")
     assert phot.dust[0] == 0.2 and np.isnan(phot.dust[1:]).all()
+
+
+def _as_fluxes(frame: pd.DataFrame, bands: str, unit: str = "nJy") -> pd.DataFrame:
+    """The catalogue with {band}_psfFlux / {band}_psfFluxErr in ``unit`` instead of magnitudes."""
+    out = frame.drop(columns=[c for b in bands for c in (f"{b}mag", f"{b}Err")])
+    for b in bands:
+        flux = 10 ** (0.4 * (FLUX_ZERO_POINTS[unit] - frame[f"{b}mag"]))
+        out[f"{b}_psfFlux"] = flux
+        out[f"{b}_psfFluxErr"] = frame[f"{b}Err"] * flux / 1.0857362047581294
+    return out
+
+
+def test_magnitudes_from_fluxes():
+    mags, errs = magnitudes_from_fluxes(
+        np.array([3631e9, 1e9 * 3631 / 100, -5.0, 0.0, np.nan, 10.0]),
+        np.array([3631e7, 1.0, 1.0, 1.0, 1.0, -1.0]),
+    )
+    np.testing.assert_allclose(mags[:2], [0.0, 5.0], atol=1e-3)  # AB: 3631 Jy is magnitude 0
+    np.testing.assert_allclose(errs[0], 2.5 / np.log(10) * 0.01)
+    assert np.isnan(mags[2:]).all() and np.isnan(errs[2:]).all()  # no detection or error
+    np.testing.assert_allclose(magnitudes_from_fluxes(1.0, 0.1, "uJy")[0], 23.9)
+    with pytest.raises(ValueError, match="flux unit"):
+        magnitudes_from_fluxes(1.0, 0.1, "erg")
+
+
+@pytest.mark.parametrize("unit", ["nJy", "uJy"])
+def test_flux_catalogue_gives_the_magnitude_catalogue_photometry(unit):
+    rng = np.random.default_rng(4)
+    frame = _frame(50, Ar=np.full(50, 0.1))
+    for b in "ugriz":
+        frame[f"{b}mag"] = frame[f"{b}mag"] + rng.normal(0, 0.3, 50)
+        frame[f"{b}Err"] = rng.uniform(0.01, 0.2, 50)
+    expected = photometry_from_frame(frame, "sdss")
+    fluxes = _as_fluxes(frame, "ugriz", unit)
+    fluxes.loc[3, "u_psfFlux"] = -20.0  # a u non-detection
+    got = photometry_from_frame(fluxes, "sdss", ColumnMap(flux_unit=unit))
+    keep = np.arange(50) != 3
+    for name in ("r", "r_err", "colors", "color_errors", "color_covariance"):
+        np.testing.assert_allclose(
+            getattr(got, name)[keep], getattr(expected, name)[keep], rtol=1e-9, atol=1e-9
+        )
+    assert np.isnan(got.colors[3, 0]) and np.isfinite(got.colors[3, 1:]).all()
+    np.testing.assert_allclose(got.dust, expected.dust)
+    # renamed flux columns, and a clear error for a missing one
+    renamed = fluxes.rename(columns={"g_psfFlux": "g_cModelFlux"})
+    columns = ColumnMap.from_mapping({"flux_unit": unit, "gflux": "g_cModelFlux"})
+    np.testing.assert_allclose(
+        photometry_from_frame(renamed, "sdss", columns).colors[keep], expected.colors[keep]
+    )
+    with pytest.raises(MissingColumnError, match="g_psfFlux"):
+        photometry_from_frame(renamed, "sdss", ColumnMap(flux_unit=unit))
+    with pytest.raises(ValueError, match="flux unit"):
+        ColumnMap(flux_unit="counts")
+
+
+def test_dust_map_from_an_ebv_column():
+    frame = _frame(3, ebv=[0.1, -0.2, np.nan])
+    assert photometry_from_frame(frame, "sdss").dust is None
+    columns = ColumnMap(ebv="ebv")
+    dust = photometry_from_frame(frame, "sdss", columns).dust
+    np.testing.assert_allclose(dust[0], SFD_EBV_TO_AR * 0.1)
+    assert np.isnan(dust[1:]).all()
+    assert columns.dust_columns(list(frame.columns)) == ["ebv"]
+    # a map A_r column wins over E(B-V); the factor is configurable
+    frame["Ar"] = [0.5, 0.5, 0.5]
+    np.testing.assert_allclose(photometry_from_frame(frame, "sdss", columns).dust, 0.5)
+    assert columns.dust_columns(list(frame.columns)) == ["Ar"]
+    scaled = ColumnMap(dust=None, ebv="ebv", ebv_to_ar=2.0)
+    np.testing.assert_allclose(scaled.dust_values(frame)[0], 0.2)
+    with pytest.raises(ValueError, match="ebv_to_ar"):
+        ColumnMap(ebv="ebv", ebv_to_ar=0.0)
+
+
+def test_column_map_round_trips_through_its_mapping():
+    columns = ColumnMap(
+        mags={"u": "u_psf"},
+        flux_unit="nJy",
+        fluxes={"g": "g_cModelFlux"},
+        flux_errors={"g": "g_cModelFluxErr"},
+        ebv="ebv",
+        ebv_to_ar=2.3,
+    )
+    assert ColumnMap.from_mapping(columns.to_mapping()) == columns
+    assert ColumnMap.from_mapping(ColumnMap().to_mapping()) == ColumnMap()

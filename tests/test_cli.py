@@ -69,6 +69,39 @@ def test_bayes_command_keeps_every_row(tmp_path):
     assert again.exit_code != 0 and "overwrite" in again.output
 
 
+def test_bayes_command_reads_a_flux_catalogue_with_ebv(tmp_path):
+    """Rubin-style fluxes in nJy and an E(B-V) column give the magnitude catalogue's result."""
+    mags = pd.read_csv(_catalog(tmp_path))
+    mags["Ar"] = [0.1, 0.2, 0.3]
+    fluxes = mags[["ra"]].copy()
+    for b in "ugriz":
+        flux = 10 ** (0.4 * (31.4 - mags[f"{b}mag"]))
+        fluxes[f"{b}_psfFlux"] = np.where(mags[f"{b}mag"] > 90, -1.0, flux)  # 99: no detection
+        fluxes[f"{b}_psfFluxErr"] = mags[f"{b}Err"] * flux / (2.5 / np.log(10))
+    fluxes["ebv"] = mags["Ar"] / 2.751
+    mags.to_csv(tmp_path / "mags.csv", index=False)
+    fluxes.to_csv(tmp_path / "fluxes.csv", index=False)
+    grid = ["--bands", "sdss", "--feh-step", "0.25", "--mr-step", "0.5", "--flat-prior"]
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["bayes", str(tmp_path / "mags.csv"), str(tmp_path / "m.csv"), *grid]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        cli,
+        ["bayes", str(tmp_path / "fluxes.csv"), str(tmp_path / "f.csv"), *grid]
+        + ["--flux-unit", "nJy", "--ebv-column", "ebv"],
+    )
+    assert result.exit_code == 0, result.output
+    from_mags, from_fluxes = pd.read_csv(tmp_path / "m.csv"), pd.read_csv(tmp_path / "f.csv")
+    assert len(from_fluxes) == 3 and (from_fluxes["flags"] == from_mags["flags"]).all()
+    for column in ("Mr_mean", "Ar_mean", "FeH_p50", "DM_mean"):
+        np.testing.assert_allclose(from_fluxes[column], from_mags[column], rtol=1e-4)
+    # without --flux-unit the magnitude columns are missing: a clear error
+    missing = runner.invoke(cli, ["bayes", str(tmp_path / "fluxes.csv"), str(tmp_path / "x.csv")])
+    assert missing.exit_code != 0 and "required column" in missing.output
+
+
 def test_bayes_command_device_choice(tmp_path):
     """--device cpu runs the numba estimator; an unknown or absent device is a clear error."""
     import torch

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,14 @@ DEFAULT_EXTINCTION_RATIOS: dict[str, float] = {
 MAX_PLAUSIBLE_MAGNITUDE = 40.0
 #: A colour whose error exceeds this (mag) carries no information and is treated as missing.
 MAX_USABLE_COLOR_ERROR = 1.0
+#: AB zero points of flux units: m = ZP - 2.5 log10(flux); ZP = 8.90 for Jy (m_AB = -2.5
+#: log10(f_nu / 3631 Jy), Oke & Gunn 1983), 31.4 for nJy, the unit of Rubin's catalogues.
+FLUX_ZERO_POINTS: dict[str, float] = {"nJy": 31.4, "uJy": 23.9, "mJy": 16.4, "Jy": 8.9}
+#: A_r / E(B-V) of the SFD dust map for the SDSS r band (Schlegel, Finkbeiner & Davis 1998,
+#: Table 6), converting an ``ebv`` column to the map extinction A_r. Schlafly & Finkbeiner
+#: (2011) find SFD's reddening ~14 % too high: the prior's bound 1.3 A_r + 0.1 covers that.
+SFD_EBV_TO_AR = 2.751
+_MAG_PER_LN_FLUX = 2.5 / np.log(10.0)  # sigma_m = 1.0857 sigma_f / f
 
 
 class MissingColumnError(KeyError):
@@ -128,7 +137,16 @@ class ColumnMap:
     hold r, the colours and every band's error): a colour whose two magnitudes are not both
     present is read from its colour column, ``"ug"``, ``"gr"``, ... by default (override with
     ``colors``, e.g. ``{"ug": "ugObs"}``). The r magnitude and all band errors are required.
-    ``dust`` names an optional column with the map extinction A_r (e.g. SFD) per star.
+
+    With ``flux_unit`` (a key of :data:`FLUX_ZERO_POINTS`, e.g. ``"nJy"``) the bands are
+    read from flux columns instead, ``"{band}_psfFlux"`` and ``"{band}_psfFluxErr"`` by
+    default as in Rubin's Object tables (override with ``fluxes``/``flux_errors``): AB
+    magnitudes and their errors 1.0857 sigma_f / f; a non-positive flux (a non-detection)
+    makes the band unusable.
+
+    ``dust`` names an optional column with the map extinction A_r (e.g. SFD) per star; where
+    the catalogue lacks it, ``ebv`` may name a column of the map's E(B-V), converted with
+    ``ebv_to_ar`` (default :data:`SFD_EBV_TO_AR`).
     """
 
     mags: Mapping[str, str] = field(default_factory=dict)
@@ -138,6 +156,45 @@ class ColumnMap:
     dec: str = "dec"
     object_id: str | None = None
     dust: str | None = "Ar"
+    flux_unit: str | None = None
+    fluxes: Mapping[str, str] = field(default_factory=dict)
+    flux_errors: Mapping[str, str] = field(default_factory=dict)
+    ebv: str | None = None
+    ebv_to_ar: float = SFD_EBV_TO_AR
+
+    def __post_init__(self) -> None:
+        if self.flux_unit is not None and self.flux_unit not in FLUX_ZERO_POINTS:
+            raise ValueError(
+                f"unknown flux unit {self.flux_unit!r}; use one of {list(FLUX_ZERO_POINTS)}"
+            )
+        if not (np.isfinite(self.ebv_to_ar) and self.ebv_to_ar > 0):
+            raise ValueError(f"ebv_to_ar must be positive, got {self.ebv_to_ar!r}")
+
+    def flux_column(self, band: str) -> str:
+        return self.fluxes.get(band, f"{band}_psfFlux")
+
+    def flux_error_column(self, band: str) -> str:
+        return self.flux_errors.get(band, f"{band}_psfFluxErr")
+
+    def dust_columns(self, available: Sequence[str]) -> list[str]:
+        """The column :meth:`dust_values` reads from a catalogue with ``available`` columns."""
+        present = set(available)
+        for column in (self.dust, self.ebv):
+            if column is not None and column in present:
+                return [column]
+        return []
+
+    def dust_values(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """Map extinction A_r per row: the ``dust`` column, else ``ebv_to_ar`` times the
+        ``ebv`` column; None when the catalogue has neither. Non-numeric, negative or
+        implausible (>= 50 mag) values become NaN."""
+        found = self.dust_columns([str(c) for c in frame.columns])
+        if not found:
+            return None
+        values = _numeric_column(frame, found[0])
+        if found[0] != self.dust:
+            values = values * self.ebv_to_ar
+        return np.where(np.isfinite(values) & (values >= 0) & (values < 50), values, np.nan)
 
     def mag_column(self, band: str) -> str:
         return self.mags.get(band, f"{band}mag")
@@ -147,6 +204,10 @@ class ColumnMap:
 
     def color_column(self, blue: str, red: str) -> str:
         return self.colors.get(blue + red, blue + red)
+
+    def flux_columns(self, band: str) -> tuple[str, str]:
+        """The flux and flux-error columns of ``band``."""
+        return self.flux_column(band), self.flux_error_column(band)
 
     def photometry_sources(
         self, band_set: BandSet, available: Sequence[str]
@@ -163,7 +224,10 @@ class ColumnMap:
             column) is missing.
         """
         present = set(available)
-        needed = [self.mag_column("r")] + [self.error_column(b) for b in band_set.bands]
+        if self.flux_unit is not None:
+            needed = [c for b in band_set.bands for c in self.flux_columns(b)]
+        else:
+            needed = [self.mag_column("r")] + [self.error_column(b) for b in band_set.bands]
         for column in needed:
             if column not in present:
                 raise MissingColumnError(
@@ -171,6 +235,8 @@ class ColumnMap:
                     f"(columns: {list(available)[:20]}...)"
                 )
         sources: list[str | None] = []
+        if self.flux_unit is not None:
+            return needed, [None] * len(band_set.color_pairs)
         for blue, red in band_set.color_pairs:
             mag_columns = [self.mag_column(blue), self.mag_column(red)]
             if all(c in present for c in mag_columns):
@@ -197,27 +263,46 @@ class ColumnMap:
         mags: dict[str, str] = {}
         colors: dict[str, str] = {}
         errors: dict[str, str] = {}
-        other: dict[str, str | None] = {}
+        fluxes: dict[str, str] = {}
+        flux_errors: dict[str, str] = {}
+        other: dict[str, Any] = {}
         for key, value in mapping.items():
             k = key.strip()
-            if len(k) == 4 and k.lower().endswith("mag"):
+            lower = k.lower()
+            if len(k) == 4 and lower.endswith("mag"):
                 mags[k[0]] = str(value)
-            elif len(k) == 4 and k.lower().endswith("err"):
+            elif len(k) == 4 and lower.endswith("err"):
                 errors[k[0]] = str(value)
-            elif k in {"ra", "dec", "object_id", "dust"}:
+            elif len(k) == 5 and lower.endswith("flux"):
+                fluxes[k[0]] = str(value)
+            elif len(k) == 8 and lower.endswith("fluxerr"):
+                flux_errors[k[0]] = str(value)
+            elif k in {"ra", "dec", "object_id", "dust", "flux_unit", "ebv"}:
                 other[k] = value
+            elif k == "ebv_to_ar":
+                other[k] = float(value)  # type: ignore[arg-type]
             elif len(k) == 2 and set(k) <= set("ugrizy"):
                 colors[k] = str(value)
             else:
                 raise ValueError(f"unknown column-map key {key!r}")
-        return cls(mags=mags, errors=errors, colors=colors, **other)  # type: ignore[arg-type]
+        return cls(
+            mags=mags,
+            errors=errors,
+            colors=colors,
+            fluxes=fluxes,
+            flux_errors=flux_errors,
+            **other,
+        )
 
     def to_mapping(self) -> dict[str, str | None]:
         """Flat keys that :meth:`from_mapping` reads back (for run summaries)."""
         mapping: dict[str, str | None] = {f"{b}mag": c for b, c in self.mags.items()}
         mapping.update({f"{b}err": c for b, c in self.errors.items()})
         mapping.update(self.colors)
+        mapping.update({f"{b}flux": c for b, c in self.fluxes.items()})
+        mapping.update({f"{b}fluxerr": c for b, c in self.flux_errors.items()})
         mapping.update(ra=self.ra, dec=self.dec, object_id=self.object_id, dust=self.dust)
+        mapping.update(flux_unit=self.flux_unit, ebv=self.ebv, ebv_to_ar=self.ebv_to_ar)
         return mapping
 
 
@@ -288,6 +373,25 @@ def colors_from_magnitudes(
     return colors, color_errors
 
 
+def magnitudes_from_fluxes(
+    flux: np.ndarray, flux_error: np.ndarray, unit: str = "nJy"
+) -> tuple[np.ndarray, np.ndarray]:
+    """AB magnitudes and their errors from fluxes in ``unit`` (see :data:`FLUX_ZERO_POINTS`).
+
+    The error is the linearised 2.5 / ln(10) sigma_f / f. A non-positive or non-finite flux
+    (a non-detection) or flux error gives NaN for both.
+    """
+    if unit not in FLUX_ZERO_POINTS:
+        raise ValueError(f"unknown flux unit {unit!r}; use one of {list(FLUX_ZERO_POINTS)}")
+    flux = np.asarray(flux, dtype=float)
+    flux_error = np.asarray(flux_error, dtype=float)
+    ok = np.isfinite(flux) & (flux > 0) & np.isfinite(flux_error) & (flux_error > 0)
+    safe = np.where(ok, flux, 1.0)
+    mags = np.where(ok, FLUX_ZERO_POINTS[unit] - 2.5 * np.log10(safe), np.nan)
+    errors = np.where(ok, _MAG_PER_LN_FLUX * flux_error / safe, np.nan)
+    return mags, errors
+
+
 def _numeric_column(frame: pd.DataFrame, column: str) -> np.ndarray:
     if column not in frame.columns:
         raise MissingColumnError(
@@ -321,10 +425,21 @@ def photometry_from_frame(
             return _numeric_column(frame, name)
         return np.full(len(frame), np.nan)
 
-    mags = np.column_stack([column_or_nan(columns.mag_column(b)) for b in band_set.bands])
-    errs = np.column_stack(
-        [_numeric_column(frame, columns.error_column(b)) for b in band_set.bands]
-    )
+    if columns.flux_unit is not None:
+        mags, errs = magnitudes_from_fluxes(
+            np.column_stack(
+                [_numeric_column(frame, columns.flux_column(b)) for b in band_set.bands]
+            ),
+            np.column_stack(
+                [_numeric_column(frame, columns.flux_error_column(b)) for b in band_set.bands]
+            ),
+            columns.flux_unit,
+        )
+    else:
+        mags = np.column_stack([column_or_nan(columns.mag_column(b)) for b in band_set.bands])
+        errs = np.column_stack(
+            [_numeric_column(frame, columns.error_column(b)) for b in band_set.bands]
+        )
     mags = mags.reshape(len(frame), n_bands)
     errs = errs.reshape(len(frame), n_bands)
     bad_err = ~np.isfinite(errs) | (errs <= 0)
@@ -347,10 +462,7 @@ def photometry_from_frame(
     colors[unusable] = np.nan
     color_errors[unusable] = np.nan
     r_index = band_set.bands.index("r")
-    dust = None
-    if columns.dust is not None and columns.dust in frame.columns:
-        dust = _numeric_column(frame, columns.dust)
-        dust = np.where(np.isfinite(dust) & (dust >= 0) & (dust < 50), dust, np.nan)
+    dust = columns.dust_values(frame)
     r_err = np.where(np.isfinite(mags[:, r_index]), errs[:, r_index], np.nan)
     # adjacent colours from magnitudes share a band: covariance -sigma^2 of that band
     shared = ~(from_columns[:-1] | from_columns[1:]) & ~unusable[:, :-1] & ~unusable[:, 1:]

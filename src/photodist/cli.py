@@ -154,13 +154,30 @@ def _key_values(items: tuple[str, ...], option: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _column_map(column: tuple[str, ...], dust: str | None) -> ColumnMap:
+def _column_map(
+    column: tuple[str, ...],
+    dust: str | None,
+    flux_unit: str | None = None,
+    ebv_column: str | None = None,
+) -> ColumnMap:
     mapping: dict[str, str | None] = dict(_key_values(column, "--column"))
     mapping.setdefault("dust", dust)
+    mapping.setdefault("flux_unit", flux_unit)
+    mapping.setdefault("ebv", ebv_column)
     try:
         return ColumnMap.from_mapping(mapping)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--column") from exc
+
+
+_FLUX_UNIT_OPTION = click.option(
+    "--flux-unit",
+    type=click.Choice(["nJy", "uJy", "mJy", "Jy"]),
+    default=None,
+    help="Read the bands from flux columns in this unit ({band}_psfFlux and {band}_psfFluxErr "
+    "as in Rubin's Object tables; rename with --column uflux=COL --column ufluxerr=COL) and "
+    "convert them to AB magnitudes; a non-positive flux makes its band unusable.",
+)
 
 
 def _default(module: str, name: str) -> object:
@@ -369,10 +386,9 @@ def _resolve_prior(
     frame = positions() if callable(positions) else positions
     ra, dec = _equatorial_positions(frame, columns)
     ar_inf = None
-    if columns.dust is not None and columns.dust in frame.columns:
-        dust = pd.to_numeric(frame[columns.dust], errors="coerce")
-        if dust.notna().any():
-            ar_inf = float(dust.median())
+    dust = columns.dust_values(frame)
+    if dust is not None and np.isfinite(dust).any():
+        ar_inf = float(np.nanmedian(dust))
     try:
         return priors.galaxy_prior_for_stars(
             ra,
@@ -517,6 +533,13 @@ def _catalog_options(function):
             show_default=True,
             help="Column with the map A_r per star (bounds the A_r prior).",
         ),
+        click.option(
+            "--ebv-column",
+            default=None,
+            help="Column with the dust map's E(B-V) (e.g. 'ebv' of Rubin's Object tables), used "
+            "where the catalogue has no --dust-column: A_r(map) = 2.751 E(B-V) (SFD, SDSS r).",
+        ),
+        _FLUX_UNIT_OPTION,
     ]
     for option in reversed(options):
         function = option(function)
@@ -547,9 +570,10 @@ def _positions_reader(path: Path, columns: ColumnMap):
     def read() -> pd.DataFrame:
         from photodist import io
 
-        wanted = [columns.ra, columns.dec, columns.dust, *sum(GALACTIC_COLUMNS, ())]
         try:
-            available = next(io.iter_catalog_batches(path, batch_size=1)).columns
+            available = [str(c) for c in next(io.iter_catalog_batches(path, batch_size=1)).columns]
+            wanted = [columns.ra, columns.dec, *columns.dust_columns(available)]
+            wanted += list(sum(GALACTIC_COLUMNS, ()))
             return io.read_catalog(path, columns=[c for c in wanted if c and c in available])
         except io.CatalogError as exc:
             raise click.ClickException(str(exc)) from exc
@@ -622,6 +646,8 @@ def bayes_command(
     bands: str,
     column: tuple[str, ...],
     dust_column: str,
+    ebv_column: str | None,
+    flux_unit: str | None,
     prior_choice: PriorChoice,
     locus_path: Path | None,
     feh_step: float,
@@ -656,7 +682,7 @@ def bayes_command(
     from photodist.report import error_model_note
 
     band_set = get_band_set(bands)
-    columns = _column_map(column, dust_column)
+    columns = _column_map(column, dust_column, flux_unit, ebv_column)
     resolved_device = resolve_device(_checked_device(device, "--device"))
     try:
         io.check_output_path(output_path, overwrite=overwrite)
@@ -813,6 +839,7 @@ def _write_posterior(
     show_default=True,
     help="Stars per batch (bounds memory).",
 )
+@_FLUX_UNIT_OPTION
 @_keep_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def predict_command(
@@ -820,6 +847,7 @@ def predict_command(
     input_path: Path,
     output_path: Path,
     column: tuple[str, ...],
+    flux_unit: str | None,
     nn_device: str,
     batch_size: int,
     keep: tuple[str, ...],
@@ -844,7 +872,7 @@ def predict_command(
     except (ModelFileError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     band_set = model.band_set_
-    columns = _column_map(column, None)
+    columns = _column_map(column, None, flux_unit)
     try:
         io.check_output_path(output_path, overwrite=overwrite)
         total = io.count_rows(input_path)
@@ -921,6 +949,8 @@ def run_command(
     bands: str,
     column: tuple[str, ...],
     dust_column: str,
+    ebv_column: str | None,
+    flux_unit: str | None,
     prior_choice: PriorChoice,
     n_train: int,
     strategy: str,
@@ -950,7 +980,7 @@ def run_command(
 
     summary_path = output_path.with_name(output_path.name + ".run.json")
     prior_out = output_path.with_name(output_path.name + ".prior.npz")
-    columns = _column_map(column, dust_column)
+    columns = _column_map(column, dust_column, flux_unit, ebv_column)
     try:
         io.check_output_path(output_path, overwrite=overwrite)
         if summary_path.exists() and not overwrite:
@@ -1173,6 +1203,8 @@ def survey_command(
     bands: str,
     column: tuple[str, ...],
     dust_column: str,
+    ebv_column: str | None,
+    flux_unit: str | None,
     order: int,
     scheduler: str | None,
     workers: int | None,
@@ -1214,7 +1246,7 @@ def survey_command(
     config = SurveyConfig(
         order=order,
         pipeline=pipeline,
-        columns=_column_map(column, dust_column),
+        columns=_column_map(column, dust_column, flux_unit, ebv_column),
         prior="trilegal" if trilegal_path is not None else "galaxy",
         trilegal_path=None if trilegal_path is None else str(trilegal_path),
         prior_seed=seed,
@@ -1307,6 +1339,8 @@ def tune_command(
     bands: str,
     column: tuple[str, ...],
     dust_column: str,
+    ebv_column: str | None,
+    flux_unit: str | None,
     simulate_cone: tuple[float, float, float] | None,
     stars: int,
     trials: int,
@@ -1322,7 +1356,9 @@ def tune_command(
         raise click.UsageError("give LABELLED_PATH or --simulate-cone L B RADIUS")
     if labelled_path is not None:
         data = labelled_set_from_file(
-            labelled_path, get_band_set(bands).name, _column_map(column, dust_column)
+            labelled_path,
+            get_band_set(bands).name,
+            _column_map(column, dust_column, flux_unit, ebv_column),
         )
     else:
         data = labelled_set_from_patch(tuple(simulate_cone), stars, seed=seed)

@@ -66,7 +66,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
-from photodist.bands import ColumnMap
+from photodist.bands import ColumnMap, magnitudes_from_fluxes
 from photodist.bayes import Flags
 from photodist.diagnostics import diagnostics_figure, magnitude_table
 from photodist.evaluate import SIGMA_G_FACTOR, TRUTH_ALIASES, robust_stats, truth_values
@@ -338,8 +338,18 @@ def prepare_report_data(
         return None
 
     phot: dict[str, np.ndarray] = {}
-    umag, gmag, rmag = (lookup(columns.mag_column(b)) for b in "ugr")
-    uerr, gerr = (lookup(columns.error_column(b)) for b in "ug")
+    if columns.flux_unit is not None and photometry is not None:  # a flux catalogue
+
+        def band(b: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+            flux, error = (_numeric(photometry, c) for c in columns.flux_columns(b))
+            if flux is None or error is None:
+                return None, None
+            return magnitudes_from_fluxes(flux, error, columns.flux_unit)
+
+        (umag, uerr), (gmag, gerr), (rmag, _) = (band(b) for b in "ugr")
+    else:
+        umag, gmag, rmag = (lookup(columns.mag_column(b)) for b in "ugr")
+        uerr, gerr = (lookup(columns.error_column(b)) for b in "ug")
     if umag is not None:
         phot["umag"] = umag
     if rmag is not None:
@@ -354,12 +364,9 @@ def prepare_report_data(
         phot["ug"], phot["ug_err"] = ug, ug_err
     # the dust map from the input catalogue, or from a simulated one that keeps the true A_r
     # apart (``Ar_true``): under the photod convention a truth frame's ``Ar`` is the true A_r
-    a_map = None
-    if columns.dust:
-        if photometry is not None:
-            a_map = _numeric(photometry, columns.dust)
-        if a_map is None and truth is not None and TRUTH_ALIASES["Ar"][0] in truth.columns:
-            a_map = _numeric(truth, columns.dust)
+    a_map = None if photometry is None else columns.dust_values(photometry)
+    if a_map is None and truth is not None and TRUTH_ALIASES["Ar"][0] in truth.columns:
+        a_map = columns.dust_values(truth)
     if a_map is not None:
         phot["a_map"] = a_map
 

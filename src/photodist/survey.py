@@ -150,6 +150,15 @@ def _column_map_dict(columns: ColumnMap) -> dict[str, Any]:
         "dec": columns.dec,
         "object_id": columns.object_id,
         "dust": columns.dust,
+        # flux catalogues and E(B-V) dust columns only (keeps older manifests resumable)
+        **({"flux_unit": columns.flux_unit} if columns.flux_unit else {}),
+        **({"fluxes": dict(sorted(columns.fluxes.items()))} if columns.fluxes else {}),
+        **(
+            {"flux_errors": dict(sorted(columns.flux_errors.items()))}
+            if columns.flux_errors
+            else {}
+        ),
+        **({"ebv": columns.ebv, "ebv_to_ar": columns.ebv_to_ar} if columns.ebv else {}),
     }
 
 
@@ -447,10 +456,7 @@ def _resolve_keep(config: SurveyConfig, available: Sequence[str], where: str) ->
 
 def _read_columns(config: SurveyConfig, available: Sequence[str], keep: Sequence[str]) -> list[str]:
     """Input columns a task reads: photometry, dust (if present) and the kept columns."""
-    cols = _needed_columns(config, available)
-    dust = config.columns.dust
-    if dust is not None and dust in set(available):
-        cols.append(dust)
+    cols = _needed_columns(config, available) + config.columns.dust_columns(available)
     return list(dict.fromkeys([*keep, *cols]))
 
 
@@ -1413,9 +1419,8 @@ def run_survey(
         plan = plan_patches(input_path, config, out, fingerprint)
         if not plan.patches:
             raise io.CatalogError(f"{input_path}: the catalogue has no rows")
-        dust = config.columns.dust
         phot = _needed_columns(config, plan.read_columns)
-        phot += [dust] if dust and dust in plan.read_columns else []
+        phot += config.columns.dust_columns(plan.read_columns)
         job = _Job(
             config=config,
             output_dir=str(out),
