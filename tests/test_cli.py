@@ -11,7 +11,7 @@ from photodist.cli import cli
 def test_help_lists_commands():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for command in ("locus", "bayes", "predict", "demo"):
+    for command in ("locus", "bayes", "train", "predict", "demo"):
         assert command in result.output
 
 
@@ -276,6 +276,23 @@ def test_simulate_run_evaluate_chain(tmp_path):
     assert runner.invoke(cli, predict).exit_code != 0  # the output exists: --overwrite needed
     not_a_model = runner.invoke(cli, ["predict", str(sim), str(sim), str(tmp_path / "x.csv")])
     assert not_a_model.exit_code != 0 and "Traceback" not in not_a_model.output
+    # the networks stage alone: Bayesian labels of a subsample, training, prediction
+    sub = tmp_path / "sub.parquet"
+    pd.read_parquet(sim).iloc[::3].to_parquet(sub)
+    labels = tmp_path / "labels.parquet"
+    bayes = runner.invoke(cli, ["bayes", str(sub), str(labels), "--flat-prior"])
+    assert bayes.exit_code == 0, bayes.output
+    model2 = tmp_path / "model2.safetensors"
+    train = ["train", str(sub), str(labels), str(model2), "--epochs", "3", "--nn-device", "cpu"]
+    result = runner.invoke(cli, train)
+    assert result.exit_code == 0, result.output
+    assert "networks trained on" in result.output and model2.exists()
+    assert runner.invoke(cli, train).exit_code != 0  # the model exists: --overwrite needed
+    result = runner.invoke(cli, ["predict", str(model2), str(sim), str(tmp_path / "p2.parquet")])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_parquet(tmp_path / "p2.parquet")) == n
+    wrong = runner.invoke(cli, ["train", str(sim), str(labels), str(tmp_path / "m3.safetensors")])
+    assert wrong.exit_code != 0 and "label rows" in wrong.output
     sdss = tmp_path / "sdss.csv"  # the model's band set needs y
     pd.read_parquet(sim).drop(columns=["ymag", "yErr"]).head(50).to_csv(sdss, index=False)
     no_y = runner.invoke(cli, ["predict", str(model), str(sdss), str(tmp_path / "y.csv")])

@@ -20,6 +20,7 @@ from photodist.pipeline import (
     predict_with_model,
     run_patch,
     strata,
+    train_networks,
     used_error_floor,
 )
 from photodist.priors import build_patch_priors
@@ -180,6 +181,28 @@ def test_saved_model_predicts_every_row_as_the_run_did(catalog, hybrid, tmp_path
     n_invalid = int(((pred["flags"].to_numpy() & Flags.NN_INVALID_INPUT) > 0).sum())
     assert info["n_invalid_input"] == n_invalid >= len(NO_R + NO_U + SENTINEL_G)
     assert info["n_nn"] + n_invalid == len(catalog)
+
+
+def test_networks_train_on_the_bayesian_rows_of_a_result(catalog, hybrid):
+    result, _, _ = hybrid
+    config = small_config()
+    model = train_networks(catalog, result, config)
+    phot = photometry_from_frame(catalog, "lsst")
+    bayes_rows = (result["method"] == "bayes").to_numpy() & np.isfinite(phot.r)
+    usable = bayes_rows & np.isfinite(result["Mr_sigma"].to_numpy())
+    meta = model.training_metadata_
+    assert meta["n_train"] + meta["n_validation"] <= usable.sum()
+    assert meta["n_train"] + meta["n_validation"] >= usable.sum() - 10  # rows lacking 2 colours
+    # the same seed and labels give the same networks
+    again = train_networks(catalog, result, config)
+    x = phot.features()[:500]
+    np.testing.assert_array_equal(model.predict(x)["Mr_mean"], again.predict(x)["Mr_mean"])
+    with pytest.raises(ValueError, match="label rows"):
+        train_networks(catalog, result.iloc[:-1], config)
+    with pytest.raises(ValueError, match="at least 20000"):
+        train_networks(catalog, result, small_config(min_train=20_000))
+    with pytest.raises(KeyError, match="FeH_mean"):
+        train_networks(catalog, result.drop(columns="FeH_mean"), config)
 
 
 def test_saved_model_refuses_another_band_set(catalog, hybrid):

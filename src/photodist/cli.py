@@ -816,6 +816,76 @@ def _write_posterior(
     click.echo(f"posterior of row {row} -> {folder / f'row_{row}.png'}")
 
 
+@cli.command("train")
+@click.argument("input_path", type=click.Path(exists=True, path_type=Path))
+@click.argument("labels_path", type=click.Path(exists=True, path_type=Path))
+@click.argument("model_path", type=click.Path(path_type=Path))
+@_catalog_options
+@_training_options
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Network architecture JSON (e.g. best_spec.json from `photodist tune`).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
+def train_command(
+    input_path: Path,
+    labels_path: Path,
+    model_path: Path,
+    bands: str,
+    column: tuple[str, ...],
+    dust_column: str,
+    ebv_column: str | None,
+    flux_unit: str | None,
+    epochs: int,
+    learning_rate: float,
+    nn_device: str,
+    spec_path: Path | None,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    """Train the networks on Bayesian labels: LABELS from `photodist bayes INPUT LABELS`.
+
+    INPUT holds the labelled stars (e.g. a representative subsample of a patch) and LABELS
+    their Bayesian estimates, row by row. The model (MODEL, safetensors) then predicts any
+    star of the patch with `photodist predict`.
+    """
+    from photodist import io
+    from photodist.pipeline import PipelineConfig, train_networks
+
+    if model_path.exists() and not overwrite:
+        raise click.ClickException(f"{model_path} already exists; use --overwrite to replace it")
+    columns = _column_map(column, dust_column, flux_unit, ebv_column)
+    try:
+        frame = io.read_catalog(input_path)
+        labels = io.read_catalog(labels_path)
+    except (io.CatalogError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    _check_columns(frame, bands, columns)
+    config = PipelineConfig(
+        band_set=get_band_set(bands).name,
+        nn_max_epochs=epochs,
+        nn_learning_rate=learning_rate,
+        nn_device=_checked_device(nn_device),
+        nn_spec=None if spec_path is None else _read_spec(spec_path),
+        seed=seed,
+    )
+    start = time.perf_counter()
+    try:
+        model = train_networks(frame, labels, config, columns=columns)
+    except (ValueError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    model.save(model_path)
+    meta = model.training_metadata_
+    click.echo(
+        f"networks trained on {meta['n_train']} + {meta['n_validation']} (validation) labelled "
+        f"stars in {time.perf_counter() - start:.1f} s -> {model_path}"
+    )
+
+
 @cli.command("predict")
 @click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("input_path", type=click.Path(exists=True, path_type=Path))

@@ -67,6 +67,7 @@ __all__ = [
     "predict_with_model",
     "run_patch",
     "strata",
+    "train_networks",
 ]
 
 #: Estimated parameters, in the column order of the network labels.
@@ -587,6 +588,90 @@ def _network_rows(
     out.flags[rows[invalid]] |= Flags.NN_INVALID_INPUT
     out.flags[rows[~invalid & unusable]] |= Flags.COLOR_UNUSABLE
     return ood, invalid
+
+
+def train_networks(
+    data: pd.DataFrame | Photometry,
+    labels: pd.DataFrame,
+    config: PipelineConfig | None = None,
+    *,
+    columns: ColumnMap | None = None,
+) -> PhotoDNetwork:
+    """Train the moments and secondary networks on Bayesian labels of a catalogue's stars.
+
+    The networks stage on its own (``photodist train``): label stars of a patch with
+    ``photodist bayes`` (a subsample chosen as one likes), train here, then predict any number
+    of the patch's stars with :func:`predict_with_model`. :func:`run_patch` does all three
+    for one patch.
+
+    Parameters
+    ----------
+    data
+        The labelled stars (columns as in ``columns``) or their :class:`Photometry`.
+    labels
+        Bayesian estimates of the same rows, in the same order: ``{p}_mean`` and ``{p}_std``
+        (``BayesEstimator.predict`` output) or ``{p}_sigma`` for p in Mr, Ar, FeH. A
+        :func:`run_patch` result serves too: only its ``method == "bayes"`` rows are used.
+    config
+        Network settings (``nn_*`` fields, ``band_set``, ``seed``, ``min_train``) of
+        :class:`PipelineConfig`.
+    columns
+        Catalogue column names (default ``{band}mag``, ``{band}Err``).
+
+    Raises
+    ------
+    ValueError
+        The label rows do not match the stars, or fewer than ``config.min_train`` stars have
+        finite labels and network inputs.
+    """
+    config = config or PipelineConfig()
+    band_set = get_band_set(config.band_set)
+    if isinstance(data, Photometry):
+        if data.band_set.name != band_set.name:
+            raise ValueError(
+                f"photometry is in band set {data.band_set.name!r}, the configuration says "
+                f"{band_set.name!r}"
+            )
+        phot = data
+    else:
+        phot = photometry_from_frame(data, band_set, columns)
+    if len(labels) != len(phot):
+        raise ValueError(
+            f"{len(labels)} label rows for {len(phot)} stars: the labels must be the Bayesian "
+            "estimates of the same catalogue, row by row"
+        )
+
+    def label(p: str, kinds: Sequence[str]) -> np.ndarray:
+        for kind in kinds:
+            if f"{p}_{kind}" in labels.columns:
+                values = pd.to_numeric(labels[f"{p}_{kind}"], errors="coerce")
+                return values.to_numpy(dtype=float, na_value=np.nan)
+        raise KeyError(f"labels have no column {p}_{kinds[0]}")
+
+    mean = np.column_stack([label(p, ("mean",)) for p in PARAMETERS])
+    sigma = np.column_stack([label(p, ("std", "sigma")) for p in PARAMETERS])
+    rows = np.isfinite(mean).all(axis=1) & np.isfinite(sigma).all(axis=1)
+    rows &= network_inputs_usable(phot, missing_colors=config.nn_missing_colors)
+    if "method" in labels.columns:
+        rows &= labels["method"].astype(str).to_numpy() == "bayes"
+    n_labels = int(rows.sum())
+    if n_labels < config.min_train:
+        raise ValueError(
+            f"only {n_labels} stars have Bayesian labels and network inputs; at least "
+            f"{config.min_train} are needed (PipelineConfig.min_train)"
+        )
+    model = config.network(int(config.seed))
+    model.fit(
+        phot.subset(rows).features(),
+        mean[rows],
+        sigma[rows],
+        metadata={
+            "labels": "Bayesian posterior means and standard deviations",
+            "pipeline": config.to_dict(),
+            "n_label_rows": len(labels),
+        },
+    )
+    return model
 
 
 def predict_with_model(
