@@ -249,3 +249,18 @@ def test_column_map_round_trips_through_its_mapping():
     )
     assert ColumnMap.from_mapping(columns.to_mapping()) == columns
     assert ColumnMap.from_mapping(ColumnMap().to_mapping()) == ColumnMap()
+
+
+def test_flagged_flux_measurements_are_unusable():
+    fluxes = _as_fluxes(_frame(4, Ar=np.full(4, 0.1)), "ugriz")
+    fluxes["g_psfFlux_flag"] = [False, True, False, False]
+    fluxes["i_custom_flag"] = [0, 0, 1, 0]
+    columns = ColumnMap.from_mapping({"flux_unit": "nJy", "ifluxflag": "i_custom_flag"})
+    needed, _ = columns.photometry_sources(SDSS, list(fluxes.columns))
+    assert {"g_psfFlux_flag", "i_custom_flag"} <= set(needed)
+    phot = photometry_from_frame(fluxes, "sdss", columns)
+    usable = np.isfinite(phot.colors)
+    np.testing.assert_array_equal(usable[1], [False, False, True, True])  # no g: u-g, g-r
+    np.testing.assert_array_equal(usable[2], [True, True, False, False])  # no i: r-i, i-z
+    assert usable[[0, 3]].all()
+    assert ColumnMap.from_mapping(columns.to_mapping()) == columns

@@ -142,7 +142,8 @@ class ColumnMap:
     read from flux columns instead, ``"{band}_psfFlux"`` and ``"{band}_psfFluxErr"`` by
     default as in Rubin's Object tables (override with ``fluxes``/``flux_errors``): AB
     magnitudes and their errors 1.0857 sigma_f / f; a non-positive flux (a non-detection)
-    makes the band unusable.
+    makes the band unusable, and so does a true measurement flag where the catalogue has
+    one (``"{band}_psfFlux_flag"``, override with ``flux_flags``).
 
     ``dust`` names an optional column with the map extinction A_r (e.g. SFD) per star; where
     the catalogue lacks it, ``ebv`` may name a column of the map's E(B-V), converted with
@@ -159,6 +160,7 @@ class ColumnMap:
     flux_unit: str | None = None
     fluxes: Mapping[str, str] = field(default_factory=dict)
     flux_errors: Mapping[str, str] = field(default_factory=dict)
+    flux_flags: Mapping[str, str] = field(default_factory=dict)
     ebv: str | None = None
     ebv_to_ar: float = SFD_EBV_TO_AR
 
@@ -205,6 +207,9 @@ class ColumnMap:
     def color_column(self, blue: str, red: str) -> str:
         return self.colors.get(blue + red, blue + red)
 
+    def flux_flag_column(self, band: str) -> str:
+        return self.flux_flags.get(band, f"{band}_psfFlux_flag")
+
     def flux_columns(self, band: str) -> tuple[str, str]:
         """The flux and flux-error columns of ``band``."""
         return self.flux_column(band), self.flux_error_column(band)
@@ -235,8 +240,9 @@ class ColumnMap:
                     f"(columns: {list(available)[:20]}...)"
                 )
         sources: list[str | None] = []
-        if self.flux_unit is not None:
-            return needed, [None] * len(band_set.color_pairs)
+        if self.flux_unit is not None:  # with the measurement flags the catalogue has
+            flags = [self.flux_flag_column(b) for b in band_set.bands]
+            return needed + [f for f in flags if f in present], [None] * len(band_set.color_pairs)
         for blue, red in band_set.color_pairs:
             mag_columns = [self.mag_column(blue), self.mag_column(red)]
             if all(c in present for c in mag_columns):
@@ -265,6 +271,7 @@ class ColumnMap:
         errors: dict[str, str] = {}
         fluxes: dict[str, str] = {}
         flux_errors: dict[str, str] = {}
+        flux_flags: dict[str, str] = {}
         other: dict[str, Any] = {}
         for key, value in mapping.items():
             k = key.strip()
@@ -277,6 +284,8 @@ class ColumnMap:
                 fluxes[k[0]] = str(value)
             elif len(k) == 8 and lower.endswith("fluxerr"):
                 flux_errors[k[0]] = str(value)
+            elif len(k) == 9 and lower.endswith("fluxflag"):
+                flux_flags[k[0]] = str(value)
             elif k in {"ra", "dec", "object_id", "dust", "flux_unit", "ebv"}:
                 other[k] = value
             elif k == "ebv_to_ar":
@@ -291,6 +300,7 @@ class ColumnMap:
             colors=colors,
             fluxes=fluxes,
             flux_errors=flux_errors,
+            flux_flags=flux_flags,
             **other,
         )
 
@@ -301,6 +311,7 @@ class ColumnMap:
         mapping.update(self.colors)
         mapping.update({f"{b}flux": c for b, c in self.fluxes.items()})
         mapping.update({f"{b}fluxerr": c for b, c in self.flux_errors.items()})
+        mapping.update({f"{b}fluxflag": c for b, c in self.flux_flags.items()})
         mapping.update(ra=self.ra, dec=self.dec, object_id=self.object_id, dust=self.dust)
         mapping.update(flux_unit=self.flux_unit, ebv=self.ebv, ebv_to_ar=self.ebv_to_ar)
         return mapping
@@ -426,10 +437,16 @@ def photometry_from_frame(
         return np.full(len(frame), np.nan)
 
     if columns.flux_unit is not None:
+        fluxes = np.column_stack(
+            [_numeric_column(frame, columns.flux_column(b)) for b in band_set.bands]
+        )
+        for k, b in enumerate(band_set.bands):  # a flagged measurement is no measurement
+            flag = columns.flux_flag_column(b)
+            if flag in frame.columns:
+                flagged = pd.to_numeric(frame[flag], errors="coerce").fillna(1).to_numpy() != 0
+                fluxes[flagged, k] = np.nan
         mags, errs = magnitudes_from_fluxes(
-            np.column_stack(
-                [_numeric_column(frame, columns.flux_column(b)) for b in band_set.bands]
-            ),
+            fluxes,
             np.column_stack(
                 [_numeric_column(frame, columns.flux_error_column(b)) for b in band_set.bands]
             ),

@@ -158,6 +158,7 @@ def _column_map_dict(columns: ColumnMap) -> dict[str, Any]:
             if columns.flux_errors
             else {}
         ),
+        **({"flux_flags": dict(sorted(columns.flux_flags.items()))} if columns.flux_flags else {}),
         **({"ebv": columns.ebv, "ebv_to_ar": columns.ebv_to_ar} if columns.ebv else {}),
     }
 
