@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from photodist.bands import photometry_from_frame
+from photodist.bands import SFD_EBV_TO_AR, ColumnMap, photometry_from_frame
 from photodist.bayes import BayesEstimator
 from photodist.pipeline import (
     RESULT_FLOAT_COLUMNS,
@@ -294,6 +294,31 @@ def test_hats_input_gives_the_same_catalog(catalog, workdir, reference, prior_ca
     )
     assert summary.ok
     frames_equal(read_survey_output(run), read_survey_output(out))
+
+
+def test_flux_input_with_ebv_gives_the_same_catalog(catalog, workdir, reference, prior_cache):
+    """Rubin-style nJy fluxes and an E(B-V) column reproduce the magnitude catalogue's run."""
+    out, _ = reference
+    fluxes = catalog.drop(columns=[c for b in "ugrizy" for c in (f"{b}mag", f"{b}Err")] + ["Ar"])
+    for b in "ugrizy":
+        flux = 10 ** (0.4 * (31.4 - catalog[f"{b}mag"]))
+        fluxes[f"{b}_psfFlux"] = flux
+        fluxes[f"{b}_psfFluxErr"] = catalog[f"{b}Err"] * flux / (2.5 / np.log(10))
+    fluxes["ebv"] = catalog["Ar"] / SFD_EBV_TO_AR
+    path = workdir / "fluxes.parquet"
+    fluxes.to_parquet(path, index=False)
+    columns = ColumnMap(flux_unit="nJy", ebv="ebv")
+    run = workdir / "from_fluxes"
+    summary = run_survey(
+        path, run, survey_config(prior_cache, columns=columns), scheduler="synchronous",
+        progress=False,
+    )  # fmt: skip
+    assert summary.ok
+    got, expected = read_survey_output(run), read_survey_output(out)
+    assert len(got) == len(expected)
+    np.testing.assert_array_equal(got["flags"], expected["flags"])
+    for column in ("Mr_mean", "FeH_mean", "Ar_mean", "Mr_sigma", "dist_pc"):
+        np.testing.assert_allclose(got[column], expected[column], rtol=1e-5, atol=1e-6)
 
 
 def test_staging_needs_positions_and_photometry(catalog, tmp_path):
