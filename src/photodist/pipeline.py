@@ -49,7 +49,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from photodist.bands import ColumnMap, Photometry, get_band_set, photometry_from_frame
+from photodist.bands import (
+    ColumnMap,
+    MissingColumnError,
+    Photometry,
+    get_band_set,
+    photometry_from_frame,
+)
 from photodist.bayes import BayesConfig, BayesEstimator, Flags
 from photodist.error_floor import ErrorFloorFit, resolve_error_floor
 from photodist.locus import Locus, build_locus
@@ -646,7 +652,7 @@ def train_networks(
             if f"{p}_{kind}" in labels.columns:
                 values = pd.to_numeric(labels[f"{p}_{kind}"], errors="coerce")
                 return values.to_numpy(dtype=float, na_value=np.nan)
-        raise KeyError(f"labels have no column {p}_{kinds[0]}")
+        raise MissingColumnError(f"labels have no column {p}_{kinds[0]}")
 
     mean = np.column_stack([label(p, ("mean",)) for p in PARAMETERS])
     sigma = np.column_stack([label(p, ("std", "sigma")) for p in PARAMETERS])
