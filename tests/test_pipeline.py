@@ -220,11 +220,13 @@ def test_small_patch_runs_bayes_on_all(catalog, prior, default_locus):
     for config in (
         small_config(n_train=10_000, error_floor="auto"),  # more stars than the patch has
         small_config(train_fraction=0.05, min_train=1000),  # a subsample below the minimum
+        small_config(bayes_all_below=len(catalog)),  # Bayes on all is cheaper than training
     ):
         result, timings, model = run_patch(catalog, prior, default_locus, config)
         assert model is None
         info = result.attrs["photodist_pipeline"]
         assert info["mode"] == "bayes_only"
+        assert ("bayes_all_below" in info["reason"]) == (config.bayes_all_below > 0)
         assert (result["method"] == "bayes").all()
         assert not result["labelled"].any()
         assert timings["train"] == 0 and timings["bayes_all"] > 0
@@ -350,6 +352,8 @@ def test_config_validation():
         PipelineConfig(nn_options={"seed": 3})
     with pytest.raises(ValueError, match="band set"):
         PipelineConfig(band_set="hsc")
+    with pytest.raises(ValueError, match="bayes_all_below"):
+        PipelineConfig(bayes_all_below=-1)
     for bad in ("0.02x", -0.01, None):
         with pytest.raises(ValueError, match="error_floor must be 'auto' or >= 0"):
             PipelineConfig(error_floor=bad)

@@ -993,6 +993,15 @@ def predict_command(
     show_default=True,
     help="How the training subsample is chosen.",
 )
+@click.option(
+    "--bayes-all-below",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Give every star the Bayesian estimate (exact) when the catalogue has at most this "
+    "many usable stars: on 2 cores Bayes on ~450,000 stars takes as long as training the "
+    "networks (docs/benchmarks.md). 0: the hybrid whenever the patch exceeds --n-train.",
+)
 @_training_options
 @_a_prior_options
 @_independent_colors_option
@@ -1024,6 +1033,7 @@ def run_command(
     prior_choice: PriorChoice,
     n_train: int,
     strategy: str,
+    bayes_all_below: int,
     epochs: int,
     learning_rate: float,
     nn_device: str,
@@ -1062,6 +1072,7 @@ def run_command(
         band_set=get_band_set(bands).name,
         n_train=n_train,
         strategy=strategy,
+        bayes_all_below=bayes_all_below,
         nn_max_epochs=epochs,
         nn_learning_rate=learning_rate,
         nn_device=_checked_device(nn_device),
