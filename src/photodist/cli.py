@@ -170,6 +170,15 @@ def _column_map(
         raise click.BadParameter(str(exc), param_hint="--column") from exc
 
 
+_BAYES_ALL_BELOW_OPTION = click.option(
+    "--bayes-all-below",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Give every star of a patch the Bayesian estimate (exact) when it has at most this "
+    "many usable stars: on 2 cores Bayes on ~450,000 stars takes as long as training the "
+    "networks (docs/benchmarks.md). 0: the hybrid whenever a patch exceeds --n-train.",
+)
 _FLUX_UNIT_OPTION = click.option(
     "--flux-unit",
     type=click.Choice(["nJy", "uJy", "mJy", "Jy"]),
@@ -993,15 +1002,7 @@ def predict_command(
     show_default=True,
     help="How the training subsample is chosen.",
 )
-@click.option(
-    "--bayes-all-below",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Give every star the Bayesian estimate (exact) when the catalogue has at most this "
-    "many usable stars: on 2 cores Bayes on ~450,000 stars takes as long as training the "
-    "networks (docs/benchmarks.md). 0: the hybrid whenever the patch exceeds --n-train.",
-)
+@_BAYES_ALL_BELOW_OPTION
 @_training_options
 @_a_prior_options
 @_independent_colors_option
@@ -1272,6 +1273,7 @@ def evaluate_command(
     help="TRILEGAL-format prior catalogue instead of the Galaxy model.",
 )
 @click.option("--n-train", type=int, default=10_000, show_default=True)
+@_BAYES_ALL_BELOW_OPTION
 @_training_options
 @_a_prior_options
 @_independent_colors_option
@@ -1291,6 +1293,7 @@ def survey_command(
     workers: int | None,
     trilegal_path: Path | None,
     n_train: int,
+    bayes_all_below: int,
     epochs: int,
     learning_rate: float,
     nn_device: str,
@@ -1314,6 +1317,7 @@ def survey_command(
     pipeline = PipelineConfig(
         band_set=get_band_set(bands).name,
         n_train=n_train,
+        bayes_all_below=bayes_all_below,
         nn_max_epochs=epochs,
         nn_learning_rate=learning_rate,
         nn_device=_checked_device(nn_device),
