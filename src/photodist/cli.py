@@ -179,6 +179,13 @@ _BAYES_ALL_BELOW_OPTION = click.option(
     "many usable stars: on 2 cores Bayes on ~450,000 stars takes as long as training the "
     "networks (docs/benchmarks.md). 0: the hybrid whenever a patch exceeds --n-train.",
 )
+_SPEC_OPTION = click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Network architecture JSON (e.g. best_spec.json from `photodist tune`).",
+)
 _FLUX_UNIT_OPTION = click.option(
     "--flux-unit",
     type=click.Choice(["nJy", "uJy", "mJy", "Jy"]),
@@ -831,13 +838,7 @@ def _write_posterior(
 @click.argument("model_path", type=click.Path(path_type=Path))
 @_catalog_options
 @_training_options
-@click.option(
-    "--spec",
-    "spec_path",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Network architecture JSON (e.g. best_spec.json from `photodist tune`).",
-)
+@_SPEC_OPTION
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
 def train_command(
@@ -1007,13 +1008,7 @@ def predict_command(
 @_a_prior_options
 @_independent_colors_option
 @_error_floor_option
-@click.option(
-    "--spec",
-    "spec_path",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Network architecture JSON (e.g. best_spec.json from `photodist tune`).",
-)
+@_SPEC_OPTION
 @click.option("--seed", type=int, default=0, show_default=True)
 @_keep_option
 @click.option(

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from photodist.bands import (
+    BandSet,
     ColumnMap,
     MissingColumnError,
     Photometry,
@@ -587,6 +588,20 @@ def _bayes_rows(
         bar.update(part.size)
 
 
+def _as_photometry(
+    data: pd.DataFrame | Photometry, band_set: BandSet, columns: ColumnMap | None, expected: str
+) -> Photometry:
+    """``data`` as photometry in ``band_set``: a catalogue is read with ``columns``; photometry
+    in another band set is refused (``expected`` names what sets the band set)."""
+    if not isinstance(data, Photometry):
+        return photometry_from_frame(data, band_set, columns)
+    if data.band_set.name != band_set.name:
+        raise ValueError(
+            f"photometry is in band set {data.band_set.name!r}, {expected} {band_set.name!r}"
+        )
+    return data
+
+
 def _network_rows(
     model: PhotoDNetwork, photometry: Photometry, rows: np.ndarray, out: _Output
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -641,16 +656,7 @@ def train_networks(
         finite labels and network inputs.
     """
     config = config or PipelineConfig()
-    band_set = get_band_set(config.band_set)
-    if isinstance(data, Photometry):
-        if data.band_set.name != band_set.name:
-            raise ValueError(
-                f"photometry is in band set {data.band_set.name!r}, the configuration says "
-                f"{band_set.name!r}"
-            )
-        phot = data
-    else:
-        phot = photometry_from_frame(data, band_set, columns)
+    phot = _as_photometry(data, get_band_set(config.band_set), columns, "the configuration says")
     if len(labels) != len(phot):
         raise ValueError(
             f"{len(labels)} label rows for {len(phot)} stars: the labels must be the Bayesian "
@@ -728,16 +734,8 @@ def predict_with_model(
     """
     if not getattr(model, "band_set_", None):
         raise ValueError("the model is not fitted")
-    band_set = get_band_set(model.band_set_)
-    if isinstance(data, Photometry):
-        if data.band_set.name != band_set.name:
-            raise ValueError(
-                f"photometry is in band set {data.band_set.name!r}, the model was trained on "
-                f"{band_set.name!r}"
-            )
-        phot, frame = data, None
-    else:
-        phot, frame = photometry_from_frame(data, band_set, columns), data
+    phot = _as_photometry(data, get_band_set(model.band_set_), columns, "the model was trained on")
+    frame = None if isinstance(data, Photometry) else data
     if int(chunk_size) < 1:
         raise ValueError("chunk_size must be positive")
     out = _Output(len(phot))
@@ -805,17 +803,8 @@ def run_patch(
     band_set = get_band_set(config.band_set)
     timings = dict.fromkeys(STAGES, 0.0)
     start_all = time.perf_counter()
-    frame = None
-    if isinstance(data, Photometry):
-        if data.band_set.name != band_set.name:
-            raise ValueError(
-                f"photometry is in band set {data.band_set.name!r}, the configuration says "
-                f"{band_set.name!r}"
-            )
-        phot = data
-    else:
-        frame = data
-        phot = photometry_from_frame(frame, band_set, columns)
+    frame = None if isinstance(data, Photometry) else data
+    phot = _as_photometry(data, band_set, columns, "the configuration says")
     grid = posterior_grid(locus, config)
     n = len(phot)
     # the training size counts stars with every colour usable (see choose_training_subsample)
