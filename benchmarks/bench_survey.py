@@ -20,7 +20,9 @@ share the CPUs).
 
 Usage: ``python benchmarks/bench_survey.py [--workdir DIR] [--r-max 24] [--epochs N]``
 (``--epochs`` and ``--learning-rate`` override the pipeline's ``nn_max_epochs`` = 512 and
-``nn_learning_rate`` = 1e-2; the paper's training is ``--epochs 1024 --learning-rate 1e-3``).
+``nn_learning_rate`` = 1e-2; the paper's training is ``--epochs 1024 --learning-rate 1e-3``;
+``--bayes-all-below N`` gives patches of at most N usable stars the Bayesian estimate for
+every star instead of the networks).
 """
 
 from __future__ import annotations
@@ -109,6 +111,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="nn_max_epochs (default 512)")
     parser.add_argument("--learning-rate", type=float, default=None, help="nn_learning_rate")
+    parser.add_argument(
+        "--bayes-all-below",
+        type=int,
+        default=0,
+        help="patches with at most this many usable stars: Bayes on every star",
+    )
     parser.add_argument("--cores", type=int, nargs="+", default=[2, 100])
     args = parser.parse_args()
 
@@ -124,7 +132,7 @@ def main() -> None:
         f"(r < {args.r_max:g}); simulated in {time.perf_counter() - t0:.0f} s (excluded)"
     )
 
-    settings = {"nn_device": "cpu"}
+    settings = {"nn_device": "cpu", "bayes_all_below": args.bayes_all_below}
     if args.epochs is not None:
         settings["nn_max_epochs"] = args.epochs
     if args.learning_rate is not None:
