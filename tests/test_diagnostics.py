@@ -76,6 +76,9 @@ def test_rows_without_estimates_count_but_have_no_statistics():
     assert np.isnan(table["sigma_Mr"].iloc[0]) and np.isnan(table["chi2min_p50"].iloc[0])
     # without the given r those rows have no magnitude at all
     assert magnitude_table(result)["n_stars"].sum() == 400
+    # nor have sentinel magnitudes
+    r[:10] = 99.0
+    assert magnitude_table(result, r)["r_hi"].max() == 21.0
 
 
 def test_bad_arguments_and_empty_input():

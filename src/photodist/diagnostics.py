@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from photodist.bands import MAX_PLAUSIBLE_MAGNITUDE
 from photodist.bayes import Flags
 
 if TYPE_CHECKING:
@@ -49,13 +50,15 @@ def _column(result: pd.DataFrame, *names: str) -> np.ndarray:
 
 
 def _r_magnitudes(result: pd.DataFrame, r: np.ndarray | None) -> np.ndarray:
-    """The given r, or r = DM + Q_r from the result (NaN where the row has no estimate)."""
-    if r is not None:
-        r = np.asarray(r, dtype=float)
-        if r.shape != (len(result),):
-            raise ValueError(f"r has shape {r.shape}, expected ({len(result)},)")
-        return r
-    return _column(result, "DM_mean") + _column(result, "Qr_mean")
+    """The given r, or r = DM + Q_r from the result (NaN where the row has no estimate or r
+    is a sentinel)."""
+    if r is None:
+        r = _column(result, "DM_mean") + _column(result, "Qr_mean")
+    r = np.asarray(r, dtype=float)
+    if r.shape != (len(result),):
+        raise ValueError(f"r has shape {r.shape}, expected ({len(result)},)")
+    # survey sentinels (99, -99) have no magnitude bin
+    return np.where(np.abs(r) < MAX_PLAUSIBLE_MAGNITUDE, r, np.nan)
 
 
 def _median(values: np.ndarray) -> float:
