@@ -468,3 +468,27 @@ def test_dust_map_comes_from_the_catalogue_never_from_a_true_ar():
             assert "a_map" not in data.photometry
         else:
             np.testing.assert_array_equal(data.photometry["a_map"], expected)
+
+
+def test_report_of_a_run_reads_the_runs_column_names(tmp_path):
+    """A run on a flux catalogue with an E(B-V) column: the report finds r and the dust map."""
+    rng = np.random.default_rng(2)
+    n = 400
+    r = rng.uniform(16.0, 20.0, n)
+    qr = rng.uniform(3.0, 8.0, n)
+    result = pd.DataFrame({f"{p}_{s}": np.ones(n) for p in PARAMETERS for s in ("mean", "sigma")})
+    result["Ar_mean"] = 0.2
+    result["Qr_mean"], result["DM_mean"] = qr, r - qr
+    result["flags"] = 0
+    run_output = tmp_path / "run.parquet"
+    result.to_parquet(run_output)
+    (tmp_path / "run.parquet.run.json").write_text(
+        json.dumps({"columns": {"flux_unit": "nJy", "ebv": "ebv", "dust": None}})
+    )
+    photometry = pd.DataFrame({"r_psfFlux": 10 ** (0.4 * (31.4 - r)), "r_psfFluxErr": 1.0})
+    photometry["ebv"] = 0.3 / 2.751
+    index = report_from_run(run_output, tmp_path / "report", photometry=photometry)
+    rows = json.loads((index.parent / "report.json").read_text())["by_magnitude"]
+    assert [row["r_lo"] for row in rows] == [16.0, 17.0, 18.0, 19.0]
+    distant = [row["ar_minus_map_distant"] for row in rows if row["ar_minus_map_distant"]]
+    assert distant and np.allclose(distant, -0.1)

@@ -1758,6 +1758,8 @@ def report_from_run(
     )
     if "posteriors" not in options:
         options["posteriors"] = _run_posteriors(Path(run_output), run)
+    if options.get("columns") is None:  # the run's own column names (e.g. a flux catalogue)
+        options["columns"] = _run_summary(Path(run_output))[1]
     return write_report(
         run.result,
         out_dir,
@@ -1770,6 +1772,15 @@ def report_from_run(
     )
 
 
+def _run_summary(path: Path) -> tuple[dict[str, Any], ColumnMap | None]:
+    """A ``photodist run`` output's ``OUTPUT.run.json`` and its column names ({} and None
+    when there is none)."""
+    summary_file = path.with_name(path.name + ".run.json")
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    columns = ColumnMap.from_mapping(summary["columns"]) if "columns" in summary else None
+    return summary, columns
+
+
 def _run_posteriors(path: Path, run: RunData) -> list[tuple[str, Any]]:
     """Example posteriors of a ``photodist run`` output, or [] when its prior file, its
     configuration or the input magnitudes are not at hand."""
@@ -1779,9 +1790,7 @@ def _run_posteriors(path: Path, run: RunData) -> list[tuple[str, Any]]:
     prior_file = path.with_name(path.name + ".prior.npz")
     if not (path.is_file() and prior_file.is_file() and run.config):
         return []
-    summary_file = path.with_name(path.name + ".run.json")
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    columns = ColumnMap.from_mapping(summary["columns"]) if "columns" in summary else None
+    summary, columns = _run_summary(path)
     info = dict(run.result.attrs.get(_PIPELINE_ATTR, {}) or {}) or summary
     prior = PriorMap.load(prior_file)
     floor = used_error_floor(info)
