@@ -97,6 +97,16 @@ def test_bayes_command_reads_a_flux_catalogue_with_ebv(tmp_path):
     assert len(from_fluxes) == 3 and (from_fluxes["flags"] == from_mags["flags"]).all()
     for column in ("Mr_mean", "Ar_mean", "FeH_p50", "DM_mean"):
         np.testing.assert_allclose(from_fluxes[column], from_mags[column], rtol=1e-4)
+    # the report reads the flux catalogue's r with the same options
+    report = runner.invoke(
+        cli,
+        ["report", str(tmp_path / "f.csv"), "--out", str(tmp_path / "rep")]
+        + ["--photometry", str(tmp_path / "fluxes.csv"), "--flux-unit", "nJy"]
+        + ["--ebv-column", "ebv"],
+    )
+    assert report.exit_code == 0, report.output
+    rows = json.loads((tmp_path / "rep" / "report.json").read_text())["by_magnitude"]
+    assert sum(row["n_stars"] for row in rows) == 3
     # without --flux-unit the magnitude columns are missing: a clear error
     missing = runner.invoke(cli, ["bayes", str(tmp_path / "fluxes.csv"), str(tmp_path / "x.csv")])
     assert missing.exit_code != 0 and "required column" in missing.output

@@ -1543,6 +1543,16 @@ def training_size_command(
     default=None,
     help="The run's input catalogue (u magnitudes and errors for the maps).",
 )
+@click.option(
+    "--column",
+    multiple=True,
+    metavar="KEY=COLUMN",
+    help="Column names of --photometry, as for `run` (default: those recorded in "
+    "OUTPUT.run.json of a `photodist run` output, else umag, uErr, ..., Ar).",
+)
+@click.option("--dust-column", default=None, help="Column with the map A_r per star.")
+@click.option("--ebv-column", default=None, help="Column with the dust map's E(B-V).")
+@_FLUX_UNIT_OPTION
 @click.option("--title", default=None, help="Page title.")
 @click.option("--dpi", type=int, default=80, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing report folder.")
@@ -1552,6 +1562,10 @@ def report_command(
     truth: Path | None,
     bayes_reference: Path | None,
     photometry: Path | None,
+    column: tuple[str, ...],
+    dust_column: str | None,
+    ebv_column: str | None,
+    flux_unit: str | None,
     title: str | None,
     dpi: int,
     overwrite: bool,
@@ -1559,9 +1573,11 @@ def report_command(
     """Diagnostic report (the paper's figures and Table 1) for a run, as static HTML."""
     from photodist.report import report_from_run
 
-    options = {"dpi": dpi, "overwrite": overwrite}
+    options: dict[str, Any] = {"dpi": dpi, "overwrite": overwrite}
     if title:
         options["title"] = title
+    if column or dust_column or ebv_column or flux_unit:
+        options["columns"] = _column_map(column, dust_column or "Ar", flux_unit, ebv_column)
     try:
         page = report_from_run(
             run_output,
