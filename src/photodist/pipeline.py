@@ -606,7 +606,8 @@ def _network_rows(
     model: PhotoDNetwork, photometry: Photometry, rows: np.ndarray, out: _Output
 ) -> tuple[np.ndarray, np.ndarray]:
     """Network estimates of ``rows`` into ``out``, flagged ``NN_OUT_OF_DOMAIN``,
-    ``NN_INVALID_INPUT`` and (rows with valid inputs) ``COLOR_UNUSABLE``.
+    ``NN_INVALID_INPUT`` and ``COLOR_UNUSABLE`` (as the Bayesian estimator flags a row with an
+    unusable colour, whichever estimator gives it its values).
 
     Returns the rows' out-of-domain and invalid-input masks.
     """
@@ -617,7 +618,7 @@ def _network_rows(
     unusable = ~(np.isfinite(sub.colors) & np.isfinite(sub.color_errors)).all(axis=1)
     out.flags[rows[ood]] |= Flags.NN_OUT_OF_DOMAIN
     out.flags[rows[invalid]] |= Flags.NN_INVALID_INPUT
-    out.flags[rows[~invalid & unusable]] |= Flags.COLOR_UNUSABLE
+    out.flags[rows[unusable]] |= Flags.COLOR_UNUSABLE
     return ood, invalid
 
 
@@ -744,11 +745,9 @@ def predict_with_model(
         ood, invalid = _network_rows(model, phot, part, out)
         n_ood += int(ood.sum())
         n_invalid += int(invalid.sum())
-        # rows without a network estimate say why, as the Bayesian estimator's flags would
+        # a row without a network estimate for want of r says so, as a Bayesian row would
         bad = part[invalid]
         out.flags[bad[~np.isfinite(phot.r[bad])]] |= Flags.NO_R
-        usable = np.isfinite(phot.colors[bad]) & np.isfinite(phot.color_errors[bad])
-        out.flags[bad[~usable.all(axis=1)]] |= Flags.COLOR_UNUSABLE
     result = out.frame()
     if frame is not None and keep:
         kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
