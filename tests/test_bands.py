@@ -10,6 +10,7 @@ from photodist.bands import (
     ColumnMap,
     MissingColumnError,
     colors_from_magnitudes,
+    column_map_from_options,
     get_band_set,
     magnitudes_from_fluxes,
     photometry_from_frame,
@@ -143,6 +144,16 @@ def test_custom_column_map():
     again = ColumnMap.from_mapping(ColumnMap.from_mapping(mapping).to_mapping())
     assert again == ColumnMap.from_mapping(mapping)
     assert again.mag_column("u") == "u_psf" and again.ra == "RA" and again.dust is None
+
+
+def test_column_map_from_options():
+    columns = column_map_from_options([" umag =u_psf", "flux_unit=uJy"], "A", "nJy", "ebv")
+    assert columns.mag_column("u") == "u_psf" and columns.dust == "A" and columns.ebv == "ebv"
+    assert columns.flux_unit == "uJy"  # KEY=COLUMN overrides the dedicated option
+    assert column_map_from_options([], None) == ColumnMap(dust=None)
+    for bad, match in (("umag", "expected KEY=COLUMN"), ("=x", "expected"), ("a=b", "unknown")):
+        with pytest.raises(ValueError, match=match):
+            column_map_from_options([bad], "Ar")
 
 
 def test_bad_values_become_nan_colors():

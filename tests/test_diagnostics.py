@@ -100,3 +100,60 @@ def test_figure_draws_six_panels(with_map, tmp_path):
     assert len(fig.axes) >= 6
     fig.savefig(tmp_path / "diagnostics.png", dpi=40)
     assert (tmp_path / "diagnostics.png").stat().st_size > 1000
+
+
+def test_table_equals_a_direct_per_bin_computation():
+    """The grouped reductions give, bin by bin, what masking every bin separately gives."""
+    rng = np.random.default_rng(7)
+    n = 4000
+    r = rng.uniform(15.0, 23.0, n)
+    r[rng.random(n) < 0.05] = np.nan
+    r[:7] = 99.0  # sentinels have no bin
+    r[7:17] = 23.2  # a bin too small for statistics
+    qr = rng.uniform(2.0, 10.0, n)
+    flags = rng.integers(0, 64, n) * (rng.random(n) < 0.3)
+    result = pd.DataFrame(
+        {
+            "Mr_mean": np.where(rng.random(n) < 0.1, np.nan, qr - 0.1),
+            "Mr_sigma": np.where(rng.random(n) < 0.1, np.nan, rng.gamma(2.0, 0.1, n)),
+            "Ar_mean": rng.uniform(0.0, 1.0, n),
+            "Ar_sigma": rng.uniform(0.0, 0.2, n),
+            "FeH_mean": rng.uniform(-2.0, 0.0, n),
+            "FeH_sigma": rng.uniform(0.0, 0.5, n),
+            "Qr_mean": qr,
+            "DM_mean": r - qr,
+            "chi2min": np.where(rng.random(n) < 0.4, np.nan, rng.chisquare(3, n)),
+            "flags": np.where(rng.random(n) < 0.05, np.nan, flags),
+            "method": rng.choice(["nn", "bayes", "none"], n),
+        }
+    )
+    table = magnitude_table(result, r, bin_width=0.5, min_stars=20)
+
+    ok = np.abs(r) < 40
+    bins = np.unique(np.floor(r[ok] / 0.5))
+    np.testing.assert_array_equal(table["r_lo"], bins * 0.5)
+    f = np.nan_to_num(result["flags"].to_numpy(), nan=0.0).astype(np.int64)
+    chi2, sigma = result["chi2min"].to_numpy(), result["Mr_sigma"].to_numpy()
+    for row, b in zip(table.itertuples(), bins, strict=True):
+        members = ok & (np.floor(np.where(ok, r, 0.0) / 0.5) == b)
+        assert row.n_stars == members.sum()
+        if members.sum() < 20:
+            assert np.isnan(row.POOR_FIT) and np.isnan(row.sigma_Mr)
+            continue
+        assert row.POOR_FIT == np.mean((f[members] & int(Flags.POOR_FIT)) > 0)
+        assert row.flagged == np.mean(f[members] != 0)
+        assert row.nn == np.mean(result["method"].to_numpy()[members] == "nn")
+        assert row.sigma_Mr == np.nanmedian(sigma[members])
+        c = chi2[members]
+        expected_p90 = np.nanpercentile(c, 90) if np.isfinite(c).sum() >= 20 else np.nan
+        np.testing.assert_equal(row.chi2min_p90, expected_p90)
+    assert table["n_stars"].dtype == np.int64 and table["sigma_Mr"].dtype == np.float64
+    assert table["n_stars"].sum() == ok.sum() and table["n_stars"].iloc[-1] == 10
+
+
+def test_only_bins_holding_stars_are_listed():
+    """Two stars 2 mag apart in 0.1 micro-mag bins: 2e7 bins, of which two hold stars."""
+    result = pd.DataFrame({"Mr_mean": [4.0, 5.0], "Mr_sigma": [0.1, 0.2]})
+    table = magnitude_table(result, np.array([15.0, 17.0]), bin_width=1e-7, min_stars=1)
+    np.testing.assert_array_equal(table["n_stars"], [1, 1])
+    np.testing.assert_array_equal(table["sigma_Mr"], [0.1, 0.2])

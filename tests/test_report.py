@@ -13,10 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from photodist.bands import ColumnMap
 from photodist.locus import turnoff_absmag
 from photodist.report import (
     COMPARISONS,
     PARAMETERS,
+    _flux_photometry,
     _grouped_quantiles,
     comparison_table,
     error_correlations,
@@ -492,3 +494,39 @@ def test_report_of_a_run_reads_the_runs_column_names(tmp_path):
     assert [row["r_lo"] for row in rows] == [16.0, 17.0, 18.0, 19.0]
     distant = [row["ar_minus_map_distant"] for row in rows if row["ar_minus_map_distant"]]
     assert distant and np.allclose(distant, -0.1)
+
+
+def test_flux_catalogue_photometry_follows_the_measurement_flags():
+    """A true u flag makes u unusable (as for the estimators): no u and no u-g on that row."""
+    n = 6
+    mags = {"u": np.full(n, 20.0), "g": np.full(n, 19.0), "r": np.full(n, 18.5)}
+    catalogue = pd.DataFrame(
+        {
+            col: value
+            for b, m in mags.items()
+            for col, value in (
+                (f"{b}_psfFlux", 10 ** (0.4 * (31.4 - m))),
+                (f"{b}_psfFluxErr", np.full(n, 50.0)),
+            )
+        }
+    )
+    catalogue["u_psfFlux_flag"] = [False, True, False, True, False, False]
+    catalogue["g_psfFlux_flag"] = False
+    columns = ColumnMap(flux_unit="nJy")
+    flagged = catalogue["u_psfFlux_flag"].to_numpy()
+
+    phot = _flux_photometry(catalogue, columns)
+    assert list(phot) == ["umag", "rmag", "ug", "ug_err"]
+    for key in ("umag", "ug", "ug_err"):
+        assert np.isnan(phot[key][flagged]).all() and np.isfinite(phot[key][~flagged]).all()
+    np.testing.assert_allclose(phot["umag"][~flagged], 20.0)
+    np.testing.assert_allclose(phot["ug"][~flagged], 1.0)
+    np.testing.assert_allclose(phot["rmag"], 18.5)
+
+    result = pd.DataFrame({f"{p}_{s}": np.ones(n) for p in PARAMETERS for s in ("mean", "sigma")})
+    data = prepare_report_data(result, photometry=catalogue, columns=columns)
+    assert np.isnan(data.photometry["ug"][flagged]).all()
+    np.testing.assert_allclose(data.photometry["ug"][~flagged], 1.0)
+    # without the u flux columns there is no u, but r still comes from the fluxes
+    no_u = _flux_photometry(catalogue.drop(columns=["u_psfFlux", "u_psfFluxErr"]), columns)
+    assert list(no_u) == ["rmag"]

@@ -31,6 +31,8 @@ from photodist.survey import (
     MANIFEST_NAME,
     ManifestMismatchError,
     SurveyConfig,
+    _column_map,
+    build_parser,
     input_fingerprint,
     main,
     output_path,
@@ -120,6 +122,28 @@ def reference(workdir, catalog_path, prior_cache):
         catalog_path, out, survey_config(prior_cache), scheduler="synchronous", progress=False
     )
     return out, summary
+
+
+def test_command_line_column_options():
+    """``python -m photodist.survey`` reads the columns as ``photodist survey`` does."""
+
+    def columns(*options: str) -> ColumnMap:
+        return _column_map(build_parser().parse_args(["in", "out", *options]))
+
+    by_keys = columns("--column", "flux_unit=nJy", "--column", "ebv=ebv")
+    assert by_keys.flux_unit == "nJy" and by_keys.ebv == "ebv" and by_keys.dust == "Ar"
+    assert columns("--flux-unit", "nJy", "--ebv-column", "ebv") == by_keys
+    named = columns("--column", " umag=u_psf", "--dust-column", "sfd", "--column", "ra=RA")
+    assert named.mag_column("u") == "u_psf" and named.dust == "sfd" and named.ra == "RA"
+    assert columns() == ColumnMap()
+    for bad in ("umag", "=u_psf", "colour=x"):
+        with pytest.raises(ValueError):
+            columns("--column", bad)
+
+
+def test_command_line_rejects_a_bad_column_mapping(tmp_path, capsys):
+    assert main([str(tmp_path), str(tmp_path / "out"), "--column", "=u_psf"]) == 2
+    assert "expected KEY=COLUMN" in capsys.readouterr().err
 
 
 def test_patch_seed_depends_on_seed_and_pixel_only():

@@ -317,6 +317,33 @@ class ColumnMap:
         return mapping
 
 
+def column_map_from_options(
+    items: Sequence[str],
+    dust: str | None,
+    flux_unit: str | None = None,
+    ebv: str | None = None,
+) -> ColumnMap:
+    """A :class:`ColumnMap` from ``KEY=COLUMN`` option values (keys of
+    :meth:`ColumnMap.from_mapping`) and the dust, flux-unit and E(B-V) options, which a
+    ``KEY=COLUMN`` of the same key overrides.
+
+    Raises
+    ------
+    ValueError
+        An item without ``=`` or a key, or an unknown key.
+    """
+    mapping: dict[str, str | None] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=COLUMN, got {item!r}")
+        mapping[key.strip()] = value
+    mapping.setdefault("dust", dust)
+    mapping.setdefault("flux_unit", flux_unit)
+    mapping.setdefault("ebv", ebv)
+    return ColumnMap.from_mapping(mapping)
+
+
 @dataclass
 class Photometry:
     """Photometry of N stars in one band set, ready for the estimators.

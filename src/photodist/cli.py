@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from photodist import __version__
-from photodist.bands import ColumnMap, get_band_set, photometry_from_frame
+from photodist.bands import ColumnMap, column_map_from_options, get_band_set, photometry_from_frame
 from photodist.locus import DEFAULT_FEH_STEP, DEFAULT_MR_STEP, Locus, build_locus, load_locus
 from photodist.plots import color_color_figure
 
@@ -160,12 +160,8 @@ def _column_map(
     flux_unit: str | None = None,
     ebv_column: str | None = None,
 ) -> ColumnMap:
-    mapping: dict[str, str | None] = dict(_key_values(column, "--column"))
-    mapping.setdefault("dust", dust)
-    mapping.setdefault("flux_unit", flux_unit)
-    mapping.setdefault("ebv", ebv_column)
     try:
-        return ColumnMap.from_mapping(mapping)
+        return column_map_from_options(column, dust, flux_unit, ebv_column)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--column") from exc
 

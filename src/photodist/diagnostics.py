@@ -122,27 +122,35 @@ def magnitude_table(
     if not finite.any():
         return pd.DataFrame(columns=["r_lo", "r_hi", "n_stars"])
     first = math.floor(float(r[finite].min()) / bin_width)
-    last = math.floor(float(r[finite].max()) / bin_width)
-    index = np.full(n, -1, dtype=np.int64)
-    index[finite] = np.floor(r[finite] / bin_width).astype(np.int64) - first
+    # one grouped pass: the rows with a magnitude sorted by bin (stable: row order kept within
+    # a bin), then every bin is a contiguous slice
+    rows_in = np.flatnonzero(finite)
+    index = np.floor(r[finite] / bin_width).astype(np.int64) - first
+    order = np.argsort(index, kind="stable")
+    index, rows_in = index[order], rows_in[order]
+    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+    counts = np.diff(np.r_[starts, index.size])
+    bits = [int(getattr(Flags, name)) for name in FLAG_COLUMNS]
+    f = flags[rows_in]
+    shares = {
+        "estimated": np.isfinite(mr[rows_in]),
+        "nn": method[rows_in] == "nn",
+        "flagged": f != 0,
+        **{name: (f & bit) > 0 for name, bit in zip(FLAG_COLUMNS, bits, strict=True)},
+    }
+    hits = {name: np.add.reduceat(mask.astype(np.int64), starts) for name, mask in shares.items()}
+    sigmas = {p: values[rows_in] for p, values in sigmas.items()}
+    chi2 = chi2[rows_in]
+    if ar_excess is not None:
+        ar_excess = ar_excess[rows_in]
     rows = []
-    for k in range(last - first + 1):
-        members = index == k
-        count = int(members.sum())
-        if count == 0:
-            continue
-        lo = (first + k) * bin_width
+    for j, (start, count) in enumerate(zip(starts.tolist(), counts.tolist(), strict=True)):
+        members = slice(start, start + count)
+        lo = (first + int(index[start])) * bin_width
         row: dict[str, float] = {"r_lo": lo, "r_hi": lo + bin_width, "n_stars": count}
         enough = count >= min_stars
-        f = flags[members]
-        shares = {
-            "estimated": np.isfinite(mr[members]),
-            "nn": method[members] == "nn",
-            "flagged": f != 0,
-            **{name: (f & int(getattr(Flags, name))) > 0 for name in FLAG_COLUMNS},
-        }
-        for name, mask in shares.items():
-            row[name] = float(mask.mean()) if enough else math.nan
+        for name, hit in hits.items():
+            row[name] = float(hit[j] / count) if enough else math.nan
         for p in _PARAMETERS:
             row[f"sigma_{p}"] = _median(sigmas[p][members]) if enough else math.nan
         c = chi2[members]

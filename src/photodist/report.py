@@ -66,7 +66,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
-from photodist.bands import ColumnMap, magnitudes_from_fluxes
+from photodist.bands import BandSet, ColumnMap, photometry_from_frame
 from photodist.bayes import Flags
 from photodist.diagnostics import diagnostics_figure, magnitude_table
 from photodist.evaluate import SIGMA_G_FACTOR, TRUTH_ALIASES, robust_stats, truth_values
@@ -230,6 +230,27 @@ class ReportData:
         return [c for c in COMPARISONS if self.available(c)]
 
 
+def _flux_photometry(frame: pd.DataFrame, columns: ColumnMap) -> dict[str, np.ndarray]:
+    """``umag``, ``rmag``, ``ug`` and ``ug_err`` of a flux catalogue, where it has them.
+
+    Read by :func:`photodist.bands.photometry_from_frame`, as the estimators read them: a
+    non-detection, a true measurement flag, a sentinel or an unusable colour gives NaN, and u
+    is r plus the colours between. Bands without flux columns are left out; without r, all.
+    """
+    present = {str(c) for c in frame.columns}
+    bands = tuple(b for b in "ugr" if set(columns.flux_columns(b)) <= present)
+    if "r" not in bands:
+        return {}
+    read = photometry_from_frame(frame, BandSet("".join(bands), bands), columns)
+    mags = {"r": read.r}
+    for k in range(len(bands) - 2, -1, -1):  # red to blue: m_blue = m_red + colour
+        mags[bands[k]] = mags[bands[k + 1]] + read.colors[:, k]
+    phot = {f"{b}mag": mags[b] for b in "ur" if b in mags}
+    if bands[:2] == ("u", "g"):
+        phot["ug"], phot["ug_err"] = read.colors[:, 0], read.color_errors[:, 0]
+    return phot
+
+
 def _check_length(frame: pd.DataFrame | None, n: int, name: str) -> None:
     if frame is not None and len(frame) != n:
         raise ValueError(
@@ -337,29 +358,18 @@ def prepare_report_data(
                 return col
         return None
 
-    phot: dict[str, np.ndarray] = {}
     if columns.flux_unit is not None and photometry is not None:  # a flux catalogue
-
-        def band(b: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-            flux, error = (_numeric(photometry, c) for c in columns.flux_columns(b))
-            if flux is None or error is None:
-                return None, None
-            return magnitudes_from_fluxes(flux, error, columns.flux_unit)
-
-        (umag, uerr), (gmag, gerr), (rmag, _) = (band(b) for b in "ugr")
+        phot = _flux_photometry(photometry, columns)
+        ug, ug_err = phot.pop("ug", None), phot.pop("ug_err", None)
     else:
         umag, gmag, rmag = (lookup(columns.mag_column(b)) for b in "ugr")
         uerr, gerr = (lookup(columns.error_column(b)) for b in "ug")
-    if umag is not None:
-        phot["umag"] = umag
-    if rmag is not None:
-        phot["rmag"] = rmag
-    ug = lookup("ug")
-    if ug is None and umag is not None and gmag is not None:
-        ug = umag - gmag
-    ug_err = lookup("ugErr")
-    if ug_err is None and uerr is not None and gerr is not None:
-        ug_err = np.hypot(uerr, gerr)
+        phot = {k: v for k, v in (("umag", umag), ("rmag", rmag)) if v is not None}
+        ug = None if umag is None or gmag is None else umag - gmag
+        ug_err = None if uerr is None or gerr is None else np.hypot(uerr, gerr)
+    found_ug, found_ug_err = lookup("ug"), lookup("ugErr")
+    ug = ug if found_ug is None else found_ug
+    ug_err = ug_err if found_ug_err is None else found_ug_err
     if ug is not None and ug_err is not None:
         phot["ug"], phot["ug_err"] = ug, ug_err
     # the dust map from the input catalogue, or from a simulated one that keeps the true A_r

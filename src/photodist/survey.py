@@ -75,7 +75,14 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from photodist import io
-from photodist.bands import ColumnMap, Photometry, get_band_set, photometry_from_frame
+from photodist.bands import (
+    FLUX_ZERO_POINTS,
+    ColumnMap,
+    Photometry,
+    column_map_from_options,
+    get_band_set,
+    photometry_from_frame,
+)
 from photodist.bayes import BayesEstimator, Flags
 from photodist.locus import Locus
 from photodist.pipeline import (
@@ -1532,15 +1539,10 @@ def read_survey_output(output_dir: str | os.PathLike[str], columns: Sequence[str
 # ----------------------------------------------------------------------------------------------
 
 
-def _column_map(items: Sequence[str], dust: str | None) -> ColumnMap:
-    mapping: dict[str, str | None] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"expected KEY=COLUMN, got {item!r}")
-        mapping[key] = value
-    mapping.setdefault("dust", dust)
-    return ColumnMap.from_mapping(mapping)
+def _column_map(args: argparse.Namespace) -> ColumnMap:
+    """The catalogue's column names from the parsed ``--column``, ``--dust-column``,
+    ``--flux-unit`` and ``--ebv-column`` options (as ``photodist survey`` reads them)."""
+    return column_map_from_options(args.column, args.dust_column, args.flux_unit, args.ebv_column)
 
 
 def _pipeline_config(text: str | None, seed: int, band_set: str) -> PipelineConfig:
@@ -1573,6 +1575,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bands", default="lsst", help="band set: lsst or sdss")
     parser.add_argument("--column", action="append", default=[], metavar="KEY=COLUMN")
     parser.add_argument("--dust-column", default="Ar")
+    parser.add_argument("--ebv-column", default=None, help="column of the dust map's E(B-V)")
+    parser.add_argument(
+        "--flux-unit",
+        choices=list(FLUX_ZERO_POINTS),
+        default=None,
+        help="read the bands from flux columns in this unit",
+    )
     parser.add_argument("--keep", action="append", default=None, metavar="COLUMN")
     parser.add_argument("--prior", choices=PRIOR_KINDS, default=None)
     parser.add_argument("--trilegal-prior", default=None, metavar="PATH")
@@ -1601,7 +1610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = SurveyConfig(
             order=args.order,
             pipeline=_pipeline_config(args.pipeline_config, args.seed, args.bands),
-            columns=_column_map(args.column, args.dust_column),
+            columns=_column_map(args),
             keep=tuple(args.keep) if args.keep else None,
             prior=prior,
             trilegal_path=args.trilegal_prior,
