@@ -273,6 +273,17 @@ def test_simulate_run_evaluate_chain(tmp_path):
     # the error-model check still ran: a simulated catalogue has no extra colour scatter
     assert floor["n_stars"] >= 100 and 0.0 <= floor["scatter"] < 0.005
     assert (tmp_path / "run.parquet.prior.npz").exists()
+    # the A_r prior from the patch's fitted dust profile
+    profiled = tmp_path / "profiled.parquet"
+    result = runner.invoke(
+        cli,
+        ["run", str(sim), str(profiled), "--n-train", "1000", "--epochs", "2"]
+        + ["--nn-device", "cpu", "--dust-prior", "profile"],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "profiled.parquet.run.json").read_text())
+    assert summary["config"]["dust_prior"] == "profile" and summary["dust_profile"]["fitted"]
+    assert len(pd.read_parquet(profiled)) == n
     # the saved networks predict the catalogue again, batch by batch, as the run did
     pred_out = tmp_path / "pred.parquet"
     predict = ["predict", str(model), str(sim), str(pred_out), "--nn-device", "cpu"]

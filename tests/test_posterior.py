@@ -3,6 +3,7 @@ import pytest
 
 from photodist.bands import LSST
 from photodist.bayes import BayesConfig, BayesEstimator, PriorGrid
+from photodist.dust_profile import DustProfile
 from photodist.plots import posterior_figure
 from photodist.posterior import LEVELS, star_posterior
 
@@ -33,8 +34,15 @@ def _cdf_at(post, name, values):
     return np.interp(values, nodes, np.concatenate([[0.0], np.cumsum(steps)]))
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.6])
-def test_marginals_agree_with_the_estimator(locus, stars, fraction):
+_PROFILE = DustProfile(np.array([8.0, 14.0]), np.array([0.3, 0.8]), 0.03, relative=True)
+
+
+@pytest.mark.parametrize(
+    "fraction, profile",
+    [(0.0, None), (0.6, None), (0.0, _PROFILE)],
+    ids=["flat", "A_min", "profile"],
+)
+def test_marginals_agree_with_the_estimator(locus, stars, fraction, profile):
     """The estimator's percentiles match those of the full marginals to 0.002, or sit at the
     16/50/84 % levels of the marginals (M_r, [Fe/H] to 0.003, A_r from its histogram to
     0.006, Q_r, which the estimator smooths by a Gaussian, to 0.02; the level is the test where
@@ -42,7 +50,7 @@ def test_marginals_agree_with_the_estimator(locus, stars, fraction):
     rng = np.random.default_rng(3)
     prior = PriorGrid(np.log(rng.uniform(0.2, 1.0, (1, *locus.shape))), np.array([20.0]))
     config = BayesConfig(dust_min_fraction=fraction)
-    estimator = BayesEstimator(locus, prior, config)
+    estimator = BayesEstimator(locus, prior, config, dust_profile=profile)
     result = estimator.predict(stars)
     posts = estimator.posteriors(stars, np.arange(1, len(stars)))
     for post in posts:

@@ -39,6 +39,7 @@ import numpy as np
 
 from photodist.bands import photometry_from_frame
 from photodist.bayes import BayesConfig, BayesEstimator
+from photodist.dust_profile import fit_dust_profile
 from photodist.error_floor import fit_error_floor
 from photodist.locus import build_locus
 from photodist.priors import build_patch_priors
@@ -96,6 +97,11 @@ def main() -> None:
     parser.add_argument(
         "--dust-from-truth", action="store_true", help="dust-map column = true A_r per star"
     )
+    parser.add_argument(
+        "--dust-profile",
+        action="store_true",
+        help="A_r prior from the patch's fitted dust profile (photodist.dust_profile)",
+    )
     args = parser.parse_args()
     survey = SURVEYS[args.survey]
     locus = build_locus().resample(0.05, 0.1)
@@ -136,7 +142,11 @@ def main() -> None:
         else:
             floor = float(args.error_floor)
         config = dataclasses.replace(config, error_floor=floor)
-        result = BayesEstimator(locus, prior, config).predict(phot)
+        profile = None
+        if args.dust_profile:
+            profile, fit_info = fit_dust_profile(phot, locus, prior, config, seed=args.seed)
+            print(f"dust profile {profile.to_dict()}, {fit_info}")
+        result = BayesEstimator(locus, prior, config, dust_profile=profile).predict(phot)
         print(
             f"\n{name}: {len(catalog)} stars, sightline A_r = {catalog['Ar'].iloc[0]:.3f}, "
             f"error floor {floor:.4f} mag"

@@ -44,7 +44,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
@@ -52,6 +52,9 @@ import pandas as pd
 
 from photodist.bands import Photometry
 from photodist.locus import Locus
+
+if TYPE_CHECKING:
+    from photodist.dust_profile import DustProfile
 
 #: Points whose log weight is below the best by more than this are skipped (e^-20 ~ 2e-9).
 HOPELESS_LOG_WEIGHT = 20.0
@@ -186,6 +189,74 @@ def _bound_pass(colors, sw, mw, u, locus_t32, log_prior32, amax_s, lw32):
         below = min(bb, zero)
         above = max(bb - amax, zero)
         lw32[j] = log_prior32[j] - half * (ss - bb * bb) - half * (below * below + above * above)
+
+
+@numba.njit(cache=True, fastmath=True)
+def _bound_pass_profile(colors, sw, mw, u, locus_t32, log_prior32, lw32, mu_s, kappa, amax_p, n_mr):
+    """:func:`_bound_pass` with a Gaussian A_r prior N(mu_t, s^2) per M_r column t.
+
+    ``mu_s`` holds mu_t sqrt(q) and ``kappa`` = q s^2. A point's bound adds the prior's
+    penalty (B_j - mu_s)^2 / (1 + kappa) / 2 and takes the truncation distance of the
+    combined normal's mean, (kappa B_j + mu_s) / sqrt(kappa (1 + kappa)) in units of its
+    width, outside [0, ``amax_p``].
+    """
+    f32 = np.float32
+    half = f32(0.5)
+    zero = f32(0.0)
+    amax = f32(amax_p)
+    kap = f32(kappa)
+    inv1k = f32(1.0 / (1.0 + kappa))
+    inv_root = f32(1.0 / math.sqrt(kappa * (1.0 + kappa)))
+    s0, s1, s2, s3, s4 = f32(sw[0]), f32(sw[1]), f32(sw[2]), f32(sw[3]), f32(sw[4])
+    m1, m2, m3, m4 = f32(mw[1]), f32(mw[2]), f32(mw[3]), f32(mw[4])
+    a0, a1, a2, a3, a4 = (
+        f32(sw[0] * colors[0]),
+        f32(sw[1] * colors[1]),
+        f32(sw[2] * colors[2]),
+        f32(sw[3] * colors[3]),
+        f32(sw[4] * colors[4]),
+    )
+    u0, u1, u2, u3, u4 = f32(u[0]), f32(u[1]), f32(u[2]), f32(u[3]), f32(u[4])
+    row0, row1, row2 = locus_t32[0], locus_t32[1], locus_t32[2]
+    row3, row4 = locus_t32[3], locus_t32[4]
+    for base in range(0, locus_t32.shape[1], n_mr):
+        for t in range(n_mr):
+            j = base + t
+            d0 = a0 - s0 * row0[j]
+            d1 = a1 - s1 * row1[j] - m1 * d0
+            d2 = a2 - s2 * row2[j] - m2 * d1
+            d3 = a3 - s3 * row3[j] - m3 * d2
+            d4 = a4 - s4 * row4[j] - m4 * d3
+            ss = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4
+            bb = d0 * u0 + d1 * u1 + d2 * u2 + d3 * u3 + d4 * u4
+            mu = mu_s[t]
+            dev = bb - mu
+            zp = (kap * bb + mu) * inv_root
+            below = min(zp, zero)
+            above = max(zp - amax, zero)
+            lw32[j] = (
+                log_prior32[j]
+                - half * (ss - bb * bb + dev * dev * inv1k)
+                - half * (below * below + above * above)
+            )
+
+
+@numba.njit(cache=True)
+def _profile_means(knots_x, knots_mu, r, mr_axis, factor, shift, scale, out):
+    """Prior mean of A_r per M_r column, (``factor`` g(r - M_r) - ``shift``) * ``scale``:
+    g is piecewise linear through (``knots_x``, ``knots_mu``), constant beyond its ends."""
+    n_k = knots_x.shape[0]
+    for t in range(mr_axis.shape[0]):
+        x = r - mr_axis[t]
+        if x <= knots_x[0]:
+            mu = knots_mu[0]
+        elif x >= knots_x[n_k - 1]:
+            mu = knots_mu[n_k - 1]
+        else:
+            k = np.searchsorted(knots_x, x) - 1
+            fr = (x - knots_x[k]) / (knots_x[k + 1] - knots_x[k])
+            mu = knots_mu[k] + fr * (knots_mu[k + 1] - knots_mu[k])
+        out[t] = (factor * mu - shift) * scale
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -681,6 +752,11 @@ def _star_kernel(
     col_max,
     col_act,
     work,
+    a_min_i,
+    profile_scale_i,
+    knots_x,
+    knots_mu,
+    profile_sigma,
 ):
     nc = colors.shape[0]
     n_points = locus_t.shape[1]
@@ -718,7 +794,20 @@ def _star_kernel(
     amax_s = a_max * sqrt_q
     for k in range(5):
         u[k] /= sqrt_q
-    _bound_pass(cz, sw, mw, u, locus_t32, log_prior32, amax_s, lw32)
+    # with a Gaussian A_r prior N(mu_t, s^2) (the dust profile), each point's A posterior is
+    # the normal N(A*_j, 1/q) times the prior: width sigma_a sqrt(kappa / (1 + kappa)),
+    # kappa = q s^2, centre (kappa B_j + mu_s) / sqrt(kappa (1 + kappa)) in units of it
+    profile = profile_sigma > 0.0 and math.isfinite(profile_scale_i) and n_points == n_mr * n_feh
+    kappa = q * profile_sigma * profile_sigma
+    inv1k = 1.0 / (1.0 + kappa)
+    inv_root = 1.0 / math.sqrt(kappa * (1.0 + kappa)) if profile else 1.0
+    amax_p = a_max / (sigma_a * math.sqrt(kappa * inv1k)) if profile else amax_s
+    mu_s = work[13, :n_mr]
+    if profile:
+        _profile_means(knots_x, knots_mu, r, mr_axis, profile_scale_i, a_min_i, sqrt_q, mu_s)
+        _bound_pass_profile(cz, sw, mw, u, locus_t32, log_prior32, lw32, mu_s, kappa, amax_p, n_mr)
+    else:
+        _bound_pass(cz, sw, mw, u, locus_t32, log_prior32, amax_s, lw32)
     # the float32 pass cannot overflow (no inf/NaN) when the whitened colours and weights are
     # moderate; then the best bound and the candidate columns come from vectorised column
     # maxima over the (n_feh, n_mr) grid, else from a plain scan of every point
@@ -768,6 +857,10 @@ def _star_kernel(
     s_buf, b_buf = cand_work[0], cand_work[1]
     lw_buf, cand_mean, cand_var, cand_invm = cand_work[2], cand_work[3], cand_work[4], cand_work[5]
     cand_q, cand_w = cand_work[6], cand_work[7]
+    amax_flat = amax_s  # the flag AR_AT_BOUND refers to the likelihood's A* alone
+    if profile:
+        sigma_a = sigma_a * math.sqrt(kappa * inv1k)
+        amax_s = amax_p
     mr_mass = work[1, :n_mr]
     feh_mass = work[2, :n_feh]
     mr_mass[:] = 0.0
@@ -787,6 +880,16 @@ def _star_kernel(
     _candidate_terms(cz, sw, mw, u, locus_t, cand_buf, n_cand_all, s_buf, b_buf)
     astar_lo = np.inf
     astar_hi = -np.inf
+    if profile:
+        # the prior's penalty joins chi2min and B_j moves to the combined centre; the
+        # likelihood's own values wait in cand_q and cand_w (free until the weights)
+        for c in range(n_cand_all):
+            bb = b_buf[c]
+            mu = mu_s[mr_index[cand_buf[c]]]
+            cand_q[c] = s_buf[c]
+            cand_w[c] = bb
+            s_buf[c] += (bb - mu) * (bb - mu) * inv1k
+            b_buf[c] = (kappa * bb + mu) * inv_root
     best_exact = -np.inf
     best_c = 0
     for c in range(n_cand_all):
@@ -799,8 +902,8 @@ def _star_kernel(
             best_c = c
         astar_lo = min(astar_lo, bb)
         astar_hi = max(astar_hi, bb)
-    best_chi2 = s_buf[best_c] if n_cand_all else np.inf
-    best_astar_s = b_buf[best_c] if n_cand_all else 0.0
+    best_chi2 = (cand_q[best_c] if profile else s_buf[best_c]) if n_cand_all else np.inf
+    best_astar_s = (cand_w[best_c] if profile else b_buf[best_c]) if n_cand_all else 0.0
     # candidates this far below the best point's bound only enter the moments
     log_hist_cut = best_exact - best - HISTOGRAM_LOG_WEIGHT
     # per-star table of the truncation over the candidates' A* (within [-6σ, A_max + 6σ]),
@@ -970,7 +1073,7 @@ def _star_kernel(
     out[i, _K_CHI2] = best_chi2
     if best_chi2 > chi2_poor:
         flags_out[i] |= 1
-    if best_astar_s < -1.0 or best_astar_s > amax_s + 1.0:
+    if best_astar_s < -1.0 or best_astar_s > amax_flat + 1.0:
         flags_out[i] |= 16
     out[i, _K_HMR] = math.log2(n_mr) - _entropy_bits(mr_mass)
     out[i, _K_HFEH] = math.log2(n_feh) - _entropy_bits(feh_mass)
@@ -1019,6 +1122,11 @@ def _estimate_all(
     n_chunks,
     trunc_grid,
     edge_table,
+    a_min,
+    profile_scale,
+    knots_x,
+    knots_mu,
+    profile_sigma,
 ):
     n = colors.shape[0]
     n_points = locus_t.shape[1]
@@ -1029,7 +1137,7 @@ def _estimate_all(
         cand_buf = np.empty(n_points, dtype=np.int64)
         col_max = np.empty(mr_axis.shape[0], dtype=np.float32)
         col_act = np.empty(mr_axis.shape[0], dtype=np.int64)
-        work = np.empty((13, max(2 * MAX_HIST_BINS + 64, mr_axis.shape[0], feh_axis.shape[0])))
+        work = np.empty((14, max(2 * MAX_HIST_BINS + 64, mr_axis.shape[0], feh_axis.shape[0])))
         start = c * n // n_chunks
         stop = (c + 1) * n // n_chunks
         for i in range(start, stop):
@@ -1064,6 +1172,11 @@ def _estimate_all(
                 col_max,
                 col_act,
                 work,
+                a_min[i],
+                profile_scale[i],
+                knots_x,
+                knots_mu,
+                profile_sigma,
             )
 
 
@@ -1254,13 +1367,25 @@ class BayesEstimator:
         for a flat prior (rows flagged NO_PRIOR).
     config
         Estimator settings.
+    dust_profile
+        A :class:`photodist.dust_profile.DustProfile`: a Gaussian A_r prior whose mean
+        follows the patch's extinction against apparent distance modulus r - M_r, multiplying
+        the flat prior on [A_min, A_max]. None (default): the flat prior alone, as in the
+        paper.
     """
 
-    def __init__(self, locus: Locus, prior: Any = None, config: BayesConfig | None = None):
+    def __init__(
+        self,
+        locus: Locus,
+        prior: Any = None,
+        config: BayesConfig | None = None,
+        dust_profile: DustProfile | None = None,
+    ):
         self.locus = locus
         self.config = config or BayesConfig()
         self.prior = PriorGrid.flat(locus) if prior is None else PriorGrid.from_prior(prior, locus)
         self.has_prior = prior is not None
+        self.dust_profile = dust_profile
 
     def _chi2_threshold(self, n_colors: int) -> float:
         if self.config.chi2_poor is not None:
@@ -1286,6 +1411,10 @@ class BayesEstimator:
         fitted = without_extinction(photometry, a_min)
         r = np.where(np.isfinite(photometry.r), photometry.r, np.nan)
         bins = self.prior.bin_index(r)
+        knots_x, knots_mu, profile_sigma = _profile_arrays(self.dust_profile)
+        profile_scale = np.ones(n)
+        if self.dust_profile is not None:
+            profile_scale = self.dust_profile.scales(photometry.dust, (n,)).astype(np.float64)
         # finite log prior (the fused chi2 pass assumes no infinities)
         log_prior = np.ascontiguousarray(
             np.maximum(self.prior.log_prior.reshape(len(self.prior.r_centres), -1), -1e30)
@@ -1317,6 +1446,11 @@ class BayesEstimator:
                 8 * numba.get_num_threads(),
                 _truncation_grid(),
                 _edge_table(),
+                a_min.astype(np.float64),
+                profile_scale,
+                knots_x,
+                knots_mu,
+                profile_sigma,
             )
         frame = pd.DataFrame(out, columns=OUTPUT_COLUMNS)
         add_extinction(frame, a_min)
@@ -1332,9 +1466,22 @@ class BayesEstimator:
         from photodist.posterior import star_posterior
 
         return [
-            star_posterior(photometry, int(row), self.locus, self.prior, self.config)
+            star_posterior(
+                photometry, int(row), self.locus, self.prior, self.config, self.dust_profile
+            )
             for row in np.atleast_1d(rows)
         ]
+
+
+def _profile_arrays(profile: DustProfile | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Knots and width of a dust profile as the kernel takes them (width 0: none)."""
+    if profile is None:
+        return np.zeros(1), np.zeros(1), 0.0
+    return (
+        np.ascontiguousarray(profile.knots_x, dtype=np.float64),
+        np.ascontiguousarray(profile.knots_mu, dtype=np.float64),
+        float(profile.sigma),
+    )
 
 
 @functools.cache
@@ -1367,11 +1514,13 @@ def brute_force_posterior(
     prior: PriorGrid | None = None,
     config: BayesConfig | None = None,
     a_step: float = 0.0025,
+    dust_profile: DustProfile | None = None,
 ) -> dict[str, Any]:
     """Reference posterior of one star on an explicit A_r grid (for tests and plots).
 
     Evaluates exp(-chi2/2) x prior on every (locus point, A_r node) pair, A_r nodes at the
-    centres of cells of width ``a_step`` covering [A_min, A_max]. Returns the marginals
+    centres of cells of width ``a_step`` covering [A_min, A_max]; with ``dust_profile`` the
+    prior includes its normal factor in A_r at each point's r - M_r. Returns the marginals
     (``Mr``, ``FeH``, ``Ar`` as (values, mass) pairs), 16/50/84 percentiles of M_r, [Fe/H],
     A_r and Q_r with the same cell conventions as :class:`BayesEstimator`, and the means and
     standard deviations of M_r, [Fe/H] and A_r (``Mr_mean``, ``Mr_std``, ...).
@@ -1396,6 +1545,13 @@ def brute_force_posterior(
     log_p = prior.log_prior[prior.bin_index(np.array([photometry.r[index]]))[0]].ravel()
     resid = colors[used][None, None, :] - lc[:, None, :] - a_nodes[None, :, None] * red
     log_post = log_p[:, None] - 0.5 * np.einsum("...k,kl,...l->...", resid, inv_cov, resid)
+    if dust_profile is not None:
+        n_feh, n_mr = locus.shape
+        x = np.tile(photometry.r[index] - locus.mr, n_feh)
+        dust = None if photometry.dust is None else photometry.dust[index]
+        centre = dust_profile.mean_at(x, dust)
+        if np.isfinite(centre).all():
+            log_post -= 0.5 * ((a_nodes[None, :] - centre[:, None]) / dust_profile.sigma) ** 2
     post = np.exp(log_post - log_post.max())
     post /= post.sum()
     n_feh, n_mr = locus.shape

@@ -175,6 +175,15 @@ _BAYES_ALL_BELOW_OPTION = click.option(
     "many usable stars: on 2 cores Bayes on ~450,000 stars takes as long as training the "
     "networks (docs/benchmarks.md). 0: the hybrid whenever a patch exceeds --n-train.",
 )
+_DUST_PRIOR_OPTION = click.option(
+    "--dust-prior",
+    type=click.Choice(["flat", "profile"]),
+    default="flat",
+    show_default=True,
+    help="A_r prior of the Bayesian estimator: flat on its bounds (the paper's), or also a "
+    "normal prior around the patch's extinction against distance, fitted to the patch's own "
+    "stars (photodist.dust_profile; docs/benchmarks.md).",
+)
 _SPEC_OPTION = click.option(
     "--spec",
     "spec_path",
@@ -1002,6 +1011,7 @@ def predict_command(
 @_BAYES_ALL_BELOW_OPTION
 @_training_options
 @_a_prior_options
+@_DUST_PRIOR_OPTION
 @_independent_colors_option
 @_error_floor_option
 @_SPEC_OPTION
@@ -1032,6 +1042,7 @@ def run_command(
     a_min_fraction: float,
     a_max_scale: float,
     a_max_offset: float,
+    dust_prior: str,
     independent_colors: bool,
     error_floor: float | str,
     spec_path: Path | None,
@@ -1071,6 +1082,7 @@ def run_command(
         dust_min_fraction=a_min_fraction,
         dust_scale=a_max_scale,
         dust_offset=a_max_offset,
+        dust_prior=dust_prior,
         color_covariance=not independent_colors,
         error_floor=error_floor,
         seed=seed,
@@ -1108,6 +1120,7 @@ def run_command(
         "prior": str(prior_out) if prior is not None else None,
         "config": config.to_dict(),
         "error_floor": result.attrs["photodist_pipeline"]["error_floor"],
+        "dust_profile": result.attrs["photodist_pipeline"].get("dust_profile"),
         "columns": columns.to_mapping(),
         "timings_s": timings,
     }
@@ -1267,6 +1280,7 @@ def evaluate_command(
 @_BAYES_ALL_BELOW_OPTION
 @_training_options
 @_a_prior_options
+@_DUST_PRIOR_OPTION
 @_independent_colors_option
 @_error_floor_option
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -1291,6 +1305,7 @@ def survey_command(
     a_min_fraction: float,
     a_max_scale: float,
     a_max_offset: float,
+    dust_prior: str,
     independent_colors: bool,
     error_floor: float | str,
     seed: int,
@@ -1315,6 +1330,7 @@ def survey_command(
         dust_min_fraction=a_min_fraction,
         dust_scale=a_max_scale,
         dust_offset=a_max_offset,
+        dust_prior=dust_prior,
         color_covariance=not independent_colors,
         error_floor=error_floor,
         seed=seed,

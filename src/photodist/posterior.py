@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from photodist.bayes import (
     adjacent_covariance,
 )
 from photodist.locus import Locus
+
+if TYPE_CHECKING:
+    from photodist.dust_profile import DustProfile
 
 #: Points below the best by more than this (e^-30) are left out of the densities.
 NEGLIGIBLE_LOG_WEIGHT = 30.0
@@ -94,12 +97,38 @@ class StarPosterior:
         return path
 
 
+def _with_profile(
+    profile: DustProfile | None,
+    one: Photometry,
+    locus: Locus,
+    a_min: float,
+    q: float,
+    astar: np.ndarray,
+    sigma: float,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each point's normal likelihood in A_r, N(A*_j, sigma^2), times a dust profile's
+    normal prior: the log of their overlap, and the mean and width of their product (again
+    normal). Without a profile (or a map value for a relative one): 0, A*_j and sigma."""
+    if profile is None or not np.isfinite(profile.scales(one.dust, (1,))[0]):
+        return np.zeros_like(astar), astar, sigma
+    x = np.tile(one.r[0] - locus.mr, locus.shape[0])
+    centre = profile.mean_at(x, None if one.dust is None else one.dust[0]) - a_min
+    kappa = q * profile.sigma**2
+    log_overlap = -0.5 * (astar - centre) ** 2 / (1.0 / q + profile.sigma**2)
+    return (
+        log_overlap,
+        (kappa * astar + centre) / (1.0 + kappa),
+        sigma * np.sqrt(kappa / (1 + kappa)),
+    )
+
+
 def star_posterior(
     photometry: Photometry,
     row: int,
     locus: Locus,
     prior: Any = None,
     config: BayesConfig | None = None,
+    dust_profile: DustProfile | None = None,
 ) -> StarPosterior:
     """Marginal posteriors of star ``row`` (see the module docstring).
 
@@ -131,8 +160,10 @@ def star_posterior(
     sigma = 1.0 / np.sqrt(q)
     astar = weighted @ red / q
     chi2min = np.einsum("jk,jk->j", weighted, resid) - q * astar**2
-    log_mass = np.vectorize(_log_ndtr_diff, otypes=[float])(-astar / sigma, (width - astar) / sigma)
     log_prior = grid.log_prior[grid.bin_index(one.r)[0]].ravel()
+    log_overlap, astar, sigma = _with_profile(dust_profile, one, locus, a_min, q, astar, sigma)
+    log_prior = log_prior + log_overlap
+    log_mass = np.vectorize(_log_ndtr_diff, otypes=[float])(-astar / sigma, (width - astar) / sigma)
     log_w = log_prior - 0.5 * chi2min + log_mass
     log_w -= np.max(log_w)
     weight = np.where(log_w > -NEGLIGIBLE_LOG_WEIGHT, np.exp(log_w), 0.0)

@@ -91,6 +91,7 @@ from photodist.pipeline import (
     PipelineConfig,
     posterior_grid,
     run_patch,
+    used_dust_profile,
     used_error_floor,
 )
 
@@ -1063,7 +1064,9 @@ def _process_streamed(
         pool_frame, prior, grid, cfg, columns=job.config.columns
     )
     info = dict(pool_result.attrs["photodist_pipeline"])
-    estimator = BayesEstimator(grid, prior, cfg.bayes_config(used_error_floor(info)))
+    estimator = BayesEstimator(
+        grid, prior, cfg.bayes_config(used_error_floor(info)), dust_profile=used_dust_profile(info)
+    )
     t_pool = time.perf_counter() - t0
     t1 = time.perf_counter()
     offset = 0

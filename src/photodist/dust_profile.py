@@ -1,0 +1,280 @@
+"""A patch's extinction against distance, learned from its stars: an A_r prior for the
+Bayesian estimator.
+
+The paper's A_r prior is flat on [0, 1.3 A_map + 0.1]. At high latitude, where the dust lies
+in front of nearly every star, that interval is several times wider than the spread of the
+stars' true A_r, so the A_r posteriors, and through the A_r-M_r degeneracy the M_r posteriors,
+come out wider than their errors (``docs/benchmarks.md``). Dust, however, only accumulates
+along a sightline: within a patch, A_r is close to a non-decreasing function of distance.
+Line-of-sight dust mapping (e.g. Green et al. 2014, ApJ 783, 114) infers that function
+from the stars themselves; this module does the same in its simplest form:
+
+* the prior of a star's A_r at locus point j is a normal N(mu(r - M_r,j), s^2) times the flat
+  prior on [A_min, A_max], where x = r - M_r = DM + A_r is the apparent distance modulus of
+  the point, mu a non-decreasing piecewise-linear profile and s one width per patch;
+* :func:`fit_dust_profile` estimates mu and s by expectation-maximisation over a subsample of
+  the patch (Gaussian hierarchical model): estimate with the current prior (first the flat
+  one), then set mu to the posterior means of A_r in bins of x (isotonic, weighted by
+  counts) and s^2 to the mean of posterior variance plus squared deviation from mu, until
+  they settle.
+
+The estimator marginalises the Gaussian factor in closed form (:class:`BayesEstimator`
+``dust_profile``): per locus point the normal likelihood in A_r times the normal prior is
+again normal, truncated to [A_min, A_max]. Nothing about the profile comes from a dust map,
+so stars nearer than the dust (low A_r at small x) keep low A_r.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import isotonic_regression, minimize_scalar
+
+from photodist.bands import Photometry
+from photodist.bayes import BayesConfig, BayesEstimator, Flags
+from photodist.locus import Locus
+
+#: Smallest profile width (mag): the prior never claims A_r to better than this...
+MIN_SIGMA = 0.01
+#: ... nor, with a dust map, to better than this fraction of the patch's median map value
+#: (the map's own errors, and the dust's variation on scales it does not resolve).
+MIN_SIGMA_FRACTION = 0.1
+#: Stars used by the fit (a random subsample of the usable ones when there are more).
+FIT_STARS = 5000
+#: Fewest well-fitted stars a profile is fitted from.
+MIN_FIT_STARS = 200
+#: Stars per profile knot (bins of apparent distance modulus), and the most knots.
+STARS_PER_KNOT = 250
+MAX_KNOTS = 12
+#: Rows whose flags include any of these bits do not inform the profile.
+_EXCLUDED = Flags.POOR_FIT | Flags.TWO_BRANCH | Flags.NO_R | Flags.TOO_FEW_COLORS
+
+
+@dataclass(frozen=True)
+class DustProfile:
+    """Gaussian A_r prior whose mean follows apparent distance modulus x = r - M_r.
+
+    Attributes
+    ----------
+    knots_x
+        Apparent distance moduli of the knots (ascending, mag).
+    knots_mu
+        Profile g at the knots (non-decreasing); linear in between, constant beyond the ends.
+        With ``relative``, the prior mean of a star's A_r is g times its dust-map value (the
+        profile then follows the map's variation across the patch); otherwise g in mag.
+    sigma
+        Prior width (mag), the same for every star of the patch.
+    relative
+        Whether g is a fraction of the dust-map value (catalogues with a dust-map column).
+    """
+
+    knots_x: np.ndarray
+    knots_mu: np.ndarray
+    sigma: float
+    relative: bool = False
+
+    def __post_init__(self) -> None:
+        x = np.asarray(self.knots_x, dtype=float)
+        mu = np.asarray(self.knots_mu, dtype=float)
+        if x.ndim != 1 or x.shape != mu.shape or x.size == 0:
+            raise ValueError("knots_x and knots_mu must be 1-d arrays of the same, non-zero size")
+        if not (np.isfinite(x).all() and np.isfinite(mu).all()) or np.any(np.diff(x) <= 0):
+            raise ValueError("knots must be finite, with strictly ascending knots_x")
+        if not float(self.sigma) > 0.0:
+            raise ValueError(f"sigma must be positive, got {self.sigma!r}")
+        object.__setattr__(self, "knots_x", x)
+        object.__setattr__(self, "knots_mu", mu)
+        object.__setattr__(self, "sigma", float(self.sigma))
+
+    def mean_at(self, x: np.ndarray, dust: np.ndarray | None = None) -> np.ndarray:
+        """Prior mean of A_r (mag) at apparent distance moduli ``x``; a relative profile
+        needs the stars' dust-map values ``dust`` (NaN where absent)."""
+        g = np.interp(np.asarray(x, dtype=float), self.knots_x, self.knots_mu)
+        return g * self.scales(dust, np.shape(g))
+
+    def scales(self, dust: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+        """Per-star factor of g: the dust-map value of a relative profile (NaN where there is
+        none, which leaves that star the flat prior alone), else 1."""
+        if not self.relative:
+            return np.ones(shape)
+        if dust is None:
+            return np.full(shape, np.nan)
+        dust = np.broadcast_to(np.asarray(dust, dtype=float), shape)
+        return np.where(np.isfinite(dust) & (dust > 0.0), dust, np.nan)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (see :meth:`from_dict`)."""
+        return {
+            "knots_x": [float(v) for v in self.knots_x],
+            "knots_mu": [float(v) for v in self.knots_mu],
+            "sigma": self.sigma,
+            "relative": self.relative,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DustProfile:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            np.asarray(data["knots_x"]),
+            np.asarray(data["knots_mu"]),
+            data["sigma"],
+            bool(data.get("relative", False)),
+        )
+
+
+def _usable(result: Any) -> np.ndarray:
+    """Rows whose estimates may inform the profile."""
+    flags = result["flags"].to_numpy()
+    finite = np.isfinite(result[["Mr_mean", "Ar_mean", "Ar_std"]].to_numpy()).all(axis=1)
+    return finite & (flags & _EXCLUDED == 0)
+
+
+def _isotonic_profile(
+    x: np.ndarray, value: np.ndarray, weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Non-decreasing piecewise-linear profile through weighted bin means of ``value``
+    against ``x`` (bins of :data:`STARS_PER_KNOT` stars, at most :data:`MAX_KNOTS`)."""
+    n_knots = int(np.clip(x.size // STARS_PER_KNOT, 1, MAX_KNOTS))
+    bins = np.array_split(np.argsort(x, kind="stable"), n_knots)
+    knots_x = np.array([np.median(x[b]) for b in bins])
+    totals = np.array([weight[b].sum() for b in bins])
+    means = np.array([(weight[b] * value[b]).sum() for b in bins]) / totals
+    knots_mu = isotonic_regression(means, weights=totals, increasing=True).x
+    knots_x, first = np.unique(knots_x, return_index=True)  # ties in x merge
+    return knots_x, knots_mu[first]
+
+
+def _neg_log_likelihood(log_sigma: float, var_like: np.ndarray, dev2: np.ndarray) -> float:
+    """Twice the negative log likelihood of squared deviations ``dev2`` from the profile,
+    each of variance ``var_like`` + sigma^2 (constants dropped)."""
+    total = var_like + np.exp(2.0 * log_sigma)
+    return float(np.sum(np.log(total) + dev2 / total))
+
+
+def _profile_step(
+    x: np.ndarray,
+    scale: np.ndarray,
+    a_like: np.ndarray,
+    var_like: np.ndarray,
+    min_sigma: float,
+    n_rounds: int = 20,
+    relative: bool = False,
+) -> DustProfile:
+    """Maximum-likelihood profile for Gaussian per-star A_r likelihoods N(a_like, var_like):
+    A_r ~ N(scale g(x), s^2) with g non-decreasing, so a_like ~ N(scale g(x), var_like + s^2).
+
+    Alternates g (weighted isotonic bin means of a_like / scale) and s (one-dimensional
+    maximisation of the marginal likelihood).
+    """
+    sigma = max(float(np.sqrt(np.median(var_like))), min_sigma)
+    knots_x = knots_mu = np.zeros(1)
+    for _ in range(n_rounds):
+        total = var_like + sigma**2
+        knots_x, knots_mu = _isotonic_profile(x, a_like / scale, scale**2 / total)
+        dev2 = (a_like - scale * np.interp(x, knots_x, knots_mu)) ** 2
+
+        best = minimize_scalar(
+            _neg_log_likelihood,
+            args=(var_like, dev2),
+            bounds=(np.log(min_sigma), np.log(3.0)),
+            method="bounded",
+        )
+        new_sigma = float(np.exp(best.x))
+        if abs(new_sigma - sigma) < 1e-4:
+            sigma = new_sigma
+            break
+        sigma = new_sigma
+    return DustProfile(knots_x, knots_mu, max(sigma, min_sigma), relative)
+
+
+def fit_dust_profile(
+    photometry: Photometry,
+    locus: Locus,
+    prior: Any = None,
+    config: BayesConfig | None = None,
+    *,
+    max_stars: int = FIT_STARS,
+    max_iter: int = 10,
+    tolerance: float = 0.002,
+    min_sigma: float = MIN_SIGMA,
+    seed: int = 0,
+) -> tuple[DustProfile, dict[str, Any]]:
+    """Fit a patch's dust profile by expectation-maximisation (see the module docstring).
+
+    Parameters
+    ----------
+    photometry
+        Stars of one patch (a random subsample of ``max_stars`` is used when there are more).
+    locus, prior, config
+        As for :class:`photodist.bayes.BayesEstimator`.
+    max_stars
+        Most stars used.
+    max_iter
+        Most maximisation steps.
+    tolerance
+        Stop when no knot mean and not the width moved by more than this (mag).
+    min_sigma
+        Smallest width (mag); with a dust map, at least :data:`MIN_SIGMA_FRACTION` of the
+        median map value.
+    seed
+        Seed of the subsample.
+
+    Returns
+    -------
+    profile : DustProfile
+    info : dict
+        ``n_stars`` (stars fitted), ``iterations``, ``converged``.
+
+    Raises
+    ------
+    ValueError
+        If fewer than :data:`MIN_FIT_STARS` stars have a usable estimate.
+    """
+    n = len(photometry)
+    rows = np.arange(n)
+    if n > max_stars:
+        rows = np.sort(np.random.default_rng(seed).choice(n, max_stars, replace=False))
+    sample = photometry.subset(rows)
+    r = np.asarray(sample.r, dtype=float)
+    dust = None if sample.dust is None else np.asarray(sample.dust, dtype=float)
+    relative = dust is not None and bool(np.any(np.isfinite(dust) & (dust > 0.0)))
+    if relative:
+        positive = dust[np.isfinite(dust) & (dust > 0.0)]
+        min_sigma = max(min_sigma, MIN_SIGMA_FRACTION * float(np.median(positive)))
+    profile: DustProfile | None = None
+    converged = False
+    iterations = 0
+    n_fit = 0
+    while iterations < max_iter:
+        iterations += 1
+        result = BayesEstimator(locus, prior, config, dust_profile=profile).predict(sample)
+        x = r - result["Mr_mean"].to_numpy()
+        scale = DustProfile(np.zeros(1), np.zeros(1), 1.0, relative).scales(dust, r.shape)
+        good = _usable(result) & np.isfinite(x) & np.isfinite(scale)
+        # each star's A_r likelihood as a normal: its posterior with the current prior divided
+        mean = result["Ar_mean"].to_numpy()
+        precision = 1.0 / np.maximum(result["Ar_std"].to_numpy(), 1e-6) ** 2
+        info = precision.copy()
+        if profile is not None:
+            info -= 1.0 / profile.sigma**2
+            mean = (mean * precision - profile.mean_at(x, dust) / profile.sigma**2) / info
+        good &= info > 1e-6
+        n_fit = int(good.sum())
+        if n_fit < MIN_FIT_STARS:
+            raise ValueError(
+                f"only {n_fit} stars with a usable estimate (at least {MIN_FIT_STARS} needed)"
+            )
+        new = _profile_step(
+            x[good], scale[good], mean[good], 1.0 / info[good], min_sigma, relative=relative
+        )
+        if profile is not None:
+            grid = np.union1d(new.knots_x, profile.knots_x)
+            shift = np.max(np.abs(new.mean_at(grid, 1.0) - profile.mean_at(grid, 1.0)))
+            converged = shift < tolerance and abs(new.sigma - profile.sigma) < tolerance
+        profile = new
+        if converged:
+            break
+    assert profile is not None
+    return profile, {"n_stars": n_fit, "iterations": iterations, "converged": converged}
