@@ -17,8 +17,8 @@ calibration in [0.9, 1.1]; whole patch <= 45 s.
 
 Usage: ``python benchmarks/bench_pipeline.py [--radius 4] [--heldout 50000] [--no-compare]
 [--max-epochs 512] [--learning-rate 1e-2] [--error-floor F|auto] [--independent-colors]
-[--a-min-fraction F --a-max-scale S --a-max-offset O]`` (the paper's training:
-``--max-epochs 1024 --learning-rate 1e-3``)
+[--a-min-fraction F --a-max-scale S --a-max-offset O] [--dust-prior profile]`` (the paper's
+training: ``--max-epochs 1024 --learning-rate 1e-3``)
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from photodist.pipeline import (
     PipelineConfig,
     posterior_grid,
     run_patch,
+    used_dust_profile,
     used_error_floor,
 )
 from photodist.priors import build_patch_priors
@@ -129,6 +130,9 @@ def main() -> None:
     parser.add_argument("--a-min-fraction", type=float, default=0.0, help="A_r prior from F A_map")
     parser.add_argument("--a-max-scale", type=float, default=1.3, help="A_max = S A_map + O")
     parser.add_argument("--a-max-offset", type=float, default=0.1, help="A_max = S A_map + O")
+    parser.add_argument(
+        "--dust-prior", choices=["flat", "profile"], default="flat", help="A_r prior (pipeline)"
+    )
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
 
@@ -167,6 +171,7 @@ def main() -> None:
         dust_min_fraction=args.a_min_fraction,
         dust_scale=args.a_max_scale,
         dust_offset=args.a_max_offset,
+        dust_prior=args.dust_prior,
         seed=args.seed,
         progress=args.progress,
     )
@@ -203,8 +208,13 @@ def main() -> None:
     n_held = min(args.heldout, int(eligible.sum()))
     held = np.sort(rng.choice(np.flatnonzero(eligible), size=n_held, replace=False))
     # the Bayesian reference with the floor the (first) run used
-    floor = used_error_floor(next(iter(runs.values()))[0].attrs["photodist_pipeline"])
-    estimator = BayesEstimator(posterior_grid(locus, base), prior, base.bayes_config(floor))
+    first_info = next(iter(runs.values()))[0].attrs["photodist_pipeline"]
+    estimator = BayesEstimator(
+        posterior_grid(locus, base),
+        prior,
+        base.bayes_config(used_error_floor(first_info)),
+        dust_profile=used_dust_profile(first_info),
+    )
     t0 = time.perf_counter()
     bayes_held = estimator.predict(phot.subset(held))
     bayes_seconds = time.perf_counter() - t0

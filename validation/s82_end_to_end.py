@@ -13,10 +13,11 @@ Bayesian estimate) on ``../shared/data/s82_0_5`` with the SDSS band set, the cat
 * the error-model check: how much the colours scatter beyond their quoted errors.
 
 ``--independent-colors`` uses the paper's chi2 (independent colour errors) instead of the
-covariance of adjacent colours.
+covariance of adjacent colours. ``--dust-prior profile`` adds the A_r prior of the patch's
+fitted dust profile (``photodist.dust_profile``) and prints the profile.
 
-Usage: ``python validation/s82_end_to_end.py [--out DIR] [--independent-colors]`` (writes
-both result tables).
+Usage: ``python validation/s82_end_to_end.py [--out DIR] [--independent-colors]
+[--dust-prior profile]`` (``--out`` writes both result tables).
 """
 
 from __future__ import annotations
@@ -69,10 +70,16 @@ def main() -> None:
     parser.add_argument(
         "--independent-colors", action="store_true", help="chi2 without the colour covariance"
     )
+    parser.add_argument("--dust-prior", choices=["flat", "profile"], default="flat")
     args = parser.parse_args()
     stars = read_catalog(SHARED / "s82_0_5")
     locus = build_locus()
-    config = PipelineConfig(band_set="sdss", seed=0, color_covariance=not args.independent_colors)
+    config = PipelineConfig(
+        band_set="sdss",
+        seed=0,
+        color_covariance=not args.independent_colors,
+        dust_prior=args.dust_prior,
+    )
     ours = galaxy_prior_for_stars(
         stars["ra"], stars["dec"], locus=locus, ar_inf=float(stars["Ar"].median())
     )
@@ -87,6 +94,15 @@ def main() -> None:
             f"{name} prior: {len(result)} stars in {timings['total']:.1f} s, "
             f"methods {result['method'].value_counts().to_dict()}"
         )
+        fit = result.attrs["photodist_pipeline"].get("dust_profile")
+        if fit is not None:
+            described = (
+                f"A_r / SFD {np.round(fit['knots_mu'], 3).tolist()} at r - M_r "
+                f"{np.round(fit['knots_x'], 2).tolist()}, width {fit['sigma']:.3f} mag"
+                if fit["fitted"]
+                else fit["reason"]
+            )
+            print(f"  dust profile: {described}")
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
             result.to_parquet(args.out / f"s82_{name.split()[0].lower()}.parquet")
