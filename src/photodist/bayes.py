@@ -26,6 +26,13 @@ residuals are whitened by its bidiagonal Cholesky factor (``_whiten``), after wh
 formulas hold as written with unit weights. ``BayesConfig(color_covariance=False)`` gives the
 independent errors of the paper.
 
+Optionally (``BayesEstimator(dust_profile=...)``, :mod:`photodist.dust_profile`) the flat A_r
+prior is multiplied by a normal N(mu_j, s^2) whose centre follows the patch's extinction
+against each point's apparent distance modulus r - M_r,j. Per point the product of the normal
+likelihood N(A*_j, 1/q) and that prior is again normal, with variance 1/(q + 1/s^2), centre
+(q s^2 A*_j + mu_j) / (1 + q s^2) and weight factor exp(-(A*_j - mu_j)^2 / (2 (1/q + s^2))),
+so the same closed form applies with these values in place of A*_j and 1/q.
+
 Percentiles: M_r and [Fe/H] from their grid marginals (each grid point a uniform cell);
 A_r from the exact mixture (all components share σ_A = 1/√q, so the untruncated density is a
 histogram of A*_j convolved with N(0, σ_A^2), then cut to [0, A_max]); Q_r = M_r + A_r from the
