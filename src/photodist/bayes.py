@@ -199,13 +199,13 @@ def _bound_pass(colors, sw, mw, u, locus_t32, log_prior32, amax_s, lw32):
 
 
 @numba.njit(cache=True, fastmath=True)
-def _bound_pass_profile(colors, sw, mw, u, locus_t32, log_prior32, lw32, mu_s, kappa, amax_p, n_mr):
-    """:func:`_bound_pass` with a Gaussian A_r prior N(mu_t, s^2) per M_r column t.
+def _bound_pass_profile(colors, sw, mw, u, locus_t32, log_prior32, lw32, mu_pt, kappa, amax_p):
+    """:func:`_bound_pass` with a Gaussian A_r prior N(mu_j, s^2) per point.
 
-    ``mu_s`` holds mu_t sqrt(q) and ``kappa`` = q s^2. A point's bound adds the prior's
-    penalty (B_j - mu_s)^2 / (1 + kappa) / 2 and takes the truncation distance of the
-    combined normal's mean, (kappa B_j + mu_s) / sqrt(kappa (1 + kappa)) in units of its
-    width, outside [0, ``amax_p``].
+    ``mu_pt`` holds mu_j sqrt(q) per point (float32) and ``kappa`` = q s^2. A point's bound
+    adds the prior's penalty (B_j - mu_s)^2 / (1 + kappa) / 2 and takes the truncation
+    distance of the combined normal's mean, (kappa B_j + mu_s) / sqrt(kappa (1 + kappa)) in
+    units of its width, outside [0, ``amax_p``].
     """
     f32 = np.float32
     half = f32(0.5)
@@ -226,26 +226,24 @@ def _bound_pass_profile(colors, sw, mw, u, locus_t32, log_prior32, lw32, mu_s, k
     u0, u1, u2, u3, u4 = f32(u[0]), f32(u[1]), f32(u[2]), f32(u[3]), f32(u[4])
     row0, row1, row2 = locus_t32[0], locus_t32[1], locus_t32[2]
     row3, row4 = locus_t32[3], locus_t32[4]
-    for base in range(0, locus_t32.shape[1], n_mr):
-        for t in range(n_mr):
-            j = base + t
-            d0 = a0 - s0 * row0[j]
-            d1 = a1 - s1 * row1[j] - m1 * d0
-            d2 = a2 - s2 * row2[j] - m2 * d1
-            d3 = a3 - s3 * row3[j] - m3 * d2
-            d4 = a4 - s4 * row4[j] - m4 * d3
-            ss = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4
-            bb = d0 * u0 + d1 * u1 + d2 * u2 + d3 * u3 + d4 * u4
-            mu = mu_s[t]
-            dev = bb - mu
-            zp = (kap * bb + mu) * inv_root
-            below = min(zp, zero)
-            above = max(zp - amax, zero)
-            lw32[j] = (
-                log_prior32[j]
-                - half * (ss - bb * bb + dev * dev * inv1k)
-                - half * (below * below + above * above)
-            )
+    for j in range(locus_t32.shape[1]):  # one flat loop (vectorises; nested loops did not)
+        d0 = a0 - s0 * row0[j]
+        d1 = a1 - s1 * row1[j] - m1 * d0
+        d2 = a2 - s2 * row2[j] - m2 * d1
+        d3 = a3 - s3 * row3[j] - m3 * d2
+        d4 = a4 - s4 * row4[j] - m4 * d3
+        ss = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4
+        bb = d0 * u0 + d1 * u1 + d2 * u2 + d3 * u3 + d4 * u4
+        mu = mu_pt[j]
+        dev = bb - mu
+        zp = (kap * bb + mu) * inv_root
+        below = min(zp, zero)
+        above = max(zp - amax, zero)
+        lw32[j] = (
+            log_prior32[j]
+            - half * (ss - bb * bb + dev * dev * inv1k)
+            - half * (below * below + above * above)
+        )
 
 
 @numba.njit(cache=True)
@@ -759,6 +757,7 @@ def _star_kernel(
     col_max,
     col_act,
     work,
+    mu_pt,
     a_min_i,
     profile_scale_i,
     knots_x,
@@ -812,7 +811,10 @@ def _star_kernel(
     mu_s = work[13, :n_mr]
     if profile:
         _profile_means(knots_x, knots_mu, r, mr_axis, profile_scale_i, a_min_i, sqrt_q, mu_s)
-        _bound_pass_profile(cz, sw, mw, u, locus_t32, log_prior32, lw32, mu_s, kappa, amax_p, n_mr)
+        for row in range(n_feh):  # per point, in float32, for the vectorised bound pass
+            for t in range(n_mr):
+                mu_pt[row * n_mr + t] = mu_s[t]
+        _bound_pass_profile(cz, sw, mw, u, locus_t32, log_prior32, lw32, mu_pt, kappa, amax_p)
     else:
         _bound_pass(cz, sw, mw, u, locus_t32, log_prior32, amax_s, lw32)
     # the float32 pass cannot overflow (no inf/NaN) when the whitened colours and weights are
@@ -1144,6 +1146,7 @@ def _estimate_all(
         cand_buf = np.empty(n_points, dtype=np.int64)
         col_max = np.empty(mr_axis.shape[0], dtype=np.float32)
         col_act = np.empty(mr_axis.shape[0], dtype=np.int64)
+        mu_pt = np.empty(n_points if profile_sigma > 0.0 else 1, dtype=np.float32)
         work = np.empty((14, max(2 * MAX_HIST_BINS + 64, mr_axis.shape[0], feh_axis.shape[0])))
         start = c * n // n_chunks
         stop = (c + 1) * n // n_chunks
@@ -1179,6 +1182,7 @@ def _estimate_all(
                 col_max,
                 col_act,
                 work,
+                mu_pt,
                 a_min[i],
                 profile_scale[i],
                 knots_x,
