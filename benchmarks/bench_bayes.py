@@ -21,8 +21,11 @@ magnitudes).
 ``--no-dust`` drops the dust-map column, so the A_r prior spans the default [0, 3] mag (a
 catalogue without a dust map; more candidate points per star).
 
+``--dust-profile`` first fits the workload's dust profile (:mod:`photodist.dust_profile`,
+timed) and then times the estimator with that learned A_r prior.
+
 Usage: ``python benchmarks/bench_bayes.py [n_stars] [synthetic|patch] [--no-dust]
-[--independent-colors] [--compare-with REV]``
+[--independent-colors] [--dust-profile] [--compare-with REV]``
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import numpy as np
 
 from photodist.bands import LSST, Photometry, photometry_from_frame
 from photodist.bayes import BayesConfig, BayesEstimator, brute_force_posterior
+from photodist.dust_profile import fit_dust_profile
 from photodist.evaluate import snr_mask
 from photodist.locus import build_locus
 from photodist.priors import build_patch_priors
@@ -140,7 +144,12 @@ def main() -> None:
     parser.add_argument(
         "--independent-colors", action="store_true", help="chi2 without the colour covariance"
     )
+    parser.add_argument(
+        "--dust-profile", action="store_true", help="with the workload's fitted dust profile"
+    )
     args = parser.parse_args()
+    if args.dust_profile and args.compare_with:
+        parser.error("--dust-profile and --compare-with cannot be combined")
     n, workload = args.n_stars, args.workload
     locus = build_locus(feh_step=0.05, mr_step=0.1)
     print(
@@ -157,7 +166,16 @@ def main() -> None:
         phot = dataclasses.replace(phot, dust=None)
         print("no dust-map column: A_r prior [0, 3] mag")
     config = BayesConfig(color_covariance=not args.independent_colors)
-    estimator = BayesEstimator(locus, prior, config)
+    profile = None
+    if args.dust_profile:
+        BayesEstimator(locus, prior, config).predict(phot.subset(slice(0, 10)))  # compile
+        start = time.perf_counter()
+        profile, fit = fit_dust_profile(phot, locus, prior, config)
+        print(
+            f"dust profile fitted in {time.perf_counter() - start:.2f} s (wall, "
+            f"{numba.get_num_threads()} threads; {fit}): width {profile.sigma:.3f} mag"
+        )
+    estimator = BayesEstimator(locus, prior, config, dust_profile=profile)
     estimator.predict(phot.subset(slice(0, 10)))  # compile
     if args.compare_with:
         compare_with(args.compare_with, estimator, locus, prior, phot)
@@ -179,7 +197,9 @@ def main() -> None:
     n_brute = 20
     start = time.process_time()
     for i in range(n_brute):
-        brute_force_posterior(phot, i, locus, estimator.prior, config, a_step=0.005)
+        brute_force_posterior(
+            phot, i, locus, estimator.prior, config, a_step=0.005, dust_profile=profile
+        )
     brute = (time.process_time() - start) / n_brute
     closed = cpu / n
     print(f"brute force (A_r step 0.005 mag), 1 thread, CPU time: {brute * 1e6:10.1f} us/star")
