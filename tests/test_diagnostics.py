@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from photodist.bayes import Flags
-from photodist.diagnostics import FLAG_COLUMNS, diagnostics_figure, magnitude_table
+from photodist.diagnostics import (
+    FLAG_COLUMNS,
+    diagnostics_figure,
+    dust_profile_figure,
+    magnitude_table,
+)
+from photodist.dust_profile import DustProfile
 
 
 def _result(n: int = 600, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -157,3 +163,18 @@ def test_only_bins_holding_stars_are_listed():
     table = magnitude_table(result, np.array([15.0, 17.0]), bin_width=1e-7, min_stars=1)
     np.testing.assert_array_equal(table["n_stars"], [1, 1])
     np.testing.assert_array_equal(table["sigma_Mr"], [0.1, 0.2])
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_dust_profile_figure_shows_the_bayesian_rows_against_the_profile(relative, tmp_path):
+    result, r, a_map = _result()
+    profile = DustProfile(np.array([8.0, 12.0]), np.array([0.5, 0.8]), 0.05, relative=relative)
+    fig = dust_profile_figure(result, profile, r, a_map)
+    (ax,) = fig.axes
+    n_bayes = int((result["method"] == "bayes").sum())
+    assert f"over {n_bayes:,} Bayesian rows" in ax.get_title()
+    assert ax.get_ylabel() == ("A_r estimate / dust map" if relative else "A_r estimate (mag)")
+    line = ax.get_lines()[0]
+    np.testing.assert_allclose(line.get_ydata(), profile.mean_at(line.get_xdata(), 1.0))
+    fig.savefig(tmp_path / "profile.png", dpi=40)
+    assert (tmp_path / "profile.png").stat().st_size > 1000

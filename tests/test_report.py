@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from photodist.bands import ColumnMap
+from photodist.dust_profile import DustProfile
 from photodist.locus import turnoff_absmag
 from photodist.report import (
     COMPARISONS,
@@ -530,3 +531,16 @@ def test_flux_catalogue_photometry_follows_the_measurement_flags():
     # without the u flux columns there is no u, but r still comes from the fluxes
     no_u = _flux_photometry(catalogue.drop(columns=["u_psfFlux", "u_psfFluxErr"]), columns)
     assert list(no_u) == ["rmag"]
+
+
+def test_a_run_with_a_learned_dust_prior_shows_its_profile(run, tmp_path):
+    result = run["result"].copy()
+    info = dict(result.attrs.get("photodist_pipeline", {}))
+    profile = DustProfile(np.array([8.0, 14.0]), np.array([0.02, 0.06]), 0.02)
+    info["dust_profile"] = {"fitted": True, **profile.to_dict(), "n_stars": 500}
+    result.attrs["photodist_pipeline"] = info
+    index = write_report(result, tmp_path / "with")
+    assert "figures/dust_profile.png" in _links(index)[0]
+    info["dust_profile"] = {"fitted": False, "reason": "only 12 stars with a usable estimate"}
+    index = write_report(result, tmp_path / "without")
+    assert "figures/dust_profile.png" not in _links(index)[0]

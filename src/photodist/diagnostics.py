@@ -8,8 +8,9 @@ whether the extinction of distant stars matches the map (stars beyond the dust l
 have A_r close to the map's A_r).
 
 :func:`magnitude_table` bins a result (``photodist run`` or ``photodist bayes`` output) in r;
-:func:`diagnostics_figure` draws it with the distribution of the estimates. The report
-(``photodist report``) shows both.
+:func:`diagnostics_figure` draws it with the distribution of the estimates;
+:func:`dust_profile_figure` shows a run's learned A_r prior (``--dust-prior profile``) over the
+estimates it was fitted to. The report (``photodist report``) shows them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from photodist.bayes import Flags
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["FLAG_COLUMNS", "MIN_BIN_STARS", "diagnostics_figure", "magnitude_table"]
+    from photodist.dust_profile import DustProfile
+
+__all__ = [
+    "FLAG_COLUMNS",
+    "MIN_BIN_STARS",
+    "diagnostics_figure",
+    "dust_profile_figure",
+    "magnitude_table",
+]
 
 #: Fewest stars in an r bin for its statistics (fewer: NaN).
 MIN_BIN_STARS = 20
@@ -259,4 +268,56 @@ def diagnostics_figure(
         ax.set_xlabel("A_r estimate (mag)")
         ax.set_ylabel("stars")
         ax.set_title("Extinction (no dust-map column)", fontsize=10)
+    return fig
+
+
+def dust_profile_figure(
+    result: pd.DataFrame,
+    profile: DustProfile,
+    r: np.ndarray | None = None,
+    a_map: np.ndarray | None = None,
+) -> Figure:
+    """The fitted dust profile over the estimates it came from.
+
+    The Bayesian rows' A_r estimates (as a fraction of the dust map for a relative profile)
+    against their apparent distance modulus r - M_r, with the profile and its +-1 width band
+    (the band in mag, divided by the median map value for a relative profile). A profile that
+    does not follow the cloud of points, or a band much narrower than its spread, says the
+    prior does not describe the patch.
+    """
+    from matplotlib.figure import Figure
+
+    r = _r_magnitudes(result, r)
+    x = r - _column(result, "Mr_mean")
+    y = _column(result, "Ar_mean")
+    label = "A_r estimate (mag)"
+    scale = 1.0
+    if profile.relative:
+        dust = np.full(len(result), np.nan) if a_map is None else np.asarray(a_map, float)
+        dust = np.where(dust > 0.0, dust, np.nan)
+        y = y / dust
+        scale = _median(dust)
+        label = "A_r estimate / dust map"
+    if "method" in result:
+        y = np.where(result["method"].astype(str).to_numpy() == "bayes", y, np.nan)
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() > 1:
+        ax.hist2d(x[ok], y[ok], bins=(60, 60), cmap="Greys", cmin=1)
+    lo = min(float(np.nanmin(x[ok])), profile.knots_x[0]) if ok.any() else profile.knots_x[0]
+    hi = max(float(np.nanmax(x[ok])), profile.knots_x[-1]) if ok.any() else profile.knots_x[-1]
+    grid = np.linspace(lo, hi, 200)
+    g = np.interp(grid, profile.knots_x, profile.knots_mu)
+    width = profile.sigma / scale if np.isfinite(scale) and scale > 0 else np.nan
+    ax.plot(grid, g, color="C3", lw=1.5, label="fitted profile")
+    ax.fill_between(grid, g - width, g + width, color="C3", alpha=0.2, label="± width")
+    ax.plot(profile.knots_x, profile.knots_mu, "o", color="C3", ms=3)
+    ax.set_xlabel("apparent distance modulus r − M_r (mag)")
+    ax.set_ylabel(label)
+    ax.set_title(
+        f"Dust profile (width {profile.sigma:.3f} mag) over {int(ok.sum()):,} Bayesian rows",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
     return fig

@@ -68,7 +68,7 @@ from matplotlib.ticker import LogFormatter
 
 from photodist.bands import BandSet, ColumnMap, photometry_from_frame
 from photodist.bayes import Flags
-from photodist.diagnostics import diagnostics_figure, magnitude_table
+from photodist.diagnostics import diagnostics_figure, dust_profile_figure, magnitude_table
 from photodist.evaluate import SIGMA_G_FACTOR, TRUTH_ALIASES, robust_stats, truth_values
 from photodist.locus import SUBGIANT_WIDTH, ms_gi, turnoff_absmag
 
@@ -1062,9 +1062,23 @@ def _normalised_figure(data: ReportData, p: str, art: _Artifacts) -> None:
     )
 
 
-def _diagnostics(result: pd.DataFrame, data: ReportData, art: _Artifacts) -> pd.DataFrame:
-    """The by-magnitude table and figure (:mod:`photodist.diagnostics`); empty without r."""
+def _diagnostics(
+    result: pd.DataFrame, data: ReportData, art: _Artifacts, info: Mapping[str, Any]
+) -> pd.DataFrame:
+    """The by-magnitude table and figure (:mod:`photodist.diagnostics`; empty without r) and,
+    for a run with a learned A_r prior, the dust-profile figure."""
+    from photodist.pipeline import used_dust_profile
+
     a_map = data.photometry.get("a_map")
+    profile = used_dust_profile(info)
+    if profile is not None:
+        art.save(
+            dust_profile_figure(result, profile, data.photometry.get("rmag"), a_map),
+            "dust_profile.png",
+            "diagnostics",
+            "The learned A_r prior (--dust-prior profile): the fitted profile and its width "
+            "over the Bayesian rows' A_r estimates against r − M_r.",
+        )
     table = magnitude_table(result, data.photometry.get("rmag"), a_map)
     if len(table) == 0:
         return table
@@ -1365,7 +1379,7 @@ def write_report(
         _normalised_figure(data, p, art)
     _sigma_ratio_figure(data, art, chosen)
     _posterior_figures(posteriors or [], result, art)
-    by_magnitude = _diagnostics(result, data, art)
+    by_magnitude = _diagnostics(result, data, art, info)
 
     table1.to_csv(out / "table1.csv", index=False, float_format="%.6g")
     render_seconds = time.perf_counter() - start
