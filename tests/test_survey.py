@@ -226,6 +226,27 @@ def test_resume_with_another_configuration_is_refused(reference, catalog_path, p
         )
 
 
+def test_a_run_started_before_a_setting_existed_resumes(
+    reference, catalog_path, prior_cache, tmp_path
+):
+    """A manifest without a pipeline setting added since (the run used its default) matches
+    a configuration with that default, and not one that changes it."""
+    out, _ = reference
+    work = tmp_path / "run"
+    shutil.copytree(out, work)
+    manifest = json.loads((work / MANIFEST_NAME).read_text())
+    for key in ("dust_prior", "bayes_all_below"):
+        del manifest["configuration"]["survey"]["pipeline"][key]
+    (work / MANIFEST_NAME).write_text(json.dumps(manifest))
+    summary = run_survey(
+        catalog_path, work, survey_config(prior_cache), scheduler="synchronous", progress=False
+    )
+    assert summary.ok and summary.n_skipped == len(PIXELS)
+    other = survey_config(prior_cache, pipeline={"dust_prior": "profile"})
+    with pytest.raises(ManifestMismatchError, match="pipeline.dust_prior"):
+        run_survey(catalog_path, work, other, scheduler="synchronous", progress=False)
+
+
 def test_changed_input_is_refused(reference, catalog_path, prior_cache, tmp_path):
     out, _ = reference
     copy = tmp_path / "stars.parquet"
@@ -471,9 +492,12 @@ def test_predict_rows_matches_run_patch(catalog):
     assert (bayes["method"] == "bayes").all() and bayes["Mr_sigma_nn"].isna().all()
 
 
-def test_large_patches_are_streamed(catalog_path, catalog, prior_cache, tmp_path):
+@pytest.mark.parametrize("dust_prior", ["flat", "profile"])
+def test_large_patches_are_streamed(catalog_path, catalog, prior_cache, tmp_path, dust_prior):
     config = survey_config(
-        prior_cache, max_patch_rows=800, pipeline={"n_train": 300, "min_train": 100}
+        prior_cache,
+        max_patch_rows=800,
+        pipeline={"n_train": 300, "min_train": 100, "dust_prior": dust_prior},
     )
     summary = run_survey(
         catalog_path, tmp_path / "run", config, scheduler="synchronous", progress=False

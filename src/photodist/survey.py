@@ -1191,6 +1191,22 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix or "(root)"]
 
 
+def _with_pipeline_defaults(configuration: Any) -> Any:
+    """A saved run configuration with the pipeline settings it predates at their defaults.
+
+    Every pipeline setting added since defaults to the behaviour that came before it, so a run
+    started by an earlier version resumes unless a setting now differs from that default.
+    """
+    if not isinstance(configuration, dict) or not isinstance(configuration.get("survey"), dict):
+        return configuration
+    survey = configuration["survey"]
+    if not isinstance(survey.get("pipeline"), dict):
+        return configuration
+    defaults = PipelineConfig().to_dict()
+    defaults.pop("progress", None)
+    return {**configuration, "survey": {**survey, "pipeline": {**defaults, **survey["pipeline"]}}}
+
+
 def _check_manifest(output_dir: Path, identity: dict[str, Any], resume: bool) -> dict[str, Any]:
     """Write the manifest of a new run, or check a resumed run against it."""
     path = output_dir / MANIFEST_NAME
@@ -1203,7 +1219,7 @@ def _check_manifest(output_dir: Path, identity: dict[str, Any], resume: bool) ->
             )
         if saved.get("format") != _MANIFEST_FORMAT:
             raise ManifestMismatchError(f"{path} is not a photodist survey manifest")
-        diffs = _differences(saved.get("configuration"), identity)
+        diffs = _differences(_with_pipeline_defaults(saved.get("configuration")), identity)
         if diffs:
             shown = ", ".join(diffs[:8]) + (", ..." if len(diffs) > 8 else "")
             raise ManifestMismatchError(
