@@ -160,6 +160,38 @@ def _log_ndtr_diff(a: float, b: float) -> float:
     return lb + math.log1p(-math.exp(d))
 
 
+@numba.njit(cache=True)
+def _float32_whitening(colors, sw, mw, u):
+    """One star's whitening (:func:`_whiten`) as float32 constants for the bound passes:
+    (sw_k c_k, sw_k, mw_k for k >= 1, u_k)."""
+    f32 = np.float32
+    a = (
+        f32(sw[0] * colors[0]),
+        f32(sw[1] * colors[1]),
+        f32(sw[2] * colors[2]),
+        f32(sw[3] * colors[3]),
+        f32(sw[4] * colors[4]),
+    )
+    s = (f32(sw[0]), f32(sw[1]), f32(sw[2]), f32(sw[3]), f32(sw[4]))
+    m = (f32(mw[1]), f32(mw[2]), f32(mw[3]), f32(mw[4]))
+    v = (f32(u[0]), f32(u[1]), f32(u[2]), f32(u[3]), f32(u[4]))
+    return a, s, m, v
+
+
+@numba.njit(inline="always", fastmath=True)
+def _whitened_terms(rows, j, a, s, m, v):
+    """|e_j|^2 and B_j = e_j . u of locus point j in float32 (e_j the whitened residual;
+    ``rows`` the five float32 colour rows, the rest from :func:`_float32_whitening`)."""
+    d0 = a[0] - s[0] * rows[0][j]
+    d1 = a[1] - s[1] * rows[1][j] - m[0] * d0
+    d2 = a[2] - s[2] * rows[2][j] - m[1] * d1
+    d3 = a[3] - s[3] * rows[3][j] - m[2] * d2
+    d4 = a[4] - s[4] * rows[4][j] - m[3] * d3
+    ss = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4
+    bb = d0 * v[0] + d1 * v[1] + d2 * v[2] + d3 * v[3] + d4 * v[4]
+    return ss, bb
+
+
 @numba.njit(cache=True, fastmath=True)
 def _bound_pass(colors, sw, mw, u, locus_t32, log_prior32, amax_s, lw32):
     """Upper bound of every locus point's log weight, in float32 (vectorised, 8 lanes).
@@ -169,30 +201,13 @@ def _bound_pass(colors, sw, mw, u, locus_t32, log_prior32, amax_s, lw32):
     recomputed in float64. Five colour rows always (unused colours have zero weight); the
     residuals are whitened as in :func:`_whiten`. ``log_prior32`` must be finite.
     """
-    f32 = np.float32
-    half = f32(0.5)
-    zero = f32(0.0)
-    amax = f32(amax_s)
-    s0, s1, s2, s3, s4 = f32(sw[0]), f32(sw[1]), f32(sw[2]), f32(sw[3]), f32(sw[4])
-    m1, m2, m3, m4 = f32(mw[1]), f32(mw[2]), f32(mw[3]), f32(mw[4])
-    a0, a1, a2, a3, a4 = (
-        f32(sw[0] * colors[0]),
-        f32(sw[1] * colors[1]),
-        f32(sw[2] * colors[2]),
-        f32(sw[3] * colors[3]),
-        f32(sw[4] * colors[4]),
-    )
-    u0, u1, u2, u3, u4 = f32(u[0]), f32(u[1]), f32(u[2]), f32(u[3]), f32(u[4])
-    row0, row1, row2 = locus_t32[0], locus_t32[1], locus_t32[2]
-    row3, row4 = locus_t32[3], locus_t32[4]
+    half = np.float32(0.5)
+    zero = np.float32(0.0)
+    amax = np.float32(amax_s)
+    a, s, m, v = _float32_whitening(colors, sw, mw, u)
+    rows = (locus_t32[0], locus_t32[1], locus_t32[2], locus_t32[3], locus_t32[4])
     for j in range(locus_t32.shape[1]):
-        d0 = a0 - s0 * row0[j]
-        d1 = a1 - s1 * row1[j] - m1 * d0
-        d2 = a2 - s2 * row2[j] - m2 * d1
-        d3 = a3 - s3 * row3[j] - m3 * d2
-        d4 = a4 - s4 * row4[j] - m4 * d3
-        ss = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4
-        bb = d0 * u0 + d1 * u1 + d2 * u2 + d3 * u3 + d4 * u4
+        ss, bb = _whitened_terms(rows, j, a, s, m, v)
         below = min(bb, zero)
         above = max(bb - amax, zero)
         lw32[j] = log_prior32[j] - half * (ss - bb * bb) - half * (below * below + above * above)
@@ -214,26 +229,10 @@ def _bound_pass_profile(colors, sw, mw, u, locus_t32, log_prior32, lw32, mu_pt, 
     kap = f32(kappa)
     inv1k = f32(1.0 / (1.0 + kappa))
     inv_root = f32(1.0 / math.sqrt(kappa * (1.0 + kappa)))
-    s0, s1, s2, s3, s4 = f32(sw[0]), f32(sw[1]), f32(sw[2]), f32(sw[3]), f32(sw[4])
-    m1, m2, m3, m4 = f32(mw[1]), f32(mw[2]), f32(mw[3]), f32(mw[4])
-    a0, a1, a2, a3, a4 = (
-        f32(sw[0] * colors[0]),
-        f32(sw[1] * colors[1]),
-        f32(sw[2] * colors[2]),
-        f32(sw[3] * colors[3]),
-        f32(sw[4] * colors[4]),
-    )
-    u0, u1, u2, u3, u4 = f32(u[0]), f32(u[1]), f32(u[2]), f32(u[3]), f32(u[4])
-    row0, row1, row2 = locus_t32[0], locus_t32[1], locus_t32[2]
-    row3, row4 = locus_t32[3], locus_t32[4]
+    a, s, m, v = _float32_whitening(colors, sw, mw, u)
+    rows = (locus_t32[0], locus_t32[1], locus_t32[2], locus_t32[3], locus_t32[4])
     for j in range(locus_t32.shape[1]):  # one flat loop (vectorises; nested loops did not)
-        d0 = a0 - s0 * row0[j]
-        d1 = a1 - s1 * row1[j] - m1 * d0
-        d2 = a2 - s2 * row2[j] - m2 * d1
-        d3 = a3 - s3 * row3[j] - m3 * d2
-        d4 = a4 - s4 * row4[j] - m4 * d3
-        ss = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4
-        bb = d0 * u0 + d1 * u1 + d2 * u2 + d3 * u3 + d4 * u4
+        ss, bb = _whitened_terms(rows, j, a, s, m, v)
         mu = mu_pt[j]
         dev = bb - mu
         zp = (kap * bb + mu) * inv_root
