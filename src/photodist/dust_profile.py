@@ -9,19 +9,22 @@ along a sightline: within a patch, A_r is close to a non-decreasing function of 
 Line-of-sight dust mapping (e.g. Green et al. 2014, ApJ 783, 114) infers that function
 from the stars themselves; this module does the same in its simplest form:
 
-* the prior of a star's A_r at locus point j is a normal N(mu(r - M_r,j), s^2) times the flat
-  prior on [A_min, A_max], where x = r - M_r = DM + A_r is the apparent distance modulus of
-  the point, mu a non-decreasing piecewise-linear profile and s one width per patch;
-* :func:`fit_dust_profile` estimates mu and s by expectation-maximisation over a subsample of
-  the patch (Gaussian hierarchical model): estimate with the current prior (first the flat
-  one), then set mu to the posterior means of A_r in bins of x (isotonic, weighted by
-  counts) and s^2 to the mean of posterior variance plus squared deviation from mu, until
-  they settle.
+* the prior of a star's A_r at locus point j is a normal N(A_map g(x), s^2) times the flat
+  prior on [A_min, A_max], where x = r - M_r,j = DM + A_r is the apparent distance modulus of
+  the point, g a non-decreasing piecewise-linear profile (a fraction of the star's dust-map
+  value A_map; in mag when the catalogue has no dust map) and s one width per patch;
+* :func:`fit_dust_profile` estimates g and s on a subsample of the patch by maximum
+  likelihood in a Gaussian hierarchical model. Each star's A_r likelihood is approximated by
+  a normal: its posterior with the current prior (first the flat one) divided by that prior.
+  Then a_i ~ N(A_map,i g(x_i), var_i + s^2); g comes from weighted isotonic bin means, s from
+  a one-dimensional maximisation, alternately, and the estimator is rerun with the new prior
+  until g and s settle (a plain EM update of s converges very slowly when s is much smaller
+  than the per-star widths, which is the usual case at high latitude).
 
 The estimator marginalises the Gaussian factor in closed form (:class:`BayesEstimator`
 ``dust_profile``): per locus point the normal likelihood in A_r times the normal prior is
-again normal, truncated to [A_min, A_max]. Nothing about the profile comes from a dust map,
-so stars nearer than the dust (low A_r at small x) keep low A_r.
+again normal, truncated to [A_min, A_max]. The profile's shape comes from the stars (a map
+only sets its scale across the patch), so stars nearer than the dust keep low A_r.
 """
 
 from __future__ import annotations
