@@ -8,7 +8,11 @@ the Bayesian method, and prints sigma_G of NN - Bayes and the ratio of the netwo
 Bayesian sigma_G against the truth (targets: <= 0.06 / 0.024 / 0.055 and <= 1.05), with the
 training time.
 
-Usage: ``python validation/nn_accuracy_patches.py [--epochs 256 512] [--patches 100,35 200,-30]``
+``--dust-prior profile`` runs the pipeline with the learned A_r prior
+(:mod:`photodist.dust_profile`); the Bayesian reference then uses the run's fitted profile.
+
+Usage: ``python validation/nn_accuracy_patches.py [--epochs 256 512] [--patches 100,35 200,-30]
+[--dust-prior profile]``
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from photodist.bands import photometry_from_frame
 from photodist.bayes import BayesEstimator
 from photodist.evaluate import robust_stats, snr_mask
 from photodist.locus import build_locus
-from photodist.pipeline import PipelineConfig, posterior_grid, run_patch, used_error_floor
+from photodist.pipeline import (
+    PipelineConfig,
+    posterior_grid,
+    run_patch,
+    used_dust_profile,
+    used_error_floor,
+)
 from photodist.priors import build_patch_priors
 from photodist.simulate import simulate_patch
 
@@ -37,6 +47,7 @@ def main() -> None:
     parser.add_argument("--radius", type=float, default=1.5)
     parser.add_argument("--held-out", type=int, default=4000)
     parser.add_argument("--error-floor", default=0.02, help="floor in mag, or auto")
+    parser.add_argument("--dust-prior", choices=["flat", "profile"], default="flat")
     args = parser.parse_args()
     locus = build_locus()
     for patch in args.patches:
@@ -47,17 +58,24 @@ def main() -> None:
         print(f"\npatch l = {lon:g}, b = {lat:g}: {len(catalog):,} stars")
         reference = rows = None
         for epochs in args.epochs:
-            config = PipelineConfig(nn_max_epochs=epochs, seed=3, error_floor=args.error_floor)
+            config = PipelineConfig(
+                nn_max_epochs=epochs,
+                seed=3,
+                error_floor=args.error_floor,
+                dust_prior=args.dust_prior,
+            )
             result, timings, _ = run_patch(catalog, prior, locus, config)
             if reference is None:  # the same held-out stars for every epoch limit
                 is_nn = (result["method"] == "nn").to_numpy()
                 pool = np.flatnonzero(snr_mask(catalog, "lsst") & is_nn)
                 rng = np.random.default_rng(5)
                 rows = np.sort(rng.choice(pool, min(args.held_out, pool.size), replace=False))
+                info = result.attrs["photodist_pipeline"]
                 estimator = BayesEstimator(
                     posterior_grid(locus, config),
                     prior,
-                    config.bayes_config(used_error_floor(result.attrs["photodist_pipeline"])),
+                    config.bayes_config(used_error_floor(info)),
+                    dust_profile=used_dust_profile(info),
                 )
                 reference = estimator.predict(photometry_from_frame(catalog.iloc[rows], "lsst"))
             cells, passed = [], True
