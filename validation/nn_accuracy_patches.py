@@ -6,7 +6,9 @@ of radius 1.5 deg, LSST 10-year errors, r < 25.5, Galaxy-model prior) and each e
 runs the default hybrid pipeline, re-estimates 4,000 network rows with SNR > 5 in every band by
 the Bayesian method, and prints sigma_G of NN - Bayes and the ratio of the network's to the
 Bayesian sigma_G against the truth (targets: <= 0.06 / 0.024 / 0.055 and <= 1.05), with the
-training time.
+training time, the spread of the dust-map A_r over the held-out stars (5-95 %) and the
+correlation of the networks' A_r - Bayes with it (the networks do not see the map value, while
+the Bayesian A_r prior depends on it).
 
 ``--dust-prior profile`` runs the pipeline with the learned A_r prior
 (:mod:`photodist.dust_profile`); the Bayesian reference then uses the run's fitted profile.
@@ -87,10 +89,15 @@ def main() -> None:
                 ratio = robust_stats(nn - truth)[1] / robust_stats(bayes - truth)[1]
                 passed &= nn_bayes <= TARGET_NN_BAYES[p] and ratio <= TARGET_RATIO
                 cells.append(f"{p} {nn_bayes:.4f} / {ratio:.3f}")
+            a_map = catalog["Ar"].to_numpy()[rows]
+            a_diff = result["Ar_mean"].to_numpy()[rows] - reference["Ar_mean"].to_numpy()
+            spread = np.percentile(a_map, [5, 95])
+            corr = np.corrcoef(a_diff, a_map)[0, 1] if np.ptp(a_map) > 0 else np.nan
             print(
                 f"  {epochs:5d} epochs: train {timings['train']:5.1f} s | "
                 + " | ".join(cells)
-                + f" | {'pass' if passed else 'FAIL'}",
+                + f" | {'pass' if passed else 'FAIL'} | map A_r {spread[0]:.3f}-{spread[1]:.3f},"
+                f" corr(NN - Bayes A_r, map) {corr:+.2f}",
                 flush=True,
             )
 
