@@ -278,11 +278,12 @@ def test_simulate_run_evaluate_chain(tmp_path):
     result = runner.invoke(
         cli,
         ["run", str(sim), str(profiled), "--n-train", "1000", "--epochs", "2"]
-        + ["--nn-device", "cpu", "--dust-prior", "profile"],
+        + ["--nn-device", "cpu", "--dust-prior", "profile", "--nn-dust-input"],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "profiled.parquet.run.json").read_text())
     assert summary["config"]["dust_prior"] == "profile" and summary["dust_profile"]["fitted"]
+    assert summary["config"]["nn_dust_input"]
     assert len(pd.read_parquet(profiled)) == n
     # the saved networks predict the catalogue again, batch by batch, as the run did
     pred_out = tmp_path / "pred.parquet"

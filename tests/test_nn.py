@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 import photodist.nn
+from photodist.bands import SDSS, Photometry
 from photodist.nn import (
     ACTIVATIONS,
     FLAG_KEYS,
@@ -661,3 +662,42 @@ def test_cuda_training_and_inference(sdss_data: tuple[np.ndarray, ...], tmp_path
             np.testing.assert_array_equal(got, pred[key])
         else:
             np.testing.assert_allclose(got, pred[key], rtol=1e-6, atol=1e-6)
+
+
+def test_dust_input_lets_the_networks_follow_the_map(tmp_path) -> None:
+    """Labels whose A_r follows a per-star dust-map value: with ``dust_input`` the networks
+    see it and follow it, without they cannot; rows without a map value are invalid, missing
+    colours still fill, and the input survives save/load."""
+    x, y, s, _ = synthetic(4000, n_colors=4, seed=4)
+    rng = np.random.default_rng(5)
+    dust = rng.uniform(0.1, 0.5, len(x))
+    y = y.copy()
+    y[:, 1] = 0.9 * dust + 0.005 * rng.standard_normal(len(x))
+    settings = dict(FAST, max_epochs=80, patience=30, n_runs=1)
+    xd = np.column_stack([x, dust])
+    with_map = PhotoDNetwork("sdss", seed=0, dust_input=True, **settings).fit(
+        xd[:3000], y[:3000], s[:3000]
+    )
+    without = PhotoDNetwork("sdss", seed=0, **settings).fit(x[:3000], y[:3000], s[:3000])
+    err_with = np.std(with_map.predict(xd[3000:])["Ar_mean"] - y[3000:, 1])
+    err_without = np.std(without.predict(x[3000:])["Ar_mean"] - y[3000:, 1])
+    assert err_with < 0.4 * err_without, (err_with, err_without)
+    # the photometry's own dust column is the extra input
+    phot = Photometry(SDSS, x[:, 0], x[:, 5], x[:, 1:5], x[:, 6:10], dust)
+    np.testing.assert_array_equal(phot.features(dust=True), xd)
+    np.testing.assert_array_equal(
+        with_map.predict(phot.subset(np.arange(3000, 3100)))["Ar_mean"],
+        with_map.predict(xd[3000:3100])["Ar_mean"],
+    )
+    probe = xd[3000:3010].copy()
+    probe[0, -1] = np.nan  # no map value
+    probe[1, 1] = probe[1, 6] = np.nan  # no u: the training set had none missing either
+    flags = with_map.predict(probe)["invalid_input"]
+    assert flags[0] and flags[1] and not flags[2:].any()
+    with pytest.raises(ValueError, match="dust-map A_r"):
+        with_map.predict(x[:5])
+    loaded = PhotoDNetwork.load(with_map.save(tmp_path / "dust.safetensors"))
+    assert loaded.dust_input
+    np.testing.assert_array_equal(
+        loaded.predict(xd[3000:])["Ar_mean"], with_map.predict(xd[3000:])["Ar_mean"]
+    )

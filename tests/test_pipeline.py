@@ -449,3 +449,25 @@ def test_dust_profile_prior_labels_the_patch(catalog, prior, default_locus, hybr
     assert not reason["fitted"] and "usable estimate" in reason["reason"]
     with pytest.raises(ValueError, match="dust_prior"):
         small_config(dust_prior="map")
+
+
+def test_networks_with_the_dust_map_as_input(catalog, prior, default_locus):
+    """``nn_dust_input``: the networks take the map's A_r as an input; a row without a map
+    value gets the Bayesian estimate, flagged NN_INVALID_INPUT; the saved model wants it."""
+    frame = catalog.copy()
+    frame.loc[[20, 21], "Ar"] = np.nan
+    config = small_config(nn_dust_input=True)
+    result, _, model = run_patch(frame, prior, default_locus, config)
+    assert model is not None and model.dust_input and model.n_features_in_ == 13
+    assert len(result) == len(frame)
+    for row in (20, 21):
+        if not result.loc[row, "labelled"]:
+            assert result.loc[row, "method"] == "bayes"
+            assert result.loc[row, "flags"] & Flags.NN_INVALID_INPUT
+    again = predict_with_model(model, frame, keep=())
+    nn_rows = (result["method"] == "nn").to_numpy()
+    np.testing.assert_allclose(again.loc[nn_rows, "Ar_mean"], result.loc[nn_rows, "Ar_mean"], 1e-6)
+    with pytest.raises(ValueError, match="no dust column"):
+        predict_with_model(model, frame.drop(columns=["Ar"]))
+    with pytest.raises(ValueError, match="nn_options"):
+        small_config(nn_options={"dust_input": True})

@@ -10,11 +10,12 @@ training time, the spread of the dust-map A_r over the held-out stars (5-95 %) a
 correlation of the networks' A_r - Bayes with it (the networks do not see the map value, while
 the Bayesian A_r prior depends on it).
 
+``--nn-dust-input`` gives the networks the dust-map A_r as one more input.
 ``--dust-prior profile`` runs the pipeline with the learned A_r prior
 (:mod:`photodist.dust_profile`); the Bayesian reference then uses the run's fitted profile.
 
 Usage: ``python validation/nn_accuracy_patches.py [--epochs 256 512] [--patches 100,35 200,-30]
-[--dust-prior profile]``
+[--dust-prior profile] [--nn-dust-input]``
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=4000)
     parser.add_argument("--error-floor", default=0.02, help="floor in mag, or auto")
     parser.add_argument("--dust-prior", choices=["flat", "profile"], default="flat")
+    parser.add_argument("--nn-dust-input", action="store_true", help="map A_r as an input")
     args = parser.parse_args()
     locus = build_locus()
     for patch in args.patches:
@@ -65,6 +67,7 @@ def main() -> None:
                 seed=3,
                 error_floor=args.error_floor,
                 dust_prior=args.dust_prior,
+                nn_dust_input=args.nn_dust_input,
             )
             result, timings, _ = run_patch(catalog, prior, locus, config)
             if reference is None:  # the same held-out stars for every epoch limit

@@ -375,9 +375,13 @@ class Photometry:
     def __len__(self) -> int:
         return len(self.r)
 
-    def features(self) -> np.ndarray:
-        """Network inputs: r, colours, then r error and colour errors, shape (N, 2 + 2 n_colors)."""
-        return np.column_stack([self.r, self.colors, self.r_err, self.color_errors])
+    def features(self, dust: bool = False) -> np.ndarray:
+        """Network inputs: r, colours, then r error and colour errors, shape (N, 2 + 2 n_colors);
+        with ``dust``, then the dust-map A_r (NaN where there is none)."""
+        columns = [self.r, self.colors, self.r_err, self.color_errors]
+        if dust:
+            columns.append(np.full(len(self), np.nan) if self.dust is None else self.dust)
+        return np.column_stack(columns)
 
     def subset(self, index: np.ndarray) -> Photometry:
         """Rows selected by an integer or boolean index."""

@@ -26,8 +26,16 @@ BAND_SET_CHOICE = click.Choice(["lsst", "sdss", "ugrizy", "ugriz"], case_sensiti
 
 
 def _training_options(command: Any) -> Any:
-    """``--epochs``, ``--learning-rate`` and ``--nn-device`` of the networks (the defaults of
-    ``PipelineConfig``; not imported here, which would load PyTorch for every command)."""
+    """``--epochs``, ``--learning-rate``, ``--nn-device`` and ``--nn-dust-input`` of the
+    networks (the defaults of ``PipelineConfig``; not imported here, which would load PyTorch
+    for every command)."""
+    command = click.option(
+        "--nn-dust-input",
+        is_flag=True,
+        help="Give the networks the dust-map A_r as one more input (the Bayesian labels depend "
+        "on it; stars without a map value then get the Bayesian estimate). Default: the "
+        "paper's inputs.",
+    )(command)
     command = click.option(
         "--nn-device",
         default="auto",
@@ -858,6 +866,7 @@ def train_command(
     epochs: int,
     learning_rate: float,
     nn_device: str,
+    nn_dust_input: bool,
     spec_path: Path | None,
     seed: int,
     overwrite: bool,
@@ -885,6 +894,7 @@ def train_command(
         nn_max_epochs=epochs,
         nn_learning_rate=learning_rate,
         nn_device=_checked_device(nn_device),
+        nn_dust_input=nn_dust_input,
         nn_spec=None if spec_path is None else _read_spec(spec_path),
         seed=seed,
     )
@@ -1039,6 +1049,7 @@ def run_command(
     epochs: int,
     learning_rate: float,
     nn_device: str,
+    nn_dust_input: bool,
     a_min_fraction: float,
     a_max_scale: float,
     a_max_offset: float,
@@ -1079,6 +1090,7 @@ def run_command(
         nn_max_epochs=epochs,
         nn_learning_rate=learning_rate,
         nn_device=_checked_device(nn_device),
+        nn_dust_input=nn_dust_input,
         dust_min_fraction=a_min_fraction,
         dust_scale=a_max_scale,
         dust_offset=a_max_offset,
@@ -1302,6 +1314,7 @@ def survey_command(
     epochs: int,
     learning_rate: float,
     nn_device: str,
+    nn_dust_input: bool,
     a_min_fraction: float,
     a_max_scale: float,
     a_max_offset: float,
@@ -1327,6 +1340,7 @@ def survey_command(
         nn_max_epochs=epochs,
         nn_learning_rate=learning_rate,
         nn_device=_checked_device(nn_device),
+        nn_dust_input=nn_dust_input,
         dust_min_fraction=a_min_fraction,
         dust_scale=a_max_scale,
         dust_offset=a_max_offset,

@@ -92,6 +92,10 @@ FLOAT_KEYS: tuple[str, ...] = tuple(
 ) + ("Qr_mean", "Qr_sigma")
 #: Boolean flag columns returned by :meth:`PhotoDNetwork.predict`.
 FLAG_KEYS: tuple[str, ...] = ("out_of_domain", "invalid_input")
+#: The dust-map input is standardised by at least this fraction of its mean: where a patch's
+#: map hardly varies (it is only good to ~10 %), the input stays nearly constant instead of
+#: being stretched to unit variance.
+DUST_INPUT_SCALE_FRACTION = 0.1
 OUTPUT_KEYS: tuple[str, ...] = FLOAT_KEYS + FLAG_KEYS
 
 FORMAT_NAME = "photodist-nn"
@@ -1176,6 +1180,11 @@ class PhotoDNetwork:
         what the Bayesian estimator does without it. At prediction, rows missing a colour that
         fewer than :data:`MIN_MISSING_TRAINING_ROWS` training rows lacked are
         ``invalid_input``. False: any NaN input is ``invalid_input``.
+    dust_input
+        One more input after the paper's: the star's dust-map A_r
+        (``Photometry.features(dust=True)``). The Bayesian labels depend on it through the A_r
+        prior, so where the map varies across a patch the networks can follow it. Rows without
+        a map value are ``invalid_input``. False (default): the paper's inputs.
     """
 
     def __init__(
@@ -1200,6 +1209,7 @@ class PhotoDNetwork:
         domain_margin: float = 0.05,
         parallel: str = "auto",
         missing_colors: bool = True,
+        dust_input: bool = False,
     ) -> None:
         self.band_set = band_set
         self.spec = spec
@@ -1221,6 +1231,7 @@ class PhotoDNetwork:
         self.domain_margin = domain_margin
         self.parallel = parallel
         self.missing_colors = missing_colors
+        self.dust_input = dust_input
 
     # -- sklearn-style parameter access ---------------------------------------------------------
 
@@ -1245,6 +1256,7 @@ class PhotoDNetwork:
         "domain_margin",
         "parallel",
         "missing_colors",
+        "dust_input",
     )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -1314,6 +1326,10 @@ class PhotoDNetwork:
             mode = "processes" if big and sys.executable else "threads"
         return mode
 
+    def _n_inputs(self, band_set: BandSet) -> int:
+        """r, the colours, their errors and, with ``dust_input``, the dust-map A_r."""
+        return 2 + 2 * band_set.n_colors + int(bool(self.dust_input))
+
     def _features(self, features: Any, band_set: BandSet) -> np.ndarray:
         if isinstance(features, Photometry):
             if features.band_set.name != band_set.name:
@@ -1321,13 +1337,14 @@ class PhotoDNetwork:
                     f"photometry is in band set {features.band_set.name!r}, "
                     f"the network expects {band_set.name!r}"
                 )
-            features = features.features()
+            features = features.features(dust=bool(self.dust_input))
         array = _as_2d_float(features, "features")
-        expected = 2 + 2 * band_set.n_colors
+        expected = self._n_inputs(band_set)
         if array.shape[1] != expected:
+            dust = ", the dust-map A_r" if self.dust_input else ""
             raise ValueError(
                 f"expected {expected} input columns for band set {band_set.name!r} "
-                f"(r, {band_set.n_colors} colours, their errors), got {array.shape[1]}"
+                f"(r, {band_set.n_colors} colours, their errors{dust}), got {array.shape[1]}"
             )
         return array
 
@@ -1348,7 +1365,7 @@ class PhotoDNetwork:
             return x
         n_colors = len(fill)
         colors = x[:, 1 : 1 + n_colors]
-        errors = x[:, 2 + n_colors :]
+        errors = x[:, 2 + n_colors : 2 + 2 * n_colors]
         supported = torch.as_tensor(self.missing_supported_, device=x.device)
         missing = ~(colors.isfinite() & errors.isfinite()) & supported
         if not bool(missing.any()):
@@ -1360,6 +1377,7 @@ class PhotoDNetwork:
                 torch.where(missing, fill_values, colors),
                 x[:, 1 + n_colors : 2 + n_colors],
                 torch.where(missing, MISSING_COLOR_ERROR, errors),
+                x[:, 2 + 2 * n_colors :],  # the dust-map input, if any
             ],
             dim=1,
         )
@@ -1449,6 +1467,9 @@ class PhotoDNetwork:
         input_mean = x_train.mean(axis=0)
         input_std = x_train.std(axis=0)
         input_std = np.where(np.isfinite(input_std) & (input_std > 0), input_std, 1.0)
+        if self.dust_input:  # map differences below its precision stay small inputs
+            floor = max(DUST_INPUT_SCALE_FRACTION * abs(float(input_mean[-1])), 1e-3)
+            input_std[-1] = max(float(input_std[-1]), floor)
         offset = y_mean[train_rows].mean(axis=0)
         scale = y_mean[train_rows].std(axis=0)
         scale = np.where(scale > 0, scale, 1.0)
@@ -1643,7 +1664,7 @@ class PhotoDNetwork:
         """
         self._check_fitted()
         band_set = get_band_set(self.band_set_)
-        expected = 2 + 2 * band_set.n_colors
+        expected = self._n_inputs(band_set)
         if features.ndim != 2 or features.shape[1] != expected:
             raise ValueError(
                 f"expected an (N, {expected}) tensor for band set {band_set.name!r}, "
@@ -1832,7 +1853,8 @@ class PhotoDNetwork:
                     f"{path} holds a network for band set {stored_band_set.name!r}, "
                     f"not {requested!r}"
                 )
-        if n_inputs != 2 + 2 * stored_band_set.n_colors:
+        expected = 2 + 2 * stored_band_set.n_colors + int(bool(params.get("dust_input", False)))
+        if n_inputs != expected:
             raise ModelFileError(f"{path}: {n_inputs} inputs do not match its band set")
         params["spec"] = spec
         params["loss_weights"] = tuple(params.get("loss_weights", DEFAULT_LOSS_WEIGHTS))

@@ -187,6 +187,11 @@ class PipelineConfig:
     nn_missing_colors
         Train on and predict stars with unusable colours too (``missing_colors`` of
         :class:`photodist.nn.PhotoDNetwork`); False: such stars all get the Bayesian estimate.
+    nn_dust_input
+        Give the networks the dust-map A_r as one more input (``dust_input`` of
+        :class:`photodist.nn.PhotoDNetwork`): the Bayesian labels depend on it through the A_r
+        prior, so where the map varies across a patch the networks can follow it. Stars
+        without a map value then get the Bayesian estimate. False: the paper's inputs.
     bayes_out_of_domain
         Also hand rows outside the networks' training domain to the Bayesian estimator (they
         keep the ``NN_OUT_OF_DOMAIN`` flag). Off by default: such rows keep the network
@@ -227,6 +232,7 @@ class PipelineConfig:
     nn_device: str = "auto"
     nn_options: dict[str, Any] = field(default_factory=dict)
     nn_missing_colors: bool = True
+    nn_dust_input: bool = False
     bayes_out_of_domain: bool = False
     chunk_size: int = 500_000
     seed: int = 0
@@ -268,7 +274,7 @@ class PipelineConfig:
             if value is not None and not float(value) > 0:
                 raise ValueError(f"{name} must be positive or None")
         reserved = {"band_set", "seed", "spec", "max_epochs", "patience", "n_runs"}
-        reserved |= {"missing_colors", "learning_rate"}
+        reserved |= {"missing_colors", "learning_rate", "dust_input"}
         if not float(self.nn_learning_rate) > 0:
             raise ValueError(f"nn_learning_rate must be positive, got {self.nn_learning_rate!r}")
         clash = (reserved | {"batch_size", "device"}) & set(self.nn_options)
@@ -346,6 +352,7 @@ class PipelineConfig:
             batch_size=int(self.nn_batch_size),
             learning_rate=float(self.nn_learning_rate),
             missing_colors=bool(self.nn_missing_colors),
+            dust_input=bool(self.nn_dust_input),
             **self.nn_options,
         )
 
@@ -637,7 +644,7 @@ def _network_rows(
     Returns the rows' out-of-domain and invalid-input masks.
     """
     sub = photometry.subset(rows)
-    pred = model.predict(sub.features())
+    pred = model.predict(sub)
     out.put_nn(rows, pred, sub.r)
     ood, invalid = pred["out_of_domain"], pred["invalid_input"]
     unusable = ~(np.isfinite(sub.colors) & np.isfinite(sub.color_errors)).all(axis=1)
@@ -710,7 +717,7 @@ def train_networks(
         )
     model = config.network(int(config.seed))
     model.fit(
-        phot.subset(rows).features(),
+        phot.subset(rows),
         mean[rows],
         sigma[rows],
         metadata={
@@ -761,6 +768,11 @@ def predict_with_model(
     if not getattr(model, "band_set_", None):
         raise ValueError("the model is not fitted")
     phot = _as_photometry(data, get_band_set(model.band_set_), columns, "the model was trained on")
+    if getattr(model, "dust_input", False) and phot.dust is None and len(phot):
+        raise ValueError(
+            "the model takes the dust-map A_r as an input, and the catalogue has no dust column "
+            "(see ColumnMap.dust / --dust-column, --ebv-column)"
+        )
     frame = None if isinstance(data, Photometry) else data
     if int(chunk_size) < 1:
         raise ValueError("chunk_size must be positive")
@@ -897,7 +909,7 @@ def run_patch(
         with _progress(config.progress, 1, "train", unit="model") as bar:
             model = config.network(nn_seed)
             model.fit(
-                phot.subset(train_rows).features(),
+                phot.subset(train_rows),
                 label_mean,
                 label_sigma,
                 metadata={

@@ -972,7 +972,7 @@ def predict_rows(
     flags = np.zeros(n, dtype=np.int64)
     method = np.zeros(n, dtype=np.int8)
     if model is not None and n:
-        pred = model.predict(phot.features())
+        pred = model.predict(phot)
         for p in PARAMETERS:
             for s in ("mean", "sigma", "sigma_nn", "sigma_bayes"):
                 floats[f"{p}_{s}"][:] = pred[f"{p}_{s}"]
