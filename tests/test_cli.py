@@ -278,13 +278,22 @@ def test_simulate_run_evaluate_chain(tmp_path):
     result = runner.invoke(
         cli,
         ["run", str(sim), str(profiled), "--n-train", "1000", "--epochs", "2"]
-        + ["--nn-device", "cpu", "--dust-prior", "profile", "--nn-dust-input"],
+        + ["--nn-device", "cpu", "--dust-prior", "profile", "--nn-dust-input"]
+        + ["--save-model", str(tmp_path / "dust.safetensors")],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "profiled.parquet.run.json").read_text())
     assert summary["config"]["dust_prior"] == "profile" and summary["dust_profile"]["fitted"]
     assert summary["config"]["nn_dust_input"]
     assert len(pd.read_parquet(profiled)) == n
+    # a model that takes the map's A_r reads the dust column, and refuses a catalogue without
+    dust_model = ["predict", str(tmp_path / "dust.safetensors")]
+    result = runner.invoke(cli, [*dust_model, str(sim), str(tmp_path / "dp.parquet")])
+    assert result.exit_code == 0, result.output
+    no_map = tmp_path / "no_map.parquet"
+    pd.read_parquet(sim).drop(columns=["Ar"]).to_parquet(no_map)
+    result = runner.invoke(cli, [*dust_model, str(no_map), str(tmp_path / "dq.parquet")])
+    assert result.exit_code != 0 and "no dust column" in result.output
     # the saved networks predict the catalogue again, batch by batch, as the run did
     pred_out = tmp_path / "pred.parquet"
     predict = ["predict", str(model), str(sim), str(pred_out), "--nn-device", "cpu"]

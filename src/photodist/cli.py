@@ -934,6 +934,13 @@ def train_command(
     show_default=True,
     help="Stars per batch (bounds memory).",
 )
+@click.option(
+    "--dust-column",
+    default="Ar",
+    show_default=True,
+    help="Column with the map A_r per star (read for a model trained with --nn-dust-input).",
+)
+@click.option("--ebv-column", default=None, help="Column with the dust map's E(B-V).")
 @_FLUX_UNIT_OPTION
 @_keep_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
@@ -942,6 +949,8 @@ def predict_command(
     input_path: Path,
     output_path: Path,
     column: tuple[str, ...],
+    dust_column: str,
+    ebv_column: str | None,
     flux_unit: str | None,
     nn_device: str,
     batch_size: int,
@@ -967,7 +976,7 @@ def predict_command(
     except (ModelFileError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     band_set = model.band_set_
-    columns = _column_map(column, None, flux_unit)
+    columns = _column_map(column, dust_column, flux_unit, ebv_column)
     try:
         io.check_output_path(output_path, overwrite=overwrite)
         total = io.count_rows(input_path)
@@ -982,7 +991,7 @@ def predict_command(
             for frame in batches:
                 try:
                     result = predict_with_model(model, frame, columns=columns, keep=keep)
-                except KeyError as exc:
+                except (KeyError, ValueError) as exc:
                     raise click.ClickException(str(exc)) from exc
                 for key in counts:
                     counts[key] += result.attrs["photodist_pipeline"][key]
