@@ -365,6 +365,20 @@ def _table_lookup(
 
 
 @numba.njit(cache=True, fastmath=True)
+def _exp_weights(lw, n, w):
+    """Weights exp(lw_c) of the first ``n`` candidates, taken in float32 (expf, relative error
+    ~1e-7) after shifting by the largest log weight, which keeps every weight within the
+    candidate cut representable; the shift cancels in every ratio of weights."""
+    top = -np.inf
+    for c in range(n):
+        top = max(top, lw[c])
+    f32 = np.float32
+    for c in range(n):
+        d = lw[c] - top
+        w[c] = math.exp(f32(d)) if d >= -80.0 else 0.0
+
+
+@numba.njit(cache=True, fastmath=True)
 def _weighted_sums(w, mean_a, var_a, mr_of, giant_of, cand, n, q_out):
     """Sums over candidates of w, w [giant], w E[A], w E[A^2], w Var[A] and w E[Q^2].
 
@@ -970,8 +984,7 @@ def _star_kernel(
         log_m, cand_mean[c], cand_var[c] = _truncated_normal(b_buf[c] * sigma_a, sigma_a, a_max)
         cand_invm[c] = math.exp(min(-log_m, 700.0))
         lw_buf[c] = log_prior[cand_buf[c]] - 0.5 * s_buf[c] - best + max(log_m, -1e300)
-    for c in range(n_cand_all):
-        cand_w[c] = math.exp(lw_buf[c]) if lw_buf[c] >= -700.0 else 0.0
+    _exp_weights(lw_buf, n_cand_all, cand_w)
     w_tot, w_giant, s_a, s_a2, s_var, s_q2 = _weighted_sums(
         cand_w, cand_mean, cand_var, mr_of, giant_of, cand_buf, n_cand_all, cand_q
     )
