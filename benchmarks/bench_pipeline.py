@@ -17,7 +17,8 @@ calibration in [0.9, 1.1]; whole patch <= 45 s.
 
 Usage: ``python benchmarks/bench_pipeline.py [--radius 4] [--heldout 50000] [--no-compare]
 [--max-epochs 512] [--learning-rate 1e-2] [--error-floor F|auto] [--independent-colors]
-[--a-min-fraction F --a-max-scale S --a-max-offset O] [--dust-prior profile]`` (the paper's
+[--a-min-fraction F --a-max-scale S --a-max-offset O] [--dust-prior profile]
+[--nn-dust-input]`` (the paper's
 training: ``--max-epochs 1024 --learning-rate 1e-3``)
 """
 
@@ -133,6 +134,9 @@ def main() -> None:
     parser.add_argument(
         "--dust-prior", choices=["flat", "profile"], default="flat", help="A_r prior (pipeline)"
     )
+    parser.add_argument(
+        "--nn-dust-input", action="store_true", help="the map's A_r as a network input"
+    )
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
 
@@ -172,6 +176,7 @@ def main() -> None:
         dust_scale=args.a_max_scale,
         dust_offset=args.a_max_offset,
         dust_prior=args.dust_prior,
+        nn_dust_input=args.nn_dust_input,
         seed=args.seed,
         progress=args.progress,
     )
