@@ -431,6 +431,8 @@ def test_dust_profile_prior_labels_the_patch(catalog, prior, default_locus, hybr
     fit = info["dust_profile"]
     assert fit["fitted"] and fit["relative"] and fit["n_stars"] > 200
     assert timings["dust_profile"] > 0 and model is not None and len(result) == len(catalog)
+    # labels relative to the map: the networks take the map's A_r (the flat run's do not)
+    assert model.dust_input and not hybrid[2].dust_input
     profile = DustProfile.from_dict(fit)
     grid = posterior_grid(default_locus, config)
     estimator = BayesEstimator(

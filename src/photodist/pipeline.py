@@ -191,7 +191,10 @@ class PipelineConfig:
         Give the networks the dust-map A_r as one more input (``dust_input`` of
         :class:`photodist.nn.PhotoDNetwork`): the Bayesian labels depend on it through the A_r
         prior, so where the map varies across a patch the networks can follow it. Stars
-        without a map value then get the Bayesian estimate. False: the paper's inputs.
+        without a map value then get the Bayesian estimate. False: the paper's inputs, except
+        in a patch whose labels come from a dust profile relative to the map
+        (``dust_prior="profile"`` with a dust-map column), where the networks always take it
+        (without it they miss their targets at low latitude, ``docs/benchmarks.md``).
     bayes_out_of_domain
         Also hand rows outside the networks' training domain to the Bayesian estimator (they
         keep the ``NN_OUT_OF_DOMAIN`` flag). Off by default: such rows keep the network
@@ -339,8 +342,9 @@ class PipelineConfig:
             seed=int(self.seed),
         )
 
-    def network(self, seed: int) -> PhotoDNetwork:
-        """An unfitted :class:`PhotoDNetwork` with these settings."""
+    def network(self, seed: int, dust_input: bool | None = None) -> PhotoDNetwork:
+        """An unfitted :class:`PhotoDNetwork` with these settings (``dust_input`` overrides
+        ``nn_dust_input``)."""
         return PhotoDNetwork(
             band_set=self.band_set,
             spec=self.nn_spec,
@@ -352,7 +356,7 @@ class PipelineConfig:
             batch_size=int(self.nn_batch_size),
             learning_rate=float(self.nn_learning_rate),
             missing_colors=bool(self.nn_missing_colors),
-            dust_input=bool(self.nn_dust_input),
+            dust_input=bool(self.nn_dust_input if dust_input is None else dust_input),
             **self.nn_options,
         )
 
@@ -907,7 +911,10 @@ def run_patch(
     if hybrid:
         t0 = time.perf_counter()
         with _progress(config.progress, 1, "train", unit="model") as bar:
-            model = config.network(nn_seed)
+            # a profile relative to the map gives labels that follow each star's map value:
+            # the networks then take it as an input, whatever nn_dust_input says
+            relative = used_dust_profile(info) is not None and info["dust_profile"]["relative"]
+            model = config.network(nn_seed, dust_input=config.nn_dust_input or relative)
             model.fit(
                 phot.subset(train_rows),
                 label_mean,
