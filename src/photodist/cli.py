@@ -190,7 +190,8 @@ _DUST_PRIOR_OPTION = click.option(
     show_default=True,
     help="A_r prior of the Bayesian estimator: flat on its bounds (the paper's), or also a "
     "normal prior around the patch's extinction against distance, fitted to the patch's own "
-    "stars (photodist.dust_profile; docs/benchmarks.md).",
+    "stars (photodist.dust_profile; docs/benchmarks.md). With a dust map the networks then "
+    "also take the map's A_r as an input.",
 )
 _SPEC_OPTION = click.option(
     "--spec",
