@@ -26,8 +26,10 @@ default the estimator uses it, as the colours come from magnitudes with independ
 ``--by-magnitude`` adds, per r range, the calibration with σ_G of the residuals and the median
 posterior σ (which of the two makes a calibration miss).
 
+``--patch L,B`` (repeatable) replaces the two default patches.
+
 Usage: ``python validation/bayes_accuracy.py [--stars 5000] [--error-floor auto|MAG]
-[--by-magnitude]``
+[--by-magnitude] [--dust-profile] [--patch L,B ...]``
 """
 
 from __future__ import annotations
@@ -98,6 +100,12 @@ def main() -> None:
         "--dust-from-truth", action="store_true", help="dust-map column = true A_r per star"
     )
     parser.add_argument(
+        "--patch",
+        action="append",
+        metavar="L,B",
+        help="Galactic longitude,latitude of a patch (repeatable; default b = 60 and b = 10)",
+    )
+    parser.add_argument(
         "--dust-profile",
         action="store_true",
         help="A_r prior from the patch's fitted dust profile (photodist.dust_profile)",
@@ -111,7 +119,11 @@ def main() -> None:
         f"{'independent colour errors' if args.independent_colors else 'colour covariance'}; "
         "statistic: posterior mean - truth"
     )
-    for name, (lon, lat) in PATCHES.items():
+    patches = PATCHES
+    if args.patch:
+        lonlat = [tuple(float(v) for v in text.split(",")) for text in args.patch]
+        patches = {f"l={lon:g}, b={lat:g}": (lon, lat) for lon, lat in lonlat}
+    for name, (lon, lat) in patches.items():
         cone = (lon, lat, survey["radius"])
         catalog = simulate_patch(
             cone=cone,
