@@ -39,7 +39,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -61,6 +61,9 @@ from photodist.bayes import (
 )
 from photodist.locus import Locus
 from photodist.nn import resolve_device
+
+if TYPE_CHECKING:
+    from photodist.dust_profile import DustProfile
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 LOG_HALF = math.log(0.5)
@@ -147,6 +150,34 @@ def _dense_pass(
     bb = f_bb @ features_t[: f_bb.shape[1]]
     zero = torch.zeros((), dtype=bb.dtype, device=bb.device)
     dist = bb - torch.clamp(bb, min=zero, max=amax_s[:, None])
+    bound = lw0 - 0.5 * dist * dist
+    best, best_j = bound.max(dim=1)
+    mask = bound >= (best - cut)[:, None]
+    return lw0, bb, best, best_j, mask
+
+
+def _dense_pass_profile(
+    f_lw: torch.Tensor,
+    f_bb: torch.Tensor,
+    features_t: torch.Tensor,
+    amax_p: torch.Tensor,
+    cut: float,
+    mu_s: torch.Tensor,
+    kappa: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`_dense_pass` with a dust profile's normal A_r prior: ``mu_s`` (B, n_mr) its
+    centres in units of sigma_A per M_r column (points are [Fe/H]-major), ``kappa`` (B,)
+    q s^2. Returns ``lw0`` with the prior's overlap factor, the combined normal's centre in
+    units of its width (in place of A*/sigma_A), the best point and the candidate mask."""
+    lw0 = f_lw @ features_t
+    bb = f_bb @ features_t[: f_bb.shape[1]]
+    mu = mu_s.repeat(1, bb.shape[1] // mu_s.shape[1])
+    k = kappa[:, None]
+    dev = bb - mu
+    lw0 = lw0 - 0.5 * dev * dev / (1.0 + k)
+    bb = (k * bb + mu) / torch.sqrt(k * (1.0 + k))
+    zero = torch.zeros((), dtype=bb.dtype, device=bb.device)
+    dist = bb - torch.clamp(bb, min=zero, max=amax_p[:, None])
     bound = lw0 - 0.5 * dist * dist
     best, best_j = bound.max(dim=1)
     mask = bound >= (best - cut)[:, None]
@@ -334,6 +365,8 @@ class TorchBayesEstimator:
         Compile the dense bound and the candidate pass with ``torch.compile``; None (default)
         compiles on CUDA devices only. Falls back to eager kernels (with a warning) if
         compilation fails.
+    dust_profile
+        A :class:`photodist.dust_profile.DustProfile` (as for ``BayesEstimator``), or None.
     """
 
     def __init__(
@@ -344,6 +377,7 @@ class TorchBayesEstimator:
         device: str | torch.device = "auto",
         batch_size: int | None = None,
         compile_kernels: bool | None = None,
+        dust_profile: DustProfile | None = None,
     ):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -351,6 +385,7 @@ class TorchBayesEstimator:
         self.config = config or BayesConfig()
         self.prior = PriorGrid.flat(locus) if prior is None else PriorGrid.from_prior(prior, locus)
         self.has_prior = prior is not None
+        self.dust_profile = dust_profile
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.compile_kernels = (
@@ -384,7 +419,11 @@ class TorchBayesEstimator:
         return max(int(self.memory_budget // (n_points * 8 * _DENSE_ARRAYS)), 16)
 
     def _kernel(self, name: str) -> Callable[..., Any]:
-        fn = {"dense": _dense_pass, "candidates": _candidate_pass}[name]
+        fn = {
+            "dense": _dense_pass,
+            "dense_profile": _dense_pass_profile,
+            "candidates": _candidate_pass,
+        }[name]
         if not self.compile_kernels:
             return fn
         if name not in self._compiled:
@@ -451,13 +490,17 @@ class TorchBayesEstimator:
         r = np.where(np.isfinite(photometry.r), photometry.r, np.nan)
         bins = self.prior.bin_index(r) % grid.n_rbins
         # one array in, one array out per batch
-        host = np.empty((n, 3 * nc + 2))
+        host = np.empty((n, 3 * nc + 4))
         host[:, :nc] = fitted.colors
         host[:, nc : 2 * nc] = photometry.color_errors
         host[:, 2 * nc : 3 * nc - 1] = adjacent_covariance(photometry, self.config)
         host[:, 3 * nc - 1] = r
         host[:, 3 * nc] = a_max - a_min
         host[:, 3 * nc + 1] = bins
+        host[:, 3 * nc + 2] = a_min
+        host[:, 3 * nc + 3] = (
+            np.nan if self.dust_profile is None else self.dust_profile.scales(photometry.dust, (n,))
+        )
         result = np.empty((n, _N_OUT + 1))
         batch = self.batch_size_for(grid.n_points)
         chi2_poor = self._chi2_threshold(nc)
@@ -501,6 +544,8 @@ class TorchBayesEstimator:
         r = block[:, 3 * nc - 1]
         a_max = block[:, 3 * nc]
         bins = block[:, 3 * nc + 1].long()
+        a_min = block[:, 3 * nc + 2]
+        scale = block[:, 3 * nc + 3]
         floor = float(self.config.error_floor)
 
         used = torch.isfinite(colors) & torch.isfinite(errors) & (errors > 0.0)
@@ -528,11 +573,31 @@ class TorchBayesEstimator:
                 a_max[valid],
                 bins[valid],
                 chi2_poor,
+                self._profile_means(grid, r[valid], a_min[valid], scale[valid]),
             )
             out[valid, :_N_OUT] = res
             flags[valid] |= vflags
         out[:, _N_OUT] = flags.to(torch.float64)
         return out
+
+    def _profile_means(
+        self, grid: _Grid, r: torch.Tensor, a_min: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The dust profile's prior mean of A_r (mag, less A_min) per star and M_r column,
+        NaN rows for stars it does not apply to; None without a profile."""
+        profile = self.dust_profile
+        if profile is None:
+            return None
+        knots_x = torch.as_tensor(profile.knots_x, dtype=r.dtype, device=r.device)
+        knots_mu = torch.as_tensor(profile.knots_mu, dtype=r.dtype, device=r.device)
+        x = (r[:, None] - grid.mr_axis[None, :]).clamp(knots_x[0], knots_x[-1])
+        if len(knots_x) > 1:
+            k = (torch.searchsorted(knots_x, x.contiguous()) - 1).clamp(0, len(knots_x) - 2)
+            fr = (x - knots_x[k]) / (knots_x[k + 1] - knots_x[k])
+            g = knots_mu[k] + fr * (knots_mu[k + 1] - knots_mu[k])
+        else:
+            g = knots_mu[0].expand_as(x)
+        return scale[:, None] * g - a_min[:, None]
 
     def _posterior(
         self,
@@ -543,12 +608,14 @@ class TorchBayesEstimator:
         a_max: torch.Tensor,
         bins: torch.Tensor,
         chi2_poor: float,
+        prior_mean: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs and flags of stars with at least two usable colours and an r magnitude.
 
         ``whiten`` is each star's whitening matrix W (:func:`_whitening`; zero rows and columns
         for unusable colours), ``cc`` the colours minus the grid's mean colour (0 where
-        unusable), ``q`` = |W R|^2.
+        unusable), ``q`` = |W R|^2, ``prior_mean`` the dust profile's A_r centres per M_r
+        column (:meth:`_profile_means`; NaN rows: the flat prior alone).
         """
         dev = whiten.device
         f64 = torch.float64
@@ -583,9 +650,24 @@ class TorchBayesEstimator:
 
         # dense pass: bound of the log weight, best point and candidates
         cut = float(self.config.log_weight_cut)
-        lw0, bb, best, best_j, mask = self._kernel("dense")(
-            f_lw, f_bb, grid.features_t, amax_s, cut
-        )
+        amax_flat = amax_s  # AR_AT_BOUND refers to the likelihood's A* alone
+        if prior_mean is None or self.dust_profile is None:
+            lw0, bb, best, best_j, mask = self._kernel("dense")(
+                f_lw, f_bb, grid.features_t, amax_s, cut
+            )
+        else:
+            # each point's normal likelihood in A times the profile's normal prior is normal:
+            # width sigma sqrt(kappa / (1 + kappa)), kappa = q s^2; stars without a profile
+            # value keep the flat prior (kappa so large that nothing changes)
+            active = torch.isfinite(prior_mean).all(dim=1)
+            s2 = float(self.dust_profile.sigma) ** 2
+            kappa = torch.where(active, q * s2, 1e16)
+            mu_s = torch.where(active[:, None], prior_mean * sqrt_q[:, None], 0.0)
+            sigma = sigma * torch.sqrt(kappa / (1.0 + kappa))
+            amax_s = a_max / sigma
+            lw0, bb, best, best_j, mask = self._kernel("dense_profile")(
+                f_lw, f_bb, grid.features_t, amax_s, cut, mu_s, kappa
+            )
         cand = mask.view(-1).nonzero().squeeze(1)
         del mask
         n_cand = cand.numel()
@@ -705,7 +787,7 @@ class TorchBayesEstimator:
         res[:, _COL["P_giant"]] = p_giant
         flags = torch.zeros(n_s, dtype=torch.int64, device=dev)
         flags |= torch.where(chi2_best > chi2_poor, Flags.POOR_FIT, 0)
-        flags |= torch.where((bb_best < -1.0) | (bb_best > amax_s + 1.0), Flags.AR_AT_BOUND, 0)
+        flags |= torch.where((bb_best < -1.0) | (bb_best > amax_flat + 1.0), Flags.AR_AT_BOUND, 0)
         flags |= torch.where(torch.minimum(p_giant, 1.0 - p_giant) > 0.05, Flags.TWO_BRANCH, 0)
         for name, axis, half_cell, bit in (
             ("FeH", grid.feh_axis, grid.feh_half, Flags.FEH_EDGE),
@@ -823,6 +905,7 @@ def make_estimator(
     prior: Any = None,
     config: BayesConfig | None = None,
     device: str | torch.device = "cpu",
+    dust_profile: DustProfile | None = None,
 ) -> BayesEstimator | TorchBayesEstimator:
     """The Bayesian estimator for ``device``: the numba :class:`~photodist.bayes.BayesEstimator`
     on the CPU cores for ``"cpu"``, :class:`TorchBayesEstimator` on a CUDA device (``"cuda"``,
@@ -830,5 +913,5 @@ def make_estimator(
     posterior summaries and columns; on CPUs the numba kernel is the faster."""
     resolved = resolve_device(device)
     if resolved.type == "cpu":
-        return BayesEstimator(locus, prior, config)
-    return TorchBayesEstimator(locus, prior, config, device=resolved)
+        return BayesEstimator(locus, prior, config, dust_profile=dust_profile)
+    return TorchBayesEstimator(locus, prior, config, device=resolved, dust_profile=dust_profile)
