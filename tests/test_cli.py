@@ -5,7 +5,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from photodist.bands import photometry_from_frame
+from photodist.bayes import BayesEstimator
 from photodist.cli import cli
+from photodist.locus import build_locus
+from photodist.pipeline import PipelineConfig, posterior_grid, used_dust_profile, used_error_floor
+from photodist.priors import PriorMap
 
 
 def test_help_lists_commands():
@@ -294,6 +299,40 @@ def test_simulate_run_evaluate_chain(tmp_path):
     pd.read_parquet(sim).drop(columns=["Ar"]).to_parquet(no_map)
     result = runner.invoke(cli, [*dust_model, str(no_map), str(tmp_path / "dq.parquet")])
     assert result.exit_code != 0 and "no dust column" in result.output
+    # evaluate's Bayesian reference is the run's Bayesian stage, dust profile included
+    saved = tmp_path / "profiled_bayes.parquet"
+    result = runner.invoke(
+        cli,
+        ["evaluate", str(profiled), str(sim), "--bayes-sample", "40"]
+        + ["--out", str(tmp_path / "tp.csv"), "--save-bayes", str(saved)],
+    )
+    assert result.exit_code == 0, result.output
+    reference = pd.read_parquet(saved)
+    rows = np.flatnonzero(np.isfinite(reference["Ar_mean"].to_numpy()))
+    assert rows.size > 0
+    config = PipelineConfig.from_dict(summary["config"])
+    expected = BayesEstimator(
+        posterior_grid(build_locus(), config),
+        PriorMap.load(summary["prior"]),
+        config.bayes_config(used_error_floor(summary)),
+        dust_profile=used_dust_profile(summary),
+    ).predict(photometry_from_frame(pd.read_parquet(sim).iloc[rows], "lsst"))
+    np.testing.assert_allclose(reference["Ar_mean"].to_numpy()[rows], expected["Ar_mean"])
+    # so are the report's example posteriors, and the report draws the profile
+    report_dir = tmp_path / "profiled_report"
+    result = runner.invoke(
+        cli, ["report", str(profiled), "--out", str(report_dir), "--truth", str(sim)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (report_dir / "figures" / "dust_profile.png").exists()
+    profiled_result = pd.read_parquet(profiled)
+    examples = json.loads((report_dir / "report.json").read_text())["posteriors"]
+    bayes_examples = [e for e in examples if profiled_result["method"].iloc[e["row"]] == "bayes"]
+    assert bayes_examples
+    for example in bayes_examples:
+        assert example["Mr_mean"] == pytest.approx(
+            profiled_result["Mr_mean"].iloc[example["row"]], abs=2e-3
+        )
     # the saved networks predict the catalogue again, batch by batch, as the run did
     pred_out = tmp_path / "pred.parquet"
     predict = ["predict", str(model), str(sim), str(pred_out), "--nn-device", "cpu"]

@@ -1208,7 +1208,12 @@ def evaluate_command(
     from photodist import io
     from photodist.bayes import BayesEstimator
     from photodist.evaluate import snr_mask, table1, truth_values
-    from photodist.pipeline import PipelineConfig, posterior_grid, used_error_floor
+    from photodist.pipeline import (
+        PipelineConfig,
+        posterior_grid,
+        used_dust_profile,
+        used_error_floor,
+    )
     from photodist.priors import PriorMap
 
     overrides = dict(_key_values(truth_column, "--truth-column"))
@@ -1244,10 +1249,11 @@ def evaluate_command(
         nn_rows = np.flatnonzero(keep & (result["method"] == "nn").to_numpy())
         sample = np.sort(rng.choice(nn_rows, size=min(bayes_sample, len(nn_rows)), replace=False))
         prior = PriorMap.load(summary["prior"]) if summary.get("prior") else None
-        estimator = BayesEstimator(
+        estimator = BayesEstimator(  # the run's Bayesian stage: floor and dust profile
             posterior_grid(build_locus(), config),
             prior,
             config.bayes_config(used_error_floor(summary)),
+            dust_profile=used_dust_profile(summary),
         )
         phot = photometry_from_frame(truth.iloc[sample], config.band_set, columns)
         estimates = estimator.predict(phot)

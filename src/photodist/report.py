@@ -1588,13 +1588,15 @@ def example_posteriors(
     config: Mapping[str, Any],
     columns: ColumnMap | None = None,
     error_floor: float | None = None,
+    dust_profile: Any = None,
 ) -> list[tuple[str, Any]]:
     """Posteriors of :func:`example_rows`, recomputed as the run's Bayesian stage would.
 
     ``photometry`` is the run's input catalogue aligned with ``result``; ``prior`` the prior
     map the run used (``OUTPUT.prior.npz``); ``config`` the run's
-    :class:`photodist.pipeline.PipelineConfig` as a dict and ``error_floor`` the floor it
-    used. Stars without an estimate are skipped.
+    :class:`photodist.pipeline.PipelineConfig` as a dict, ``error_floor`` the floor and
+    ``dust_profile`` the :class:`photodist.dust_profile.DustProfile` (or None) it used. Stars
+    without an estimate are skipped.
     """
     from photodist.bands import photometry_from_frame
     from photodist.pipeline import PipelineConfig, posterior_grid
@@ -1607,7 +1609,7 @@ def example_posteriors(
     out = []
     for label, row in example_rows(result):
         try:
-            out.append((label, star_posterior(phot, row, locus, prior, bayes)))
+            out.append((label, star_posterior(phot, row, locus, prior, bayes, dust_profile)))
         except ValueError:
             continue
     return out
@@ -1808,7 +1810,7 @@ def _run_summary(path: Path) -> tuple[dict[str, Any], ColumnMap | None]:
 def _run_posteriors(path: Path, run: RunData) -> list[tuple[str, Any]]:
     """Example posteriors of a ``photodist run`` output, or [] when its prior file, its
     configuration or the input magnitudes are not at hand."""
-    from photodist.pipeline import used_error_floor
+    from photodist.pipeline import used_dust_profile, used_error_floor
     from photodist.priors import PriorMap
 
     prior_file = path.with_name(path.name + ".prior.npz")
@@ -1822,7 +1824,9 @@ def _run_posteriors(path: Path, run: RunData) -> list[tuple[str, Any]]:
         if frame is None:
             continue
         try:
-            return example_posteriors(run.result, frame, prior, run.config, columns, floor)
+            return example_posteriors(
+                run.result, frame, prior, run.config, columns, floor, used_dust_profile(info)
+            )
         except KeyError:  # this frame lacks the magnitudes: try the next
             continue
     return []
