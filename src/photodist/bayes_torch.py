@@ -137,6 +137,19 @@ def _whitening(
     return torch.stack(rows, dim=1)
 
 
+def _bound_candidates(
+    lw0: torch.Tensor, bb: torch.Tensor, amax_s: torch.Tensor, cut: float
+) -> tuple[torch.Tensor, ...]:
+    """The log-weight bound (``lw0`` less the squared distance of ``bb`` outside [0, amax_s]),
+    its best point per star and the candidates within ``cut`` of it."""
+    zero = torch.zeros((), dtype=bb.dtype, device=bb.device)
+    dist = bb - torch.clamp(bb, min=zero, max=amax_s[:, None])
+    bound = lw0 - 0.5 * dist * dist
+    best, best_j = bound.max(dim=1)
+    mask = bound >= (best - cut)[:, None]
+    return best, best_j, mask
+
+
 def _dense_pass(
     f_lw: torch.Tensor,
     f_bb: torch.Tensor,
@@ -148,12 +161,7 @@ def _dense_pass(
     candidate mask."""
     lw0 = f_lw @ features_t
     bb = f_bb @ features_t[: f_bb.shape[1]]
-    zero = torch.zeros((), dtype=bb.dtype, device=bb.device)
-    dist = bb - torch.clamp(bb, min=zero, max=amax_s[:, None])
-    bound = lw0 - 0.5 * dist * dist
-    best, best_j = bound.max(dim=1)
-    mask = bound >= (best - cut)[:, None]
-    return lw0, bb, best, best_j, mask
+    return (lw0, bb, *_bound_candidates(lw0, bb, amax_s, cut))
 
 
 def _dense_pass_profile(
@@ -176,12 +184,7 @@ def _dense_pass_profile(
     dev = bb - mu
     lw0 = lw0 - 0.5 * dev * dev / (1.0 + k)
     bb = (k * bb + mu) / torch.sqrt(k * (1.0 + k))
-    zero = torch.zeros((), dtype=bb.dtype, device=bb.device)
-    dist = bb - torch.clamp(bb, min=zero, max=amax_p[:, None])
-    bound = lw0 - 0.5 * dist * dist
-    best, best_j = bound.max(dim=1)
-    mask = bound >= (best - cut)[:, None]
-    return lw0, bb, best, best_j, mask
+    return (lw0, bb, *_bound_candidates(lw0, bb, amax_p, cut))
 
 
 def _deposit(
