@@ -6,8 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from photodist.bands import photometry_from_frame
-from photodist.bayes import BayesEstimator
+from photodist.bayes import BayesConfig, BayesEstimator
 from photodist.cli import cli
+from photodist.dust_profile import fit_dust_profile
 from photodist.locus import build_locus
 from photodist.pipeline import PipelineConfig, posterior_grid, used_dust_profile, used_error_floor
 from photodist.priors import PriorMap
@@ -318,6 +319,23 @@ def test_simulate_run_evaluate_chain(tmp_path):
         dust_profile=used_dust_profile(summary),
     ).predict(photometry_from_frame(pd.read_parquet(sim).iloc[rows], "lsst"))
     np.testing.assert_allclose(reference["Ar_mean"].to_numpy()[rows], expected["Ar_mean"])
+    # photodist bayes fits the profile on its first batch, as it fits the error floor
+    bayes_out = tmp_path / "bayes_profile.parquet"
+    result = runner.invoke(
+        cli,
+        ["bayes", str(sim), str(bayes_out), "--flat-prior", "--error-floor", "0.02"]
+        + ["--dust-prior", "profile", "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "dust profile fitted on" in result.output
+    catalogue = photometry_from_frame(pd.read_parquet(sim), "lsst")
+    grid = build_locus().resample(0.05, 0.1)
+    bayes_config = BayesConfig(error_floor=0.02)
+    fitted, _ = fit_dust_profile(catalogue, grid, None, bayes_config, seed=0)
+    expected = BayesEstimator(grid, None, bayes_config, dust_profile=fitted).predict(catalogue)
+    np.testing.assert_allclose(
+        pd.read_parquet(bayes_out)["Ar_mean"], expected["Ar_mean"], rtol=1e-6, atol=1e-7
+    )
     # so are the report's example posteriors, and the report draws the profile
     report_dir = tmp_path / "profiled_report"
     result = runner.invoke(

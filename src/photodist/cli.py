@@ -190,8 +190,8 @@ _DUST_PRIOR_OPTION = click.option(
     show_default=True,
     help="A_r prior of the Bayesian estimator: flat on its bounds (the paper's), or also a "
     "normal prior around the patch's extinction against distance, fitted to the patch's own "
-    "stars (photodist.dust_profile; docs/benchmarks.md). With a dust map the networks then "
-    "also take the map's A_r as an input.",
+    "stars (photodist.dust_profile; docs/benchmarks.md; `bayes` fits it on the first batch). "
+    "With a dust map the networks of `run` and `survey` then also take the map's A_r.",
 )
 _SPEC_OPTION = click.option(
     "--spec",
@@ -634,6 +634,7 @@ def _positions_reader(path: Path, columns: ColumnMap):
     help="A_r prior bound (mag) for stars without a dust-map value.",
 )
 @_a_prior_options
+@_DUST_PRIOR_OPTION
 @_independent_colors_option
 @click.option(
     "--batch-size",
@@ -687,6 +688,7 @@ def bayes_command(
     a_min_fraction: float,
     a_max_scale: float,
     a_max_offset: float,
+    dust_prior: str,
     independent_colors: bool,
     batch_size: int,
     seed: int,
@@ -755,9 +757,22 @@ def bayes_command(
             click.echo(error_model_note(fit.to_dict()))
     elif auto:
         error_floor = config.error_floor
-    estimator = make_estimator(
-        locus, prior, dataclasses.replace(config, error_floor=float(error_floor)), resolved_device
-    )
+    config = dataclasses.replace(config, error_floor=float(error_floor))
+    profile = None
+    if dust_prior == "profile" and first is not None:  # fitted on the first batch, as the floor
+        from photodist.dust_profile import fit_dust_profile
+
+        try:
+            profile, fit = fit_dust_profile(sample, locus, prior, config, seed=seed)
+        except ValueError as exc:
+            click.echo(f"dust profile not fitted ({exc}): the flat A_r prior alone")
+        else:
+            unit = "of the map" if profile.relative else "mag"
+            click.echo(
+                f"dust profile fitted on {fit['n_stars']} stars: A_r {profile.knots_mu.min():.3f}"
+                f"-{profile.knots_mu.max():.3f} {unit}, width {profile.sigma:.3f} mag"
+            )
+    estimator = make_estimator(locus, prior, config, resolved_device, dust_profile=profile)
     if resolved_device.type == "cuda":
         click.echo(f"Bayesian estimator on {resolved_device} (batched PyTorch)")
     wanted = _parse_rows(posterior_rows)
@@ -776,7 +791,7 @@ def bayes_command(
                 result = estimator.predict(phot)
                 for row in wanted[(wanted >= n_done) & (wanted < n_done + len(phot))]:
                     _write_posterior(
-                        phot, int(row), n_done, locus, prior_grid, estimator.config, post_dir
+                        phot, int(row), n_done, locus, prior_grid, config, post_dir, profile
                     )
                 kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
                 floats = {c: "float32" for c in result.columns if c != "flags"}
@@ -828,14 +843,21 @@ def _parse_rows(text: str | None) -> np.ndarray:
 
 
 def _write_posterior(
-    phot: Any, row: int, offset: int, locus: Locus, prior: Any, config: Any, folder: Path
+    phot: Any,
+    row: int,
+    offset: int,
+    locus: Locus,
+    prior: Any,
+    config: Any,
+    folder: Path,
+    dust_profile: Any = None,
 ) -> None:
     """Full posterior of input row ``row`` (``row - offset`` in this batch): .npz and .png."""
     from photodist.plots import posterior_figure
     from photodist.posterior import star_posterior
 
     try:
-        posterior = star_posterior(phot, row - offset, locus, prior, config)
+        posterior = star_posterior(phot, row - offset, locus, prior, config, dust_profile)
     except ValueError as exc:
         click.echo(f"posterior of row {row} not written: {exc}")
         return
