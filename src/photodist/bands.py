@@ -317,6 +317,18 @@ class ColumnMap:
         return mapping
 
 
+def key_values(items: Sequence[str]) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` option values as (key, value) pairs; ``ValueError`` for an item without
+    ``=`` or a key."""
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=COLUMN, got {item!r}")
+        pairs.append((key.strip(), value))
+    return pairs
+
+
 def column_map_from_options(
     items: Sequence[str],
     dust: str | None,
@@ -332,12 +344,7 @@ def column_map_from_options(
     ValueError
         An item without ``=`` or a key, or an unknown key.
     """
-    mapping: dict[str, str | None] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"expected KEY=COLUMN, got {item!r}")
-        mapping[key.strip()] = value
+    mapping: dict[str, str | None] = dict(key_values(items))
     mapping.setdefault("dust", dust)
     mapping.setdefault("flux_unit", flux_unit)
     mapping.setdefault("ebv", ebv)

@@ -15,7 +15,13 @@ import numpy as np
 import pandas as pd
 
 from photodist import __version__
-from photodist.bands import ColumnMap, column_map_from_options, get_band_set, photometry_from_frame
+from photodist.bands import (
+    ColumnMap,
+    column_map_from_options,
+    get_band_set,
+    key_values,
+    photometry_from_frame,
+)
 from photodist.locus import DEFAULT_FEH_STEP, DEFAULT_MR_STEP, Locus, build_locus, load_locus
 from photodist.plots import color_color_figure
 
@@ -152,14 +158,12 @@ def locus_command(out_path: Path, feh_step: float, mr_step: float, figure: Path 
 
 
 def _key_values(items: tuple[str, ...], option: str) -> list[tuple[str, str]]:
-    """``KEY=VALUE`` option values as pairs, or a clear usage error."""
-    pairs = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=COLUMN, got {item!r}", param_hint=option)
-        pairs.append((key.strip(), value))
-    return pairs
+    """``KEY=VALUE`` option values as pairs (:func:`photodist.bands.key_values`), or a clear
+    usage error."""
+    try:
+        return key_values(items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from exc
 
 
 def _column_map(

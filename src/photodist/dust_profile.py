@@ -98,14 +98,8 @@ class DustProfile:
         return g * self.scales(dust, np.shape(g))
 
     def scales(self, dust: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
-        """Per-star factor of g: the dust-map value of a relative profile (NaN where there is
-        none, which leaves that star the flat prior alone), else 1."""
-        if not self.relative:
-            return np.ones(shape)
-        if dust is None:
-            return np.full(shape, np.nan)
-        dust = np.broadcast_to(np.asarray(dust, dtype=float), shape)
-        return np.where(np.isfinite(dust) & (dust > 0.0), dust, np.nan)
+        """Per-star factor of g (:func:`map_scales` for this profile)."""
+        return map_scales(dust, self.relative, shape)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (see :meth:`from_dict`)."""
@@ -125,6 +119,17 @@ class DustProfile:
             data["sigma"],
             bool(data.get("relative", False)),
         )
+
+
+def map_scales(dust: np.ndarray | None, relative: bool, shape: tuple[int, ...]) -> np.ndarray:
+    """Per-star factor of a profile's g: with ``relative``, the dust-map value (NaN where there
+    is none, which leaves that star the flat prior alone), else 1."""
+    if not relative:
+        return np.ones(shape)
+    if dust is None:
+        return np.full(shape, np.nan)
+    dust = np.broadcast_to(np.asarray(dust, dtype=float), shape)
+    return np.where(np.isfinite(dust) & (dust > 0.0), dust, np.nan)
 
 
 def _usable(result: Any) -> np.ndarray:
@@ -242,10 +247,12 @@ def fit_dust_profile(
     sample = photometry.subset(rows)
     r = np.asarray(sample.r, dtype=float)
     dust = None if sample.dust is None else np.asarray(sample.dust, dtype=float)
-    relative = dust is not None and bool(np.any(np.isfinite(dust) & (dust > 0.0)))
+    scale = map_scales(dust, True, r.shape)  # the map values, NaN where unusable
+    relative = bool(np.isfinite(scale).any())
     if relative:
-        positive = dust[np.isfinite(dust) & (dust > 0.0)]
-        min_sigma = max(min_sigma, MIN_SIGMA_FRACTION * float(np.median(positive)))
+        min_sigma = max(min_sigma, MIN_SIGMA_FRACTION * float(np.nanmedian(scale)))
+    else:
+        scale = map_scales(dust, False, r.shape)
     profile: DustProfile | None = None
     converged = False
     iterations = 0
@@ -254,7 +261,6 @@ def fit_dust_profile(
         iterations += 1
         result = BayesEstimator(locus, prior, config, dust_profile=profile).predict(sample)
         x = r - result["Mr_mean"].to_numpy()
-        scale = DustProfile(np.zeros(1), np.zeros(1), 1.0, relative).scales(dust, r.shape)
         good = _usable(result) & np.isfinite(x) & np.isfinite(scale)
         # each star's A_r likelihood as a normal: its posterior with the current prior divided
         mean = result["Ar_mean"].to_numpy()

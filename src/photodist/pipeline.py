@@ -878,8 +878,8 @@ def run_patch(
     floor = config.resolve_error_floor(phot.subset(train_rows) if hybrid else phot, grid, prior)
     info["error_floor"] = floor.to_dict()
     bayes_config = config.bayes_config(floor.floor)
-    estimator = BayesEstimator(grid, prior, bayes_config)
     timings["error_floor"] = time.perf_counter() - t0
+    profile: DustProfile | None = None
     if config.dust_prior == "profile":
         t0 = time.perf_counter()
         fit_stars = phot.subset(train_rows) if hybrid else phot
@@ -890,9 +890,9 @@ def run_patch(
         except ValueError as exc:
             info["dust_profile"] = {"fitted": False, "reason": str(exc)}
         else:
-            estimator = BayesEstimator(grid, prior, bayes_config, dust_profile=profile)
             info["dust_profile"] = {"fitted": True, **profile.to_dict(), **fit_info}
         timings["dust_profile"] = time.perf_counter() - t0
+    estimator = BayesEstimator(grid, prior, bayes_config, dust_profile=profile)
     if hybrid:
         t0 = time.perf_counter()
         with _progress(config.progress, train_rows.size, "bayes (labels)") as bar:
@@ -913,7 +913,7 @@ def run_patch(
         with _progress(config.progress, 1, "train", unit="model") as bar:
             # a profile relative to the map gives labels that follow each star's map value:
             # the networks then take it as an input, whatever nn_dust_input says
-            relative = used_dust_profile(info) is not None and info["dust_profile"]["relative"]
+            relative = profile is not None and profile.relative
             model = config.network(nn_seed, dust_input=config.nn_dust_input or relative)
             model.fit(
                 phot.subset(train_rows),
