@@ -53,6 +53,8 @@ def test_closed_form_matches_brute_force(coarse_locus):
             assert result.loc[i, f"{p}_mean"] == pytest.approx(ref[f"{p}_mean"], abs=1e-3)
             assert result.loc[i, f"{p}_std"] == pytest.approx(ref[f"{p}_std"], abs=1e-3)
         assert result.loc[i, "Ar_std"] == pytest.approx(ref["Ar_std"], abs=2e-3)
+        # the log evidence, including the normalisations (the grid's tables: ~1e-3)
+        assert result.loc[i, "log_evidence"] == pytest.approx(ref["log_evidence"], abs=3e-3)
 
 
 @pytest.mark.parametrize("band_set", [LSST, SDSS], ids=["lsst", "sdss"])
@@ -77,6 +79,7 @@ def test_correlated_colours_match_brute_force(coarse_locus, band_set, band_noise
             np.testing.assert_allclose(got, ref[f"{p}_percentiles"], atol=0.01, err_msg=p)
         for p in ("Mr", "FeH", "Ar"):
             assert result.loc[i, f"{p}_mean"] == pytest.approx(ref[f"{p}_mean"], abs=2e-3)
+        assert result.loc[i, "log_evidence"] == pytest.approx(ref["log_evidence"], abs=3e-3)
     # the covariance matters: ignoring it changes the posteriors of the bright star
     assert abs(independent.loc[1, "Mr_mean"] - result.loc[1, "Mr_mean"]) > 0.01
     # without a covariance in the photometry, the two settings agree exactly

@@ -9,14 +9,17 @@ from photodist.bayes import BayesConfig, BayesEstimator, PriorGrid, brute_force_
 from photodist.dust_profile import MIN_SIGMA_FRACTION, DustProfile, fit_dust_profile
 
 
-def _profile_stars(locus, n, seed, fraction_of_map, a_map=0.4, err_range=(0.005, 0.05)):
+def _profile_stars(
+    locus, n, seed, fraction_of_map, a_map=0.4, err_range=(0.005, 0.05), scatter=0.0
+):
     """Main-sequence locus stars (M_r 4-10, r 14-22) whose A_r is ``fraction_of_map(r - M_r)``
-    times the map value."""
+    times the map value, plus normal scatter of ``scatter`` mag (at least 0)."""
     rng = np.random.default_rng(seed)
     fi = rng.integers(0, locus.shape[0], n)
     mi = rng.choice(np.flatnonzero((locus.mr >= 4.0) & (locus.mr <= 10.0)), n)
     r = rng.uniform(14.0, 22.0, n)
     a_true = fraction_of_map(r - locus.mr[mi]) * a_map
+    a_true = np.clip(a_true + scatter * rng.normal(0.0, 1.0, n), 0.0, None)
     err = np.exp(rng.uniform(*np.log(err_range), (n, 5)))
     colors = (
         locus.colors_for(LSST)[fi, mi]
@@ -53,6 +56,7 @@ def test_closed_form_with_profile_matches_brute_force(coarse_locus):
             for p in ("Mr", "FeH", "Ar"):
                 assert result.loc[i, f"{p}_mean"] == pytest.approx(ref[f"{p}_mean"], abs=2e-3)
                 assert result.loc[i, f"{p}_std"] == pytest.approx(ref[f"{p}_std"], abs=2e-3)
+            assert result.loc[i, "log_evidence"] == pytest.approx(ref["log_evidence"], abs=3e-3)
 
 
 def test_a_wide_profile_is_the_flat_prior_and_a_narrow_one_pins_extinction(coarse_locus):
@@ -87,7 +91,10 @@ def test_fit_recovers_a_rising_profile(coarse_locus):
     config = BayesConfig(error_floor=0.01)
     profile, info = fit_dust_profile(phot, coarse_locus, None, config, max_stars=2000, seed=0)
     assert profile.relative and info["n_stars"] > 800  # two-branch stars sit out
-    assert profile.sigma == pytest.approx(MIN_SIGMA_FRACTION * 0.4, abs=0.02)
+    # no scatter about the profile: the evidence takes the width to (near) its floor, below
+    # the first stage's
+    assert info["em_sigma"] == pytest.approx(MIN_SIGMA_FRACTION * 0.4, abs=0.02)
+    assert profile.sigma < 0.02
     assert np.all(np.diff(profile.knots_mu) >= 0)
     inner = (profile.knots_x > 7.0) & (profile.knots_x < 15.0)
     np.testing.assert_allclose(profile.knots_mu[inner], fraction(profile.knots_x[inner]), atol=0.12)
@@ -99,6 +106,16 @@ def test_fit_recovers_a_rising_profile(coarse_locus):
     # deterministic
     again, _ = fit_dust_profile(phot, coarse_locus, None, config, max_stars=2000, seed=0)
     np.testing.assert_array_equal(again.knots_mu, profile.knots_mu)
+
+
+@pytest.mark.parametrize("scatter", [0.06, 0.12])
+def test_fit_recovers_the_scatter_about_the_profile(coarse_locus, scatter):
+    """A_r scattered about the profile: the exact-evidence width finds the scatter."""
+    phot, _ = _profile_stars(
+        coarse_locus, 2000, seed=5, fraction_of_map=lambda x: 0.8 + 0 * x, scatter=scatter
+    )
+    profile, _ = fit_dust_profile(phot, coarse_locus, None, BayesConfig(error_floor=0.01))
+    assert profile.sigma == pytest.approx(scatter, rel=0.2)
 
 
 def test_fit_without_a_dust_map_is_absolute_and_refuses_too_few_stars(coarse_locus):

@@ -33,6 +33,12 @@ likelihood N(A*_j, 1/q) and that prior is again normal, with variance 1/(q + 1/s
 (q s^2 A*_j + mu_j) / (1 + q s^2) and weight factor exp(-(A*_j - mu_j)^2 / (2 (1/q + s^2))),
 so the same closed form applies with these values in place of A*_j and 1/q.
 
+The column ``log_evidence`` is the log marginal likelihood of the star's used colours,
+log Σ_j p_j ∫ N(c; L_j + A R, C) π(A | j) dA, with π the A_r prior density (flat:
+1 / (A_max - A_min); with the profile, its normal on [A_min, A_max]) and p_j the prior map's
+values as given. Compared across models of one patch (e.g. dust-profile widths), it is what a
+maximum-likelihood fit of those models maximises (``photodist.dust_profile``).
+
 Percentiles: M_r and [Fe/H] from their grid marginals (each grid point a uniform cell);
 A_r from the exact mixture (all components share σ_A = 1/√q, so the untruncated density is a
 histogram of A*_j convolved with N(0, σ_A^2), then cut to [0, A_max]); Q_r = M_r + A_r from the
@@ -73,6 +79,7 @@ MAX_HIST_BINS = 8192  # cap on the A_r and Q_r histogram lengths (bins widen bey
 MIN_A_MAX = 0.01  # floor of the A_r prior bound (mag)
 MAX_TABLE_NODES = 8000  # cap on the nodes of the per-star truncated-normal table
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+LOG_2PI = math.log(2.0 * math.pi)
 SQRT_2PI = math.sqrt(2.0 * math.pi)
 #: Nodes per σ_A of the per-star truncation tables (linear interpolation: log-mass error
 #: <= 1/(8 N^2), 0.002 for N = 8).
@@ -123,7 +130,7 @@ STATS = ("mean", "std", "p16", "p50", "p84")
 
 def _column_names() -> list[str]:
     names = [f"{p}_{s}" for p in PARAMS for s in STATS]
-    names += ["dist_p16", "dist_p50", "dist_p84", "chi2min"]
+    names += ["dist_p16", "dist_p50", "dist_p84", "chi2min", "log_evidence"]
     names += ["Mr_entropy_drop", "FeH_entropy_drop", "Ar_entropy_drop", "P_giant", "Ar_max"]
     return names
 
@@ -133,6 +140,7 @@ _COL = {name: k for k, name in enumerate(OUTPUT_COLUMNS)}
 # columns the kernel fills (the DM and distance columns are derived afterwards)
 _K_MR, _K_FEH, _K_AR, _K_QR = (_COL[f"{p}_mean"] for p in ("Mr", "FeH", "Ar", "Qr"))
 _K_CHI2 = _COL["chi2min"]
+_K_LOGZ = _COL["log_evidence"]
 _K_HMR, _K_HFEH, _K_HAR = _COL["Mr_entropy_drop"], _COL["FeH_entropy_drop"], _COL["Ar_entropy_drop"]
 _K_PGIANT = _COL["P_giant"]
 
@@ -368,7 +376,8 @@ def _table_lookup(
 def _exp_weights(lw, n, w):
     """Weights exp(lw_c) of the first ``n`` candidates, taken in float32 (expf, relative error
     ~1e-7) after shifting by the largest log weight, which keeps every weight within the
-    candidate cut representable; the shift cancels in every ratio of weights."""
+    candidate cut representable; the shift cancels in every ratio of weights. Returns the
+    shift."""
     top = -np.inf
     for c in range(n):
         top = max(top, lw[c])
@@ -376,6 +385,7 @@ def _exp_weights(lw, n, w):
     for c in range(n):
         d = lw[c] - top
         w[c] = math.exp(f32(d)) if d >= -80.0 else 0.0
+    return top
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -984,7 +994,7 @@ def _star_kernel(
         log_m, cand_mean[c], cand_var[c] = _truncated_normal(b_buf[c] * sigma_a, sigma_a, a_max)
         cand_invm[c] = math.exp(min(-log_m, 700.0))
         lw_buf[c] = log_prior[cand_buf[c]] - 0.5 * s_buf[c] - best + max(log_m, -1e300)
-    _exp_weights(lw_buf, n_cand_all, cand_w)
+    shift = _exp_weights(lw_buf, n_cand_all, cand_w)
     w_tot, w_giant, s_a, s_a2, s_var, s_q2 = _weighted_sums(
         cand_w, cand_mean, cand_var, mr_of, giant_of, cand_buf, n_cand_all, cand_q
     )
@@ -1090,8 +1100,21 @@ def _star_kernel(
     mean_q = mean_mr + mean_a
     out[i, _K_QR + 1] = math.sqrt(max(s_q2 / w_tot - mean_q * mean_q, 0.0))
 
-    # best fit, entropy drops, branch mass, flags
+    # best fit, evidence, entropy drops, branch mass, flags
     out[i, _K_CHI2] = best_chi2
+    # log Z = log sum_j p_j int N(c; L_j + A R, C) pi(A | j) dA: the weights' offset and sum,
+    # the Gaussian's normalisation (log |C|^-1/2 = sum log sw_k), the A integral's sqrt(2 pi / q)
+    # and the A_r prior's normalisation (flat: 1 / (A_max - A_min); with the profile, its
+    # normal's 1 / sqrt(2 pi s^2) and the likelihood's convolution width, 1 / q + s^2)
+    log_z = best + shift + math.log(w_tot) - 0.5 * n_used * LOG_2PI + 0.5 * (LOG_2PI - math.log(q))
+    for k in range(5):
+        if sw[k] > 0.0:
+            log_z += math.log(sw[k])
+    if profile:
+        log_z += 0.5 * math.log(q) - 0.5 * (LOG_2PI + math.log(1.0 + kappa))
+    else:
+        log_z -= math.log(a_max)
+    out[i, _K_LOGZ] = log_z
     if best_chi2 > chi2_poor:
         flags_out[i] |= 1
     if best_astar_s < -1.0 or best_astar_s > amax_flat + 1.0:
@@ -1545,8 +1568,9 @@ def brute_force_posterior(
     centres of cells of width ``a_step`` covering [A_min, A_max]; with ``dust_profile`` the
     prior includes its normal factor in A_r at each point's r - M_r. Returns the marginals
     (``Mr``, ``FeH``, ``Ar`` as (values, mass) pairs), 16/50/84 percentiles of M_r, [Fe/H],
-    A_r and Q_r with the same cell conventions as :class:`BayesEstimator`, and the means and
-    standard deviations of M_r, [Fe/H] and A_r (``Mr_mean``, ``Mr_std``, ...).
+    A_r and Q_r with the same cell conventions as :class:`BayesEstimator`, the means and
+    standard deviations of M_r, [Fe/H] and A_r (``Mr_mean``, ``Mr_std``, ...) and the log
+    evidence (``log_evidence``, as the estimator's column).
     """
     config = config or BayesConfig()
     prior = prior or PriorGrid.flat(locus)
@@ -1568,6 +1592,11 @@ def brute_force_posterior(
     log_p = prior.log_prior[prior.bin_index(np.array([photometry.r[index]]))[0]].ravel()
     resid = colors[used][None, None, :] - lc[:, None, :] - a_nodes[None, :, None] * red
     log_post = log_p[:, None] - 0.5 * np.einsum("...k,kl,...l->...", resid, inv_cov, resid)
+    # log evidence: the Gaussian likelihood's and the A_r prior's normalisations (flat:
+    # 1 / (A_max - A_min); the profile's normal alone) and the A_r cell width
+    _, log_det = np.linalg.slogdet(cov[np.ix_(used, used)])
+    log_norm = np.log((a_max - a_min) / n_a) - 0.5 * (used.sum() * LOG_2PI + log_det)
+    log_norm -= np.log(a_max - a_min)
     if dust_profile is not None:
         n_feh, n_mr = locus.shape
         x = np.tile(photometry.r[index] - locus.mr, n_feh)
@@ -1575,7 +1604,10 @@ def brute_force_posterior(
         centre = dust_profile.mean_at(x, dust)
         if np.isfinite(centre).all():
             log_post -= 0.5 * ((a_nodes[None, :] - centre[:, None]) / dust_profile.sigma) ** 2
-    post = np.exp(log_post - log_post.max())
+            log_norm += np.log(a_max - a_min) - 0.5 * LOG_2PI - np.log(dust_profile.sigma)
+    peak = log_post.max()
+    post = np.exp(log_post - peak)
+    log_evidence = float(peak + np.log(post.sum()) + log_norm)
     post /= post.sum()
     n_feh, n_mr = locus.shape
     joint = post.reshape(n_feh, n_mr, n_a)
@@ -1611,6 +1643,7 @@ def brute_force_posterior(
         "FeH_percentiles": cell_percentiles(locus.feh, feh_mass, locus.feh_step),
         "Ar_percentiles": cell_percentiles(a_nodes, a_mass, (a_max - a_min) / n_a),
         "Qr_percentiles": np.interp([0.16, 0.5, 0.84], q_cdf, q_edges),
+        "log_evidence": log_evidence,
     }
     for name in ("Mr", "FeH", "Ar"):
         result[f"{name}_mean"], result[f"{name}_std"] = _weighted_mean_std(*result[name])

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from photodist.dust_profile import DustProfile
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+LOG_2PI = math.log(2.0 * math.pi)
 LOG_HALF = math.log(0.5)
 SQRT_HALF = math.sqrt(0.5)
 LOG_FLOOR = -1e30  # stands for log(0) in the prior (keeps the matrix products finite)
@@ -654,6 +655,8 @@ class TorchBayesEstimator:
         # dense pass: bound of the log weight, best point and candidates
         cut = float(self.config.log_weight_cut)
         amax_flat = amax_s  # AR_AT_BOUND refers to the likelihood's A* alone
+        # the A_r prior's share of the log evidence (flat: 1 / (A_max - A_min))
+        log_prior_norm = -torch.log(a_max)
         if prior_mean is None or self.dust_profile is None:
             lw0, bb, best, best_j, mask = self._kernel("dense")(
                 f_lw, f_bb, grid.features_t, amax_s, cut
@@ -667,6 +670,10 @@ class TorchBayesEstimator:
             kappa = torch.where(active, q * s2, 1e16)
             mu_s = torch.where(active[:, None], prior_mean * sqrt_q[:, None], 0.0)
             sigma = sigma * torch.sqrt(kappa / (1.0 + kappa))
+            # the profile's normal convolved with the likelihood: 1 / sqrt(2 pi (1/q + s^2))
+            log_prior_norm = torch.where(
+                active, 0.5 * (torch.log(q) - LOG_2PI - torch.log1p(kappa)), log_prior_norm
+            )
             amax_s = a_max / sigma
             lw0, bb, best, best_j, mask = self._kernel("dense_profile")(
                 f_lw, f_bb, grid.features_t, amax_s, cut, mu_s, kappa
@@ -779,8 +786,21 @@ class TorchBayesEstimator:
             grid, sums[:, 4] / w_div, good, q_min, q_max, c_star, c_w, c_q
         )
 
-        # best fit, entropy drops, branch mass, flags
+        # best fit, evidence (as the CPU kernel), entropy drops, branch mass, flags
         res[:, _COL["chi2min"]] = chi2_best
+        diag = torch.diagonal(whiten, dim1=1, dim2=2)
+        used = diag > 0.0
+        log_det = torch.where(used, torch.log(torch.where(used, diag, 1.0)), 0.0).sum(dim=1)
+        res[:, _COL["log_evidence"]] = torch.where(
+            good,
+            best
+            + torch.log(w_div)
+            + log_det
+            - 0.5 * used.sum(dim=1) * LOG_2PI
+            + 0.5 * (LOG_2PI - torch.log(q))
+            + log_prior_norm,
+            math.nan,
+        )
         res[:, _COL["Mr_entropy_drop"]] = math.log2(grid.n_mr) - _entropy_bits(mr_mass)
         res[:, _COL["FeH_entropy_drop"]] = math.log2(grid.n_feh) - _entropy_bits(feh_mass)
         res[:, _COL["Ar_entropy_drop"]] = torch.where(

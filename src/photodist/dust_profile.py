@@ -20,6 +20,13 @@ from the stars themselves; this module does the same in its simplest form:
   a one-dimensional maximisation, alternately, and the estimator is rerun with the new prior
   until g and s settle (a plain EM update of s converges very slowly when s is much smaller
   than the per-star widths, which is the usual case at high latitude).
+* dividing a narrow prior out of a posterior is unstable, so that first stage keeps s above
+  :data:`MIN_SIGMA` (and :data:`MIN_SIGMA_FRACTION` of the map), and the Gaussian
+  approximation of each star's A_r likelihood biases s when the likelihoods are much wider
+  than s. The final width therefore maximises the exact marginal likelihood of the fitted
+  stars, the sum of the estimator's ``log_evidence`` (type-II maximum likelihood, g kept),
+  over s >= :data:`EVIDENCE_MIN_SIGMA` (and :data:`EVIDENCE_MIN_SIGMA_FRACTION` of the map:
+  no dust map predicts A_r to better than a few per cent).
 
 The estimator marginalises the Gaussian factor in closed form (:class:`BayesEstimator`
 ``dust_profile``): per locus point the normal likelihood in A_r times the normal prior is
@@ -39,18 +46,20 @@ from photodist.bands import Photometry
 from photodist.bayes import BayesConfig, BayesEstimator, Flags
 from photodist.locus import Locus
 
-#: Smallest profile width (mag): the prior never claims A_r to better than this...
+#: Smallest width (mag) of the first, approximate stage of the fit...
 MIN_SIGMA = 0.01
-#: ... nor, with a dust map, to better than this fraction of the patch's median map value
-#: (the map's own errors, and the dust's variation on scales it does not resolve).
+#: ... and, with a dust map, the smallest fraction of the patch's median map value.
 MIN_SIGMA_FRACTION = 0.1
+#: Smallest width of the final, exact-evidence fit (mag, and fraction of the median map).
+EVIDENCE_MIN_SIGMA = 0.003
+EVIDENCE_MIN_SIGMA_FRACTION = 0.03
 #: Stars used by the fit (a random subsample of the usable ones when there are more).
 FIT_STARS = 5000
 #: Fewest well-fitted stars a profile is fitted from.
 MIN_FIT_STARS = 200
 #: Stars per profile knot (bins of apparent distance modulus), and the most knots.
-STARS_PER_KNOT = 250
-MAX_KNOTS = 12
+STARS_PER_KNOT = 120
+MAX_KNOTS = 30
 #: Rows whose flags include any of these bits do not inform the profile.
 _EXCLUDED = Flags.POOR_FIT | Flags.TWO_BRANCH | Flags.NO_R | Flags.TOO_FEW_COLORS
 
@@ -209,7 +218,8 @@ def fit_dust_profile(
     min_sigma: float = MIN_SIGMA,
     seed: int = 0,
 ) -> tuple[DustProfile, dict[str, Any]]:
-    """Fit a patch's dust profile by expectation-maximisation (see the module docstring).
+    """Fit a patch's dust profile: its shape and a first width by iterated Gaussian
+    approximations, then the width by exact maximum likelihood (see the module docstring).
 
     Parameters
     ----------
@@ -224,8 +234,8 @@ def fit_dust_profile(
     tolerance
         Stop when no knot mean and not the width moved by more than this (mag).
     min_sigma
-        Smallest width (mag); with a dust map, at least :data:`MIN_SIGMA_FRACTION` of the
-        median map value.
+        Smallest width of the first stage (mag); with a dust map, at least
+        :data:`MIN_SIGMA_FRACTION` of the median map value.
     seed
         Seed of the subsample.
 
@@ -233,7 +243,8 @@ def fit_dust_profile(
     -------
     profile : DustProfile
     info : dict
-        ``n_stars`` (stars fitted), ``iterations``, ``converged``.
+        ``n_stars`` (stars fitted), ``iterations``, ``converged`` (of the first stage) and
+        ``em_sigma`` (its width, before the exact-evidence width).
 
     Raises
     ------
@@ -249,8 +260,10 @@ def fit_dust_profile(
     dust = None if sample.dust is None else np.asarray(sample.dust, dtype=float)
     scale = map_scales(dust, True, r.shape)  # the map values, NaN where unusable
     relative = bool(np.isfinite(scale).any())
+    width_floor = EVIDENCE_MIN_SIGMA
     if relative:
         min_sigma = max(min_sigma, MIN_SIGMA_FRACTION * float(np.nanmedian(scale)))
+        width_floor = max(width_floor, EVIDENCE_MIN_SIGMA_FRACTION * float(np.nanmedian(scale)))
     else:
         scale = map_scales(dust, False, r.shape)
     profile: DustProfile | None = None
@@ -275,15 +288,48 @@ def fit_dust_profile(
             raise ValueError(
                 f"only {n_fit} stars with a usable estimate (at least {MIN_FIT_STARS} needed)"
             )
+        fitted_rows = np.flatnonzero(good)
         new = _profile_step(
             x[good], scale[good], mean[good], 1.0 / info[good], min_sigma, relative=relative
         )
         if profile is not None:
             grid = np.union1d(new.knots_x, profile.knots_x)
             shift = np.max(np.abs(new.mean_at(grid, 1.0) - profile.mean_at(grid, 1.0)))
-            converged = shift < tolerance and abs(new.sigma - profile.sigma) < tolerance
+            converged = bool(shift < tolerance and abs(new.sigma - profile.sigma) < tolerance)
         profile = new
         if converged:
             break
     assert profile is not None
-    return profile, {"n_stars": n_fit, "iterations": iterations, "converged": converged}
+    em_sigma = profile.sigma
+    profile = _evidence_width(sample, locus, prior, config, profile, fitted_rows, width_floor)
+    info = {"n_stars": n_fit, "iterations": iterations, "converged": converged}
+    return profile, info | {"em_sigma": em_sigma}
+
+
+def _evidence_width(
+    sample: Photometry,
+    locus: Locus,
+    prior: Any,
+    config: BayesConfig | None,
+    profile: DustProfile,
+    rows: np.ndarray,
+    floor: float,
+) -> DustProfile:
+    """The profile with the width that maximises the summed log evidence of the stars
+    ``rows`` (exact marginal likelihood; the profile's shape kept)."""
+    subset = sample.subset(rows)
+
+    def negative_log_evidence(log_sigma: float) -> float:
+        trial = DustProfile(
+            profile.knots_x, profile.knots_mu, float(np.exp(log_sigma)), profile.relative
+        )
+        result = BayesEstimator(locus, prior, config, dust_profile=trial).predict(subset)
+        return -float(np.nansum(result["log_evidence"].to_numpy()))
+
+    best = minimize_scalar(
+        negative_log_evidence,
+        bounds=(np.log(floor), np.log(3.0)),
+        method="bounded",
+        options={"xatol": 0.02},
+    )
+    return DustProfile(profile.knots_x, profile.knots_mu, float(np.exp(best.x)), profile.relative)
