@@ -68,6 +68,8 @@ def test_a_wide_profile_is_the_flat_prior_and_a_narrow_one_pins_extinction(coars
     for column in ("Mr_mean", "Mr_std", "FeH_mean", "Ar_mean", "Ar_p50", "Qr_p50"):
         np.testing.assert_allclose(got[column], flat[column], atol=2e-3, err_msg=column)
     pd.testing.assert_series_equal(got["chi2min"], flat["chi2min"])
+    # normalised on [A_min, A_max], the wide normal is the flat prior's density there
+    np.testing.assert_allclose(got["log_evidence"], flat["log_evidence"], atol=2e-3)
     narrow = DustProfile(np.array([0.0]), np.array([0.5]), 0.005, relative=True)
     pinned = BayesEstimator(coarse_locus, None, config, dust_profile=narrow).predict(phot)
     assert np.abs(pinned["Ar_mean"] - a_true).max() < 0.01
@@ -95,6 +97,7 @@ def test_fit_recovers_a_rising_profile(coarse_locus):
     # the first stage's
     assert info["em_sigma"] == pytest.approx(MIN_SIGMA_FRACTION * 0.4, abs=0.02)
     assert profile.sigma < 0.02
+    assert info["log_evidence_gain"] > 0.1  # nats per star over the flat prior
     assert np.all(np.diff(profile.knots_mu) >= 0)
     inner = (profile.knots_x > 7.0) & (profile.knots_x < 15.0)
     np.testing.assert_allclose(profile.knots_mu[inner], fraction(profile.knots_x[inner]), atol=0.12)
@@ -116,6 +119,17 @@ def test_fit_recovers_the_scatter_about_the_profile(coarse_locus, scatter):
     )
     profile, _ = fit_dust_profile(phot, coarse_locus, None, BayesConfig(error_floor=0.01))
     assert profile.sigma == pytest.approx(scatter, rel=0.2)
+
+
+def test_fit_refuses_a_profile_the_evidence_does_not_support(coarse_locus):
+    """A_r uniform over the flat prior's whole range [0, 1.3 A_map + 0.1] (no relation to
+    distance): the flat prior describes the stars better, and the fit says so."""
+    rng = np.random.default_rng(1)
+    phot, _ = _profile_stars(
+        coarse_locus, 2000, seed=1, fraction_of_map=lambda x: rng.uniform(0.0, 1.55, x.size)
+    )
+    with pytest.raises(ValueError, match="better than the flat prior"):
+        fit_dust_profile(phot, coarse_locus, None, BayesConfig(error_floor=0.01))
 
 
 def test_fit_without_a_dust_map_is_absolute_and_refuses_too_few_stars(coarse_locus):

@@ -98,7 +98,9 @@ def main() -> None:
         if fit is not None:
             described = (
                 f"A_r / SFD {np.round(fit['knots_mu'], 3).tolist()} at r - M_r "
-                f"{np.round(fit['knots_x'], 2).tolist()}, width {fit['sigma']:.3f} mag"
+                f"{np.round(fit['knots_x'], 2).tolist()}, width {fit['sigma']:.3f} mag, "
+                f"log evidence over the flat prior {fit['log_evidence_gain']:+.3f} per star "
+                f"({fit['n_stars']} stars)"
                 if fit["fitted"]
                 else fit["reason"]
             )

@@ -225,10 +225,12 @@ def _bound_pass(colors, sw, mw, u, locus_t32, log_prior32, amax_s, lw32):
 def _bound_pass_profile(colors, sw, mw, u, locus_t32, log_prior32, lw32, mu_pt, kappa, amax_p):
     """:func:`_bound_pass` with a Gaussian A_r prior N(mu_j, s^2) per point.
 
-    ``mu_pt`` holds mu_j sqrt(q) per point (float32) and ``kappa`` = q s^2. A point's bound
-    adds the prior's penalty (B_j - mu_s)^2 / (1 + kappa) / 2 and takes the truncation
-    distance of the combined normal's mean, (kappa B_j + mu_s) / sqrt(kappa (1 + kappa)) in
-    units of its width, outside [0, ``amax_p``].
+    ``mu_pt`` holds per point (float32) mu_j sqrt(q) (row 0) and the log of the inverse
+    mass of the prior's normal inside [0, A_max] (row 1, which normalises the prior given
+    the point); ``kappa`` = q s^2. A point's bound adds both, the prior's penalty
+    (B_j - mu_s)^2 / (1 + kappa) / 2, and takes the truncation distance of the combined
+    normal's mean, (kappa B_j + mu_s) / sqrt(kappa (1 + kappa)) in units of its width,
+    outside [0, ``amax_p``].
     """
     f32 = np.float32
     half = f32(0.5)
@@ -239,15 +241,18 @@ def _bound_pass_profile(colors, sw, mw, u, locus_t32, log_prior32, lw32, mu_pt, 
     inv_root = f32(1.0 / math.sqrt(kappa * (1.0 + kappa)))
     a, s, m, v = _float32_whitening(colors, sw, mw, u)
     rows = (locus_t32[0], locus_t32[1], locus_t32[2], locus_t32[3], locus_t32[4])
+    centres = mu_pt[0]
+    norms = mu_pt[1]
     for j in range(locus_t32.shape[1]):  # one flat loop (vectorises; nested loops did not)
         ss, bb = _whitened_terms(rows, j, a, s, m, v)
-        mu = mu_pt[j]
+        mu = centres[j]
         dev = bb - mu
         zp = (kap * bb + mu) * inv_root
         below = min(zp, zero)
         above = max(zp - amax, zero)
         lw32[j] = (
             log_prior32[j]
+            + norms[j]
             - half * (ss - bb * bb + dev * dev * inv1k)
             - half * (below * below + above * above)
         )
@@ -269,6 +274,16 @@ def _profile_means(knots_x, knots_mu, r, mr_axis, factor, shift, scale, out):
             fr = (x - knots_x[k]) / (knots_x[k + 1] - knots_x[k])
             mu = knots_mu[k] + fr * (knots_mu[k + 1] - knots_mu[k])
         out[t] = (factor * mu - shift) * scale
+
+
+@numba.njit(cache=True)
+def _log_prior_mass(centre: float, upper: float, width: float) -> float:
+    """log of the mass of N(centre, width^2) inside [0, upper] (0 when it is all inside)."""
+    lo = -centre / width
+    hi = (upper - centre) / width
+    if lo < -9.0 and hi > 9.0:
+        return 0.0
+    return max(_log_ndtr_diff(lo, hi), -700.0)
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -832,11 +847,17 @@ def _star_kernel(
     inv_root = 1.0 / math.sqrt(kappa * (1.0 + kappa)) if profile else 1.0
     amax_p = a_max / (sigma_a * math.sqrt(kappa * inv1k)) if profile else amax_s
     mu_s = work[13, :n_mr]
+    norm_s = work[14, :n_mr]
     if profile:
         _profile_means(knots_x, knots_mu, r, mr_axis, profile_scale_i, a_min_i, sqrt_q, mu_s)
+        # the prior given a point is the normal restricted to [A_min, A_max], normalised
+        root_k = math.sqrt(kappa)
+        for t in range(n_mr):
+            norm_s[t] = -_log_prior_mass(mu_s[t], amax_s, root_k)
         for row in range(n_feh):  # per point, in float32, for the vectorised bound pass
             for t in range(n_mr):
-                mu_pt[row * n_mr + t] = mu_s[t]
+                mu_pt[0, row * n_mr + t] = mu_s[t]
+                mu_pt[1, row * n_mr + t] = norm_s[t]
         _bound_pass_profile(cz, sw, mw, u, locus_t32, log_prior32, lw32, mu_pt, kappa, amax_p)
     else:
         _bound_pass(cz, sw, mw, u, locus_t32, log_prior32, amax_s, lw32)
@@ -917,10 +938,11 @@ def _star_kernel(
         # likelihood's own values wait in cand_q and cand_w (free until the weights)
         for c in range(n_cand_all):
             bb = b_buf[c]
-            mu = mu_s[mr_index[cand_buf[c]]]
+            t = mr_index[cand_buf[c]]
+            mu = mu_s[t]
             cand_q[c] = s_buf[c]
             cand_w[c] = bb
-            s_buf[c] += (bb - mu) * (bb - mu) * inv1k
+            s_buf[c] += (bb - mu) * (bb - mu) * inv1k - 2.0 * norm_s[t]
             b_buf[c] = (kappa * bb + mu) * inv_root
     best_exact = -np.inf
     best_c = 0
@@ -1181,8 +1203,8 @@ def _estimate_all(
         cand_buf = np.empty(n_points, dtype=np.int64)
         col_max = np.empty(mr_axis.shape[0], dtype=np.float32)
         col_act = np.empty(mr_axis.shape[0], dtype=np.int64)
-        mu_pt = np.empty(n_points if profile_sigma > 0.0 else 1, dtype=np.float32)
-        work = np.empty((14, max(2 * MAX_HIST_BINS + 64, mr_axis.shape[0], feh_axis.shape[0])))
+        mu_pt = np.empty((2, n_points if profile_sigma > 0.0 else 1), dtype=np.float32)
+        work = np.empty((15, max(2 * MAX_HIST_BINS + 64, mr_axis.shape[0], feh_axis.shape[0])))
         start = c * n // n_chunks
         stop = (c + 1) * n // n_chunks
         for i in range(start, stop):
@@ -1604,6 +1626,7 @@ def brute_force_posterior(
         centre = dust_profile.mean_at(x, dust)
         if np.isfinite(centre).all():
             log_post -= 0.5 * ((a_nodes[None, :] - centre[:, None]) / dust_profile.sigma) ** 2
+            log_post -= dust_profile.log_mass(centre, a_min, a_max)[:, None]
             log_norm += np.log(a_max - a_min) - 0.5 * LOG_2PI - np.log(dust_profile.sigma)
     peak = log_post.max()
     post = np.exp(log_post - peak)

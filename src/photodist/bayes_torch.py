@@ -173,17 +173,20 @@ def _dense_pass_profile(
     cut: float,
     mu_s: torch.Tensor,
     kappa: torch.Tensor,
+    log_norm: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
     """:func:`_dense_pass` with a dust profile's normal A_r prior: ``mu_s`` (B, n_mr) its
     centres in units of sigma_A per M_r column (points are [Fe/H]-major), ``kappa`` (B,)
-    q s^2. Returns ``lw0`` with the prior's overlap factor, the combined normal's centre in
-    units of its width (in place of A*/sigma_A), the best point and the candidate mask."""
+    q s^2, ``log_norm`` (B, n_mr) the log of its inverse mass inside [0, A_max]. Returns
+    ``lw0`` with the prior's overlap factor, the combined normal's centre in units of its
+    width (in place of A*/sigma_A), the best point and the candidate mask."""
     lw0 = f_lw @ features_t
     bb = f_bb @ features_t[: f_bb.shape[1]]
-    mu = mu_s.repeat(1, bb.shape[1] // mu_s.shape[1])
+    repeats = bb.shape[1] // mu_s.shape[1]
+    mu = mu_s.repeat(1, repeats)
     k = kappa[:, None]
     dev = bb - mu
-    lw0 = lw0 - 0.5 * dev * dev / (1.0 + k)
+    lw0 = lw0 - 0.5 * dev * dev / (1.0 + k) + log_norm.repeat(1, repeats)
     bb = (k * bb + mu) / torch.sqrt(k * (1.0 + k))
     return (lw0, bb, *_bound_candidates(lw0, bb, amax_p, cut))
 
@@ -669,6 +672,10 @@ class TorchBayesEstimator:
             s2 = float(self.dust_profile.sigma) ** 2
             kappa = torch.where(active, q * s2, 1e16)
             mu_s = torch.where(active[:, None], prior_mean * sqrt_q[:, None], 0.0)
+            # the prior given a point: the normal restricted to [0, A_max] and normalised
+            root_k = torch.sqrt(kappa)[:, None]
+            log_norm = -log_ndtr_diff(-mu_s / root_k, (amax_s[:, None] - mu_s) / root_k)
+            log_norm = torch.where(active[:, None], log_norm.clamp(max=700.0), 0.0)
             sigma = sigma * torch.sqrt(kappa / (1.0 + kappa))
             # the profile's normal convolved with the likelihood: 1 / sqrt(2 pi (1/q + s^2))
             log_prior_norm = torch.where(
@@ -676,7 +683,7 @@ class TorchBayesEstimator:
             )
             amax_s = a_max / sigma
             lw0, bb, best, best_j, mask = self._kernel("dense_profile")(
-                f_lw, f_bb, grid.features_t, amax_s, cut, mu_s, kappa
+                f_lw, f_bb, grid.features_t, amax_s, cut, mu_s, kappa, log_norm
             )
         cand = mask.view(-1).nonzero().squeeze(1)
         del mask

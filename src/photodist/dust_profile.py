@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import isotonic_regression, minimize_scalar
+from scipy.special import ndtr
 
 from photodist.bands import Photometry
 from photodist.bayes import BayesConfig, BayesEstimator, Flags
@@ -105,6 +106,16 @@ class DustProfile:
         needs the stars' dust-map values ``dust`` (NaN where absent)."""
         g = np.interp(np.asarray(x, dtype=float), self.knots_x, self.knots_mu)
         return g * self.scales(dust, np.shape(g))
+
+    def log_mass(self, centre: np.ndarray, lower: float, upper: float) -> np.ndarray:
+        """log of the mass of N(``centre``, sigma^2) inside [``lower``, ``upper``]: the prior
+        given a locus point is that normal restricted to the flat prior's interval and
+        divided by this mass."""
+        lo = (lower - np.asarray(centre, dtype=float)) / self.sigma
+        hi = (upper - np.asarray(centre, dtype=float)) / self.sigma
+        # the side of the median with the smaller tail, for precision
+        mass = np.where(lo > 0.0, ndtr(-lo) - ndtr(-hi), ndtr(hi) - ndtr(lo))
+        return np.log(np.maximum(mass, 1e-300))
 
     def scales(self, dust: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
         """Per-star factor of g (:func:`map_scales` for this profile)."""
@@ -243,13 +254,18 @@ def fit_dust_profile(
     -------
     profile : DustProfile
     info : dict
-        ``n_stars`` (stars fitted), ``iterations``, ``converged`` (of the first stage) and
-        ``em_sigma`` (its width, before the exact-evidence width).
+        ``n_stars`` (stars fitted), ``iterations``, ``converged`` (of the first stage),
+        ``em_sigma`` (its width, before the exact-evidence width), ``log_evidence_gain``
+        (mean log evidence per fitted star with the profile less that with the flat prior;
+        natural log) and ``n_params`` (the profile's free parameters: distinct levels and
+        the width).
 
     Raises
     ------
     ValueError
-        If fewer than :data:`MIN_FIT_STARS` stars have a usable estimate.
+        If fewer than :data:`MIN_FIT_STARS` stars have a usable estimate, or if the profile
+        does not raise the stars' summed log evidence above the flat prior's by more than
+        its number of free parameters (Akaike's criterion: the data do not support it).
     """
     n = len(photometry)
     rows = np.arange(n)
@@ -273,6 +289,8 @@ def fit_dust_profile(
     while iterations < max_iter:
         iterations += 1
         result = BayesEstimator(locus, prior, config, dust_profile=profile).predict(sample)
+        if profile is None:
+            flat_evidence = result["log_evidence"].to_numpy()
         x = r - result["Mr_mean"].to_numpy()
         good = _usable(result) & np.isfinite(x) & np.isfinite(scale)
         # each star's A_r likelihood as a normal: its posterior with the current prior divided
@@ -301,9 +319,24 @@ def fit_dust_profile(
             break
     assert profile is not None
     em_sigma = profile.sigma
-    profile = _evidence_width(sample, locus, prior, config, profile, fitted_rows, width_floor)
+    rows = fitted_rows[np.isfinite(flat_evidence[fitted_rows])]
+    profile, log_evidence = _evidence_width(
+        sample, locus, prior, config, profile, rows, width_floor
+    )
+    gain = log_evidence - float(np.sum(flat_evidence[rows]))
+    # Akaike: each free parameter (a distinct profile level, the width) must buy 1 nat
+    n_params = np.unique(profile.knots_mu).size + 1
+    if not gain > n_params:
+        raise ValueError(
+            f"the fitted profile does not describe the stars better than the flat prior "
+            f"(log evidence {gain:+.1f} over {rows.size} stars, {n_params} parameters)"
+        )
     info = {"n_stars": n_fit, "iterations": iterations, "converged": converged}
-    return profile, info | {"em_sigma": em_sigma}
+    return profile, info | {
+        "em_sigma": em_sigma,
+        "log_evidence_gain": gain / max(rows.size, 1),
+        "n_params": n_params,
+    }
 
 
 def _evidence_width(
@@ -314,9 +347,9 @@ def _evidence_width(
     profile: DustProfile,
     rows: np.ndarray,
     floor: float,
-) -> DustProfile:
+) -> tuple[DustProfile, float]:
     """The profile with the width that maximises the summed log evidence of the stars
-    ``rows`` (exact marginal likelihood; the profile's shape kept)."""
+    ``rows`` (exact marginal likelihood; the profile's shape kept), and that sum."""
     subset = sample.subset(rows)
 
     def negative_log_evidence(log_sigma: float) -> float:
@@ -332,4 +365,5 @@ def _evidence_width(
         method="bounded",
         options={"xatol": 0.02},
     )
-    return DustProfile(profile.knots_x, profile.knots_mu, float(np.exp(best.x)), profile.relative)
+    width = float(np.exp(best.x))
+    return DustProfile(profile.knots_x, profile.knots_mu, width, profile.relative), -float(best.fun)

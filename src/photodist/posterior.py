@@ -105,16 +105,19 @@ def _with_profile(
     q: float,
     astar: np.ndarray,
     sigma: float,
+    width: float,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Each point's normal likelihood in A_r, N(A*_j, sigma^2), times a dust profile's
-    normal prior: the log of their overlap, and the mean and width of their product (again
-    normal). Without a profile (or a map value for a relative one): 0, A*_j and sigma."""
+    normal prior restricted to [0, ``width``] (A_r less A_min) and normalised there: the log
+    of their overlap, and the mean and width of their product (again normal). Without a
+    profile (or a map value for a relative one): 0, A*_j and sigma."""
     if profile is None or not np.isfinite(profile.scales(one.dust, (1,))[0]):
         return np.zeros_like(astar), astar, sigma
     x = np.tile(one.r[0] - locus.mr, locus.shape[0])
     centre = profile.mean_at(x, None if one.dust is None else one.dust[0]) - a_min
     kappa = q * profile.sigma**2
     log_overlap = -0.5 * (astar - centre) ** 2 / (1.0 / q + profile.sigma**2)
+    log_overlap -= profile.log_mass(centre, 0.0, width)
     return (
         log_overlap,
         (kappa * astar + centre) / (1.0 + kappa),
@@ -161,7 +164,9 @@ def star_posterior(
     astar = weighted @ red / q
     chi2min = np.einsum("jk,jk->j", weighted, resid) - q * astar**2
     log_prior = grid.log_prior[grid.bin_index(one.r)[0]].ravel()
-    log_overlap, astar, sigma = _with_profile(dust_profile, one, locus, a_min, q, astar, sigma)
+    log_overlap, astar, sigma = _with_profile(
+        dust_profile, one, locus, a_min, q, astar, sigma, width
+    )
     log_prior = log_prior + log_overlap
     log_mass = np.vectorize(_log_ndtr_diff, otypes=[float])(-astar / sigma, (width - astar) / sigma)
     log_w = log_prior - 0.5 * chi2min + log_mass
