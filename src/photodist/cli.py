@@ -774,7 +774,8 @@ def bayes_command(
             unit = "of the map" if profile.relative else "mag"
             click.echo(
                 f"dust profile fitted on {fit['n_stars']} stars: A_r {profile.knots_mu.min():.3f}"
-                f"-{profile.knots_mu.max():.3f} {unit}, width {profile.sigma:.3f} mag"
+                f"-{profile.knots_mu.max():.3f} {unit}, width {profile.sigma:.3f} mag, log "
+                f"evidence {fit['log_evidence_gain']:+.3f} per star over the flat prior"
             )
     estimator = make_estimator(locus, prior, config, resolved_device, dust_profile=profile)
     if resolved_device.type == "cuda":

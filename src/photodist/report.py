@@ -1072,12 +1072,16 @@ def _diagnostics(
     a_map = data.photometry.get("a_map")
     profile = used_dust_profile(info)
     if profile is not None:
+        gain = info["dust_profile"].get("log_evidence_gain")
+        support = (
+            f" Log evidence over the flat prior: {gain:+.3f} per star." if gain is not None else ""
+        )
         art.save(
             dust_profile_figure(result, profile, data.photometry.get("rmag"), a_map),
             "dust_profile.png",
             "diagnostics",
             "The learned A_r prior (--dust-prior profile): the fitted profile and its width "
-            "over the Bayesian rows' A_r estimates against r − M_r.",
+            "over the Bayesian rows' A_r estimates against r − M_r." + support,
         )
     table = magnitude_table(result, data.photometry.get("rmag"), a_map)
     if len(table) == 0:
