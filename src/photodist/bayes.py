@@ -15,7 +15,7 @@ in closed form gives the locus-point weights::
 
 and, given j, A is a normal N(A*_j, 1/q) truncated to [0, A_max]. Everything is done in log
 space relative to the star's best point, and points hopelessly worse than the best (log
-weight below the best by more than ``HOPELESS_LOG_WEIGHT`` = 20) are skipped before any exp/erf.
+weight below the best by more than ``HOPELESS_LOG_WEIGHT`` = 16) are skipped before any exp/erf.
 The moments use every remaining point; the A_r and Q_r histograms, which only give percentiles,
 take the points within ``HISTOGRAM_LOG_WEIGHT`` = 13 of the best.
 
@@ -69,8 +69,9 @@ from photodist.locus import Locus
 if TYPE_CHECKING:
     from photodist.dust_profile import DustProfile
 
-#: Points whose log weight is below the best by more than this are skipped (e^-20 ~ 2e-9).
-HOPELESS_LOG_WEIGHT = 20.0
+#: Points whose log weight is below the best by more than this are skipped (e^-16 ~ 1e-7;
+#: the percentiles use only those within HISTOGRAM_LOG_WEIGHT).
+HOPELESS_LOG_WEIGHT = 16.0
 #: Points below the best by more than this (e^-13 ~ 2e-6) still count in the moments, but are
 #: left out of the A_r and Q_r histograms, whose percentiles they cannot move.
 HISTOGRAM_LOG_WEIGHT = 13.0
