@@ -10,6 +10,7 @@ from photodist.bayes import BayesConfig, BayesEstimator
 from photodist.cli import cli
 from photodist.dust_profile import fit_dust_profile
 from photodist.locus import build_locus
+from photodist.nn import PhotoDNetwork
 from photodist.pipeline import PipelineConfig, posterior_grid, used_dust_profile, used_error_floor
 from photodist.priors import PriorMap
 
@@ -336,6 +337,18 @@ def test_simulate_run_evaluate_chain(tmp_path):
     np.testing.assert_allclose(
         pd.read_parquet(bayes_out)["Ar_mean"], expected["Ar_mean"], rtol=1e-6, atol=1e-7
     )
+    # its summary records the profile, and networks trained on these labels take the map
+    bayes_summary = json.loads((tmp_path / "bayes_profile.parquet.run.json").read_text())
+    assert bayes_summary["n_stars"] == n and bayes_summary["dust_profile"]["fitted"]
+    assert used_dust_profile(bayes_summary).sigma == pytest.approx(fitted.sigma)
+    model3 = tmp_path / "model3.safetensors"
+    result = runner.invoke(
+        cli,
+        ["train", str(sim), str(bayes_out), str(model3), "--epochs", "2", "--nn-device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "relative to the map" in result.output
+    assert PhotoDNetwork.load(model3).dust_input
     # so are the report's example posteriors, and the report draws the profile
     report_dir = tmp_path / "profiled_report"
     result = runner.invoke(

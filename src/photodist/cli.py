@@ -706,8 +706,11 @@ def bayes_command(
 
     The catalogue is streamed in batches; a Parquet OUTPUT is written batch by batch (bounded
     memory). The ([Fe/H], M_r) prior is the Galaxy model's for the catalogue's sky area unless
-    --prior, --trilegal-prior or --flat-prior says otherwise.
+    --prior, --trilegal-prior or --flat-prior says otherwise. OUTPUT.run.json records the
+    settings, the error floor and the dust profile used (`photodist train` reads it).
     """
+    import json
+
     from tqdm import tqdm
 
     from photodist import io
@@ -720,8 +723,11 @@ def bayes_command(
     band_set = get_band_set(bands)
     columns = _column_map(column, dust_column, flux_unit, ebv_column)
     resolved_device = resolve_device(_checked_device(device, "--device"))
+    summary_path = output_path.with_name(output_path.name + ".run.json")
     try:
         io.check_output_path(output_path, overwrite=overwrite)
+        if summary_path.exists() and not overwrite:
+            raise FileExistsError(f"{summary_path} already exists; use --overwrite to replace it")
         total = io.count_rows(input_path)
         batches = io.iter_catalog_batches(input_path, batch_size=batch_size)
         _check_columns(next(io.iter_catalog_batches(input_path, batch_size=1)), bands, columns)
@@ -741,6 +747,7 @@ def bayes_command(
         dust_min_fraction=a_min_fraction,
     )
     auto = error_floor == "auto"
+    floor_info: dict[str, Any] | None = None
     # the floor fit ("auto") or the error-model check of a fixed floor, on the first batch
     first = next(batches, None)
     if first is not None:
@@ -754,6 +761,7 @@ def bayes_command(
             error_floor, sample, locus, prior, config, seed=seed, grid_term=False
         )
         error_floor = fit.floor
+        floor_info = fit.to_dict()
         if auto:
             how = f"fitted on {fit.n_stars} stars" if fit.fitted else fit.reason
             click.echo(f"error floor {error_floor:.4f} mag ({how})")
@@ -763,19 +771,23 @@ def bayes_command(
         error_floor = config.error_floor
     config = dataclasses.replace(config, error_floor=float(error_floor))
     profile = None
+    profile_info: dict[str, Any] | None = None
     if dust_prior == "profile" and first is not None:  # fitted on the first batch, as the floor
         from photodist.dust_profile import fit_dust_profile
 
         try:
-            profile, fit = fit_dust_profile(sample, locus, prior, config, seed=seed)
+            profile, fitted = fit_dust_profile(sample, locus, prior, config, seed=seed)
         except ValueError as exc:
+            profile_info = {"fitted": False, "reason": str(exc)}
             click.echo(f"dust profile not fitted ({exc}): the flat A_r prior alone")
         else:
+            profile_info = {"fitted": True, **profile.to_dict(), **fitted}
             unit = "of the map" if profile.relative else "mag"
             click.echo(
-                f"dust profile fitted on {fit['n_stars']} stars: A_r {profile.knots_mu.min():.3f}"
-                f"-{profile.knots_mu.max():.3f} {unit}, width {profile.sigma:.3f} mag, log "
-                f"evidence {fit['log_evidence_gain']:+.3f} per star over the flat prior"
+                f"dust profile fitted on {fitted['n_stars']} stars: A_r "
+                f"{profile.knots_mu.min():.3f}-{profile.knots_mu.max():.3f} {unit}, width "
+                f"{profile.sigma:.3f} mag, log evidence {fitted['log_evidence_gain']:+.3f} per "
+                "star over the flat prior"
             )
     estimator = make_estimator(locus, prior, config, resolved_device, dust_profile=profile)
     if resolved_device.type == "cuda":
@@ -806,9 +818,23 @@ def bayes_command(
 
     n_out = _write_parts(parts(), output_path, overwrite)
     elapsed = time.perf_counter() - start
+    summary = {
+        "input": str(input_path),
+        "output": str(output_path),
+        "n_stars": n_out,
+        "bands": band_set.name,
+        "config": dataclasses.asdict(config),
+        "dust_prior": dust_prior,
+        "error_floor": floor_info,
+        "dust_profile": profile_info,
+        "columns": columns.to_mapping(),
+        "device": str(resolved_device),
+        "seconds": elapsed,
+    }
+    summary_path.write_text(json.dumps(summary, indent=2, default=str))
     click.echo(
         f"{n_out} stars -> {output_path} in {elapsed:.1f} s "
-        f"({elapsed / max(n_out, 1) * 1e6:.0f} us/star)"
+        f"({elapsed / max(n_out, 1) * 1e6:.0f} us/star; summary {summary_path})"
     )
     if wanted.size and wanted.max() >= n_out:
         click.echo(f"posterior rows beyond the catalogue's {n_out} rows: {wanted[wanted >= n_out]}")
@@ -903,10 +929,14 @@ def train_command(
 
     INPUT holds the labelled stars (e.g. a representative subsample of a patch) and LABELS
     their Bayesian estimates, row by row. The model (MODEL, safetensors) then predicts any
-    star of the patch with `photodist predict`.
+    star of the patch with `photodist predict`. When LABELS.run.json says the labels used a
+    dust profile relative to the map, the networks take the map's A_r as an input (as
+    `--nn-dust-input`; the labels follow the map).
     """
+    import json
+
     from photodist import io
-    from photodist.pipeline import PipelineConfig, train_networks
+    from photodist.pipeline import PipelineConfig, train_networks, used_dust_profile
 
     if model_path.exists() and not overwrite:
         raise click.ClickException(f"{model_path} already exists; use --overwrite to replace it")
@@ -917,6 +947,18 @@ def train_command(
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     _check_columns(frame, bands, columns)
+    labels_summary = labels_path.with_name(labels_path.name + ".run.json")
+    if labels_summary.exists() and not nn_dust_input:
+        try:
+            profile = used_dust_profile(json.loads(labels_summary.read_text()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise click.ClickException(f"{labels_summary}: unreadable summary ({exc})") from exc
+        if profile is not None and profile.relative:
+            nn_dust_input = True
+            click.echo(
+                f"the labels used a dust profile relative to the map ({labels_summary}): the "
+                "networks take the map's A_r as an input"
+            )
     config = PipelineConfig(
         band_set=get_band_set(bands).name,
         nn_max_epochs=epochs,
