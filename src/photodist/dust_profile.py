@@ -312,7 +312,9 @@ def fit_dust_profile(
         )
         if profile is not None:
             grid = np.union1d(new.knots_x, profile.knots_x)
+            # in mag: a relative profile's change times the typical map value
             shift = np.max(np.abs(new.mean_at(grid, 1.0) - profile.mean_at(grid, 1.0)))
+            shift *= float(np.nanmedian(scale)) if relative else 1.0
             converged = bool(shift < tolerance and abs(new.sigma - profile.sigma) < tolerance)
         profile = new
         if converged:
