@@ -118,6 +118,13 @@ def main() -> None:
     for p in ("Mr", "FeH", "Ar", "DM"):
         d = b[f"{p}_mean"] - a[f"{p}_mean"]
         print(f"  {p:4s} {np.nanmedian(d):+.3f} {sigma_g(d):.3f}")
+    # which prior describes the colours better: the log evidence of the same stars
+    gain = (b["log_evidence"] - a["log_evidence"]).to_numpy()
+    both = np.isfinite(gain)
+    print(
+        f"  log evidence, TRILEGAL minus galaxy model: {np.mean(gain[both]):+.3f} per star "
+        f"({both.sum()} stars; positive: TRILEGAL's prior describes their colours better)"
+    )
 
     reddening = dict(zip(SDSS.colors, SDSS.reddening_vector(), strict=True))
     ug = stars["ug"].to_numpy(float) - reddening["ug"] * stars["Ar"].to_numpy(float)

@@ -26,7 +26,8 @@ Output columns (one row per input row, same order), for p in ``Mr``, ``Ar``, ``F
   prediction of the Bayesian width, or the Bayesian posterior width itself);
 
 then ``Qr_mean``, ``Qr_sigma`` (Q_r = M_r + A_r), ``DM_mean = r - Qr_mean``, ``DM_sigma``,
-``dist_pc = 10**(0.2 DM_mean + 1)``, ``chi2min`` (Bayesian rows; NaN for network rows),
+``dist_pc = 10**(0.2 DM_mean + 1)``, ``chi2min`` and ``log_evidence`` (Bayesian rows; NaN
+for network rows),
 ``flags`` (bits of :class:`photodist.bayes.Flags`),
 ``method`` and ``labelled``.
 
@@ -101,7 +102,7 @@ STAGES: tuple[str, ...] = (
 #: Floating-point output columns, in order.
 RESULT_FLOAT_COLUMNS: tuple[str, ...] = tuple(
     f"{p}_{s}" for p in PARAMETERS for s in ("mean", "sigma", "sigma_nn", "sigma_bayes")
-) + ("Qr_mean", "Qr_sigma", "DM_mean", "DM_sigma", "dist_pc", "chi2min")
+) + ("Qr_mean", "Qr_sigma", "DM_mean", "DM_sigma", "dist_pc", "chi2min", "log_evidence")
 _METHODS = ("bayes", "nn")
 _LABEL_CHUNK = 2_000  # stars per Bayesian call while labelling (granularity of the progress bar)
 
@@ -580,6 +581,7 @@ class _Output:
         f["Qr_mean"][rows] = bayes["Qr_mean"].to_numpy()
         f["Qr_sigma"][rows] = bayes["Qr_std"].to_numpy()
         f["chi2min"][rows] = bayes["chi2min"].to_numpy()
+        f["log_evidence"][rows] = bayes["log_evidence"].to_numpy()
         self._distance(rows, r)
         self.flags[rows] |= bayes["flags"].to_numpy(dtype=np.int64)
         self.method[rows] = _METHODS.index("bayes")
@@ -767,7 +769,7 @@ def predict_with_model(
     -------
     pandas.DataFrame
         One row per input row, same order, with :func:`run_patch`'s columns (``method`` is
-        ``"nn"``, ``labelled`` False, ``chi2min`` NaN).
+        ``"nn"``, ``labelled`` False, ``chi2min`` and ``log_evidence`` NaN).
     """
     if not getattr(model, "band_set_", None):
         raise ValueError("the model is not fitted")
