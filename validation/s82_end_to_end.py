@@ -100,7 +100,7 @@ def main() -> None:
                 f"A_r / SFD {np.round(fit['knots_mu'], 3).tolist()} at r - M_r "
                 f"{np.round(fit['knots_x'], 2).tolist()}, width {fit['sigma']:.3f} mag, "
                 f"log evidence over the flat prior {fit['log_evidence_gain']:+.3f} per star "
-                f"({fit['n_stars']} stars)"
+                f"({fit['n_params']} parameters)"
                 if fit["fitted"]
                 else fit["reason"]
             )

@@ -26,7 +26,9 @@ from the stars themselves; this module does the same in its simplest form:
   than s. The final width therefore maximises the exact marginal likelihood of the fitted
   stars, the sum of the estimator's ``log_evidence`` (type-II maximum likelihood, g kept),
   over s >= :data:`EVIDENCE_MIN_SIGMA` (and :data:`EVIDENCE_MIN_SIGMA_FRACTION` of the map:
-  no dust map predicts A_r to better than a few per cent).
+  no dust map predicts A_r to better than a few per cent), and so does an overall factor on
+  g (the first stage's bin means of approximate likelihoods sit a few per cent low where A_r
+  rises over the whole sightline).
 
 The estimator marginalises the Gaussian factor in closed form (:class:`BayesEstimator`
 ``dust_profile``): per locus point the normal likelihood in A_r times the normal prior is
@@ -54,8 +56,10 @@ MIN_SIGMA_FRACTION = 0.1
 #: Smallest width of the final, exact-evidence fit (mag, and fraction of the median map).
 EVIDENCE_MIN_SIGMA = 0.003
 EVIDENCE_MIN_SIGMA_FRACTION = 0.03
-#: Stars used by the fit (a random subsample of the usable ones when there are more).
+#: Stars used by the fit (a random subsample of the usable ones when there are more)...
 FIT_STARS = 5000
+#: ... and by its exact-evidence stage (width and level).
+EVIDENCE_STARS = 2500
 #: Fewest well-fitted stars a profile is fitted from.
 MIN_FIT_STARS = 200
 #: Stars per profile knot (bins of apparent distance modulus), and the most knots.
@@ -257,8 +261,8 @@ def fit_dust_profile(
         ``n_stars`` (stars fitted), ``iterations``, ``converged`` (of the first stage),
         ``em_sigma`` (its width, before the exact-evidence width), ``log_evidence_gain``
         (mean log evidence per fitted star with the profile less that with the flat prior;
-        natural log) and ``n_params`` (the profile's free parameters: distinct levels and
-        the width).
+        natural log) and ``n_params`` (the profile's free parameters: distinct levels, the
+        width and the overall factor).
 
     Raises
     ------
@@ -322,12 +326,15 @@ def fit_dust_profile(
     assert profile is not None
     em_sigma = profile.sigma
     rows = fitted_rows[np.isfinite(flat_evidence[fitted_rows])]
+    if rows.size > EVIDENCE_STARS:  # two parameters need fewer stars than the shape
+        rows = np.sort(np.random.default_rng(seed + 1).choice(rows, EVIDENCE_STARS, False))
     profile, log_evidence = _evidence_width(
         sample, locus, prior, config, profile, rows, width_floor
     )
     gain = log_evidence - float(np.sum(flat_evidence[rows]))
-    # Akaike: each free parameter (a distinct profile level, the width) must buy 1 nat
-    n_params = np.unique(profile.knots_mu).size + 1
+    # Akaike: each free parameter (distinct profile levels, the width, the overall factor)
+    # must buy 1 nat
+    n_params = np.unique(profile.knots_mu).size + 2
     if not gain > n_params:
         raise ValueError(
             f"the fitted profile does not describe the stars better than the flat prior "
@@ -350,22 +357,35 @@ def _evidence_width(
     rows: np.ndarray,
     floor: float,
 ) -> tuple[DustProfile, float]:
-    """The profile with the width that maximises the summed log evidence of the stars
-    ``rows`` (exact marginal likelihood; the profile's shape kept), and that sum."""
+    """The profile with the width, then the overall level (a factor in [0.8, 1.2] on g), then
+    the width again that maximise the summed log evidence of the stars ``rows`` (exact
+    marginal likelihood; the profile's shape kept), and that sum."""
     subset = sample.subset(rows)
 
-    def negative_log_evidence(log_sigma: float) -> float:
+    def negative_log_evidence(level: float, log_sigma: float) -> float:
         trial = DustProfile(
-            profile.knots_x, profile.knots_mu, float(np.exp(log_sigma)), profile.relative
+            profile.knots_x, level * profile.knots_mu, float(np.exp(log_sigma)), profile.relative
         )
         result = BayesEstimator(locus, prior, config, dust_profile=trial).predict(subset)
         return -float(np.nansum(result["log_evidence"].to_numpy()))
 
+    bounds = (np.log(floor), np.log(3.0))
+    options = {"xatol": 0.02}
     best = minimize_scalar(
-        negative_log_evidence,
-        bounds=(np.log(floor), np.log(3.0)),
+        lambda v: negative_log_evidence(1.0, v), bounds=bounds, method="bounded", options=options
+    )
+    log_sigma = float(best.x)
+    fixed = minimize_scalar(
+        lambda c: negative_log_evidence(c, log_sigma),
+        bounds=(0.8, 1.2),
         method="bounded",
-        options={"xatol": 0.02},
+        options={"xatol": 0.002},
+    )
+    level = float(fixed.x)
+    best = minimize_scalar(
+        lambda v: negative_log_evidence(level, v), bounds=bounds, method="bounded", options=options
     )
     width = float(np.exp(best.x))
-    return DustProfile(profile.knots_x, profile.knots_mu, width, profile.relative), -float(best.fun)
+    return DustProfile(profile.knots_x, level * profile.knots_mu, width, profile.relative), -float(
+        best.fun
+    )
