@@ -255,6 +255,28 @@ def test_error_floor_option_is_auto_or_a_magnitude(tmp_path):
     assert "error floor 0.0200 mag" in result.output and "at least 100 needed" in result.output
 
 
+def test_bayes_summary_and_an_unreadable_one(tmp_path):
+    src = _catalog(tmp_path)
+    labels = tmp_path / "labels.parquet"
+    coarse = ["--bands", "sdss", "--flat-prior", "--feh-step", "0.25", "--mr-step", "0.5"]
+    result = CliRunner().invoke(cli, ["bayes", str(src), str(labels), *coarse])
+    assert result.exit_code == 0, result.output
+    summary_path = tmp_path / "labels.parquet.run.json"
+    summary = json.loads(summary_path.read_text())
+    assert summary["n_stars"] == 3 and summary["dust_profile"] is None
+    assert summary["error_floor"]["floor"] == 0.02 and summary["bands"] == "sdss"
+    # the summary exists: a second run needs --overwrite
+    again = CliRunner().invoke(cli, ["bayes", str(src), str(labels), *coarse])
+    assert again.exit_code != 0 and "overwrite" in again.output
+    summary_path.write_text(json.dumps({"dust_profile": {"fitted": True, "knots_x": [1.0]}}))
+    model = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(
+        cli, ["train", str(src), str(labels), str(model), "--bands", "sdss"]
+    )
+    assert result.exit_code != 0 and "unreadable summary" in result.output
+    assert "Traceback" not in result.output and not model.exists()
+
+
 def test_simulate_run_evaluate_chain(tmp_path):
     sim = tmp_path / "sim.parquet"
     out = tmp_path / "run.parquet"
