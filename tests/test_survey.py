@@ -39,6 +39,7 @@ from photodist.survey import (
     patch_seed,
     plan_patches,
     predict_rows,
+    read_patch_info,
     read_survey_output,
     run_survey,
 )
@@ -514,6 +515,15 @@ def test_large_patches_are_streamed(catalog_path, catalog, prior_cache, tmp_path
         assert (part["method"] == "nn").sum() > len(part) // 2
     good = result["flags"] == 0
     assert np.isfinite(result.loc[good, "Mr_mean"]).all()
+    # each patch's summary: mode, error floor and, with the profile, its fit (or why not)
+    infos = read_patch_info(tmp_path / "run")
+    assert sorted(infos) == sorted(PIXELS)
+    for info in infos.values():
+        assert info["mode"] == "streamed-hybrid" and info["error_floor"]["floor"] > 0
+        if dust_prior == "flat":
+            assert info["dust_profile"] is None
+        else:
+            assert "fitted" in info["dust_profile"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -103,6 +103,8 @@ __all__ = [
     "SPATIAL_INDEX_COLUMN",
     "ManifestMismatchError",
     "PatchResult",
+    "patch_info_path",
+    "read_patch_info",
     "PatchTask",
     "SurveyConfig",
     "SurveyPlan",
@@ -124,6 +126,8 @@ SPATIAL_INDEX_ORDER = 29
 DEFAULT_ORDER = 4
 #: Run manifest in the output folder.
 MANIFEST_NAME = "photodist_run.json"
+#: Folder (in the output catalogue) of one JSON file per patch with its pipeline summary.
+PATCH_INFO_DIR = "photodist_patches"
 #: Id columns carried to the output when the input has them (besides ra, dec).
 DEFAULT_ID_COLUMNS: tuple[str, ...] = ("source_id", "objectId", "object_id", "id")
 #: Prior sources.
@@ -810,6 +814,19 @@ def _threads(n: int) -> Iterator[None]:
         numba.set_num_threads(previous[1])
 
 
+def patch_info_path(output_dir: str | Path, order: int, pixel: int) -> Path:
+    """The JSON summary of one patch's pipeline run (mode, error floor, dust profile, stage
+    timings), written when the patch is done."""
+    return Path(output_dir) / PATCH_INFO_DIR / f"Norder={order}_Npix={pixel}.json"
+
+
+def read_patch_info(output_dir: str | Path) -> dict[int, dict[str, Any]]:
+    """Every patch summary of a survey output (:func:`patch_info_path`), by pixel."""
+    folder = Path(output_dir) / PATCH_INFO_DIR
+    infos = (json.loads(path.read_text()) for path in sorted(folder.glob("*.json")))
+    return {int(info["pixel"]): info for info in infos}
+
+
 def output_path(output_dir: str | Path, order: int, pixel: int) -> Path:
     """The HATS partition file of a patch in a run's output folder."""
     from hats.io import paths
@@ -913,6 +930,19 @@ def process_patch(task: PatchTask, job: _Job) -> PatchResult:
             info, timings = _process_in_memory(task, job, cfg, grid, prior, final)
         else:
             info, timings = _process_streamed(task, job, cfg, grid, prior, final)
+    _write_json(
+        patch_info_path(job.output_dir, task.order, task.pixel),
+        {
+            "patch": task.name,
+            "order": task.order,
+            "pixel": task.pixel,
+            "n_rows": task.n_rows,
+            "mode": info["mode"],
+            "error_floor": info.get("error_floor"),
+            "dust_profile": info.get("dust_profile"),
+            "timings_s": timings,
+        },
+    )
     return PatchResult(
         name=task.name,
         pixel=task.pixel,
