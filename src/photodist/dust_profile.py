@@ -23,12 +23,16 @@ from the stars themselves; this module does the same in its simplest form:
 * dividing a narrow prior out of a posterior is unstable, so that first stage keeps s above
   :data:`MIN_SIGMA` (and :data:`MIN_SIGMA_FRACTION` of the map), and the Gaussian
   approximation of each star's A_r likelihood biases s when the likelihoods are much wider
-  than s. The final width therefore maximises the exact marginal likelihood of the fitted
-  stars, the sum of the estimator's ``log_evidence`` (type-II maximum likelihood, g kept),
-  over s >= :data:`EVIDENCE_MIN_SIGMA` (and :data:`EVIDENCE_MIN_SIGMA_FRACTION` of the map:
-  no dust map predicts A_r to better than a few per cent), and so does an overall factor on
-  g (the first stage's bin means of approximate likelihoods sit a few per cent low where A_r
-  rises over the whole sightline).
+  than s. The final width therefore maximises the exact marginal likelihood of the stars the
+  model describes, the sum of the estimator's ``log_evidence`` (type-II maximum likelihood,
+  g's shape kept), over s >= :data:`EVIDENCE_MIN_SIGMA` (and
+  :data:`EVIDENCE_MIN_SIGMA_FRACTION` of the map: no dust map predicts A_r to better than a
+  few per cent), and so does an overall factor on g (the first stage's bin means of
+  approximate likelihoods, without the two-branch stars, run low: a few per cent where A_r
+  rises over the whole sightline, ~20 % for single-epoch SDSS colours). The factor's own
+  uncertainty (the evidence's curvature) joins the width in quadrature.
+* the profile is kept only if it raises the summed evidence over the flat prior's by more
+  than ln(n)/2 per free parameter (the Bayesian information criterion).
 
 The estimator marginalises the Gaussian factor in closed form (:class:`BayesEstimator`
 ``dust_profile``): per locus point the normal likelihood in A_r times the normal prior is
@@ -56,6 +60,12 @@ MIN_SIGMA_FRACTION = 0.1
 #: Smallest width of the final, exact-evidence fit (mag, and fraction of the median map).
 EVIDENCE_MIN_SIGMA = 0.003
 EVIDENCE_MIN_SIGMA_FRACTION = 0.03
+#: Range of the overall factor on the first stage's profile that the evidence fits (its
+#: bin means of approximate likelihoods run low when those are wide, e.g. by 20-35 % for
+#: single-epoch SDSS colours at high latitude).
+LEVEL_RANGE = (0.25, 4.0)
+#: Step in log level of the evidence's curvature (the level's uncertainty).
+LEVEL_STEP = 0.05
 #: Stars used by the fit (a random subsample of the usable ones when there are more)...
 FIT_STARS = 5000
 #: ... and by its exact-evidence stage (width and level).
@@ -65,8 +75,10 @@ MIN_FIT_STARS = 200
 #: Stars per profile knot (bins of apparent distance modulus), and the most knots.
 STARS_PER_KNOT = 120
 MAX_KNOTS = 30
-#: Rows whose flags include any of these bits do not inform the profile.
+#: Rows whose flags include any of these bits do not inform the profile's first stage...
 _EXCLUDED = Flags.POOR_FIT | Flags.TWO_BRANCH | Flags.NO_R | Flags.TOO_FEW_COLORS
+#: ... and these not its evidence (stars the model does not describe).
+_MISFIT = Flags.POOR_FIT | Flags.NO_R | Flags.TOO_FEW_COLORS
 
 
 @dataclass(frozen=True)
@@ -259,7 +271,8 @@ def fit_dust_profile(
     profile : DustProfile
     info : dict
         ``n_stars`` (stars fitted), ``iterations``, ``converged`` (of the first stage),
-        ``em_sigma`` (its width, before the exact-evidence width), ``log_evidence_gain``
+        ``em_sigma`` (its width, before the exact-evidence width), ``level_sigma`` (the
+        relative uncertainty of the profile's level, added to the width), ``log_evidence_gain``
         (mean log evidence per fitted star with the profile less that with the flat prior;
         natural log) and ``n_params`` (the profile's free parameters: distinct levels, the
         width and the overall factor).
@@ -269,7 +282,8 @@ def fit_dust_profile(
     ValueError
         If fewer than :data:`MIN_FIT_STARS` stars have a usable estimate, or if the profile
         does not raise the stars' summed log evidence above the flat prior's by more than
-        its number of free parameters (Akaike's criterion: the data do not support it).
+        ln(n) / 2 per free parameter (the Bayesian information criterion: the data do not
+        support it).
     """
     n = len(photometry)
     rows = np.arange(n)
@@ -295,6 +309,7 @@ def fit_dust_profile(
         result = BayesEstimator(locus, prior, config, dust_profile=profile).predict(sample)
         if profile is None:
             flat_evidence = result["log_evidence"].to_numpy()
+            flat_flags = result["flags"].to_numpy()
         x = r - result["Mr_mean"].to_numpy()
         good = _usable(result) & np.isfinite(x) & np.isfinite(scale)
         # each star's A_r likelihood as a normal: its posterior with the current prior divided
@@ -310,7 +325,6 @@ def fit_dust_profile(
             raise ValueError(
                 f"only {n_fit} stars with a usable estimate (at least {MIN_FIT_STARS} needed)"
             )
-        fitted_rows = np.flatnonzero(good)
         new = _profile_step(
             x[good], scale[good], mean[good], 1.0 / info[good], min_sigma, relative=relative
         )
@@ -325,24 +339,29 @@ def fit_dust_profile(
             break
     assert profile is not None
     em_sigma = profile.sigma
-    rows = fitted_rows[np.isfinite(flat_evidence[fitted_rows])]
+    # every star the model describes (two-branch ones included: leaving them out biased the
+    # level low by ~20 % on single-epoch SDSS colours)
+    rows = np.flatnonzero(np.isfinite(flat_evidence) & (flat_flags & _MISFIT == 0))
     if rows.size > EVIDENCE_STARS:  # two parameters need fewer stars than the shape
         rows = np.sort(np.random.default_rng(seed + 1).choice(rows, EVIDENCE_STARS, False))
-    profile, log_evidence = _evidence_width(
+    profile, log_evidence, level_sigma = _evidence_width(
         sample, locus, prior, config, profile, rows, width_floor
     )
     gain = log_evidence - float(np.sum(flat_evidence[rows]))
-    # Akaike: each free parameter (distinct profile levels, the width, the overall factor)
-    # must buy 1 nat
+    # Schwarz (BIC): each free parameter (distinct profile levels, the width, the overall
+    # factor) must buy ln(n) / 2 nats
     n_params = np.unique(profile.knots_mu).size + 2
-    if not gain > n_params:
+    needed = 0.5 * n_params * np.log(max(rows.size, 2))
+    if not gain > needed:
         raise ValueError(
             f"the fitted profile does not describe the stars better than the flat prior "
-            f"(log evidence {gain:+.1f} over {rows.size} stars, {n_params} parameters)"
+            f"(log evidence {gain:+.1f} over {rows.size} stars, {needed:.1f} needed for "
+            f"{n_params} parameters)"
         )
     info = {"n_stars": n_fit, "iterations": iterations, "converged": converged}
     return profile, info | {
         "em_sigma": em_sigma,
+        "level_sigma": level_sigma,
         "log_evidence_gain": gain / max(rows.size, 1),
         "n_params": n_params,
     }
@@ -356,10 +375,11 @@ def _evidence_width(
     profile: DustProfile,
     rows: np.ndarray,
     floor: float,
-) -> tuple[DustProfile, float]:
-    """The profile with the width, then the overall level (a factor in [0.8, 1.2] on g), then
-    the width again that maximise the summed log evidence of the stars ``rows`` (exact
-    marginal likelihood; the profile's shape kept), and that sum."""
+) -> tuple[DustProfile, float, float]:
+    """The profile with the width, then the overall level (a factor in :data:`LEVEL_RANGE` on
+    g), then the width again that maximise the summed log evidence of the stars ``rows`` (exact
+    marginal likelihood; the profile's shape kept), its width widened by the level's own
+    uncertainty; that sum; and the level's relative uncertainty."""
     subset = sample.subset(rows)
 
     def negative_log_evidence(level: float, log_sigma: float) -> float:
@@ -376,16 +396,28 @@ def _evidence_width(
     )
     log_sigma = float(best.x)
     fixed = minimize_scalar(
-        lambda c: negative_log_evidence(c, log_sigma),
-        bounds=(0.8, 1.2),
+        lambda v: negative_log_evidence(float(np.exp(v)), log_sigma),
+        bounds=(np.log(LEVEL_RANGE[0]), np.log(LEVEL_RANGE[1])),
         method="bounded",
         options={"xatol": 0.002},
     )
-    level = float(fixed.x)
+    level = float(np.exp(fixed.x))
     best = minimize_scalar(
         lambda v: negative_log_evidence(level, v), bounds=bounds, method="bounded", options=options
     )
     width = float(np.exp(best.x))
-    return DustProfile(profile.knots_x, level * profile.knots_mu, width, profile.relative), -float(
-        best.fun
-    )
+    # the level is known only to ~1/sqrt(curvature) of the log evidence in log level (Laplace);
+    # the width takes that uncertainty in quadrature, so the prior marginalises over it
+    step = LEVEL_STEP
+    curvature = (
+        negative_log_evidence(level * np.exp(step), best.x)
+        + negative_log_evidence(level * np.exp(-step), best.x)
+        - 2.0 * float(best.fun)
+    ) / step**2
+    level_sigma = 1.0 / np.sqrt(curvature) if curvature > 0.0 else 0.0
+    typical = level * float(np.median(np.abs(profile.knots_mu)))
+    if profile.relative:
+        typical *= float(np.nanmedian(map_scales(subset.dust, True, (len(subset),))))
+    width = float(np.hypot(width, level_sigma * typical))
+    fitted = DustProfile(profile.knots_x, level * profile.knots_mu, width, profile.relative)
+    return fitted, -float(best.fun), float(level_sigma)
