@@ -773,21 +773,19 @@ def bayes_command(
     profile = None
     profile_info: dict[str, Any] | None = None
     if dust_prior == "profile" and first is not None:  # fitted on the first batch, as the floor
-        from photodist.dust_profile import fit_dust_profile
+        from photodist.dust_profile import fit_profile_record
 
-        try:
-            profile, fitted = fit_dust_profile(sample, locus, prior, config, seed=seed)
-        except ValueError as exc:
-            profile_info = {"fitted": False, "reason": str(exc)}
-            click.echo(f"dust profile not fitted ({exc}): the flat A_r prior alone")
+        profile, profile_info = fit_profile_record(sample, locus, prior, config, seed=seed)
+        if profile is None:
+            reason = profile_info["reason"]
+            click.echo(f"dust profile not fitted ({reason}): the flat A_r prior alone")
         else:
-            profile_info = {"fitted": True, **profile.to_dict(), **fitted}
             unit = "of the map" if profile.relative else "mag"
             click.echo(
-                f"dust profile fitted on {fitted['n_stars']} stars: A_r "
+                f"dust profile fitted on {profile_info['n_stars']} stars: A_r "
                 f"{profile.knots_mu.min():.3f}-{profile.knots_mu.max():.3f} {unit}, width "
-                f"{profile.sigma:.3f} mag, log evidence {fitted['log_evidence_gain']:+.3f} per "
-                "star over the flat prior"
+                f"{profile.sigma:.3f} mag, log evidence {profile_info['log_evidence_gain']:+.3f} "
+                "per star over the flat prior"
             )
     estimator = make_estimator(locus, prior, config, resolved_device, dust_profile=profile)
     if resolved_device.type == "cuda":

@@ -295,9 +295,11 @@ def fit_dust_profile(
     scale = map_scales(dust, True, r.shape)  # the map values, NaN where unusable
     relative = bool(np.isfinite(scale).any())
     width_floor = EVIDENCE_MIN_SIGMA
+    map_median = 1.0  # a profile change of 1 in g is this many mag
     if relative:
-        min_sigma = max(min_sigma, MIN_SIGMA_FRACTION * float(np.nanmedian(scale)))
-        width_floor = max(width_floor, EVIDENCE_MIN_SIGMA_FRACTION * float(np.nanmedian(scale)))
+        map_median = float(np.nanmedian(scale))
+        min_sigma = max(min_sigma, MIN_SIGMA_FRACTION * map_median)
+        width_floor = max(width_floor, EVIDENCE_MIN_SIGMA_FRACTION * map_median)
     else:
         scale = map_scales(dust, False, r.shape)
     profile: DustProfile | None = None
@@ -332,7 +334,7 @@ def fit_dust_profile(
             grid = np.union1d(new.knots_x, profile.knots_x)
             # in mag: a relative profile's change times the typical map value
             shift = np.max(np.abs(new.mean_at(grid, 1.0) - profile.mean_at(grid, 1.0)))
-            shift *= float(np.nanmedian(scale)) if relative else 1.0
+            shift *= map_median
             converged = bool(shift < tolerance and abs(new.sigma - profile.sigma) < tolerance)
         profile = new
         if converged:
@@ -365,6 +367,19 @@ def fit_dust_profile(
         "log_evidence_gain": gain / max(rows.size, 1),
         "n_params": n_params,
     }
+
+
+def fit_profile_record(
+    photometry: Photometry, locus: Locus, prior: Any, config: BayesConfig | None, seed: int = 0
+) -> tuple[DustProfile | None, dict[str, Any]]:
+    """:func:`fit_dust_profile`, or None where it fails, with the record a run summary keeps
+    (``fitted`` and the profile and fit information, or ``reason``; read back by
+    :func:`photodist.pipeline.used_dust_profile`)."""
+    try:
+        profile, info = fit_dust_profile(photometry, locus, prior, config, seed=seed)
+    except ValueError as exc:
+        return None, {"fitted": False, "reason": str(exc)}
+    return profile, {"fitted": True, **profile.to_dict(), **info}
 
 
 def _evidence_width(

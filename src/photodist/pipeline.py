@@ -59,7 +59,7 @@ from photodist.bands import (
     photometry_from_frame,
 )
 from photodist.bayes import BayesConfig, BayesEstimator, Flags
-from photodist.dust_profile import DustProfile, fit_dust_profile
+from photodist.dust_profile import DustProfile, fit_profile_record
 from photodist.error_floor import ErrorFloorFit, resolve_error_floor
 from photodist.locus import Locus, build_locus
 from photodist.nn import NetworkSpec, PhotoDNetwork
@@ -885,14 +885,9 @@ def run_patch(
     if config.dust_prior == "profile":
         t0 = time.perf_counter()
         fit_stars = phot.subset(train_rows) if hybrid else phot
-        try:
-            profile, fit_info = fit_dust_profile(
-                fit_stars, grid, prior, bayes_config, seed=subsample_seed
-            )
-        except ValueError as exc:
-            info["dust_profile"] = {"fitted": False, "reason": str(exc)}
-        else:
-            info["dust_profile"] = {"fitted": True, **profile.to_dict(), **fit_info}
+        profile, info["dust_profile"] = fit_profile_record(
+            fit_stars, grid, prior, bayes_config, seed=subsample_seed
+        )
         timings["dust_profile"] = time.perf_counter() - t0
     estimator = BayesEstimator(grid, prior, bayes_config, dust_profile=profile)
     if hybrid:
