@@ -10,6 +10,7 @@ from photodist.bands import get_band_set
 from photodist.simulate import (
     MAX_CELLS,
     SDSS_M5,
+    TRUTH_COLUMNS,
     Patch,
     add_photometric_errors,
     expected_counts,
@@ -40,22 +41,7 @@ def test_same_seed_reproduces_and_other_seed_differs(small, default_locus, tmp_p
 
 def test_columns_and_truth_relations(small, default_locus):
     bands = get_band_set("lsst").bands
-    expected = [
-        "source_id",
-        "ra",
-        "dec",
-        "l",
-        "b",
-        "Mr_true",
-        "FeH_true",
-        "Ar_true",
-        "dist_true",
-        "DM_true",
-        "component",
-        "Ar_inf",
-        "Ar",
-        "rmag_true",
-    ]
+    expected = list(TRUTH_COLUMNS)
     expected += [f"{b}{s}" for b in bands for s in ("mag_true", "mag", "Err")]
     expected += ["ug", "gr", "ri", "iz", "zy", "ugErr", "grErr", "riErr", "izErr", "zyErr"]
     assert sorted(small.columns) == sorted(set(expected))  # rmag_true appears in both lists

@@ -18,23 +18,6 @@ from photodist.training_size import (
 from photodist.tune import LabelledSet
 
 
-def synthetic_set(n: int, seed: int = 0) -> LabelledSet:
-    """LSST-like features whose colours follow (M_r, A_r, [Fe/H]); labels are noisy truth."""
-    rng = np.random.default_rng(seed)
-    mr, ar, feh = rng.uniform(3, 12, n), rng.uniform(0, 0.3, n), rng.uniform(-2, 0, n)
-    gi = (mr - 3) / 5 + 0.1 * feh
-    colors = gi[:, None] * np.array([0.5, 0.6, 0.4, 0.2, 0.1])
-    colors[:, 0] += 0.3 * feh
-    colors += ar[:, None] * np.array([0.41, 0.4, 0.24, 0.2, 0.08])
-    colors += rng.normal(0, 0.02, colors.shape)
-    errors = 0.01 + 0.02 * rng.random((n, 6))
-    features = np.column_stack([rng.uniform(16, 24, n), colors, errors])
-    truth = np.column_stack([mr, ar, feh])
-    sigma = np.tile([0.3, 0.05, 0.2], (n, 1))
-    mean = truth + 0.5 * sigma * rng.standard_normal((n, 3))
-    return LabelledSet(features, mean, sigma, "lsst", truth)
-
-
 def test_default_sizes_are_log_spaced_from_500_to_50000():
     assert len(DEFAULT_SIZES) == 8
     assert DEFAULT_SIZES[0] == 500 and DEFAULT_SIZES[-1] == 50_000
@@ -103,7 +86,7 @@ def test_training_size_curve_averages_seeds_and_smooths():
     assert plateau_size(curve, tolerance=0.05, tail=1) == 400
 
 
-def test_tiny_training_size_run(tmp_path):
+def test_tiny_training_size_run(tmp_path, synthetic_set):
     pool, evaluation = synthetic_set(400, seed=1), synthetic_set(300, seed=2)
     frame = training_size_study(
         pool,
@@ -129,7 +112,7 @@ def test_tiny_training_size_run(tmp_path):
     assert path.stat().st_size > 10_000
 
 
-def test_training_size_study_checks_its_inputs():
+def test_training_size_study_checks_its_inputs(synthetic_set):
     pool = synthetic_set(100, seed=1)
     no_truth = LabelledSet(pool.features, pool.label_mean, pool.label_sigma, "lsst")
     with pytest.raises(ValueError, match="truth"):

@@ -35,25 +35,8 @@ SMOKE = {
 }
 
 
-def synthetic_set(n: int, seed: int = 0) -> LabelledSet:
-    """LSST-like features whose colours follow (M_r, A_r, [Fe/H]); labels are noisy truth."""
-    rng = np.random.default_rng(seed)
-    mr, ar, feh = rng.uniform(3, 12, n), rng.uniform(0, 0.3, n), rng.uniform(-2, 0, n)
-    gi = (mr - 3) / 5 + 0.1 * feh
-    colors = gi[:, None] * np.array([0.5, 0.6, 0.4, 0.2, 0.1])
-    colors[:, 0] += 0.3 * feh
-    colors += ar[:, None] * np.array([0.41, 0.4, 0.24, 0.2, 0.08])
-    colors += rng.normal(0, 0.02, colors.shape)
-    errors = 0.01 + 0.02 * rng.random((n, 6))
-    features = np.column_stack([rng.uniform(16, 24, n), colors, errors])
-    truth = np.column_stack([mr, ar, feh])
-    sigma = np.tile([0.3, 0.05, 0.2], (n, 1))
-    mean = truth + 0.5 * sigma * rng.standard_normal((n, 3))
-    return LabelledSet(features, mean, sigma, "lsst", truth)
-
-
 @pytest.fixture(scope="module")
-def small_set() -> LabelledSet:
+def small_set(synthetic_set) -> LabelledSet:
     return synthetic_set(1000, seed=1)
 
 

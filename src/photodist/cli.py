@@ -116,6 +116,47 @@ def _checked_device(device: str, option: str = "--nn-device") -> str:
     return device
 
 
+def _pipeline_config(
+    *,
+    bands: str,
+    n_train: int,
+    bayes_all_below: int,
+    epochs: int,
+    learning_rate: float,
+    nn_device: str,
+    nn_dust_input: bool,
+    a_min_fraction: float,
+    a_max_scale: float,
+    a_max_offset: float,
+    dust_prior: str,
+    independent_colors: bool,
+    error_floor: float | str,
+    seed: int,
+    **settings: Any,
+) -> Any:
+    """The ``PipelineConfig`` of ``run`` and ``survey`` from their shared options (option
+    names translated to the config's fields); ``settings`` are further config fields."""
+    from photodist.pipeline import PipelineConfig
+
+    return PipelineConfig(
+        band_set=get_band_set(bands).name,
+        n_train=n_train,
+        bayes_all_below=bayes_all_below,
+        nn_max_epochs=epochs,
+        nn_learning_rate=learning_rate,
+        nn_device=_checked_device(nn_device),
+        nn_dust_input=nn_dust_input,
+        dust_min_fraction=a_min_fraction,
+        dust_scale=a_max_scale,
+        dust_offset=a_max_offset,
+        dust_prior=dust_prior,
+        color_covariance=not independent_colors,
+        error_floor=error_floor,
+        seed=seed,
+        **settings,
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="photodist")
 def cli() -> None:
@@ -1147,7 +1188,7 @@ def run_command(
     import json
 
     from photodist import io
-    from photodist.pipeline import PipelineConfig, run_patch
+    from photodist.pipeline import run_patch
 
     summary_path = output_path.with_name(output_path.name + ".run.json")
     prior_out = output_path.with_name(output_path.name + ".prior.npz")
@@ -1159,22 +1200,22 @@ def run_command(
         frame = io.read_catalog(input_path)
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    config = PipelineConfig(
-        band_set=get_band_set(bands).name,
+    config = _pipeline_config(
+        bands=bands,
         n_train=n_train,
-        strategy=strategy,
         bayes_all_below=bayes_all_below,
-        nn_max_epochs=epochs,
-        nn_learning_rate=learning_rate,
-        nn_device=_checked_device(nn_device),
+        epochs=epochs,
+        learning_rate=learning_rate,
+        nn_device=nn_device,
         nn_dust_input=nn_dust_input,
-        dust_min_fraction=a_min_fraction,
-        dust_scale=a_max_scale,
-        dust_offset=a_max_offset,
+        a_min_fraction=a_min_fraction,
+        a_max_scale=a_max_scale,
+        a_max_offset=a_max_offset,
         dust_prior=dust_prior,
-        color_covariance=not independent_colors,
+        independent_colors=independent_colors,
         error_floor=error_floor,
         seed=seed,
+        strategy=strategy,
         progress=True,
         nn_spec=None if spec_path is None else _read_spec(spec_path),
     )
@@ -1413,22 +1454,21 @@ def survey_command(
     configuration is refused. Failed patches are listed and the exit status is non-zero.
     """
     from photodist import io
-    from photodist.pipeline import PipelineConfig
     from photodist.survey import ManifestMismatchError, SurveyConfig, run_survey
 
-    pipeline = PipelineConfig(
-        band_set=get_band_set(bands).name,
+    pipeline = _pipeline_config(
+        bands=bands,
         n_train=n_train,
         bayes_all_below=bayes_all_below,
-        nn_max_epochs=epochs,
-        nn_learning_rate=learning_rate,
-        nn_device=_checked_device(nn_device),
+        epochs=epochs,
+        learning_rate=learning_rate,
+        nn_device=nn_device,
         nn_dust_input=nn_dust_input,
-        dust_min_fraction=a_min_fraction,
-        dust_scale=a_max_scale,
-        dust_offset=a_max_offset,
+        a_min_fraction=a_min_fraction,
+        a_max_scale=a_max_scale,
+        a_max_offset=a_max_offset,
         dust_prior=dust_prior,
-        color_covariance=not independent_colors,
+        independent_colors=independent_colors,
         error_floor=error_floor,
         seed=seed,
     )

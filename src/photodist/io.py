@@ -32,6 +32,7 @@ __all__ = [
     "detect_format",
     "hats_partitions",
     "iter_catalog_batches",
+    "json_default",
     "read_catalog",
     "write_table",
 ]
@@ -47,6 +48,18 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts")
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 #: Index columns pandas stores in Parquet files; they carry no catalogue data.
 _PANDAS_INDEX_COLUMN = re.compile(r"__index_level_\d+__")
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(..., default=json_default)``: numpy scalars and arrays as plain numbers
+    and lists, paths as strings; anything else is refused."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 class CatalogError(ValueError):

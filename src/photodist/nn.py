@@ -51,6 +51,7 @@ from torch import nn
 
 from photodist import nn_triton
 from photodist.bands import BandSet, Photometry, get_band_set
+from photodist.io import json_default
 
 __all__ = [
     "ACTIVATIONS",
@@ -1791,7 +1792,7 @@ class PhotoDNetwork:
         metadata = {
             "format": FORMAT_NAME,
             "format_version": str(FORMAT_VERSION),
-            "photodist": json.dumps(info, default=_json_default),
+            "photodist": json.dumps(info, default=json_default),
             "sha256": _tensor_digest(tensors),
         }
         payload = _safetensors_save(tensors, metadata=metadata)
@@ -1915,14 +1916,6 @@ class PhotoDNetwork:
         )
         model._plans = {}
         return model
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 def _tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:

@@ -30,6 +30,7 @@ import pandas as pd
 from scipy.interpolate import RegularGridInterpolator
 from scipy.ndimage import gaussian_filter
 
+from photodist.io import json_default
 from photodist.locus import Locus, build_locus
 from photodist.simulate import DEFAULT_R_MAX, Patch, simulate_patch
 
@@ -196,7 +197,7 @@ class PriorMap:
             r_centres=self.r_centres,
             n_stars=self.n_stars,
             r_half_width=np.array(self.r_half_width),
-            metadata=np.array(json.dumps(meta, sort_keys=True, default=_json_default)),
+            metadata=np.array(json.dumps(meta, sort_keys=True, default=json_default)),
         )
         return path
 
@@ -236,16 +237,6 @@ def prior_file_path(path: str | Path) -> Path:
     if path.suffix == ".npz":
         return path
     return path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def _floor_and_normalise(

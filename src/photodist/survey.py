@@ -291,19 +291,7 @@ def _atomic_path(final: Path) -> Iterator[Path]:
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     with _atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=io.json_default) + "\n")
 
 
 def _remove_stale_temps(root: Path, min_age_s: float = 0.0) -> int:
