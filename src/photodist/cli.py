@@ -116,43 +116,27 @@ def _checked_device(device: str, option: str = "--nn-device") -> str:
     return device
 
 
-def _pipeline_config(
-    *,
-    bands: str,
-    n_train: int,
-    bayes_all_below: int,
-    epochs: int,
-    learning_rate: float,
-    nn_device: str,
-    nn_dust_input: bool,
-    a_min_fraction: float,
-    a_max_scale: float,
-    a_max_offset: float,
-    dust_prior: str,
-    independent_colors: bool,
-    error_floor: float | str,
-    seed: int,
-    **settings: Any,
-) -> Any:
-    """The ``PipelineConfig`` of ``run`` and ``survey`` from their shared options (option
-    names translated to the config's fields); ``settings`` are further config fields."""
+def _pipeline_config(params: dict[str, Any], **settings: Any) -> Any:
+    """The ``PipelineConfig`` of ``run`` and ``survey`` from the options they share, read
+    from the command's parsed options ``params`` (``click.get_current_context().params``)
+    under their option names; ``settings`` are further config fields."""
     from photodist.pipeline import PipelineConfig
 
     return PipelineConfig(
-        band_set=get_band_set(bands).name,
-        n_train=n_train,
-        bayes_all_below=bayes_all_below,
-        nn_max_epochs=epochs,
-        nn_learning_rate=learning_rate,
-        nn_device=_checked_device(nn_device),
-        nn_dust_input=nn_dust_input,
-        dust_min_fraction=a_min_fraction,
-        dust_scale=a_max_scale,
-        dust_offset=a_max_offset,
-        dust_prior=dust_prior,
-        color_covariance=not independent_colors,
-        error_floor=error_floor,
-        seed=seed,
+        band_set=get_band_set(params["bands"]).name,
+        n_train=params["n_train"],
+        bayes_all_below=params["bayes_all_below"],
+        nn_max_epochs=params["epochs"],
+        nn_learning_rate=params["learning_rate"],
+        nn_device=_checked_device(params["nn_device"]),
+        nn_dust_input=params["nn_dust_input"],
+        dust_min_fraction=params["a_min_fraction"],
+        dust_scale=params["a_max_scale"],
+        dust_offset=params["a_max_offset"],
+        dust_prior=params["dust_prior"],
+        color_covariance=not params["independent_colors"],
+        error_floor=params["error_floor"],
+        seed=params["seed"],
         **settings,
     )
 
@@ -1201,20 +1185,7 @@ def run_command(
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     config = _pipeline_config(
-        bands=bands,
-        n_train=n_train,
-        bayes_all_below=bayes_all_below,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        nn_device=nn_device,
-        nn_dust_input=nn_dust_input,
-        a_min_fraction=a_min_fraction,
-        a_max_scale=a_max_scale,
-        a_max_offset=a_max_offset,
-        dust_prior=dust_prior,
-        independent_colors=independent_colors,
-        error_floor=error_floor,
-        seed=seed,
+        click.get_current_context().params,
         strategy=strategy,
         progress=True,
         nn_spec=None if spec_path is None else _read_spec(spec_path),
@@ -1456,22 +1427,7 @@ def survey_command(
     from photodist import io
     from photodist.survey import ManifestMismatchError, SurveyConfig, run_survey
 
-    pipeline = _pipeline_config(
-        bands=bands,
-        n_train=n_train,
-        bayes_all_below=bayes_all_below,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        nn_device=nn_device,
-        nn_dust_input=nn_dust_input,
-        a_min_fraction=a_min_fraction,
-        a_max_scale=a_max_scale,
-        a_max_offset=a_max_offset,
-        dust_prior=dust_prior,
-        independent_colors=independent_colors,
-        error_floor=error_floor,
-        seed=seed,
-    )
+    pipeline = _pipeline_config(click.get_current_context().params)
     config = SurveyConfig(
         order=order,
         pipeline=pipeline,
