@@ -14,6 +14,7 @@ from photodist.bayes import (
     brute_force_posterior,
 )
 from photodist.locus import build_locus
+from photodist.priors import PriorMap
 
 
 def _stars(locus, band_set, n, seed, err_range=(0.002, 0.1), a_range=(0.0, 0.3), ar_map=0.25):
@@ -236,6 +237,28 @@ def test_prior_bins_pick_nearest():
     np.testing.assert_array_equal(
         prior.bin_index(np.array([10, 14.2, 14.3, 16, np.nan])), [0, 0, 1, 2, 0]
     )
+
+
+def test_stars_beyond_the_prior_r_bins_are_flagged(coarse_locus):
+    """A star brighter or fainter than every r bin (beyond its half-width) gets the end
+    bin's prior and the R_OUTSIDE_PRIOR flag; the half-width comes with a PriorMap."""
+    phot, *_ = _stars(coarse_locus, SDSS, 6, seed=21)
+    phot.r = np.array([10.0, 13.6, 14.8, 15.4, 15.6, np.nan])
+    density = np.full((3, *coarse_locus.shape), 1.0 / np.prod(coarse_locus.shape))
+    prior = PriorMap(
+        density,
+        coarse_locus.feh,
+        coarse_locus.mr,
+        np.array([14.0, 14.5, 15.0]),
+        np.full(3, 100),
+        r_half_width=0.5,
+    )
+    result = BayesEstimator(coarse_locus, prior).predict(phot)
+    outside = (result["flags"] & Flags.R_OUTSIDE_PRIOR) > 0
+    np.testing.assert_array_equal(outside, [True, False, False, False, True, False])
+    assert np.isfinite(result.loc[[0, 4], "Mr_mean"]).all()  # still estimated
+    flat = BayesEstimator(coarse_locus).predict(phot)  # no prior map: no r range
+    assert not (flat["flags"] & Flags.R_OUTSIDE_PRIOR).any()
 
 
 def test_bright_stars_with_wide_extinction_range_match_brute_force():

@@ -38,7 +38,7 @@ def random_prior(coarse_locus):
     rng = np.random.default_rng(3)
     log_prior = np.log(rng.uniform(0.05, 1.0, (3, *coarse_locus.shape)))
     log_prior[1, :3, :] = -np.inf  # a zero-prior corner
-    return PriorGrid(log_prior, np.array([16.0, 19.0, 22.0]))
+    return PriorGrid(log_prior, np.array([16.0, 19.0, 22.0]), r_half_width=1.5)
 
 
 def _stars(locus, band_set, n, seed, err_range=(0.001, 0.1), dust=True):
@@ -101,6 +101,9 @@ def test_matches_cpu_estimator(coarse_locus, random_prior, band_set):
     assert got.loc[2, "flags"] & Flags.NO_R and np.isnan(got.loc[2, OUTPUT_COLUMNS[:-1]]).all()
     assert got.loc[3, "flags"] & Flags.TOO_FEW_COLORS and np.isnan(got.loc[3, "Mr_p50"])
     assert (got["flags"] & Flags.COLOR_UNUSABLE).sum() > 10
+    beyond = (got["flags"] & Flags.R_OUTSIDE_PRIOR) > 0  # r in 15-24, bins cover 14.5-23.5
+    np.testing.assert_array_equal(beyond, (phot.r < 14.5) | (phot.r > 23.5))
+    assert beyond.sum() > 5
 
 
 def test_correlated_colours_match_cpu_estimator(coarse_locus, random_prior):

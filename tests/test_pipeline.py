@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -94,6 +95,27 @@ def test_rows_preserved_in_order(catalog, hybrid):
     assert info["config"]["n_train"] == 800
     assert info["n_labelled"] + info["n_nn"] + info["n_bayes_fallback"] == len(catalog)
     json.dumps(info)  # the record travels with the output (e.g. Parquet metadata)
+
+
+def test_rows_beyond_the_prior_r_bins_are_flagged(catalog, prior, default_locus):
+    """Bayesian and network rows beyond the prior's r bins (here fainter than the last bin,
+    or brighter than the first) get R_OUTSIDE_PRIOR."""
+    keep = prior.r_centres <= 21.0
+    short = dataclasses.replace(
+        prior,
+        density=prior.density[keep],
+        r_centres=prior.r_centres[keep],
+        n_stars=prior.n_stars[keep],
+    )
+    result, _, _ = run_patch(catalog, short, default_locus, small_config(nn_max_epochs=5))
+    beyond = (result["flags"] & Flags.R_OUTSIDE_PRIOR) > 0
+    r = catalog["rmag"].to_numpy()
+    bright = r < short.r_centres[0] - short.r_half_width  # brighter than the first bin
+    np.testing.assert_array_equal(beyond, bright | (r > 21.0 + short.r_half_width))
+    assert bright.sum() > 5 and (r > 21.5).sum() > 100
+    assert set(result.loc[beyond, "method"].astype(str)) == {"bayes", "nn"}
+    full = run_patch(catalog.iloc[:200], prior, default_locus, small_config())[0]
+    np.testing.assert_array_equal((full["flags"] & Flags.R_OUTSIDE_PRIOR) > 0, bright[:200])
 
 
 def test_labelled_rows_keep_bayes_values(catalog, hybrid, bayes_all):

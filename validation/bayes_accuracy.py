@@ -26,10 +26,18 @@ default the estimator uses it, as the colours come from magnitudes with independ
 ``--by-magnitude`` adds, per r range, the calibration with σ_G of the residuals and the median
 posterior σ (which of the two makes a calibration miss).
 
+``--by-truth`` adds, per range of true M_r, the M_r and [Fe/H] coverage, σ_G and median
+error (which stars' intervals are too wide or too narrow).
+
 ``--patch L,B`` (repeatable) replaces the two default patches.
 
+``--grid FEHxMR`` sets the posterior grid's steps (default 0.05x0.1 dex x mag) and
+``--r-bin-half-width H`` the prior's r bins (centres every H mag, each ±H; default 0.5): both
+test whether the grid or the prior's binning widens the posteriors.
+
 Usage: ``python validation/bayes_accuracy.py [--stars 5000] [--error-floor auto|MAG]
-[--by-magnitude] [--dust-profile] [--patch L,B ...]``
+[--by-magnitude] [--by-truth] [--dust-profile] [--patch L,B ...] [--grid FEHxMR]
+[--r-bin-half-width H]``
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from photodist.bayes import BayesConfig, BayesEstimator
 from photodist.dust_profile import fit_dust_profile
 from photodist.error_floor import fit_error_floor
 from photodist.locus import build_locus
-from photodist.priors import build_patch_priors
+from photodist.priors import R_BIN_CENTRES, build_patch_priors
 from photodist.simulate import simulate_patch
 
 #: simulated surveys: LSST 10-year coadds (cones of 0.5 deg) or single-epoch SDSS (1 deg)
@@ -62,6 +70,7 @@ def sigma_g(x: np.ndarray) -> float:
 
 
 R_RANGES = ((14.0, 18.0), (18.0, 20.0), (20.0, 22.0), (22.0, 26.0))
+MR_RANGES = ((-3.0, 3.0), (3.0, 5.0), (5.0, 7.0), (7.0, 10.0), (10.0, 17.0))
 
 
 def by_magnitude(catalog, result) -> None:
@@ -80,6 +89,25 @@ def by_magnitude(catalog, result) -> None:
         print(f"  r {lo:.0f}-{hi:.0f} ({rows.sum():4d} stars): " + ", ".join(cells))
 
 
+def by_truth(catalog, result) -> None:
+    """Per range of true M_r: coverage of the 16-84 % interval, σ_G and median of the error."""
+    mr_true = catalog["Mr_true"].to_numpy()
+    print("  per true M_r range: 16-84 coverage / sigma_G / median error")
+    for lo, hi in MR_RANGES:
+        rows = (mr_true >= lo) & (mr_true < hi)
+        cells = []
+        for param in ("Mr", "FeH"):
+            truth = catalog[f"{param}_true"].to_numpy()[rows]
+            diff = result[f"{param}_mean"].to_numpy()[rows] - truth
+            inside = (truth > result[f"{param}_p16"].to_numpy()[rows]) & (
+                truth < result[f"{param}_p84"].to_numpy()[rows]
+            )
+            cells.append(
+                f"{param} {inside.mean():.2f} / {sigma_g(diff):.3f} / {np.median(diff):+.3f}"
+            )
+        print(f"  M_r {lo:+.0f} to {hi:+.0f} ({rows.sum():4d} stars): " + ", ".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stars", type=int, default=5000)
@@ -87,6 +115,11 @@ def main() -> None:
     parser.add_argument("--error-floor", default="0.02", help="'auto' or a floor in mag")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--by-magnitude", action="store_true", help="calibration per r range")
+    parser.add_argument("--by-truth", action="store_true", help="coverage per true M_r range")
+    parser.add_argument("--grid", default="0.05x0.1", help="posterior grid steps FEHxMR")
+    parser.add_argument(
+        "--r-bin-half-width", type=float, default=0.5, help="prior r bins: centres every H, ±H"
+    )
     parser.add_argument("--grid-term", action="store_true", help="auto: add the grid error")
     parser.add_argument(
         "--a-min-fraction", type=float, default=0.0, help="A_r prior from this x A_map"
@@ -112,7 +145,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     survey = SURVEYS[args.survey]
-    locus = build_locus().resample(0.05, 0.1)
+    feh_step, mr_step = (float(v) for v in args.grid.split("x"))
+    locus = build_locus().resample(feh_step, mr_step)
+    half = args.r_bin_half_width
+    r_centres = R_BIN_CENTRES if half == 0.5 else np.arange(14.0, 27.0 + 1e-9, half)
     print(
         f"error floor {args.error_floor}, A_r prior [{args.a_min_fraction} A_map, "
         f"{args.a_max_scale} A_map + {args.a_max_offset}], "
@@ -136,7 +172,14 @@ def main() -> None:
         catalog = catalog[(errors < 0.2171).all(axis=1)]
         catalog = catalog.sample(n=min(args.stars, len(catalog)), random_state=args.seed)
         catalog = catalog.reset_index(drop=True)
-        prior = build_patch_priors(cone=cone, seed=args.seed + 1, band_set=args.survey)
+        prior = build_patch_priors(
+            cone=cone,
+            seed=args.seed + 1,
+            band_set=args.survey,
+            locus=locus,
+            r_centres=r_centres,
+            r_half_width=half,
+        )
         phot = photometry_from_frame(catalog, args.survey)
         if args.dust_from_truth:
             phot = dataclasses.replace(phot, dust=catalog["Ar_true"].to_numpy())
@@ -179,6 +222,8 @@ def main() -> None:
             )
         if args.by_magnitude:
             by_magnitude(catalog, result)
+        if args.by_truth:
+            by_truth(catalog, result)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ class Flags:
     TOO_FEW_COLORS = 256  #: fewer than two usable colours: estimates NaN
     NN_OUT_OF_DOMAIN = 512  #: (networks) inputs outside the training domain
     NN_INVALID_INPUT = 1024  #: (networks) inputs not finite: estimated by the Bayesian method
+    R_OUTSIDE_PRIOR = 2048  #: r beyond the prior map's r bins: the nearest (end) bin's prior used
 
     @classmethod
     def describe(cls) -> dict[str, int]:
@@ -1263,6 +1264,16 @@ class PriorGrid:
 
     log_prior: np.ndarray
     r_centres: np.ndarray
+    r_half_width: float = math.inf
+
+    def outside_r_range(self, r: np.ndarray) -> np.ndarray:
+        """True where a finite r lies beyond the bins (first centre - half-width, last centre
+        + half-width): such stars get the end bin's prior, made for other magnitudes."""
+        r = np.asarray(r, dtype=float)
+        with np.errstate(invalid="ignore"):
+            below = r < self.r_centres[0] - self.r_half_width
+            above = r > self.r_centres[-1] + self.r_half_width
+        return below | above
 
     def bin_index(self, r: np.ndarray) -> np.ndarray:
         """Nearest r bin for each magnitude (clipped at the ends; NaN -> 0)."""
@@ -1298,7 +1309,13 @@ class PriorGrid:
             and np.allclose(prior.mr, locus.mr, atol=1e-6)
         )
         prior_map = prior if same_grid else prior.regrid(locus)
-        return cls(prior_map.log_prior, np.asarray(prior_map.r_centres, float))
+        half_width = float(getattr(prior_map, "r_half_width", math.inf))
+        return cls(prior_map.log_prior, np.asarray(prior_map.r_centres, float), half_width)
+
+
+def prior_range_flags(prior: PriorGrid, r: np.ndarray) -> np.ndarray:
+    """``Flags.R_OUTSIDE_PRIOR`` where ``r`` lies beyond ``prior``'s r bins, else 0."""
+    return np.where(prior.outside_r_range(r), Flags.R_OUTSIDE_PRIOR, 0).astype(np.int64)
 
 
 @dataclass
@@ -1525,7 +1542,7 @@ class BayesEstimator:
         add_extinction(frame, a_min)
         frame["Ar_max"] = a_max
         _fill_distance_columns(frame, r)
-        frame["flags"] = flags
+        frame["flags"] = flags | prior_range_flags(self.prior, r)
         return frame
 
     def posteriors(self, photometry: Photometry, rows: Any) -> list[Any]:

@@ -57,6 +57,7 @@ from photodist.bayes import (
     a_bounds_for,
     add_extinction,
     adjacent_covariance,
+    prior_range_flags,
     without_extinction,
 )
 from photodist.locus import Locus
@@ -521,7 +522,7 @@ class TorchBayesEstimator:
         add_extinction(frame, a_min)
         frame["Ar_max"] = a_max
         _fill_distance_columns(frame, r)
-        frame["flags"] = result[:, _N_OUT].astype(np.int64)
+        frame["flags"] = result[:, _N_OUT].astype(np.int64) | prior_range_flags(self.prior, r)
         return frame
 
     def _predict_batch(self, grid: _Grid, block: torch.Tensor, chi2_poor: float) -> torch.Tensor:

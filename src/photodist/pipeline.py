@@ -33,7 +33,8 @@ for network rows),
 
 Flags: Bayesian rows carry the Bayesian flags; network rows get ``NN_OUT_OF_DOMAIN`` when an
 input lies outside the training range (plus margin) and ``COLOR_UNUSABLE`` when a colour was
-unusable (as Bayesian rows do); rows handed back to the Bayesian
+unusable (as Bayesian rows do), and every row ``R_OUTSIDE_PRIOR`` when its r lies beyond the
+prior's r bins; rows handed back to the Bayesian
 estimator because an input was not finite get ``NN_INVALID_INPUT`` besides their Bayesian
 flags (in a Bayes-only run no row is handed back and the bit is not used). The configuration,
 mode, counts and timings are stored in ``result.attrs["photodist_pipeline"]``.
@@ -58,7 +59,7 @@ from photodist.bands import (
     get_band_set,
     photometry_from_frame,
 )
-from photodist.bayes import BayesConfig, BayesEstimator, Flags
+from photodist.bayes import BayesConfig, BayesEstimator, Flags, prior_range_flags
 from photodist.dust_profile import DustProfile, fit_profile_record
 from photodist.error_floor import ErrorFloorFit, resolve_error_floor
 from photodist.locus import Locus, build_locus
@@ -959,6 +960,8 @@ def run_patch(
         timings["bayes_all"] = time.perf_counter() - t0
         info.update(mode="bayes_only", reason=reason, n_labelled=0, n_nn=0, n_bayes_fallback=0)
         info["n_out_of_domain"] = 0
+    # network rows too: their labels came from the same prior
+    out.flags |= prior_range_flags(estimator.prior, phot.r)
 
     result = out.frame()
     if frame is not None and keep:

@@ -83,7 +83,7 @@ from photodist.bands import (
     get_band_set,
     photometry_from_frame,
 )
-from photodist.bayes import BayesEstimator, Flags
+from photodist.bayes import BayesEstimator, Flags, prior_range_flags
 from photodist.locus import Locus
 from photodist.pipeline import (
     PARAMETERS,
@@ -981,8 +981,9 @@ def predict_rows(
     """Estimates for stars outside the training subsample of an already trained patch.
 
     The same rules as :func:`photodist.pipeline.run_patch` for its network rows: network
-    estimates, ``NN_OUT_OF_DOMAIN`` / ``NN_INVALID_INPUT`` flags, and the Bayesian estimate for
-    rows the networks cannot take (and out-of-domain rows if ``config.bayes_out_of_domain``).
+    estimates, ``NN_OUT_OF_DOMAIN`` / ``NN_INVALID_INPUT`` / ``R_OUTSIDE_PRIOR`` flags, and
+    the Bayesian estimate for rows the networks cannot take (and out-of-domain rows if
+    ``config.bayes_out_of_domain``).
     With ``model`` None every row gets the Bayesian estimate. Columns as ``run_patch``'s.
     """
     n = len(phot)
@@ -1020,6 +1021,7 @@ def predict_rows(
                 floats[name][rows] = bayes[name].to_numpy()
         flags[rows] |= bayes["flags"].to_numpy(dtype=np.int64)
         method[rows] = METHOD_CATEGORIES.index("bayes")
+    flags |= prior_range_flags(estimator.prior, phot.r)
     dm = phot.r - floats["Qr_mean"]
     floats["DM_mean"] = dm
     floats["DM_sigma"] = floats["Qr_sigma"].copy()
