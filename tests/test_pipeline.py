@@ -155,7 +155,11 @@ def test_network_rows_match_the_model(catalog, hybrid):
     ood = pred["out_of_domain"][nn_rows]
     flagged = (result.loc[nn_rows, "flags"].to_numpy() & Flags.NN_OUT_OF_DOMAIN) > 0
     np.testing.assert_array_equal(flagged, ood)
-    assert not np.any(result.loc[nn_rows, "flags"].to_numpy() & ~Flags.NN_OUT_OF_DOMAIN)
+    # and, brighter than the prior's first r bin, R_OUTSIDE_PRIOR; no other flag
+    beyond = (result.loc[nn_rows, "flags"].to_numpy() & Flags.R_OUTSIDE_PRIOR) > 0
+    np.testing.assert_array_equal(beyond, phot.r[nn_rows] < 13.5)
+    others = ~(Flags.NN_OUT_OF_DOMAIN | Flags.R_OUTSIDE_PRIOR)
+    assert not np.any(result.loc[nn_rows, "flags"].to_numpy() & others)
 
 
 def test_bad_rows_get_bayes(hybrid, bayes_all):

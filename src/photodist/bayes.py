@@ -56,6 +56,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -1266,14 +1267,12 @@ class PriorGrid:
     r_centres: np.ndarray
     r_half_width: float = math.inf
 
-    def outside_r_range(self, r: np.ndarray) -> np.ndarray:
-        """True where a finite r lies beyond the bins (first centre - half-width, last centre
-        + half-width): such stars get the end bin's prior, made for other magnitudes."""
-        r = np.asarray(r, dtype=float)
-        with np.errstate(invalid="ignore"):
-            below = r < self.r_centres[0] - self.r_half_width
-            above = r > self.r_centres[-1] + self.r_half_width
-        return below | above
+    @property
+    def r_range(self) -> tuple[float, float]:
+        """The r range the bins cover (first centre - half-width, last centre + half-width);
+        beyond it a star gets the end bin's prior, made for other magnitudes."""
+        lo = float(self.r_centres[0] - self.r_half_width)
+        return lo, float(self.r_centres[-1] + self.r_half_width)
 
     def bin_index(self, r: np.ndarray) -> np.ndarray:
         """Nearest r bin for each magnitude (clipped at the ends; NaN -> 0)."""
@@ -1313,9 +1312,13 @@ class PriorGrid:
         return cls(prior_map.log_prior, np.asarray(prior_map.r_centres, float), half_width)
 
 
-def prior_range_flags(prior: PriorGrid, r: np.ndarray) -> np.ndarray:
-    """``Flags.R_OUTSIDE_PRIOR`` where ``r`` lies beyond ``prior``'s r bins, else 0."""
-    return np.where(prior.outside_r_range(r), Flags.R_OUTSIDE_PRIOR, 0).astype(np.int64)
+def prior_range_flags(r_range: Sequence[float], r: np.ndarray) -> np.ndarray:
+    """``Flags.R_OUTSIDE_PRIOR`` where a finite ``r`` lies outside ``r_range`` (a prior's
+    :attr:`PriorGrid.r_range`), else 0."""
+    r = np.asarray(r, dtype=float)
+    with np.errstate(invalid="ignore"):
+        outside = (r < r_range[0]) | (r > r_range[1])
+    return np.where(outside, Flags.R_OUTSIDE_PRIOR, 0).astype(np.int64)
 
 
 @dataclass
@@ -1542,7 +1545,7 @@ class BayesEstimator:
         add_extinction(frame, a_min)
         frame["Ar_max"] = a_max
         _fill_distance_columns(frame, r)
-        frame["flags"] = flags | prior_range_flags(self.prior, r)
+        frame["flags"] = flags | prior_range_flags(self.prior.r_range, r)
         return frame
 
     def posteriors(self, photometry: Photometry, rows: Any) -> list[Any]:

@@ -522,7 +522,8 @@ class TorchBayesEstimator:
         add_extinction(frame, a_min)
         frame["Ar_max"] = a_max
         _fill_distance_columns(frame, r)
-        frame["flags"] = result[:, _N_OUT].astype(np.int64) | prior_range_flags(self.prior, r)
+        beyond = prior_range_flags(self.prior.r_range, r)
+        frame["flags"] = result[:, _N_OUT].astype(np.int64) | beyond
         return frame
 
     def _predict_batch(self, grid: _Grid, block: torch.Tensor, chi2_poor: float) -> torch.Tensor:

@@ -736,6 +736,11 @@ def train_networks(
     return model
 
 
+def _finite_range(r_range: tuple[float, float]) -> list[float] | None:
+    """``r_range`` as a JSON-safe list, None when unbounded (a flat prior has no r bins)."""
+    return list(r_range) if np.isfinite(r_range).all() else None
+
+
 def predict_with_model(
     model: PhotoDNetwork,
     data: pd.DataFrame | Photometry,
@@ -792,6 +797,9 @@ def predict_with_model(
         # a row without a network estimate for want of r says so, as a Bayesian row would
         bad = part[invalid]
         out.flags[bad[~np.isfinite(phot.r[bad])]] |= Flags.NO_R
+    user = getattr(model, "training_metadata_", {}).get("user") or {}
+    if user.get("prior_r_range"):  # the labels' prior (models trained by run_patch)
+        out.flags |= prior_range_flags(user["prior_r_range"], phot.r)
     result = out.frame()
     if frame is not None and keep:
         kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
@@ -921,6 +929,8 @@ def run_patch(
                     "labels": "Bayesian posterior means and standard deviations",
                     "pipeline": config.to_dict(),
                     "n_stars_patch": n,
+                    # rows beyond it are flagged R_OUTSIDE_PRIOR, later predictions too
+                    "prior_r_range": _finite_range(estimator.prior.r_range),
                 },
             )
             bar.update(1)
@@ -961,7 +971,7 @@ def run_patch(
         info.update(mode="bayes_only", reason=reason, n_labelled=0, n_nn=0, n_bayes_fallback=0)
         info["n_out_of_domain"] = 0
     # network rows too: their labels came from the same prior
-    out.flags |= prior_range_flags(estimator.prior, phot.r)
+    out.flags |= prior_range_flags(estimator.prior.r_range, phot.r)
 
     result = out.frame()
     if frame is not None and keep:

@@ -1021,7 +1021,7 @@ def predict_rows(
                 floats[name][rows] = bayes[name].to_numpy()
         flags[rows] |= bayes["flags"].to_numpy(dtype=np.int64)
         method[rows] = METHOD_CATEGORIES.index("bayes")
-    flags |= prior_range_flags(estimator.prior, phot.r)
+    flags |= prior_range_flags(estimator.prior.r_range, phot.r)
     dm = phot.r - floats["Qr_mean"]
     floats["DM_mean"] = dm
     floats["DM_sigma"] = floats["Qr_sigma"].copy()
