@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from photodist.bands import photometry_from_frame
-from photodist.bayes import BayesConfig, BayesEstimator
+from photodist.bayes import BayesConfig, BayesEstimator, Flags
 from photodist.cli import cli
 from photodist.dust_profile import fit_dust_profile
 from photodist.locus import build_locus
@@ -264,6 +264,7 @@ def test_bayes_summary_and_an_unreadable_one(tmp_path):
     summary_path = tmp_path / "labels.parquet.run.json"
     summary = json.loads(summary_path.read_text())
     assert summary["n_stars"] == 3 and summary["dust_profile"] is None
+    assert summary["prior_r_range"] is None  # a flat prior has no r bins
     assert summary["error_floor"]["floor"] == 0.02 and summary["bands"] == "sdss"
     # the summary exists: a second run needs --overwrite
     again = CliRunner().invoke(cli, ["bayes", str(src), str(labels), *coarse])
@@ -403,8 +404,11 @@ def test_simulate_run_evaluate_chain(tmp_path):
     sub = tmp_path / "sub.parquet"
     pd.read_parquet(sim).iloc[::3].to_parquet(sub)
     labels = tmp_path / "labels.parquet"
-    bayes = runner.invoke(cli, ["bayes", str(sub), str(labels), "--flat-prior"])
+    run_prior = ["--prior", str(tmp_path / "run.parquet.prior.npz")]  # the run's prior map
+    bayes = runner.invoke(cli, ["bayes", str(sub), str(labels), *run_prior])
     assert bayes.exit_code == 0, bayes.output
+    labels_summary = json.loads(labels.with_name("labels.parquet.run.json").read_text())
+    assert labels_summary["prior_r_range"] == [13.5, 27.5]  # bins 14-27, each +-0.5
     model2 = tmp_path / "model2.safetensors"
     train = ["train", str(sub), str(labels), str(model2), "--epochs", "3", "--nn-device", "cpu"]
     result = runner.invoke(cli, train)
@@ -413,7 +417,13 @@ def test_simulate_run_evaluate_chain(tmp_path):
     assert runner.invoke(cli, train).exit_code != 0  # the model exists: --overwrite needed
     result = runner.invoke(cli, ["predict", str(model2), str(sim), str(tmp_path / "p2.parquet")])
     assert result.exit_code == 0, result.output
-    assert len(pd.read_parquet(tmp_path / "p2.parquet")) == n
+    p2 = pd.read_parquet(tmp_path / "p2.parquet")
+    assert len(p2) == n
+    # the labels' prior range went with the model: stars beyond it are flagged
+    assert PhotoDNetwork.load(model2).training_metadata_["user"]["prior_r_range"] == [13.5, 27.5]
+    r = pd.read_parquet(sim)["rmag"].to_numpy()
+    beyond = np.isfinite(r) & ((r < 13.5) | (r > 27.5))
+    np.testing.assert_array_equal((p2["flags"] & Flags.R_OUTSIDE_PRIOR) > 0, beyond)
     wrong = runner.invoke(cli, ["train", str(sim), str(labels), str(tmp_path / "m3.safetensors")])
     assert wrong.exit_code != 0 and "label rows" in wrong.output
     sdss = tmp_path / "sdss.csv"  # the model's band set needs y

@@ -118,6 +118,26 @@ def test_rows_beyond_the_prior_r_bins_are_flagged(catalog, prior, default_locus)
     np.testing.assert_array_equal((full["flags"] & Flags.R_OUTSIDE_PRIOR) > 0, bright[:200])
 
 
+def test_trained_networks_keep_the_prior_r_range(catalog, hybrid, tmp_path):
+    """``train_networks(prior_r_range=...)`` stores the labels' prior range with the model,
+    and its later predictions (after a save and load too) flag rows beyond it."""
+    result, _, model = hybrid
+    assert model.training_metadata_["user"]["prior_r_range"] == [13.5, 27.5]
+    trained = train_networks(
+        catalog, result, small_config(nn_max_epochs=3), prior_r_range=[15.0, 21.0]
+    )
+    trained.save(tmp_path / "m.safetensors")
+    loaded = type(trained).load(tmp_path / "m.safetensors")
+    r = catalog["rmag"].to_numpy()
+    expected = np.isfinite(r) & ((r < 15.0) | (r > 21.0))
+    for net in (trained, loaded):
+        flags = predict_with_model(net, catalog)["flags"].to_numpy()
+        np.testing.assert_array_equal((flags & Flags.R_OUTSIDE_PRIOR) > 0, expected)
+    unbounded = train_networks(catalog, result, small_config(nn_max_epochs=3))
+    flags = predict_with_model(unbounded, catalog)["flags"].to_numpy()
+    assert not (flags & Flags.R_OUTSIDE_PRIOR).any()
+
+
 def test_labelled_rows_keep_bayes_values(catalog, hybrid, bayes_all):
     result, _, _ = hybrid
     labelled = result["labelled"].to_numpy()

@@ -1268,11 +1268,14 @@ class PriorGrid:
     r_half_width: float = math.inf
 
     @property
-    def r_range(self) -> tuple[float, float]:
-        """The r range the bins cover (first centre - half-width, last centre + half-width);
-        beyond it a star gets the end bin's prior, made for other magnitudes."""
+    def r_range(self) -> list[float] | None:
+        """The r range the bins cover, [first centre - half-width, last centre + half-width]
+        (None without a half-width, e.g. the flat prior); beyond it a star gets the end bin's
+        prior, made for other magnitudes."""
+        if not math.isfinite(self.r_half_width):
+            return None
         lo = float(self.r_centres[0] - self.r_half_width)
-        return lo, float(self.r_centres[-1] + self.r_half_width)
+        return [lo, float(self.r_centres[-1] + self.r_half_width)]
 
     def bin_index(self, r: np.ndarray) -> np.ndarray:
         """Nearest r bin for each magnitude (clipped at the ends; NaN -> 0)."""
@@ -1312,10 +1315,12 @@ class PriorGrid:
         return cls(prior_map.log_prior, np.asarray(prior_map.r_centres, float), half_width)
 
 
-def prior_range_flags(r_range: Sequence[float], r: np.ndarray) -> np.ndarray:
+def prior_range_flags(r_range: Sequence[float] | None, r: np.ndarray) -> np.ndarray:
     """``Flags.R_OUTSIDE_PRIOR`` where a finite ``r`` lies outside ``r_range`` (a prior's
-    :attr:`PriorGrid.r_range`), else 0."""
+    :attr:`PriorGrid.r_range`; None: no range), else 0."""
     r = np.asarray(r, dtype=float)
+    if r_range is None:
+        return np.zeros(r.shape, dtype=np.int64)
     with np.errstate(invalid="ignore"):
         outside = (r < r_range[0]) | (r > r_range[1])
     return np.where(outside, Flags.R_OUTSIDE_PRIOR, 0).astype(np.int64)

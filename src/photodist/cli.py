@@ -850,6 +850,7 @@ def bayes_command(
         "dust_prior": dust_prior,
         "error_floor": floor_info,
         "dust_profile": profile_info,
+        "prior_r_range": estimator.prior.r_range,
         "columns": columns.to_mapping(),
         "device": str(resolved_device),
         "seconds": elapsed,
@@ -954,7 +955,8 @@ def train_command(
     their Bayesian estimates, row by row. The model (MODEL, safetensors) then predicts any
     star of the patch with `photodist predict`. When LABELS.run.json says the labels used a
     dust profile relative to the map, the networks take the map's A_r as an input (as
-    `--nn-dust-input`; the labels follow the map).
+    `--nn-dust-input`; the labels follow the map); the r range of the labels' prior goes
+    with the model, and `predict` flags stars beyond it R_OUTSIDE_PRIOR.
     """
     import json
 
@@ -971,12 +973,15 @@ def train_command(
         raise click.ClickException(str(exc)) from exc
     _check_columns(frame, bands, columns)
     labels_summary = labels_path.with_name(labels_path.name + ".run.json")
-    if labels_summary.exists() and not nn_dust_input:
+    prior_r_range = None
+    if labels_summary.exists():
         try:
-            profile = used_dust_profile(json.loads(labels_summary.read_text()))
-        except (ValueError, KeyError, TypeError) as exc:
+            summary = json.loads(labels_summary.read_text())
+            profile = used_dust_profile(summary)
+            prior_r_range = summary.get("prior_r_range")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise click.ClickException(f"{labels_summary}: unreadable summary ({exc})") from exc
-        if profile is not None and profile.relative:
+        if profile is not None and profile.relative and not nn_dust_input:
             nn_dust_input = True
             click.echo(
                 f"the labels used a dust profile relative to the map ({labels_summary}): the "
@@ -993,7 +998,7 @@ def train_command(
     )
     start = time.perf_counter()
     try:
-        model = train_networks(frame, labels, config, columns=columns)
+        model = train_networks(frame, labels, config, columns=columns, prior_r_range=prior_r_range)
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
     model.save(model_path)

@@ -667,6 +667,7 @@ def train_networks(
     config: PipelineConfig | None = None,
     *,
     columns: ColumnMap | None = None,
+    prior_r_range: Sequence[float] | None = None,
 ) -> PhotoDNetwork:
     """Train the moments and secondary networks on Bayesian labels of a catalogue's stars.
 
@@ -688,6 +689,9 @@ def train_networks(
         :class:`PipelineConfig`.
     columns
         Catalogue column names (default ``{band}mag``, ``{band}Err``).
+    prior_r_range
+        The r range of the labels' prior (``PriorGrid.r_range``), kept with the model:
+        :func:`predict_with_model` flags rows beyond it ``R_OUTSIDE_PRIOR``.
 
     Raises
     ------
@@ -731,14 +735,10 @@ def train_networks(
             "labels": "Bayesian posterior means and standard deviations",
             "pipeline": config.to_dict(),
             "n_label_rows": len(labels),
+            "prior_r_range": None if prior_r_range is None else [float(v) for v in prior_r_range],
         },
     )
     return model
-
-
-def _finite_range(r_range: tuple[float, float]) -> list[float] | None:
-    """``r_range`` as a JSON-safe list, None when unbounded (a flat prior has no r bins)."""
-    return list(r_range) if np.isfinite(r_range).all() else None
 
 
 def predict_with_model(
@@ -797,9 +797,9 @@ def predict_with_model(
         # a row without a network estimate for want of r says so, as a Bayesian row would
         bad = part[invalid]
         out.flags[bad[~np.isfinite(phot.r[bad])]] |= Flags.NO_R
+    # the r range of the labels' prior, when the model's metadata has it
     user = getattr(model, "training_metadata_", {}).get("user") or {}
-    if user.get("prior_r_range"):  # the labels' prior (models trained by run_patch)
-        out.flags |= prior_range_flags(user["prior_r_range"], phot.r)
+    out.flags |= prior_range_flags(user.get("prior_r_range"), phot.r)
     result = out.frame()
     if frame is not None and keep:
         kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
@@ -930,7 +930,7 @@ def run_patch(
                     "pipeline": config.to_dict(),
                     "n_stars_patch": n,
                     # rows beyond it are flagged R_OUTSIDE_PRIOR, later predictions too
-                    "prior_r_range": _finite_range(estimator.prior.r_range),
+                    "prior_r_range": estimator.prior.r_range,
                 },
             )
             bar.update(1)
