@@ -8,7 +8,7 @@ import itertools
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -24,6 +24,9 @@ from photodist.bands import (
 )
 from photodist.locus import DEFAULT_FEH_STEP, DEFAULT_MR_STEP, Locus, build_locus, load_locus
 from photodist.plots import color_color_figure
+
+if TYPE_CHECKING:  # the pipeline loads PyTorch: imported where a command needs it
+    from photodist.pipeline import PipelineConfig
 
 #: Default posterior grid of the Bayesian estimator (dex, mag); see docs/benchmarks.md.
 BAYES_FEH_STEP = 0.05
@@ -116,7 +119,7 @@ def _checked_device(device: str, option: str = "--nn-device") -> str:
     return device
 
 
-def _pipeline_config(params: dict[str, Any], **settings: Any) -> Any:
+def _pipeline_config(params: dict[str, Any], **settings: Any) -> PipelineConfig:
     """The ``PipelineConfig`` of ``run`` and ``survey`` from the options they share, read
     from the command's parsed options ``params`` (``click.get_current_context().params``)
     under their option names; ``settings`` are further config fields."""
