@@ -14,6 +14,7 @@ from photodist.bands import (
     get_band_set,
     magnitudes_from_fluxes,
     photometry_from_frame,
+    resolve_columns,
 )
 
 
@@ -233,7 +234,10 @@ def test_flux_catalogue_gives_the_magnitude_catalogue_photometry(unit):
 
 def test_dust_map_from_an_ebv_column():
     frame = _frame(3, ebv=[0.1, -0.2, np.nan])
-    assert photometry_from_frame(frame, "sdss").dust is None
+    # found by its common name; not where the dust column was named (or switched off)
+    np.testing.assert_allclose(photometry_from_frame(frame, "sdss").dust[0], SFD_EBV_TO_AR * 0.1)
+    assert photometry_from_frame(frame, "sdss", ColumnMap(dust=None)).dust is None
+    assert photometry_from_frame(frame, "sdss", ColumnMap(dust="A_sfd")).dust is None
     columns = ColumnMap(ebv="ebv")
     dust = photometry_from_frame(frame, "sdss", columns).dust
     np.testing.assert_allclose(dust[0], SFD_EBV_TO_AR * 0.1)
@@ -275,3 +279,55 @@ def test_flagged_flux_measurements_are_unusable():
     np.testing.assert_array_equal(usable[2], [True, True, False, False])  # no i: r-i, i-z
     assert usable[[0, 3]].all()
     assert ColumnMap.from_mapping(columns.to_mapping()) == columns
+
+
+def _renamed(frame: pd.DataFrame, mag: str, err: str, bands: str = "ugriz") -> pd.DataFrame:
+    names = {f"{b}mag": mag.format(b=b) for b in bands}
+    names.update({f"{b}Err": err.format(b=b) for b in bands})
+    return frame.rename(columns=names)
+
+
+@pytest.mark.parametrize(
+    ("mag", "err", "extra"),
+    [
+        ("psfMag_{b}", "psfMagErr_{b}", {"extinction_r": 0.1, "RA": 1.0, "DEC": 2.0}),
+        ("{b}mag", "e_{b}mag", {"A_r": 0.1, "RAJ2000": 1.0, "DEJ2000": 2.0}),
+        ("{b}", "{b}_err", {"Ar": 0.1, "coord_ra": 1.0, "coord_dec": 2.0}),
+        ("{b}_mag", "magerr_{b}", {"ebv": 0.1 / SFD_EBV_TO_AR, "ra_deg": 1.0, "dec_deg": 2.0}),
+    ],
+)
+def test_columns_under_common_other_names_are_found(mag, err, extra):
+    frame = _frame(3, Ar=0.1, ra=1.0, dec=2.0)
+    reference = photometry_from_frame(frame, "sdss")
+    renamed = _renamed(frame.drop(columns=["Ar", "ra", "dec"]), mag, err).assign(**extra)
+    phot = photometry_from_frame(renamed, "sdss")
+    np.testing.assert_allclose(phot.colors, reference.colors)
+    np.testing.assert_allclose(phot.color_errors, reference.color_errors)
+    np.testing.assert_allclose(phot.r, reference.r)
+    np.testing.assert_allclose(phot.dust, reference.dust)
+    resolution = resolve_columns(ColumnMap(), list(renamed.columns), "sdss")
+    found = resolution.columns
+    assert renamed[found.ra].iloc[0] == 1.0 and renamed[found.dec].iloc[0] == 2.0
+    assert resolution.ambiguous == {}
+    assert resolution.columns.resolved(list(renamed.columns), "sdss") == found  # idempotent
+
+
+def test_column_lookup_never_guesses():
+    frame = _frame(3)
+    # an explicitly named column is never replaced by another name
+    explicit = ColumnMap(mags={"u": "u_psf"})
+    with pytest.raises(MissingColumnError, match="u_psf"):
+        photometry_from_frame(_renamed(frame, "{b}_mag", "{b}Err"), "sdss", explicit)
+    # Johnson U is not SDSS u: band letters match in lower case only
+    johnson = frame.rename(columns={"umag": "Umag"})
+    assert "umag" not in resolve_columns(ColumnMap(), list(johnson.columns), "sdss").aliases
+    # a bare letter counts only when every band has one ("z" alone may be a redshift)
+    redshift = frame.rename(columns={"zmag": "z"})
+    with pytest.raises(MissingColumnError, match="zmag"):
+        photometry_from_frame(redshift, "sdss")
+    # two candidates: neither is taken, and the error lists both
+    twice = _renamed(frame, "{b}_mag", "{b}Err").assign(mag_u=frame["umag"])
+    resolution = resolve_columns(ColumnMap(), list(twice.columns), "sdss")
+    assert resolution.ambiguous == {"umag": ["u_mag", "mag_u"]}
+    with pytest.raises(MissingColumnError, match="umag: u_mag, mag_u"):
+        photometry_from_frame(twice, "sdss")

@@ -209,6 +209,28 @@ def test_bayes_command_missing_column_is_clear(tmp_path):
     assert "zErr" in result.output
 
 
+def test_bayes_command_finds_columns_under_other_names(tmp_path):
+    """SDSS CasJobs names give the default names' result, and the command says what it took."""
+    src = _catalog(tmp_path)
+    frame = pd.read_csv(src)
+    names = {f"{b}mag": f"psfMag_{b}" for b in "ugriz"}
+    names.update({f"{b}Err": f"psfMagErr_{b}" for b in "ugriz"}, ra="RA")
+    renamed = tmp_path / "casjobs.csv"
+    frame.rename(columns=names).to_csv(renamed, index=False)
+    coarse = ["--bands", "sdss", "--feh-step", "0.25", "--mr-step", "0.5", "--flat-prior"]
+    outputs = []
+    for path in (src, renamed):
+        out = tmp_path / f"{path.stem}.parquet"
+        result = CliRunner().invoke(cli, ["bayes", str(path), str(out), *coarse])
+        assert result.exit_code == 0, result.output
+        outputs.append(pd.read_parquet(out))
+    assert "columns found under other names: umag=psfMag_u" in result.output
+    assert "ra=RA" in result.output
+    assert list(outputs[1]["RA"]) == list(outputs[0]["ra"])  # --keep ra follows the name
+    estimates = [c for c in outputs[0].columns if c != "ra"]
+    pd.testing.assert_frame_equal(outputs[1][estimates], outputs[0][estimates])
+
+
 def test_bayes_command_with_trilegal_prior(tmp_path, s82_stars_path, s82_priors_path):
     out = tmp_path / "s82.parquet"
     result = CliRunner().invoke(

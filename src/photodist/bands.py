@@ -6,6 +6,8 @@ y from the Cardelli, Clayton & Mathis (1989) law.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,8 @@ FLUX_ZERO_POINTS: dict[str, float] = {"nJy": 31.4, "uJy": 23.9, "mJy": 16.4, "Jy
 #: Table 6), converting an ``ebv`` column to the map extinction A_r. Schlafly & Finkbeiner
 #: (2011) find SFD's reddening ~14 % too high: the prior's bound 1.3 A_r + 0.1 covers that.
 SFD_EBV_TO_AR = 2.751
+#: Default name of the map-extinction column; only a default name is looked up under others.
+DEFAULT_DUST_COLUMN = "Ar"
 _MAG_PER_LN_FLUX = 2.5 / np.log(10.0)  # sigma_m = 1.0857 sigma_f / f
 
 
@@ -156,7 +160,7 @@ class ColumnMap:
     ra: str = "ra"
     dec: str = "dec"
     object_id: str | None = None
-    dust: str | None = "Ar"
+    dust: str | None = DEFAULT_DUST_COLUMN
     flux_unit: str | None = None
     fluxes: Mapping[str, str] = field(default_factory=dict)
     flux_errors: Mapping[str, str] = field(default_factory=dict)
@@ -178,10 +182,16 @@ class ColumnMap:
     def flux_error_column(self, band: str) -> str:
         return self.flux_errors.get(band, f"{band}_psfFluxErr")
 
+    def resolved(self, available: Sequence[str], band_set: BandSet | str | None) -> ColumnMap:
+        """This map with the absent defaults replaced by the catalogue's columns of other
+        names (:func:`resolve_columns`)."""
+        return resolve_columns(self, available, band_set).columns
+
     def dust_columns(self, available: Sequence[str]) -> list[str]:
         """The column :meth:`dust_values` reads from a catalogue with ``available`` columns."""
         present = set(available)
-        for column in (self.dust, self.ebv):
+        columns = self.resolved(available, None)
+        for column in (columns.dust, columns.ebv):
             if column is not None and column in present:
                 return [column]
         return []
@@ -194,7 +204,7 @@ class ColumnMap:
         if not found:
             return None
         values = _numeric_column(frame, found[0])
-        if found[0] != self.dust:
+        if found[0] == self.resolved(frame.columns, None).ebv:
             values = values * self.ebv_to_ar
         return np.where(np.isfinite(values) & (values >= 0) & (values < 50), values, np.nan)
 
@@ -229,32 +239,35 @@ class ColumnMap:
             column) is missing.
         """
         present = set(available)
-        if self.flux_unit is not None:
-            needed = [c for b in band_set.bands for c in self.flux_columns(b)]
+        resolution = resolve_columns(self, list(available), band_set)
+        columns = resolution.columns
+        if columns.flux_unit is not None:
+            needed = [c for b in band_set.bands for c in columns.flux_columns(b)]
         else:
-            needed = [self.mag_column("r")] + [self.error_column(b) for b in band_set.bands]
+            needed = [columns.mag_column("r")] + [columns.error_column(b) for b in band_set.bands]
         for column in needed:
             if column not in present:
                 raise MissingColumnError(
                     f"required column {column!r} not in catalogue "
-                    f"(columns: {list(available)[:20]}...)"
+                    f"(columns: {list(available)[:20]}...)" + _ambiguity_hint(resolution.ambiguous)
                 )
         sources: list[str | None] = []
-        if self.flux_unit is not None:  # with the measurement flags the catalogue has
-            flags = [self.flux_flag_column(b) for b in band_set.bands]
+        if columns.flux_unit is not None:  # with the measurement flags the catalogue has
+            flags = [columns.flux_flag_column(b) for b in band_set.bands]
             return needed + [f for f in flags if f in present], [None] * len(band_set.color_pairs)
         for blue, red in band_set.color_pairs:
-            mag_columns = [self.mag_column(blue), self.mag_column(red)]
+            mag_columns = [columns.mag_column(blue), columns.mag_column(red)]
             if all(c in present for c in mag_columns):
                 needed += mag_columns
                 sources.append(None)
                 continue
-            color = self.color_column(blue, red)
+            color = columns.color_column(blue, red)
             if color not in present:
                 absent = next(c for c in mag_columns if c not in present)
                 raise MissingColumnError(
                     f"required column {absent!r} (or the colour column {color!r}) not in "
                     f"catalogue (columns: {list(available)[:20]}...)"
+                    + _ambiguity_hint(resolution.ambiguous)
                 )
             needed.append(color)
             sources.append(color)
@@ -315,6 +328,161 @@ class ColumnMap:
         mapping.update(ra=self.ra, dec=self.dec, object_id=self.object_id, dust=self.dust)
         mapping.update(flux_unit=self.flux_unit, ebv=self.ebv, ebv_to_ar=self.ebv_to_ar)
         return mapping
+
+
+#: Other names, compared case-insensitively, under which catalogues give a band's magnitude,
+#: its error, the map extinction, E(B-V) and the position (``{b}``: the band letter): SDSS
+#: CasJobs (``psfMag_u``, ``psfMagErr_u``, ``extinction_r``), VizieR (``umag``, ``e_umag``,
+#: ``RAJ2000``), Rubin (``u_psfMag``, ``coord_ra``, ``ebv``) and common simulation outputs
+#: (``u_mag``, ``u_err``, ``magerr_u``). A bare band letter counts as a magnitude only when
+#: every band of the set has such a column (``z`` alone may be a redshift).
+MAG_ALIASES = ("{b}mag", "{b}_mag", "mag_{b}", "psfmag_{b}", "{b}_psfmag", "{b}psfmag")
+ERROR_ALIASES = (
+    "{b}err",
+    "{b}_err",
+    "err_{b}",
+    "{b}error",
+    "{b}_error",
+    "{b}magerr",
+    "{b}_magerr",
+    "magerr_{b}",
+    "{b}mag_err",
+    "{b}_mag_err",
+    "e_{b}mag",
+    "e_{b}",
+    "psfmagerr_{b}",
+    "{b}_psfmagerr",
+    "{b}psfmagerr",
+    "sigma_{b}",
+    "{b}_sigma",
+)
+COLOR_ALIASES = ("{a}{b}", "{a}-{b}", "{a}_{b}")
+DUST_ALIASES = ("ar", "a_r", "extinction_r", "ar_sfd", "a_r_sfd", "sfd_ar")
+EBV_ALIASES = ("ebv", "e_bv", "e(b-v)", "ebv_sfd", "sfd_ebv")
+RA_ALIASES = ("ra", "raj2000", "ra_icrs", "radeg", "ra_deg", "coord_ra")
+DEC_ALIASES = ("dec", "decl", "dej2000", "dec_icrs", "dedeg", "dec_deg", "coord_dec")
+
+
+@dataclass(frozen=True)
+class ColumnResolution:
+    """What :func:`resolve_columns` found.
+
+    Attributes
+    ----------
+    columns
+        The column map with every absent default replaced by the catalogue's column.
+    aliases
+        Column-map key (``"umag"``, ``"uerr"``, ``"ug"``, ``"dust"``, ``"ebv"``, ``"ra"``,
+        ``"dec"``) -> the catalogue column found for it under another name.
+    ambiguous
+        Key -> the catalogue columns that could each be it (none was taken).
+    """
+
+    columns: ColumnMap
+    aliases: dict[str, str]
+    ambiguous: dict[str, list[str]]
+
+
+def _ambiguity_hint(ambiguous: Mapping[str, list[str]]) -> str:
+    """The part of a missing-column message listing the names that had several candidates."""
+    if not ambiguous:
+        return ""
+    listed = "; ".join(f"{key}: {', '.join(found)}" for key, found in ambiguous.items())
+    return f"; several columns could be the same quantity ({listed}): name one with KEY=COLUMN"
+
+
+def _find_alias(patterns: Sequence[str], present: Sequence[str], **names: str) -> list[str]:
+    """Catalogue columns matching any of ``patterns``, in pattern order.
+
+    The pattern's words match in any case, the band letters (``names``) only in lower case:
+    ``psfMag_u`` and ``PSFMAG_u`` are the u band, ``Umag`` (Johnson U) is not.
+    """
+    found: list[str] = []
+    for pattern in patterns:
+        parts = re.split(r"(\{\w+\})", pattern)
+        regex = "".join(
+            re.escape(names[part[1:-1]]) if part.startswith("{") else f"(?i:{re.escape(part)})"
+            for part in parts
+            if part
+        )
+        for column in present:
+            if re.fullmatch(regex, column) and column not in found:
+                found.append(column)
+    return found
+
+
+def resolve_columns(
+    columns: ColumnMap, available: Sequence[str], band_set: BandSet | str | None
+) -> ColumnResolution:
+    """Find the columns a catalogue gives under other names than ``columns``' defaults.
+
+    Only names left at their defaults and absent from ``available`` are looked up, among
+    :data:`MAG_ALIASES`, :data:`ERROR_ALIASES`, :data:`COLOR_ALIASES`, :data:`DUST_ALIASES`
+    (then :data:`EBV_ALIASES`), :data:`RA_ALIASES` and :data:`DEC_ALIASES`; a name given
+    explicitly is never replaced. A name is taken when exactly one column matches; with
+    several the name stays absent and the candidates are listed in ``ambiguous``. With a
+    ``flux_unit`` the bands are read from flux columns and no magnitude names are looked up;
+    without a ``band_set`` only the dust and position columns are.
+    """
+    bands = () if band_set is None else get_band_set(band_set).bands
+    pairs = tuple(zip(bands[:-1], bands[1:], strict=True))
+    present = [str(c) for c in available]
+    present_set = set(present)
+    aliases: dict[str, str] = {}
+    ambiguous: dict[str, list[str]] = {}
+
+    def lookup(key: str, default: str, patterns: Sequence[str], **names: str) -> str | None:
+        if default in present_set:
+            return None
+        found = _find_alias(patterns, present, **names)
+        if len(found) == 1:
+            aliases[key] = found[0]
+            return found[0]
+        if found:
+            ambiguous[key] = found
+        return None
+
+    mags = dict(columns.mags)
+    errors = dict(columns.errors)
+    colors = dict(columns.colors)
+    if columns.flux_unit is None:
+        bare = bool(bands) and all(b in present_set for b in bands)
+        mag_patterns = MAG_ALIASES + (("{b}",) if bare else ())
+        for b in bands:
+            if b not in columns.mags:
+                found = lookup(f"{b}mag", columns.mag_column(b), mag_patterns, b=b)
+                if found is not None:
+                    mags[b] = found
+        for blue, red in pairs:
+            key = blue + red
+            if key not in columns.colors:
+                found = lookup(key, columns.color_column(blue, red), COLOR_ALIASES, a=blue, b=red)
+                if found is not None:
+                    colors[key] = found
+    for b in bands:
+        if b not in columns.errors and columns.flux_unit is None:
+            found = lookup(f"{b}err", columns.error_column(b), ERROR_ALIASES, b=b)
+            if found is not None:
+                errors[b] = found
+    dust, ebv = columns.dust, columns.ebv
+    if dust == DEFAULT_DUST_COLUMN and ebv is None:
+        found = lookup("dust", dust, DUST_ALIASES)
+        if found is not None:
+            dust = found
+        elif dust not in present_set and "dust" not in ambiguous:
+            found_ebv = _find_alias(EBV_ALIASES, present)
+            if len(found_ebv) == 1:
+                ebv = aliases["ebv"] = found_ebv[0]
+            elif found_ebv:
+                ambiguous["ebv"] = found_ebv
+    ra, dec = columns.ra, columns.dec
+    if ra == "ra" and dec == "dec":
+        ra = lookup("ra", ra, RA_ALIASES) or ra
+        dec = lookup("dec", dec, DEC_ALIASES) or dec
+    resolved = dataclasses.replace(
+        columns, mags=mags, errors=errors, colors=colors, dust=dust, ebv=ebv, ra=ra, dec=dec
+    )
+    return ColumnResolution(resolved, aliases, ambiguous)
 
 
 def key_values(items: Sequence[str]) -> list[tuple[str, str]]:
@@ -460,12 +628,14 @@ def photometry_from_frame(
     A colour comes from its two magnitudes when the catalogue has both, else from its colour
     column (see :class:`ColumnMap`), with the two band errors in quadrature.
 
-    Missing columns raise :class:`MissingColumnError` naming the column. Non-numeric entries,
+    Columns absent under their default names are looked up under common other names
+    (:func:`resolve_columns`). Missing columns raise :class:`MissingColumnError` naming the
+    column. Non-numeric entries,
     NaN/inf, sentinels (|mag| > 40), non-positive errors and errors making a colour error
     exceed 1 mag become NaN colours (the estimators drop such colours and flag the star).
     """
     band_set = get_band_set(band_set)
-    columns = columns or ColumnMap()
+    columns = (columns or ColumnMap()).resolved([str(c) for c in frame.columns], band_set)
     _, color_sources = columns.photometry_sources(band_set, [str(c) for c in frame.columns])
     n_bands = len(band_set.bands)
 

@@ -16,11 +16,13 @@ import pandas as pd
 
 from photodist import __version__
 from photodist.bands import (
+    DEFAULT_DUST_COLUMN,
     ColumnMap,
     column_map_from_options,
     get_band_set,
     key_values,
     photometry_from_frame,
+    resolve_columns,
 )
 from photodist.locus import DEFAULT_FEH_STEP, DEFAULT_MR_STEP, Locus, build_locus, load_locus
 from photodist.plots import color_color_figure
@@ -106,6 +108,13 @@ def _keep_option(command: Any) -> Any:
         show_default=True,
         help="Input columns copied to the output when present.",
     )(command)
+
+
+def _kept_columns(keep: tuple[str, ...], columns: ColumnMap) -> tuple[str, ...]:
+    """``--keep`` columns with ``ra``/``dec`` read as the catalogue's position columns
+    (e.g. ``RAJ2000`` found by :func:`photodist.bands.resolve_columns`)."""
+    renamed = {"ra": columns.ra, "dec": columns.dec}
+    return tuple(dict.fromkeys(renamed.get(c, c) for c in keep))
 
 
 def _checked_device(device: str, option: str = "--nn-device") -> str:
@@ -199,11 +208,43 @@ def _column_map(
     dust: str | None,
     flux_unit: str | None = None,
     ebv_column: str | None = None,
+    *,
+    catalog: Path | None = None,
+    bands: str | None = None,
 ) -> ColumnMap:
+    """The column map of the options; with a ``catalog``, resolved against its columns
+    (names absent under their defaults looked up under common other names), saying which
+    columns were found under other names and which names had several candidates."""
     try:
-        return column_map_from_options(column, dust, flux_unit, ebv_column)
+        columns = column_map_from_options(column, dust, flux_unit, ebv_column)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--column") from exc
+    if catalog is None:
+        return columns
+    from photodist import io
+
+    try:
+        available = [str(c) for c in next(io.iter_catalog_batches(catalog, batch_size=1)).columns]
+    except io.CatalogError as exc:
+        raise click.ClickException(str(exc)) from exc
+    resolution = resolve_columns(columns, available, bands)
+    if resolution.aliases:
+        found = ", ".join(f"{key}={name}" for key, name in resolution.aliases.items())
+        click.echo(f"columns found under other names: {found}", err=True)
+    for key, names in resolution.ambiguous.items():
+        click.echo(
+            f"warning: several columns could be {key} ({', '.join(names)}); none was taken, "
+            f"name one with --column {key}=COLUMN",
+            err=True,
+        )
+    if columns.dust and not resolution.columns.dust_columns(available):
+        others = " or common names of A_r and E(B-V)" if columns.dust == DEFAULT_DUST_COLUMN else ""
+        click.echo(
+            f"no dust-map column ({columns.dust!r}{others}): the A_r prior of every star spans "
+            "0 to the configured maximum (3 mag by default)",
+            err=True,
+        )
+    return resolution.columns
 
 
 _BAYES_ALL_BELOW_OPTION = click.option(
@@ -591,7 +632,7 @@ def _catalog_options(function):
         ),
         click.option(
             "--dust-column",
-            default="Ar",
+            default=DEFAULT_DUST_COLUMN,
             show_default=True,
             help="Column with the map A_r per star (bounds the A_r prior).",
         ),
@@ -749,7 +790,10 @@ def bayes_command(
     from photodist.report import error_model_note
 
     band_set = get_band_set(bands)
-    columns = _column_map(column, dust_column, flux_unit, ebv_column)
+    columns = _column_map(
+        column, dust_column, flux_unit, ebv_column, catalog=input_path, bands=bands
+    )
+    keep = _kept_columns(keep, columns)
     resolved_device = resolve_device(_checked_device(device, "--device"))
     summary_path = output_path.with_name(output_path.name + ".run.json")
     try:
@@ -968,7 +1012,9 @@ def train_command(
 
     if model_path.exists() and not overwrite:
         raise click.ClickException(f"{model_path} already exists; use --overwrite to replace it")
-    columns = _column_map(column, dust_column, flux_unit, ebv_column)
+    columns = _column_map(
+        column, dust_column, flux_unit, ebv_column, catalog=input_path, bands=bands
+    )
     try:
         frame = io.read_catalog(input_path)
         labels = io.read_catalog(labels_path)
@@ -1037,7 +1083,7 @@ def train_command(
 )
 @click.option(
     "--dust-column",
-    default="Ar",
+    default=DEFAULT_DUST_COLUMN,
     show_default=True,
     help="Column with the map A_r per star (read for a model trained with --nn-dust-input).",
 )
@@ -1077,7 +1123,10 @@ def predict_command(
     except (ModelFileError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     band_set = model.band_set_
-    columns = _column_map(column, dust_column, flux_unit, ebv_column)
+    columns = _column_map(
+        column, dust_column, flux_unit, ebv_column, catalog=input_path, bands=band_set
+    )
+    keep = _kept_columns(keep, columns)
     try:
         io.check_output_path(output_path, overwrite=overwrite)
         total = io.count_rows(input_path)
@@ -1184,7 +1233,10 @@ def run_command(
 
     summary_path = output_path.with_name(output_path.name + ".run.json")
     prior_out = output_path.with_name(output_path.name + ".prior.npz")
-    columns = _column_map(column, dust_column, flux_unit, ebv_column)
+    columns = _column_map(
+        column, dust_column, flux_unit, ebv_column, catalog=input_path, bands=bands
+    )
+    keep = _kept_columns(keep, columns)
     try:
         io.check_output_path(output_path, overwrite=overwrite)
         if summary_path.exists() and not overwrite:
@@ -1439,7 +1491,9 @@ def survey_command(
     config = SurveyConfig(
         order=order,
         pipeline=pipeline,
-        columns=_column_map(column, dust_column, flux_unit, ebv_column),
+        columns=_column_map(
+            column, dust_column, flux_unit, ebv_column, catalog=input_path, bands=bands
+        ),
         prior="trilegal" if trilegal_path is not None else "galaxy",
         trilegal_path=None if trilegal_path is None else str(trilegal_path),
         prior_seed=seed,
@@ -1551,7 +1605,9 @@ def tune_command(
         data = labelled_set_from_file(
             labelled_path,
             get_band_set(bands).name,
-            _column_map(column, dust_column, flux_unit, ebv_column),
+            _column_map(
+                column, dust_column, flux_unit, ebv_column, catalog=labelled_path, bands=bands
+            ),
         )
     else:
         data = labelled_set_from_patch(tuple(simulate_cone), stars, seed=seed)
@@ -1690,7 +1746,9 @@ def report_command(
     if title:
         options["title"] = title
     if column or dust_column or ebv_column or flux_unit:
-        options["columns"] = _column_map(column, dust_column or "Ar", flux_unit, ebv_column)
+        options["columns"] = _column_map(
+            column, dust_column or DEFAULT_DUST_COLUMN, flux_unit, ebv_column
+        )
     try:
         page = report_from_run(
             run_output,
