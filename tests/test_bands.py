@@ -230,6 +230,15 @@ def test_flux_catalogue_gives_the_magnitude_catalogue_photometry(unit):
         photometry_from_frame(renamed, "sdss", ColumnMap(flux_unit=unit))
     with pytest.raises(ValueError, match="flux unit"):
         ColumnMap(flux_unit="counts")
+    # without a unit, a catalogue of Rubin's flux columns and no magnitudes is read in nJy
+    if unit == "nJy":
+        auto = photometry_from_frame(fluxes, "sdss")
+        np.testing.assert_allclose(auto.colors[keep], expected.colors[keep], rtol=1e-9)
+        resolution = resolve_columns(ColumnMap(), list(fluxes.columns), "sdss")
+        assert resolution.aliases["flux_unit"] == "nJy"
+        with_mags = fluxes.assign(rmag=frame["rmag"])  # magnitudes present: no guess
+        with pytest.raises(MissingColumnError, match="uErr"):
+            photometry_from_frame(with_mags, "sdss")
 
 
 def test_dust_map_from_an_ebv_column():

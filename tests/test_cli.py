@@ -216,7 +216,7 @@ def test_bayes_command_finds_columns_under_other_names(tmp_path):
     names = {f"{b}mag": f"psfMag_{b}" for b in "ugriz"}
     names.update({f"{b}Err": f"psfMagErr_{b}" for b in "ugriz"}, ra="RA")
     renamed = tmp_path / "casjobs.csv"
-    frame.rename(columns=names).to_csv(renamed, index=False)
+    frame.rename(columns=names).assign(objID=[7, 8, 9]).to_csv(renamed, index=False)
     coarse = ["--bands", "sdss", "--feh-step", "0.25", "--mr-step", "0.5", "--flat-prior"]
     outputs = []
     for path in (src, renamed):
@@ -227,6 +227,7 @@ def test_bayes_command_finds_columns_under_other_names(tmp_path):
     assert "columns found under other names: umag=psfMag_u" in result.output
     assert "ra=RA" in result.output
     assert list(outputs[1]["RA"]) == list(outputs[0]["ra"])  # --keep ra follows the name
+    assert list(outputs[1]["objID"]) == [7, 8, 9]  # and the catalogue's identifiers are kept
     estimates = [c for c in outputs[0].columns if c != "ra"]
     pd.testing.assert_frame_equal(outputs[1][estimates], outputs[0][estimates])
 

@@ -158,6 +158,11 @@ def test_truth_values_reads_simulator_and_photod_conventions():
         truth_values(photod, {"Ar": "A_none"})
     with pytest.raises(KeyError, match="unknown truth parameter"):
         truth_values(photod, {"logg": "Mr"})
+    # other common names of simulated truth, in any case; the simulator's name wins
+    other = pd.DataFrame({"true_Mr": [4.5], "A_R_TRUTH": [0.05], "[Fe/H]_true": [-2.0]})
+    found = truth_values(other.assign(Ar=[0.3]), required=True)
+    assert {p: v[0] for p, v in found.items()} == {"Mr": 4.5, "Ar": 0.05, "FeH": -2.0}
+    assert truth_values(other.assign(Mr_true=[3.0]))["Mr"][0] == 3.0
 
 
 def test_table1_takes_photod_truth_and_names_missing_truth():

@@ -36,6 +36,12 @@ FLUX_ZERO_POINTS: dict[str, float] = {"nJy": 31.4, "uJy": 23.9, "mJy": 16.4, "Jy
 #: Table 6), converting an ``ebv`` column to the map extinction A_r. Schlafly & Finkbeiner
 #: (2011) find SFD's reddening ~14 % too high: the prior's bound 1.3 A_r + 0.1 covers that.
 SFD_EBV_TO_AR = 2.751
+#: Object-identifier columns (Gaia, Rubin, SDSS CasJobs, generic) carried to the outputs when
+#: a catalogue has them.
+ID_COLUMNS: tuple[str, ...] = ("source_id", "objectId", "object_id", "objID", "id")
+#: Unit of the flux columns of Rubin's catalogues, assumed when a catalogue has them and no
+#: magnitudes (:func:`resolve_columns`).
+RUBIN_FLUX_UNIT = "nJy"
 #: Default name of the map-extinction column; only a default name is looked up under others.
 DEFAULT_DUST_COLUMN = "Ar"
 _MAG_PER_LN_FLUX = 2.5 / np.log(10.0)  # sigma_m = 1.0857 sigma_f / f
@@ -422,7 +428,10 @@ def resolve_columns(
     explicitly is never replaced. A name is taken when exactly one column matches; with
     several the name stays absent and the candidates are listed in ``ambiguous``. With a
     ``flux_unit`` the bands are read from flux columns and no magnitude names are looked up;
-    without a ``band_set`` only the dust and position columns are.
+    without one, a catalogue with no r magnitude but every band's flux and flux error under
+    the flux columns' names (Rubin's ``{band}_psfFlux``) is read as fluxes in nJy, Rubin's
+    unit (key ``flux_unit`` of ``aliases``). Without a ``band_set`` only the dust and
+    position columns are looked up.
     """
     bands = () if band_set is None else get_band_set(band_set).bands
     pairs = tuple(zip(bands[:-1], bands[1:], strict=True))
@@ -445,7 +454,17 @@ def resolve_columns(
     mags = dict(columns.mags)
     errors = dict(columns.errors)
     colors = dict(columns.colors)
-    if columns.flux_unit is None:
+    flux_unit = columns.flux_unit
+    if (
+        flux_unit is None
+        and "r" in bands
+        and "r" not in columns.mags
+        and columns.mag_column("r") not in present_set
+        and not _find_alias(MAG_ALIASES, present, b="r")
+        and all(c in present_set for b in bands for c in columns.flux_columns(b))
+    ):  # a Rubin Object table: fluxes in nJy, no magnitudes
+        flux_unit = aliases["flux_unit"] = RUBIN_FLUX_UNIT
+    if flux_unit is None:
         bare = bool(bands) and all(b in present_set for b in bands)
         mag_patterns = MAG_ALIASES + (("{b}",) if bare else ())
         for b in bands:
@@ -460,7 +479,7 @@ def resolve_columns(
                 if found is not None:
                     colors[key] = found
     for b in bands:
-        if b not in columns.errors and columns.flux_unit is None:
+        if b not in columns.errors and flux_unit is None:
             found = lookup(f"{b}err", columns.error_column(b), ERROR_ALIASES, b=b)
             if found is not None:
                 errors[b] = found
@@ -480,7 +499,15 @@ def resolve_columns(
         ra = lookup("ra", ra, RA_ALIASES) or ra
         dec = lookup("dec", dec, DEC_ALIASES) or dec
     resolved = dataclasses.replace(
-        columns, mags=mags, errors=errors, colors=colors, dust=dust, ebv=ebv, ra=ra, dec=dec
+        columns,
+        mags=mags,
+        errors=errors,
+        colors=colors,
+        dust=dust,
+        ebv=ebv,
+        ra=ra,
+        dec=dec,
+        flux_unit=flux_unit,
     )
     return ColumnResolution(resolved, aliases, ambiguous)
 

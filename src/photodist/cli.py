@@ -17,6 +17,7 @@ import pandas as pd
 from photodist import __version__
 from photodist.bands import (
     DEFAULT_DUST_COLUMN,
+    ID_COLUMNS,
     ColumnMap,
     column_map_from_options,
     get_band_set,
@@ -104,9 +105,10 @@ def _keep_option(command: Any) -> Any:
     return click.option(
         "--keep",
         multiple=True,
-        default=("source_id", "ra", "dec"),
+        default=(*ID_COLUMNS, "ra", "dec"),
         show_default=True,
-        help="Input columns copied to the output when present.",
+        help="Input columns copied to the output when present (ra/dec: the position columns, "
+        "e.g. RAJ2000 or coord_ra when the catalogue has no ra).",
     )(command)
 
 

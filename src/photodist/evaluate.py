@@ -48,6 +48,22 @@ TRUTH_ALIASES: dict[str, tuple[str, str]] = {
     "Ar": ("Ar_true", "Ar"),
     "FeH": ("FeH_true", "FeH"),
 }
+#: Other names of the truth columns in simulated catalogues, compared case-insensitively,
+#: looked up after the simulator's name and before the photod convention.
+TRUTH_OTHER_NAMES: dict[str, tuple[str, ...]] = {
+    "Mr": ("Mr_true", "M_r_true", "true_Mr", "true_M_r", "Mr_truth", "M_r_truth", "Mr_sim"),
+    "Ar": ("Ar_true", "A_r_true", "true_Ar", "true_A_r", "Ar_truth", "A_r_truth", "Ar_sim"),
+    "FeH": (
+        "FeH_true",
+        "Fe_H_true",
+        "[Fe/H]_true",
+        "true_FeH",
+        "true_Fe_H",
+        "FeH_truth",
+        "Fe_H_truth",
+        "FeH_sim",
+    ),
+}
 #: Truth values at or below this are "no value" sentinels (photod writes -99).
 TRUTH_SENTINEL_MAX = -90.0
 #: Columns of the frame returned by :func:`table1`.
@@ -82,7 +98,8 @@ def truth_values(
     """True M_r, A_r and [Fe/H] of a simulated catalogue, keyed ``Mr``, ``Ar``, ``FeH``.
 
     Columns are looked up in this order: ``overrides`` (parameter -> column), the simulator's
-    ``Mr_true``/``Ar_true``/``FeH_true``, then the photod convention ``Mr``/``FeH``/``Ar``.
+    ``Mr_true``/``Ar_true``/``FeH_true``, the other names of :data:`TRUTH_OTHER_NAMES`
+    (``true_Mr``, ``A_r_truth``, ...), then the photod convention ``Mr``/``FeH``/``Ar``.
     Under the photod convention ``Ar`` counts as the true extinction only when ``Mr`` or
     ``FeH`` holds true values: in a real catalogue ``Ar`` is the dust-map value and the truth
     columns hold the -99 sentinel. Sentinels (<= -90) and non-numeric values become NaN.
@@ -99,6 +116,7 @@ def truth_values(
     if unknown:
         raise KeyError(f"unknown truth parameter(s) {sorted(unknown)}; use {list(TRUTH_ALIASES)}")
     found: dict[str, np.ndarray] = {}
+    by_lower = {str(c).lower(): c for c in reversed(frame.columns)}  # the first of equals
     for p, (simulator_name, _) in TRUTH_ALIASES.items():
         if p in overrides:
             if overrides[p] not in frame.columns:
@@ -106,6 +124,12 @@ def truth_values(
             found[p] = _truth_column(frame, overrides[p])
         elif simulator_name in frame.columns:
             found[p] = _truth_column(frame, simulator_name)
+        else:
+            other = next(
+                (by_lower[n.lower()] for n in TRUTH_OTHER_NAMES[p] if n.lower() in by_lower), None
+            )
+            if other is not None:
+                found[p] = _truth_column(frame, other)
     photod = {
         p: _truth_column(frame, TRUTH_ALIASES[p][1])
         for p in ("Mr", "FeH")

@@ -77,6 +77,7 @@ import pyarrow.parquet as pq
 from photodist import io
 from photodist.bands import (
     FLUX_ZERO_POINTS,
+    ID_COLUMNS,
     ColumnMap,
     Photometry,
     column_map_from_options,
@@ -129,7 +130,7 @@ MANIFEST_NAME = "photodist_run.json"
 #: Folder (in the output catalogue) of one JSON file per patch with its pipeline summary.
 PATCH_INFO_DIR = "photodist_patches"
 #: Id columns carried to the output when the input has them (besides ra, dec).
-DEFAULT_ID_COLUMNS: tuple[str, ...] = ("source_id", "objectId", "object_id", "id")
+DEFAULT_ID_COLUMNS: tuple[str, ...] = ID_COLUMNS
 #: Prior sources.
 PRIOR_KINDS: tuple[str, ...] = ("galaxy", "trilegal", "none")
 METHOD_CATEGORIES: tuple[str, ...] = ("bayes", "nn")
