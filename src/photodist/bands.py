@@ -7,6 +7,7 @@ y from the Cardelli, Clayton & Mathis (1989) law.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -397,6 +398,20 @@ def _ambiguity_hint(ambiguous: Mapping[str, list[str]]) -> str:
     return f"; several columns could be the same quantity ({listed}): name one with KEY=COLUMN"
 
 
+@functools.lru_cache(maxsize=4096)
+def _alias_regex(pattern: str, names: tuple[tuple[str, str], ...]) -> re.Pattern[str]:
+    """``pattern`` with its ``{name}`` fields filled, the words in any case, the fields not."""
+    values = dict(names)
+    parts = re.split(r"(\{\w+\})", pattern)
+    return re.compile(
+        "".join(
+            re.escape(values[part[1:-1]]) if part.startswith("{") else f"(?i:{re.escape(part)})"
+            for part in parts
+            if part
+        )
+    )
+
+
 def _find_alias(patterns: Sequence[str], present: Sequence[str], **names: str) -> list[str]:
     """Catalogue columns matching any of ``patterns``, in pattern order.
 
@@ -405,14 +420,9 @@ def _find_alias(patterns: Sequence[str], present: Sequence[str], **names: str) -
     """
     found: list[str] = []
     for pattern in patterns:
-        parts = re.split(r"(\{\w+\})", pattern)
-        regex = "".join(
-            re.escape(names[part[1:-1]]) if part.startswith("{") else f"(?i:{re.escape(part)})"
-            for part in parts
-            if part
-        )
+        regex = _alias_regex(pattern, tuple(sorted(names.items())))
         for column in present:
-            if re.fullmatch(regex, column) and column not in found:
+            if regex.fullmatch(column) and column not in found:
                 found.append(column)
     return found
 
