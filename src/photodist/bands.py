@@ -655,6 +655,51 @@ def _numeric_column(frame: pd.DataFrame, column: str) -> np.ndarray:
     return values.to_numpy(dtype=float, na_value=np.nan)
 
 
+def band_photometry(
+    frame: pd.DataFrame, band_set: BandSet | str, columns: ColumnMap | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every band's magnitude and error as the catalogue gives them, shape (N, n_bands).
+
+    Flux catalogues (``columns.flux_unit``) are converted to AB magnitudes, a flagged
+    measurement becoming NaN. A magnitude the catalogue does not have (a catalogue of r and
+    colours) is NaN; the third array says which bands' magnitudes it has. No other cleaning:
+    :func:`photometry_from_frame` turns sentinels and bad errors into unusable colours.
+
+    Raises
+    ------
+    MissingColumnError
+        As :meth:`ColumnMap.photometry_sources`.
+    """
+    band_set = get_band_set(band_set)
+    available = [str(c) for c in frame.columns]
+    columns = (columns or ColumnMap()).resolved(available, band_set)
+    columns.photometry_sources(band_set, available)
+    n = len(frame)
+    if columns.flux_unit is not None:
+        fluxes = np.column_stack(
+            [_numeric_column(frame, columns.flux_column(b)) for b in band_set.bands]
+        ).reshape(n, len(band_set.bands))
+        for k, b in enumerate(band_set.bands):  # a flagged measurement is no measurement
+            flag = columns.flux_flag_column(b)
+            if flag in frame.columns:
+                flagged = pd.to_numeric(frame[flag], errors="coerce").fillna(1).to_numpy() != 0
+                fluxes[flagged, k] = np.nan
+        flux_errors = np.column_stack(
+            [_numeric_column(frame, columns.flux_error_column(b)) for b in band_set.bands]
+        ).reshape(n, len(band_set.bands))
+        mags, errs = magnitudes_from_fluxes(fluxes, flux_errors, columns.flux_unit)
+        return mags, errs, np.ones(len(band_set.bands), dtype=bool)
+    has_mag = np.array([columns.mag_column(b) in frame.columns for b in band_set.bands])
+    mags = np.full((n, len(band_set.bands)), np.nan)
+    for k, b in enumerate(band_set.bands):
+        if has_mag[k]:
+            mags[:, k] = _numeric_column(frame, columns.mag_column(b))
+    errs = np.column_stack(
+        [_numeric_column(frame, columns.error_column(b)) for b in band_set.bands]
+    ).reshape(n, len(band_set.bands))
+    return mags, errs, has_mag
+
+
 def photometry_from_frame(
     frame: pd.DataFrame,
     band_set: BandSet | str = "lsst",
@@ -675,35 +720,7 @@ def photometry_from_frame(
     columns = (columns or ColumnMap()).resolved([str(c) for c in frame.columns], band_set)
     _, color_sources = columns.photometry_sources(band_set, [str(c) for c in frame.columns])
     n_bands = len(band_set.bands)
-
-    def column_or_nan(name: str) -> np.ndarray:
-        if name in frame.columns:
-            return _numeric_column(frame, name)
-        return np.full(len(frame), np.nan)
-
-    if columns.flux_unit is not None:
-        fluxes = np.column_stack(
-            [_numeric_column(frame, columns.flux_column(b)) for b in band_set.bands]
-        )
-        for k, b in enumerate(band_set.bands):  # a flagged measurement is no measurement
-            flag = columns.flux_flag_column(b)
-            if flag in frame.columns:
-                flagged = pd.to_numeric(frame[flag], errors="coerce").fillna(1).to_numpy() != 0
-                fluxes[flagged, k] = np.nan
-        mags, errs = magnitudes_from_fluxes(
-            fluxes,
-            np.column_stack(
-                [_numeric_column(frame, columns.flux_error_column(b)) for b in band_set.bands]
-            ),
-            columns.flux_unit,
-        )
-    else:
-        mags = np.column_stack([column_or_nan(columns.mag_column(b)) for b in band_set.bands])
-        errs = np.column_stack(
-            [_numeric_column(frame, columns.error_column(b)) for b in band_set.bands]
-        )
-    mags = mags.reshape(len(frame), n_bands)
-    errs = errs.reshape(len(frame), n_bands)
+    mags, errs, _ = band_photometry(frame, band_set, columns)
     bad_err = ~np.isfinite(errs) | (errs <= 0)
     bad = bad_err | ~np.isfinite(mags) | (np.abs(mags) > MAX_PLAUSIBLE_MAGNITUDE)
     mags = np.where(bad, np.nan, mags)

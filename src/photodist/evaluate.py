@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from photodist.bands import ColumnMap, get_band_set
+from photodist.bands import ColumnMap, band_photometry
 
 __all__ = [
     "SIGMA_G_FACTOR",
@@ -209,19 +209,13 @@ def snr_mask(
 
     A band passes when its magnitude is finite (when the catalogue has the magnitude; a
     catalogue of r and colours has only r) and its error is positive and below
-    :func:`max_error_for_snr` (0.2171 mag for SNR 5).
+    :func:`max_error_for_snr` (0.2171 mag for SNR 5). Columns are read as the estimators
+    read them (:func:`photodist.bands.band_photometry`: other names, fluxes).
     """
-    bands = get_band_set(band_set).bands
-    columns = columns or ColumnMap()
+    mags, errs, has_mag = band_photometry(frame, band_set, columns)
     limit = max_error_for_snr(min_snr)
-    ok = np.ones(len(frame), dtype=bool)
-    for band in bands:
-        err = pd.to_numeric(frame[columns.error_column(band)], errors="coerce").to_numpy(float)
-        ok &= np.isfinite(err) & (err > 0) & (err < limit)
-        if columns.mag_column(band) in frame.columns or band == "r":
-            mag = pd.to_numeric(frame[columns.mag_column(band)], errors="coerce")
-            ok &= np.isfinite(mag.to_numpy(float))
-    return ok
+    good_error = np.isfinite(errs) & (errs > 0) & (errs < limit)
+    return np.all(good_error & (np.isfinite(mags) | ~has_mag), axis=1)
 
 
 def _column(frame: pd.DataFrame, *names: str) -> np.ndarray:
