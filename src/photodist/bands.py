@@ -37,6 +37,8 @@ FLUX_ZERO_POINTS: dict[str, float] = {"nJy": 31.4, "uJy": 23.9, "mJy": 16.4, "Jy
 #: Table 6), converting an ``ebv`` column to the map extinction A_r. Schlafly & Finkbeiner
 #: (2011) find SFD's reddening ~14 % too high: the prior's bound 1.3 A_r + 0.1 covers that.
 SFD_EBV_TO_AR = 2.751
+#: Galactic-coordinate columns accepted when a catalogue has no RA/Dec (photod, simulators).
+GALACTIC_COLUMNS: tuple[tuple[str, str], ...] = (("glon", "glat"), ("l", "b"))
 #: Object-identifier columns (Gaia, Rubin, SDSS CasJobs, generic) carried to the outputs when
 #: a catalogue has them.
 ID_COLUMNS: tuple[str, ...] = ("source_id", "objectId", "object_id", "objID", "id")
@@ -254,9 +256,19 @@ class ColumnMap:
             needed = [columns.mag_column("r")] + [columns.error_column(b) for b in band_set.bands]
         for column in needed:
             if column not in present:
+                no_y = "y" in band_set.bands and column in (
+                    *columns.flux_columns("y"),
+                    columns.error_column("y"),
+                )
                 raise MissingColumnError(
                     f"required column {column!r} not in catalogue "
-                    f"(columns: {list(available)[:20]}...)" + _ambiguity_hint(resolution.ambiguous)
+                    f"(columns: {list(available)[:20]}...)"
+                    + _ambiguity_hint(resolution.ambiguous)
+                    + (
+                        "; a catalogue without the y band is read with the ugriz (sdss) band set"
+                        if no_y
+                        else ""
+                    )
                 )
         sources: list[str | None] = []
         if columns.flux_unit is not None:  # with the measurement flags the catalogue has
@@ -520,6 +532,34 @@ def resolve_columns(
         flux_unit=flux_unit,
     )
     return ColumnResolution(resolved, aliases, ambiguous)
+
+
+def sky_positions(frame: pd.DataFrame, columns: ColumnMap | None = None) -> tuple:
+    """ICRS RA and Dec (deg) of the stars: the RA/Dec columns (under :data:`RA_ALIASES` and
+    :data:`DEC_ALIASES` too), else galactic longitude and latitude (:data:`GALACTIC_COLUMNS`)
+    converted. Non-numeric values become NaN.
+
+    Raises
+    ------
+    MissingColumnError
+        The catalogue has neither.
+    """
+    available = [str(c) for c in frame.columns]
+    columns = (columns or ColumnMap()).resolved(available, None)
+    if columns.ra in available and columns.dec in available:
+        return _numeric_column(frame, columns.ra), _numeric_column(frame, columns.dec)
+    for lon, lat in GALACTIC_COLUMNS:
+        if lon in available and lat in available:
+            from astropy import units as u
+            from astropy.coordinates import SkyCoord
+
+            sky = SkyCoord(
+                l=_numeric_column(frame, lon) * u.deg,
+                b=_numeric_column(frame, lat) * u.deg,
+                frame="galactic",
+            ).icrs
+            return sky.ra.deg, sky.dec.deg
+    raise MissingColumnError(f"no {columns.ra}/{columns.dec} (or glon/glat, l/b) columns")
 
 
 def key_values(items: Sequence[str]) -> list[tuple[str, str]]:

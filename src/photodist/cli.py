@@ -17,13 +17,16 @@ import pandas as pd
 from photodist import __version__
 from photodist.bands import (
     DEFAULT_DUST_COLUMN,
+    GALACTIC_COLUMNS,
     ID_COLUMNS,
     ColumnMap,
+    MissingColumnError,
     column_map_from_options,
     get_band_set,
     key_values,
     photometry_from_frame,
     resolve_columns,
+    sky_positions,
 )
 from photodist.locus import DEFAULT_FEH_STEP, DEFAULT_MR_STEP, Locus, build_locus, load_locus
 from photodist.plots import color_color_figure
@@ -508,29 +511,16 @@ def _resolve_prior(
         ) from exc
 
 
-#: Galactic-coordinate columns accepted when a catalogue has no RA/Dec (photod, simulators).
-GALACTIC_COLUMNS = (("glon", "glat"), ("l", "b"))
-
-
 def _equatorial_positions(frame: pd.DataFrame, columns: ColumnMap) -> tuple:
-    """RA and Dec (deg) of the stars: the RA/Dec columns, else converted galactic l, b."""
-    if columns.ra in frame.columns and columns.dec in frame.columns:
-        return frame[columns.ra].to_numpy(float), frame[columns.dec].to_numpy(float)
-    for lon, lat in GALACTIC_COLUMNS:
-        if lon in frame.columns and lat in frame.columns:
-            from astropy import units as u
-            from astropy.coordinates import SkyCoord
-
-            sky = SkyCoord(
-                l=frame[lon].to_numpy(float) * u.deg,
-                b=frame[lat].to_numpy(float) * u.deg,
-                frame="galactic",
-            ).icrs
-            return sky.ra.deg, sky.dec.deg
-    raise click.UsageError(
-        f"no {columns.ra}/{columns.dec} (or glon/glat, l/b) columns to place a Galaxy-model "
-        "prior on the sky; give --prior, --trilegal-prior or --flat-prior"
-    )
+    """RA and Dec (deg) of the stars (:func:`photodist.bands.sky_positions`), or a usage
+    error asking for a prior that needs no position."""
+    try:
+        return sky_positions(frame, columns)
+    except MissingColumnError as exc:
+        raise click.UsageError(
+            f"{exc} to place a Galaxy-model prior on the sky; give --prior, --trilegal-prior "
+            "or --flat-prior"
+        ) from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -684,6 +674,72 @@ def _positions_reader(path: Path, columns: ColumnMap):
             raise click.ClickException(str(exc)) from exc
 
     return read
+
+
+@cli.command("check")
+@click.argument("input_path", type=click.Path(exists=True, path_type=Path))
+@_catalog_options
+@click.option(
+    "--order", type=int, default=4, show_default=True, help="HEALPix order of the patches."
+)
+@click.option(
+    "--n-train",
+    type=int,
+    default=10_000,
+    show_default=True,
+    help="Patches with more stars than this get networks (as in `run` and `survey`).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the findings as JSON.",
+)
+@click.option("--batch-size", type=int, default=1_000_000, show_default=True)
+def check_command(
+    input_path: Path,
+    bands: str,
+    column: tuple[str, ...],
+    dust_column: str,
+    ebv_column: str | None,
+    flux_unit: str | None,
+    order: int,
+    n_train: int,
+    json_path: Path | None,
+    batch_size: int,
+) -> None:
+    """Check a catalogue before a run, without any fit (streamed, any size).
+
+    Says which columns the estimators will read (and which were found under other names),
+    per band the usable measurements, median error and SNR > 5 counts, the rows that will be
+    flagged whatever the fit (NO_R, TOO_FEW_COLORS, COLOR_UNUSABLE, R_OUTSIDE_PRIOR), the r
+    and dust-map distributions, and the stars per HEALPix patch. Exits with status 1 when a
+    required column is missing.
+    """
+    import json
+
+    from tqdm import tqdm
+
+    from photodist import io
+    from photodist.catalog_check import check_catalog
+
+    if batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    columns = _column_map(column, dust_column, flux_unit, ebv_column)
+    try:
+        with tqdm(total=io.count_rows(input_path), unit="star", desc="check") as bar:
+            result = check_catalog(
+                input_path, bands, columns, order=order, batch_size=batch_size, progress=bar.update
+            )
+    except io.CatalogError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("\n".join(result.lines(n_train)))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_dict(), indent=2))
+        click.echo(f"findings -> {json_path}")
+    if not result.readable:
+        raise SystemExit(1)
 
 
 @cli.command("bayes")
