@@ -232,6 +232,31 @@ def test_bayes_command_finds_columns_under_other_names(tmp_path):
     pd.testing.assert_frame_equal(outputs[1][estimates], outputs[0][estimates])
 
 
+def test_a_wide_footprint_is_warned_about(tmp_path, monkeypatch):
+    """One Galaxy-model prior for stars spread over tens of degrees: the run says so."""
+    from photodist import priors
+
+    def uniform_prior(ra, dec, locus=None, **kwargs):  # the cone, without building the model
+        n_feh, n_mr = len(locus.feh), len(locus.mr)
+        density = np.full((1, n_feh, n_mr), 1.0 / (n_feh * n_mr))
+        prior = priors.PriorMap(density, locus.feh, locus.mr, [20.0], [1], r_half_width=np.inf)
+        prior.metadata["footprint_cone"] = list(priors.footprint_cone(ra, dec))
+        return prior
+
+    monkeypatch.setattr(priors, "galaxy_prior_for_stars", uniform_prior)
+    src = _catalog(tmp_path)
+    frame = pd.read_csv(src).assign(dec=[0.0, 5.0, 10.0])
+    coarse = ["--bands", "sdss", "--feh-step", "0.25", "--mr-step", "0.5"]
+    for spread, warned in ((1.0, False), (10.0, True)):
+        frame.assign(ra=frame["ra"] * spread, dec=frame["dec"] * spread / 10).to_csv(
+            src, index=False
+        )
+        out = tmp_path / f"wide{spread}.parquet"
+        result = CliRunner().invoke(cli, ["bayes", str(src), str(out), *coarse])
+        assert result.exit_code == 0, result.output
+        assert ("photodist survey" in result.output) is warned, result.output
+
+
 def test_bayes_command_with_trilegal_prior(tmp_path, s82_stars_path, s82_priors_path):
     out = tmp_path / "s82.parquet"
     result = CliRunner().invoke(

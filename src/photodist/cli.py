@@ -498,7 +498,7 @@ def _resolve_prior(
     if dust is not None and np.isfinite(dust).any():
         ar_inf = float(np.nanmedian(dust))
     try:
-        return priors.galaxy_prior_for_stars(
+        prior = priors.galaxy_prior_for_stars(
             ra,
             dec,
             locus=locus,
@@ -509,6 +509,15 @@ def _resolve_prior(
         raise click.ClickException(
             f"{exc}; give --prior, --trilegal-prior or --flat-prior"
         ) from exc
+    radius = prior.metadata["footprint_cone"][2]
+    if radius > priors.WIDE_FOOTPRINT_RADIUS:
+        click.echo(
+            f"warning: the catalogue spans a cone of radius {radius:.1f} deg; one Galaxy-model "
+            "prior averaged over it blurs lines of sight (the paper's patches are HEALPix "
+            "order 4, ~13 deg^2): `photodist survey` gives each patch its own prior and dust",
+            err=True,
+        )
+    return prior
 
 
 def _equatorial_positions(frame: pd.DataFrame, columns: ColumnMap) -> tuple:

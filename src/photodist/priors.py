@@ -566,6 +566,12 @@ __all__ = [
 ]
 
 
+#: Footprint radius (deg) beyond which one prior for a whole catalogue blurs lines of sight
+#: that differ in the Galaxy model: the paper's patches are HEALPix order 4 (~13 deg^2, a
+#: cone of radius ~2 deg); a radius of 4 deg already spans ~4 of them.
+WIDE_FOOTPRINT_RADIUS = 4.0
+
+
 def footprint_cone(
     ra: np.ndarray, dec: np.ndarray, min_radius: float = 0.5
 ) -> tuple[float, float, float]:
