@@ -689,11 +689,15 @@ def _positions_reader(path: Path, columns: ColumnMap):
 @click.argument("input_path", type=click.Path(exists=True, path_type=Path))
 @_catalog_options
 @click.option(
-    "--order", type=int, default=4, show_default=True, help="HEALPix order of the patches."
+    "--order",
+    type=click.IntRange(0, 29),
+    default=4,
+    show_default=True,
+    help="HEALPix order of the patches.",
 )
 @click.option(
     "--n-train",
-    type=int,
+    type=click.IntRange(min=1),
     default=10_000,
     show_default=True,
     help="Patches with more stars than this get networks (as in `run` and `survey`).",
@@ -705,7 +709,7 @@ def _positions_reader(path: Path, columns: ColumnMap):
     default=None,
     help="Also write the findings as JSON.",
 )
-@click.option("--batch-size", type=int, default=1_000_000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1_000_000, show_default=True)
 def check_command(
     input_path: Path,
     bands: str,
@@ -733,8 +737,6 @@ def check_command(
     from photodist import io
     from photodist.catalog_check import check_catalog
 
-    if batch_size < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
     columns = _column_map(column, dust_column, flux_unit, ebv_column)
     try:
         with tqdm(total=io.count_rows(input_path), unit="star", desc="check") as bar:
