@@ -349,8 +349,9 @@ class ColumnMap:
         return mapping
 
 
-#: Other names, compared case-insensitively, under which catalogues give a band's magnitude,
-#: its error, the map extinction, E(B-V) and the position (``{b}``: the band letter): SDSS
+#: Other names under which catalogues give a band's magnitude, its error, the map
+#: extinction, E(B-V) and the position (``{b}``: the band letter, matched in lower case only;
+#: the rest of a name in any case): SDSS
 #: CasJobs (``psfMag_u``, ``psfMagErr_u``, ``extinction_r``), VizieR (``umag``, ``e_umag``,
 #: ``RAJ2000``), Rubin (``u_psfMag``, ``coord_ra``, ``ebv``) and common simulation outputs
 #: (``u_mag``, ``u_err``, ``magerr_u``). A bare band letter counts as a magnitude only when
@@ -392,7 +393,8 @@ class ColumnResolution:
         The column map with every absent default replaced by the catalogue's column.
     aliases
         Column-map key (``"umag"``, ``"uerr"``, ``"ug"``, ``"dust"``, ``"ebv"``, ``"ra"``,
-        ``"dec"``) -> the catalogue column found for it under another name.
+        ``"dec"``) -> the catalogue column found for it under another name; ``"flux_unit"``
+        -> ``"nJy"`` when Rubin's flux columns are read for want of magnitudes.
     ambiguous
         Key -> the catalogue columns that could each be it (none was taken).
     """
