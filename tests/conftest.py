@@ -41,13 +41,28 @@ def s82_priors_path() -> Path:
     return S82_PRIORS
 
 
-def _band_noise_stars(locus, band_set, n, seed, err_range=(0.002, 0.08)):
+def _band_noise_stars(
+    locus, band_set, n, seed, err_range=(0.002, 0.08), point_weights=None, a_max=0.3
+):
     """Locus stars whose noise is drawn per band, so adjacent colours covary (-sigma^2 of
-    the shared band), as in catalogues of magnitudes."""
+    the shared band), as in catalogues of magnitudes; A_r uniform on [0, a_max].
+
+    With ``point_weights`` (one per grid point) the grid points are drawn with those
+    probabilities and the true [Fe/H] and M_r uniformly within the point's grid cell: the
+    model the estimator's posterior describes for a prior of those weights.
+    """
     rng = np.random.default_rng(seed)
-    fi = rng.integers(0, locus.shape[0], n)
-    mi = rng.integers(0, locus.shape[1], n)
-    a_true = rng.uniform(0.0, 0.3, n)
+    if point_weights is None:
+        fi = rng.integers(0, locus.shape[0], n)
+        mi = rng.integers(0, locus.shape[1], n)
+        feh, mr = locus.feh[fi], locus.mr[mi]
+    else:
+        weights = np.ravel(point_weights)
+        fi, mi = np.divmod(rng.choice(weights.size, n, p=weights / weights.sum()), locus.shape[1])
+        cell = rng.uniform(-0.5, 0.5, (2, n))
+        feh = locus.feh[fi] + cell[0] * (locus.feh[1] - locus.feh[0])
+        mr = locus.mr[mi] + cell[1] * (locus.mr[1] - locus.mr[0])
+    a_true = rng.uniform(0.0, a_max, n)
     band_err = np.exp(rng.uniform(*np.log(err_range), (n, band_set.n_colors + 1)))
     band_noise = rng.normal(0, 1, band_err.shape) * band_err
     colors = (
@@ -61,13 +76,13 @@ def _band_noise_stars(locus, band_set, n, seed, err_range=(0.002, 0.08)):
     phot = Photometry(
         band_set, np.full(n, 20.0), band_err[:, 2], colors, err, np.full(n, 0.25), cov
     )
-    return phot, locus.mr[mi], locus.feh[fi], a_true
+    return phot, mr, feh, a_true
 
 
 @pytest.fixture(scope="session")
 def band_noise_stars():
-    """Factory ``(locus, band_set, n, seed, err_range)`` of locus stars with per-band noise:
-    ``(photometry, M_r, [Fe/H], A_r)`` truths included."""
+    """Factory ``(locus, band_set, n, seed, err_range, point_weights, a_max)`` of locus stars
+    with per-band noise: ``(photometry, M_r, [Fe/H], A_r)`` truths included."""
     return _band_noise_stars
 
 

@@ -178,6 +178,40 @@ def _frame(n=4):
     return pd.DataFrame(data)
 
 
+def test_posterior_is_calibrated_on_its_own_model(coarse_locus, band_noise_stars):
+    """Stars drawn exactly as the posterior assumes (grid points from a prior with a giant and
+    a dwarf branch, true values uniform in their cells, A_r uniform on the flat prior, per-band
+    noise) fall below their 16, 50 and 84 % points 16, 50 and 84 % of the time.
+    ``validation/bayes_self_consistency.py`` does the same with a Galaxy-model prior. (The
+    sigma_G of normalised residuals is not such a test: a correct posterior of another shape
+    than a Gaussian moves it from 1.)"""
+    mr_grid = coarse_locus.mr[None, :]
+    feh_grid = coarse_locus.feh[:, None]
+    weights = (
+        np.exp(-0.5 * ((mr_grid - 6.0) / 1.5) ** 2)
+        + 0.4 * np.exp(-0.5 * ((mr_grid - 1.0) / 0.7) ** 2)
+    ) * np.exp(-0.5 * ((feh_grid + 0.8) / 0.6) ** 2)
+    valid = np.isfinite(coarse_locus.colors_for(SDSS)).all(axis=-1)
+    weights = np.where(valid, weights, 0.0)
+    a_max = 1.3 * 0.25 + 0.1  # the flat A_r prior for the stars' map value 0.25
+    phot, mr, feh, a_true = band_noise_stars(
+        coarse_locus,
+        SDSS,
+        4000,
+        seed=11,
+        err_range=(0.01, 0.08),
+        point_weights=weights,
+        a_max=a_max,
+    )
+    prior = PriorGrid(np.log(weights)[None], np.array([20.0]))
+    res = BayesEstimator(coarse_locus, prior, BayesConfig(error_floor=0.0)).predict(phot)
+    assert ((res["flags"] & Flags.TWO_BRANCH) != 0).mean() > 0.02  # two branches are tested
+    for p, truth in (("Mr", mr), ("FeH", feh), ("Ar", a_true)):
+        for level in (16, 50, 84):  # within 5 binomial sigma of 4,000 stars
+            below = (truth < res[f"{p}_p{level}"]).mean()
+            assert abs(below - level / 100) < 0.04, (p, level, below)
+
+
 def test_bad_rows_are_flagged_not_dropped(coarse_locus):
     frame = _frame(6)
     frame.loc[0, "umag"] = np.nan  # missing u: u-g dropped
