@@ -17,8 +17,13 @@ covariance. Its posterior is then exact up to its numerical approximations, so:
   below 1 even though the intervals are right; half the 16-84 % width (``σ68``) is the
   Gaussian-equivalent width that the statistic expects.
 
+``--hybrid N`` also runs the hybrid pipeline (``photodist.pipeline.run_patch``: Bayes on
+10,000 of N such stars, the networks for the rest, the same prior, no floor) and reports its
+network rows against the truth with their total uncertainty sqrt(σ_NN² + σ_B²): the
+networks' own calibration when the Bayesian labels are right.
+
 Usage: ``python validation/bayes_self_consistency.py [--stars 20000] [--patch L,B]
-[--a-map 0.1] [--seed 1]``
+[--a-map 0.1] [--seed 1] [--hybrid 200000]``
 """
 
 from __future__ import annotations
@@ -98,23 +103,47 @@ def report(result: pd.DataFrame, truth: dict[str, np.ndarray], rows: np.ndarray,
         )
 
 
+def report_hybrid(result: pd.DataFrame, truth: dict[str, np.ndarray]) -> None:
+    """The network rows against the truth with their total uncertainty."""
+    rows = (result["method"] == "nn").to_numpy()
+    print(f"hybrid, network rows ({rows.sum()} stars):")
+    print("  param  sigma_G(mean-truth)  calib(sigma_total)  cover(mean +- sigma_total)")
+    for p in ("Mr", "FeH", "Ar"):
+        diff = result[f"{p}_mean"].to_numpy()[rows] - truth[p][rows]
+        z = diff / result[f"{p}_sigma"].to_numpy()[rows]
+        print(
+            f"  {p:<5}  {sigma_g(diff):19.3f}  {sigma_g(z):18.2f}  {(np.abs(z) < 1).mean():25.3f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stars", type=int, default=20000)
     parser.add_argument("--patch", default="60,60", metavar="L,B")
     parser.add_argument("--a-map", type=float, default=0.1, help="dust-map A_r of every star")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--hybrid", type=int, default=0, metavar="N", help="hybrid on N stars")
     args = parser.parse_args()
     lon, lat = (float(v) for v in args.patch.split(","))
     locus = build_locus().resample(0.05, 0.1)
     prior = build_patch_priors(cone=(lon, lat, 0.5), seed=args.seed, band_set="lsst", locus=locus)
     grid = PriorGrid.from_prior(prior, locus)
     rng = np.random.default_rng(args.seed)
-    frame, truth = draw_stars(locus, grid, args.a_map, 2 * args.stars, rng)
+    n_stars = max(args.stars, args.hybrid)
+    frame, truth = draw_stars(locus, grid, args.a_map, 3 * n_stars, rng)
     keep = (frame[[f"{b}Err" for b in BAND_SET.bands]].to_numpy() < 0.2171).all(axis=1)
-    keep &= np.cumsum(keep) <= args.stars
+    keep &= np.cumsum(keep) <= n_stars
     frame = frame[keep].reset_index(drop=True)
     truth = {p: v[keep] for p, v in truth.items()}
+    if args.hybrid:
+        from photodist.pipeline import PipelineConfig, run_patch
+
+        config = PipelineConfig(error_floor=0.0, seed=args.seed)
+        hybrid, timings, _ = run_patch(frame, prior, locus, config)
+        print(f"hybrid on {len(frame)} stars in {timings['total']:.1f} s")
+        report_hybrid(hybrid, truth)
+    frame = frame.iloc[: args.stars]
+    truth = {p: v[: args.stars] for p, v in truth.items()}
     phot = photometry_from_frame(frame, BAND_SET)
     result = BayesEstimator(locus, grid, BayesConfig(error_floor=0.0)).predict(phot)
     print(
