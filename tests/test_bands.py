@@ -14,6 +14,7 @@ from photodist.bands import (
     get_band_set,
     magnitudes_from_fluxes,
     photometry_from_frame,
+    readable_band_set,
     resolve_columns,
 )
 
@@ -340,3 +341,12 @@ def test_column_lookup_never_guesses():
     assert resolution.ambiguous == {"umag": ["u_mag", "mag_u"]}
     with pytest.raises(MissingColumnError, match="umag: u_mag, mag_u"):
         photometry_from_frame(twice, "sdss")
+
+
+def test_readable_band_set_prefers_the_given_one():
+    ugriz = list(_frame(2).columns)
+    ugrizy = [*ugriz, "ymag", "yErr"]
+    assert readable_band_set(ColumnMap(), ugrizy) == "lsst"
+    assert readable_band_set(ColumnMap(), ugrizy, preferred="sdss") == "sdss"
+    assert readable_band_set(ColumnMap(), ugriz) == "sdss"
+    assert readable_band_set(ColumnMap(), [c for c in ugriz if c != "rErr"]) is None

@@ -82,9 +82,11 @@ def test_check_command(tmp_path):
     path = tmp_path / "stars.csv"
     frame.to_csv(path, index=False)
     out = tmp_path / "check.json"
-    result = CliRunner().invoke(cli, ["check", str(path), "--bands", "sdss", "--json", str(out)])
+    # without --bands a ugriz catalogue is read with the sdss band set, and the switch said
+    result = CliRunner().invoke(cli, ["check", str(path), "--json", str(out)])
     assert result.exit_code == 0, result.output
+    assert "band set: sdss" in result.output
     assert "ra=RAJ2000" in result.output and "TOO_FEW_COLORS" in result.output
     assert json.loads(out.read_text())["n_no_r"] == 1
-    bad = CliRunner().invoke(cli, ["check", str(path)])  # the default band set needs y
+    bad = CliRunner().invoke(cli, ["check", str(path), "--bands", "lsst"])  # as asked: no y
     assert bad.exit_code == 1 and "yErr" in bad.output

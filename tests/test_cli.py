@@ -217,13 +217,14 @@ def test_bayes_command_finds_columns_under_other_names(tmp_path):
     names.update({f"{b}Err": f"psfMagErr_{b}" for b in "ugriz"}, ra="RA")
     renamed = tmp_path / "casjobs.csv"
     frame.rename(columns=names).assign(objID=[7, 8, 9]).to_csv(renamed, index=False)
-    coarse = ["--bands", "sdss", "--feh-step", "0.25", "--mr-step", "0.5", "--flat-prior"]
+    coarse = ["--feh-step", "0.25", "--mr-step", "0.5", "--flat-prior"]
     outputs = []
-    for path in (src, renamed):
+    for path, bands in ((src, ["--bands", "sdss"]), (renamed, [])):
         out = tmp_path / f"{path.stem}.parquet"
-        result = CliRunner().invoke(cli, ["bayes", str(path), str(out), *coarse])
+        result = CliRunner().invoke(cli, ["bayes", str(path), str(out), *coarse, *bands])
         assert result.exit_code == 0, result.output
         outputs.append(pd.read_parquet(out))
+    assert "band set: sdss" in result.output  # no y band: chosen without --bands
     assert "columns found under other names: umag=psfMag_u" in result.output
     assert "ra=RA" in result.output
     assert list(outputs[1]["RA"]) == list(outputs[0]["ra"])  # --keep ra follows the name

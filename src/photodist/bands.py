@@ -564,6 +564,21 @@ def sky_positions(frame: pd.DataFrame, columns: ColumnMap | None = None) -> tupl
     raise MissingColumnError(f"no {columns.ra}/{columns.dec} (or glon/glat, l/b) columns")
 
 
+def readable_band_set(
+    columns: ColumnMap, available: Sequence[str], preferred: BandSet | str = "lsst"
+) -> str | None:
+    """The built-in band set, ``preferred`` first, whose photometry a catalogue with
+    ``available`` columns holds (:meth:`ColumnMap.photometry_sources`); None if none."""
+    first = get_band_set(preferred).name
+    for name in [first] + [n for n in BAND_SETS if n != first]:
+        try:
+            columns.photometry_sources(BAND_SETS[name], available)
+        except MissingColumnError:
+            continue
+        return name
+    return None
+
+
 def key_values(items: Sequence[str]) -> list[tuple[str, str]]:
     """``KEY=VALUE`` option values as (key, value) pairs; ``ValueError`` for an item without
     ``=`` or a key."""

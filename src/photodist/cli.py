@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import numpy as np
 import pandas as pd
+from click.core import ParameterSource
 
 from photodist import __version__
 from photodist.bands import (
@@ -25,6 +26,7 @@ from photodist.bands import (
     get_band_set,
     key_values,
     photometry_from_frame,
+    readable_band_set,
     resolve_columns,
     sky_positions,
 )
@@ -213,29 +215,63 @@ def _column_map(
     dust: str | None,
     flux_unit: str | None = None,
     ebv_column: str | None = None,
-    *,
-    catalog: Path | None = None,
-    bands: str | None = None,
 ) -> ColumnMap:
-    """The column map of the options; with a ``catalog``, resolved against its columns
-    (names absent under their defaults looked up under common other names), saying which
-    columns were found under other names and which names had several candidates."""
+    """The column map of the options (a usage error for a malformed ``--column``)."""
     try:
-        columns = column_map_from_options(column, dust, flux_unit, ebv_column)
+        return column_map_from_options(column, dust, flux_unit, ebv_column)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--column") from exc
-    if catalog is None:
-        return columns
+
+
+def _chosen_bands(columns: ColumnMap, available: list[str], bands: str) -> str:
+    """``bands``, or, when ``--bands`` was not given and the catalogue cannot be read with
+    the default band set but can with another (a ugriz catalogue: no y band), that one: the
+    command's ``bands`` parameter is updated and the switch said."""
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("bands") is not ParameterSource.DEFAULT:
+        return bands
+    found = readable_band_set(columns, available, preferred=bands)
+    if found is None or found == get_band_set(bands).name:
+        return bands
+    click.echo(
+        f"band set: {found} (the catalogue cannot be read with {bands}; --bands chooses)",
+        err=True,
+    )
+    ctx.params["bands"] = found
+    return found
+
+
+def _catalog_columns(
+    column: tuple[str, ...],
+    dust: str | None,
+    flux_unit: str | None,
+    ebv_column: str | None,
+    catalog: Path,
+    bands: str,
+    *,
+    choose_bands: bool = True,
+) -> tuple[ColumnMap, str]:
+    """The column map of the options resolved against the catalogue's columns, and the band
+    set to read it with.
+
+    Names absent under their defaults are looked up under common other names
+    (:func:`photodist.bands.resolve_columns`); the command says which columns it found so,
+    which names had several candidates, and when there is no dust-map column. With
+    ``choose_bands`` the band set may change (:func:`_chosen_bands`).
+    """
     from photodist import io
 
+    columns = _column_map(column, dust, flux_unit, ebv_column)
     try:
         available = [str(c) for c in next(io.iter_catalog_batches(catalog, batch_size=1)).columns]
     except io.CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
+    if choose_bands:
+        bands = _chosen_bands(columns, available, bands)
     resolution = resolve_columns(columns, available, bands)
     if resolution.aliases:
-        found = ", ".join(f"{key}={name}" for key, name in resolution.aliases.items())
-        click.echo(f"columns found under other names: {found}", err=True)
+        found_names = ", ".join(f"{key}={name}" for key, name in resolution.aliases.items())
+        click.echo(f"columns found under other names: {found_names}", err=True)
     for key, names in resolution.ambiguous.items():
         click.echo(
             f"warning: several columns could be {key} ({', '.join(names)}); none was taken, "
@@ -249,7 +285,7 @@ def _column_map(
             "0 to the configured maximum (3 mag by default)",
             err=True,
         )
-    return resolution.columns
+    return resolution.columns, bands
 
 
 _BAYES_ALL_BELOW_OPTION = click.option(
@@ -739,6 +775,8 @@ def check_command(
 
     columns = _column_map(column, dust_column, flux_unit, ebv_column)
     try:
+        first = next(io.iter_catalog_batches(input_path, batch_size=1))
+        bands = _chosen_bands(columns, [str(c) for c in first.columns], bands)
         with tqdm(total=io.count_rows(input_path), unit="star", desc="check") as bar:
             result = check_catalog(
                 input_path, bands, columns, order=order, batch_size=batch_size, progress=bar.update
@@ -858,10 +896,8 @@ def bayes_command(
     from photodist.nn import resolve_device
     from photodist.report import error_model_note
 
+    columns, bands = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
     band_set = get_band_set(bands)
-    columns = _column_map(
-        column, dust_column, flux_unit, ebv_column, catalog=input_path, bands=bands
-    )
     keep = _kept_columns(keep, columns)
     resolved_device = resolve_device(_checked_device(device, "--device"))
     summary_path = output_path.with_name(output_path.name + ".run.json")
@@ -1081,9 +1117,7 @@ def train_command(
 
     if model_path.exists() and not overwrite:
         raise click.ClickException(f"{model_path} already exists; use --overwrite to replace it")
-    columns = _column_map(
-        column, dust_column, flux_unit, ebv_column, catalog=input_path, bands=bands
-    )
+    columns, bands = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
     try:
         frame = io.read_catalog(input_path)
         labels = io.read_catalog(labels_path)
@@ -1192,8 +1226,8 @@ def predict_command(
     except (ModelFileError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     band_set = model.band_set_
-    columns = _column_map(
-        column, dust_column, flux_unit, ebv_column, catalog=input_path, bands=band_set
+    columns, _ = _catalog_columns(
+        column, dust_column, flux_unit, ebv_column, input_path, band_set, choose_bands=False
     )
     keep = _kept_columns(keep, columns)
     try:
@@ -1302,9 +1336,7 @@ def run_command(
 
     summary_path = output_path.with_name(output_path.name + ".run.json")
     prior_out = output_path.with_name(output_path.name + ".prior.npz")
-    columns = _column_map(
-        column, dust_column, flux_unit, ebv_column, catalog=input_path, bands=bands
-    )
+    columns, bands = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
     keep = _kept_columns(keep, columns)
     try:
         io.check_output_path(output_path, overwrite=overwrite)
@@ -1556,13 +1588,13 @@ def survey_command(
     from photodist import io
     from photodist.survey import ManifestMismatchError, SurveyConfig, run_survey
 
+    # the pipeline's band set comes from the parameters, which a chosen band set updates
+    columns, _ = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
     pipeline = _pipeline_config(click.get_current_context().params)
     config = SurveyConfig(
         order=order,
         pipeline=pipeline,
-        columns=_column_map(
-            column, dust_column, flux_unit, ebv_column, catalog=input_path, bands=bands
-        ),
+        columns=columns,
         prior="trilegal" if trilegal_path is not None else "galaxy",
         trilegal_path=None if trilegal_path is None else str(trilegal_path),
         prior_seed=seed,
@@ -1671,13 +1703,10 @@ def tune_command(
     if (labelled_path is None) == (not simulate_cone):
         raise click.UsageError("give LABELLED_PATH or --simulate-cone L B RADIUS")
     if labelled_path is not None:
-        data = labelled_set_from_file(
-            labelled_path,
-            get_band_set(bands).name,
-            _column_map(
-                column, dust_column, flux_unit, ebv_column, catalog=labelled_path, bands=bands
-            ),
+        columns, bands = _catalog_columns(
+            column, dust_column, flux_unit, ebv_column, labelled_path, bands
         )
+        data = labelled_set_from_file(labelled_path, get_band_set(bands).name, columns)
     else:
         data = labelled_set_from_patch(tuple(simulate_cone), stars, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
