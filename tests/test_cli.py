@@ -114,9 +114,15 @@ def test_bayes_command_reads_a_flux_catalogue_with_ebv(tmp_path):
     assert report.exit_code == 0, report.output
     rows = json.loads((tmp_path / "rep" / "report.json").read_text())["by_magnitude"]
     assert sum(row["n_stars"] for row in rows) == 3
-    # without --flux-unit the magnitude columns are missing: a clear error
-    missing = runner.invoke(cli, ["bayes", str(tmp_path / "fluxes.csv"), str(tmp_path / "x.csv")])
-    assert missing.exit_code != 0 and "required column" in missing.output
+    # without --bands, --flux-unit and --ebv-column: Rubin's flux columns and no magnitudes
+    # are read in nJy, the ugriz set is chosen and "ebv" is found
+    plain = runner.invoke(
+        cli, ["bayes", str(tmp_path / "fluxes.csv"), str(tmp_path / "x.csv"), *grid[2:]]
+    )
+    assert plain.exit_code == 0, plain.output
+    assert "band set: sdss" in plain.output and "flux_unit=nJy" in plain.output
+    assert "ebv=ebv" in plain.output
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "x.csv"), from_fluxes)
 
 
 def test_bayes_command_device_choice(tmp_path):
