@@ -197,7 +197,10 @@ class CatalogCheck:
             )
         out.append(text)
         if self.n_no_position:
-            out.append(f"rows without a valid position: {share(self.n_no_position)}")
+            out.append(
+                f"rows without a valid position: {share(self.n_no_position)} (`photodist "
+                "survey` needs one for every row to place it in a patch)"
+            )
         if len(counts) > 1:
             out.append(
                 "more than one patch: `photodist survey` gives each its own prior (`run` "
