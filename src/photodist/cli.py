@@ -671,7 +671,8 @@ def _catalog_options(function):
             "--dust-column",
             default=DEFAULT_DUST_COLUMN,
             show_default=True,
-            help="Column with the map A_r per star (bounds the A_r prior).",
+            help="Column with the map A_r per star (bounds the A_r prior); where the default "
+            "is absent, common other names of A_r and E(B-V) are used; '' for no map.",
         ),
         click.option(
             "--ebv-column",
