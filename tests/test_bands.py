@@ -247,6 +247,7 @@ def test_dust_map_from_an_ebv_column():
     # found by its common name; not where the dust column was named (or switched off)
     np.testing.assert_allclose(photometry_from_frame(frame, "sdss").dust[0], SFD_EBV_TO_AR * 0.1)
     assert photometry_from_frame(frame, "sdss", ColumnMap(dust=None)).dust is None
+    assert photometry_from_frame(frame, "sdss", ColumnMap(dust="")).dust is None  # --dust-column ''
     assert photometry_from_frame(frame, "sdss", ColumnMap(dust="A_sfd")).dust is None
     columns = ColumnMap(ebv="ebv")
     dust = photometry_from_frame(frame, "sdss", columns).dust
