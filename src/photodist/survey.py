@@ -1439,6 +1439,10 @@ def run_survey(
 
     start = time.perf_counter()
     config = config or SurveyConfig()
+    # columns absent under their default names are looked up as the estimators do
+    available = _input_column_names(Path(input_path))
+    columns = config.columns.resolved(available, config.pipeline.band_set)
+    config = dataclasses.replace(config, columns=columns)
     out = Path(output_dir)
     if overwrite and out.exists():
         if not (out / MANIFEST_NAME).is_file():
