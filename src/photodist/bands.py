@@ -196,25 +196,30 @@ class ColumnMap:
         names (:func:`resolve_columns`)."""
         return resolve_columns(self, available, band_set).columns
 
-    def dust_columns(self, available: Sequence[str]) -> list[str]:
-        """The column :meth:`dust_values` reads from a catalogue with ``available`` columns."""
+    def _dust_source(self, available: Sequence[str]) -> tuple[str | None, float]:
+        """The dust-map column of a catalogue with ``available`` columns (None if none) and
+        the factor turning its values into A_r (``ebv_to_ar`` for an E(B-V) column)."""
         present = set(available)
         columns = self.resolved(available, None)
-        for column in (columns.dust, columns.ebv):
-            if column is not None and column in present:
-                return [column]
-        return []
+        if columns.dust is not None and columns.dust in present:
+            return columns.dust, 1.0
+        if columns.ebv is not None and columns.ebv in present:
+            return columns.ebv, self.ebv_to_ar
+        return None, 1.0
+
+    def dust_columns(self, available: Sequence[str]) -> list[str]:
+        """The column :meth:`dust_values` reads from a catalogue with ``available`` columns."""
+        column, _ = self._dust_source(available)
+        return [] if column is None else [column]
 
     def dust_values(self, frame: pd.DataFrame) -> np.ndarray | None:
         """Map extinction A_r per row: the ``dust`` column, else ``ebv_to_ar`` times the
         ``ebv`` column; None when the catalogue has neither. Non-numeric, negative or
         implausible (>= 50 mag) values become NaN."""
-        found = self.dust_columns([str(c) for c in frame.columns])
-        if not found:
+        column, factor = self._dust_source([str(c) for c in frame.columns])
+        if column is None:
             return None
-        values = _numeric_column(frame, found[0])
-        if found[0] == self.resolved(frame.columns, None).ebv:
-            values = values * self.ebv_to_ar
+        values = _numeric_column(frame, column) * factor
         return np.where(np.isfinite(values) & (values >= 0) & (values < 50), values, np.nan)
 
     def mag_column(self, band: str) -> str:
@@ -546,22 +551,26 @@ def sky_positions(frame: pd.DataFrame, columns: ColumnMap | None = None) -> tupl
     MissingColumnError
         The catalogue has neither.
     """
-    available = [str(c) for c in frame.columns]
-    columns = (columns or ColumnMap()).resolved(available, None)
-    if columns.ra in available and columns.dec in available:
-        return _numeric_column(frame, columns.ra), _numeric_column(frame, columns.dec)
-    for lon, lat in GALACTIC_COLUMNS:
-        if lon in available and lat in available:
-            from astropy import units as u
-            from astropy.coordinates import SkyCoord
+    columns = columns or ColumnMap()
+    found = position_columns([str(c) for c in frame.columns], columns)
+    if found is None:
+        raise MissingColumnError(f"no {columns.ra}/{columns.dec} (or glon/glat, l/b) columns")
+    lon, lat = (_numeric_column(frame, name) for name in found)
+    if found in GALACTIC_COLUMNS:
+        from astropy import units as u
+        from astropy.coordinates import SkyCoord
 
-            sky = SkyCoord(
-                l=_numeric_column(frame, lon) * u.deg,
-                b=_numeric_column(frame, lat) * u.deg,
-                frame="galactic",
-            ).icrs
-            return sky.ra.deg, sky.dec.deg
-    raise MissingColumnError(f"no {columns.ra}/{columns.dec} (or glon/glat, l/b) columns")
+        sky = SkyCoord(l=lon * u.deg, b=lat * u.deg, frame="galactic").icrs
+        return sky.ra.deg, sky.dec.deg
+    return lon, lat
+
+
+def position_columns(available: Sequence[str], columns: ColumnMap) -> tuple[str, str] | None:
+    """The position columns :func:`sky_positions` reads: RA/Dec (also under their other
+    names), else a pair of :data:`GALACTIC_COLUMNS`; None if the catalogue has neither."""
+    resolved = columns.resolved(available, None)
+    pairs = [(resolved.ra, resolved.dec), *GALACTIC_COLUMNS]
+    return next((pair for pair in pairs if pair[0] in available and pair[1] in available), None)
 
 
 def readable_band_set(
@@ -757,6 +766,15 @@ def band_photometry(
     return mags, errs, has_mag
 
 
+def unusable_measurements(mags: np.ndarray, errs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where a band's error is unusable (not finite or not positive), and where its
+    measurement is (that, or a magnitude that is not finite or a sentinel, |m| > 40)."""
+    bad_err = ~np.isfinite(errs) | (errs <= 0)
+    with np.errstate(invalid="ignore"):
+        bad = bad_err | ~np.isfinite(mags) | (np.abs(mags) > MAX_PLAUSIBLE_MAGNITUDE)
+    return bad_err, bad
+
+
 def photometry_from_frame(
     frame: pd.DataFrame,
     band_set: BandSet | str = "lsst",
@@ -778,8 +796,7 @@ def photometry_from_frame(
     _, color_sources = columns.photometry_sources(band_set, [str(c) for c in frame.columns])
     n_bands = len(band_set.bands)
     mags, errs, _ = band_photometry(frame, band_set, columns)
-    bad_err = ~np.isfinite(errs) | (errs <= 0)
-    bad = bad_err | ~np.isfinite(mags) | (np.abs(mags) > MAX_PLAUSIBLE_MAGNITUDE)
+    bad_err, bad = unusable_measurements(mags, errs)
     mags = np.where(bad, np.nan, mags)
     colors, color_errors = colors_from_magnitudes(mags, np.where(bad, np.nan, errs))
     from_columns = np.zeros(n_bands - 1, dtype=bool)

@@ -25,15 +25,16 @@ import numpy as np
 
 from photodist import io
 from photodist.bands import (
-    GALACTIC_COLUMNS,
     MAX_PLAUSIBLE_MAGNITUDE,
     ColumnMap,
     MissingColumnError,
     band_photometry,
     get_band_set,
     photometry_from_frame,
+    position_columns,
     resolve_columns,
     sky_positions,
+    unusable_measurements,
 )
 from photodist.evaluate import max_error_for_snr
 from photodist.priors import R_BIN_CENTRES, R_BIN_HALF_WIDTH
@@ -209,12 +210,6 @@ class CatalogCheck:
         return out
 
 
-def _position_columns(available: Sequence[str], columns: ColumnMap) -> tuple[str, str] | None:
-    if columns.ra in available and columns.dec in available:
-        return columns.ra, columns.dec
-    return next(((lon, lat) for lon, lat in GALACTIC_COLUMNS if lon in available), None)
-
-
 def _healpix(ra: np.ndarray, dec: np.ndarray, order: int) -> np.ndarray:
     import astropy.units as u
     import cdshealpix.nested as chp
@@ -267,7 +262,7 @@ def check_catalog(
         return check
     dust = cols.dust_columns(available)
     check.dust_column = dust[0] if dust else None
-    check.position_columns = _position_columns(available, cols)
+    check.position_columns = position_columns(available, cols)
     read = list(dict.fromkeys(needed + dust + list(check.position_columns or ())))
     r_quantiles = _Quantiles(0.0, MAX_PLAUSIBLE_MAGNITUDE, 0.01)
     dust_quantiles = _Quantiles(0.0, 10.0, 0.001)
@@ -284,9 +279,8 @@ def check_catalog(
             continue
         mags, errs, has_mag = band_photometry(frame, bands, cols)
         phot = photometry_from_frame(frame, bands, cols)
-        good_error = np.isfinite(errs) & (errs > 0)
-        usable = good_error & (np.isfinite(mags) | ~has_mag)
-        usable &= ~(np.abs(mags) > MAX_PLAUSIBLE_MAGNITUDE)
+        bad_err, bad = unusable_measurements(mags, errs)
+        usable = ~bad | (~bad_err & ~has_mag)  # a band without a magnitude: its error
         snr5 = usable & (errs < snr_limit)
         for k, band in enumerate(bands.bands):
             check.band_usable[band] += int(usable[:, k].sum())
