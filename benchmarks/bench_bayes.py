@@ -32,15 +32,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numba
 import numpy as np
+from revision import module_at
 
 from photodist.bands import LSST, Photometry, photometry_from_frame
 from photodist.bayes import BayesConfig, BayesEstimator, brute_force_posterior
@@ -87,31 +84,11 @@ def _cpu_seconds(estimator: BayesEstimator, phot: Photometry, repeats: int = 3) 
     return best
 
 
-def _estimator_at(revision: str, locus, prior, workdir: str):
-    """The BayesEstimator class of ``src/photodist/bayes.py`` at a git revision, instantiated."""
-    root = Path(__file__).resolve().parents[1]
-    source = subprocess.run(
-        ["git", "show", f"{revision}:src/photodist/bayes.py"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-    )
-    if source.returncode:
-        raise SystemExit(f"cannot read bayes.py at {revision!r}: {source.stderr.strip()}")
-    path = Path(workdir) / "bayes_reference.py"
-    path.write_text(source.stdout)
-    spec = importlib.util.spec_from_file_location("bayes_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bayes_reference"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module.BayesEstimator(locus, prior)
-
-
 def compare_with(revision: str, estimator: BayesEstimator, locus, prior, phot) -> None:
     """Time the estimator of ``revision`` against ``estimator``, alternately, and compare."""
     numba.set_num_threads(1)
     with tempfile.TemporaryDirectory() as workdir:
-        reference = _estimator_at(revision, locus, prior, workdir)
+        reference = module_at(revision, "bayes", workdir).BayesEstimator(locus, prior)
         old_frame = reference.predict(phot)
         new_frame = estimator.predict(phot)
         old, new = [], []

@@ -12,6 +12,9 @@ H100/H200 GPU, at least 300 million stars per second with the rows in device mem
 (:meth:`PhotoDNetwork.predict_tensor`, timed when CUDA is available). ``--save-model`` keeps
 the trained networks and ``--model`` times a saved model without training, e.g. on a GPU:
 ``python benchmarks/bench_nn.py --model model.safetensors --device cuda --n-predict 50000000``.
+``--compare-with REV`` times the CPU inference of ``src/photodist/nn.py`` at an earlier git
+revision against the current code on the same model, alternately in one process, and prints
+the speed-up and the largest change of any output.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from revision import module_at
 
 from photodist import nn_triton
 from photodist.bands import get_band_set
-from photodist.nn import NetworkSpec, PhotoDNetwork, resolve_device
+from photodist.nn import FLAG_KEYS, NetworkSpec, PhotoDNetwork, resolve_device
 
 TRAIN_SECONDS_TARGET = 30.0
 STARS_PER_SECOND_TARGET = 2.0e6
@@ -279,6 +283,34 @@ def time_on_device(model: PhotoDNetwork, x: np.ndarray, path: Path, repeats: int
     nn_triton.ENABLED = True
 
 
+def compare_with(revision: str, model: PhotoDNetwork, x: np.ndarray) -> None:
+    """Time the CPU inference of ``src/photodist/nn.py`` at ``revision`` against the current
+    code, alternately on the same model and rows (best of 5 each), and compare the outputs."""
+    with tempfile.TemporaryDirectory() as workdir:
+        path = model.save(Path(workdir) / "model.safetensors")
+        old_model = module_at(revision, "nn", workdir).PhotoDNetwork.load(path, device="cpu")
+        new_model = PhotoDNetwork.load(path, device="cpu")
+        old_out, new_out = old_model.predict(x), new_model.predict(x)
+        times: dict[str, list[float]] = {"old": [], "new": []}
+        for _ in range(5):
+            for name, net in (("old", old_model), ("new", new_model)):
+                start = time.perf_counter()
+                net.predict(x)
+                times[name].append(time.perf_counter() - start)
+    old_rate, new_rate = (len(x) / min(times[k]) / 1e6 for k in ("old", "new"))
+    print(
+        f"{revision}: {old_rate:.2f} M stars/s, current: {new_rate:.2f} M stars/s (cpu, "
+        f"best of 5, alternately); speed-up {new_rate / old_rate:.2f}x"
+    )
+    worst = max(
+        float(np.nanmax(np.abs(new_out[k].astype(np.float64) - old_out[k])))
+        for k in new_out
+        if k in old_out
+    )
+    changed = sum(int((new_out[k] != old_out[k]).sum()) for k in FLAG_KEYS)
+    print(f"largest output change: {worst:.2e}; flags changed on {changed} rows")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-train", type=int, default=10_000)
@@ -301,6 +333,9 @@ def main() -> None:
         "--profile", action="store_true", help="profile one prediction from host arrays"
     )
     parser.add_argument("--model", type=Path, default=None, help="time this saved model")
+    parser.add_argument(
+        "--compare-with", metavar="REV", help="git revision whose CPU inference to time against"
+    )
     parser.add_argument("--save-model", type=Path, default=None, help="save the trained model")
     args = parser.parse_args()
 
@@ -338,6 +373,8 @@ def main() -> None:
             f"= {rate / 1e6:.2f} M stars/s (target >= 2 M/s: {status}); "
             f"all runs {', '.join(f'{t:.3f}' for t in times)} s"
         )
+    if args.compare_with:
+        compare_with(args.compare_with, model, x)
     if args.profile:
         import cProfile
         import pstats

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -985,6 +986,43 @@ def _try_onednn(layers: list[_DenseLayer], n_inputs: int) -> bool:
     return True
 
 
+@numba.njit(nogil=True, cache=True)
+def _prepare_rows(x, fill, fill_supported, missing_error, low, high, rows, status):
+    """One CPU chunk's network inputs in a single pass over its rows.
+
+    Does what :meth:`PhotoDNetwork._fill_missing` and the domain test of
+    :meth:`_InferencePlan.run` do with tensors: ``rows`` (float32) receives ``x`` with each
+    supported unusable colour filled (colour ``fill``, error ``missing_error``); ``status``
+    receives 0 for a row inside the domain [``low``, ``high``], 1 for a row outside it and 2
+    for a row with a non-finite input (its ``rows`` are zeroed). Feature columns: r, the n
+    colours, r error, the n colour errors, then any others.
+    """
+    n_rows, n_cols = x.shape
+    n_colors = fill.shape[0]
+    for i in range(n_rows):
+        for k in range(n_cols):
+            rows[i, k] = x[i, k]
+        for c in range(n_colors):
+            color = rows[i, 1 + c]
+            error = rows[i, 2 + n_colors + c]
+            if fill_supported[c] and not (np.isfinite(color) and np.isfinite(error)):
+                rows[i, 1 + c] = fill[c]
+                rows[i, 2 + n_colors + c] = missing_error
+        inside = True
+        finite = True
+        for k in range(n_cols):
+            value = rows[i, k]
+            inside &= (value >= low[k]) & (value <= high[k])  # NaN fails both
+            finite &= np.isfinite(value)
+        if inside:
+            status[i] = 0
+        elif finite:
+            status[i] = 1
+        else:
+            status[i] = 2
+            rows[i, :] = 0.0
+
+
 class _InferencePlan:
     """Both networks reduced to float32 dense layers on one device.
 
@@ -1071,9 +1109,8 @@ class _InferencePlan:
 
         Returns ``dest`` and the indices of the out-of-domain and of the invalid rows.
         """
-        n = x.shape[0]
         if dest is None:
-            dest = torch.empty(len(FLOAT_KEYS), n, device=x.device)
+            dest = torch.empty(len(FLOAT_KEYS), x.shape[0], device=x.device)
         # NaN fails both comparisons, so one test finds invalid and out-of-domain rows
         inside = (x >= self.low).logical_and_(x <= self.high).all(dim=1)
         empty = torch.empty(0, dtype=torch.long, device=x.device)
@@ -1084,11 +1121,16 @@ class _InferencePlan:
             outside_rows, invalid_rows = suspect[finite], suspect[~finite]
             if invalid_rows.numel():
                 x = x.index_fill(0, invalid_rows, 0.0)
+        self.forward(x, dest, invalid_rows)
+        return dest, outside_rows, invalid_rows
+
+    def forward(self, x: torch.Tensor, dest: torch.Tensor, invalid_rows: torch.Tensor) -> None:
+        """Predict finite rows ``x`` into ``dest``; the ``invalid_rows`` of it become NaN."""
         if self.fused is not None:
             self.fused.run(x.contiguous(), dest)
             if invalid_rows.numel():
                 dest.index_fill_(1, invalid_rows, math.nan)
-            return dest, outside_rows, invalid_rows
+            return
         heads = []
         for net, (w_head, b_head) in zip(self.hidden, self.heads, strict=True):
             h = x
@@ -1106,7 +1148,6 @@ class _InferencePlan:
         torch.hypot(dest[1], dest[5], out=dest[4 * p + 1])
         if invalid_rows.numel():
             dest.index_fill_(1, invalid_rows, math.nan)
-        return dest, outside_rows, invalid_rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1690,6 +1731,13 @@ class PhotoDNetwork:
             raise ValueError("predict_batch_size must be positive")
         chunks = iter(range(0, n, chunk))
         lock = threading.Lock()
+        fill = getattr(self, "color_fill_", None)
+        if fill is None:
+            fill, supported = np.zeros(0, np.float32), np.zeros(0, bool)
+        else:
+            fill, supported = np.asarray(fill, np.float32), np.asarray(self.missing_supported_)
+        low, high = plan.low.numpy(), plan.high.numpy()
+        missing_error = np.float32(MISSING_COLOR_ERROR)
 
         def worker() -> None:
             with _torch_threads(1), torch.inference_mode():
@@ -1699,12 +1747,16 @@ class PhotoDNetwork:
                     if start is None:
                         return
                     stop = min(start + chunk, n)
-                    rows = torch.from_numpy(np.ascontiguousarray(x[start:stop], dtype=np.float32))
-                    rows = self._fill_missing(rows)
+                    rows = np.empty((stop - start, x.shape[1]), dtype=np.float32)
+                    status = np.empty(stop - start, dtype=np.int8)
+                    _prepare_rows(
+                        x[start:stop], fill, supported, missing_error, low, high, rows, status
+                    )
+                    invalid = np.flatnonzero(status == 2)
                     dest = torch.from_numpy(floats[:, start:stop])
-                    _, outside, invalid = plan.run(rows, dest)
-                    flags[0, outside.numpy() + start] = True
-                    flags[1, invalid.numpy() + start] = True
+                    plan.forward(torch.from_numpy(rows), dest, torch.from_numpy(invalid))
+                    flags[0, start:stop] = status == 1
+                    flags[1, start:stop] = status == 2
 
         workers = min(self._threads(), -(-n // chunk))
         if workers == 1:
