@@ -60,6 +60,10 @@ def test_snr_mask():
     frame.loc[1, "uErr"] = 0.2172  # SNR just below 5 in u
     frame.loc[2, "zErr"] = 0.2171  # SNR just above 5
     np.testing.assert_array_equal(snr_mask(frame, "sdss"), [True, False, True, False])
+    # a sentinel magnitude with a small error is no measurement (as the estimators read it)
+    frame.loc[0, "gmag"] = 99.0
+    frame.loc[2, "imag"] = -99.0
+    np.testing.assert_array_equal(snr_mask(frame, "sdss"), [False, False, False, False])
     with pytest.raises(KeyError):
         snr_mask(frame, "lsst")  # no y columns
 

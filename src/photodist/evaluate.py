@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from photodist.bands import ColumnMap, band_photometry
+from photodist.bands import ColumnMap, band_photometry, unusable_measurements
 
 __all__ = [
     "SIGMA_G_FACTOR",
@@ -207,15 +207,17 @@ def snr_mask(
 ) -> np.ndarray:
     """True for stars with SNR > ``min_snr`` in every band of the band set.
 
-    A band passes when its magnitude is finite (when the catalogue has the magnitude; a
-    catalogue of r and colours has only r) and its error is positive and below
-    :func:`max_error_for_snr` (0.2171 mag for SNR 5). Columns are read as the estimators
-    read them (:func:`photodist.bands.band_photometry`: other names, fluxes).
+    A band passes when its magnitude is usable (when the catalogue has the magnitude; a
+    catalogue of r and colours has only r): finite and not a sentinel such as 99, as
+    :func:`photodist.bands.unusable_measurements` decides, and its error is positive and
+    below :func:`max_error_for_snr` (0.2171 mag for SNR 5). Columns are read as the
+    estimators read them (:func:`photodist.bands.band_photometry`: other names, fluxes).
     """
     mags, errs, has_mag = band_photometry(frame, band_set, columns)
-    limit = max_error_for_snr(min_snr)
-    good_error = np.isfinite(errs) & (errs > 0) & (errs < limit)
-    return np.all(good_error & (np.isfinite(mags) | ~has_mag), axis=1)
+    bad_error, unusable = unusable_measurements(mags, errs)
+    with np.errstate(invalid="ignore"):
+        good_error = ~bad_error & (errs < max_error_for_snr(min_snr))
+    return np.all(good_error & (~unusable | ~has_mag), axis=1)
 
 
 def _column(frame: pd.DataFrame, *names: str) -> np.ndarray:
