@@ -9,6 +9,7 @@ from photodist.bands import (
     SFD_EBV_TO_AR,
     ColumnMap,
     MissingColumnError,
+    band_photometry,
     colors_from_magnitudes,
     column_map_from_options,
     get_band_set,
@@ -167,6 +168,14 @@ def test_bad_values_become_nan_colors():
     phot = photometry_from_frame(frame, "sdss")
     assert np.isnan(phot.colors[:, 0]).all()  # sentinel, NaN, negative error, huge error, text
     assert np.isfinite(phot.colors[:, 1:]).all()
+    # the same from measurements the caller already read, which stay as they were
+    mags, errs, _ = band_photometry(frame, "sdss")
+    kept = mags.copy(), errs.copy()
+    again = photometry_from_frame(frame, "sdss", measurements=(mags, errs))
+    for name in ("r", "r_err", "colors", "color_errors", "color_covariance"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(phot, name))
+    np.testing.assert_array_equal(mags, kept[0])
+    np.testing.assert_array_equal(errs, kept[1])
 
 
 def test_empty_frame():

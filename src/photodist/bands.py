@@ -779,6 +779,8 @@ def photometry_from_frame(
     frame: pd.DataFrame,
     band_set: BandSet | str = "lsst",
     columns: ColumnMap | None = None,
+    *,
+    measurements: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Photometry:
     """Read magnitudes and errors from a catalogue and form colours.
 
@@ -790,12 +792,17 @@ def photometry_from_frame(
     column. Non-numeric entries,
     NaN/inf, sentinels (|mag| > 40), non-positive errors and errors making a colour error
     exceed 1 mag become NaN colours (the estimators drop such colours and flag the star).
+    ``measurements``, the magnitudes and errors of :func:`band_photometry` for the same
+    frame and columns, saves reading them again when the caller has them.
     """
     band_set = get_band_set(band_set)
     columns = (columns or ColumnMap()).resolved([str(c) for c in frame.columns], band_set)
     _, color_sources = columns.photometry_sources(band_set, [str(c) for c in frame.columns])
     n_bands = len(band_set.bands)
-    mags, errs, _ = band_photometry(frame, band_set, columns)
+    if measurements is None:
+        mags, errs, _ = band_photometry(frame, band_set, columns)
+    else:
+        mags, errs = measurements
     bad_err, bad = unusable_measurements(mags, errs)
     mags = np.where(bad, np.nan, mags)
     colors, color_errors = colors_from_magnitudes(mags, np.where(bad, np.nan, errs))

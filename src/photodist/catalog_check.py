@@ -278,7 +278,7 @@ def check_catalog(
         if n == 0:
             continue
         mags, errs, has_mag = band_photometry(frame, bands, cols)
-        phot = photometry_from_frame(frame, bands, cols)
+        phot = photometry_from_frame(frame, bands, cols, measurements=(mags, errs))
         bad_err, bad = unusable_measurements(mags, errs)
         usable = ~bad | (~bad_err & ~has_mag)  # a band without a magnitude: its error
         snr5 = usable & (errs < snr_limit)
