@@ -22,8 +22,17 @@ covariance. Its posterior is then exact up to its numerical approximations, so:
 network rows against the truth with their total uncertainty sqrt(σ_NN² + σ_B²): the
 networks' own calibration when the Bayesian labels are right.
 
+``--trilegal PATH`` asks what a wrong prior costs: the stars are drawn from a TRILEGAL prior
+map instead (a photo-D prior catalogue such as ``../shared/data/s82_priors``, its first pixel,
+interpolated onto the posterior grid; the patch should then be that map's, e.g. ``--patch
+176,-48 --a-map 0.24`` for Stripe 82), and the estimator runs three times: with that same
+map (self-consistent), with this package's Galaxy-model prior for the patch (another Galaxy
+model, as on any catalogue that was not simulated with ours) as given and raised to the power
+that maximises the stars' marginal likelihood (:mod:`photodist.prior_temper`, the pipeline's
+default), and with a flat prior. ``--error-floor`` sets the floor of these runs (default 0).
+
 Usage: ``python validation/bayes_self_consistency.py [--stars 20000] [--patch L,B]
-[--a-map 0.1] [--seed 1] [--hybrid 200000]``
+[--a-map 0.1] [--seed 1] [--hybrid 200000] [--trilegal PATH]``
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ from bayes_accuracy import sigma_g
 from photodist.bands import get_band_set, photometry_from_frame
 from photodist.bayes import BayesConfig, BayesEstimator, Flags, PriorGrid
 from photodist.locus import build_locus
-from photodist.priors import build_patch_priors
+from photodist.prior_temper import fit_prior_temper
+from photodist.priors import build_patch_priors, read_trilegal_priors
 from photodist.simulate import add_photometric_errors
 
 R_LO, R_HI = 15.0, 24.0
@@ -123,10 +133,15 @@ def main() -> None:
     parser.add_argument("--a-map", type=float, default=0.1, help="dust-map A_r of every star")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--hybrid", type=int, default=0, metavar="N", help="hybrid on N stars")
+    parser.add_argument("--trilegal", default=None, metavar="PATH", help="draw from this map")
+    parser.add_argument("--error-floor", type=float, default=0.0, help="with --trilegal")
     args = parser.parse_args()
     lon, lat = (float(v) for v in args.patch.split(","))
     locus = build_locus().resample(0.05, 0.1)
     prior = build_patch_priors(cone=(lon, lat, 0.5), seed=args.seed, band_set="lsst", locus=locus)
+    if args.trilegal:
+        galaxy_grid = PriorGrid.from_prior(prior, locus)
+        prior = read_trilegal_priors(args.trilegal, locus, pixel=0)
     grid = PriorGrid.from_prior(prior, locus)
     rng = np.random.default_rng(args.seed)
     n_stars = max(args.stars, args.hybrid)
@@ -151,7 +166,22 @@ def main() -> None:
         f"(A_map {args.a_map}, flat A_r prior on [0, {1.3 * args.a_map + 0.1:.3f}])"
     )
     two_branch = (result["flags"].to_numpy() & Flags.TWO_BRANCH) != 0
-    report(result, truth, np.ones(len(frame), dtype=bool), "all stars")
+    every = np.ones(len(frame), dtype=bool)
+    report(result, truth, every, "all stars")
+    if args.trilegal:  # the same stars under other priors
+        print(f"stars drawn from the TRILEGAL map {args.trilegal} (pixel 0)")
+        config = BayesConfig(error_floor=args.error_floor)
+        fitted = fit_prior_temper(phot, locus, galaxy_grid, config, seed=args.seed)
+        priors = (
+            ("TRILEGAL prior (the stars' own)", grid),
+            ("Galaxy-model prior as given", galaxy_grid),
+            (f"Galaxy-model prior ** {fitted.beta:g} (fitted)", galaxy_grid.tempered(fitted.beta)),
+            ("flat prior", PriorGrid.flat(locus)),
+        )
+        for label, other in priors:
+            again = BayesEstimator(locus, other, config).predict(phot)
+            report(again, truth, every, f"floor {args.error_floor:g}, {label}")
+        return
     report(result, truth, two_branch, "two-branch posteriors (TWO_BRANCH)")
     report(result, truth, ~two_branch, "one branch")
 

@@ -1314,6 +1314,22 @@ class PriorGrid:
         half_width = float(getattr(prior_map, "r_half_width", math.inf))
         return cls(prior_map.log_prior, np.asarray(prior_map.r_centres, float), half_width)
 
+    def tempered(self, beta: float) -> PriorGrid:
+        """The prior raised to the power ``beta`` in [0, 1] (0: flat over the grid points the
+        prior allows), normalised to unit sum in every r bin so that the log evidence of
+        different powers compares (:mod:`photodist.prior_temper`)."""
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"the prior's power must lie in [0, 1], got {beta!r}")
+        allowed = np.isfinite(self.log_prior)
+        scaled = np.where(allowed, beta * np.where(allowed, self.log_prior, 0.0), -np.inf)
+        flat = scaled.reshape(scaled.shape[0], -1)
+        top = np.max(flat, axis=1, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)
+        with np.errstate(divide="ignore"):
+            norm = top + np.log(np.sum(np.exp(flat - top), axis=1, keepdims=True))
+        scaled = (flat - np.where(np.isfinite(norm), norm, 0.0)).reshape(scaled.shape)
+        return dataclasses.replace(self, log_prior=scaled)
+
 
 def prior_range_flags(r_range: Sequence[float] | None, r: np.ndarray) -> np.ndarray:
     """``Flags.R_OUTSIDE_PRIOR`` where a finite ``r`` lies outside ``r_range`` (a prior's

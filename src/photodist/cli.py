@@ -153,6 +153,7 @@ def _pipeline_config(params: dict[str, Any], **settings: Any) -> PipelineConfig:
         dust_scale=params["a_max_scale"],
         dust_offset=params["a_max_offset"],
         dust_prior=params["dust_prior"],
+        prior_temper=params["prior_temper"],
         color_covariance=not params["independent_colors"],
         error_floor=params["error_floor"],
         seed=params["seed"],
@@ -307,6 +308,52 @@ _DUST_PRIOR_OPTION = click.option(
     "stars (photodist.dust_profile; docs/benchmarks.md; `bayes` fits it on the first batch). "
     "With a dust map the networks of `run` and `survey` then also take the map's A_r.",
 )
+
+
+class PriorTemperType(click.ParamType):
+    """``auto`` or the power of the prior, in [0, 1]."""
+
+    name = "auto|POWER"
+
+    def convert(self, value, param, ctx):
+        from photodist.prior_temper import parse_prior_temper
+
+        try:
+            return parse_prior_temper(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_PRIOR_TEMPER_OPTION = click.option(
+    "--prior-temper",
+    type=PriorTemperType(),
+    default="auto",
+    show_default=True,
+    help="Power of the ([Fe/H], M_r) prior in [0, 1] (1: the Galaxy model as given, as in "
+    "the paper; 0: flat), or 'auto': per patch, the power that maximises the marginal "
+    "likelihood of 2,000 of its stars (photodist.prior_temper; `bayes` fits it on the first "
+    "batch). It stays 1 where the stars follow the prior and falls where they follow another "
+    "population, so that the posteriors are not too narrow.",
+)
+
+
+def _echo_prior_temper(record: dict[str, Any]) -> None:
+    """Say which power of the prior a run used (``PriorTemperFit.to_dict()``)."""
+    beta, reason = record["beta"], record["reason"]
+    if record["fitted"] and beta < 1.0:
+        click.echo(
+            f"prior raised to the power {beta:g}: the stars follow another population than "
+            f"the prior's (log evidence {record['log_evidence_gain']:+.3f} per star over the "
+            f"prior as given, {record['n_stars']} stars; docs/benchmarks.md)"
+        )
+    elif record["fitted"]:
+        click.echo(f"prior used as given (the most likely power on {record['n_stars']} stars)")
+    elif reason == "given" and beta < 1.0:
+        click.echo(f"prior raised to the power {beta:g}")
+    elif reason not in ("given", "flat prior"):
+        click.echo(f"prior used as given (power not fitted: {reason})")
+
+
 _SPEC_OPTION = click.option(
     "--spec",
     "spec_path",
@@ -816,6 +863,7 @@ def check_command(
 )
 @_a_prior_options
 @_DUST_PRIOR_OPTION
+@_PRIOR_TEMPER_OPTION
 @_independent_colors_option
 @click.option(
     "--batch-size",
@@ -870,6 +918,7 @@ def bayes_command(
     a_max_scale: float,
     a_max_offset: float,
     dust_prior: str,
+    prior_temper: float | str,
     independent_colors: bool,
     batch_size: int,
     seed: int,
@@ -895,6 +944,7 @@ def bayes_command(
     from photodist.bayes_torch import make_estimator
     from photodist.error_floor import resolve_error_floor
     from photodist.nn import resolve_device
+    from photodist.prior_temper import resolve_prior_temper
     from photodist.report import error_model_note
 
     columns, bands = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
@@ -948,6 +998,11 @@ def bayes_command(
     elif auto:
         error_floor = config.error_floor
     config = dataclasses.replace(config, error_floor=float(error_floor))
+    temper_info: dict[str, Any] | None = None
+    if first is not None:  # the prior's power: fitted on the first batch, as the floor
+        prior, temper = resolve_prior_temper(prior_temper, sample, locus, prior, config, seed=seed)
+        temper_info = temper.to_dict()
+        _echo_prior_temper(temper_info)
     profile = None
     profile_info: dict[str, Any] | None = None
     if dust_prior == "profile" and first is not None:  # fitted on the first batch, as the floor
@@ -1002,6 +1057,7 @@ def bayes_command(
         "config": dataclasses.asdict(config),
         "dust_prior": dust_prior,
         "error_floor": floor_info,
+        "prior_temper": temper_info,
         "dust_profile": profile_info,
         "prior_r_range": estimator.prior.r_range,
         "columns": columns.to_mapping(),
@@ -1285,6 +1341,7 @@ def predict_command(
 @_training_options
 @_a_prior_options
 @_DUST_PRIOR_OPTION
+@_PRIOR_TEMPER_OPTION
 @_independent_colors_option
 @_error_floor_option
 @_SPEC_OPTION
@@ -1317,6 +1374,7 @@ def run_command(
     a_max_scale: float,
     a_max_offset: float,
     dust_prior: str,
+    prior_temper: float | str,
     independent_colors: bool,
     error_floor: float | str,
     spec_path: Path | None,
@@ -1362,6 +1420,7 @@ def run_command(
     except KeyError as exc:
         raise click.ClickException(str(exc)) from exc
     timings = {"prior": prior_seconds, **timings}
+    _echo_prior_temper(result.attrs["photodist_pipeline"]["prior_temper"])
     io.write_table(result, output_path, overwrite=overwrite)
     if prior is not None:
         if prior_out.exists() and overwrite:
@@ -1383,6 +1442,7 @@ def run_command(
         "prior": str(prior_out) if prior is not None else None,
         "config": config.to_dict(),
         "error_floor": result.attrs["photodist_pipeline"]["error_floor"],
+        "prior_temper": result.attrs["photodist_pipeline"].get("prior_temper"),
         "dust_profile": result.attrs["photodist_pipeline"].get("dust_profile"),
         "columns": columns.to_mapping(),
         "timings_s": timings,
@@ -1454,6 +1514,7 @@ def evaluate_command(
         posterior_grid,
         used_dust_profile,
         used_error_floor,
+        used_prior,
     )
     from photodist.priors import PriorMap
 
@@ -1490,9 +1551,10 @@ def evaluate_command(
         nn_rows = np.flatnonzero(keep & (result["method"] == "nn").to_numpy())
         sample = np.sort(rng.choice(nn_rows, size=min(bayes_sample, len(nn_rows)), replace=False))
         prior = PriorMap.load(summary["prior"]) if summary.get("prior") else None
-        estimator = BayesEstimator(  # the run's Bayesian stage: floor and dust profile
-            posterior_grid(build_locus(), config),
-            prior,
+        grid = posterior_grid(build_locus(), config)
+        estimator = BayesEstimator(  # the run's Bayesian stage: floor, prior power, profile
+            grid,
+            used_prior(summary, prior, grid),
             config.bayes_config(used_error_floor(summary)),
             dust_profile=used_dust_profile(summary),
         )
@@ -1550,6 +1612,7 @@ def evaluate_command(
 @_training_options
 @_a_prior_options
 @_DUST_PRIOR_OPTION
+@_PRIOR_TEMPER_OPTION
 @_independent_colors_option
 @_error_floor_option
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -1576,6 +1639,7 @@ def survey_command(
     a_max_scale: float,
     a_max_offset: float,
     dust_prior: str,
+    prior_temper: float | str,
     independent_colors: bool,
     error_floor: float | str,
     seed: int,

@@ -1814,7 +1814,13 @@ def _run_summary(path: Path) -> tuple[dict[str, Any], ColumnMap | None]:
 def _run_posteriors(path: Path, run: RunData) -> list[tuple[str, Any]]:
     """Example posteriors of a ``photodist run`` output, or [] when its prior file, its
     configuration or the input magnitudes are not at hand."""
-    from photodist.pipeline import used_dust_profile, used_error_floor
+    from photodist.pipeline import (
+        PipelineConfig,
+        posterior_grid,
+        used_dust_profile,
+        used_error_floor,
+        used_prior,
+    )
     from photodist.priors import PriorMap
 
     prior_file = path.with_name(path.name + ".prior.npz")
@@ -1822,7 +1828,8 @@ def _run_posteriors(path: Path, run: RunData) -> list[tuple[str, Any]]:
         return []
     summary, columns = _run_summary(path)
     info = dict(run.result.attrs.get(_PIPELINE_ATTR, {}) or {}) or summary
-    prior = PriorMap.load(prior_file)
+    grid = posterior_grid(None, PipelineConfig.from_dict(run.config, ignore_unknown=True))
+    prior = used_prior(info, PriorMap.load(prior_file), grid)
     floor = used_error_floor(info)
     for frame in (run.photometry, run.truth):
         if frame is None:

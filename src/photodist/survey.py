@@ -94,6 +94,7 @@ from photodist.pipeline import (
     run_patch,
     used_dust_profile,
     used_error_floor,
+    used_prior,
 )
 
 __all__ = [
@@ -928,6 +929,7 @@ def process_patch(task: PatchTask, job: _Job) -> PatchResult:
             "n_rows": task.n_rows,
             "mode": info["mode"],
             "error_floor": info.get("error_floor"),
+            "prior_temper": info.get("prior_temper"),
             "dust_profile": info.get("dust_profile"),
             "timings_s": timings,
         },
@@ -1086,7 +1088,10 @@ def _process_streamed(
     )
     info = dict(pool_result.attrs["photodist_pipeline"])
     estimator = BayesEstimator(
-        grid, prior, cfg.bayes_config(used_error_floor(info)), dust_profile=used_dust_profile(info)
+        grid,
+        used_prior(info, prior, grid),
+        cfg.bayes_config(used_error_floor(info)),
+        dust_profile=used_dust_profile(info),
     )
     t_pool = time.perf_counter() - t0
     t1 = time.perf_counter()
