@@ -25,6 +25,7 @@ from photodist.pipeline import (
     train_networks,
     used_dust_profile,
     used_error_floor,
+    used_prior,
 )
 from photodist.priors import build_patch_priors
 from photodist.simulate import simulate_patch
@@ -282,11 +283,36 @@ def test_small_patch_runs_bayes_on_all(catalog, prior, default_locus):
         assert info["error_floor"]["fitted"] == (config.error_floor == "auto")
         grid = posterior_grid(default_locus, config)
         bayes_all = BayesEstimator(
-            grid, prior, config.bayes_config(used_error_floor(info))
+            grid, used_prior(info, prior, grid), config.bayes_config(used_error_floor(info))
         ).predict(phot)
         np.testing.assert_array_equal(result["FeH_mean"], bayes_all["FeH_mean"])
         np.testing.assert_array_equal(result["flags"], bayes_all["flags"])
         assert len(result) == len(catalog)
+
+
+def test_prior_power_is_fitted_recorded_and_reused(catalog, prior, default_locus, hybrid):
+    """The default fits the prior's power on the patch (stars of the prior's own Galaxy model
+    keep it near 1); a given power is used as given, and ``used_prior`` rebuilds it."""
+    temper = hybrid[0].attrs["photodist_pipeline"]["prior_temper"]
+    assert temper["fitted"] and temper["beta"] >= 0.8 and temper["n_stars"] >= 1000
+    config = small_config(bayes_all_below=len(catalog), prior_temper=0.3)
+    result, timings, _ = run_patch(catalog, prior, default_locus, config)
+    info = result.attrs["photodist_pipeline"]
+    assert info["prior_temper"]["beta"] == 0.3 and not info["prior_temper"]["fitted"]
+    assert "prior_temper" in timings
+    grid = posterior_grid(default_locus, config)
+    used = used_prior(info, prior, grid)
+    np.testing.assert_allclose(
+        used.log_prior, BayesEstimator(grid, prior).prior.tempered(0.3).log_prior
+    )
+    expected = BayesEstimator(grid, used, config.bayes_config(used_error_floor(info))).predict(
+        photometry_from_frame(catalog, "lsst")
+    )
+    np.testing.assert_array_equal(result["FeH_mean"], expected["FeH_mean"])
+    as_given = small_config(bayes_all_below=len(catalog), prior_temper=1.0)
+    wide = result["FeH_sigma"].median()
+    assert wide > 1.1 * run_patch(catalog, prior, default_locus, as_given)[0]["FeH_sigma"].median()
+    assert used_prior({}, prior, grid) is prior and used_prior(info, None, grid) is None
 
 
 def test_empty_catalog(catalog, prior, default_locus):
@@ -405,6 +431,10 @@ def test_config_validation():
     for bad in ("0.02x", -0.01, None):
         with pytest.raises(ValueError, match="error_floor must be 'auto' or >= 0"):
             PipelineConfig(error_floor=bad)
+    for bad in ("strong", 1.2, -0.5):
+        with pytest.raises(ValueError, match="prior's power"):
+            PipelineConfig(prior_temper=bad)
+    assert PipelineConfig(prior_temper="0.5").prior_temper == 0.5
     config = PipelineConfig(train_fraction=0.05)
     assert config.training_size(200_000) == 10_000
     assert PipelineConfig().training_size(5) == 10_000
