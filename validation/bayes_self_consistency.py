@@ -30,6 +30,8 @@ map (self-consistent), with this package's Galaxy-model prior for the patch (ano
 model, as on any catalogue that was not simulated with ours) as given and raised to the power
 that maximises the stars' marginal likelihood (:mod:`photodist.prior_temper`, the pipeline's
 default), and with a flat prior. ``--error-floor`` sets the floor of these runs (default 0).
+With ``--hybrid N`` too, the hybrid pipeline runs on N such stars with the Galaxy-model prior,
+as given and with its fitted power.
 
 Usage: ``python validation/bayes_self_consistency.py [--stars 20000] [--patch L,B]
 [--a-map 0.1] [--seed 1] [--hybrid 200000] [--trilegal PATH]``
@@ -150,7 +152,21 @@ def main() -> None:
     keep &= np.cumsum(keep) <= n_stars
     frame = frame[keep].reset_index(drop=True)
     truth = {p: v[keep] for p, v in truth.items()}
-    if args.hybrid:
+    if args.hybrid and args.trilegal:  # the pipeline with the other Galaxy model's prior
+        from photodist.pipeline import PipelineConfig, run_patch
+
+        for power in (1.0, "auto"):
+            config = PipelineConfig(
+                error_floor=args.error_floor, prior_temper=power, seed=args.seed
+            )
+            hybrid, timings, _ = run_patch(frame, galaxy_grid, locus, config)
+            beta = hybrid.attrs["photodist_pipeline"]["prior_temper"]["beta"]
+            print(
+                f"hybrid on {len(frame)} TRILEGAL stars, Galaxy-model prior ** {beta:g} "
+                f"({power}), floor {args.error_floor:g}, in {timings['total']:.1f} s"
+            )
+            report_hybrid(hybrid, truth)
+    elif args.hybrid:
         from photodist.pipeline import PipelineConfig, run_patch
 
         config = PipelineConfig(error_floor=0.0, seed=args.seed)
