@@ -27,6 +27,7 @@ from photodist.report import (
     flag_fractions,
     load_run,
     prepare_report_data,
+    prior_power_note,
     report_from_run,
     sigma_ratio_summary,
     write_report,
@@ -216,6 +217,18 @@ def test_real_data_report_has_only_nn_vs_bayes(run, tmp_path):
     assert "812 well-measured stars scatter by 0.0101 mag beyond their quoted" in page
     # without truth the classes come from the Bayesian estimates
     assert "giants" in set(table["subsample"])
+
+
+def test_prior_power_note():
+    assert prior_power_note(None) == prior_power_note({"beta": 1.0, "reason": "flat prior"}) == ""
+    assert prior_power_note({"beta": 1.0, "fitted": False, "reason": "given"}) == ""
+    fitted = {"beta": 0.5, "fitted": True, "n_stars": 2000, "log_evidence_gain": 0.145}
+    note = prior_power_note(fitted)
+    assert "power 0.5" in note and "2,000 stars" in note and "+0.145" in note
+    assert "as given" in prior_power_note(dict(fitted, beta=1.0, log_evidence_gain=0.0))
+    few = {"beta": 1.0, "fitted": False, "reason": "150 usable stars, fewer than 200"}
+    assert "fewer than 200" in prior_power_note(few)
+    assert "power 0.3" in prior_power_note({"beta": 0.3, "fitted": False, "reason": "given"})
 
 
 def test_error_model_note():

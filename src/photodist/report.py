@@ -646,6 +646,28 @@ def error_model_note(record: Mapping[str, Any] | None) -> str:
     )
 
 
+def prior_power_note(record: Mapping[str, Any] | None) -> str:
+    """One sentence on the prior's power from a run's ``prior_temper`` record."""
+    if not record or record.get("beta") is None or record.get("reason") == "flat prior":
+        return ""
+    beta = float(record["beta"])
+    if record.get("fitted") and beta < 1.0:
+        return (
+            f"Prior: the Galaxy model's ([Fe/H], M_r) prior was raised to the power {beta:g}, "
+            f"which the stars' marginal likelihood prefers ({record['n_stars']:,} stars, "
+            f"{record['log_evidence_gain']:+.3f} per star): they follow another population "
+            "than the model's, and the posteriors are widened to match."
+        )
+    if record.get("fitted"):
+        return (
+            f"Prior: the Galaxy model's prior was used as given, the most likely power on "
+            f"{record['n_stars']:,} of the stars."
+        )
+    if record.get("reason") != "given":
+        return f"Prior: the Galaxy model's prior was used as given ({record['reason']})."
+    return f"Prior: the Galaxy model's prior raised to the power {beta:g}." if beta < 1 else ""
+
+
 def _timings_table(timings: Mapping[str, float] | None) -> pd.DataFrame:
     if not timings:
         return pd.DataFrame(columns=["stage", "seconds", "fraction_of_total"])
@@ -1464,9 +1486,12 @@ def _page(
         )
     if "ug" not in data.photometry:
         notes.append("No u/g photometry found: the (u-g, u-g error) maps are left out.")
-    error_model = error_model_note(info.get("error_floor"))
-    if error_model:
-        notes.append(error_model)
+    for note in (
+        error_model_note(info.get("error_floor")),
+        prior_power_note(info.get("prior_temper")),
+    ):
+        if note:
+            notes.append(note)
     if data.population_source is not None:
         notes.append(
             f"Stellar classes and the [Fe/H] split use the {data.population_source} values; "
