@@ -518,8 +518,12 @@ def test_large_patches_are_streamed(catalog_path, catalog, prior_cache, tmp_path
     # each patch's summary: mode, error floor and, with the profile, its fit (or why not)
     infos = read_patch_info(tmp_path / "run")
     assert sorted(infos) == sorted(PIXELS)
-    for info in infos.values():
+    powers = {p.pixel: p.prior_power for p in summary.patches}
+    for pixel, info in infos.items():
         assert info["mode"] == "streamed-hybrid" and info["error_floor"]["floor"] > 0
+        # the prior's power, fitted per patch, is recorded with the patch
+        assert info["prior_temper"]["fitted"] and 0.0 <= powers[pixel] <= 1.0
+        assert powers[pixel] == info["prior_temper"]["beta"]
         if dust_prior == "flat":
             assert info["dust_profile"] is None
         else:

@@ -691,6 +691,7 @@ class PatchResult:
     worker: str = ""
     path: str = ""
     error_floor: float | None = None
+    prior_power: float | None = None  #: the power of the patch's prior (photodist.prior_temper)
 
 
 _GRIDS: dict[tuple[float | None, float | None], Locus] = {}
@@ -944,6 +945,7 @@ def process_patch(task: PatchTask, job: _Job) -> PatchResult:
         worker=f"{os.uname().nodename}:{os.getpid()}",
         path=str(final),
         error_floor=used_error_floor(info),
+        prior_power=(info.get("prior_temper") or {}).get("beta"),
     )
 
 
