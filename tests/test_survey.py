@@ -246,6 +246,16 @@ def test_a_run_started_before_a_setting_existed_resumes(
     other = survey_config(prior_cache, pipeline={"dust_prior": "profile"})
     with pytest.raises(ManifestMismatchError, match="pipeline.dust_prior"):
         run_survey(catalog_path, work, other, scheduler="synchronous", progress=False)
+    # a run from before the prior's power was fitted used the prior as given: resuming it
+    # with the new default would mix two behaviours, so it is refused, and allowed with 1
+    del manifest["configuration"]["survey"]["pipeline"]["prior_temper"]
+    (work / MANIFEST_NAME).write_text(json.dumps(manifest))
+    fitted = survey_config(prior_cache, pipeline={"prior_temper": "auto"})
+    with pytest.raises(ManifestMismatchError, match="pipeline.prior_temper"):
+        run_survey(catalog_path, work, fitted, scheduler="synchronous", progress=False)
+    as_given = survey_config(prior_cache, pipeline={"prior_temper": 1.0})
+    summary = run_survey(catalog_path, work, as_given, scheduler="synchronous", progress=False)
+    assert summary.ok and summary.n_skipped == len(PIXELS)
 
 
 def test_changed_input_is_refused(reference, catalog_path, prior_cache, tmp_path):

@@ -1219,18 +1219,24 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix or "(root)"]
 
 
+#: Pipeline settings whose default changed what a run does when they were added: a saved
+#: configuration without them ran as these values say (the prior was used as given).
+_BEHAVIOUR_BEFORE_SETTING: dict[str, Any] = {"prior_temper": 1.0}
+
+
 def _with_pipeline_defaults(configuration: Any) -> Any:
     """A saved run configuration with the pipeline settings it predates at their defaults.
 
-    Every pipeline setting added since defaults to the behaviour that came before it, so a run
-    started by an earlier version resumes unless a setting now differs from that default.
+    The pipeline settings added since take the behaviour that came before them (their default,
+    or :data:`_BEHAVIOUR_BEFORE_SETTING`), so a run started by an earlier version resumes
+    unless a setting now differs from that behaviour.
     """
     if not isinstance(configuration, dict) or not isinstance(configuration.get("survey"), dict):
         return configuration
     survey = configuration["survey"]
     if not isinstance(survey.get("pipeline"), dict):
         return configuration
-    defaults = PipelineConfig().to_dict()
+    defaults = {**PipelineConfig().to_dict(), **_BEHAVIOUR_BEFORE_SETTING}
     defaults.pop("progress", None)
     return {**configuration, "survey": {**survey, "pipeline": {**defaults, **survey["pipeline"]}}}
 
