@@ -301,19 +301,24 @@ def test_prior_temper_option(tmp_path, s82_stars_path, s82_priors_path):
             cli, ["bayes", str(src), str(tmp_path / "o.parquet"), "--prior-temper", bad]
         )
         assert result.exit_code == 2 and "'auto' or in [0, 1]" in result.output
+    result = CliRunner().invoke(
+        cli, ["bayes", str(src), str(tmp_path / "o.parquet"), "--prior-feh-shift", "2"]
+    )
+    assert result.exit_code == 2 and "within ±1 dex" in result.output
     args = ["bayes", str(s82_stars_path), "--bands", "sdss", "--feh-step", "0.1"]
     args += ["--mr-step", "0.2", "--trilegal-prior", str(s82_priors_path)]
     args += ["--trilegal-pixel", "0"]
     spreads = {}
     for power in ("1", "0.5"):
         out = tmp_path / f"power_{power}.parquet"
-        result = CliRunner().invoke(cli, [*args[:2], str(out), *args[2:], "--prior-temper", power])
+        options = ["--prior-temper", power, "--prior-feh-shift", "0"]
+        result = CliRunner().invoke(cli, [*args[:2], str(out), *args[2:], *options])
         assert result.exit_code == 0, result.output
         summary = json.loads((tmp_path / f"power_{power}.parquet.run.json").read_text())
         assert summary["prior_temper"]["beta"] == float(power)
         assert not summary["prior_temper"]["fitted"]
         spreads[power] = pd.read_parquet(out)["FeH_std"].median()
-    assert "prior raised to the power 0.5" in result.output
+    assert "raised to the power 0.5" in result.output
     assert spreads["0.5"] > 1.1 * spreads["1"]
 
 
@@ -382,10 +387,11 @@ def test_simulate_run_evaluate_chain(tmp_path):
     # the error-model check still ran: a simulated catalogue has no extra colour scatter
     assert floor["n_stars"] >= 100 and 0.0 <= floor["scatter"] < 0.005
     assert (tmp_path / "run.parquet.prior.npz").exists()
-    # the prior's power, fitted on the patch's stars: simulated with the same Galaxy model
+    # the prior's shift and power, fitted on the patch's stars: simulated with the same
+    # Galaxy model, so the prior barely moves
     temper = summary["prior_temper"]
     assert temper["fitted"] and temper["n_stars"] >= 1000 and temper["beta"] >= 0.8
-    assert "prior used as given" in result.output or "prior raised" in result.output
+    assert abs(temper["feh_shift"]) <= 0.1 and "Prior: the Galaxy model's" in result.output
     # the A_r prior from the patch's fitted dust profile
     profiled = tmp_path / "profiled.parquet"
     result = runner.invoke(

@@ -291,25 +291,27 @@ def test_small_patch_runs_bayes_on_all(catalog, prior, default_locus):
 
 
 def test_prior_power_is_fitted_recorded_and_reused(catalog, prior, default_locus, hybrid):
-    """The default fits the prior's power on the patch (stars of the prior's own Galaxy model
-    keep it near 1); a given power is used as given, and ``used_prior`` rebuilds it."""
+    """The default fits the prior's [Fe/H] shift and power on the patch (stars of the prior's
+    own Galaxy model keep them near 0 and 1); given values are used as given, and
+    ``used_prior`` rebuilds the prior used."""
     temper = hybrid[0].attrs["photodist_pipeline"]["prior_temper"]
     assert temper["fitted"] and temper["beta"] >= 0.8 and temper["n_stars"] >= 1000
-    config = small_config(bayes_all_below=len(catalog), prior_temper=0.3)
+    assert abs(temper["feh_shift"]) <= 0.1
+    config = small_config(bayes_all_below=len(catalog), prior_temper=0.3, prior_feh_shift=0.1)
     result, timings, _ = run_patch(catalog, prior, default_locus, config)
     info = result.attrs["photodist_pipeline"]
     assert info["prior_temper"]["beta"] == 0.3 and not info["prior_temper"]["fitted"]
+    assert info["prior_temper"]["feh_shift"] == 0.1
     assert "prior_temper" in timings
     grid = posterior_grid(default_locus, config)
     used = used_prior(info, prior, grid)
-    np.testing.assert_allclose(
-        used.log_prior, BayesEstimator(grid, prior).prior.tempered(0.3).log_prior
-    )
+    as_grid = BayesEstimator(grid, prior).prior
+    np.testing.assert_allclose(used.log_prior, as_grid.feh_shifted(2).tempered(0.3).log_prior)
     expected = BayesEstimator(grid, used, config.bayes_config(used_error_floor(info))).predict(
         photometry_from_frame(catalog, "lsst")
     )
     np.testing.assert_array_equal(result["FeH_mean"], expected["FeH_mean"])
-    as_given = small_config(bayes_all_below=len(catalog), prior_temper=1.0)
+    as_given = small_config(bayes_all_below=len(catalog), prior_temper=1.0, prior_feh_shift=0)
     wide = result["FeH_sigma"].median()
     assert wide > 1.1 * run_patch(catalog, prior, default_locus, as_given)[0]["FeH_sigma"].median()
     assert used_prior({}, prior, grid) is prior and used_prior(info, None, grid) is None
@@ -434,6 +436,9 @@ def test_config_validation():
     for bad in ("strong", 1.2, -0.5):
         with pytest.raises(ValueError, match="prior's power"):
             PipelineConfig(prior_temper=bad)
+    for bad in ("metal-rich", 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"\[Fe/H\] shift"):
+            PipelineConfig(prior_feh_shift=bad)
     assert PipelineConfig(prior_temper="0.5").prior_temper == 0.5
     config = PipelineConfig(train_fraction=0.05)
     assert config.training_size(200_000) == 10_000

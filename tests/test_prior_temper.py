@@ -71,12 +71,12 @@ def test_power_is_one_when_the_stars_follow_the_prior_and_falls_when_they_do_not
     common = {"err_range": (0.01, 0.08), "a_max": a_max}
     own = band_noise_stars(coarse_locus, SDSS, 1500, seed=3, point_weights=disk, **common)[0]
     fit = fit_prior_temper(own, coarse_locus, disk_prior, config, max_stars=1500)
-    assert fit.fitted and fit.beta == 1.0 and fit.gain == 0.0
+    assert fit.fitted and fit.beta == 1.0 and fit.feh_shift == 0.0 and fit.gain == 0.0
 
     other, mr, feh, _ = band_noise_stars(
         coarse_locus, SDSS, 1500, seed=4, point_weights=0.8 * halo + 0.2 * disk, **common
     )
-    fit = fit_prior_temper(other, coarse_locus, disk_prior, config, max_stars=1500)
+    fit = fit_prior_temper(other, coarse_locus, disk_prior, config, max_stars=1500, feh_shift=0.0)
     assert fit.fitted and fit.beta < 1.0 and fit.gain > 0.0
     assert fit.n_stars > 1000
     assert set(fit.log_evidence) == {round(0.1 * k, 1) for k in range(11)}
@@ -85,7 +85,7 @@ def test_power_is_one_when_the_stars_follow_the_prior_and_falls_when_they_do_not
     from photodist.bayes import BayesEstimator
 
     as_given = BayesEstimator(coarse_locus, disk_prior, config).predict(other)
-    prior, _ = resolve_prior_temper("auto", other, coarse_locus, disk_prior, config)
+    prior, _ = resolve_prior_temper("auto", other, coarse_locus, disk_prior, config, feh_shift=0.0)
     tempered = BayesEstimator(coarse_locus, prior, config).predict(other)
 
     def coverage(res, truth, p):
@@ -99,12 +99,60 @@ def test_resolve_prior_temper_settings(coarse_locus, band_noise_stars):
     disk, _ = _two_populations(coarse_locus)
     prior = PriorGrid(np.log(disk)[None], np.array([20.0]))
     phot = band_noise_stars(coarse_locus, SDSS, 100, seed=5, point_weights=disk)[0]
-    same, fit = resolve_prior_temper(1.0, phot, coarse_locus, prior)
-    assert same is prior and fit.beta == 1.0 and not fit.fitted
-    half, fit = resolve_prior_temper(0.5, phot, coarse_locus, prior)
-    np.testing.assert_allclose(half.log_prior, prior.tempered(0.5).log_prior)
-    assert fit.reason == "given"
+    same, fit = resolve_prior_temper(1.0, phot, coarse_locus, prior, feh_shift=0.0)
+    assert same is prior and fit.beta == 1.0 and not fit.fitted and fit.reason == "given"
+    half, fit = resolve_prior_temper(0.5, phot, coarse_locus, prior, feh_shift=-0.2)
+    np.testing.assert_allclose(half.log_prior, prior.feh_shifted(-2).tempered(0.5).log_prior)
+    assert fit.reason == "given" and fit.feh_shift == -0.2 and fit.changes_prior
     assert resolve_prior_temper("auto", phot, coarse_locus, None)[0] is None
     few, fit = resolve_prior_temper("auto", phot, coarse_locus, prior)
     assert few is prior and not fit.fitted and "fewer than" in fit.reason  # 100 stars
     assert isinstance(fit, PriorTemperFit) and np.isnan(fit.gain)
+    # too few stars to fit the shift: the given power is still applied
+    given_power, fit = resolve_prior_temper(0.5, phot, coarse_locus, prior)
+    assert not fit.fitted and fit.beta == 0.5 and fit.feh_shift == 0.0
+    np.testing.assert_allclose(given_power.log_prior, prior.tempered(0.5).log_prior)
+
+
+def test_feh_shifted_prior_moves_along_feh_only(coarse_locus):
+    disk, _ = _two_populations(coarse_locus)
+    grid = PriorGrid(np.log(disk)[None], np.array([20.0]))
+    allowed = np.isfinite(grid.log_prior)
+    moved = grid.feh_shifted(3)
+    np.testing.assert_array_equal(np.isfinite(moved.log_prior), allowed)
+    assert logsumexp(moved.log_prior[0][allowed[0]]) == pytest.approx(0.0, abs=1e-12)
+    feh = coarse_locus.feh
+    weights = np.exp(moved.log_prior[0])
+    mean_before = np.sum(disk * feh[:, None]) / disk.sum()
+    mean_after = np.sum(weights * feh[:, None]) / weights.sum()
+    assert mean_after - mean_before == pytest.approx(0.3, abs=0.03)
+    assert grid.feh_shifted(0).log_prior == pytest.approx(grid.tempered(1.0).log_prior)
+
+
+def test_shift_recovers_a_metallicity_offset(coarse_locus, band_noise_stars):
+    """Stars of a population 0.3 dex more metal-rich than the prior: the fitted shift finds
+    the offset and removes the bias of the [Fe/H] estimates; stars of the prior's own
+    population keep it where it is."""
+    disk, _ = _two_populations(coarse_locus)
+    prior = PriorGrid(np.log(disk)[None], np.array([20.0]))
+    truth_weights = np.exp(prior.feh_shifted(3).log_prior[0])
+    config = BayesConfig(error_floor=0.0)
+    common = {"err_range": (0.01, 0.08), "a_max": 1.3 * 0.25 + 0.1}
+    stars, _, feh, _ = band_noise_stars(
+        coarse_locus, SDSS, 1500, seed=8, point_weights=truth_weights, **common
+    )
+    fit = fit_prior_temper(stars, coarse_locus, prior, config, max_stars=1500)
+    assert fit.fitted and fit.feh_shift == pytest.approx(0.3, abs=0.11)
+    assert fit.log_evidence_by_shift[fit.feh_shift] > fit.log_evidence_by_shift[0.0]
+    from photodist.bayes import BayesEstimator
+
+    as_given = BayesEstimator(coarse_locus, prior, config).predict(stars)
+    adjusted = BayesEstimator(
+        coarse_locus, resolve_prior_temper("auto", stars, coarse_locus, prior, config)[0], config
+    ).predict(stars)
+    bias_before = np.median(as_given["FeH_mean"] - feh)
+    bias_after = np.median(adjusted["FeH_mean"] - feh)
+    assert bias_before < -0.1 and abs(bias_after) < 0.5 * abs(bias_before)
+    own = band_noise_stars(coarse_locus, SDSS, 1500, seed=9, point_weights=disk, **common)[0]
+    fit = fit_prior_temper(own, coarse_locus, prior, config, max_stars=1500)
+    assert fit.feh_shift == 0.0 and fit.beta == 1.0 and not fit.changes_prior

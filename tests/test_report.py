@@ -221,14 +221,27 @@ def test_real_data_report_has_only_nn_vs_bayes(run, tmp_path):
 
 def test_prior_power_note():
     assert prior_power_note(None) == prior_power_note({"beta": 1.0, "reason": "flat prior"}) == ""
-    assert prior_power_note({"beta": 1.0, "fitted": False, "reason": "given"}) == ""
-    fitted = {"beta": 0.5, "fitted": True, "n_stars": 2000, "log_evidence_gain": 0.145}
+    assert prior_power_note({"beta": 1.0, "feh_shift": 0.0, "reason": "given"}) == ""
+    fitted = {
+        "beta": 0.5,
+        "feh_shift": 0.3,
+        "fitted": True,
+        "n_stars": 2000,
+        "log_evidence_gain": 0.145,
+    }
     note = prior_power_note(fitted)
-    assert "power 0.5" in note and "2,000 stars" in note and "+0.145" in note
-    assert "as given" in prior_power_note(dict(fitted, beta=1.0, log_evidence_gain=0.0))
+    assert "+0.3 dex" in note and "power 0.5" in note and "+0.145" in note
+    assert "2,000 stars" in note
+    assert "power" not in prior_power_note(dict(fitted, beta=1.0))
+    same = dict(fitted, beta=1.0, feh_shift=0.0, log_evidence_gain=0.0)
+    assert "used as given" in prior_power_note(same)
     few = {"beta": 1.0, "fitted": False, "reason": "150 usable stars, fewer than 200"}
-    assert "fewer than 200" in prior_power_note(few)
-    assert "power 0.3" in prior_power_note({"beta": 0.3, "fitted": False, "reason": "given"})
+    assert "fewer than 200" in prior_power_note(few) and "as given" in prior_power_note(few)
+    given = {"beta": 0.3, "feh_shift": -0.2, "fitted": False, "reason": "given"}
+    assert prior_power_note(given) == (
+        "Prior: the Galaxy model's prior was moved by -0.2 dex in [Fe/H] and raised to the "
+        "power 0.3."
+    )
 
 
 def test_error_model_note():

@@ -248,12 +248,13 @@ def test_a_run_started_before_a_setting_existed_resumes(
         run_survey(catalog_path, work, other, scheduler="synchronous", progress=False)
     # a run from before the prior's power was fitted used the prior as given: resuming it
     # with the new default would mix two behaviours, so it is refused, and allowed with 1
-    del manifest["configuration"]["survey"]["pipeline"]["prior_temper"]
+    for key in ("prior_temper", "prior_feh_shift"):
+        del manifest["configuration"]["survey"]["pipeline"][key]
     (work / MANIFEST_NAME).write_text(json.dumps(manifest))
     fitted = survey_config(prior_cache, pipeline={"prior_temper": "auto"})
-    with pytest.raises(ManifestMismatchError, match="pipeline.prior_temper"):
+    with pytest.raises(ManifestMismatchError, match="pipeline.prior_feh_shift"):
         run_survey(catalog_path, work, fitted, scheduler="synchronous", progress=False)
-    as_given = survey_config(prior_cache, pipeline={"prior_temper": 1.0})
+    as_given = survey_config(prior_cache, pipeline={"prior_temper": 1.0, "prior_feh_shift": 0.0})
     summary = run_survey(catalog_path, work, as_given, scheduler="synchronous", progress=False)
     assert summary.ok and summary.n_skipped == len(PIXELS)
 
@@ -529,11 +530,13 @@ def test_large_patches_are_streamed(catalog_path, catalog, prior_cache, tmp_path
     infos = read_patch_info(tmp_path / "run")
     assert sorted(infos) == sorted(PIXELS)
     powers = {p.pixel: p.prior_power for p in summary.patches}
+    shifts = {p.pixel: p.prior_feh_shift for p in summary.patches}
     for pixel, info in infos.items():
         assert info["mode"] == "streamed-hybrid" and info["error_floor"]["floor"] > 0
         # the prior's power, fitted per patch, is recorded with the patch
         assert info["prior_temper"]["fitted"] and 0.0 <= powers[pixel] <= 1.0
         assert powers[pixel] == info["prior_temper"]["beta"]
+        assert shifts[pixel] == info["prior_temper"]["feh_shift"]
         if dust_prior == "flat":
             assert info["dust_profile"] is None
         else:

@@ -27,9 +27,10 @@ map instead (a photo-D prior catalogue such as ``../shared/data/s82_priors``, it
 interpolated onto the posterior grid; the patch should then be that map's, e.g. ``--patch
 176,-48 --a-map 0.24`` for Stripe 82), and the estimator runs three times: with that same
 map (self-consistent), with this package's Galaxy-model prior for the patch (another Galaxy
-model, as on any catalogue that was not simulated with ours) as given and raised to the power
-that maximises the stars' marginal likelihood (:mod:`photodist.prior_temper`, the pipeline's
-default), and with a flat prior. ``--error-floor`` sets the floor of these runs (default 0).
+model, as on any catalogue that was not simulated with ours) as given, raised to the power
+that maximises the stars' marginal likelihood, and also moved along [Fe/H] by the shift that
+does (:mod:`photodist.prior_temper`; the pipeline's default fits both), and with a flat
+prior. ``--error-floor`` sets the floor of these runs (default 0).
 With ``--hybrid N`` too, the hybrid pipeline runs on N such stars with the Galaxy-model prior,
 as given and with its fitted power.
 
@@ -48,7 +49,7 @@ from bayes_accuracy import sigma_g
 from photodist.bands import get_band_set, photometry_from_frame
 from photodist.bayes import BayesConfig, BayesEstimator, Flags, PriorGrid
 from photodist.locus import build_locus
-from photodist.prior_temper import fit_prior_temper
+from photodist.prior_temper import adjusted_prior, fit_prior_temper
 from photodist.priors import build_patch_priors, read_trilegal_priors
 from photodist.simulate import add_photometric_errors
 
@@ -155,15 +156,19 @@ def main() -> None:
     if args.hybrid and args.trilegal:  # the pipeline with the other Galaxy model's prior
         from photodist.pipeline import PipelineConfig, run_patch
 
-        for power in (1.0, "auto"):
+        for power, shift in ((1.0, 0.0), ("auto", 0.0), ("auto", "auto")):
             config = PipelineConfig(
-                error_floor=args.error_floor, prior_temper=power, seed=args.seed
+                error_floor=args.error_floor,
+                prior_temper=power,
+                prior_feh_shift=shift,
+                seed=args.seed,
             )
             hybrid, timings, _ = run_patch(frame, galaxy_grid, locus, config)
-            beta = hybrid.attrs["photodist_pipeline"]["prior_temper"]["beta"]
+            used = hybrid.attrs["photodist_pipeline"]["prior_temper"]
             print(
-                f"hybrid on {len(frame)} TRILEGAL stars, Galaxy-model prior ** {beta:g} "
-                f"({power}), floor {args.error_floor:g}, in {timings['total']:.1f} s"
+                f"hybrid on {len(frame)} TRILEGAL stars, Galaxy-model prior moved "
+                f"{used['feh_shift']:+g} dex ({shift}), ** {used['beta']:g} ({power}), "
+                f"floor {args.error_floor:g}, in {timings['total']:.1f} s"
             )
             report_hybrid(hybrid, truth)
     elif args.hybrid:
@@ -187,11 +192,19 @@ def main() -> None:
     if args.trilegal:  # the same stars under other priors
         print(f"stars drawn from the TRILEGAL map {args.trilegal} (pixel 0)")
         config = BayesConfig(error_floor=args.error_floor)
-        fitted = fit_prior_temper(phot, locus, galaxy_grid, config, seed=args.seed)
+        power = fit_prior_temper(phot, locus, galaxy_grid, config, seed=args.seed, feh_shift=0.0)
+        both = fit_prior_temper(phot, locus, galaxy_grid, config, seed=args.seed)
         priors = (
             ("TRILEGAL prior (the stars' own)", grid),
             ("Galaxy-model prior as given", galaxy_grid),
-            (f"Galaxy-model prior ** {fitted.beta:g} (fitted)", galaxy_grid.tempered(fitted.beta)),
+            (
+                f"Galaxy-model prior ** {power.beta:g} (power fitted, no shift)",
+                adjusted_prior(galaxy_grid, locus, power.beta),
+            ),
+            (
+                f"Galaxy-model prior moved {both.feh_shift:+g} dex, ** {both.beta:g} (fitted)",
+                adjusted_prior(galaxy_grid, locus, both.beta, both.feh_shift),
+            ),
             ("flat prior", PriorGrid.flat(locus)),
         )
         for label, other in priors:

@@ -1314,6 +1314,22 @@ class PriorGrid:
         half_width = float(getattr(prior_map, "r_half_width", math.inf))
         return cls(prior_map.log_prior, np.asarray(prior_map.r_centres, float), half_width)
 
+    def feh_shifted(self, rows: int) -> PriorGrid:
+        """The prior moved by ``rows`` grid steps along [Fe/H] (positive: more metal-rich),
+        normalised as :meth:`tempered`. The grid points it allows stay those it allowed;
+        points it moves in from beyond the grid take each r bin's smallest value (the prior
+        maps' floor)."""
+        allowed = np.isfinite(self.log_prior)
+        flat = np.where(allowed, self.log_prior, np.inf).reshape(len(self.log_prior), -1)
+        floor = np.min(flat, axis=1)[:, None, None]
+        floor = np.where(np.isfinite(floor), floor, 0.0)
+        moved = np.roll(np.where(allowed, self.log_prior, floor), rows, axis=1)
+        if rows > 0:
+            moved[:, :rows] = floor
+        elif rows < 0:
+            moved[:, rows:] = floor
+        return dataclasses.replace(self, log_prior=np.where(allowed, moved, -np.inf)).tempered(1.0)
+
     def tempered(self, beta: float) -> PriorGrid:
         """The prior raised to the power ``beta`` in [0, 1] (0: flat over the grid points the
         prior allows), normalised to unit sum in every r bin so that the log evidence of

@@ -154,6 +154,7 @@ def _pipeline_config(params: dict[str, Any], **settings: Any) -> PipelineConfig:
         dust_offset=params["a_max_offset"],
         dust_prior=params["dust_prior"],
         prior_temper=params["prior_temper"],
+        prior_feh_shift=params["prior_feh_shift"],
         color_covariance=not params["independent_colors"],
         error_floor=params["error_floor"],
         seed=params["seed"],
@@ -324,34 +325,51 @@ class PriorTemperType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-_PRIOR_TEMPER_OPTION = click.option(
-    "--prior-temper",
-    type=PriorTemperType(),
-    default="auto",
-    show_default=True,
-    help="Power of the ([Fe/H], M_r) prior in [0, 1] (1: the Galaxy model as given, as in "
-    "the paper; 0: flat), or 'auto': per patch, the power that maximises the marginal "
-    "likelihood of 2,000 of its stars (photodist.prior_temper; `bayes` fits it on the first "
-    "batch). It stays 1 where the stars follow the prior and falls where they follow another "
-    "population, so that the posteriors are not too narrow.",
-)
+class FehShiftType(click.ParamType):
+    """``auto`` or a shift of the prior along [Fe/H] in dex."""
+
+    name = "auto|DEX"
+
+    def convert(self, value, param, ctx):
+        from photodist.prior_temper import parse_feh_shift
+
+        try:
+            return parse_feh_shift(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _prior_temper_options(function):
+    """The options that adjust the Galaxy-model prior to a patch's stars."""
+    function = click.option(
+        "--prior-temper",
+        type=PriorTemperType(),
+        default="auto",
+        show_default=True,
+        help="Power of the ([Fe/H], M_r) prior in [0, 1] (1: as given, as in the paper; 0: "
+        "flat), or 'auto': per patch, the power that maximises the marginal likelihood of "
+        "2,000 of its stars (photodist.prior_temper; `bayes` fits it on the first batch). It "
+        "stays 1 where the stars follow the prior and falls where they follow another "
+        "population, so that the posteriors are not too narrow.",
+    )(function)
+    return click.option(
+        "--prior-feh-shift",
+        type=FehShiftType(),
+        default="auto",
+        show_default=True,
+        help="Shift of the prior along [Fe/H] in dex (0: as given), or 'auto': per patch, the "
+        "shift within ±0.5 dex that maximises the same marginal likelihood, fitted before the "
+        "power. A Galaxy model's metallicity scale is among its least certain parts.",
+    )(function)
 
 
 def _echo_prior_temper(record: dict[str, Any]) -> None:
-    """Say which power of the prior a run used (``PriorTemperFit.to_dict()``)."""
-    beta, reason = record["beta"], record["reason"]
-    if record["fitted"] and beta < 1.0:
-        click.echo(
-            f"prior raised to the power {beta:g}: the stars follow another population than "
-            f"the prior's (log evidence {record['log_evidence_gain']:+.3f} per star over the "
-            f"prior as given, {record['n_stars']} stars; docs/benchmarks.md)"
-        )
-    elif record["fitted"]:
-        click.echo(f"prior used as given (the most likely power on {record['n_stars']} stars)")
-    elif reason == "given" and beta < 1.0:
-        click.echo(f"prior raised to the power {beta:g}")
-    elif reason not in ("given", "flat prior"):
-        click.echo(f"prior used as given (power not fitted: {reason})")
+    """Say how a run adjusted its prior (``PriorTemperFit.to_dict()``)."""
+    from photodist.report import prior_power_note
+
+    note = prior_power_note(record)
+    if note:
+        click.echo(note)
 
 
 _SPEC_OPTION = click.option(
@@ -863,7 +881,7 @@ def check_command(
 )
 @_a_prior_options
 @_DUST_PRIOR_OPTION
-@_PRIOR_TEMPER_OPTION
+@_prior_temper_options
 @_independent_colors_option
 @click.option(
     "--batch-size",
@@ -919,6 +937,7 @@ def bayes_command(
     a_max_offset: float,
     dust_prior: str,
     prior_temper: float | str,
+    prior_feh_shift: float | str,
     independent_colors: bool,
     batch_size: int,
     seed: int,
@@ -1000,7 +1019,9 @@ def bayes_command(
     config = dataclasses.replace(config, error_floor=float(error_floor))
     temper_info: dict[str, Any] | None = None
     if first is not None:  # the prior's power: fitted on the first batch, as the floor
-        prior, temper = resolve_prior_temper(prior_temper, sample, locus, prior, config, seed=seed)
+        prior, temper = resolve_prior_temper(
+            prior_temper, sample, locus, prior, config, seed=seed, feh_shift=prior_feh_shift
+        )
         temper_info = temper.to_dict()
         _echo_prior_temper(temper_info)
     profile = None
@@ -1341,7 +1362,7 @@ def predict_command(
 @_training_options
 @_a_prior_options
 @_DUST_PRIOR_OPTION
-@_PRIOR_TEMPER_OPTION
+@_prior_temper_options
 @_independent_colors_option
 @_error_floor_option
 @_SPEC_OPTION
@@ -1375,6 +1396,7 @@ def run_command(
     a_max_offset: float,
     dust_prior: str,
     prior_temper: float | str,
+    prior_feh_shift: float | str,
     independent_colors: bool,
     error_floor: float | str,
     spec_path: Path | None,
@@ -1612,7 +1634,7 @@ def evaluate_command(
 @_training_options
 @_a_prior_options
 @_DUST_PRIOR_OPTION
-@_PRIOR_TEMPER_OPTION
+@_prior_temper_options
 @_independent_colors_option
 @_error_floor_option
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -1640,6 +1662,7 @@ def survey_command(
     a_max_offset: float,
     dust_prior: str,
     prior_temper: float | str,
+    prior_feh_shift: float | str,
     independent_colors: bool,
     error_floor: float | str,
     seed: int,

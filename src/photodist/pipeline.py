@@ -59,12 +59,17 @@ from photodist.bands import (
     get_band_set,
     photometry_from_frame,
 )
-from photodist.bayes import BayesConfig, BayesEstimator, Flags, PriorGrid, prior_range_flags
+from photodist.bayes import BayesConfig, BayesEstimator, Flags, prior_range_flags
 from photodist.dust_profile import DustProfile, fit_profile_record
 from photodist.error_floor import ErrorFloorFit, resolve_error_floor
 from photodist.locus import Locus, build_locus
 from photodist.nn import NetworkSpec, PhotoDNetwork
-from photodist.prior_temper import parse_prior_temper, resolve_prior_temper
+from photodist.prior_temper import (
+    adjusted_prior,
+    parse_feh_shift,
+    parse_prior_temper,
+    resolve_prior_temper,
+)
 
 __all__ = [
     "DUST_PRIORS",
@@ -170,12 +175,13 @@ class PipelineConfig:
     color_covariance
         Use the covariance of adjacent colours that share a band's error in the Bayesian
         chi2 (:class:`photodist.bayes.BayesConfig`); False: independent errors, as the paper.
-    prior_temper
-        Power of the ([Fe/H], M_r) prior, in [0, 1] (1: the Galaxy model's prior as given, as
-        in the paper), or ``"auto"``: the power that maximises the marginal likelihood of a
-        sample of the patch's stars (:mod:`photodist.prior_temper`, ~1 s per patch on 2
-        cores). Where the stars follow the prior it stays 1; where they follow another
-        population it falls, and the posteriors widen to match their errors.
+    prior_feh_shift, prior_temper
+        Shift of the ([Fe/H], M_r) prior along [Fe/H] (dex, within ±1) and its power (in
+        [0, 1]); 0 and 1 give the Galaxy model's prior as given, as in the paper. ``"auto"``
+        (both by default) fits each per patch by maximum marginal likelihood on 2,000 of its
+        stars, the shift first (:mod:`photodist.prior_temper`, 2-3 s per patch on 2 cores).
+        Where the stars follow the prior they stay 0 and 1; where they follow another
+        population the prior moves to their metallicity scale and then weighs less.
     dust_prior
         ``"flat"``: the paper's flat A_r prior alone. ``"profile"``: also a normal A_r prior
         around the patch's extinction against apparent distance modulus, fitted to the
@@ -236,6 +242,7 @@ class PipelineConfig:
     dust_scale: float = 1.3
     dust_offset: float = 0.1
     color_covariance: bool = True
+    prior_feh_shift: float | str = "auto"
     prior_temper: float | str = "auto"
     dust_prior: str = "flat"
     nn_spec: NetworkSpec | Mapping[str, Any] | None = None
@@ -258,6 +265,7 @@ class PipelineConfig:
         if self.dust_prior not in DUST_PRIORS:
             raise ValueError(f"dust_prior must be one of {DUST_PRIORS}, got {self.dust_prior!r}")
         self.prior_temper = parse_prior_temper(self.prior_temper)
+        self.prior_feh_shift = parse_feh_shift(self.prior_feh_shift)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         for name in ("n_train", "min_train", "chunk_size"):
@@ -402,14 +410,14 @@ def used_dust_profile(info: Mapping[str, Any]) -> DustProfile | None:
 
 
 def used_prior(info: Mapping[str, Any], prior: Any, locus: Locus) -> Any:
-    """The prior a run's Bayesian estimates used: ``prior`` (its map, as saved) raised to the
-    power recorded in its info (as for :func:`used_error_floor`); ``prior`` itself when the
-    power is 1 or not recorded."""
+    """The prior a run's Bayesian estimates used: ``prior`` (its map, as saved) shifted along
+    [Fe/H] and raised to the power recorded in its info (as for :func:`used_error_floor`);
+    ``prior`` itself when neither changes it or nothing is recorded."""
     fit = info.get("prior_temper")
-    beta = float(fit.get("beta", 1.0)) if isinstance(fit, Mapping) else 1.0
-    if prior is None or beta == 1.0:
+    if not isinstance(fit, Mapping):
         return prior
-    return PriorGrid.from_prior(prior, locus).tempered(beta)
+    beta, shift = float(fit.get("beta", 1.0)), float(fit.get("feh_shift", 0.0))
+    return adjusted_prior(prior, locus, beta, shift)
 
 
 def network_inputs_usable(photometry: Photometry, missing_colors: bool = True) -> np.ndarray:
@@ -914,7 +922,13 @@ def run_patch(
     timings["error_floor"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     prior, temper = resolve_prior_temper(
-        config.prior_temper, phot, grid, prior, bayes_config, seed=subsample_seed
+        config.prior_temper,
+        phot,
+        grid,
+        prior,
+        bayes_config,
+        seed=subsample_seed,
+        feh_shift=config.prior_feh_shift,
     )
     info["prior_temper"] = temper.to_dict()
     timings["prior_temper"] = time.perf_counter() - t0

@@ -1,21 +1,26 @@
-"""How much to trust the Galaxy-model prior: its power, fitted to the patch's own stars.
+"""The Galaxy-model prior tempered to a patch's stars: its metallicity scale and its power.
 
-The ([Fe/H], M_r) prior comes from a Galaxy model, and no Galaxy model is the sky: where the
+The ([Fe/H], M_r) prior comes from a Galaxy model, and no Galaxy model is the sky. Where the
 stars follow another population than the prior says, the posteriors are pulled towards the
-model and come out too narrow. On stars drawn from TRILEGAL's prior maps but estimated with
+model: biased, and too narrow. On stars drawn from TRILEGAL's prior maps but estimated with
 this package's Galaxy-model prior (``python validation/bayes_self_consistency.py --trilegal
 ../shared/data/s82_priors --patch 176,-48 --a-map 0.24``) the 16-84 % intervals of M_r and
-[Fe/H] held only 47 % and 43 % of the truths.
+[Fe/H] held only 41-48 % of the truths.
 
-Here the prior enters as p_j^beta, normalised in each r bin, with beta in [0, 1]: 1 is the
-model as given, 0 a flat prior over the grid. beta is chosen per patch by maximum marginal
-likelihood: the sum over a sample of the patch's stars of their log evidence
-(``log_evidence`` of :class:`photodist.bayes.BayesEstimator`) is computed for every beta of
-:data:`TEMPER_VALUES` and the largest wins. The same stars serve every beta: those with a
-finite evidence and without ``POOR_FIT`` at beta = 1 (stars the model cannot fit at all would
-favour a flat prior whatever the population). When the prior describes the stars, the
-evidence peaks at beta = 1 and nothing changes: stars drawn from the model itself and the
-real Stripe 82 stars both keep beta = 1 (``docs/benchmarks.md``).
+Two adjustments, each chosen per patch by maximum marginal likelihood (the summed
+``log_evidence`` of a sample of the patch's stars, :class:`photodist.bayes.BayesEstimator`):
+
+* a shift of the prior along [Fe/H] (:data:`FEH_SHIFTS`, -0.5 to +0.5 dex): a Galaxy model's
+  metallicity scale is among its least certain parts (this package's disk is ~0.4 dex more
+  metal-poor than TRILEGAL's);
+* then a power beta of the shifted prior (:data:`TEMPER_VALUES`, 0 to 1): p_j^beta,
+  normalised in each r bin, so that a prior that still does not describe the stars weighs
+  less (0: flat over the grid).
+
+The same stars serve every trial: those with a finite evidence and without ``POOR_FIT`` with
+the prior as given (stars the model cannot fit at all would favour a flat prior whatever the
+population). Where the prior describes the stars the evidence peaks at no shift and beta = 1,
+and nothing changes (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -30,18 +35,26 @@ from photodist.bayes import BayesConfig, BayesEstimator, Flags, PriorGrid
 from photodist.locus import Locus
 
 __all__ = [
+    "FEH_SHIFTS",
     "FIT_STARS",
+    "MAX_FEH_SHIFT",
     "MIN_FIT_STARS",
     "TEMPER_VALUES",
     "PriorTemperFit",
+    "adjusted_prior",
     "fit_prior_temper",
+    "parse_feh_shift",
     "parse_prior_temper",
     "resolve_prior_temper",
 ]
 
 #: Powers of the prior compared by the fit.
 TEMPER_VALUES: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(11))
-#: Stars of the patch (a seeded random sample) on which the powers are compared.
+#: Shifts of the prior along [Fe/H] compared by the fit (dex).
+FEH_SHIFTS: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(-5, 6))
+#: Largest shift accepted when one is given (dex).
+MAX_FEH_SHIFT = 1.0
+#: Stars of the patch (a seeded random sample) on which the trials are compared.
 FIT_STARS = 2_000
 #: Fewest usable stars for a fit; with fewer the prior is used as given.
 MIN_FIT_STARS = 200
@@ -49,43 +62,60 @@ MIN_FIT_STARS = 200
 
 @dataclass
 class PriorTemperFit:
-    """The power of the prior used for a patch and how it was chosen.
+    """How the prior of a patch was adjusted, and how that was chosen.
 
     Attributes
     ----------
     beta
-        The power used (1: the prior as given).
+        The power of the prior (1: as given).
+    feh_shift
+        Its shift along [Fe/H] (dex; positive: more metal-rich).
     fitted
-        Whether beta was fitted (False: given, or the fit was not possible, see ``reason``).
+        Whether anything was fitted (False: both given, or the fit was not possible, see
+        ``reason``).
     n_stars
         Stars whose evidence was compared.
     log_evidence
-        Mean log evidence per star for every power compared (power -> value).
+        Mean log evidence per star for every power compared, at the chosen shift.
+    log_evidence_by_shift
+        Mean log evidence per star for every shift compared, with the given power (or 1).
     reason
-        Why beta was not fitted, if it was not.
+        Why nothing was fitted, if nothing was.
     """
 
     beta: float
+    feh_shift: float = 0.0
     fitted: bool = False
     n_stars: int = 0
     log_evidence: dict[float, float] = field(default_factory=dict)
+    log_evidence_by_shift: dict[float, float] = field(default_factory=dict)
     reason: str | None = None
+    reference: float = float("nan")
 
     @property
     def gain(self) -> float:
-        """Mean log evidence per star of the chosen power over the prior as given (NaN
+        """Mean log evidence per star of the adjusted prior over the prior as given (NaN
         without a fit)."""
         if not self.fitted:
             return float("nan")
-        return self.log_evidence[self.beta] - self.log_evidence[1.0]
+        return self.log_evidence[self.beta] - self.reference
+
+    @property
+    def changes_prior(self) -> bool:
+        """Whether the prior used differs from the prior as given."""
+        return self.beta != 1.0 or self.feh_shift != 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable record (for run summaries)."""
         return {
             "beta": self.beta,
+            "feh_shift": self.feh_shift,
             "fitted": self.fitted,
             "n_stars": self.n_stars,
             "log_evidence_per_star": {str(k): v for k, v in self.log_evidence.items()},
+            "log_evidence_per_star_by_shift": {
+                str(k): v for k, v in self.log_evidence_by_shift.items()
+            },
             "log_evidence_gain": None if not self.fitted else self.gain,
             "reason": self.reason,
         }
@@ -104,6 +134,36 @@ def parse_prior_temper(value: float | str) -> float | str:
     return beta
 
 
+def parse_feh_shift(value: float | str) -> float | str:
+    """``"auto"`` or a shift in dex within ±:data:`MAX_FEH_SHIFT`; else a ValueError."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        shift = float(value)
+    except (TypeError, ValueError):
+        shift = float("nan")
+    if not abs(shift) <= MAX_FEH_SHIFT:
+        raise ValueError(
+            f"the prior's [Fe/H] shift must be 'auto' or within ±{MAX_FEH_SHIFT:g} dex, "
+            f"got {value!r}"
+        )
+    return shift
+
+
+def _shift_rows(shift: float, locus: Locus) -> int:
+    return int(round(shift / locus.feh_step)) if locus.feh_step > 0 else 0
+
+
+def adjusted_prior(prior: Any, locus: Locus, beta: float = 1.0, feh_shift: float = 0.0) -> Any:
+    """``prior`` on ``locus``'s grid moved by ``feh_shift`` dex along [Fe/H] (whole grid steps)
+    and raised to the power ``beta``; ``prior`` itself when neither changes it (or is None)."""
+    rows = _shift_rows(feh_shift, locus)
+    if prior is None or (beta == 1.0 and rows == 0):
+        return prior
+    grid = PriorGrid.from_prior(prior, locus)
+    return (grid.feh_shifted(rows) if rows else grid).tempered(beta)
+
+
 def fit_prior_temper(
     photometry: Photometry,
     locus: Locus,
@@ -113,8 +173,11 @@ def fit_prior_temper(
     seed: int = 0,
     max_stars: int = FIT_STARS,
     values: tuple[float, ...] = TEMPER_VALUES,
+    feh_shift: float | str = "auto",
+    power: float | str = "auto",
+    shifts: tuple[float, ...] = FEH_SHIFTS,
 ) -> PriorTemperFit:
-    """Choose the prior's power by maximum marginal likelihood on a sample of the stars.
+    """Choose the prior's [Fe/H] shift, then its power, by maximum marginal likelihood.
 
     Parameters
     ----------
@@ -130,32 +193,69 @@ def fit_prior_temper(
         Seed of the sample.
     max_stars
         Size of the sample.
-    values
-        Powers compared; must include 1.
+    values, shifts
+        Powers and [Fe/H] shifts (dex) compared; ``values`` must include 1 and ``shifts`` 0.
+    feh_shift, power
+        ``"auto"`` to fit, or the value to use as given.
     """
-    if 1.0 not in values:
-        raise ValueError("the powers compared must include 1 (the prior as given)")
-    grid = PriorGrid.from_prior(prior, locus)
+    if 1.0 not in values or 0.0 not in shifts:
+        raise ValueError("the trials must include the prior as given (power 1, shift 0)")
+    grid = PriorGrid.from_prior(prior, locus).tempered(1.0)  # normalised: evidences compare
     candidates = np.flatnonzero(np.isfinite(photometry.r))
     if candidates.size > max_stars:
         rng = np.random.default_rng(seed)
         candidates = np.sort(rng.choice(candidates, max_stars, replace=False))
     sample = photometry.subset(candidates)
-    evidence = {}
-    for beta in sorted(values, reverse=True):
-        estimates = BayesEstimator(locus, grid.tempered(beta), config).predict(sample)
-        evidence[beta] = estimates["log_evidence"].to_numpy()
-        if beta == 1.0:
-            poor = (estimates["flags"].to_numpy() & Flags.POOR_FIT) != 0
-    usable = ~poor & np.all([np.isfinite(v) for v in evidence.values()], axis=0)
+
+    def evidence(beta: float, shift: float) -> np.ndarray:
+        trial = adjusted_prior(grid, locus, beta, shift)
+        return BayesEstimator(locus, trial, config).predict(sample)
+
+    as_given = evidence(1.0, 0.0)
+    usable = np.isfinite(as_given["log_evidence"].to_numpy())
+    usable &= (as_given["flags"].to_numpy() & Flags.POOR_FIT) == 0
     n_used = int(usable.sum())
+    fixed_beta = 1.0 if power == "auto" else float(power)
+    fixed_shift = 0.0 if feh_shift == "auto" else float(feh_shift)
     if n_used < MIN_FIT_STARS:
-        return PriorTemperFit(
-            1.0, n_stars=n_used, reason=f"{n_used} usable stars, fewer than {MIN_FIT_STARS}"
-        )
-    means = {beta: float(np.mean(v[usable])) for beta, v in sorted(evidence.items())}
-    best = max(means, key=means.get)
-    return PriorTemperFit(best, fitted=True, n_stars=n_used, log_evidence=means)
+        reason = f"{n_used} usable stars, fewer than {MIN_FIT_STARS}"
+        return PriorTemperFit(fixed_beta, fixed_shift, n_stars=n_used, reason=reason)
+    reference = float(np.mean(as_given["log_evidence"].to_numpy()[usable]))
+
+    def mean_evidence(beta: float, shift: float) -> float:
+        if beta == 1.0 and _shift_rows(shift, locus) == 0:
+            return reference
+        values_ = evidence(beta, shift)["log_evidence"].to_numpy()[usable]
+        return float(np.mean(values_)) if np.isfinite(values_).all() else -np.inf
+
+    by_shift: dict[float, float] = {}
+    shift = fixed_shift
+    if feh_shift == "auto":
+        seen: set[int] = set()
+        for trial in sorted(shifts):
+            rows = _shift_rows(trial, locus)
+            if rows not in seen:  # a coarse grid maps several shifts to one row count
+                seen.add(rows)
+                by_shift[round(rows * locus.feh_step, 4)] = mean_evidence(fixed_beta, trial)
+        shift = max(by_shift, key=by_shift.get)
+    by_power = {fixed_beta: by_shift.get(shift, np.nan)} if feh_shift == "auto" else {}
+    beta = fixed_beta
+    if power == "auto":
+        for trial in sorted(values):
+            if trial not in by_power:
+                by_power[trial] = mean_evidence(trial, shift)
+        beta = max(by_power, key=by_power.get)
+    elif fixed_beta not in by_power:
+        by_power[fixed_beta] = mean_evidence(fixed_beta, shift)
+    return PriorTemperFit(
+        beta,
+        float(shift),
+        fitted=True,
+        n_stars=n_used,
+        log_evidence=dict(sorted(by_power.items())),
+        log_evidence_by_shift=by_shift,
+        reference=reference,
+    )
 
 
 def resolve_prior_temper(
@@ -166,19 +266,22 @@ def resolve_prior_temper(
     config: BayesConfig | None = None,
     *,
     seed: int = 0,
+    feh_shift: float | str = "auto",
 ) -> tuple[Any, PriorTemperFit]:
-    """The prior to use and its record: fitted (``"auto"``), or raised to the given power.
+    """The prior to use and its record: the power (``setting``) and the [Fe/H] shift, each
+    fitted (``"auto"``) or as given.
 
-    A prior that is None (flat) is returned as it is. The prior as given (power 1) is
-    returned unchanged, so its results are exactly those of a run without this step.
+    A prior that is None (flat) is returned as it is, and so is a prior that nothing changes
+    (power 1, no shift), so that its results are exactly those of a run without this step.
     """
-    setting = parse_prior_temper(setting)
+    power = parse_prior_temper(setting)
+    feh_shift = parse_feh_shift(feh_shift)
     if prior is None:
         return None, PriorTemperFit(1.0, reason="flat prior")
-    if setting == "auto":
-        fit = fit_prior_temper(photometry, locus, prior, config, seed=seed)
+    if power == "auto" or feh_shift == "auto":
+        fit = fit_prior_temper(
+            photometry, locus, prior, config, seed=seed, feh_shift=feh_shift, power=power
+        )
     else:
-        fit = PriorTemperFit(float(setting), reason="given")
-    if fit.beta == 1.0:
-        return prior, fit
-    return PriorGrid.from_prior(prior, locus).tempered(fit.beta), fit
+        fit = PriorTemperFit(float(power), float(feh_shift), reason="given")
+    return adjusted_prior(prior, locus, fit.beta, fit.feh_shift), fit

@@ -647,25 +647,30 @@ def error_model_note(record: Mapping[str, Any] | None) -> str:
 
 
 def prior_power_note(record: Mapping[str, Any] | None) -> str:
-    """One sentence on the prior's power from a run's ``prior_temper`` record."""
+    """One sentence on how a run adjusted its prior, from its ``prior_temper`` record."""
     if not record or record.get("beta") is None or record.get("reason") == "flat prior":
         return ""
     beta = float(record["beta"])
-    if record.get("fitted") and beta < 1.0:
+    shift = float(record.get("feh_shift") or 0.0)
+    changes = [f"moved by {shift:+.2g} dex in [Fe/H]"] if shift else []
+    changes += [f"raised to the power {beta:g}"] if beta < 1.0 else []
+    what = " and ".join(changes)
+    if record.get("fitted") and changes:
         return (
-            f"Prior: the Galaxy model's ([Fe/H], M_r) prior was raised to the power {beta:g}, "
-            f"which the stars' marginal likelihood prefers ({record['n_stars']:,} stars, "
+            f"Prior: the Galaxy model's ([Fe/H], M_r) prior was {what}, as the stars' marginal "
+            f"likelihood prefers ({record['n_stars']:,} stars, "
             f"{record['log_evidence_gain']:+.3f} per star): they follow another population "
-            "than the model's, and the posteriors are widened to match."
+            "than the model's."
         )
     if record.get("fitted"):
         return (
-            f"Prior: the Galaxy model's prior was used as given, the most likely power on "
+            "Prior: the Galaxy model's prior was used as given, the most likely on "
             f"{record['n_stars']:,} of the stars."
         )
     if record.get("reason") != "given":
-        return f"Prior: the Galaxy model's prior was used as given ({record['reason']})."
-    return f"Prior: the Galaxy model's prior raised to the power {beta:g}." if beta < 1 else ""
+        done = f"{what}; " if changes else "used as given; "
+        return f"Prior: the Galaxy model's prior was {done}nothing fitted ({record['reason']})."
+    return f"Prior: the Galaxy model's prior was {what}." if changes else ""
 
 
 def _timings_table(timings: Mapping[str, float] | None) -> pd.DataFrame:

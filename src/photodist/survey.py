@@ -692,6 +692,7 @@ class PatchResult:
     path: str = ""
     error_floor: float | None = None
     prior_power: float | None = None  #: the power of the patch's prior (photodist.prior_temper)
+    prior_feh_shift: float | None = None  #: its shift along [Fe/H] (dex)
 
 
 _GRIDS: dict[tuple[float | None, float | None], Locus] = {}
@@ -946,6 +947,7 @@ def process_patch(task: PatchTask, job: _Job) -> PatchResult:
         path=str(final),
         error_floor=used_error_floor(info),
         prior_power=(info.get("prior_temper") or {}).get("beta"),
+        prior_feh_shift=(info.get("prior_temper") or {}).get("feh_shift"),
     )
 
 
@@ -1221,7 +1223,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 #: Pipeline settings whose default changed what a run does when they were added: a saved
 #: configuration without them ran as these values say (the prior was used as given).
-_BEHAVIOUR_BEFORE_SETTING: dict[str, Any] = {"prior_temper": 1.0}
+_BEHAVIOUR_BEFORE_SETTING: dict[str, Any] = {"prior_temper": 1.0, "prior_feh_shift": 0.0}
 
 
 def _with_pipeline_defaults(configuration: Any) -> Any:
