@@ -12,7 +12,10 @@ Two adjustments, each chosen per patch by maximum marginal likelihood (the summe
 
 * a shift of the prior along [Fe/H] (:data:`FEH_SHIFTS`, -0.5 to +0.5 dex): a Galaxy model's
   metallicity scale is among its least certain parts (this package's disk is ~0.4 dex more
-  metal-poor than TRILEGAL's);
+  metal-poor than TRILEGAL's). It is used only when it raises the mean log evidence by at
+  least :data:`FEH_SHIFT_MIN_GAIN` per star: smaller gains also come from the other
+  simplifications of the model (the error floor, the flat A_r prior), which a shift of the
+  population should not absorb;
 * then a power beta of the shifted prior (:data:`TEMPER_VALUES`, 0 to 1): p_j^beta,
   normalised in each r bin, so that a prior that still does not describe the stars weighs
   less (0: flat over the grid).
@@ -36,6 +39,7 @@ from photodist.locus import Locus
 
 __all__ = [
     "FEH_SHIFTS",
+    "FEH_SHIFT_MIN_GAIN",
     "FIT_STARS",
     "MAX_FEH_SHIFT",
     "MIN_FIT_STARS",
@@ -54,6 +58,11 @@ TEMPER_VALUES: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(11))
 FEH_SHIFTS: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(-5, 6))
 #: Largest shift accepted when one is given (dex).
 MAX_FEH_SHIFT = 1.0
+#: Smallest gain in mean log evidence per star for which a fitted shift is used. Stars of
+#: the prior's own Galaxy model gain up to 0.008 from a shift of 0.1 dex (the floor and the
+#: flat A_r prior, not the population, then decide it), stars of another Galaxy model 0.1-0.3
+#: (``docs/benchmarks.md``).
+FEH_SHIFT_MIN_GAIN = 0.02
 #: Stars of the patch (a seeded random sample) on which the trials are compared.
 FIT_STARS = 2_000
 #: Fewest usable stars for a fit; with fewer the prior is used as given.
@@ -238,6 +247,8 @@ def fit_prior_temper(
                 seen.add(rows)
                 by_shift[round(rows * locus.feh_step, 4)] = mean_evidence(fixed_beta, trial)
         shift = max(by_shift, key=by_shift.get)
+        if by_shift[shift] - by_shift[0.0] < FEH_SHIFT_MIN_GAIN:
+            shift = 0.0
     by_power = {fixed_beta: by_shift.get(shift, np.nan)} if feh_shift == "auto" else {}
     beta = fixed_beta
     if power == "auto":
