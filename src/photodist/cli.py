@@ -311,30 +311,18 @@ _DUST_PRIOR_OPTION = click.option(
 )
 
 
-class PriorTemperType(click.ParamType):
-    """``auto`` or the power of the prior, in [0, 1]."""
+class AutoOrNumberType(click.ParamType):
+    """``auto`` or a number, checked by ``parser`` (a ``photodist.prior_temper`` parser)."""
 
-    name = "auto|POWER"
-
-    def convert(self, value, param, ctx):
-        from photodist.prior_temper import parse_prior_temper
-
-        try:
-            return parse_prior_temper(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class FehShiftType(click.ParamType):
-    """``auto`` or a shift of the prior along [Fe/H] in dex."""
-
-    name = "auto|DEX"
+    def __init__(self, parser_name: str, name: str) -> None:
+        self.parser_name = parser_name
+        self.name = name
 
     def convert(self, value, param, ctx):
-        from photodist.prior_temper import parse_feh_shift
+        from photodist import prior_temper
 
         try:
-            return parse_feh_shift(value)
+            return getattr(prior_temper, self.parser_name)(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -343,7 +331,7 @@ def _prior_temper_options(function):
     """The options that adjust the Galaxy-model prior to a patch's stars."""
     function = click.option(
         "--prior-temper",
-        type=PriorTemperType(),
+        type=AutoOrNumberType("parse_prior_temper", "auto|POWER"),
         default="auto",
         show_default=True,
         help="Power of the ([Fe/H], M_r) prior in [0, 1] (1: as given, as in the paper; 0: "
@@ -354,7 +342,7 @@ def _prior_temper_options(function):
     )(function)
     return click.option(
         "--prior-feh-shift",
-        type=FehShiftType(),
+        type=AutoOrNumberType("parse_feh_shift", "auto|DEX"),
         default="auto",
         show_default=True,
         help="Shift of the prior along [Fe/H] in dex (0: as given), or 'auto': per patch, the "

@@ -130,33 +130,28 @@ class PriorTemperFit:
         }
 
 
-def parse_prior_temper(value: float | str) -> float | str:
-    """``"auto"`` or a power in [0, 1] (as a float); anything else is a ValueError."""
+def _auto_or_within(value: float | str, low: float, high: float, what: str) -> float | str:
+    """``"auto"``, or ``value`` as a float within [low, high]; else a ValueError naming
+    ``what`` and the accepted range."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     try:
-        beta = float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"the prior's power must be 'auto' or in [0, 1], got {value!r}") from None
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"the prior's power must be 'auto' or in [0, 1], got {value!r}")
-    return beta
+        number = float("nan")
+    if not low <= number <= high:
+        raise ValueError(f"{what} must be 'auto' or within [{low:g}, {high:g}], got {value!r}")
+    return number
+
+
+def parse_prior_temper(value: float | str) -> float | str:
+    """``"auto"`` or a power in [0, 1] (as a float); anything else is a ValueError."""
+    return _auto_or_within(value, 0.0, 1.0, "the prior's power")
 
 
 def parse_feh_shift(value: float | str) -> float | str:
     """``"auto"`` or a shift in dex within ±:data:`MAX_FEH_SHIFT`; else a ValueError."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    try:
-        shift = float(value)
-    except (TypeError, ValueError):
-        shift = float("nan")
-    if not abs(shift) <= MAX_FEH_SHIFT:
-        raise ValueError(
-            f"the prior's [Fe/H] shift must be 'auto' or within ±{MAX_FEH_SHIFT:g} dex, "
-            f"got {value!r}"
-        )
-    return shift
+    return _auto_or_within(value, -MAX_FEH_SHIFT, MAX_FEH_SHIFT, "the prior's [Fe/H] shift (dex)")
 
 
 def _shift_rows(shift: float, locus: Locus) -> int:
