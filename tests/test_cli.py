@@ -322,6 +322,14 @@ def test_prior_temper_option(tmp_path, s82_stars_path, s82_priors_path):
     assert spreads["0.5"] > 1.1 * spreads["1"]
 
 
+def test_batch_size_must_be_positive(tmp_path):
+    src = _catalog(tmp_path)
+    for command in (["bayes", str(src), str(tmp_path / "o.parquet")], ["check", str(src)]):
+        result = CliRunner().invoke(cli, [*command, "--batch-size", "0"])
+        assert result.exit_code == 2 and "--batch-size" in result.output
+        assert "Traceback" not in result.output
+
+
 def test_error_floor_option_is_auto_or_a_magnitude(tmp_path):
     src = _catalog(tmp_path)
     for bad in ("nope", "-0.01"):

@@ -360,6 +360,17 @@ def _echo_prior_temper(record: dict[str, Any]) -> None:
         click.echo(note)
 
 
+def _batch_size_option(default: int):
+    """The ``--batch-size`` option of the streaming commands (a positive number of rows)."""
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=True,
+        help="Stars per batch (bounds memory).",
+    )
+
+
 _SPEC_OPTION = click.option(
     "--spec",
     "spec_path",
@@ -799,7 +810,7 @@ def _positions_reader(path: Path, columns: ColumnMap):
     default=None,
     help="Also write the findings as JSON.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=1_000_000, show_default=True)
+@_batch_size_option(1_000_000)
 def check_command(
     input_path: Path,
     bands: str,
@@ -871,13 +882,7 @@ def check_command(
 @_DUST_PRIOR_OPTION
 @_prior_temper_options
 @_independent_colors_option
-@click.option(
-    "--batch-size",
-    type=int,
-    default=200_000,
-    show_default=True,
-    help="Stars per batch (bounds memory).",
-)
+@_batch_size_option(200_000)
 @click.option(
     "--seed",
     type=int,
@@ -1243,13 +1248,7 @@ def train_command(
     show_default=True,
     help="Where the networks predict: cpu, cuda (or cuda:N), or auto (cuda when present).",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=1_000_000,
-    show_default=True,
-    help="Stars per batch (bounds memory).",
-)
+@_batch_size_option(1_000_000)
 @click.option(
     "--dust-column",
     default=DEFAULT_DUST_COLUMN,
