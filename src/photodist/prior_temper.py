@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from photodist.bands import Photometry
 from photodist.bayes import BayesConfig, BayesEstimator, Flags, PriorGrid
@@ -90,6 +91,8 @@ class PriorTemperFit:
         Mean log evidence per star for every shift compared, with the given power (or 1).
     reason
         Why nothing was fitted, if nothing was.
+    reference
+        Mean log evidence per star of the prior as given (what ``gain`` is measured from).
     """
 
     beta: float
@@ -211,7 +214,7 @@ def fit_prior_temper(
         candidates = np.sort(rng.choice(candidates, max_stars, replace=False))
     sample = photometry.subset(candidates)
 
-    def evidence(beta: float, shift: float) -> np.ndarray:
+    def evidence(beta: float, shift: float) -> pd.DataFrame:
         trial = adjusted_prior(grid, locus, beta, shift)
         return BayesEstimator(locus, trial, config).predict(sample)
 
