@@ -674,6 +674,20 @@ def test_survey_resume_refusal_and_maps(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert list((tmp_path / "maps").glob("*.png"))
+    # the patch maps: one row per patch the survey ran, with what its pipeline fitted
+    from photodist.skymaps import load_maps
+    from photodist.survey import read_patch_info
+
+    patches = load_maps(tmp_path / "maps" / "patches_order5.fits")
+    infos = read_patch_info(tmp_path / "run")
+    assert sorted(patches["pixel"]) == sorted(infos) and patches.attrs["healpix_order"] == 5
+    for row in patches.itertuples():
+        info = infos[row.pixel]
+        assert row.n_rows == info["n_rows"]
+        assert row.prior_power == info["prior_temper"]["beta"]
+        assert row.prior_feh_shift == info["prior_temper"]["feh_shift"]
+        assert row.error_floor == info["error_floor"]["floor"]
+    assert "patch_prior_power" in result.output
 
 
 def test_tune_smoke_and_run_with_its_spec(tmp_path):

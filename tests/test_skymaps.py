@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +16,16 @@ from photodist.io import CatalogError
 from photodist.skymaps import (
     HISTOGRAM_BINS,
     MAP_COLUMNS,
+    PATCH_MAP_COLUMNS,
     load_maps,
     make_maps,
+    patch_maps,
     plot_mollweide,
     rasterize,
     save_maps,
     write_maps,
 )
-from photodist.survey import output_path, write_hats_metadata
+from photodist.survey import output_path, patch_info_path, write_hats_metadata
 
 pytest.importorskip("hats")
 
@@ -183,3 +187,68 @@ def test_figures_are_written(run_output, tmp_path):
     plt.close(fig)
     with pytest.raises(ValueError, match="column"):
         plot_mollweide(make_maps(root, 6), "nope")
+
+
+def write_patch_info(root: Path, pixel: int, shift: float, beta: float, **extra) -> None:
+    """A patch summary as a survey run writes it (``photodist.survey.process_patch``)."""
+    path = patch_info_path(root, PART_ORDER, pixel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {
+        "patch": f"Norder={PART_ORDER}/Npix={pixel}",
+        "order": PART_ORDER,
+        "pixel": pixel,
+        "n_rows": 1000 + pixel % 7,
+        "mode": "hybrid",
+        "error_floor": {"floor": 0.02, "fitted": False, "scatter": 0.004},
+        "prior_temper": {"beta": beta, "feh_shift": shift, "log_evidence_gain": 0.1},
+        "dust_profile": None,
+        "timings_s": {"total": 12.5},
+        **extra,
+    }
+    path.write_text(json.dumps(info))
+
+
+def test_patch_maps_from_the_patch_summaries(run_output, tmp_path):
+    root, _ = run_output
+    with pytest.raises(FileNotFoundError, match="no patch summaries"):
+        patch_maps(root)
+    run = tmp_path / "run"
+    write_patch_info(run, PARTITIONS[0], 0.3, 0.7)
+    write_patch_info(
+        run,
+        PARTITIONS[1],
+        0.0,
+        1.0,
+        mode="bayes_only",
+        dust_profile={"fitted": True, "sigma": 0.02},
+        error_floor={"floor": 0.011, "fitted": True, "scatter": None},
+    )
+    maps = patch_maps(run)
+    assert list(maps.columns) == ["pixel", *PATCH_MAP_COLUMNS]
+    assert maps.attrs["healpix_order"] == PART_ORDER
+    first, second = (maps.set_index("pixel").loc[p] for p in PARTITIONS[:2])
+    assert (first["prior_feh_shift"], first["prior_power"], first["hybrid"]) == (0.3, 0.7, 1.0)
+    assert (second["prior_feh_shift"], second["prior_power"], second["hybrid"]) == (0, 1, 0)
+    assert np.isnan(first["dust_profile_width"]) and second["dust_profile_width"] == 0.02
+    assert np.isnan(second["color_scatter"]) and second["error_floor"] == 0.011
+    assert first["seconds"] == 12.5
+    for suffix in (".fits", ".parquet"):
+        back = load_maps(save_maps(maps, tmp_path / f"patches{suffix}"))
+        pd.testing.assert_frame_equal(back, maps)
+    # written beside the star maps, the shift drawn on a scale centred on 0
+    with_summaries = tmp_path / "with_summaries"
+    shutil.copytree(root, with_summaries)
+    shutil.copytree(run / "photodist_patches", with_summaries / "photodist_patches")
+    paths = write_maps(with_summaries, 4, tmp_path / "maps", fmt="parquet")
+    assert paths["patches"].name == f"patches_order{PART_ORDER}.parquet"
+    for key in ("patch_prior_feh_shift", "patch_prior_power", "patch_color_scatter"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = plot_mollweide(maps, "prior_feh_shift", symmetric=True)
+    low, high = fig.axes[0].collections[0].get_clim()
+    assert low == -high == -0.3
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    write_patch_info(run, 4 * PARTITIONS[2], 0.0, 1.0, order=PART_ORDER + 1)
+    with pytest.raises(ValueError, match="several orders"):
+        patch_maps(run)

@@ -17,6 +17,13 @@ median is interpolated within its bin.
 :func:`save_maps` writes the maps as Parquet or as a HEALPix FITS binary table with explicit
 pixel indices (``INDXSCHM = 'EXPLICIT'``, ``ORDERING = 'NESTED'``); :func:`plot_mollweide`
 draws one quantity on a Mollweide projection (equatorial or Galactic) with a colour bar.
+
+:func:`patch_maps` maps what each patch's pipeline fitted, one row per patch at the run's
+patch order (from the patch summaries the run writes, ``photodist_patches/``): the Galaxy-model
+prior's [Fe/H] shift and power and their evidence gain (:mod:`photodist.prior_temper`; where
+they move away from 0 and 1 the stars follow another population than the model's), the
+colour scatter beyond the quoted errors, the error floor used, the dust profile's width, the
+mode and the time per patch. :func:`write_maps` writes them beside the star maps.
 """
 
 from __future__ import annotations
@@ -40,8 +47,10 @@ __all__ = [
     "HISTOGRAM_BINS",
     "MAP_COLUMNS",
     "MAP_LABELS",
+    "PATCH_MAP_COLUMNS",
     "load_maps",
     "make_maps",
+    "patch_maps",
     "plot_mollweide",
     "rasterize",
     "save_maps",
@@ -80,6 +89,39 @@ HISTOGRAM_BINS: dict[str, tuple[float, float, float]] = {
     "dist_median": (0.0, 6.0, 0.0005),
 }
 _READ_COLUMNS = (SPATIAL_INDEX_COLUMN, *_SOURCES.values(), "flags")
+#: Patch map columns besides ``pixel`` (:func:`patch_maps`).
+PATCH_MAP_COLUMNS: tuple[str, ...] = (
+    "n_rows",
+    "hybrid",
+    "prior_feh_shift",
+    "prior_power",
+    "prior_evidence_gain",
+    "color_scatter",
+    "error_floor",
+    "dust_profile_width",
+    "seconds",
+)
+MAP_LABELS.update(
+    {
+        "n_rows": "stars per patch",
+        "hybrid": "patch mode (1: networks, 0: Bayes on every star)",
+        "prior_feh_shift": "shift of the prior along [Fe/H] (dex)",
+        "prior_power": "power of the prior",
+        "prior_evidence_gain": "log evidence gain of the fitted prior per star",
+        "color_scatter": "colour scatter beyond the quoted errors (mag)",
+        "error_floor": "colour-error floor used (mag)",
+        "dust_profile_width": "width of the dust profile (mag)",
+        "seconds": "pipeline time per patch (s)",
+    }
+)
+#: Patch map quantities drawn by :func:`write_maps`, with their colour maps.
+PATCH_FIGURES: dict[str, str] = {
+    "prior_feh_shift": "RdBu_r",
+    "prior_power": "viridis",
+    "color_scatter": "viridis",
+}
+#: Integer columns of either kind of map.
+_INTEGER_COLUMNS = ("pixel", "n_stars", "n_rows")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,11 +340,71 @@ def make_maps(
     return maps
 
 
+def _number(value: Any) -> float:
+    """A summary value as a float (NaN for None or a missing value)."""
+    return float("nan") if value is None else float(value)
+
+
+def patch_maps(run_output: str | os.PathLike[str]) -> pd.DataFrame:
+    """One row per finished patch of a survey run: what its pipeline fitted.
+
+    Reads the patch summaries of a run (:func:`photodist.survey.read_patch_info`). Columns
+    ``pixel`` and :data:`PATCH_MAP_COLUMNS`: ``prior_feh_shift`` / ``prior_power`` /
+    ``prior_evidence_gain`` from the fit of the Galaxy-model prior (0 / 1 / NaN where it was
+    not fitted), ``color_scatter`` the colour scatter beyond the quoted errors and
+    ``error_floor`` the floor used (:mod:`photodist.error_floor`), ``dust_profile_width`` the
+    fitted dust profile's width (NaN without one), ``hybrid`` 1 for a patch whose stars went
+    through the networks and 0 for Bayes on every star, and ``seconds`` the pipeline's time.
+    ``attrs["healpix_order"]`` holds the patches' order.
+
+    Raises
+    ------
+    FileNotFoundError
+        The run has no patch summaries (no patch finished).
+    ValueError
+        Patches of more than one order.
+    """
+    from photodist.survey import PATCH_INFO_DIR, read_patch_info
+
+    infos = read_patch_info(run_output)
+    if not infos:
+        raise FileNotFoundError(f"{run_output}: no patch summaries in {PATCH_INFO_DIR}/")
+    orders = {int(info["order"]) for info in infos.values()}
+    if len(orders) > 1:
+        raise ValueError(f"{run_output}: patches of several orders {sorted(orders)}")
+    rows = []
+    for pixel, info in sorted(infos.items()):
+        temper = info.get("prior_temper") or {}
+        floor = info.get("error_floor") or {}
+        profile = info.get("dust_profile") or {}
+        rows.append(
+            {
+                "pixel": pixel,
+                "n_rows": int(info["n_rows"]),
+                "hybrid": 1.0 if info.get("mode") == "hybrid" else 0.0,
+                "prior_feh_shift": float(temper.get("feh_shift", 0.0)),
+                "prior_power": float(temper.get("beta", 1.0)),
+                "prior_evidence_gain": _number(temper.get("log_evidence_gain")),
+                "color_scatter": _number(floor.get("scatter")),
+                "error_floor": _number(floor.get("floor")),
+                "dust_profile_width": _number(profile.get("sigma"))
+                if profile.get("fitted")
+                else float("nan"),
+                "seconds": _number((info.get("timings_s") or {}).get("total")),
+            }
+        )
+    maps = pd.DataFrame(rows, columns=["pixel", *PATCH_MAP_COLUMNS])
+    maps = maps.astype({"pixel": np.int64, "n_rows": np.int64})
+    maps.attrs["healpix_order"] = orders.pop()
+    return maps
+
+
 # ----------------------------------------------------------------------------------------------
 # Saving
 # ----------------------------------------------------------------------------------------------
 
-_FITS_NAMES = {"pixel": "PIXEL", **{c: c.upper() for c in MAP_COLUMNS}}
+#: Column names of either kind of map, by FITS column name.
+_BY_FITS_NAME = {c.upper(): c for c in ("pixel", *MAP_COLUMNS, *PATCH_MAP_COLUMNS)}
 
 
 def _map_order(maps: pd.DataFrame, order: int | None) -> int:
@@ -318,6 +420,8 @@ def save_maps(maps: pd.DataFrame, path: str | os.PathLike[str], order: int | Non
     The FITS file is a binary table of the occupied pixels with the HEALPix keywords
     ``PIXTYPE = 'HEALPIX'``, ``ORDERING = 'NESTED'``, ``COORDSYS = 'C'``, ``NSIDE``,
     ``INDXSCHM = 'EXPLICIT'``, ``OBJECT = 'PARTIAL'``; Parquet keeps the order in its metadata.
+    Every column is written (the star maps of :func:`make_maps` or the patch maps of
+    :func:`patch_maps`).
     """
     final = Path(path)
     order = _map_order(maps, order)
@@ -328,7 +432,7 @@ def save_maps(maps: pd.DataFrame, path: str | os.PathLike[str], order: int | Non
     tmp = final.with_name(f".tmp-{secrets.token_hex(6)}-{final.name}")
     try:
         if suffix == ".parquet":
-            table = pa.Table.from_pandas(maps[["pixel", *MAP_COLUMNS]], preserve_index=False)
+            table = pa.Table.from_pandas(maps, preserve_index=False)
             meta = {
                 b"healpix_order": str(order).encode(),
                 b"healpix_ordering": b"NESTED",
@@ -339,13 +443,11 @@ def save_maps(maps: pd.DataFrame, path: str | os.PathLike[str], order: int | Non
             from astropy.io import fits
 
             columns = [
-                fits.Column(name="PIXEL", format="K", array=maps["pixel"].to_numpy(np.int64)),
-                fits.Column(name="N_STARS", format="K", array=maps["n_stars"].to_numpy(np.int64)),
+                fits.Column(name=name.upper(), format="K", array=maps[name].to_numpy(np.int64))
+                if name in _INTEGER_COLUMNS
+                else fits.Column(name=name.upper(), format="D", array=maps[name].to_numpy())
+                for name in maps.columns
             ]
-            for name in MAP_COLUMNS[1:]:
-                columns.append(
-                    fits.Column(name=_FITS_NAMES[name], format="D", array=maps[name].to_numpy())
-                )
             hdu = fits.BinTableHDU.from_columns(columns, name="PHOTODIST_MAPS")
             header = hdu.header
             header["PIXTYPE"] = ("HEALPIX", "HEALPix pixelisation")
@@ -375,12 +477,11 @@ def load_maps(path: str | os.PathLike[str]) -> pd.DataFrame:
     with fits.open(p) as hdul:
         hdu = hdul["PHOTODIST_MAPS"]
         order = int(hdu.header["ORDER"])
-        data = {
-            name: np.asarray(hdu.data[_FITS_NAMES[name]]).astype(
-                np.int64 if name in ("pixel", "n_stars") else np.float64
-            )
-            for name in ("pixel", *MAP_COLUMNS)
-        }
+        data = {}
+        for fits_name in hdu.columns.names:
+            name = _BY_FITS_NAME.get(fits_name, fits_name.lower())
+            kind = np.int64 if name in _INTEGER_COLUMNS else np.float64
+            data[name] = np.asarray(hdu.data[fits_name]).astype(kind)
     maps = pd.DataFrame(data)
     maps.attrs["healpix_order"] = order
     return maps
@@ -456,12 +557,14 @@ def plot_mollweide(
     title: str | None = None,
     cmap: str | None = None,
     log: bool | None = None,
+    symmetric: bool = False,
     shape: tuple[int, int] = (600, 1200),
 ) -> Any:
     """Draw one map quantity on a Mollweide projection with a colour bar.
 
     Longitude increases to the left (the sky seen from inside), centred on 0. Star counts
-    use a logarithmic colour scale by default. Returns the figure; with ``path`` it is also
+    use a logarithmic colour scale by default; ``symmetric`` centres the colour scale on 0
+    (e.g. for a shift). Returns the figure; with ``path`` it is also
     saved (PNG) and closed.
     """
     import matplotlib
@@ -471,14 +574,21 @@ def plot_mollweide(
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
-    if column not in MAP_COLUMNS:
-        raise ValueError(f"column must be one of {MAP_COLUMNS}, got {column!r}")
+    if column == "pixel" or column not in maps.columns:
+        names = [c for c in maps.columns if c != "pixel"]
+        raise ValueError(f"column must be one of {names}, got {column!r}")
     order = _map_order(maps, order)
     lon, lat, values = rasterize(maps, column, order=order, galactic=galactic, shape=shape)
     log = (column == "n_stars") if log is None else log
     finite = values[np.isfinite(values)]
     norm = None
-    if log and finite.size and np.nanmax(finite) > 0:
+    if symmetric:
+        from matplotlib.colors import Normalize
+
+        extent = float(np.max(np.abs(finite))) if finite.size else 0.0
+        extent = extent if extent > 0 else 1.0
+        norm = Normalize(vmin=-extent, vmax=extent)
+    elif log and finite.size and np.nanmax(finite) > 0:
         positive = finite[finite > 0]
         norm = LogNorm(vmin=float(positive.min()), vmax=float(positive.max()))
         values = np.where(values > 0, values, np.nan)
@@ -511,11 +621,12 @@ def plot_mollweide(
     ax.set_xlabel("$l$" if galactic else "RA")
     ax.set_ylabel("$b$" if galactic else "Dec")
     bar = fig.colorbar(mesh, ax=ax, orientation="horizontal", pad=0.07, fraction=0.05)
-    bar.set_label(MAP_LABELS[column])
+    bar.set_label(MAP_LABELS.get(column, column))
     n_pix = int(np.count_nonzero(np.isfinite(maps[column].to_numpy(np.float64))))
     plural = "" if n_pix == 1 else "s"
+    label = MAP_LABELS.get(column, column)
     ax.set_title(
-        title or f"{MAP_LABELS[column]} — HEALPix order {order}, {n_pix} pixel{plural}, {frame}",
+        title or f"{label} — HEALPix order {order}, {n_pix} pixel{plural}, {frame}",
         fontsize=10,
     )
     if path is not None:
@@ -539,8 +650,10 @@ def write_maps(
     """Make, save and draw all maps of a run (what ``photodist maps`` does).
 
     Writes ``out_dir/maps_order{order}.{fits|parquet}`` and one Mollweide PNG per quantity
-    (``out_dir/{column}_order{order}.png``). Returns the paths by key (``"maps"`` and the
-    column names).
+    (``out_dir/{column}_order{order}.png``). A run with patch summaries also gets its patch
+    maps (:func:`patch_maps`): ``out_dir/patches_order{patch order}.{fits|parquet}`` and a
+    PNG per quantity of :data:`PATCH_FIGURES` (``out_dir/patch_{column}.png``). Returns the
+    paths by key (``"maps"``, the column names, and ``"patches"`` and ``"patch_{column}"``).
     """
     if fmt not in ("fits", "parquet"):
         raise ValueError(f"fmt must be 'fits' or 'parquet', got {fmt!r}")
@@ -551,4 +664,17 @@ def write_maps(
         target = out / f"{column}_order{order}.png"
         plot_mollweide(maps, column, target, galactic=galactic, shape=shape)
         paths[column] = target
+    try:
+        patches = patch_maps(run_output)
+    except FileNotFoundError:  # no summaries (e.g. a catalogue written elsewhere)
+        return paths
+    patch_order = patches.attrs["healpix_order"]
+    paths["patches"] = save_maps(patches, out / f"patches_order{patch_order}.{fmt}")
+    for column, cmap in PATCH_FIGURES.items():
+        target = out / f"patch_{column}.png"
+        symmetric = column == "prior_feh_shift"
+        plot_mollweide(
+            patches, column, target, galactic=galactic, cmap=cmap, symmetric=symmetric, shape=shape
+        )
+        paths[f"patch_{column}"] = target
     return paths
