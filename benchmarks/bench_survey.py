@@ -11,12 +11,12 @@ with 2 worker processes (one thread each), each run from scratch into its own fo
 HATS metadata. The two outputs are checked to be identical (same seeds, any layout).
 
 Printed: stars/s of the patch phase with 1 and 2 workers and their ratio; the per-patch fixed
-cost (error-model check, Bayesian labels, network training) and the per-star cost (prediction,
-Bayesian fallback for stars the networks cannot take, I/O), measured inside the tasks; and the
-projected cost of 10^10 stars: naively from the measured stars/s, and from the cost model with
-LSST-like patch sizes (10^10 stars over the 3,072 order-4 patches of the sky), in core-hours
-and in days on N cores. The machine's load average is printed before and after (other users
-share the CPUs).
+cost (error-model check, fit of the prior, Bayesian labels, network training) and the per-star
+cost (prediction, Bayesian fallback for stars the networks cannot take, I/O), measured inside
+the tasks; and the projected cost of 10^10 stars: naively from the measured stars/s, and from
+the cost model with LSST-like patch sizes (10^10 stars over the 3,072 order-4 patches of the
+sky), in core-hours and in days on N cores. The machine's load average is printed before and
+after (other users share the CPUs).
 
 Usage: ``python benchmarks/bench_survey.py [--workdir DIR] [--r-max 24] [--epochs N]``
 (``--epochs`` and ``--learning-rate`` override the pipeline's ``nn_max_epochs`` = 512 and
@@ -52,6 +52,8 @@ from photodist.survey import (
 
 N_STARS_LSST = 1.0e10
 ORDER4_PATCHES = 12 * 4**4
+#: Pipeline stages whose cost does not grow with a patch's stars (``photodist.pipeline.STAGES``).
+FIXED_STAGES = ("prepare", "error_floor", "prior_temper", "dust_profile", "bayes_label", "train")
 KEEP_COLUMNS = ("source_id", "ra", "dec", "Ar", "FeH_true", "Mr_true", "Ar_true", "dist_true")
 
 
@@ -174,13 +176,7 @@ def main() -> None:
         summary = run_survey(source, out, config, n_workers=n_workers, progress=False)
         assert summary.ok and summary.rows_processed == n_stars, summary.failed
         patches = summary.patches
-        fixed = sum(
-            p.timings.get("prepare", 0)
-            + p.timings.get("error_floor", 0)
-            + p.timings.get("bayes_label", 0)
-            + p.timings["train"]
-            for p in patches
-        )
+        fixed = sum(sum(p.timings.get(k, 0.0) for k in FIXED_STAGES) for p in patches)
         task_s = sum(p.seconds for p in patches)
         results[n_workers] = {
             "stars_per_s": summary.stars_per_s,
@@ -191,7 +187,7 @@ def main() -> None:
             "variable_core_us_per_star": (task_s - fixed) / n_stars * 1e6,
             "stage_s": {
                 k: sum(p.timings.get(k, 0.0) for p in patches)
-                for k in ("bayes_label", "train", "predict", "bayes_fallback")
+                for k in (*FIXED_STAGES[1:], "predict", "bayes_fallback")
             },
             "load_after": _load(),
         }
@@ -201,7 +197,8 @@ def main() -> None:
             f"whole run (staging, cluster start/stop, metadata) {summary.elapsed_s:.0f} s"
         )
         print(
-            f"  per patch: fixed {r['fixed_core_s_per_patch']:.1f} core-s (labels + training); "
+            f"  per patch: fixed {r['fixed_core_s_per_patch']:.1f} core-s (error model, prior fit, "
+            "labels, training); "
             f"per star: {r['variable_core_us_per_star']:.1f} core-us (prediction, fallback, I/O)"
         )
         print(
