@@ -665,8 +665,10 @@ def test_survey_resume_refusal_and_maps(tmp_path):
     ]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
+    assert "prior as given in" in result.output  # how the patches' priors were fitted
     again = runner.invoke(cli, args)
     assert again.exit_code == 0 and "already done" in again.output
+    assert "prior as given" not in again.output  # nothing computed in this call
     changed = runner.invoke(cli, [*args[:-1], "4"])
     assert changed.exit_code != 0 and "different configuration" in changed.output
     result = runner.invoke(

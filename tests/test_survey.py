@@ -30,7 +30,9 @@ from photodist.simulate import simulate_patch
 from photodist.survey import (
     MANIFEST_NAME,
     ManifestMismatchError,
+    PatchResult,
     SurveyConfig,
+    SurveySummary,
     _column_map,
     build_parser,
     input_fingerprint,
@@ -145,6 +147,21 @@ def test_command_line_column_options():
 def test_command_line_rejects_a_bad_column_mapping(tmp_path, capsys):
     assert main([str(tmp_path), str(tmp_path / "out"), "--column", "=u_psf"]) == 2
     assert "expected KEY=COLUMN" in capsys.readouterr().err
+
+
+def test_summary_states_how_the_priors_were_adjusted():
+    def patch(pixel: int, power: float | None, shift: float | None) -> PatchResult:
+        return PatchResult(f"p{pixel}", pixel, 10, 1.0, "hybrid", prior_power=power,
+                           prior_feh_shift=shift)  # fmt: skip
+
+    summary = SurveySummary("out", n_patches=4, n_rows=40)
+    assert summary.prior_note() is None  # nothing computed
+    summary.patches = [patch(1, 1.0, 0.0), patch(2, None, None)]
+    assert summary.prior_note() == "prior as given in 2 of 2 patches"
+    summary.patches += [patch(3, 0.7, 0.3), patch(4, 1.0, -0.1)]
+    note = summary.prior_note()
+    assert note.startswith("prior as given in 2 of 4 patches; adjusted in 2:")
+    assert "shift -0.1 to +0.3 dex, power 0.7 to 1" in note
 
 
 def test_patch_seed_depends_on_seed_and_pixel_only():

@@ -1689,6 +1689,8 @@ def survey_command(
         f"{summary.n_patches} patches ({summary.n_done} computed, {summary.n_skipped} "
         f"already done), {summary.n_rows} stars, {summary.stars_per_s:,.0f} stars/s"
     )
+    if summary.prior_note():
+        click.echo(summary.prior_note())
     for name, message in summary.failed.items():
         click.echo(f"FAILED {name}: {message}", err=True)
     if not summary.ok:

@@ -1182,6 +1182,23 @@ class SurveySummary:
     def stars_per_s(self) -> float:
         return self.rows_processed / self.process_s if self.process_s > 0 else float("nan")
 
+    def prior_note(self) -> str | None:
+        """How the patches computed in this call adjusted their prior
+        (:mod:`photodist.prior_temper`), in one line; None if none was computed."""
+        if not self.patches:
+            return None
+        shifts = np.array([p.prior_feh_shift or 0.0 for p in self.patches])
+        powers = np.array([1.0 if p.prior_power is None else p.prior_power for p in self.patches])
+        changed = (shifts != 0.0) | (powers != 1.0)
+        note = f"prior as given in {int((~changed).sum())} of {len(self.patches)} patches"
+        if changed.any():
+            note += (
+                f"; adjusted in {int(changed.sum())}: [Fe/H] shift {shifts[changed].min():+g} "
+                f"to {shifts[changed].max():+g} dex, power {powers[changed].min():g} to "
+                f"{powers[changed].max():g} (per patch: photodist maps)"
+            )
+        return note
+
 
 def _manifest(config: SurveyConfig, fingerprint: dict[str, Any]) -> dict[str, Any]:
     prior: dict[str, Any] = {"kind": config.prior}
