@@ -252,3 +252,7 @@ def test_patch_maps_from_the_patch_summaries(run_output, tmp_path):
     write_patch_info(run, 4 * PARTITIONS[2], 0.0, 1.0, order=PART_ORDER + 1)
     with pytest.raises(ValueError, match="several orders"):
         patch_maps(run)
+    broken = patch_info_path(run, PART_ORDER, PARTITIONS[0])
+    broken.write_text("{broken")
+    with pytest.raises(ValueError, match=f"{broken.name}: not a patch summary"):
+        patch_maps(run)

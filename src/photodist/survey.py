@@ -815,8 +815,14 @@ def patch_info_path(output_dir: str | Path, order: int, pixel: int) -> Path:
 def read_patch_info(output_dir: str | Path) -> dict[int, dict[str, Any]]:
     """Every patch summary of a survey output (:func:`patch_info_path`), by pixel."""
     folder = Path(output_dir) / PATCH_INFO_DIR
-    infos = (json.loads(path.read_text()) for path in sorted(folder.glob("*.json")))
-    return {int(info["pixel"]): info for info in infos}
+    infos = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            info = json.loads(path.read_text())
+            infos[int(info["pixel"])] = info
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a patch summary ({exc})") from exc
+    return infos
 
 
 def output_path(output_dir: str | Path, order: int, pixel: int) -> Path:
