@@ -431,6 +431,24 @@ def test_flat_staging_conserves_rows(catalog, tmp_path):
     assert marker.stat().st_mtime_ns == mtime
 
 
+def test_text_in_a_measurement_becomes_nan_in_any_batch(catalog, tmp_path):
+    """A CSV whose later batch holds text in a magnitude and an error column: staged as
+    float with NaN there (the pipeline flags those rows), every row kept."""
+    frame = catalog.head(3000).astype({"umag": object, "gErr": object})
+    frame.loc[[5, 2500], "umag"] = "abc"  # the first and the third batch
+    frame.loc[2999, "gErr"] = "n/a"
+    path = tmp_path / "text.csv"
+    frame.to_csv(path, index=False)
+    plan = plan_patches(path, survey_config(tmp_path, stage_batch_rows=1000), tmp_path)
+    staged = pd.concat([pq.read_table(list(t.files)).to_pandas() for t in plan.patches])
+    assert plan.n_rows == len(staged) == 3000
+    staged = staged.set_index("source_id").loc[frame["source_id"]]
+    assert staged["umag"].dtype == np.float64 and staged["gErr"].dtype == np.float64
+    assert np.isnan(staged["umag"].to_numpy()[[5, 2500]]).all()
+    assert np.isnan(staged["gErr"].to_numpy()[2999])
+    assert np.isfinite(staged["umag"].to_numpy()[:5]).all()
+
+
 def write_trilegal(root: Path, order: int, pixels: list[int]) -> Path:
     """A TRILEGAL-format prior catalogue (96 x 36 float64 grids per r bin)."""
     feh = np.round(np.arange(-2.5, 1.0 + 1e-9, 0.1), 6)

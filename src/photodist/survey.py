@@ -514,6 +514,9 @@ def _stage(
     available = _input_column_names(path)
     keep = _resolve_keep(config, available, str(path))
     read = _read_columns(config, available, keep)
+    # measurements are numbers: text in them (e.g. "abc" in a CSV) becomes NaN, a flagged
+    # row, as in photodist run; the batches then share one schema
+    measured = [c for c in read if c not in keep]
     order = config.order
     stamp = {"input": fingerprint, "order": order, "columns": read}
     marker = staging / _STAGING_MARKER
@@ -548,6 +551,7 @@ def _stage(
                 f" e.g. row {first}; every row needs one to be assigned to a patch"
             )
         index = np.asarray(compute_spatial_index(ra, dec), dtype=np.int64)
+        frame = frame.assign(**{c: _as_float(frame[c]) for c in measured})
         table = pa.Table.from_pandas(frame, preserve_index=False)
         table = table.append_column(SPATIAL_INDEX_COLUMN, pa.array(index, pa.int64()))
         if schema is None:
@@ -896,11 +900,15 @@ def _read_sorted(dataset: pads.Dataset, columns: Sequence[str], lo: int, hi: int
     return table.take(order)
 
 
+def _as_float(values: Any) -> np.ndarray:
+    """A column as float64; entries that are not numbers become NaN."""
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+
+
 def _photometry_frame(table: pa.Table, columns: Sequence[str]) -> pd.DataFrame:
-    data = {}
-    for name in columns:
-        data[name] = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-    return pd.DataFrame(data)
+    return pd.DataFrame(
+        {name: _as_float(table.column(name).to_numpy(zero_copy_only=False)) for name in columns}
+    )
 
 
 def _task_config(job: _Job, task: PatchTask) -> PipelineConfig:
