@@ -604,6 +604,17 @@ def test_evaluate_reads_photod_truth_with_the_runs_column_mapping(tmp_path):
     assert result.exit_code == 0, result.output
     table = pd.read_csv(t1, index_col=0)
     assert (table["n_stars"] > 0).all() and np.isfinite(table["bayes_truth_sigma_g"]).all()
+    # Bayes on every star: no network rows, the Bayes vs truth columns still filled
+    bayes_only = tmp_path / "bayes_only.parquet"
+    result = runner.invoke(
+        cli, [*args[:2], str(bayes_only), *args[3:], "--bayes-all-below", "1000000"]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["evaluate", str(bayes_only), str(photod), "--out", str(t1)])
+    assert result.exit_code == 0 and "no network rows" in result.output, result.output
+    table = pd.read_csv(t1, index_col=0)
+    assert (table["n_stars"] == 0).all() and np.isfinite(table["bayes_truth_sigma_g"]).all()
+    assert np.isfinite(table["bayes_calibration"]).all()
     # no truth at all: a clear message, not a traceback
     frame.drop(columns=["Mr", "FeH"]).to_parquet(photod)
     result = runner.invoke(cli, ["evaluate", str(out), str(photod), "--bayes-sample", "0"])

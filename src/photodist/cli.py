@@ -1555,9 +1555,16 @@ def evaluate_command(
             f"{truth_path}: photometry column {exc} not found (run's column mapping)"
         ) from exc
     bayes_full = None
-    if bayes_sample > 0 and "method" in result.columns:
+    is_nn = (result["method"] == "nn").to_numpy() if "method" in result.columns else None
+    nn_rows = np.flatnonzero(keep & is_nn) if is_nn is not None else np.empty(0, np.int64)
+    if is_nn is not None and nn_rows.size == 0:
+        n_bayes = int(np.count_nonzero(keep & ~is_nn))
+        click.echo(
+            f"no network rows (every star got the Bayesian estimate): only the Bayes vs truth "
+            f"columns apply, on {n_bayes} stars with SNR > {min_snr:g}"
+        )
+    if bayes_sample > 0 and nn_rows.size:
         rng = np.random.default_rng(config.seed + 1)
-        nn_rows = np.flatnonzero(keep & (result["method"] == "nn").to_numpy())
         sample = np.sort(rng.choice(nn_rows, size=min(bayes_sample, len(nn_rows)), replace=False))
         prior = PriorMap.load(summary["prior"]) if summary.get("prior") else None
         grid = posterior_grid(build_locus(), config)
