@@ -162,6 +162,10 @@ def test_summary_states_how_the_priors_were_adjusted():
     note = summary.prior_note()
     assert note.startswith("prior as given in 2 of 4 patches; adjusted in 2:")
     assert "shift -0.1 to +0.3 dex, power 0.7 to 1" in note
+    summary.patches = [patch(3, 1.0, -0.4)]
+    assert summary.prior_note().endswith(
+        "adjusted in 1: [Fe/H] shift -0.4 dex, power 1 (per patch: photodist maps)"
+    )
 
 
 def test_patch_seed_depends_on_seed_and_pixel_only():

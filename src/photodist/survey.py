@@ -1206,10 +1206,14 @@ class SurveySummary:
         changed = (shifts != 0.0) | (powers != 1.0)
         note = f"prior as given in {int((~changed).sum())} of {len(self.patches)} patches"
         if changed.any():
+
+            def span(values: np.ndarray, sign: str = "") -> str:
+                low, high = f"{values.min():{sign}g}", f"{values.max():{sign}g}"
+                return low if low == high else f"{low} to {high}"
+
             note += (
-                f"; adjusted in {int(changed.sum())}: [Fe/H] shift {shifts[changed].min():+g} "
-                f"to {shifts[changed].max():+g} dex, power {powers[changed].min():g} to "
-                f"{powers[changed].max():g} (per patch: photodist maps)"
+                f"; adjusted in {int(changed.sum())}: [Fe/H] shift {span(shifts[changed], '+')} "
+                f"dex, power {span(powers[changed])} (per patch: photodist maps)"
             )
         return note
 
