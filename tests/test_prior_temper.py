@@ -10,6 +10,7 @@ from photodist.bands import SDSS
 from photodist.bayes import BayesConfig, PriorGrid
 from photodist.prior_temper import (
     PriorTemperFit,
+    _climb,
     fit_prior_temper,
     parse_prior_temper,
     resolve_prior_temper,
@@ -72,6 +73,8 @@ def test_power_is_one_when_the_stars_follow_the_prior_and_falls_when_they_do_not
     own = band_noise_stars(coarse_locus, SDSS, 1500, seed=3, point_weights=disk, **common)[0]
     fit = fit_prior_temper(own, coarse_locus, disk_prior, config, max_stars=1500)
     assert fit.fitted and fit.beta == 1.0 and fit.feh_shift == 0.0 and fit.gain == 0.0
+    # the climb stops at once: shifts -0.1, 0, +0.1 and powers 0.9, 1 compared
+    assert len(fit.log_evidence_by_shift) <= 3 and set(fit.log_evidence) == {0.9, 1.0}
 
     other, mr, feh, _ = band_noise_stars(
         coarse_locus, SDSS, 1500, seed=4, point_weights=0.8 * halo + 0.2 * disk, **common
@@ -79,7 +82,9 @@ def test_power_is_one_when_the_stars_follow_the_prior_and_falls_when_they_do_not
     fit = fit_prior_temper(other, coarse_locus, disk_prior, config, max_stars=1500, feh_shift=0.0)
     assert fit.fitted and fit.beta < 1.0 and fit.gain > 0.0
     assert fit.n_stars > 1000
-    assert set(fit.log_evidence) == {round(0.1 * k, 1) for k in range(11)}
+    # the chosen power is the best compared, and the climb passed it by one step
+    assert fit.log_evidence[fit.beta] == max(fit.log_evidence.values())
+    assert min(fit.log_evidence) == max(round(fit.beta - 0.1, 1), 0.0)
     assert fit.to_dict()["beta"] == fit.beta
 
     from photodist.bayes import BayesEstimator
@@ -156,3 +161,18 @@ def test_shift_recovers_a_metallicity_offset(coarse_locus, band_noise_stars):
     own = band_noise_stars(coarse_locus, SDSS, 1500, seed=9, point_weights=disk, **common)[0]
     fit = fit_prior_temper(own, coarse_locus, prior, config, max_stars=1500)
     assert fit.feh_shift == 0.0 and fit.beta == 1.0 and not fit.changes_prior
+
+
+@pytest.mark.parametrize("peak", [0, 3, 5, 10])
+def test_climb_finds_the_peak_of_a_single_peaked_score(peak):
+    options = [round(0.1 * k - 0.5, 1) for k in range(11)]
+    calls = []
+
+    def score(value):
+        calls.append(value)
+        return -((value - options[peak]) ** 2)
+
+    assert _climb(options, 0.0, score) == options[peak]
+    assert len(calls) == len(set(calls))  # no option scored twice
+    assert len(calls) <= abs(peak - 5) + 3  # the start, the path and one step beyond
+    assert _climb(options, 0.5, lambda v: -abs(v - options[peak])) == options[peak]

@@ -179,7 +179,8 @@ class PipelineConfig:
         Shift of the ([Fe/H], M_r) prior along [Fe/H] (dex, within ±1) and its power (in
         [0, 1]); 0 and 1 give the Galaxy model's prior as given, as in the paper. ``"auto"``
         (both by default) fits each per patch by maximum marginal likelihood on 2,000 of its
-        stars, the shift first (:mod:`photodist.prior_temper`, 2-3 s per patch on 2 cores).
+        stars, the shift first (:mod:`photodist.prior_temper`, 0.5-0.7 s per patch on 2 cores
+        where the prior fits, more where it does not).
         Where the stars follow the prior they stay 0 and 1; where they follow another
         population the prior moves to their metallicity scale and then weighs less.
     dust_prior
