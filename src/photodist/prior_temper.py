@@ -10,9 +10,10 @@ this package's Galaxy-model prior (``python validation/bayes_self_consistency.py
 Two adjustments, each chosen per patch by maximum marginal likelihood (the summed
 ``log_evidence`` of a sample of the patch's stars, :class:`photodist.bayes.BayesEstimator`):
 
-* a shift of the prior along [Fe/H] (:data:`FEH_SHIFTS`, -0.5 to +0.5 dex): a Galaxy model's
-  metallicity scale is among its least certain parts (this package's disk is ~0.4 dex more
-  metal-poor than TRILEGAL's). It is used only when it raises the mean log evidence by at
+* a shift of the prior along [Fe/H] (:data:`FEH_SHIFTS`, -0.5 to +0.5 dex in steps of 0.05):
+  a Galaxy model's metallicity scale is among its least certain parts (this package's disk is
+  ~0.4 dex more metal-poor than TRILEGAL's). It is used only when it raises the mean log
+  evidence by at
   least :data:`FEH_SHIFT_MIN_GAIN` per star: smaller gains also come from the other
   simplifications of the model (the error floor, the flat A_r prior), which a shift of the
   population should not absorb;
@@ -29,7 +30,7 @@ Each parameter is found by climbing its grid from the prior as given (shift 0, t
 while the evidence rises, the first step towards the better neighbour. The mean log evidence
 is a smooth, single-peaked function of either parameter (measured on the full grids for stars
 of both Galaxy models at four latitudes, ``docs/benchmarks.md``), so the climb finds the grid's
-maximum in 4 estimator runs where the prior fits and ~6-12 where it does not, instead of 21.
+maximum in 4 estimator runs where the prior fits and ~8-14 where it does not, instead of 31.
 """
 
 from __future__ import annotations
@@ -62,8 +63,11 @@ __all__ = [
 
 #: Powers of the prior compared by the fit.
 TEMPER_VALUES: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(11))
-#: Shifts of the prior along [Fe/H] compared by the fit (dex).
-FEH_SHIFTS: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(-5, 6))
+#: Shifts of the prior along [Fe/H] searched by the fit (dex): one step of the default
+#: posterior grid (0.05 dex; a coarser grid merges them). On TRILEGAL-drawn stars steps of
+#: 0.1 dex gave +0.3 or +0.4 from one sample of 2,000 stars to the next, 0.05 gave +0.35 on
+#: all three (``docs/benchmarks.md``).
+FEH_SHIFTS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(-10, 11))
 #: Largest shift accepted when one is given (dex).
 MAX_FEH_SHIFT = 1.0
 #: Smallest gain in mean log evidence per star for which a fitted shift is used. Stars of
