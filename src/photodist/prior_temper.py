@@ -13,10 +13,9 @@ Two adjustments, each chosen per patch by maximum marginal likelihood (the summe
 * a shift of the prior along [Fe/H] (:data:`FEH_SHIFTS`, -0.5 to +0.5 dex in steps of 0.05):
   a Galaxy model's metallicity scale is among its least certain parts (this package's disk is
   ~0.4 dex more metal-poor than TRILEGAL's). It is used only when it raises the mean log
-  evidence by at
-  least :data:`FEH_SHIFT_MIN_GAIN` per star: smaller gains also come from the other
-  simplifications of the model (the error floor, the flat A_r prior), which a shift of the
-  population should not absorb;
+  evidence by at least :data:`FEH_SHIFT_MIN_GAIN` per star: smaller gains also come from the
+  other simplifications of the model (the error floor, the flat A_r prior), which a shift of
+  the population should not absorb;
 * then a power beta of the shifted prior (:data:`TEMPER_VALUES`, 0 to 1): p_j^beta,
   normalised in each r bin, so that a prior that still does not describe the stars weighs
   less (0: flat over the grid).
@@ -61,12 +60,12 @@ __all__ = [
     "resolve_prior_temper",
 ]
 
-#: Powers of the prior compared by the fit.
+#: Powers of the prior searched by the fit.
 TEMPER_VALUES: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(11))
 #: Shifts of the prior along [Fe/H] searched by the fit (dex): one step of the default
 #: posterior grid (0.05 dex; a coarser grid merges them). On TRILEGAL-drawn stars steps of
 #: 0.1 dex gave +0.3 or +0.4 from one sample of 2,000 stars to the next, 0.05 gave +0.35 on
-#: all three (``docs/benchmarks.md``).
+#: all seven tried (``docs/benchmarks.md``).
 FEH_SHIFTS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(-10, 11))
 #: Largest shift accepted when one is given (dex).
 MAX_FEH_SHIFT = 1.0
