@@ -219,7 +219,7 @@ class ColumnMap:
         column, factor = self._dust_source([str(c) for c in frame.columns])
         if column is None:
             return None
-        values = _numeric_column(frame, column) * factor
+        values = numeric_column(frame, column) * factor
         return np.where(np.isfinite(values) & (values >= 0) & (values < 50), values, np.nan)
 
     def mag_column(self, band: str) -> str:
@@ -555,7 +555,7 @@ def sky_positions(frame: pd.DataFrame, columns: ColumnMap | None = None) -> tupl
     found = position_columns([str(c) for c in frame.columns], columns)
     if found is None:
         raise MissingColumnError(f"no {columns.ra}/{columns.dec} (or glon/glat, l/b) columns")
-    lon, lat = (_numeric_column(frame, name) for name in found)
+    lon, lat = (numeric_column(frame, name) for name in found)
     if found in GALACTIC_COLUMNS:
         from astropy import units as u
         from astropy.coordinates import SkyCoord
@@ -712,7 +712,9 @@ def magnitudes_from_fluxes(
     return mags, errors
 
 
-def _numeric_column(frame: pd.DataFrame, column: str) -> np.ndarray:
+def numeric_column(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """A catalogue column as float64; entries that are not numbers (text, None) become NaN.
+    Raises :class:`MissingColumnError` naming the column when the catalogue lacks it."""
     if column not in frame.columns:
         raise MissingColumnError(
             f"required column {column!r} not in catalogue (columns: {list(frame.columns)[:20]}...)"
@@ -743,7 +745,7 @@ def band_photometry(
     n = len(frame)
     if columns.flux_unit is not None:
         fluxes = np.column_stack(
-            [_numeric_column(frame, columns.flux_column(b)) for b in band_set.bands]
+            [numeric_column(frame, columns.flux_column(b)) for b in band_set.bands]
         ).reshape(n, len(band_set.bands))
         for k, b in enumerate(band_set.bands):  # a flagged measurement is no measurement
             flag = columns.flux_flag_column(b)
@@ -751,7 +753,7 @@ def band_photometry(
                 flagged = pd.to_numeric(frame[flag], errors="coerce").fillna(1).to_numpy() != 0
                 fluxes[flagged, k] = np.nan
         flux_errors = np.column_stack(
-            [_numeric_column(frame, columns.flux_error_column(b)) for b in band_set.bands]
+            [numeric_column(frame, columns.flux_error_column(b)) for b in band_set.bands]
         ).reshape(n, len(band_set.bands))
         mags, errs = magnitudes_from_fluxes(fluxes, flux_errors, columns.flux_unit)
         return mags, errs, np.ones(len(band_set.bands), dtype=bool)
@@ -759,9 +761,9 @@ def band_photometry(
     mags = np.full((n, len(band_set.bands)), np.nan)
     for k, b in enumerate(band_set.bands):
         if has_mag[k]:
-            mags[:, k] = _numeric_column(frame, columns.mag_column(b))
+            mags[:, k] = numeric_column(frame, columns.mag_column(b))
     errs = np.column_stack(
-        [_numeric_column(frame, columns.error_column(b)) for b in band_set.bands]
+        [numeric_column(frame, columns.error_column(b)) for b in band_set.bands]
     ).reshape(n, len(band_set.bands))
     return mags, errs, has_mag
 
@@ -809,7 +811,7 @@ def photometry_from_frame(
     from_columns = np.zeros(n_bands - 1, dtype=bool)
     for k, source in enumerate(color_sources):
         if source is not None:  # a colour column: its own value, errors from the two bands
-            value = _numeric_column(frame, source)
+            value = numeric_column(frame, source)
             ok = np.isfinite(value) & (np.abs(value) < MAX_PLAUSIBLE_MAGNITUDE)
             ok &= ~bad_err[:, k] & ~bad_err[:, k + 1]
             colors[:, k] = np.where(ok, value, np.nan)

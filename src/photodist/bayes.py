@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 import numba
 import numpy as np
 import pandas as pd
+from scipy.special import logsumexp
 
 from photodist.bands import Photometry
 from photodist.locus import Locus
@@ -1339,10 +1340,7 @@ class PriorGrid:
         allowed = np.isfinite(self.log_prior)
         scaled = np.where(allowed, beta * np.where(allowed, self.log_prior, 0.0), -np.inf)
         flat = scaled.reshape(scaled.shape[0], -1)
-        top = np.max(flat, axis=1, keepdims=True)
-        top = np.where(np.isfinite(top), top, 0.0)
-        with np.errstate(divide="ignore"):
-            norm = top + np.log(np.sum(np.exp(flat - top), axis=1, keepdims=True))
+        norm = logsumexp(flat, axis=1, keepdims=True)  # -inf for a bin that allows nothing
         scaled = (flat - np.where(np.isfinite(norm), norm, 0.0)).reshape(scaled.shape)
         return dataclasses.replace(self, log_prior=scaled)
 

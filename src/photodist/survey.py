@@ -82,6 +82,7 @@ from photodist.bands import (
     Photometry,
     column_map_from_options,
     get_band_set,
+    numeric_column,
     photometry_from_frame,
 )
 from photodist.bayes import BayesEstimator, Flags, prior_range_flags
@@ -551,7 +552,7 @@ def _stage(
                 f" e.g. row {first}; every row needs one to be assigned to a patch"
             )
         index = np.asarray(compute_spatial_index(ra, dec), dtype=np.int64)
-        frame = frame.assign(**{c: _as_float(frame[c]) for c in measured})
+        frame = frame.assign(**{c: numeric_column(frame, c) for c in measured})
         table = pa.Table.from_pandas(frame, preserve_index=False)
         table = table.append_column(SPATIAL_INDEX_COLUMN, pa.array(index, pa.int64()))
         if schema is None:
@@ -900,15 +901,9 @@ def _read_sorted(dataset: pads.Dataset, columns: Sequence[str], lo: int, hi: int
     return table.take(order)
 
 
-def _as_float(values: Any) -> np.ndarray:
-    """A column as float64; entries that are not numbers become NaN."""
-    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64, na_value=np.nan)
-
-
 def _photometry_frame(table: pa.Table, columns: Sequence[str]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {name: _as_float(table.column(name).to_numpy(zero_copy_only=False)) for name in columns}
-    )
+    frame = table.select(list(columns)).to_pandas()
+    return pd.DataFrame({name: numeric_column(frame, name) for name in columns})
 
 
 def _task_config(job: _Job, task: PatchTask) -> PipelineConfig:
@@ -936,6 +931,7 @@ def process_patch(task: PatchTask, job: _Job) -> PatchResult:
             info, timings = _process_in_memory(task, job, cfg, grid, prior, final)
         else:
             info, timings = _process_streamed(task, job, cfg, grid, prior, final)
+    temper = info.get("prior_temper") or {}
     _write_json(
         patch_info_path(job.output_dir, task.order, task.pixel),
         {
@@ -960,8 +956,8 @@ def process_patch(task: PatchTask, job: _Job) -> PatchResult:
         worker=f"{os.uname().nodename}:{os.getpid()}",
         path=str(final),
         error_floor=used_error_floor(info),
-        prior_power=(info.get("prior_temper") or {}).get("beta"),
-        prior_feh_shift=(info.get("prior_temper") or {}).get("feh_shift"),
+        prior_power=temper.get("beta"),
+        prior_feh_shift=temper.get("feh_shift"),
     )
 
 
