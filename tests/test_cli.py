@@ -293,18 +293,19 @@ def test_bayes_command_with_trilegal_prior(tmp_path, s82_stars_path, s82_priors_
     assert not (res["flags"] & 128).any()  # a prior was used: no NO_PRIOR flag
 
 
+def _assert_bayes_usage_error(tmp_path, src, options: list[str], message: str) -> None:
+    """``photodist bayes SRC OUT OPTIONS`` stops with a usage error (exit code 2) that says
+    ``message``."""
+    result = CliRunner().invoke(cli, ["bayes", str(src), str(tmp_path / "o.parquet"), *options])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
 def test_prior_temper_option(tmp_path, s82_stars_path, s82_priors_path):
     """A given power of the prior widens the posteriors and is recorded; a bad one is refused."""
     src = _catalog(tmp_path)
     for bad in ("1.5", "strong"):
-        result = CliRunner().invoke(
-            cli, ["bayes", str(src), str(tmp_path / "o.parquet"), "--prior-temper", bad]
-        )
-        assert result.exit_code == 2 and "'auto' or within [0, 1]" in result.output
-    result = CliRunner().invoke(
-        cli, ["bayes", str(src), str(tmp_path / "o.parquet"), "--prior-feh-shift", "2"]
-    )
-    assert result.exit_code == 2 and "within [-1, 1]" in result.output
+        _assert_bayes_usage_error(tmp_path, src, ["--prior-temper", bad], "'auto' or within [0, 1]")
+    _assert_bayes_usage_error(tmp_path, src, ["--prior-feh-shift", "2"], "within [-1, 1]")
     args = ["bayes", str(s82_stars_path), "--bands", "sdss", "--feh-step", "0.1"]
     args += ["--mr-step", "0.2", "--trilegal-prior", str(s82_priors_path)]
     args += ["--trilegal-pixel", "0"]
@@ -333,10 +334,8 @@ def test_batch_size_must_be_positive(tmp_path):
 def test_error_floor_option_is_auto_or_a_magnitude(tmp_path):
     src = _catalog(tmp_path)
     for bad in ("nope", "-0.01"):
-        result = CliRunner().invoke(
-            cli, ["bayes", str(src), str(tmp_path / "o.parquet"), "--error-floor", bad]
-        )
-        assert result.exit_code == 2 and "neither 'auto' nor a magnitude" in result.output
+        message = "neither 'auto' nor a magnitude"
+        _assert_bayes_usage_error(tmp_path, src, ["--error-floor", bad], message)
     # three stars are too few to fit a floor: the fixed fallback is used and said
     result = CliRunner().invoke(
         cli,
