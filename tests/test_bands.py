@@ -360,3 +360,12 @@ def test_readable_band_set_prefers_the_given_one():
     assert readable_band_set(ColumnMap(), ugrizy, preferred="sdss") == "sdss"
     assert readable_band_set(ColumnMap(), ugriz) == "sdss"
     assert readable_band_set(ColumnMap(), [c for c in ugriz if c != "rErr"]) is None
+
+
+def test_first_numeric_column_reads_nullable_integers_and_text():
+    from photodist.bands import first_numeric_column
+
+    frame = pd.DataFrame({"a": pd.array([1, None, 3], dtype="Int64"), "b": ["1.5", "x", None]})
+    np.testing.assert_array_equal(first_numeric_column(frame, ["z", "a"]), [1.0, np.nan, 3.0])
+    np.testing.assert_array_equal(first_numeric_column(frame, ["b", "a"]), [1.5, np.nan, np.nan])
+    assert first_numeric_column(frame, ["z"]) is None

@@ -21,6 +21,7 @@ from photodist.io import (
     hats_partitions,
     iter_catalog_batches,
     read_catalog,
+    table_to_frame,
     write_table,
 )
 
@@ -154,12 +155,54 @@ def test_parquet_pandas_index_and_arrow_dtypes_become_numpy(tmp_path: Path) -> N
     assert np.isnan(back["a"].to_numpy()[1])
 
 
-def test_parquet_nullable_integers_become_float_with_nan(tmp_path: Path) -> None:
+def test_parquet_integers_with_nulls_stay_exact(tmp_path: Path) -> None:
     path = tmp_path / "nulls.parquet"
     pq.write_table(pa.table({"k": pa.array([1, None, 3], pa.int32())}), path)
     back = read_catalog(path)
-    assert back["k"].dtype == np.float64
-    assert np.isnan(back["k"].to_numpy()[1])
+    assert back["k"].dtype == pd.Int64Dtype()
+    assert back["k"].isna().tolist() == [False, True, False]
+    assert back["k"].iloc[[0, 2]].tolist() == [1, 3]
+
+
+#: 64-bit object IDs above 2**53, which a float64 would round (SDSS objID-like)
+_BIG_IDS = np.array([1237663783666974001, -1, 1237663783666974003, 1237663783666974005])
+
+
+def _big_id_frame() -> pd.DataFrame:
+    ids = pd.array([None if i < 0 else int(i) for i in _BIG_IDS], dtype="Int64")
+    return pd.DataFrame({"objid": ids, "mag": [1.0, 2.0, 3.0, 4.0]})
+
+
+def _assert_big_ids(column: pd.Series) -> None:
+    assert column.isna().tolist() == [False, True, False, False]
+    assert column.dropna().tolist() == [int(i) for i in _BIG_IDS if i >= 0]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".fits"])
+def test_big_ids_with_nulls_stay_exact_in_every_format(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"ids{suffix}"
+    if suffix == ".fits":
+        values = np.where(_BIG_IDS < 0, -99, _BIG_IDS)
+        cols = fits.ColDefs(
+            [
+                fits.Column(name="objid", format="K", null=-99, array=values),
+                fits.Column(name="mag", format="D", array=np.arange(1.0, 5.0)),
+            ]
+        )
+        fits.BinTableHDU.from_columns(cols).writeto(path)
+    else:
+        write_table(_big_id_frame(), path)
+    _assert_big_ids(read_catalog(path)["objid"])
+    # batches without a null are plain int64, the one with it nullable: both exact
+    batches = list(iter_catalog_batches(path, batch_size=2))
+    assert [str(b["objid"].dtype) for b in batches] == ["Int64", "int64"]
+    _assert_big_ids(pd.concat(batches)["objid"])
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".fits"])
+def test_written_big_ids_with_nulls_read_back_exactly(tmp_path: Path, suffix: str) -> None:
+    path = write_table(_big_id_frame(), tmp_path / f"out{suffix}")
+    _assert_big_ids(read_catalog(path)["objid"])
 
 
 def test_fits_null_integers_and_big_endian_columns(tmp_path: Path) -> None:
@@ -173,8 +216,8 @@ def test_fits_null_integers_and_big_endian_columns(tmp_path: Path) -> None:
     path = tmp_path / "nulls.fits"
     fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)]).writeto(path)
     back = read_catalog(path)
-    assert back["id"].dtype == np.float64
-    np.testing.assert_array_equal(back["id"].to_numpy(), [5.0, np.nan, 7.0])
+    assert back["id"].dtype == pd.Int64Dtype()
+    assert back["id"].tolist()[::2] == [5, 7] and back["id"].isna().tolist() == [0, 1, 0]
     assert back["mag"].dtype == np.float64 and back["mag"].to_numpy().dtype.isnative
     np.testing.assert_array_equal(back["vec"].iloc[2], [4.0, 5.0])
 
@@ -598,3 +641,17 @@ def test_parquet_outputs_dictionary_encode_only_categorical_columns(tmp_path: Pa
         encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(2)}
         assert not any("DICTIONARY" in e for e in encodings["Mr_mean"])
         assert any("DICTIONARY" in e for e in encodings["method"])
+
+
+def test_table_to_frame_keeps_integers_exact_and_other_types() -> None:
+    table = pa.table(
+        {
+            "objid": pa.array([1, None, 2**60 + 1], pa.int64()),
+            "n": pa.array([1, 2, 3], pa.int32()),
+            "x": pa.array([1.0, 2.0, 3.0], pa.float32()),
+        }
+    )
+    frame = table_to_frame(table)
+    assert frame["objid"].dtype == pd.Int64Dtype()
+    assert frame["objid"].tolist()[::2] == [1, 2**60 + 1] and frame["objid"].isna()[1]
+    assert frame["n"].dtype == np.int32 and frame["x"].dtype == np.float32

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -451,6 +452,23 @@ def test_text_in_a_measurement_becomes_nan_in_any_batch(catalog, tmp_path):
     assert np.isnan(staged["umag"].to_numpy()[[5, 2500]]).all()
     assert np.isnan(staged["gErr"].to_numpy()[2999])
     assert np.isfinite(staged["umag"].to_numpy()[:5]).all()
+
+
+def test_big_ids_with_nulls_in_a_later_batch_are_staged_exactly(catalog, tmp_path):
+    """64-bit IDs above 2**53 with a null only in the second batch: staged as nullable int64,
+    every ID exact (a float64 batch would round them or fail the first batch's schema)."""
+    frame = catalog.head(2000).copy()
+    ids = 1_237_663_783_666_974_001 + 2 * np.arange(len(frame), dtype=np.int64)
+    frame["source_id"] = pd.array(ids, dtype="Int64")
+    frame.loc[1500, "source_id"] = pd.NA
+    path = tmp_path / "ids.csv"
+    frame.to_csv(path, index=False)
+    plan = plan_patches(path, survey_config(tmp_path, stage_batch_rows=1000), tmp_path)
+    staged = pa.concat_tables([pq.read_table(list(t.files)) for t in plan.patches])
+    assert staged.schema.field("source_id").type == pa.int64()
+    got = staged.column("source_id").to_pylist()
+    assert len(got) == 2000 and got.count(None) == 1
+    assert sorted(i for i in got if i is not None) == sorted(np.delete(ids, 1500).tolist())
 
 
 def write_trilegal(root: Path, order: int, pixels: list[int]) -> Path:

@@ -723,6 +723,15 @@ def numeric_column(frame: pd.DataFrame, column: str) -> np.ndarray:
     return values.to_numpy(dtype=float, na_value=np.nan)
 
 
+def first_numeric_column(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray | None:
+    """The first of ``names`` that ``frame`` has, read as :func:`numeric_column` reads it;
+    None when it has none of them."""
+    for name in names:
+        if name in frame.columns:
+            return numeric_column(frame, name)
+    return None
+
+
 def band_photometry(
     frame: pd.DataFrame, band_set: BandSet | str, columns: ColumnMap | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from photodist.bands import MAX_PLAUSIBLE_MAGNITUDE
+from photodist.bands import MAX_PLAUSIBLE_MAGNITUDE, first_numeric_column
 from photodist.bayes import Flags
 
 if TYPE_CHECKING:
@@ -52,10 +52,8 @@ _DISTANT_DM = 10.0  # distance modulus (1 kpc) beyond which stars lie behind mos
 
 
 def _column(result: pd.DataFrame, *names: str) -> np.ndarray:
-    for name in names:
-        if name in result.columns:
-            return pd.to_numeric(result[name], errors="coerce").to_numpy(float, na_value=np.nan)
-    return np.full(len(result), np.nan)
+    values = first_numeric_column(result, names)
+    return np.full(len(result), np.nan) if values is None else values
 
 
 def _r_magnitudes(result: pd.DataFrame, r: np.ndarray | None) -> np.ndarray:

@@ -22,7 +22,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from photodist.bands import ColumnMap, band_photometry, unusable_measurements
+from photodist.bands import (
+    ColumnMap,
+    band_photometry,
+    first_numeric_column,
+    numeric_column,
+    unusable_measurements,
+)
 
 __all__ = [
     "SIGMA_G_FACTOR",
@@ -88,7 +94,7 @@ DEFAULT_OUTLIER_THRESHOLDS: dict[str, float] = {"FeH": 0.3}
 
 
 def _truth_column(frame: pd.DataFrame, name: str) -> np.ndarray:
-    values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+    values = numeric_column(frame, name)
     return np.where(values > TRUTH_SENTINEL_MAX, values, np.nan)
 
 
@@ -221,10 +227,10 @@ def snr_mask(
 
 
 def _column(frame: pd.DataFrame, *names: str) -> np.ndarray:
-    for name in names:
-        if name in frame.columns:
-            return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
-    raise KeyError(f"none of the columns {list(names)} in the frame")
+    values = first_numeric_column(frame, names)
+    if values is None:
+        raise KeyError(f"none of the columns {list(names)} in the frame")
+    return values
 
 
 def table1(

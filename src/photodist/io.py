@@ -34,6 +34,7 @@ __all__ = [
     "iter_catalog_batches",
     "json_default",
     "read_catalog",
+    "table_to_frame",
     "write_table",
 ]
 
@@ -253,8 +254,10 @@ def _hats_files(root: Path) -> list[Path]:
 def _plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     """Convert numeric columns to native numpy ``float64`` / ``int64`` (in place).
 
-    Integer columns with missing values become ``float64`` with NaN; ``uint64`` stays as is;
-    strings and other types are left alone.
+    Integer columns with missing values become pandas' nullable ``Int64`` (``UInt64`` for
+    unsigned 64-bit), which keeps every value exact: a float64 would round 64-bit object IDs
+    above 2**53 (SDSS, Gaia and Rubin IDs). ``uint64`` stays as is; strings and other types
+    are left alone.
     """
     for i, dtype in enumerate(frame.dtypes):
         col = frame.iloc[:, i]
@@ -269,6 +272,8 @@ def _plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
                 target = np.dtype(np.int64)
             elif dtype.kind in "biufc" and not dtype.isnative:
                 target = dtype.newbyteorder("=")
+        elif isinstance(dtype, pd.StringDtype) and dtype != _DEFAULT_STRING:
+            frame.isetitem(i, col.astype(_DEFAULT_STRING))
         elif pd.api.types.is_bool_dtype(dtype):
             if not col.hasnans:
                 target = np.dtype(bool)
@@ -276,7 +281,10 @@ def _plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
             target, na_value = np.dtype(np.float64), np.nan
         elif pd.api.types.is_integer_dtype(dtype):
             if col.hasnans:
-                target, na_value = np.dtype(np.float64), np.nan
+                nullable = _nullable_integer_dtype(dtype)
+                if dtype != nullable:
+                    frame.isetitem(i, col.astype(nullable))
+                continue
             elif pd.api.types.is_unsigned_integer_dtype(dtype) and dtype.itemsize >= 8:
                 target = np.dtype(np.uint64)
             else:
@@ -290,12 +298,48 @@ def _plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+#: pandas' default text type, also for text read with nullable types
+_DEFAULT_STRING = pd.Series(["a"]).dtype
+
+_ARROW_INTEGERS: dict[pa.DataType, Any] = {
+    pa.int8(): pd.Int8Dtype(),
+    pa.int16(): pd.Int16Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(),
+    pa.uint8(): pd.UInt8Dtype(),
+    pa.uint16(): pd.UInt16Dtype(),
+    pa.uint32(): pd.UInt32Dtype(),
+    pa.uint64(): pd.UInt64Dtype(),
+}
+
+
+def _nullable_integer_dtype(dtype: Any) -> Any:
+    """pandas' exact nullable integer type for an integer column with missing values."""
+    unsigned64 = pd.api.types.is_unsigned_integer_dtype(dtype) and dtype.itemsize >= 8
+    return pd.UInt64Dtype() if unsigned64 else pd.Int64Dtype()
+
+
 def _arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
     """Arrow table to a pandas frame with numpy dtypes, ignoring stored pandas index metadata."""
     drop = [name for name in table.column_names if _PANDAS_INDEX_COLUMN.fullmatch(name)]
     if drop:
         table = table.drop_columns(drop)
-    return table.to_pandas(ignore_metadata=True)
+    # integers through pandas' nullable types, so that a column with nulls stays exact
+    # (:func:`_plain_dtypes` makes the ones without nulls numpy ``int64`` again)
+    return table.to_pandas(ignore_metadata=True, types_mapper=_ARROW_INTEGERS.get)
+
+
+def table_to_frame(table: pa.Table) -> pd.DataFrame:
+    """An Arrow table as a DataFrame whose integer columns stay exact: numpy integers, or
+    pandas' nullable integers where a column has nulls (``Table.to_pandas`` would make those
+    float64, rounding 64-bit IDs). Other columns convert as ``to_pandas`` converts them."""
+    frame = _arrow_to_pandas(table)
+    for i, dtype in enumerate(frame.dtypes):
+        column = frame.iloc[:, i]
+        if isinstance(dtype, pd.api.extensions.ExtensionDtype) and not column.hasnans:
+            if pd.api.types.is_integer_dtype(dtype):
+                frame.isetitem(i, column.to_numpy(dtype.numpy_dtype))
+    return frame
 
 
 def _check_columns(path: Path, available: Sequence[str], columns: list[str] | None) -> None:
@@ -463,7 +507,10 @@ def _read_csv(
     path: Path, batch_size: int | None, columns: list[str] | None, whitespace: bool = False
 ) -> Iterator[pd.DataFrame]:
     """CSV, or whitespace-separated text when ``whitespace`` (both with a header line)."""
-    options = {"sep": r"\s+"} if whitespace else {}
+    # nullable types while parsing: an integer column with blanks stays exact (Int64)
+    options: dict[str, Any] = {"dtype_backend": "numpy_nullable"}
+    if whitespace:
+        options["sep"] = r"\s+"
     kind = "text table" if whitespace else "CSV"
     try:
         header = pd.read_csv(path, nrows=0, **options)
@@ -516,8 +563,7 @@ def _fits_column(values: Any, null: Any) -> Any:
         except (TypeError, ValueError):
             mask = None
         if mask is not None and mask.any():
-            arr = arr.astype(np.float64)
-            arr[mask] = np.nan
+            return pd.arrays.IntegerArray(arr.astype(np.int64), mask)
     return arr
 
 

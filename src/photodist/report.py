@@ -66,7 +66,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
-from photodist.bands import BandSet, ColumnMap, photometry_from_frame
+from photodist.bands import BandSet, ColumnMap, first_numeric_column, photometry_from_frame
 from photodist.bayes import Flags
 from photodist.diagnostics import diagnostics_figure, dust_profile_figure, magnitude_table
 from photodist.evaluate import SIGMA_G_FACTOR, TRUTH_ALIASES, robust_stats, truth_values
@@ -153,16 +153,6 @@ COMPARISONS: tuple[Comparison, ...] = (
 # ----------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------
-
-
-def _numeric(frame: pd.DataFrame, *names: str) -> np.ndarray | None:
-    """The first of ``names`` present in ``frame`` as a float array, or None."""
-    for name in names:
-        if name in frame.columns:
-            return pd.to_numeric(frame[name], errors="coerce").to_numpy(
-                dtype=float, na_value=np.nan
-            )
-    return None
 
 
 @dataclass
@@ -311,7 +301,7 @@ def prepare_report_data(
     if is_nn.any():
         values["NN"] = {}
         for p in PARAMETERS:
-            mean = _numeric(result, f"{p}_mean")
+            mean = first_numeric_column(result, [f"{p}_mean"])
             if mean is None:
                 raise KeyError(f"result has no column {p}_mean")
             values["NN"][p] = np.where(is_nn, mean, np.nan)
@@ -320,7 +310,7 @@ def prepare_report_data(
                 ("nn", (f"{p}_sigma_nn",)),
                 ("bayes_pred", (f"{p}_sigma_bayes",)),
             ):
-                col = _numeric(result, *names)
+                col = first_numeric_column(result, names)
                 sigmas[kind][p] = nan.copy() if col is None else np.where(is_nn, col, np.nan)
 
     bayes_source = "none"
@@ -328,21 +318,21 @@ def prepare_report_data(
         bayes_source = "bayes_reference"
         values["Bayes"], sigmas["bayes"] = {}, {}
         for p in PARAMETERS:
-            mean = _numeric(bayes_reference, f"{p}_mean")
+            mean = first_numeric_column(bayes_reference, [f"{p}_mean"])
             if mean is None:
                 raise KeyError(f"bayes_reference has no column {p}_mean")
             values["Bayes"][p] = mean
-            sig = _numeric(bayes_reference, f"{p}_std", f"{p}_sigma")
+            sig = first_numeric_column(bayes_reference, [f"{p}_std", f"{p}_sigma"])
             sigmas["bayes"][p] = nan.copy() if sig is None else sig
     elif is_bayes.any():
         bayes_source = "result"
         values["Bayes"], sigmas["bayes"] = {}, {}
         for p in PARAMETERS:
-            mean = _numeric(result, f"{p}_mean")
+            mean = first_numeric_column(result, [f"{p}_mean"])
             if mean is None:
                 raise KeyError(f"result has no column {p}_mean")
             values["Bayes"][p] = np.where(is_bayes, mean, np.nan)
-            sig = _numeric(result, f"{p}_sigma", f"{p}_std")
+            sig = first_numeric_column(result, [f"{p}_sigma", f"{p}_std"])
             sigmas["bayes"][p] = nan.copy() if sig is None else np.where(is_bayes, sig, np.nan)
 
     if truth is not None:
@@ -353,7 +343,7 @@ def prepare_report_data(
 
     def lookup(*names: str) -> np.ndarray | None:
         for frame in frames:
-            col = _numeric(frame, *names)
+            col = first_numeric_column(frame, names)
             if col is not None:
                 return col
         return None

@@ -542,8 +542,7 @@ def _stage(
     for number, frame in enumerate(batches):
         if len(frame) == 0:
             continue
-        ra = pd.to_numeric(frame[ra_col], errors="coerce").to_numpy(np.float64)
-        dec = pd.to_numeric(frame[dec_col], errors="coerce").to_numpy(np.float64)
+        ra, dec = numeric_column(frame, ra_col), numeric_column(frame, dec_col)
         bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0))
         if bad.any():
             first = offset + int(np.flatnonzero(bad)[0])
@@ -1621,7 +1620,7 @@ def read_survey_output(output_dir: str | os.PathLike[str], columns: Sequence[str
     if not files:
         raise io.CatalogError(f"{output_dir}: no partition files")
     tables = [pq.read_table(f, columns=list(columns) if columns else None) for f in files]
-    return pa.concat_tables(tables).to_pandas()
+    return io.table_to_frame(pa.concat_tables(tables))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -46,7 +46,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from photodist.bands import ColumnMap, Photometry, get_band_set, photometry_from_frame
+from photodist.bands import (
+    ColumnMap,
+    Photometry,
+    first_numeric_column,
+    get_band_set,
+    numeric_column,
+    photometry_from_frame,
+)
 from photodist.nn import (
     ACTIVATIONS,
     DEFAULT_DIVERGENCE_FACTOR,
@@ -214,10 +221,9 @@ class LabelledSet:
 
 
 def _label_column(frame: pd.DataFrame, param: str, kinds: Sequence[str]) -> np.ndarray:
-    for kind in kinds:
-        name = f"{param}_{kind}"
-        if name in frame.columns:
-            return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+    values = first_numeric_column(frame, [f"{param}_{kind}" for kind in kinds])
+    if values is not None:
+        return values
     names = " or ".join(f"{param}_{k}" for k in kinds)
     raise KeyError(f"labelled set needs a column {names}")
 
@@ -240,7 +246,7 @@ def labelled_set_from_frame(
     frame = frame.reset_index(drop=True)
     names = feature_columns(band_set)
     if all(c in frame.columns for c in names):
-        features = frame[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+        features = np.column_stack([numeric_column(frame, name) for name in names])
     else:
         features = photometry_from_frame(frame, band_set, columns).features()
     mean = np.column_stack([_label_column(frame, p, ("mean",)) for p in PARAMETERS])
