@@ -189,3 +189,53 @@ def test_footprint_cone_ignores_bad_positions_and_errors_without_any():
     assert 0.5 <= radius < 1.0 and -90 <= b <= 90
     with pytest.raises(ValueError, match="no valid"):
         footprint_cone(np.array([np.nan]), np.array([100.0]))
+
+
+def test_stray_positions_do_not_widen_the_footprint():
+    import numpy as np
+
+    from photodist.priors import footprint_cone
+
+    rng = np.random.default_rng(1)
+    ra, dec = 45.0 + rng.uniform(-1, 1, 300), rng.uniform(-1, 1, 300)
+    compact = footprint_cone(ra, dec)
+    ra[:2], dec[2] = [-10.0, 261.0], 40.0  # sentinels and a typo
+    assert footprint_cone(ra, dec)[2] > 30  # every star: the strays set the radius
+    l_deg, b_deg, radius = footprint_cone(ra, dec, coverage=0.99)
+    assert abs(radius - compact[2]) < 0.05
+    assert abs(l_deg - compact[0]) < 0.1 and abs(b_deg - compact[1]) < 0.1
+    # a compact footprint keeps every star, whatever the coverage
+    assert footprint_cone(ra[3:], dec[3:], coverage=0.99)[2] >= np.float64(compact[2]) - 1e-9
+
+
+def test_galaxy_prior_refuses_a_footprint_too_wide_for_one_prior():
+    import numpy as np
+    import pytest
+
+    from photodist.priors import MAX_PRIOR_RADIUS, galaxy_prior_for_stars
+
+    ra = np.linspace(0.0, 4 * MAX_PRIOR_RADIUS, 200)
+    with pytest.raises(ValueError, match="photodist survey"):
+        galaxy_prior_for_stars(ra, np.zeros_like(ra))
+
+
+def test_a_wide_patch_is_simulated_at_a_bounded_area():
+    """The base simulation of a patch wider than max_area_deg2 stands for that area only: the
+    same prior density from a bounded number of simulated stars."""
+    from photodist.priors import build_patch_priors
+
+    kwargs = {"cone": (60.0, 60.0, 2.0), "seed": 3, "min_stars": 2000, "max_oversample": 1.0}
+    full = build_patch_priors(**kwargs)
+    bounded = build_patch_priors(**kwargs, max_area_deg2=3.0)
+    assert full.metadata["simulated_area_fraction"] == 1.0
+    fraction = bounded.metadata["simulated_area_fraction"]
+    assert abs(fraction - 3.0 / full.metadata["area_deg2"]) < 1e-12
+    assert bounded.n_stars.sum() < 0.5 * full.n_stars.sum()
+    # the faint bins, rich in stars either way, agree in mean M_r and [Fe/H]
+    for k in range(len(full.r_centres) - 4, len(full.r_centres)):
+        for axis, values in ((1, full.mr), (0, full.feh)):
+            means = [
+                (p.density[k].sum(axis=1 - axis) * values).sum() / p.density[k].sum()
+                for p in (full, bounded)
+            ]
+            assert abs(means[0] - means[1]) < 0.1

@@ -610,6 +610,14 @@ def _resolve_prior(
             f"{exc}; give --prior, --trilegal-prior or --flat-prior"
         ) from exc
     radius = prior.metadata["footprint_cone"][2]
+    outside = prior.metadata.get("n_outside_cone", 0)
+    if outside:
+        click.echo(
+            f"warning: {outside} star(s) lie beyond the Galaxy-model prior's cone (radius "
+            f"{radius:.1f} deg around the other stars' centre); they get its prior too: check "
+            "their positions",
+            err=True,
+        )
     if radius > priors.WIDE_FOOTPRINT_RADIUS:
         click.echo(
             f"warning: the catalogue spans a cone of radius {radius:.1f} deg; one Galaxy-model "

@@ -503,32 +503,146 @@ def _read_parquet(
         yield _arrow_to_pandas(pa.schema([source.schema.field(c) for c in wanted]).empty_table())
 
 
+#: Rows per chunk of a whole CSV read, and the smallest chunk of a streaming read's type scan
+_CSV_CHUNK_ROWS = 1 << 18
+
+#: The nullable dtype pandas parses for each kind of CSV column chunk (see :func:`_csv_kinds`);
+#: an all-blank chunk is parsed as ``Int64``; any other dtype (``mixed``) is made text
+_CSV_KIND_DTYPES = {
+    "empty": "Int64",
+    "int": "Int64",
+    "negint": "Int64",
+    "uint": "UInt64",
+    "float": "Float64",
+    "bool": "boolean",
+    "text": "string",
+}
+
+
+def _csv_kinds(chunk: pd.DataFrame) -> dict[str, str]:
+    """What each column of a parsed CSV chunk holds: ``empty`` (all missing), ``int`` /
+    ``negint`` (``Int64`` without / with negative values), ``uint``, ``float``, ``bool``,
+    ``text`` or ``mixed`` (any other dtype)."""
+    kinds = {}
+    for name, dtype in chunk.dtypes.items():
+        column = chunk[name]
+        if column.isna().all():
+            kind = "empty"
+        elif dtype == pd.Int64Dtype():
+            kind = "negint" if column.min() < 0 else "int"
+        elif dtype == pd.UInt64Dtype():
+            kind = "uint"
+        elif dtype == pd.Float64Dtype():
+            kind = "float"
+        elif dtype == pd.BooleanDtype():
+            kind = "bool"
+        elif isinstance(dtype, pd.StringDtype):
+            kind = "text"
+        else:
+            kind = "mixed"
+        kinds[str(name)] = kind
+    return kinds
+
+
+def _common_csv_dtype(kinds: set[str]) -> str:
+    """The dtype pandas parses for a CSV column whose chunks hold ``kinds``, had it seen all
+    its values at once: integers stay exact integers, integers and decimals make floats,
+    anything else mixed makes text."""
+    kinds = kinds - {"empty"}
+    if kinds == {"bool"}:
+        return "boolean"
+    if kinds <= {"int", "negint"}:
+        return "Int64"
+    if kinds <= {"int", "uint"}:
+        return "UInt64"
+    if kinds <= {"int", "negint", "uint", "float"}:
+        return "Float64"
+    return "string"
+
+
+def _csv_dtypes(chunk_kinds: list[dict[str, str]], exact: bool) -> dict[str, str]:
+    """``dtype=`` for the CSV columns that could otherwise be parsed as different types in
+    different batches: those whose scanned chunks disagree and, when the batches are smaller
+    than the scanned chunks (not ``exact``), every one not integer throughout (a subset of a
+    float or text column's rows can look like integers)."""
+    dtypes = {}
+    for name in chunk_kinds[0]:
+        kinds = {kinds[name] for kinds in chunk_kinds}
+        common = _common_csv_dtype(kinds)
+        parsed = {_CSV_KIND_DTYPES.get(kind) for kind in kinds}
+        if parsed != {common} or (not exact and common != "Int64"):
+            dtypes[name] = common
+    return dtypes
+
+
+def _check_unique_columns(where: str | Path, names: Iterable[str]) -> None:
+    """Raise :class:`CatalogError` naming the column names that occur more than once."""
+    seen: set[str] = set()
+    duplicated: list[str] = []
+    for name in names:
+        if name in seen and name not in duplicated:
+            duplicated.append(name)
+        seen.add(name)
+    if duplicated:
+        raise CatalogError(
+            f"{where}: duplicate column name(s) {duplicated}; each column needs its own name"
+        )
+
+
 def _read_csv(
     path: Path, batch_size: int | None, columns: list[str] | None, whitespace: bool = False
 ) -> Iterator[pd.DataFrame]:
-    """CSV, or whitespace-separated text when ``whitespace`` (both with a header line)."""
-    # nullable types while parsing: an integer column with blanks stays exact (Int64)
-    options: dict[str, Any] = {"dtype_backend": "numpy_nullable"}
+    """CSV, or whitespace-separated text when ``whitespace`` (both with a header line).
+
+    pandas infers each chunk's column types from that chunk alone, so a file longer than one
+    chunk is first scanned (chunk after chunk, the requested columns only) and then read with
+    ``dtype=`` set for the columns whose type would vary: every batch, and the whole read, get
+    the type pandas would give the column read at once. A file within one batch (or, for a
+    whole read, whose chunks agree) is parsed once.
+    """
+    # nullable types while parsing: an integer column with blanks stays exact (Int64); each
+    # chunk parsed at once (``low_memory=False``), not as pieces typed separately
+    options: dict[str, Any] = {"dtype_backend": "numpy_nullable", "low_memory": False}
     if whitespace:
         options["sep"] = r"\s+"
     kind = "text table" if whitespace else "CSV"
+
+    def chunks(size: int, dtype: dict[str, str] | None = None) -> Iterator[pd.DataFrame]:
+        with pd.read_csv(path, usecols=columns, chunksize=size, dtype=dtype, **options) as reader:
+            for chunk in reader:
+                yield chunk if columns is None else chunk[columns]
+
     try:
+        # the header line as written (pandas renames a repeated name ``rmag`` to ``rmag.1``)
+        raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
+        _check_unique_columns(path, [name for name in raw.iloc[0] if name])
         header = pd.read_csv(path, nrows=0, **options)
         _check_columns(path, [str(c) for c in header.columns], columns)
-        if batch_size is None:
-            frame = pd.read_csv(path, usecols=columns, **options)
-            yield frame if columns is None else frame[columns]
-            return
-        empty = True
-        with pd.read_csv(path, usecols=columns, chunksize=batch_size, **options) as reader:
-            for chunk in reader:
-                empty = False
-                yield chunk if columns is None else chunk[columns]
-        if empty:
+        kinds: list[dict[str, str]] = []
+        kept: list[pd.DataFrame] = []  # a whole read's chunks, or the one batch of a short file
+        rows = 0
+        for chunk in chunks(max(batch_size or 0, _CSV_CHUNK_ROWS)):
+            kinds.append(_csv_kinds(chunk))
+            rows += len(chunk)
+            if batch_size is None:
+                kept.append(chunk)
+            else:
+                kept = [chunk] if rows <= batch_size else []
+        if not kinds:
             yield header if columns is None else header[columns]
+            return
+        exact = batch_size is None or batch_size >= _CSV_CHUNK_ROWS
+        dtypes = {} if batch_size is not None and kept else _csv_dtypes(kinds, exact)
+        if kept and not dtypes:
+            yield from kept
+            return
+        kept.clear()
+        yield from chunks(batch_size or _CSV_CHUNK_ROWS, dtypes)
     except pd.errors.EmptyDataError as exc:
         raise CatalogError(f"{path}: empty {kind} file (no header line)") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        if isinstance(exc, CatalogError):
+            raise
         raise CatalogError(f"{path}: cannot parse {kind}: {_one_line(exc)}") from exc
 
 

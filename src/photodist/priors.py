@@ -32,7 +32,7 @@ from scipy.ndimage import gaussian_filter
 
 from photodist.io import json_default
 from photodist.locus import Locus, build_locus
-from photodist.simulate import DEFAULT_R_MAX, Patch, simulate_patch
+from photodist.simulate import DEFAULT_R_MAX, Patch, resolve_patch, simulate_patch
 
 #: Centres of the r-band bins (the photo-D paper's 27 bins).
 R_BIN_CENTRES: np.ndarray = np.round(np.arange(14.0, 27.0 + 1e-9, 0.5), 6)
@@ -42,6 +42,16 @@ R_BIN_HALF_WIDTH = 0.5
 DEFAULT_FLOOR_FRACTION = 1e-3
 #: Stars per r bin that :func:`build_patch_priors` aims for.
 DEFAULT_MIN_STARS = 20_000
+#: Largest sky area (deg^2) whose stars :func:`build_patch_priors` simulates in full, about
+#: two HEALPix order-4 patches; a wider patch is simulated at this area's expected counts,
+#: spread over its whole area (the same density, memory and time bounded whatever the width)
+PRIOR_MAX_AREA_DEG2 = 30.0
+#: Smallest cone radius (deg) of :func:`footprint_cone`
+MIN_FOOTPRINT_RADIUS = 0.5
+#: Fraction of a catalogue's stars the cone of :func:`galaxy_prior_for_stars` holds
+FOOTPRINT_COVERAGE = 0.99
+#: Widest cone (radius, deg) that :func:`galaxy_prior_for_stars` gives one prior
+MAX_PRIOR_RADIUS = 15.0
 FORMAT_VERSION = 1
 _GRID_ATOL = 1e-6
 
@@ -379,6 +389,7 @@ def build_patch_priors(
     cone: tuple[float, float, float] | Patch | None = None,
     min_stars: int = DEFAULT_MIN_STARS,
     max_oversample: float = 1.0e5,
+    max_area_deg2: float = PRIOR_MAX_AREA_DEG2,
     ar_inf: float | None = None,
     r_centres: Sequence[float] = R_BIN_CENTRES,
     r_half_width: float = R_BIN_HALF_WIDTH,
@@ -391,9 +402,13 @@ def build_patch_priors(
     ``min_stars`` stars (the bright ones, for a small patch) get extra simulations restricted
     to that bin with the expected counts multiplied (``oversample``) until they reach
     ``min_stars`` (at most ``max_oversample`` patch areas): the same sightlines, a
-    proportionally larger area. Each bin pools all runs that cover it.
+    proportionally larger area. Each bin pools all runs that cover it. A patch wider than
+    ``max_area_deg2`` is simulated at that area's expected counts (a random sample of its
+    stars, over its whole area), which bounds memory and time for any footprint.
     """
     locus = locus or build_locus()
+    # the patch areas the base simulation stands for: below 1 for a wide patch
+    base_fraction = min(1.0, max_area_deg2 / resolve_patch(pixel, order, cone).area_deg2)
     centres = np.asarray(r_centres, dtype=float)
     r_lo, r_hi = float(centres[0] - r_half_width), float(centres[-1] + r_half_width)
     common = {
@@ -405,13 +420,13 @@ def build_patch_priors(
         "truth_only": True,
         **simulate_kwargs,
     }
-    base = simulate_patch(seed=seed, r_max=r_hi, r_min=r_lo, **common)
+    base = simulate_patch(seed=seed, r_max=r_hi, r_min=r_lo, oversample=base_fraction, **common)
     r = base["rmag_true"].to_numpy()
     runs = [base]
     extra: dict[str, float] = {}
     for k, centre in enumerate(centres):
         have = int(np.count_nonzero(np.abs(r - centre) <= r_half_width))
-        area_factor = 1.0  # patch areas simulated so far for this bin
+        area_factor = base_fraction  # patch areas simulated so far for this bin
         attempt = 0
         while have < min_stars and area_factor < max_oversample and attempt < 5:
             # stars per unit area so far (at least one, for an empty bin) sets the next factor
@@ -429,7 +444,7 @@ def build_patch_priors(
             have += len(run)
             area_factor += factor
             attempt += 1
-        if area_factor > 1.0:
+        if area_factor > base_fraction:
             extra[f"{centre:g}"] = area_factor
     sim = base.attrs["photodist_simulation"]
     metadata = {
@@ -437,6 +452,7 @@ def build_patch_priors(
         "area_deg2": sim["area_deg2"],
         "seed": seed,
         "oversample_per_bin": extra,
+        "simulated_area_fraction": base_fraction,
         "min_stars": min_stars,
         "ar_inf": ar_inf,
         "galaxy": sim["galaxy"],
@@ -572,14 +588,13 @@ __all__ = [
 WIDE_FOOTPRINT_RADIUS = 4.0
 
 
-def footprint_cone(
-    ra: np.ndarray, dec: np.ndarray, min_radius: float = 0.5
-) -> tuple[float, float, float]:
-    """Galactic cone (l, b, radius in degrees) covering a set of ICRS positions.
+def _footprint(ra: np.ndarray, dec: np.ndarray, coverage: float) -> tuple[Any, np.ndarray, float]:
+    """Centre (ICRS), the valid stars' distances from it (deg) and the cone's radius.
 
-    The centre is the normalised mean of the unit vectors; the radius is the largest angular
-    distance of a star from it (at least ``min_radius``).
-    """
+    The radius reaches the farthest star within 1.5 times the radius holding the fraction
+    ``coverage`` of the stars plus 0.5 deg: every star of a compact footprint, but not a few
+    stray ones far from it. The centre is the normalised mean of the unit vectors, recomputed
+    from the stars within the radius, so that stray stars do not move it either."""
     from astropy import units as u
     from astropy.coordinates import SkyCoord
 
@@ -589,10 +604,37 @@ def footprint_cone(
     if not ok.any():
         raise ValueError("no valid (ra, dec) positions to place the prior on the sky")
     stars = SkyCoord(ra=ra[ok] * u.deg, dec=dec[ok] * u.deg)
-    xyz = stars.cartesian.xyz.value.mean(axis=1)
-    centre = SkyCoord(x=xyz[0], y=xyz[1], z=xyz[2], representation_type="cartesian")
-    centre = SkyCoord(centre.represent_as("unitspherical"), frame="icrs")
-    radius = max(float(stars.separation(centre).deg.max()), min_radius)
+    xyz = stars.cartesian.xyz.value
+    core = np.ones(xyz.shape[1], dtype=bool)
+    for _ in range(2):
+        mean = xyz[:, core].mean(axis=1)
+        centre = SkyCoord(x=mean[0], y=mean[1], z=mean[2], representation_type="cartesian")
+        centre = SkyCoord(centre.represent_as("unitspherical"), frame="icrs")
+        distance = stars.separation(centre).deg
+        held = float(np.quantile(distance, coverage)) if coverage < 1.0 else distance.max()
+        core = distance <= 1.5 * held + 0.5
+        radius = float(distance[core].max())
+    return centre, distance, radius
+
+
+def footprint_cone(
+    ra: np.ndarray,
+    dec: np.ndarray,
+    min_radius: float = MIN_FOOTPRINT_RADIUS,
+    coverage: float = 1.0,
+) -> tuple[float, float, float]:
+    """Galactic cone (l, b, radius in degrees) covering a set of ICRS positions.
+
+    The centre is the normalised mean of the unit vectors; the radius reaches the farthest
+    star (at least ``min_radius``). With ``coverage`` < 1, stars beyond 1.5 times the radius
+    holding that fraction of them, plus 0.5 deg, are left out of both (stray positions).
+    Positions that are not finite or have |dec| > 90 are ignored.
+    """
+    centre, _, radius = _footprint(ra, dec, coverage)
+    return _galactic_cone(centre, max(radius, min_radius))
+
+
+def _galactic_cone(centre: Any, radius: float) -> tuple[float, float, float]:
     gal = centre.galactic
     return float(gal.l.deg), float(gal.b.deg), radius
 
@@ -607,11 +649,26 @@ def galaxy_prior_for_stars(
 ) -> PriorMap:
     """Galaxy-model prior map for the sky area covered by a catalogue's stars.
 
-    Builds :func:`build_patch_priors` for the cone of :func:`footprint_cone`; ``ar_inf`` is
-    the sightline extinction A_r(∞) (e.g. the median SFD value of the stars), default: the
-    Galaxy model's dust map.
+    Builds :func:`build_patch_priors` for the cone of :func:`footprint_cone` with
+    ``coverage=FOOTPRINT_COVERAGE``, so that a few stray positions (sentinels, mistakes) do
+    not widen it; ``metadata["n_outside_cone"]`` counts the others, which get the
+    same prior. ``ar_inf`` is the sightline extinction A_r(∞) (e.g. the median SFD value of
+    the stars), default: the Galaxy model's dust map.
+
+    Raises
+    ------
+    ValueError
+        Without a valid position, or for a cone wider than :data:`MAX_PRIOR_RADIUS`.
     """
-    cone = footprint_cone(ra, dec)
+    centre, distance, radius = _footprint(ra, dec, FOOTPRINT_COVERAGE)
+    cone = _galactic_cone(centre, max(radius, MIN_FOOTPRINT_RADIUS))
+    if cone[2] > MAX_PRIOR_RADIUS:
+        raise ValueError(
+            f"the stars span a cone of radius {cone[2]:.1f} deg, "
+            f"wider than {MAX_PRIOR_RADIUS:g} deg: one Galaxy-model prior cannot stand for so "
+            "many lines of sight (`photodist survey` gives each HEALPix patch its own)"
+        )
     prior = build_patch_priors(locus=locus, seed=seed, cone=cone, ar_inf=ar_inf, **kwargs)
     prior.metadata["footprint_cone"] = list(cone)
+    prior.metadata["n_outside_cone"] = int(np.count_nonzero(distance > cone[2]))
     return prior

@@ -170,9 +170,11 @@ class Patch:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def _resolve_patch(
+def resolve_patch(
     pixel: int | None, order: int, cone: tuple[float, float, float] | Patch | None
 ) -> Patch:
+    """The :class:`Patch` of a HEALPix ``pixel`` of ``order``, or of a ``cone``
+    ``(l, b, radius)`` (degrees, Galactic) or a given :class:`Patch`."""
     if isinstance(cone, Patch):
         return cone
     if (pixel is None) == (cone is None):
@@ -370,7 +372,7 @@ def simulate_patch(
         One row per star; see :data:`TRUTH_COLUMNS` and the photometry columns
         ``{b}mag_true {b}mag {b}Err`` and colours ``ug gr ...`` with ``ugErr ...``.
     """
-    patch = _resolve_patch(pixel, order, cone)
+    patch = resolve_patch(pixel, order, cone)
     galaxy = galaxy or GalaxyModel()
     dust = dust or DustModel(r_sun=galaxy.r_sun, z_sun=galaxy.z_sun)
     locus = locus or build_locus()
