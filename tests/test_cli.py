@@ -779,3 +779,78 @@ def test_training_option_defaults_match_the_pipeline():
         assert params["epochs"] == defaults.nn_max_epochs
         assert params.get("error_floor", defaults.error_floor) == defaults.error_floor
         assert params["learning_rate"] == defaults.nn_learning_rate
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--feh-step", "0"], "'--feh-step': 0.0 is not in the range x>0.0"),
+        (["--mr-step", "100"], "grid step 100.0 leaves fewer than 2 points"),
+        (["--seed", "-1"], "'--seed': -1 is not in the range x>=0"),
+        (["--error-floor", "inf"], "neither 'auto' nor a finite magnitude"),
+    ],
+)
+def test_bad_bayes_options_are_usage_errors(tmp_path, options, message):
+    """Each bad value is refused before any work, naming the option (no traceback)."""
+    src = _catalog(tmp_path)
+    result = CliRunner().invoke(cli, ["bayes", str(src), str(tmp_path / "o.parquet"), *options])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["locus", "--out", "{tmp}/l.csv", "--mr-step", "-1"], "'--mr-step'"),
+        (["survey", "{src}", "{tmp}/run", "--order", "30"], "'--order': 30 is not in the range"),
+        (["run", "{src}", "{tmp}/r.parquet", "--n-train", "0"], "'--n-train': 0 is not in"),
+        (["bayes", "{src}", "{src}", "--overwrite"], "is the input"),
+        (["run", "{src}", "{src}", "--overwrite", "--flat-prior"], "is the input"),
+        (["maps", "{tmp}", "--order", "4", "--out", "{src}"], "is a file"),
+        (["bayes", "{src}", "{tmp}/o.parquet", "--prior", "{src}"], "not a photodist prior map"),
+    ],
+)
+def test_bad_arguments_of_other_commands_are_clear_errors(tmp_path, args, message):
+    src = _catalog(tmp_path)
+    args = [a.format(tmp=tmp_path, src=src) for a in args]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert src.stat().st_size > 0 and pd.read_csv(src).shape[0] == 3  # the input untouched
+
+
+def test_trilegal_pixel_errors_name_the_option(tmp_path, s82_priors_path):
+    src = _catalog(tmp_path)
+    base = ["bayes", str(src), str(tmp_path / "o.parquet"), "--bands", "sdss"]
+    base += ["--trilegal-prior", str(s82_priors_path)]
+    result = CliRunner().invoke(cli, base)
+    assert result.exit_code == 1 and "--trilegal-pixel" in result.output, result.output
+    result = CliRunner().invoke(cli, [*base, "--trilegal-pixel", "7"])
+    assert result.exit_code == 1 and "pixel 7 not in" in result.output, result.output
+
+
+def test_a_footprint_too_wide_for_one_prior_is_refused(tmp_path):
+    src = _catalog(tmp_path)
+    pd.read_csv(src).assign(ra=[0.0, 30.0, 60.0], dec=0.0).to_csv(src, index=False)
+    out = tmp_path / "o.parquet"
+    result = CliRunner().invoke(cli, ["bayes", str(src), str(out), "--bands", "sdss"])
+    assert result.exit_code == 1 and "photodist survey" in result.output, result.output
+    assert "--flat-prior" in result.output and not out.exists()
+
+
+def test_evaluate_reads_a_bayes_output(tmp_path):
+    """`photodist evaluate` on a `photodist bayes` output: Bayes vs truth, with its std."""
+    sim = tmp_path / "sim.parquet"
+    runner = CliRunner()
+    args = ["simulate", str(sim), "--cone", "60", "60", "0.3", "--r-max", "19.5", "--seed", "2"]
+    assert runner.invoke(cli, args).exit_code == 0
+    out = tmp_path / "b.parquet"
+    coarse = ["--feh-step", "0.1", "--mr-step", "0.2"]
+    result = runner.invoke(cli, ["bayes", str(sim), str(out), *coarse])
+    assert result.exit_code == 0, result.output
+    table = tmp_path / "new" / "t.csv"  # a folder that does not exist yet
+    result = runner.invoke(cli, ["evaluate", str(out), str(sim), "--out", str(table)])
+    assert result.exit_code == 0, result.output
+    assert "no network rows" in result.output
+    stats = pd.read_csv(table).set_index("parameter")
+    assert stats.loc["Mr", "bayes_truth_sigma_g"] > 0 and stats.loc["FeH", "bayes_coverage"] > 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,37 @@ if TYPE_CHECKING:  # the pipeline loads PyTorch: imported where a command needs 
 BAYES_FEH_STEP = 0.05
 BAYES_MR_STEP = 0.1
 BAND_SET_CHOICE = click.Choice(["lsst", "sdss", "ugrizy", "ugriz"], case_sensitive=False)
+#: Option types: a bad value is a usage error naming the option, before any work
+SEED = click.IntRange(min=0)
+GRID_STEP = click.FloatRange(min=0.0, min_open=True)
+HEALPIX_ORDER = click.IntRange(0, 29)
+POSITIVE_INT = click.IntRange(min=1)
+NON_NEGATIVE_INT = click.IntRange(min=0)
+POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
+
+
+def _check_output(output_path: Path, overwrite: bool, *inputs: Path) -> None:
+    """:func:`photodist.io.check_output_path`, and refuse an OUTPUT that is (or lies inside) an
+    input: ``--overwrite`` would replace the catalogue being read."""
+    from photodist import io
+
+    target = output_path.resolve()
+    for source in inputs:
+        source = source.resolve()
+        if target == source or source in target.parents:
+            raise click.BadParameter(
+                f"{output_path} is the input {source}; choose another output", param_hint="OUTPUT"
+            )
+    io.check_output_path(output_path, overwrite=overwrite)
+
+
+def _stepped(make: Callable[[], Locus]) -> Locus:
+    """A locus on the grid of ``--feh-step`` / ``--mr-step``; a step that leaves fewer than
+    two grid points is a usage error naming the options."""
+    try:
+        return make()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--feh-step / --mr-step") from exc
 
 
 def _training_options(command: Any) -> Any:
@@ -62,14 +94,14 @@ def _training_options(command: Any) -> Any:
     )(command)
     command = click.option(
         "--learning-rate",
-        type=click.FloatRange(min=0.0, min_open=True),
+        type=POSITIVE_FLOAT,
         default=1e-2,
         show_default=True,
         help="Adam learning rate of the networks (the paper: 1e-3; see docs/benchmarks.md).",
     )(command)
     return click.option(
         "--epochs",
-        type=int,
+        type=POSITIVE_INT,
         default=512,
         show_default=True,
         help="Maximum training epochs of the moments network (the paper: 1024).",
@@ -179,13 +211,17 @@ def cli() -> None:
 )
 @click.option(
     "--feh-step",
-    type=float,
+    type=GRID_STEP,
     default=DEFAULT_FEH_STEP,
     show_default=True,
     help="[Fe/H] grid step (dex).",
 )
 @click.option(
-    "--mr-step", type=float, default=DEFAULT_MR_STEP, show_default=True, help="M_r grid step (mag)."
+    "--mr-step",
+    type=GRID_STEP,
+    default=DEFAULT_MR_STEP,
+    show_default=True,
+    help="M_r grid step (mag).",
 )
 @click.option(
     "--figure",
@@ -195,7 +231,7 @@ def cli() -> None:
 )
 def locus_command(out_path: Path, feh_step: float, mr_step: float, figure: Path | None) -> None:
     """Build the stellar locus and write it as a table (columns Mr FeH ug gr ri iz zy)."""
-    locus = build_locus(feh_step=feh_step, mr_step=mr_step)
+    locus = _stepped(lambda: build_locus(feh_step=feh_step, mr_step=mr_step))
     locus.save(out_path)
     click.echo(f"locus: {locus.shape[0]} [Fe/H] x {locus.shape[1]} M_r points -> {out_path}")
     if figure is not None:
@@ -292,7 +328,7 @@ def _catalog_columns(
 
 _BAYES_ALL_BELOW_OPTION = click.option(
     "--bayes-all-below",
-    type=click.IntRange(min=0),
+    type=NON_NEGATIVE_INT,
     default=0,
     show_default=True,
     help="Give every star of a patch the Bayesian estimate (exact) when it has at most this "
@@ -364,7 +400,7 @@ def _batch_size_option(default: int):
     """The ``--batch-size`` option of the streaming commands (a positive number of rows)."""
     return click.option(
         "--batch-size",
-        type=click.IntRange(min=1),
+        type=POSITIVE_INT,
         default=default,
         show_default=True,
         help="Stars per batch (bounds memory).",
@@ -409,7 +445,9 @@ def _patch_from_options(
 @cli.command("simulate")
 @click.argument("output_path", type=click.Path(path_type=Path))
 @click.option("--pixel", type=int, default=None, help="Nested HEALPix pixel (ICRS).")
-@click.option("--order", type=int, default=4, show_default=True, help="HEALPix order of --pixel.")
+@click.option(
+    "--order", type=HEALPIX_ORDER, default=4, show_default=True, help="HEALPix order of --pixel."
+)
 @click.option(
     "--cone",
     type=float,
@@ -432,7 +470,7 @@ def _patch_from_options(
     show_default="27.5",
     help="Faint limit in true r (mag).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @click.option(
     "--ar-inf",
     type=float,
@@ -480,7 +518,9 @@ def simulate_command(
 @cli.command("priors")
 @click.argument("output_path", type=click.Path(path_type=Path))
 @click.option("--pixel", type=int, default=None, help="Nested HEALPix pixel (ICRS).")
-@click.option("--order", type=int, default=4, show_default=True, help="HEALPix order of --pixel.")
+@click.option(
+    "--order", type=HEALPIX_ORDER, default=4, show_default=True, help="HEALPix order of --pixel."
+)
 @click.option(
     "--cone",
     type=float,
@@ -489,12 +529,16 @@ def simulate_command(
     metavar="L B RADIUS",
     help="Cone in Galactic coordinates (degrees) instead of a pixel.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @click.option(
-    "--feh-step", type=float, default=DEFAULT_FEH_STEP, show_default=True, help="Grid step (dex)."
+    "--feh-step",
+    type=GRID_STEP,
+    default=DEFAULT_FEH_STEP,
+    show_default=True,
+    help="Grid step (dex).",
 )
 @click.option(
-    "--mr-step", type=float, default=DEFAULT_MR_STEP, show_default=True, help="Grid step (mag)."
+    "--mr-step", type=GRID_STEP, default=DEFAULT_MR_STEP, show_default=True, help="Grid step (mag)."
 )
 @click.option(
     "--ar-inf",
@@ -504,7 +548,7 @@ def simulate_command(
 )
 @click.option(
     "--min-stars",
-    type=int,
+    type=POSITIVE_INT,
     default=lambda: _default("priors", "DEFAULT_MIN_STARS"),
     show_default="20000",
     help="Simulated stars per r bin the map aims for.",
@@ -543,7 +587,7 @@ def priors_command(
         raise click.ClickException(f"{final} already exists; use --overwrite to replace it")
     if trilegal_path is not None and cone is not None:
         raise click.UsageError("--cone cannot be used with --trilegal")
-    locus = build_locus(feh_step=feh_step, mr_step=mr_step)
+    locus = _stepped(lambda: build_locus(feh_step=feh_step, mr_step=mr_step))
     start = time.perf_counter()
     try:
         if trilegal_path is not None:
@@ -585,10 +629,15 @@ def _resolve_prior(
         return None
     from photodist import priors
 
-    if choice.prior_path is not None:
-        return priors.PriorMap.load(choice.prior_path)
-    if choice.trilegal_path is not None:
-        return priors.read_trilegal_priors(choice.trilegal_path, locus, pixel=choice.trilegal_pixel)
+    try:
+        if choice.prior_path is not None:
+            return priors.PriorMap.load(choice.prior_path)
+        if choice.trilegal_path is not None:
+            return priors.read_trilegal_priors(
+                choice.trilegal_path, locus, pixel=choice.trilegal_pixel
+            )
+    except (ValueError, KeyError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
     if n_stars == 0:  # nothing to place on the sky; the output is empty too
         return None
     frame = positions() if callable(positions) else positions
@@ -694,7 +743,7 @@ def _prior_options(function):
 
 
 class ErrorFloorType(click.ParamType):
-    """``auto`` or a non-negative number of magnitudes."""
+    """``auto`` or a finite non-negative number of magnitudes."""
 
     name = "auto|MAG"
 
@@ -705,8 +754,8 @@ class ErrorFloorType(click.ParamType):
             floor = float(value)
         except (TypeError, ValueError):
             floor = float("nan")
-        if not floor >= 0.0:
-            self.fail(f"{value!r} is neither 'auto' nor a magnitude >= 0", param, ctx)
+        if not 0.0 <= floor < math.inf:
+            self.fail(f"{value!r} is neither 'auto' nor a finite magnitude >= 0", param, ctx)
         return floor
 
 
@@ -799,14 +848,14 @@ def _positions_reader(path: Path, columns: ColumnMap):
 @_catalog_options
 @click.option(
     "--order",
-    type=click.IntRange(0, 29),
+    type=HEALPIX_ORDER,
     default=4,
     show_default=True,
     help="HEALPix order of the patches.",
 )
 @click.option(
     "--n-train",
-    type=click.IntRange(min=1),
+    type=POSITIVE_INT,
     default=10_000,
     show_default=True,
     help="Patches with more stars than this get networks (as in `run` and `survey`).",
@@ -876,8 +925,8 @@ def check_command(
     default=None,
     help="Locus table to use instead of the built-in locus.",
 )
-@click.option("--feh-step", type=float, default=BAYES_FEH_STEP, show_default=True)
-@click.option("--mr-step", type=float, default=BAYES_MR_STEP, show_default=True)
+@click.option("--feh-step", type=GRID_STEP, default=BAYES_FEH_STEP, show_default=True)
+@click.option("--mr-step", type=GRID_STEP, default=BAYES_MR_STEP, show_default=True)
 @_error_floor_option
 @click.option(
     "--a-max",
@@ -893,7 +942,7 @@ def check_command(
 @_batch_size_option(200_000)
 @click.option(
     "--seed",
-    type=int,
+    type=SEED,
     default=0,
     show_default=True,
     help="Seed of the Galaxy-model prior simulation.",
@@ -973,7 +1022,7 @@ def bayes_command(
     resolved_device = resolve_device(_checked_device(device, "--device"))
     summary_path = output_path.with_name(output_path.name + ".run.json")
     try:
-        io.check_output_path(output_path, overwrite=overwrite)
+        _check_output(output_path, overwrite, input_path)
         if summary_path.exists() and not overwrite:
             raise FileExistsError(f"{summary_path} already exists; use --overwrite to replace it")
         total = io.count_rows(input_path)
@@ -983,7 +1032,7 @@ def bayes_command(
         raise click.ClickException(str(exc)) from exc
     locus = load_locus(locus_path)
     if locus_path is None:
-        locus = locus.resample(feh_step, mr_step)
+        locus = _stepped(lambda: locus.resample(feh_step, mr_step))
     prior = _resolve_prior(
         prior_choice, _positions_reader(input_path, columns), columns, locus, seed, total
     )
@@ -1161,7 +1210,7 @@ def _write_posterior(
 @_catalog_options
 @_training_options
 @_SPEC_OPTION
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
 def train_command(
     input_path: Path,
@@ -1304,7 +1353,7 @@ def predict_command(
     )
     keep = _kept_columns(keep, columns)
     try:
-        io.check_output_path(output_path, overwrite=overwrite)
+        _check_output(output_path, overwrite, input_path)
         total = io.count_rows(input_path)
         batches = io.iter_catalog_batches(input_path, batch_size=batch_size)
         _check_columns(next(io.iter_catalog_batches(input_path, batch_size=1)), band_set, columns)
@@ -1341,10 +1390,12 @@ def predict_command(
 @_prior_options
 @click.option(
     "--n-train",
-    type=int,
+    type=POSITIVE_INT,
     default=10_000,
     show_default=True,
-    help="Stars labelled by the Bayesian estimator to train the networks.",
+    help="Stars labelled by the Bayesian estimator to train the networks (at least 1,000, "
+    "PipelineConfig.min_train: below that, or in a patch of at most this many usable stars, "
+    "every star gets the Bayesian estimate).",
 )
 @click.option(
     "--strategy",
@@ -1361,7 +1412,7 @@ def predict_command(
 @_independent_colors_option
 @_error_floor_option
 @_SPEC_OPTION
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @_keep_option
 @click.option(
     "--save-model",
@@ -1415,7 +1466,7 @@ def run_command(
     columns, bands = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
     keep = _kept_columns(keep, columns)
     try:
-        io.check_output_path(output_path, overwrite=overwrite)
+        _check_output(output_path, overwrite, input_path)
         if summary_path.exists() and not overwrite:
             raise FileExistsError(f"{summary_path} already exists; use --overwrite to replace it")
         frame = io.read_catalog(input_path)
@@ -1474,14 +1525,14 @@ def run_command(
 @click.argument("truth_path", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--bayes-sample",
-    type=int,
+    type=NON_NEGATIVE_INT,
     default=5000,
     show_default=True,
     help="Network rows re-estimated by the Bayesian method for 'NN vs Bayes' (0: skip).",
 )
 @click.option(
     "--min-snr",
-    type=float,
+    type=POSITIVE_FLOAT,
     default=5.0,
     show_default=True,
     help="Evaluate stars with at least this SNR in every band.",
@@ -1527,6 +1578,7 @@ def evaluate_command(
     from photodist.bayes import BayesEstimator
     from photodist.evaluate import snr_mask, table1, truth_values
     from photodist.pipeline import (
+        PARAMETERS,
         PipelineConfig,
         posterior_grid,
         used_dust_profile,
@@ -1537,6 +1589,8 @@ def evaluate_command(
 
     overrides = dict(_key_values(truth_column, "--truth-column"))
     try:
+        if out_path is not None:
+            io.check_output_path(out_path, overwrite=True)
         result = io.read_catalog(result_path)
         truth = io.read_catalog(truth_path)
     except (io.CatalogError, OSError) as exc:
@@ -1554,13 +1608,30 @@ def evaluate_command(
         ) from exc
     summary_path = result_path.with_name(result_path.name + ".run.json")
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    config = PipelineConfig.from_dict(dict(summary.get("config", {}), progress=False))
+    # a `photodist bayes` output: every row Bayesian, its uncertainty the posterior std
+    bayes_output = "method" not in result.columns and all(
+        f"{p}_std" in result.columns and f"{p}_sigma" not in result.columns for p in PARAMETERS
+    )
+    if bayes_output:
+        result = result.assign(
+            method="bayes", **{f"{p}_sigma": result[f"{p}_std"] for p in PARAMETERS}
+        )
+        config = PipelineConfig(band_set=summary.get("bands", PipelineConfig().band_set))
+    else:
+        try:
+            config = PipelineConfig.from_dict(dict(summary.get("config", {}), progress=False))
+        except (TypeError, ValueError) as exc:
+            raise click.ClickException(
+                f"{summary_path} is not the summary of a `photodist run` output: {exc}"
+            ) from exc
     columns = ColumnMap.from_mapping(summary["columns"]) if "columns" in summary else ColumnMap()
     try:
         keep = snr_mask(truth, config.band_set, min_snr, columns)
     except KeyError as exc:
         raise click.ClickException(
-            f"{truth_path}: photometry column {exc} not found (run's column mapping)"
+            f"{truth_path}: photometry column {exc.args[0]} not found for the "
+            f"{config.band_set} bands (the run's column mapping; without {summary_path.name} "
+            "the bands are LSST ugrizy)"
         ) from exc
     bayes_full = None
     is_nn = (result["method"] == "nn").to_numpy() if "method" in result.columns else None
@@ -1586,15 +1657,20 @@ def evaluate_command(
         estimates = estimator.predict(phot)
         bayes_full = pd.DataFrame(np.nan, index=result.index, columns=estimates.columns)
         bayes_full.iloc[sample] = estimates.to_numpy()
-    table = table1(
-        result[keep],
-        {p: v[keep] for p, v in true_values.items()},
-        None if bayes_full is None else bayes_full[keep],
-    )
+    try:
+        table = table1(
+            result[keep],
+            {p: v[keep] for p, v in true_values.items()},
+            None if bayes_full is None else bayes_full[keep],
+        )
+    except KeyError as exc:
+        raise click.ClickException(
+            f"{result_path}: {exc.args[0]}; expected a `photodist run` or `bayes` output"
+        ) from exc
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         click.echo(table.round(4).T.to_string())
     if out_path is not None:
-        table.to_csv(out_path)
+        io.write_table(table, out_path, overwrite=True)
         click.echo(f"table -> {out_path}")
     if save_bayes is not None and bayes_full is not None:
         io.write_table(bayes_full, save_bayes, overwrite=True)
@@ -1607,7 +1683,7 @@ def evaluate_command(
 @_catalog_options
 @click.option(
     "--order",
-    type=int,
+    type=HEALPIX_ORDER,
     default=4,
     show_default=True,
     help="HEALPix order of the patches (4: 13.4 deg^2).",
@@ -1620,7 +1696,7 @@ def evaluate_command(
 )
 @click.option(
     "--workers",
-    type=int,
+    type=POSITIVE_INT,
     default=None,
     help="Local-cluster worker processes (default: one per core).",
 )
@@ -1631,7 +1707,7 @@ def evaluate_command(
     default=None,
     help="TRILEGAL-format prior catalogue instead of the Galaxy model.",
 )
-@click.option("--n-train", type=int, default=10_000, show_default=True)
+@click.option("--n-train", type=POSITIVE_INT, default=10_000, show_default=True)
 @_BAYES_ALL_BELOW_OPTION
 @_training_options
 @_a_prior_options
@@ -1639,7 +1715,7 @@ def evaluate_command(
 @_prior_temper_options
 @_independent_colors_option
 @_error_floor_option
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in OUTPUT_DIR first.")
 def survey_command(
     input_path: Path,
@@ -1698,7 +1774,7 @@ def survey_command(
             n_workers=workers,
             overwrite=overwrite,
         )
-    except (ManifestMismatchError, io.CatalogError, FileExistsError, ValueError) as exc:
+    except (ManifestMismatchError, io.CatalogError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"{summary.n_patches} patches ({summary.n_done} computed, {summary.n_skipped} "
@@ -1715,8 +1791,8 @@ def survey_command(
 
 @cli.command("maps")
 @click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
-@click.option("--order", type=int, required=True, help="HEALPix order of the maps.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--order", type=HEALPIX_ORDER, required=True, help="HEALPix order of the maps.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option(
     "--format", "fmt", type=click.Choice(["fits", "parquet"]), default="fits", show_default=True
 )
@@ -1764,15 +1840,19 @@ def maps_command(run_dir: Path, order: int, out_dir: Path, fmt: str, galactic: b
 )
 @click.option(
     "--max-epochs",
-    type=int,
+    type=POSITIVE_INT,
     default=243,
     show_default=True,
     help="Hyperband's largest resource (epochs).",
 )
 @click.option(
-    "--jobs", type=int, default=1, show_default=True, help="Worker processes sharing the study."
+    "--jobs",
+    type=POSITIVE_INT,
+    default=1,
+    show_default=True,
+    help="Worker processes sharing the study.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def tune_command(
     labelled_path: Path | None,
     out_dir: Path,
@@ -1837,11 +1917,11 @@ def tune_command(
     metavar="L B RADIUS",
     help="Simulated patch (repeatable).",
 )
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
-@click.option("--seeds", type=int, default=2, show_default=True)
-@click.option("--epochs", type=int, default=500, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--seeds", type=POSITIVE_INT, default=2, show_default=True)
+@click.option("--epochs", type=POSITIVE_INT, default=500, show_default=True)
 @click.option("--tolerance", type=float, default=0.05, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def training_size_command(
     cones: tuple[tuple[float, float, float], ...],
     out_dir: Path,
@@ -1954,7 +2034,7 @@ def report_command(
 
 
 @cli.command("toy-model")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--n-stars", type=int, default=200_000, show_default=True)
 @click.option(
     "--ug-error",
@@ -1970,7 +2050,7 @@ def report_command(
     show_default=True,
     help="Largest u-g error of the bias figure (mag).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def toy_model_command(
     out_dir: Path, n_stars: int, ug_error: float, max_error: float, seed: int
 ) -> None:

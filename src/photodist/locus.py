@@ -287,7 +287,12 @@ def locus_colors(mr: np.ndarray, feh: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _axis(lo: float, hi: float, step: float) -> np.ndarray:
+    """A regular axis from lo to hi with about ``step`` between points (at least two)."""
+    if not step > 0:
+        raise ValueError(f"locus grid steps must be positive, got {step}")
     n = int(round((hi - lo) / step)) + 1
+    if n < 2:
+        raise ValueError(f"grid step {step} leaves fewer than 2 points on [{lo:g}, {hi:g}]")
     return np.round(np.linspace(lo, hi, n), 10)
 
 
@@ -457,8 +462,6 @@ def build_locus(
     feh_range, mr_range
         Inclusive grid limits (defaults [-2.5, 0.5] and [-1, 17]).
     """
-    if feh_step <= 0 or mr_step <= 0:
-        raise ValueError("locus grid steps must be positive")
     feh = _axis(*feh_range, feh_step)
     mr = _axis(*mr_range, mr_step)
     ff, mm = np.meshgrid(feh, mr, indexing="ij")

@@ -20,6 +20,7 @@ interpolated onto the locus grid with :func:`read_trilegal_priors`.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,15 @@ class PriorMap:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"prior map file {path} does not exist")
-        with np.load(path, allow_pickle=False) as data:
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(
+                f"{path} is not a photodist prior map (an .npz file of `photodist priors`)"
+            ) from exc
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} is a single array, not a photodist prior map (.npz)")
+        with data:
             missing = {"density", "feh", "mr", "r_centres", "n_stars", "metadata"} - set(data)
             if missing:
                 raise ValueError(f"{path} is not a photodist prior map (missing {sorted(missing)})")
@@ -553,12 +562,14 @@ def read_trilegal_priors(
         chosen = files[-1]
     elif pixel is not None:
         if pixel not in files:
-            raise KeyError(f"pixel {pixel} not in {path}; available: {sorted(files)}")
+            raise ValueError(f"pixel {pixel} not in {path}; it holds pixels {sorted(files)}")
         chosen = files[pixel]
     elif len(files) == 1:
         chosen = next(iter(files.values()))
     else:
-        raise ValueError(f"{path} holds pixels {sorted(files)}; choose one with pixel=")
+        raise ValueError(
+            f"{path} holds pixels {sorted(files)}; choose one (pixel=, --trilegal-pixel)"
+        )
     prior = _trilegal_map(pd.read_parquet(chosen), locus, floor_fraction, str(chosen))
     prior.metadata["pixel"] = (
         pixel if pixel is not None else (None if path.is_file() else next(iter(files)))

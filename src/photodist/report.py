@@ -1372,7 +1372,9 @@ def write_report(
     out = Path(out_dir)
     if (out / "index.html").exists():
         if not overwrite:
-            raise FileExistsError(f"{out / 'index.html'} exists; pass overwrite=True to replace")
+            raise FileExistsError(
+                f"{out / 'index.html'} exists; use --overwrite (overwrite=True) to replace it"
+            )
         _clear_previous(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "data").mkdir(parents=True, exist_ok=True)

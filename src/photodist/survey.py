@@ -1406,7 +1406,12 @@ def _execute(
             cluster = stack.enter_context(local_cluster(workers))
             client = stack.enter_context(Client(cluster))
         else:
-            client = stack.enter_context(Client(scheduler))
+            try:
+                client = stack.enter_context(Client(scheduler))
+            except OSError as exc:  # nothing listening, a wrong address, a timeout
+                raise ConnectionError(
+                    f"cannot reach the Dask scheduler {scheduler}: {exc}"
+                ) from exc
         token = secrets.token_hex(4)
         futures = {}
         for task in tasks:
