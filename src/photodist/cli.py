@@ -1489,6 +1489,10 @@ def run_command(
         raise click.ClickException(str(exc)) from exc
     timings = {"prior": prior_seconds, **timings}
     _echo_prior_temper(result.attrs["photodist_pipeline"]["prior_temper"])
+    if result.attrs["photodist_pipeline"].get("reason"):
+        click.echo(
+            "every star got the Bayesian estimate: " + result.attrs["photodist_pipeline"]["reason"]
+        )
     io.write_table(result, output_path, overwrite=overwrite)
     if prior is not None:
         if prior_out.exists() and overwrite:

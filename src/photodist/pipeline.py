@@ -899,7 +899,11 @@ def run_patch(
     info: dict[str, Any] = {"n_stars": n, "n_usable": n_usable, "n_train_requested": n_train}
 
     hybrid = n_usable > n_train and n_train >= config.min_train
-    reason = None if hybrid else "patch too small for a training set"
+    reason = None
+    if n_train < config.min_train:
+        reason = f"n_train = {n_train} is below min_train = {config.min_train}"
+    elif not hybrid:
+        reason = f"{n_usable} usable stars, not more than n_train = {n_train}"
     if hybrid and n_usable <= config.bayes_all_below:
         hybrid = False
         reason = f"{n_usable} usable stars, at most bayes_all_below = {config.bayes_all_below}"
