@@ -1833,14 +1833,18 @@ def maps_command(run_dir: Path, order: int, out_dir: Path, fmt: str, galactic: b
 )
 @click.option(
     "--stars",
-    type=int,
+    type=POSITIVE_INT,
     default=10_000,
     show_default=True,
     help="Stars labelled from the simulated patch.",
 )
-@click.option("--trials", type=int, default=1000, show_default=True)
+@click.option("--trials", type=POSITIVE_INT, default=1000, show_default=True)
 @click.option(
-    "--timeout", type=float, default=1260.0, show_default=True, help="Search wall-time budget (s)."
+    "--timeout",
+    type=POSITIVE_FLOAT,
+    default=1260.0,
+    show_default=True,
+    help="Search wall-time budget (s).",
 )
 @click.option(
     "--max-epochs",
@@ -1997,7 +2001,7 @@ def training_size_command(
 @click.option("--ebv-column", default=None, help="Column with the dust map's E(B-V).")
 @_FLUX_UNIT_OPTION
 @click.option("--title", default=None, help="Page title.")
-@click.option("--dpi", type=int, default=80, show_default=True)
+@click.option("--dpi", type=POSITIVE_INT, default=80, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing report folder.")
 def report_command(
     run_output: Path,
@@ -2039,7 +2043,7 @@ def report_command(
 
 @cli.command("toy-model")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--n-stars", type=int, default=200_000, show_default=True)
+@click.option("--n-stars", type=POSITIVE_INT, default=200_000, show_default=True)
 @click.option(
     "--ug-error",
     type=float,
