@@ -357,7 +357,7 @@ def test_batch_size_must_be_positive(tmp_path):
 def test_error_floor_option_is_auto_or_a_magnitude(tmp_path):
     src = _catalog(tmp_path)
     for bad in ("nope", "-0.01"):
-        message = "neither 'auto' nor a magnitude"
+        message = "neither 'auto' nor a finite magnitude"
         _assert_bayes_usage_error(tmp_path, src, ["--error-floor", bad], message)
     # three stars are too few to fit a floor: the fixed fallback is used and said
     result = CliRunner().invoke(

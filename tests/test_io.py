@@ -15,6 +15,7 @@ from astropy.io import fits
 from photodist.io import (
     AtomicParquetWriter,
     CatalogError,
+    catalog_columns,
     check_output_path,
     count_rows,
     detect_format,
@@ -314,6 +315,163 @@ def test_dataset_files_with_inconsistent_columns_are_rejected(tmp_path: Path) ->
     # a compatible type change (int32 where the first file has int64) is cast
     pq.write_table(pa.table({"x": [3.0], "k": pa.array([3], pa.int32())}), root / "part.1.parquet")
     assert read_catalog(root)["k"].tolist() == [1, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV column types across batches, duplicate column names
+# ---------------------------------------------------------------------------------------------
+
+#: Columns whose values pandas would type differently in different 4-row batches; ``None`` is
+#: a missing value. ``uid`` exceeds int64 in the last batch only (exact ``UInt64`` over all).
+_MIXED_COLUMNS: dict[str, list[object]] = {
+    "id": [1, 2, 3, 4, 5, 6, 7, 8, "1150a", 10, 11, 12],  # integer, then text
+    "late": [None] * 4 + [5, 6, 7.5, 8, 9, 10, 11, 12],  # blank, then decimals
+    "later": [None] * 4 + [5, 6, 7, 8, 9, 10, 11, 12],  # blank, then integers
+    "mix": [1, 2, 3, 4, 5, 6, 7, 8, 9.5, 10, 11, 12],  # integers, then decimals
+    "name": ["a", "b", "c", "d", 1, 2, 3, 4, "e", "f", "g", "h"],  # text, then numbers
+    "flag": [True, False, True, False] + [None] * 4 + [True] * 4,  # booleans, then blank
+    "uid": [1] * 8 + [2**63 + 5, 2, 3, 4],
+    "objid": [2**60 + i for i in range(11)] + [None],  # exact 64-bit IDs, one missing
+}
+
+#: Each column's dtypes over the batches: the type pandas gives it read at once (a batch
+#: without missing values has the plain numpy type of a nullable one)
+_MIXED_DTYPES = {
+    "id": {"str"},
+    "late": {"float64"},
+    "later": {"Int64", "int64"},
+    "mix": {"float64"},
+    "name": {"str"},
+    "flag": {"bool", "boolean"},
+    "uid": {"uint64"},
+    "objid": {"int64", "Int64"},
+}
+
+
+def _write_mixed_table(path: Path) -> Path:
+    """``_MIXED_COLUMNS`` as CSV, or as whitespace-separated text (``nan`` for missing)."""
+    sep, missing = (",", "") if path.suffix == ".csv" else ("  ", "nan")
+    lines = [sep.join(_MIXED_COLUMNS)]
+    for row in zip(*_MIXED_COLUMNS.values(), strict=True):
+        lines.append(sep.join(missing if v is None else str(v) for v in row))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("scan_rows", [None, 5])
+@pytest.mark.parametrize("suffix", [".csv", ".txt"])
+def test_csv_batches_agree_on_column_types(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str, scan_rows: int | None
+) -> None:
+    if scan_rows is not None:  # the first pass in several chunks, which disagree
+        monkeypatch.setattr("photodist.io._CSV_SCAN_ROWS", scan_rows)
+    path = _write_mixed_table(tmp_path / f"mixed{suffix}")
+    batches = list(iter_catalog_batches(path, batch_size=4))
+    assert [len(b) for b in batches] == [4, 4, 4]
+    for column, dtypes in _MIXED_DTYPES.items():
+        assert {str(b[column].dtype) for b in batches} <= dtypes, column
+    whole = read_catalog(path)
+    pd.testing.assert_frame_equal(pd.concat(batches), whole)
+    assert whole["id"].tolist() == [str(v) for v in _MIXED_COLUMNS["id"]]
+    assert whole["uid"].tolist() == _MIXED_COLUMNS["uid"]  # exact above 2**63
+    assert whole["objid"].iloc[:11].tolist() == _MIXED_COLUMNS["objid"][:11]
+    assert whole["flag"].isna().tolist() == [v is None for v in _MIXED_COLUMNS["flag"]]
+
+    # the batches stream into one Parquet file (cast to the first batch's schema) and FITS
+    with AtomicParquetWriter(tmp_path / "out.parquet") as writer:
+        for batch in iter_catalog_batches(path, batch_size=4):
+            writer.write(batch)
+    assert read_catalog(tmp_path / "out.parquet")["id"].tolist() == whole["id"].tolist()
+    write_table(pd.concat(batches), tmp_path / "out.fits")
+
+
+def test_csv_id_turning_text_after_200000_rows_streams_to_parquet(tmp_path: Path) -> None:
+    """The reported failure: ``Failed to parse string: '1150a' as a scalar of type int64``
+    once every batch was computed (and an object column in a whole read)."""
+    n = 210_000
+    ids = [str(i) for i in range(n)]
+    ids[200_000] = "1150a"
+    path = tmp_path / "late_text.csv"
+    path.write_text("id,rmag\n" + "".join(f"{s},{k % 7}.5\n" for k, s in enumerate(ids)))
+    with AtomicParquetWriter(tmp_path / "out.parquet") as writer:
+        for batch in iter_catalog_batches(path, batch_size=100_000):
+            assert batch["id"].dtype == "str"
+            writer.write(batch)
+    whole = read_catalog(path)
+    assert whole["id"].dtype == "str" and whole["id"].tolist() == ids
+    assert read_catalog(tmp_path / "out.parquet")["id"].tolist() == ids
+
+
+def test_csv_within_one_batch_is_parsed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write_mixed_table(tmp_path / "mixed.csv")
+    passes = []
+    read_csv = pd.read_csv
+
+    def spy(*args: object, **kwargs: object) -> object:
+        if "nrows" not in kwargs:  # a pass over the data, not a look at the header
+            passes.append(kwargs.get("chunksize"))
+        return read_csv(*args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_csv", spy)
+    one = next(iter_catalog_batches(path, batch_size=12))
+    assert len(passes) == 1 and len(one) == 12
+    passes.clear()
+    assert len(list(iter_catalog_batches(path, batch_size=5))) == 3
+    assert len(passes) == 2  # the first pass, then the batches with dtype= set
+
+
+def _write_fits_repeating(path: Path, name: str, other: str) -> Path:
+    """A FITS table with columns ``name``, ``other``, ``name``: astropy refuses to write a
+    repeated name, so the third is renamed in the written header."""
+    placeholder = "X" * len(name)
+    cols = [fits.Column(name=n, format="D", array=[1.0, 2.0]) for n in (name, other, placeholder)]
+    fits.BinTableHDU.from_columns(cols).writeto(path)
+    path.write_bytes(path.read_bytes().replace(f"'{placeholder}".encode(), f"'{name}".encode()))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".txt", ".fits"])
+def test_duplicate_column_names_are_refused(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"dup{suffix}"
+    if suffix == ".parquet":
+        names = ["rmag", "gmag", "rmag"]
+        pq.write_table(pa.Table.from_arrays([pa.array([1.0, 2.0])] * 3, names=names), path)
+    elif suffix == ".fits":
+        _write_fits_repeating(path, "rmag", "gmag")
+    else:
+        sep = "," if suffix == ".csv" else "  "
+        path.write_text(f"rmag{sep}gmag{sep}rmag\n1{sep}2{sep}3\n")
+    match = rf"dup{suffix}: duplicate column name\(s\) \['rmag'\]"
+    with pytest.raises(CatalogError, match=match):
+        read_catalog(path)
+    with pytest.raises(CatalogError, match=match):  # at the call, before any batch
+        iter_catalog_batches(path, batch_size=1, columns=["gmag"])
+    if suffix in (".parquet", ".fits"):  # counted from the same header
+        with pytest.raises(CatalogError, match=match):
+            count_rows(path)
+
+
+def test_duplicate_column_names_in_a_later_dataset_file_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write_table(pd.DataFrame({"rmag": [1.0], "gmag": [2.0]}), root / "part.0.parquet")
+    table = pa.Table.from_arrays([pa.array([1.0])] * 3, names=["rmag", "gmag", "rmag"])
+    pq.write_table(table, root / "part.1.parquet")
+    with pytest.raises(
+        CatalogError, match=r"part.1.parquet: duplicate column name\(s\) \['rmag'\]"
+    ):
+        read_catalog(root)
+
+
+def test_near_duplicate_column_names_are_read(tmp_path: Path) -> None:
+    csv = tmp_path / "near.csv"
+    csv.write_text("rmag,rmag.1,,\n1,2,3,4\n")  # names as written; blank ones are unnamed
+    assert list(read_catalog(csv).columns) == ["rmag", "rmag.1", "Unnamed: 2", "Unnamed: 3"]
+    cols = [fits.Column(name=n, format="D", array=[1.0, 2.0]) for n in ("rmag", "RMAG")]
+    fits.BinTableHDU.from_columns(cols).writeto(tmp_path / "near.fits")
+    back = read_catalog(tmp_path / "near.fits")
+    assert list(back.columns) == ["rmag", "RMAG"] and back["RMAG"].tolist() == [1.0, 2.0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -655,3 +813,18 @@ def test_table_to_frame_keeps_integers_exact_and_other_types() -> None:
     assert frame["objid"].dtype == pd.Int64Dtype()
     assert frame["objid"].tolist()[::2] == [1, 2**60 + 1] and frame["objid"].isna()[1]
     assert frame["n"].dtype == np.int32 and frame["x"].dtype == np.float32
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".txt", ".fits"])
+def test_catalog_columns_reads_the_names_alone(tmp_path: Path, suffix: str) -> None:
+    frame = _frame(5)
+    path = tmp_path / f"c{suffix}"
+    if suffix == ".txt":
+        frame.to_csv(path, sep=" ", index=False)
+    else:
+        write_table(frame, path)
+    assert catalog_columns(path) == [str(c) for c in frame.columns]
+    empty = tmp_path / f"empty{suffix}"
+    empty.touch()
+    with pytest.raises(CatalogError, match="empty"):
+        catalog_columns(empty)

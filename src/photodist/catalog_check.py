@@ -241,8 +241,7 @@ def check_catalog(
         The file cannot be read at all.
     """
     bands = get_band_set(band_set)
-    first = next(io.iter_catalog_batches(path, batch_size=1))
-    available = [str(c) for c in first.columns]
+    available = io.catalog_columns(path)
     resolution = resolve_columns(columns or ColumnMap(), available, bands)
     cols = resolution.columns
     check = CatalogCheck(

@@ -301,7 +301,7 @@ def _catalog_columns(
 
     columns = _column_map(column, dust, flux_unit, ebv_column)
     try:
-        available = [str(c) for c in next(io.iter_catalog_batches(catalog, batch_size=1)).columns]
+        available = io.catalog_columns(catalog)
     except io.CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
     if choose_bands:
@@ -818,10 +818,10 @@ def _read_spec(path: Path):
         raise click.ClickException(f"{path}: {exc}") from exc
 
 
-def _check_columns(frame: pd.DataFrame, band_set: str, columns: ColumnMap) -> None:
+def _check_columns(available: list[str], band_set: str, columns: ColumnMap) -> None:
     """Fail early, naming the column, when a required magnitude or error column is missing."""
     try:
-        photometry_from_frame(frame.head(1), band_set, columns)
+        photometry_from_frame(pd.DataFrame(columns=available), band_set, columns)
     except KeyError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -833,7 +833,7 @@ def _positions_reader(path: Path, columns: ColumnMap):
         from photodist import io
 
         try:
-            available = [str(c) for c in next(io.iter_catalog_batches(path, batch_size=1)).columns]
+            available = io.catalog_columns(path)
             wanted = [columns.ra, columns.dec, *columns.dust_columns(available)]
             wanted += list(sum(GALACTIC_COLUMNS, ()))
             return io.read_catalog(path, columns=[c for c in wanted if c and c in available])
@@ -897,8 +897,7 @@ def check_command(
 
     columns = _column_map(column, dust_column, flux_unit, ebv_column)
     try:
-        first = next(io.iter_catalog_batches(input_path, batch_size=1))
-        bands = _chosen_bands(columns, [str(c) for c in first.columns], bands)
+        bands = _chosen_bands(columns, io.catalog_columns(input_path), bands)
         with tqdm(total=io.count_rows(input_path), unit="star", desc="check") as bar:
             result = check_catalog(
                 input_path, bands, columns, order=order, batch_size=batch_size, progress=bar.update
@@ -1027,7 +1026,7 @@ def bayes_command(
             raise FileExistsError(f"{summary_path} already exists; use --overwrite to replace it")
         total = io.count_rows(input_path)
         batches = io.iter_catalog_batches(input_path, batch_size=batch_size)
-        _check_columns(next(io.iter_catalog_batches(input_path, batch_size=1)), bands, columns)
+        _check_columns(io.catalog_columns(input_path), bands, columns)
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     locus = load_locus(locus_path)
@@ -1251,7 +1250,7 @@ def train_command(
         labels = io.read_catalog(labels_path)
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    _check_columns(frame, bands, columns)
+    _check_columns([str(c) for c in frame.columns], bands, columns)
     labels_summary = labels_path.with_name(labels_path.name + ".run.json")
     prior_r_range = None
     if labels_summary.exists():
@@ -1356,7 +1355,7 @@ def predict_command(
         _check_output(output_path, overwrite, input_path)
         total = io.count_rows(input_path)
         batches = io.iter_catalog_batches(input_path, batch_size=batch_size)
-        _check_columns(next(io.iter_catalog_batches(input_path, batch_size=1)), band_set, columns)
+        _check_columns(io.catalog_columns(input_path), band_set, columns)
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     counts = {"n_out_of_domain": 0, "n_invalid_input": 0}
@@ -1478,7 +1477,7 @@ def run_command(
         progress=True,
         nn_spec=None if spec_path is None else _read_spec(spec_path),
     )
-    _check_columns(frame, bands, columns)
+    _check_columns([str(c) for c in frame.columns], bands, columns)
     locus = build_locus()
     start = time.perf_counter()
     prior = _resolve_prior(prior_choice, frame, columns, locus, seed, len(frame))

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 __all__ = [
     "AtomicParquetWriter",
     "CatalogError",
+    "catalog_columns",
     "check_output_path",
     "count_rows",
     "detect_format",
@@ -352,6 +353,20 @@ def _check_columns(path: Path, available: Sequence[str], columns: list[str] | No
         raise CatalogError(f"{path}: missing column(s) {missing}; available: {shown}")
 
 
+def _check_unique_columns(where: str | Path, names: Iterable[str]) -> None:
+    """Raise :class:`CatalogError` naming the column names that occur more than once."""
+    seen: set[str] = set()
+    duplicated: list[str] = []
+    for name in names:
+        if name in seen and name not in duplicated:
+            duplicated.append(name)
+        seen.add(name)
+    if duplicated:
+        raise CatalogError(
+            f"{where}: duplicate column name(s) {duplicated}; each column needs its own name"
+        )
+
+
 def _normalise_columns(columns: Sequence[str] | str | None) -> list[str] | None:
     if columns is None:
         return None
@@ -424,6 +439,7 @@ class _ParquetSource:
             raise CatalogError(f"{path}: no Parquet files found")
         with self._open(self.files[0]) as first:
             physical = first.schema_arrow
+        _check_unique_columns(self._where(self.files[0]), physical.names)
         names = [n for n in physical.names if not _PANDAS_INDEX_COLUMN.fullmatch(n)]
         key_names = [k for k in dict.fromkeys(k for d in keys for k in d) if k not in names]
         # one typed value per file and partition key (None where a file lacks the key)
@@ -434,16 +450,22 @@ class _ParquetSource:
         fields += [pa.field(k, arr.type) for k, arr in self.keys.items()]
         self.schema = pa.schema(fields)
 
+    def _where(self, file: Path) -> str:
+        """How messages name ``file``: the catalogue, and the file when it is a part."""
+        return f"{self.path}" if file == self.path else f"{self.path}: file {file}"
+
     def _open(self, file: Path) -> pq.ParquetFile:
         try:
             return pq.ParquetFile(file, pre_buffer=False)
         except (pa.ArrowException, OSError) as exc:
-            where = f"{self.path}" if file == self.path else f"{self.path}: file {file}"
-            raise CatalogError(f"{where}: not a readable Parquet file: {_one_line(exc)}") from exc
+            raise CatalogError(
+                f"{self._where(file)}: not a readable Parquet file: {_one_line(exc)}"
+            ) from exc
 
     def _error(self, file: Path, exc: BaseException) -> CatalogError:
-        where = f"{self.path}" if file == self.path else f"{self.path}: file {file}"
-        return CatalogError(f"{where}: corrupted or unreadable Parquet data: {_one_line(exc)}")
+        return CatalogError(
+            f"{self._where(file)}: corrupted or unreadable Parquet data: {_one_line(exc)}"
+        )
 
     def count_rows(self) -> int:
         total = 0
@@ -457,6 +479,7 @@ class _ParquetSource:
         target = pa.schema([self.schema.field(c) for c in columns])
         for i, file in enumerate(self.files):
             with self._open(file) as handle:
+                _check_unique_columns(self._where(file), handle.schema_arrow.names)
                 present = set(handle.schema_arrow.names)
                 physical = [c for c in columns if c not in self.keys]
                 missing = [c for c in physical if c not in present]
@@ -503,11 +526,11 @@ def _read_parquet(
         yield _arrow_to_pandas(pa.schema([source.schema.field(c) for c in wanted]).empty_table())
 
 
-#: Rows per chunk of a whole CSV read, and the smallest chunk of a streaming read's type scan
-_CSV_CHUNK_ROWS = 1 << 18
+#: Rows per chunk of a CSV file's first pass, which finds the type of each column
+_CSV_SCAN_ROWS = 1 << 16
 
 #: The nullable dtype pandas parses for each kind of CSV column chunk (see :func:`_csv_kinds`);
-#: an all-blank chunk is parsed as ``Int64``; any other dtype (``mixed``) is made text
+#: an all-blank chunk is parsed as ``Int64``
 _CSV_KIND_DTYPES = {
     "empty": "Int64",
     "int": "Int64",
@@ -524,8 +547,8 @@ def _csv_kinds(chunk: pd.DataFrame) -> dict[str, str]:
     ``negint`` (``Int64`` without / with negative values), ``uint``, ``float``, ``bool``,
     ``text`` or ``mixed`` (any other dtype)."""
     kinds = {}
-    for name, dtype in chunk.dtypes.items():
-        column = chunk[name]
+    for i, (name, dtype) in enumerate(chunk.dtypes.items()):
+        column = chunk.iloc[:, i]
         if column.isna().all():
             kind = "empty"
         elif dtype == pd.Int64Dtype():
@@ -560,33 +583,49 @@ def _common_csv_dtype(kinds: set[str]) -> str:
     return "string"
 
 
-def _csv_dtypes(chunk_kinds: list[dict[str, str]], exact: bool) -> dict[str, str]:
-    """``dtype=`` for the CSV columns that could otherwise be parsed as different types in
-    different batches: those whose scanned chunks disagree and, when the batches are smaller
-    than the scanned chunks (not ``exact``), every one not integer throughout (a subset of a
-    float or text column's rows can look like integers)."""
+def _csv_dtypes(chunk_kinds: list[dict[str, str]]) -> tuple[dict[str, str], bool]:
+    """The ``dtype=`` that makes every part of a CSV file parse as the file parsed at once,
+    from what its chunks hold, and whether the chunks were parsed alike.
+
+    Every column but those of integers (or blanks) throughout is set: a part of a float,
+    boolean or text column can look like integers, or be blank, and parse as ``Int64``.
+    """
     dtypes = {}
+    agree = True
     for name in chunk_kinds[0]:
-        kinds = {kinds[name] for kinds in chunk_kinds}
+        kinds = {chunk[name] for chunk in chunk_kinds}
         common = _common_csv_dtype(kinds)
-        parsed = {_CSV_KIND_DTYPES.get(kind) for kind in kinds}
-        if parsed != {common} or (not exact and common != "Int64"):
+        agree = agree and {_CSV_KIND_DTYPES.get(kind) for kind in kinds} == {common}
+        if common != "Int64":
             dtypes[name] = common
-    return dtypes
+    return dtypes, agree
 
 
-def _check_unique_columns(where: str | Path, names: Iterable[str]) -> None:
-    """Raise :class:`CatalogError` naming the column names that occur more than once."""
-    seen: set[str] = set()
-    duplicated: list[str] = []
-    for name in names:
-        if name in seen and name not in duplicated:
-            duplicated.append(name)
-        seen.add(name)
-    if duplicated:
-        raise CatalogError(
-            f"{where}: duplicate column name(s) {duplicated}; each column needs its own name"
-        )
+def _csv_options(whitespace: bool) -> dict[str, Any]:
+    """pandas' CSV options: nullable types while parsing (an integer column with blanks stays
+    exact, ``Int64``), whitespace-separated for a text table."""
+    options: dict[str, Any] = {"dtype_backend": "numpy_nullable"}
+    if whitespace:
+        options["sep"] = r"\s+"
+    return options
+
+
+def _csv_header(path: Path, whitespace: bool) -> pd.DataFrame:
+    """The columns of a CSV or text table as an empty frame, from its header line alone;
+    :class:`CatalogError` for a file without one or with a name given twice."""
+    options = _csv_options(whitespace)
+    kind = "text table" if whitespace else "CSV"
+    try:
+        # the header line as written (pandas renames a repeated name ``rmag`` to ``rmag.1``)
+        raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
+        _check_unique_columns(path, [name for name in raw.iloc[0] if name])
+        return pd.read_csv(path, nrows=0, **options)
+    except pd.errors.EmptyDataError as exc:
+        raise CatalogError(f"{path}: empty {kind} file (no header line)") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        if isinstance(exc, CatalogError):
+            raise
+        raise CatalogError(f"{path}: cannot parse {kind}: {_one_line(exc)}") from exc
 
 
 def _read_csv(
@@ -594,50 +633,50 @@ def _read_csv(
 ) -> Iterator[pd.DataFrame]:
     """CSV, or whitespace-separated text when ``whitespace`` (both with a header line).
 
-    pandas infers each chunk's column types from that chunk alone, so a file longer than one
-    chunk is first scanned (chunk after chunk, the requested columns only) and then read with
-    ``dtype=`` set for the columns whose type would vary: every batch, and the whole read, get
-    the type pandas would give the column read at once. A file within one batch (or, for a
-    whole read, whose chunks agree) is parsed once.
+    pandas types each chunk of a file from that chunk alone, so a column could come out
+    integer in one batch and text or float in the next. A first pass reads the file in chunks
+    (the requested columns only) to find each column's type over the whole file; a file in one
+    batch whose chunks agree is then put together from them, any other is read again with
+    ``dtype=`` set, so every batch (and the whole read) has the type pandas gives the column
+    read at once: integers (exact ``Int64``) where all are, float where some are decimals, text
+    where any is not a number.
     """
-    # nullable types while parsing: an integer column with blanks stays exact (Int64); each
-    # chunk parsed at once (``low_memory=False``), not as pieces typed separately
-    options: dict[str, Any] = {"dtype_backend": "numpy_nullable", "low_memory": False}
-    if whitespace:
-        options["sep"] = r"\s+"
+    options = _csv_options(whitespace)
     kind = "text table" if whitespace else "CSV"
+    header = _csv_header(path, whitespace)
+    _check_columns(path, [str(c) for c in header.columns], columns)
 
-    def chunks(size: int, dtype: dict[str, str] | None = None) -> Iterator[pd.DataFrame]:
-        with pd.read_csv(path, usecols=columns, chunksize=size, dtype=dtype, **options) as reader:
+    def read(size: int | None, **kwargs: Any) -> Iterator[pd.DataFrame]:
+        """The file in frames of ``size`` rows, or in one frame."""
+        if size is None:
+            frame = pd.read_csv(path, usecols=columns, **options, **kwargs)
+            yield frame if columns is None else frame[columns]
+            return
+        with pd.read_csv(path, usecols=columns, chunksize=size, **options, **kwargs) as reader:
             for chunk in reader:
                 yield chunk if columns is None else chunk[columns]
 
     try:
-        # the header line as written (pandas renames a repeated name ``rmag`` to ``rmag.1``)
-        raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
-        _check_unique_columns(path, [name for name in raw.iloc[0] if name])
-        header = pd.read_csv(path, nrows=0, **options)
-        _check_columns(path, [str(c) for c in header.columns], columns)
-        kinds: list[dict[str, str]] = []
-        kept: list[pd.DataFrame] = []  # a whole read's chunks, or the one batch of a short file
+        chunk_kinds: list[dict[str, str]] = []
+        kept: list[pd.DataFrame] = []  # the chunks, while they fit in one batch
         rows = 0
-        for chunk in chunks(max(batch_size or 0, _CSV_CHUNK_ROWS)):
-            kinds.append(_csv_kinds(chunk))
+        # each chunk typed as a whole (pandas' low_memory types parts of it separately)
+        for chunk in read(_CSV_SCAN_ROWS, low_memory=False):
+            chunk_kinds.append(_csv_kinds(chunk))
             rows += len(chunk)
-            if batch_size is None:
+            if batch_size is None or rows <= batch_size:
                 kept.append(chunk)
             else:
-                kept = [chunk] if rows <= batch_size else []
-        if not kinds:
+                kept.clear()
+        if not chunk_kinds:
             yield header if columns is None else header[columns]
             return
-        exact = batch_size is None or batch_size >= _CSV_CHUNK_ROWS
-        dtypes = {} if batch_size is not None and kept else _csv_dtypes(kinds, exact)
-        if kept and not dtypes:
-            yield from kept
+        dtypes, agree = _csv_dtypes(chunk_kinds)
+        if kept and agree:  # one batch, parsed alike throughout: no second pass
+            yield kept[0] if len(kept) == 1 else pd.concat(kept, ignore_index=True)
             return
         kept.clear()
-        yield from chunks(batch_size or _CSV_CHUNK_ROWS, dtypes)
+        yield from read(batch_size, dtype=dtypes)
     except pd.errors.EmptyDataError as exc:
         raise CatalogError(f"{path}: empty {kind} file (no header line)") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
@@ -647,21 +686,29 @@ def _read_csv(
 
 
 def _fits_table_hdu(hdul: Any, path: Path) -> Any:
+    """The first table HDU of an open FITS file, its column names checked to be unique."""
     from astropy.io import fits
 
     with warnings.catch_warnings():  # astropy only warns about a truncated file: make it fail
         warnings.filterwarnings("error", message="(?s).*(truncated|corrupted)")
         try:
-            for hdu in hdul:
-                if isinstance(hdu, fits.BinTableHDU | fits.TableHDU) and not isinstance(
-                    hdu, fits.CompImageHDU
-                ):
-                    return hdu
+            table = next(
+                (
+                    hdu
+                    for hdu in hdul
+                    if isinstance(hdu, fits.BinTableHDU | fits.TableHDU)
+                    and not isinstance(hdu, fits.CompImageHDU)
+                ),
+                None,
+            )
         except (OSError, ValueError, Warning) as exc:
             raise CatalogError(
                 f"{path}: corrupted or truncated FITS file: {_one_line(exc)}"
             ) from exc
-    raise CatalogError(f"{path}: FITS file has no table HDU (only images or headers)")
+    if table is None:
+        raise CatalogError(f"{path}: FITS file has no table HDU (only images or headers)")
+    _check_unique_columns(path, table.columns.names)
+    return table
 
 
 def _fits_column(values: Any, null: Any) -> Any:
@@ -740,13 +787,15 @@ def iter_catalog_batches(
     """Stream a catalogue as DataFrames of ``batch_size`` rows (the last may be shorter).
 
     Memory stays bounded by a few batches whatever the catalogue size. Batch indexes continue
-    one another, so ``pd.concat(batches)`` equals :func:`read_catalog`. An empty catalogue
-    yields one empty frame with the columns.
+    one another, so ``pd.concat(batches)`` equals :func:`read_catalog`. A column has the same
+    type in every batch (a CSV or text file longer than one batch is first scanned for the
+    types). An empty catalogue yields one empty frame with the columns.
 
     Raises
     ------
     CatalogError
-        For a missing, empty, corrupted or unrecognised catalogue, or a missing column.
+        For a missing, empty, corrupted or unrecognised catalogue, a missing column or
+        duplicate column names.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -763,6 +812,22 @@ def iter_catalog_batches(
     return stream()
 
 
+def catalog_columns(path: PathLike) -> list[str]:
+    """A catalogue's column names, read without its data (a CSV's header line, a Parquet
+    schema, a FITS table's first row).
+
+    Raises
+    ------
+    CatalogError
+        As :func:`read_catalog` does, for a file it could not read.
+    """
+    p = Path(path)
+    fmt = detect_format(p)
+    if fmt in ("csv", "text") and not (p.is_file() and p.stat().st_size == 0):
+        return [str(c) for c in _csv_header(p, whitespace=fmt == "text").columns]
+    return [str(c) for c in next(_batches(p, 1, None)).columns]
+
+
 def read_catalog(path: PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Read a whole catalogue (Parquet file/directory, HATS, CSV, text or FITS) into a DataFrame.
 
@@ -772,7 +837,8 @@ def read_catalog(path: PathLike, columns: Sequence[str] | None = None) -> pd.Dat
     Raises
     ------
     CatalogError
-        For a missing, empty, corrupted or unrecognised catalogue, or a missing column.
+        For a missing, empty, corrupted or unrecognised catalogue, a missing column or
+        duplicate column names.
     """
     frames = list(_batches(path, None, columns))
     if len(frames) == 1:

@@ -464,11 +464,6 @@ def _read_columns(config: SurveyConfig, available: Sequence[str], keep: Sequence
     return list(dict.fromkeys([*keep, *cols]))
 
 
-def _input_column_names(path: Path) -> list[str]:
-    frame = next(io.iter_catalog_batches(path, batch_size=1))
-    return [str(c) for c in frame.columns]
-
-
 def _plan_hats(path: Path, config: SurveyConfig) -> SurveyPlan | None:
     """Patches of a HATS catalogue read in place; None if it has no ``_healpix_29`` column."""
     parts = io.hats_partitions(path)
@@ -512,7 +507,7 @@ def _stage(
     """Stream a flat catalogue once into per-patch Parquet files (bounded memory)."""
     from hats.pixel_math.spatial_index import compute_spatial_index
 
-    available = _input_column_names(path)
+    available = io.catalog_columns(path)
     keep = _resolve_keep(config, available, str(path))
     read = _read_columns(config, available, keep)
     # measurements are numbers: text in them (e.g. "abc" in a CSV) becomes NaN, a flagged
@@ -1490,7 +1485,7 @@ def run_survey(
     start = time.perf_counter()
     config = config or SurveyConfig()
     # columns absent under their default names are looked up as the estimators do
-    available = _input_column_names(Path(input_path))
+    available = io.catalog_columns(input_path)
     columns = config.columns.resolved(available, config.pipeline.band_set)
     config = dataclasses.replace(config, columns=columns)
     out = Path(output_dir)
