@@ -9,6 +9,7 @@ complete, so a failure never leaves a partial output behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -610,22 +611,29 @@ def _csv_options(whitespace: bool) -> dict[str, Any]:
     return options
 
 
-def _csv_header(path: Path, whitespace: bool) -> pd.DataFrame:
-    """The columns of a CSV or text table as an empty frame, from its header line alone;
-    :class:`CatalogError` for a file without one or with a name given twice."""
-    options = _csv_options(whitespace)
+@contextlib.contextmanager
+def _csv_errors(path: Path, whitespace: bool) -> Iterator[None]:
+    """pandas' errors on a CSV or text table as :class:`CatalogError` naming the file."""
     kind = "text table" if whitespace else "CSV"
     try:
-        # the header line as written (pandas renames a repeated name ``rmag`` to ``rmag.1``)
-        raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
-        _check_unique_columns(path, [name for name in raw.iloc[0] if name])
-        return pd.read_csv(path, nrows=0, **options)
+        yield
     except pd.errors.EmptyDataError as exc:
         raise CatalogError(f"{path}: empty {kind} file (no header line)") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
         if isinstance(exc, CatalogError):
             raise
         raise CatalogError(f"{path}: cannot parse {kind}: {_one_line(exc)}") from exc
+
+
+def _csv_header(path: Path, whitespace: bool) -> pd.DataFrame:
+    """The columns of a CSV or text table as an empty frame, from its header line alone;
+    :class:`CatalogError` for a file without one or with a name given twice."""
+    options = _csv_options(whitespace)
+    with _csv_errors(path, whitespace):
+        # the header line as written (pandas renames a repeated name ``rmag`` to ``rmag.1``)
+        raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
+        _check_unique_columns(path, [name for name in raw.iloc[0] if name])
+        return pd.read_csv(path, nrows=0, **options)
 
 
 def _read_csv(
@@ -642,7 +650,6 @@ def _read_csv(
     where any is not a number.
     """
     options = _csv_options(whitespace)
-    kind = "text table" if whitespace else "CSV"
     header = _csv_header(path, whitespace)
     _check_columns(path, [str(c) for c in header.columns], columns)
 
@@ -656,7 +663,7 @@ def _read_csv(
             for chunk in reader:
                 yield chunk if columns is None else chunk[columns]
 
-    try:
+    with _csv_errors(path, whitespace):
         chunk_kinds: list[dict[str, str]] = []
         kept: list[pd.DataFrame] = []  # the chunks, while they fit in one batch
         rows = 0
@@ -677,12 +684,6 @@ def _read_csv(
             return
         kept.clear()
         yield from read(batch_size, dtype=dtypes)
-    except pd.errors.EmptyDataError as exc:
-        raise CatalogError(f"{path}: empty {kind} file (no header line)") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
-        if isinstance(exc, CatalogError):
-            raise
-        raise CatalogError(f"{path}: cannot parse {kind}: {_one_line(exc)}") from exc
 
 
 def _fits_table_hdu(hdul: Any, path: Path) -> Any:
