@@ -369,3 +369,34 @@ def test_first_numeric_column_reads_nullable_integers_and_text():
     np.testing.assert_array_equal(first_numeric_column(frame, ["z", "a"]), [1.0, np.nan, 3.0])
     np.testing.assert_array_equal(first_numeric_column(frame, ["b", "a"]), [1.5, np.nan, np.nan])
     assert first_numeric_column(frame, ["z"]) is None
+
+
+def test_photometry_refuses_mismatched_shapes():
+    from photodist.bands import SDSS, Photometry
+
+    good = dict(r=[18.0], r_err=[0.01], colors=[[1.0, 0.5, 0.2, 0.1]], color_errors=[[0.02] * 4])
+    phot = Photometry(SDSS, **good)
+    assert phot.colors.dtype == float and len(phot) == 1
+    with pytest.raises(ValueError, match=r"colors has shape \(1, 3\)"):
+        Photometry(SDSS, **{**good, "colors": [[1.0, 0.5, 0.2]]})
+    with pytest.raises(ValueError, match=r"colors has shape \(1, 4\); 2 stars"):
+        Photometry(SDSS, **{**good, "r": [18.0, 19.0], "r_err": [0.01, 0.01]})
+    with pytest.raises(ValueError, match="dust"):
+        Photometry(SDSS, **good, dust=[0.1, 0.2])
+
+
+def test_a_column_name_given_twice_is_a_clear_error():
+    from photodist.bands import numeric_column
+
+    frame = pd.DataFrame([[1.0, 2.0]], columns=["rmag", "rmag"])
+    with pytest.raises(ValueError, match="'rmag' appears 2 times"):
+        numeric_column(frame, "rmag")
+
+
+def test_extinction_ratios_must_be_positive():
+    from photodist.bands import get_band_set
+
+    for bad in (-5.0, 0.0, np.nan, np.inf):
+        with pytest.raises(ValueError, match="finite and > 0"):
+            get_band_set("sdss", {"g": bad})
+    assert get_band_set("sdss", {"g": 1.3}).extinction_ratios["g"] == 1.3

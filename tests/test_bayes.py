@@ -412,3 +412,21 @@ def test_edge_table_matches_the_exact_truncated_normal_for_wide_bounds():
         np.testing.assert_allclose(tables[1], ref[1], atol=1e-4 * sigma)
         np.testing.assert_allclose(tables[2], ref[2], atol=1e-4 * sigma**2)
         np.testing.assert_allclose(tables[3] * np.exp(ref[0]), 1.0, rtol=3e-3)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"error_floor": np.nan},
+        {"error_floor": np.inf},
+        {"error_floor": -0.02},
+        {"default_a_max": np.inf},
+        {"default_a_max": 0.0},
+        {"log_weight_cut": np.nan},
+        {"dust_scale": np.inf},
+        {"chi2_poor": 0.0},
+    ],
+)
+def test_bayes_config_refuses_values_the_kernel_cannot_use(setting):
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        BayesConfig(**setting)

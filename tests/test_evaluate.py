@@ -179,3 +179,11 @@ def test_table1_takes_photod_truth_and_names_missing_truth():
         table1(result, truth.drop(columns="FeH_true"), bayes)
     with pytest.raises(ValueError, match="rows"):
         table1(result, truth.iloc[:3], bayes)
+
+
+def test_calibration_refuses_arrays_of_different_lengths():
+    from photodist.evaluate import calibration, gaussian_coverage
+
+    for statistic in (calibration, gaussian_coverage):
+        with pytest.raises(ValueError, match="different shapes"):
+            statistic([1.0, 2.0], [1.0], [1.0, 2.0])

@@ -161,3 +161,12 @@ def test_stripe82_stars_close_to_locus(s82_stars_path):
     dist = np.sqrt(((diff - a[..., None] * red) ** 2).sum(-1)).min(1)
     assert np.median(dist) < 0.03
     assert np.percentile(dist, 90) < 0.08
+
+
+def test_an_empty_locus_file_is_a_clear_error(tmp_path):
+    from photodist.locus import Locus
+
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(ValueError, match="not a readable locus table"):
+        Locus.load(path)

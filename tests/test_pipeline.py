@@ -433,7 +433,9 @@ def test_config_validation():
     with pytest.raises(ValueError, match="bayes_all_below"):
         PipelineConfig(bayes_all_below=-1)
     for bad in ("0.02x", -0.01, None):
-        with pytest.raises(ValueError, match="error_floor must be 'auto' or >= 0"):
+        with pytest.raises(
+            ValueError, match="error_floor must be 'auto' or a finite magnitude >= 0"
+        ):
             PipelineConfig(error_floor=bad)
     for bad in ("strong", 1.2, -0.5):
         with pytest.raises(ValueError, match="prior's power"):
@@ -556,3 +558,27 @@ def test_networks_with_the_dust_map_as_input(catalog, prior, default_locus):
         predict_with_model(model, frame.drop(columns=["Ar"]))
     with pytest.raises(ValueError, match="nn_options"):
         small_config(nn_options={"dust_input": True})
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"seed": -1}, {"nn_max_epochs": 0}, {"nn_batch_size": 0}, {"error_floor": float("inf")}],
+)
+def test_pipeline_config_refuses_settings_before_any_work(setting):
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        PipelineConfig(**setting)
+
+
+def test_results_keep_the_input_index_and_refuse_clashing_kept_columns(
+    catalog, prior, default_locus
+):
+    """``frame["x"] = result[...]`` aligns whatever the frame's index (here shuffled)."""
+    frame = catalog.iloc[:300].sample(frac=1.0, random_state=4)
+    config = small_config(n_train=10_000)  # Bayes on all: fast
+    result, _, _ = run_patch(frame, prior, default_locus, config, keep="source_id")
+    assert result.index.equals(frame.index)
+    assert (result["source_id"] == frame["source_id"]).all()
+    plain, _, _ = run_patch(frame.reset_index(drop=True), prior, default_locus, config)
+    np.testing.assert_array_equal(result["Mr_mean"].to_numpy(), plain["Mr_mean"].to_numpy())
+    with pytest.raises(ValueError, match="Mr_mean"):
+        run_patch(frame.assign(Mr_mean=1.0), prior, default_locus, config, keep=["Mr_mean"])

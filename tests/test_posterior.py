@@ -76,3 +76,20 @@ def test_rows_without_estimates_and_files(locus, stars, tmp_path):
     assert int(saved["row"]) == 3
     png = posterior_figure(post, tmp_path / "fig" / "star.png")
     assert png.exists() and png.stat().st_size > 10_000
+
+
+def test_unknown_marginals_and_rows_are_refused():
+    from photodist.bands import Photometry
+    from photodist.locus import build_locus
+
+    locus = build_locus().resample(0.25, 0.5)
+    colors = locus.colors_for(LSST)[5, 10][None]
+    phot = Photometry(LSST, [18.0], [0.01], colors, np.full((1, 5), 0.02))
+    estimator = BayesEstimator(locus, config=BayesConfig(error_floor=0.02))
+    (posterior,) = estimator.posteriors(phot, [0])
+    assert np.all(np.diff(posterior.percentiles("Qr")) >= 0)
+    with pytest.raises(ValueError, match="choose Mr, FeH, Ar or Qr"):
+        posterior.percentiles("DM")
+    for rows in ([1], [-1], [0.5]):
+        with pytest.raises(ValueError, match="rows must be integers"):
+            estimator.posteriors(phot, rows)

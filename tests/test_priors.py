@@ -239,3 +239,19 @@ def test_a_wide_patch_is_simulated_at_a_bounded_area():
                 for p in (full, bounded)
             ]
             assert abs(means[0] - means[1]) < 0.1
+
+
+def test_prior_maps_refuse_bad_densities_and_load_by_the_saved_name(tmp_path):
+    from photodist.priors import PriorMap
+
+    feh, mr = np.array([-1.0, 0.0]), np.array([4.0, 5.0, 6.0])
+    density = np.full((1, 2, 3), 1.0 / 6)
+    for bad in (np.nan, -1.0, np.inf):
+        broken = density.copy()
+        broken[0, 1, 2] = bad
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            PriorMap(broken, feh, mr, [20.0], [10])
+    prior = PriorMap(density, feh, mr, [20.0], [10])
+    written = prior.save(tmp_path / "x.prior")
+    assert written.name == "x.prior.npz"
+    np.testing.assert_array_equal(PriorMap.load(tmp_path / "x.prior").density, density)

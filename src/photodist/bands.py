@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,9 @@ class BandSet:
             raise ValueError(
                 f"extinction overrides for bands not in {self.name}: {sorted(unknown)}"
             )
+        bad = {k: v for k, v in overrides.items() if not 0.0 < float(v) < math.inf}
+        if bad:
+            raise ValueError(f"extinction ratios A_band / A_r must be finite and > 0, got {bad}")
         ratios = dict(self.extinction_ratios)
         ratios.update({k: float(v) for k, v in overrides.items()})
         return BandSet(self.name, self.bands, ratios)
@@ -650,6 +654,32 @@ class Photometry:
     dust: np.ndarray | None = None
     color_covariance: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        """Float arrays of matching shapes, or a ``ValueError`` naming the mismatch."""
+        if isinstance(self.band_set, str):
+            self.band_set = get_band_set(self.band_set)
+        n_colors = len(self.band_set.bands) - 1
+        self.r = np.asarray(self.r, dtype=float).reshape(-1)
+        n = self.r.shape[0]
+        shapes = {
+            "r_err": (n,),
+            "colors": (n, n_colors),
+            "color_errors": (n, n_colors),
+            "dust": (n,),
+            "color_covariance": (n, max(n_colors - 1, 0)),
+        }
+        for name, shape in shapes.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = np.asarray(value, dtype=float)
+            if value.shape != shape:
+                raise ValueError(
+                    f"Photometry.{name} has shape {value.shape}; {n} stars of the "
+                    f"{self.band_set.name} bands need {shape}"
+                )
+            setattr(self, name, value)
+
     def __len__(self) -> int:
         return len(self.r)
 
@@ -714,13 +744,19 @@ def magnitudes_from_fluxes(
 
 def numeric_column(frame: pd.DataFrame, column: str) -> np.ndarray:
     """A catalogue column as float64; entries that are not numbers (text, None) become NaN.
-    Raises :class:`MissingColumnError` naming the column when the catalogue lacks it."""
+    Raises :class:`MissingColumnError` naming the column when the catalogue lacks it, and
+    ``ValueError`` when it has the name more than once."""
     if column not in frame.columns:
         raise MissingColumnError(
             f"required column {column!r} not in catalogue (columns: {list(frame.columns)[:20]}...)"
         )
-    values = pd.to_numeric(frame[column], errors="coerce")
-    return values.to_numpy(dtype=float, na_value=np.nan)
+    values = frame[column]
+    if isinstance(values, pd.DataFrame):  # a name the frame holds more than once
+        raise ValueError(
+            f"column {column!r} appears {values.shape[1]} times in the catalogue; each column "
+            "needs its own name"
+        )
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
 def first_numeric_column(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray | None:

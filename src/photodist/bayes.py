@@ -1396,8 +1396,20 @@ class BayesConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.dust_min_fraction) <= 1.0:
             raise ValueError(f"dust_min_fraction must be in [0, 1], got {self.dust_min_fraction!r}")
-        if not (float(self.dust_scale) >= 0.0 and float(self.dust_offset) >= 0.0):
-            raise ValueError("dust_scale and dust_offset must be >= 0")
+        if not (
+            0.0 <= float(self.dust_scale) < math.inf and 0.0 <= float(self.dust_offset) < math.inf
+        ):
+            raise ValueError("dust_scale and dust_offset must be finite and >= 0")
+        if not 0.0 <= float(self.error_floor) < math.inf:
+            raise ValueError(
+                f"error_floor must be a finite magnitude >= 0, got {self.error_floor!r}"
+            )
+        if not 0.0 < float(self.default_a_max) < math.inf:
+            raise ValueError(f"default_a_max must be finite and > 0, got {self.default_a_max!r}")
+        if not 0.0 < float(self.log_weight_cut) < math.inf:
+            raise ValueError(f"log_weight_cut must be finite and > 0, got {self.log_weight_cut!r}")
+        if self.chi2_poor is not None and not float(self.chi2_poor) > 0.0:
+            raise ValueError(f"chi2_poor must be > 0 (or None), got {self.chi2_poor!r}")
 
 
 def a_max_for(photometry: Photometry, config: BayesConfig) -> np.ndarray:
@@ -1589,11 +1601,18 @@ class BayesEstimator:
         :func:`photodist.posterior.star_posterior`."""
         from photodist.posterior import star_posterior
 
+        rows = np.atleast_1d(rows)
+        if rows.size and not (
+            np.issubdtype(rows.dtype, np.integer)
+            and 0 <= rows.min()
+            and rows.max() < len(photometry)
+        ):
+            raise ValueError(f"rows must be integers in [0, {len(photometry)}), got {rows!r}")
         return [
             star_posterior(
                 photometry, int(row), self.locus, self.prior, self.config, self.dust_profile
             )
-            for row in np.atleast_1d(rows)
+            for row in rows
         ]
 
 

@@ -1484,7 +1484,7 @@ def run_command(
     prior_seconds = time.perf_counter() - start
     try:
         result, timings, model = run_patch(frame, prior, locus, config, columns=columns, keep=keep)
-    except KeyError as exc:
+    except (KeyError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     timings = {"prior": prior_seconds, **timings}
     _echo_prior_temper(result.attrs["photodist_pipeline"]["prior_temper"])

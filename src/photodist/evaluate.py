@@ -18,6 +18,7 @@ statistics with sampling noise, see ``benchmarks/bench_pipeline.py``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -167,12 +168,20 @@ def robust_stats(x: np.ndarray | Sequence[float] | pd.Series) -> tuple[float, fl
     return float(q50), float(SIGMA_G_FACTOR * (q75 - q25))
 
 
+def _aligned(*arrays: Any) -> tuple[np.ndarray, ...]:
+    """The arrays as float, or a ``ValueError`` when their lengths differ."""
+    out = tuple(np.asarray(a, dtype=float) for a in arrays)
+    if len({a.shape for a in out}) > 1:
+        raise ValueError(f"arrays of different shapes: {[a.shape for a in out]}")
+    return out
+
+
 def calibration(estimate: np.ndarray, sigma: np.ndarray, truth: np.ndarray) -> float:
     """sigma_G of (estimate - truth) / sigma over rows where all three are finite, sigma > 0.
 
     1 when the quoted uncertainties match the scatter; above 1 when they are too small.
     """
-    estimate, sigma, truth = (np.asarray(a, dtype=float) for a in (estimate, sigma, truth))
+    estimate, sigma, truth = _aligned(estimate, sigma, truth)
     ok = np.isfinite(estimate) & np.isfinite(sigma) & np.isfinite(truth) & (sigma > 0)
     return robust_stats((estimate[ok] - truth[ok]) / sigma[ok])[1]
 
@@ -182,7 +191,7 @@ def gaussian_coverage(estimate: np.ndarray, sigma: np.ndarray, truth: np.ndarray
 
     Rows where any of the three is not finite are left out; NaN when none is left.
     """
-    estimate, sigma, truth = (np.asarray(a, dtype=float) for a in (estimate, sigma, truth))
+    estimate, sigma, truth = _aligned(estimate, sigma, truth)
     ok = np.isfinite(estimate) & np.isfinite(sigma) & np.isfinite(truth)
     if not ok.any():
         return float("nan")

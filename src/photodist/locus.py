@@ -436,14 +436,17 @@ class Locus:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"locus file {path} does not exist")
-        if path.suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif path.suffix == ".csv":
-            frame = pd.read_csv(path)
-        else:
-            with path.open() as handle:
-                header = handle.readline().lstrip("#").split()
-            frame = pd.read_csv(path, sep=r"\s+", comment=None, skiprows=1, names=header)
+        try:
+            if path.suffix == ".parquet":
+                frame = pd.read_parquet(path)
+            elif path.suffix == ".csv":
+                frame = pd.read_csv(path)
+            else:
+                with path.open() as handle:
+                    header = handle.readline().lstrip("#").split()
+                frame = pd.read_csv(path, sep=r"\s+", comment=None, skiprows=1, names=header)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not a readable locus table: {exc}") from exc
         return cls.from_frame(frame)
 
 

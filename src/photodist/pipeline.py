@@ -269,20 +269,28 @@ class PipelineConfig:
         self.prior_feh_shift = parse_feh_shift(self.prior_feh_shift)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        for name in ("n_train", "min_train", "chunk_size"):
+        # checked here, not after the Bayesian labels: the network settings too
+        positive = ("n_train", "min_train", "chunk_size", "nn_max_epochs", "nn_patience")
+        for name in (*positive, "nn_n_runs", "nn_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        value = self.bayes_all_below
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-            raise ValueError(f"bayes_all_below must be an integer >= 0, got {value!r}")
+        for name in ("bayes_all_below", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not 0.0 < float(self.nn_learning_rate) < math.inf:
+            raise ValueError(f"nn_learning_rate must be > 0, got {self.nn_learning_rate!r}")
         if self.error_floor != "auto":
             try:
                 floor = float(self.error_floor)
             except (TypeError, ValueError):
                 floor = math.nan
-            if not floor >= 0.0:
-                raise ValueError(f"error_floor must be 'auto' or >= 0, got {self.error_floor!r}")
+            if not 0.0 <= floor < math.inf:
+                raise ValueError(
+                    "error_floor must be 'auto' or a finite magnitude >= 0, "
+                    f"got {self.error_floor!r}"
+                )
             self.error_floor = floor
         if not float(self.fallback_error_floor) >= 0.0:
             raise ValueError("fallback_error_floor must be >= 0")
@@ -772,6 +780,24 @@ def train_networks(
     return model
 
 
+def _with_input_rows(
+    result: pd.DataFrame, frame: pd.DataFrame | None, keep: Sequence[str] | str
+) -> pd.DataFrame:
+    """The estimates with the input's ``keep`` columns first and the input's index, so that
+    ``frame["Mr"] = result["Mr_mean"]`` aligns row by row whatever the frame's index."""
+    if frame is None:
+        return result
+    keep = [keep] if isinstance(keep, str) else list(keep)
+    clash = sorted(set(keep) & set(result.columns))
+    if clash:
+        raise ValueError(f"kept columns {clash} have the names of output columns; rename them")
+    if keep:
+        kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
+        result = pd.concat([kept, result], axis=1)
+    result.index = frame.index
+    return result
+
+
 def predict_with_model(
     model: PhotoDNetwork,
     data: pd.DataFrame | Photometry,
@@ -832,9 +858,7 @@ def predict_with_model(
     user = getattr(model, "training_metadata_", {}).get("user") or {}
     out.flags |= prior_range_flags(user.get("prior_r_range"), phot.r)
     result = out.frame()
-    if frame is not None and keep:
-        kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
-        result = pd.concat([kept, result], axis=1)
+    result = _with_input_rows(result, frame, keep)
     result.attrs["photodist_pipeline"] = {
         "mode": "nn_only",
         "n_stars": len(phot),
@@ -886,6 +910,8 @@ def run_patch(
     timings = dict.fromkeys(STAGES, 0.0)
     start_all = time.perf_counter()
     frame = None if isinstance(data, Photometry) else data
+    if frame is not None:  # kept columns that clash with the output: refused before any work
+        _with_input_rows(_Output(0).frame(), frame.iloc[:0], keep)
     phot = _as_photometry(data, band_set, columns, "the configuration says")
     grid = posterior_grid(locus, config)
     n = len(phot)
@@ -1021,9 +1047,7 @@ def run_patch(
     out.flags |= prior_range_flags(estimator.prior.r_range, phot.r)
 
     result = out.frame()
-    if frame is not None and keep:
-        kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
-        result = pd.concat([kept, result], axis=1)
+    result = _with_input_rows(result, frame, keep)
     timings["total"] = time.perf_counter() - start_all
     info["timings"] = {k: round(v, 4) for k, v in timings.items()}
     info["config"] = config.to_dict()

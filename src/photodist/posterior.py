@@ -78,6 +78,8 @@ class StarPosterior:
     def percentiles(self, name: str) -> np.ndarray:
         """16/50/84 percentiles of ``"Mr"``, ``"FeH"``, ``"Ar"`` or ``"Qr"``, with the
         estimator's conventions (grid points as uniform cells; densities interpolated)."""
+        if name not in ("Mr", "FeH", "Ar", "Qr"):
+            raise ValueError(f"no marginal {name!r}; choose Mr, FeH, Ar or Qr")
         if name in ("Mr", "FeH"):
             values, mass = (self.mr, self.mr_mass) if name == "Mr" else (self.feh, self.feh_mass)
             half = 0.5 * (values[1] - values[0]) if len(values) > 1 else 0.0

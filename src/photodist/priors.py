@@ -119,6 +119,8 @@ class PriorMap:
         expected = (len(self.r_centres), len(self.feh), len(self.mr))
         if self.density.shape != expected:
             raise ValueError(f"prior density has shape {self.density.shape}, expected {expected}")
+        if not (np.isfinite(self.density).all() and (self.density >= 0.0).all()):
+            raise ValueError("prior density must be finite and >= 0 everywhere")
         if np.any(np.diff(self.r_centres) <= 0):
             raise ValueError("r-bin centres must be strictly ascending")
         if len(self.n_stars) != len(self.r_centres):
@@ -214,8 +216,11 @@ class PriorMap:
 
     @classmethod
     def load(cls, path: str | Path, locus: Locus | None = None) -> PriorMap:
-        """Read a map written by :meth:`save`; with ``locus``, refuse a mismatched grid."""
+        """Read a map written by :meth:`save` (the same ``path``: ``.npz`` is appended as
+        :meth:`save` appends it); with ``locus``, refuse a mismatched grid."""
         path = Path(path)
+        if not path.exists() and prior_file_path(path).exists():
+            path = prior_file_path(path)
         if not path.exists():
             raise FileNotFoundError(f"prior map file {path} does not exist")
         try:
@@ -230,14 +235,19 @@ class PriorMap:
             missing = {"density", "feh", "mr", "r_centres", "n_stars", "metadata"} - set(data)
             if missing:
                 raise ValueError(f"{path} is not a photodist prior map (missing {sorted(missing)})")
-            meta = json.loads(str(data["metadata"]))
+            try:
+                meta = json.loads(str(data["metadata"]))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: unreadable prior metadata ({exc})") from exc
             prior = cls(
                 density=data["density"],
                 feh=data["feh"],
                 mr=data["mr"],
                 r_centres=data["r_centres"],
                 n_stars=data["n_stars"],
-                r_half_width=float(data["r_half_width"]),
+                r_half_width=float(
+                    data["r_half_width"] if "r_half_width" in data else R_BIN_HALF_WIDTH
+                ),
                 metadata=meta,
             )
         if meta.get("format_version", 0) > FORMAT_VERSION:
