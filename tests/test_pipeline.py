@@ -562,7 +562,13 @@ def test_networks_with_the_dust_map_as_input(catalog, prior, default_locus):
 
 @pytest.mark.parametrize(
     "setting",
-    [{"seed": -1}, {"nn_max_epochs": 0}, {"nn_batch_size": 0}, {"error_floor": float("inf")}],
+    [
+        {"seed": -1},
+        {"nn_max_epochs": 0},
+        {"nn_batch_size": 0},
+        {"error_floor": float("inf")},
+        {"min_train": 2},
+    ],
 )
 def test_pipeline_config_refuses_settings_before_any_work(setting):
     with pytest.raises(ValueError, match=next(iter(setting))):

@@ -92,6 +92,9 @@ __all__ = [
 
 #: Estimated parameters, in the column order of the network labels.
 PARAMETERS: tuple[str, ...] = ("Mr", "Ar", "FeH")
+#: Fewest labelled stars :attr:`PipelineConfig.min_train` may ask for: with the 25 %
+#: validation split, 2 stars to validate on and 8 to train on
+MIN_TRAIN_FLOOR = 10
 #: Subsample strategies accepted by :func:`choose_training_subsample`.
 STRATEGIES: tuple[str, ...] = ("stratified", "random")
 #: A_r priors of the Bayesian estimator (see ``PipelineConfig.dust_prior``).
@@ -279,6 +282,11 @@ class PipelineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.min_train < MIN_TRAIN_FLOOR:
+            raise ValueError(
+                f"min_train must be at least {MIN_TRAIN_FLOOR} (the networks need a training "
+                f"and a validation set), got {self.min_train!r}"
+            )
         if not 0.0 < float(self.nn_learning_rate) < math.inf:
             raise ValueError(f"nn_learning_rate must be > 0, got {self.nn_learning_rate!r}")
         if self.error_floor != "auto":
