@@ -9,6 +9,7 @@ complete, so a failure never leaves a partial output behind.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
@@ -356,12 +357,7 @@ def _check_columns(path: Path, available: Sequence[str], columns: list[str] | No
 
 def _check_unique_columns(where: str | Path, names: Iterable[str]) -> None:
     """Raise :class:`CatalogError` naming the column names that occur more than once."""
-    seen: set[str] = set()
-    duplicated: list[str] = []
-    for name in names:
-        if name in seen and name not in duplicated:
-            duplicated.append(name)
-        seen.add(name)
+    duplicated = [name for name, count in collections.Counter(names).items() if count > 1]
     if duplicated:
         raise CatalogError(
             f"{where}: duplicate column name(s) {duplicated}; each column needs its own name"

@@ -788,6 +788,16 @@ def train_networks(
     return model
 
 
+def _kept_names(keep: Sequence[str] | str) -> list[str]:
+    """The ``keep`` column names (a bare string is one name); names of output columns are
+    refused, before any work when called first."""
+    keep = [keep] if isinstance(keep, str) else list(keep)
+    clash = sorted(set(keep) & set(_Output(0).frame().columns))
+    if clash:
+        raise ValueError(f"kept columns {clash} have the names of output columns; rename them")
+    return keep
+
+
 def _with_input_rows(
     result: pd.DataFrame, frame: pd.DataFrame | None, keep: Sequence[str] | str
 ) -> pd.DataFrame:
@@ -795,10 +805,7 @@ def _with_input_rows(
     ``frame["Mr"] = result["Mr_mean"]`` aligns row by row whatever the frame's index."""
     if frame is None:
         return result
-    keep = [keep] if isinstance(keep, str) else list(keep)
-    clash = sorted(set(keep) & set(result.columns))
-    if clash:
-        raise ValueError(f"kept columns {clash} have the names of output columns; rename them")
+    keep = _kept_names(keep)
     if keep:
         kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
         result = pd.concat([kept, result], axis=1)
@@ -851,6 +858,7 @@ def predict_with_model(
             "(see ColumnMap.dust / --dust-column, --ebv-column)"
         )
     frame = None if isinstance(data, Photometry) else data
+    _kept_names(keep)  # before any work
     if int(chunk_size) < 1:
         raise ValueError("chunk_size must be positive")
     out = _Output(len(phot))
@@ -918,8 +926,7 @@ def run_patch(
     timings = dict.fromkeys(STAGES, 0.0)
     start_all = time.perf_counter()
     frame = None if isinstance(data, Photometry) else data
-    if frame is not None:  # kept columns that clash with the output: refused before any work
-        _with_input_rows(_Output(0).frame(), frame.iloc[:0], keep)
+    _kept_names(keep)  # before any work
     phot = _as_photometry(data, band_set, columns, "the configuration says")
     grid = posterior_grid(locus, config)
     n = len(phot)

@@ -635,6 +635,8 @@ def _footprint(ra: np.ndarray, dec: np.ndarray, coverage: float) -> tuple[Any, n
         held = float(np.quantile(distance, coverage)) if coverage < 1.0 else distance.max()
         core = distance <= 1.5 * held + 0.5
         radius = float(distance[core].max())
+        if core.all():  # no stray star: recomputing the centre would give the same
+            break
     return centre, distance, radius
 
 
