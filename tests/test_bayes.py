@@ -430,3 +430,29 @@ def test_edge_table_matches_the_exact_truncated_normal_for_wide_bounds():
 def test_bayes_config_refuses_values_the_kernel_cannot_use(setting):
     with pytest.raises(ValueError, match=next(iter(setting))):
         BayesConfig(**setting)
+
+
+def test_poor_fit_threshold_counts_the_colours_used(coarse_locus):
+    """A star whose unusable colour was dropped is judged against chi2 with as many degrees of
+    freedom as the colours it has, not the band set's."""
+    from scipy.stats import chi2
+
+    phot, *_ = _stars(coarse_locus, SDSS, 600, seed=21, err_range=(0.02, 0.05))
+    rng = np.random.default_rng(4)
+    direction = rng.normal(0.0, 1.0, phot.colors.shape)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    phot.colors[:] += direction * phot.color_errors * rng.uniform(4.0, 12.0, (len(phot), 1))
+    dropped = np.arange(len(phot)) % 2 == 0
+    phot.colors[dropped, 0] = np.nan
+    res = BayesEstimator(coarse_locus, config=BayesConfig(error_floor=0.0)).predict(phot)
+    n_used = np.where(dropped, SDSS.n_colors - 1, SDSS.n_colors)
+    limit = chi2.ppf(0.999, n_used)
+    poor = (res["flags"].to_numpy() & Flags.POOR_FIT) != 0
+    np.testing.assert_array_equal(poor, res["chi2min"].to_numpy() > limit)
+    # stars this decides differently from the band set's 4 degrees of freedom
+    between = dropped & (res["chi2min"] > limit) & (res["chi2min"] <= chi2.ppf(0.999, 4))
+    assert between.sum() >= 3
+    # a configured threshold applies to every star
+    fixed = BayesEstimator(coarse_locus, config=BayesConfig(error_floor=0.0, chi2_poor=17.0))
+    flags = fixed.predict(phot)["flags"].to_numpy()
+    np.testing.assert_array_equal((flags & Flags.POOR_FIT) != 0, res["chi2min"].to_numpy() > 17.0)

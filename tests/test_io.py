@@ -582,6 +582,20 @@ def test_fits_without_table_raises_catalog_error(tmp_path: Path) -> None:
         count_rows(path)
 
 
+def test_fits_with_several_tables_reads_the_first_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "two.fits"
+    first = fits.BinTableHDU.from_columns(
+        [fits.Column(name="rmag", format="D", array=np.array([18.0, 19.0]))], name="STARS"
+    )
+    second = fits.BinTableHDU.from_columns(
+        [fits.Column(name="other", format="D", array=np.zeros(3))], name="EXTRA"
+    )
+    fits.HDUList([fits.PrimaryHDU(), first, second]).writeto(path)
+    with pytest.warns(UserWarning, match=r"2 table HDUs; reading HDU 1 \(STARS\), not HDU 2"):
+        frame = read_catalog(path)
+    assert list(frame.columns) == ["rmag"] and len(frame) == 2
+
+
 @pytest.mark.parametrize(
     ("name", "content"), [("junk.fits", b"hello world"), ("junk.parquet", b"not parquet")]
 )

@@ -1141,7 +1141,7 @@ def _star_kernel(
     else:
         log_z -= math.log(a_max)
     out[i, _K_LOGZ] = log_z
-    if best_chi2 > chi2_poor:
+    if best_chi2 > chi2_poor[n_used]:
         flags_out[i] |= 1
     if best_astar_s < -1.0 or best_astar_s > amax_flat + 1.0:
         flags_out[i] |= 16
@@ -1374,7 +1374,7 @@ class BayesConfig:
         prior, by default.
     chi2_poor
         Best-fit chi2 above which a star is flagged POOR_FIT (default: the 99.9 % point of a
-        chi2 distribution with as many degrees of freedom as colours).
+        chi2 distribution with as many degrees of freedom as the star's usable colours).
     log_weight_cut
         Locus points whose log weight is below the best by more than this are skipped.
     color_covariance
@@ -1410,6 +1410,18 @@ class BayesConfig:
             raise ValueError(f"log_weight_cut must be finite and > 0, got {self.log_weight_cut!r}")
         if self.chi2_poor is not None and not float(self.chi2_poor) > 0.0:
             raise ValueError(f"chi2_poor must be > 0 (or None), got {self.chi2_poor!r}")
+
+
+def poor_fit_thresholds(config: BayesConfig) -> np.ndarray:
+    """Best-fit chi2 above which a star is flagged POOR_FIT, indexed by the number of colours
+    it uses (0-5): ``config.chi2_poor`` for all, else the 99.9 % point of a chi2 distribution
+    with that many degrees of freedom, so a star whose unusable colour was dropped is judged
+    on the colours it has."""
+    if config.chi2_poor is not None:
+        return np.full(6, float(config.chi2_poor))
+    from scipy.stats import chi2
+
+    return chi2.ppf(0.999, np.maximum(np.arange(6), 1)).astype(np.float64)
 
 
 def a_max_for(photometry: Photometry, config: BayesConfig) -> np.ndarray:
@@ -1523,13 +1535,6 @@ class BayesEstimator:
         self.has_prior = prior is not None
         self.dust_profile = dust_profile
 
-    def _chi2_threshold(self, n_colors: int) -> float:
-        if self.config.chi2_poor is not None:
-            return float(self.config.chi2_poor)
-        from scipy.stats import chi2
-
-        return float(chi2.ppf(0.999, n_colors))
-
     def predict(self, photometry: Photometry) -> pd.DataFrame:
         """Posterior summaries for every star (one output row per input row, same order)."""
         band_set = photometry.band_set
@@ -1575,7 +1580,7 @@ class BayesEstimator:
                 self.locus.feh.astype(np.float64),
                 np.pad(band_set.reddening_vector(), (0, 5 - band_set.n_colors)),
                 float(self.config.error_floor),
-                self._chi2_threshold(band_set.n_colors),
+                poor_fit_thresholds(self.config),
                 float(self.config.log_weight_cut),
                 out,
                 flags,

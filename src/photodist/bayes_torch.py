@@ -55,6 +55,7 @@ from photodist.bayes import (
     PriorGrid,
     _fill_distance_columns,
     a_bounds_for,
+    poor_fit_thresholds,
     add_extinction,
     adjacent_covariance,
     prior_range_flags,
@@ -405,13 +406,6 @@ class TorchBayesEstimator:
         self.stats_: dict[str, int] = {"n_batches": 0, "n_candidates": 0}
 
     # ------------------------------------------------------------------ setup
-    def _chi2_threshold(self, n_colors: int) -> float:
-        if self.config.chi2_poor is not None:
-            return float(self.config.chi2_poor)
-        from scipy.stats import chi2
-
-        return float(chi2.ppf(0.999, n_colors))
-
     @property
     def memory_budget(self) -> int:
         """Device-memory budget of one batch in bytes."""
@@ -511,7 +505,7 @@ class TorchBayesEstimator:
         )
         result = np.empty((n, _N_OUT + 1))
         batch = self.batch_size_for(grid.n_points)
-        chi2_poor = self._chi2_threshold(nc)
+        chi2_poor = torch.from_numpy(poor_fit_thresholds(self.config)).to(self.device)
         self.stats_ = {"n_batches": 0, "n_candidates": 0}
         for start in range(0, n, batch):
             self.stats_["n_batches"] += 1
@@ -526,7 +520,9 @@ class TorchBayesEstimator:
         frame["flags"] = result[:, _N_OUT].astype(np.int64) | beyond
         return frame
 
-    def _predict_batch(self, grid: _Grid, block: torch.Tensor, chi2_poor: float) -> torch.Tensor:
+    def _predict_batch(
+        self, grid: _Grid, block: torch.Tensor, chi2_poor: torch.Tensor
+    ) -> torch.Tensor:
         if self.compile_kernels:
             try:
                 return self._run_batch(grid, block, chi2_poor)
@@ -542,7 +538,7 @@ class TorchBayesEstimator:
         return self._run_batch(grid, block, chi2_poor)
 
     @torch.inference_mode()
-    def _run_batch(self, grid: _Grid, block: torch.Tensor, chi2_poor: float) -> torch.Tensor:
+    def _run_batch(self, grid: _Grid, block: torch.Tensor, chi2_poor: torch.Tensor) -> torch.Tensor:
         """Outputs (OUTPUT_COLUMNS then the flags) of one batch of stars, (B, n_out + 1)."""
         dev = block.device
         nc = grid.n_colors
@@ -616,7 +612,7 @@ class TorchBayesEstimator:
         q: torch.Tensor,
         a_max: torch.Tensor,
         bins: torch.Tensor,
-        chi2_poor: float,
+        chi2_poor: torch.Tensor,
         prior_mean: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs and flags of stars with at least two usable colours and an r magnitude.
@@ -818,7 +814,7 @@ class TorchBayesEstimator:
         p_giant = sums[:, 1] / w_div
         res[:, _COL["P_giant"]] = p_giant
         flags = torch.zeros(n_s, dtype=torch.int64, device=dev)
-        flags |= torch.where(chi2_best > chi2_poor, Flags.POOR_FIT, 0)
+        flags |= torch.where(chi2_best > chi2_poor[used.sum(dim=1)], Flags.POOR_FIT, 0)
         flags |= torch.where((bb_best < -1.0) | (bb_best > amax_flat + 1.0), Flags.AR_AT_BOUND, 0)
         flags |= torch.where(torch.minimum(p_giant, 1.0 - p_giant) > 0.05, Flags.TWO_BRANCH, 0)
         for name, axis, half_cell, bit in (

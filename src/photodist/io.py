@@ -683,27 +683,34 @@ def _read_csv(
 
 
 def _fits_table_hdu(hdul: Any, path: Path) -> Any:
-    """The first table HDU of an open FITS file, its column names checked to be unique."""
+    """The first table HDU of an open FITS file, its column names checked to be unique; a
+    warning names it when the file holds more than one table."""
     from astropy.io import fits
 
     with warnings.catch_warnings():  # astropy only warns about a truncated file: make it fail
         warnings.filterwarnings("error", message="(?s).*(truncated|corrupted)")
         try:
-            table = next(
-                (
-                    hdu
-                    for hdu in hdul
-                    if isinstance(hdu, fits.BinTableHDU | fits.TableHDU)
-                    and not isinstance(hdu, fits.CompImageHDU)
-                ),
-                None,
-            )
+            tables = [
+                (index, hdu)
+                for index, hdu in enumerate(hdul)
+                if isinstance(hdu, fits.BinTableHDU | fits.TableHDU)
+                and not isinstance(hdu, fits.CompImageHDU)
+            ]
         except (OSError, ValueError, Warning) as exc:
             raise CatalogError(
                 f"{path}: corrupted or truncated FITS file: {_one_line(exc)}"
             ) from exc
-    if table is None:
+    if not tables:
         raise CatalogError(f"{path}: FITS file has no table HDU (only images or headers)")
+    index, table = tables[0]
+    if len(tables) > 1:
+        others = ", ".join(str(i) for i, _ in tables[1:])
+        warnings.warn(
+            f"{path}: {len(tables)} table HDUs; reading HDU {index} ({table.name or 'no name'}),"
+            f" not HDU {others}",
+            UserWarning,
+            stacklevel=3,
+        )
     _check_unique_columns(path, table.columns.names)
     return table
 
