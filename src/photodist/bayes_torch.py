@@ -55,9 +55,9 @@ from photodist.bayes import (
     PriorGrid,
     _fill_distance_columns,
     a_bounds_for,
-    poor_fit_thresholds,
     add_extinction,
     adjacent_covariance,
+    poor_fit_thresholds,
     prior_range_flags,
     without_extinction,
 )
