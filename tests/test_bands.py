@@ -199,6 +199,41 @@ def _as_fluxes(frame: pd.DataFrame, bands: str, unit: str = "nJy") -> pd.DataFra
     return out
 
 
+def test_flags_in_every_spelling_and_with_missing_values():
+    """Flag columns as pandas reads them from CSV (nullable booleans with blanks), Parquet
+    (Arrow booleans), text (t/f, yes/no) or numbers; a missing flag is no flag, an unreadable
+    one a flag with a warning. Before, a blank in a nullable boolean column raised TypeError
+    and text other than True/False flagged every measurement silently."""
+    fluxes = _as_fluxes(_frame(4, Ar=np.full(4, 0.1)), "ugriz")
+    cases = {
+        "boolean": pd.array([False, True, None, False], dtype="boolean"),
+        "bool[pyarrow]": pd.array([False, True, None, False], dtype="bool[pyarrow]"),
+        "text": ["f", "T", None, " no "],
+        "numbers": [0.0, 2.0, np.nan, 0.0],
+    }
+    for kind, flags in cases.items():
+        frame = fluxes.assign(g_psfFlux_flag=flags)
+        phot = photometry_from_frame(frame, "sdss", ColumnMap(flux_unit="nJy"))
+        usable = np.isfinite(phot.colors)
+        np.testing.assert_array_equal(usable[:, 1], [True, False, True, True], err_msg=kind)
+    frame = fluxes.assign(g_psfFlux_flag=["f", "maybe", "f", "f"])
+    with pytest.warns(UserWarning, match="g_psfFlux_flag.*1 value.*'maybe'"):
+        phot = photometry_from_frame(frame, "sdss", ColumnMap(flux_unit="nJy"))
+    assert np.isfinite(phot.colors[[0, 2, 3]]).all() and np.isnan(phot.colors[1, :2]).all()
+
+
+def test_flags_apply_to_magnitudes_of_a_catalogue_that_has_both():
+    """Rubin's Object table has magnitudes and fluxes: the magnitudes are read, and a flagged
+    flux measurement still makes its band unusable."""
+    frame = _frame(3, Ar=np.full(3, 0.1))
+    frame["g_psfFlux_flag"] = [False, True, False]
+    needed, _ = ColumnMap().photometry_sources(SDSS, list(frame.columns))
+    assert "g_psfFlux_flag" in needed
+    phot = photometry_from_frame(frame, "sdss")
+    np.testing.assert_array_equal(np.isfinite(phot.colors[:, :2]), [[1, 1], [0, 0], [1, 1]])
+    assert np.isfinite(phot.colors[:, 2:]).all()
+
+
 def test_magnitudes_from_fluxes():
     mags, errs = magnitudes_from_fluxes(
         np.array([3631e9, 1e9 * 3631 / 100, -5.0, 0.0, np.nan, 10.0]),

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -299,6 +300,9 @@ class ColumnMap:
                 )
             needed.append(color)
             sources.append(color)
+        # a catalogue of magnitudes and fluxes (Rubin's Object table) flags its measurements too
+        flags = [columns.flux_flag_column(b) for b in band_set.bands]
+        needed += [f for f in flags if f in present]
         return list(dict.fromkeys(needed)), sources
 
     @classmethod
@@ -792,11 +796,7 @@ def band_photometry(
         fluxes = np.column_stack(
             [numeric_column(frame, columns.flux_column(b)) for b in band_set.bands]
         ).reshape(n, len(band_set.bands))
-        for k, b in enumerate(band_set.bands):  # a flagged measurement is no measurement
-            flag = columns.flux_flag_column(b)
-            if flag in frame.columns:
-                flagged = pd.to_numeric(frame[flag], errors="coerce").fillna(1).to_numpy() != 0
-                fluxes[flagged, k] = np.nan
+        _drop_flagged(fluxes, frame, columns, band_set)
         flux_errors = np.column_stack(
             [numeric_column(frame, columns.flux_error_column(b)) for b in band_set.bands]
         ).reshape(n, len(band_set.bands))
@@ -807,10 +807,60 @@ def band_photometry(
     for k, b in enumerate(band_set.bands):
         if has_mag[k]:
             mags[:, k] = numeric_column(frame, columns.mag_column(b))
+    _drop_flagged(mags, frame, columns, band_set)
     errs = np.column_stack(
         [numeric_column(frame, columns.error_column(b)) for b in band_set.bands]
     ).reshape(n, len(band_set.bands))
     return mags, errs, has_mag
+
+
+_FLAG_WORDS = {
+    "true": True,
+    "t": True,
+    "yes": True,
+    "y": True,
+    "1": True,
+    "false": False,
+    "f": False,
+    "no": False,
+    "n": False,
+    "0": False,
+}
+
+
+def measurement_flags(values: pd.Series, name: str) -> np.ndarray:
+    """A measurement-flag column as booleans: True where the measurement is flagged.
+
+    Booleans and numbers (non-zero: flagged) are read as they are, text as true/false, t/f,
+    yes/no, y/n or 1/0 in any case. A missing value is no flag (the measurement itself is
+    still checked); any other value counts as flagged, with a warning naming the column.
+    """
+    if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+        numbers = pd.to_numeric(values, errors="coerce").astype("Float64")
+        return numbers.fillna(0.0).to_numpy(dtype=float) != 0.0
+    text = values.astype("string").str.strip().str.lower()
+    flagged = text.map(_FLAG_WORDS, na_action="ignore")
+    numbers = pd.to_numeric(text, errors="coerce").astype("Float64")
+    flagged = flagged.where(flagged.notna(), numbers != 0.0)
+    unknown = (text.notna() & flagged.isna()).to_numpy(dtype=bool)
+    if unknown.any():
+        warnings.warn(
+            f"flag column {name!r}: {int(unknown.sum())} value(s) neither true nor false (e.g. "
+            f"{values[unknown].iloc[0]!r}); their measurements are treated as flagged",
+            UserWarning,
+            stacklevel=3,
+        )
+    return (flagged.astype("boolean").fillna(False).to_numpy(dtype=bool)) | unknown
+
+
+def _drop_flagged(
+    values: np.ndarray, frame: pd.DataFrame, columns: ColumnMap, band_set: BandSet
+) -> None:
+    """Set each band's flagged measurements (its flag column, where present) to NaN."""
+    for k, b in enumerate(band_set.bands):  # a flagged measurement is no measurement
+        flag = columns.flux_flag_column(b)
+        if flag in frame.columns:
+            values[measurement_flags(frame[flag], flag), k] = np.nan
 
 
 def unusable_measurements(mags: np.ndarray, errs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
