@@ -99,6 +99,21 @@ def test_bayes_command_keeps_big_ids_exact_across_batches(tmp_path):
     assert got == [None if i < 0 else int(i) for i in ids]
 
 
+def test_keep_takes_comma_separated_names_and_reports_absent_ones(tmp_path):
+    """``--keep objid,tag`` keeps both; a name the catalogue lacks is reported, not silently
+    dropped (before, the comma-separated value matched no column and nothing was kept)."""
+    frame = pd.read_csv(_catalog(tmp_path)).assign(objid=[7, 8, 9], tag=["a", "b", "c"])
+    src = tmp_path / "tagged.csv"
+    frame.to_csv(src, index=False)
+    out = tmp_path / "out.parquet"
+    args = ["bayes", str(src), str(out), "--bands", "sdss", "--flat-prior", "--mr-step", "0.5"]
+    result = CliRunner().invoke(cli, [*args, "--keep", "objid,tag", "--keep", "objectId"])
+    assert result.exit_code == 0, result.output
+    assert "--keep columns not in the catalogue: objectId" in result.output
+    got = pd.read_parquet(out)
+    assert got["objid"].tolist() == [7, 8, 9] and got["tag"].tolist() == ["a", "b", "c"]
+
+
 def test_bayes_command_reads_a_flux_catalogue_with_ebv(tmp_path):
     """Rubin-style fluxes in nJy and an E(B-V) column give the magnitude catalogue's result."""
     mags = pd.read_csv(_catalog(tmp_path))

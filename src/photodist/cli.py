@@ -144,16 +144,37 @@ def _keep_option(command: Any) -> Any:
         multiple=True,
         default=(*ID_COLUMNS, "ra", "dec"),
         show_default=True,
-        help="Input columns copied to the output when present (ra/dec: the position columns, "
-        "e.g. RAJ2000 or coord_ra when the catalogue has no ra).",
+        help="Input columns copied to the output when present (repeat the option, or give "
+        "comma-separated names; ra/dec: the position columns, e.g. RAJ2000 or coord_ra when the "
+        "catalogue has no ra). Names given here that the catalogue lacks are reported.",
     )(command)
 
 
-def _kept_columns(keep: tuple[str, ...], columns: ColumnMap) -> tuple[str, ...]:
+def _kept_columns(keep: tuple[str, ...], columns: ColumnMap, catalog: Path) -> tuple[str, ...]:
     """``--keep`` columns with ``ra``/``dec`` read as the catalogue's position columns
-    (e.g. ``RAJ2000`` found by :func:`photodist.bands.resolve_columns`)."""
+    (e.g. ``RAJ2000`` found by :func:`photodist.bands.resolve_columns`); a comma-separated
+    value names several. Names given on the command line that the catalogue lacks are
+    reported (the default list is kept where present, silently)."""
+    from photodist import io
+
     renamed = {"ra": columns.ra, "dec": columns.dec}
-    return tuple(dict.fromkeys(renamed.get(c, c) for c in keep))
+    names = [name.strip() for value in keep for name in value.split(",") if name.strip()]
+    kept = tuple(dict.fromkeys(renamed.get(c, c) for c in names))
+    context = click.get_current_context(silent=True)
+    given = context is not None and (
+        context.get_parameter_source("keep") is ParameterSource.COMMANDLINE
+    )
+    if given:
+        try:
+            available = set(io.catalog_columns(catalog))
+        except (io.CatalogError, OSError):  # reported when the catalogue is read
+            return kept
+        absent = [c for c in kept if c not in available]
+        if absent:
+            click.echo(
+                f"warning: --keep columns not in the catalogue: {', '.join(absent)}", err=True
+            )
+    return kept
 
 
 def _checked_device(device: str, option: str = "--nn-device") -> str:
@@ -1017,7 +1038,7 @@ def bayes_command(
 
     columns, bands = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
     band_set = get_band_set(bands)
-    keep = _kept_columns(keep, columns)
+    keep = _kept_columns(keep, columns, input_path)
     resolved_device = resolve_device(_checked_device(device, "--device"))
     summary_path = output_path.with_name(output_path.name + ".run.json")
     try:
@@ -1350,7 +1371,7 @@ def predict_command(
     columns, _ = _catalog_columns(
         column, dust_column, flux_unit, ebv_column, input_path, band_set, choose_bands=False
     )
-    keep = _kept_columns(keep, columns)
+    keep = _kept_columns(keep, columns, input_path)
     try:
         _check_output(output_path, overwrite, input_path)
         total = io.count_rows(input_path)
@@ -1463,7 +1484,7 @@ def run_command(
     summary_path = output_path.with_name(output_path.name + ".run.json")
     prior_out = output_path.with_name(output_path.name + ".prior.npz")
     columns, bands = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
-    keep = _kept_columns(keep, columns)
+    keep = _kept_columns(keep, columns, input_path)
     try:
         _check_output(output_path, overwrite, input_path)
         if summary_path.exists() and not overwrite:
