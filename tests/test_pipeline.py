@@ -176,10 +176,18 @@ def test_network_rows_match_the_model(catalog, hybrid):
     ood = pred["out_of_domain"][nn_rows]
     flagged = (result.loc[nn_rows, "flags"].to_numpy() & Flags.NN_OUT_OF_DOMAIN) > 0
     np.testing.assert_array_equal(flagged, ood)
-    # and, brighter than the prior's first r bin, R_OUTSIDE_PRIOR; no other flag
+    # and, brighter than the prior's first r bin, R_OUTSIDE_PRIOR
     beyond = (result.loc[nn_rows, "flags"].to_numpy() & Flags.R_OUTSIDE_PRIOR) > 0
     np.testing.assert_array_equal(beyond, phot.r[nn_rows] < 13.5)
-    others = ~(Flags.NN_OUT_OF_DOMAIN | Flags.R_OUTSIDE_PRIOR)
+    # the model's best fit without the prior: chi2min, POOR_FIT and AR_AT_BOUND; no other flag
+    floor = used_error_floor(result.attrs["photodist_pipeline"])
+    grid = posterior_grid(None, small_config())
+    check = BayesEstimator(grid, config=small_config().bayes_config(floor))
+    chi2, fit_flags = check.best_fit(phot.subset(np.flatnonzero(nn_rows)))
+    np.testing.assert_allclose(result.loc[nn_rows, "chi2min"], chi2, rtol=1e-12)
+    fit_bits = Flags.POOR_FIT | Flags.AR_AT_BOUND
+    np.testing.assert_array_equal(result.loc[nn_rows, "flags"].to_numpy() & fit_bits, fit_flags)
+    others = ~(Flags.NN_OUT_OF_DOMAIN | Flags.R_OUTSIDE_PRIOR | fit_bits)
     assert not np.any(result.loc[nn_rows, "flags"].to_numpy() & others)
 
 
@@ -211,10 +219,10 @@ def test_saved_model_predicts_every_row_as_the_run_did(catalog, hybrid, tmp_path
     assert len(pred) == len(catalog) and list(pred.columns) == list(result.columns)
     np.testing.assert_array_equal(pred["source_id"], catalog["source_id"])
     assert (pred["method"] == "nn").all() and not pred["labelled"].any()
-    assert pred["chi2min"].isna().all()
-    # the run's network rows, values and flags alike (float32 kernels: compare to their precision)
+    # the run's network rows, values and flags alike (float32 kernels: compare to their
+    # precision), the best fit's chi2 too (the model keeps the run's estimator settings)
     nn_rows = (result["method"] == "nn").to_numpy()
-    for key in ("Mr_mean", "Ar_sigma", "FeH_sigma_nn", "Qr_mean", "dist_pc"):
+    for key in ("Mr_mean", "Ar_sigma", "FeH_sigma_nn", "Qr_mean", "dist_pc", "chi2min"):
         np.testing.assert_allclose(pred.loc[nn_rows, key], result.loc[nn_rows, key], rtol=1e-6)
     np.testing.assert_array_equal(pred.loc[nn_rows, "flags"], result.loc[nn_rows, "flags"])
     # rows the networks cannot take stay, NaN and flagged with the reason
@@ -230,6 +238,22 @@ def test_saved_model_predicts_every_row_as_the_run_did(catalog, hybrid, tmp_path
     n_invalid = int(((pred["flags"].to_numpy() & Flags.NN_INVALID_INPUT) > 0).sum())
     assert info["n_invalid_input"] == n_invalid >= len(NO_R + NO_U + SENTINEL_G)
     assert info["n_nn"] + n_invalid == len(catalog)
+
+
+def test_network_rows_far_from_the_locus_are_flagged(catalog, hybrid):
+    """Stars whose colours no star has (g 0.5 mag too faint) get POOR_FIT from the best-fit
+    check, whatever the networks make of them; before, network rows had no such flag."""
+    _, _, model = hybrid
+    shifted = catalog.copy()
+    mags = shifted[[f"{b}mag" for b in "ugrizy"]].to_numpy()
+    measured = (np.isfinite(mags) & (mags < 40)).all(axis=1)
+    rows = np.flatnonzero(measured & (shifted["rmag"] < 20.0).to_numpy())[:50]
+    shifted.loc[rows, "gmag"] += 0.5
+    pred = predict_with_model(model, shifted)
+    flags = pred["flags"].to_numpy()
+    assert (flags[rows] & Flags.POOR_FIT).all() and (pred.loc[rows, "chi2min"] > 100).all()
+    assert ((flags & Flags.POOR_FIT) > 0).mean() < 0.05
+    assert np.isfinite(pred.loc[rows, "Mr_mean"]).all()  # estimates kept, flagged
 
 
 def test_networks_train_on_the_bayesian_rows_of_a_result(catalog, hybrid):

@@ -1380,12 +1380,15 @@ def predict_command(
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     counts = {"n_out_of_domain": 0, "n_invalid_input": 0}
+    locus = build_locus()  # of the best-fit check, built once for every batch
 
     def parts() -> Iterator[pd.DataFrame]:
         with tqdm(total=total, unit="star", desc=f"nn ({band_set})") as bar:
             for frame in batches:
                 try:
-                    result = predict_with_model(model, frame, columns=columns, keep=keep)
+                    result = predict_with_model(
+                        model, frame, columns=columns, keep=keep, locus=locus
+                    )
                 except (KeyError, ValueError) as exc:
                     raise click.ClickException(str(exc)) from exc
                 for key in counts:

@@ -26,14 +26,18 @@ Output columns (one row per input row, same order), for p in ``Mr``, ``Ar``, ``F
   prediction of the Bayesian width, or the Bayesian posterior width itself);
 
 then ``Qr_mean``, ``Qr_sigma`` (Q_r = M_r + A_r), ``DM_mean = r - Qr_mean``, ``DM_sigma``,
-``dist_pc = 10**(0.2 DM_mean + 1)``, ``chi2min`` and ``log_evidence`` (Bayesian rows; NaN
-for network rows),
+``dist_pc = 10**(0.2 DM_mean + 1)``, ``chi2min`` (Bayesian rows: the chi2 of the posterior's
+best point; network rows: the model's best fit without the prior,
+:meth:`photodist.bayes.BayesEstimator.best_fit`), ``log_evidence`` (Bayesian rows; NaN for
+network rows),
 ``flags`` (bits of :class:`photodist.bayes.Flags`),
 ``method`` and ``labelled``.
 
 Flags: Bayesian rows carry the Bayesian flags; network rows get ``NN_OUT_OF_DOMAIN`` when an
-input lies outside the training range (plus margin) and ``COLOR_UNUSABLE`` when a colour was
-unusable (as Bayesian rows do), and every row ``R_OUTSIDE_PRIOR`` when its r lies beyond the
+input lies outside the training range (plus margin), ``COLOR_UNUSABLE`` when a colour was
+unusable (as Bayesian rows do), and ``POOR_FIT`` / ``AR_AT_BOUND`` from the best fit (a star
+far from the stellar locus, or reddened beyond the A_r prior, whatever the networks say of
+it), and every row ``R_OUTSIDE_PRIOR`` when its r lies beyond the
 prior's r bins; rows handed back to the Bayesian
 estimator because an input was not finite get ``NN_INVALID_INPUT`` besides their Bayesian
 flags (in a Bayes-only run no row is handed back and the bit is not used). The configuration,
@@ -588,14 +592,18 @@ def _draw(
 
 def posterior_grid(locus: Locus | None, config: PipelineConfig) -> Locus:
     """The locus on the configured posterior grid (the built-in locus when ``locus`` is None)."""
-    steps = (config.bayes_feh_step, config.bayes_mr_step)
+    return _grid_with_steps(locus, config.bayes_feh_step, config.bayes_mr_step)
+
+
+def _grid_with_steps(locus: Locus | None, feh_step: float | None, mr_step: float | None) -> Locus:
+    """``locus`` (the built-in one when None) resampled to the steps, unless None or equal."""
     base = locus if locus is not None else build_locus()
-    if steps[0] is None or steps[1] is None:
+    if feh_step is None or mr_step is None:
         return base
-    same = math.isclose(base.feh_step, steps[0], rel_tol=1e-6) and math.isclose(
-        base.mr_step, steps[1], rel_tol=1e-6
+    same = math.isclose(base.feh_step, feh_step, rel_tol=1e-6) and math.isclose(
+        base.mr_step, mr_step, rel_tol=1e-6
     )
-    return base if same else base.resample(float(steps[0]), float(steps[1]))
+    return base if same else base.resample(float(feh_step), float(mr_step))
 
 
 def _chunks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -631,6 +639,7 @@ class _Output:
         f["chi2min"][rows] = bayes["chi2min"].to_numpy()
         f["log_evidence"][rows] = bayes["log_evidence"].to_numpy()
         self._distance(rows, r)
+        self.flags[rows] &= ~_FIT_FLAGS  # a network row handed back: the posterior's flags
         self.flags[rows] |= bayes["flags"].to_numpy(dtype=np.int64)
         self.method[rows] = _METHODS.index("bayes")
 
@@ -689,11 +698,17 @@ def _as_photometry(
 
 
 def _network_rows(
-    model: PhotoDNetwork, photometry: Photometry, rows: np.ndarray, out: _Output
+    model: PhotoDNetwork,
+    photometry: Photometry,
+    rows: np.ndarray,
+    out: _Output,
+    fit_check: BayesEstimator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Network estimates of ``rows`` into ``out``, flagged ``NN_OUT_OF_DOMAIN``,
     ``NN_INVALID_INPUT`` and ``COLOR_UNUSABLE`` (as the Bayesian estimator flags a row with an
-    unusable colour, whichever estimator gives it its values).
+    unusable colour, whichever estimator gives it its values), with the chi2 and the
+    ``POOR_FIT`` and ``AR_AT_BOUND`` flags of ``fit_check.best_fit`` for the rows the networks
+    estimate.
 
     Returns the rows' out-of-domain and invalid-input masks.
     """
@@ -705,7 +720,45 @@ def _network_rows(
     out.flags[rows[ood]] |= Flags.NN_OUT_OF_DOMAIN
     out.flags[rows[invalid]] |= Flags.NN_INVALID_INPUT
     out.flags[rows[unusable]] |= Flags.COLOR_UNUSABLE
+    estimated = np.flatnonzero(~invalid)  # (rows handed back to Bayes later get its values)
+    chi2, fit_flags = fit_check.best_fit(sub.subset(estimated))
+    out.floats["chi2min"][rows[estimated]] = chi2
+    out.flags[rows[estimated]] |= fit_flags
     return ood, invalid
+
+
+#: the flags of the best-fit check
+_FIT_FLAGS = Flags.POOR_FIT | Flags.AR_AT_BOUND
+
+#: BayesConfig fields a model keeps for the best-fit check of its predictions
+_FIT_CHECK_SETTINGS = (
+    "error_floor",
+    "default_a_max",
+    "dust_min_fraction",
+    "dust_scale",
+    "dust_offset",
+    "color_covariance",
+)
+
+
+def _fit_check_record(bayes_config: BayesConfig, grid: Locus) -> dict[str, Any]:
+    """What :func:`predict_with_model` needs to check a model's predictions as
+    :func:`run_patch` does: the labels' estimator settings and posterior grid steps."""
+    return {
+        "bayes_config": {k: getattr(bayes_config, k) for k in _FIT_CHECK_SETTINGS},
+        "posterior_grid": [float(grid.feh_step), float(grid.mr_step)],
+    }
+
+
+def _fit_check_for(model: PhotoDNetwork, locus: Locus | None) -> BayesEstimator:
+    """The best-fit check of a saved model's predictions, from its training metadata (the
+    estimator's defaults for models saved without it)."""
+    user = getattr(model, "training_metadata_", {}).get("user") or {}
+    record = user.get("fit_check") or {}
+    settings = record.get("bayes_config") or {}
+    config = BayesConfig(**{k: v for k, v in settings.items() if k in _FIT_CHECK_SETTINGS})
+    feh_step, mr_step = record.get("posterior_grid") or (0.05, 0.1)
+    return BayesEstimator(_grid_with_steps(locus, feh_step, mr_step), config=config)
 
 
 def train_networks(
@@ -783,6 +836,7 @@ def train_networks(
             "pipeline": config.to_dict(),
             "n_label_rows": len(labels),
             "prior_r_range": None if prior_r_range is None else [float(v) for v in prior_r_range],
+            "fit_check": _fit_check_record(config.bayes_config(), posterior_grid(None, config)),
         },
     )
     return model
@@ -820,6 +874,7 @@ def predict_with_model(
     columns: ColumnMap | None = None,
     keep: Sequence[str] = (),
     chunk_size: int = 1_000_000,
+    locus: Locus | None = None,
 ) -> pd.DataFrame:
     """Network estimates for every row of a catalogue, with a model trained earlier.
 
@@ -842,12 +897,16 @@ def predict_with_model(
         Catalogue columns copied to the front of the result when present (e.g. ids).
     chunk_size
         Rows per network call (bounds the working memory).
+    locus
+        The stellar locus of the best-fit check (``chi2min``, ``POOR_FIT``, ``AR_AT_BOUND``;
+        default the built-in one), on the grid and with the settings the model was trained
+        with.
 
     Returns
     -------
     pandas.DataFrame
         One row per input row, same order, with :func:`run_patch`'s columns (``method`` is
-        ``"nn"``, ``labelled`` False, ``chi2min`` and ``log_evidence`` NaN).
+        ``"nn"``, ``labelled`` False, ``log_evidence`` NaN, ``chi2min`` the best fit).
     """
     if not getattr(model, "band_set_", None):
         raise ValueError("the model is not fitted")
@@ -863,8 +922,9 @@ def predict_with_model(
         raise ValueError("chunk_size must be positive")
     out = _Output(len(phot))
     n_ood = n_invalid = 0
+    fit_check = _fit_check_for(model, locus)
     for part in _chunks(np.arange(len(phot)), int(chunk_size)):
-        ood, invalid = _network_rows(model, phot, part, out)
+        ood, invalid = _network_rows(model, phot, part, out, fit_check)
         n_ood += int(ood.sum())
         n_invalid += int(invalid.sum())
         # a row without a network estimate for want of r says so, as a Bayesian row would
@@ -1019,6 +1079,7 @@ def run_patch(
                     "n_stars_patch": n,
                     # rows beyond it are flagged R_OUTSIDE_PRIOR, later predictions too
                     "prior_r_range": estimator.prior.r_range,
+                    "fit_check": _fit_check_record(bayes_config, grid),
                 },
             )
             bar.update(1)
@@ -1030,7 +1091,7 @@ def run_patch(
         n_ood = 0
         with _progress(config.progress, todo.size, "nn (predict)") as bar:
             for part in _chunks(todo, chunk):
-                ood, invalid = _network_rows(model, phot, part, out)
+                ood, invalid = _network_rows(model, phot, part, out, estimator)
                 n_ood += int(ood.sum())
                 back = invalid | ood if config.bayes_out_of_domain else invalid
                 fallback_parts.append(part[back])

@@ -992,7 +992,8 @@ def predict_rows(
     """Estimates for stars outside the training subsample of an already trained patch.
 
     The same rules as :func:`photodist.pipeline.run_patch` for its network rows: network
-    estimates, ``NN_OUT_OF_DOMAIN`` / ``NN_INVALID_INPUT`` / ``R_OUTSIDE_PRIOR`` flags, and
+    estimates, ``NN_OUT_OF_DOMAIN`` / ``NN_INVALID_INPUT`` / ``R_OUTSIDE_PRIOR`` flags, the
+    best-fit check (``chi2min``, ``POOR_FIT``, ``AR_AT_BOUND``), and
     the Bayesian estimate for rows the networks cannot take (and out-of-domain rows if
     ``config.bayes_out_of_domain``).
     With ``model`` None every row gets the Bayesian estimate. Columns as ``run_patch``'s.
@@ -1014,6 +1015,9 @@ def predict_rows(
         flags[ood] |= int(Flags.NN_OUT_OF_DOMAIN)
         flags[invalid] |= int(Flags.NN_INVALID_INPUT)
         back = np.flatnonzero(invalid | ood if config.bayes_out_of_domain else invalid)
+        kept = np.setdiff1d(np.arange(n), back)  # the network rows' best-fit check
+        floats["chi2min"][kept], fit_flags = estimator.best_fit(phot.subset(kept))
+        flags[kept] |= fit_flags
     else:
         back = np.arange(n)
     for start in range(0, back.size, int(config.chunk_size)):
