@@ -647,7 +647,9 @@ def test_evaluate_reads_photod_truth_with_the_runs_column_mapping(tmp_path):
         cli, [*args[:2], str(bayes_only), *args[3:], "--bayes-all-below", "1000000"]
     )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, ["evaluate", str(bayes_only), str(photod), "--out", str(t1)])
+    result = runner.invoke(
+        cli, ["evaluate", str(bayes_only), str(photod), "--out", str(t1), "--overwrite"]
+    )
     assert result.exit_code == 0 and "no network rows" in result.output, result.output
     table = pd.read_csv(t1, index_col=0)
     assert (table["n_stars"] == 0).all() and np.isfinite(table["bayes_truth_sigma_g"]).all()
@@ -869,3 +871,20 @@ def test_evaluate_reads_a_bayes_output(tmp_path):
     assert "no network rows" in result.output
     stats = pd.read_csv(table).set_index("parameter")
     assert stats.loc["Mr", "bayes_truth_sigma_g"] > 0 and stats.loc["FeH", "bayes_coverage"] > 0
+    # existing files are kept without --overwrite, and the inputs always (before: replaced)
+    before = sim.read_bytes()
+    for target in (table, sim, out):
+        again = runner.invoke(cli, ["evaluate", str(out), str(sim), "--out", str(target)])
+        assert again.exit_code != 0 and str(target.name) in again.output
+    assert sim.read_bytes() == before
+    again = runner.invoke(cli, ["evaluate", str(out), str(sim), "--save-bayes", str(sim)])
+    assert again.exit_code != 0 and sim.read_bytes() == before
+    again = runner.invoke(cli, ["evaluate", str(out), str(sim), "--out", str(table), "--overwrite"])
+    assert again.exit_code == 0, again.output
+    # rows are matched by id: a shuffled truth catalogue gives the same table
+    shuffled = tmp_path / "shuffled.parquet"
+    pd.read_parquet(sim).sample(frac=1.0, random_state=3).to_parquet(shuffled)
+    table2 = tmp_path / "t2.csv"
+    again = runner.invoke(cli, ["evaluate", str(out), str(shuffled), "--out", str(table2)])
+    assert again.exit_code == 0, again.output
+    pd.testing.assert_frame_equal(pd.read_csv(table2), pd.read_csv(table))

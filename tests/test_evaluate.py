@@ -9,6 +9,7 @@ import pytest
 from photodist.evaluate import (
     SIGMA_G_FACTOR,
     TABLE1_COLUMNS,
+    align_to_run,
     calibration,
     gaussian_coverage,
     max_error_for_snr,
@@ -187,3 +188,27 @@ def test_calibration_refuses_arrays_of_different_lengths():
     for statistic in (calibration, gaussian_coverage):
         with pytest.raises(ValueError, match="different shapes"):
             statistic([1.0, 2.0], [1.0], [1.0, 2.0])
+
+
+def test_truth_rows_are_matched_to_the_run_by_id_position_or_order():
+    truth = pd.DataFrame(
+        {"source_id": [10, 11, 12], "ra": [1.0, 2.0, 3.0], "dec": [0.5, 0.5, 0.5], "x": [0, 1, 2]}
+    )
+    run = pd.DataFrame({"source_id": [12, 10, 99], "ra": [3.0, 1.0, 9.0], "dec": [0.5] * 3})
+    by_id = align_to_run(truth, run, "truth")
+    np.testing.assert_array_equal(by_id["x"], [2, 0, np.nan])  # an id truth lacks: NaN
+    # a survey output (HEALPix order) without ids: by position on the sky
+    by_position = align_to_run(truth, run.drop(columns="source_id"), "truth", in_input_order=False)
+    np.testing.assert_array_equal(by_position["x"], [2, 0, np.nan])
+    # in the input's order: row by row, same length needed
+    same = align_to_run(truth, run.drop(columns="source_id").head(3), "truth")
+    np.testing.assert_array_equal(same["x"], [0, 1, 2])
+    with pytest.raises(ValueError, match="2 rows, the run 3"):
+        align_to_run(truth.head(2), run.drop(columns="source_id"), "truth")
+    # neither ids nor unique positions for a survey output: refused, never paired by order
+    twins = truth.assign(ra=1.0, dec=0.5).drop(columns="source_id")
+    with pytest.raises(ValueError, match="HEALPix order"):
+        align_to_run(twins, run.drop(columns="source_id"), "truth", in_input_order=False)
+    # duplicate ids cannot match: the next way is used
+    dup = truth.assign(source_id=[10, 10, 12])
+    np.testing.assert_array_equal(align_to_run(dup, run.head(3), "truth")["x"], [0, 1, 2])

@@ -1547,6 +1547,22 @@ def run_command(
     click.echo(f"{len(result)} stars -> {output_path} (summary {summary_path})")
 
 
+def _survey_settings(path: Path) -> dict[str, Any] | None:
+    """The survey configuration (``columns``, ``pipeline``, ...) of a `photodist survey`
+    output folder, None for anything else."""
+    import json
+
+    from photodist.survey import MANIFEST_NAME
+
+    manifest = path / MANIFEST_NAME
+    if not (path.is_dir() and manifest.is_file()):
+        return None
+    try:
+        return dict(json.loads(manifest.read_text())["configuration"]["survey"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise click.ClickException(f"{manifest}: not a survey manifest ({exc})") from exc
+
+
 @cli.command("evaluate")
 @click.argument("result_path", type=click.Path(exists=True, path_type=Path))
 @click.argument("truth_path", type=click.Path(exists=True, path_type=Path))
@@ -1584,6 +1600,7 @@ def run_command(
     help="Also write the Bayesian estimates of the sampled rows (NaN elsewhere), "
     "aligned with RESULT, for `photodist report --bayes-reference`.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace existing --out / --save-bayes files.")
 def evaluate_command(
     result_path: Path,
     truth_path: Path,
@@ -1592,18 +1609,22 @@ def evaluate_command(
     truth_column: tuple[str, ...],
     out_path: Path | None,
     save_bayes: Path | None,
+    overwrite: bool,
 ) -> None:
     """Table 1 of the paper for a `photodist run` output against a simulated truth catalogue.
 
     TRUTH is the catalogue given to `photodist run` with true values per row: the simulator's
     Mr_true, Ar_true, FeH_true, the photod convention Mr, FeH, Ar (-99 = none), or columns
     named with --truth-column. Its photometry columns are read with the run's column mapping.
+    Rows are matched by an id column both have (source_id, objectId, ...), else by position
+    in the table. A `photodist survey` output folder (in HEALPix order) is matched by id or
+    by ra/dec, with the survey's band set and column names.
     """
     import json
 
     from photodist import io
     from photodist.bayes import BayesEstimator
-    from photodist.evaluate import snr_mask, table1, truth_values
+    from photodist.evaluate import align_to_run, snr_mask, table1, truth_values
     from photodist.pipeline import (
         PARAMETERS,
         PipelineConfig,
@@ -1616,16 +1637,21 @@ def evaluate_command(
 
     overrides = dict(_key_values(truth_column, "--truth-column"))
     try:
-        if out_path is not None:
-            io.check_output_path(out_path, overwrite=True)
-        result = io.read_catalog(result_path)
+        for path in (out_path, save_bayes):
+            if path is not None:
+                _check_output(path, overwrite, result_path, truth_path)
+        result = io.read_catalog(result_path).reset_index(drop=True)
         truth = io.read_catalog(truth_path)
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    if len(result) != len(truth):
-        raise click.ClickException(
-            f"{result_path} has {len(result)} rows but {truth_path} has {len(truth)}"
+    survey = _survey_settings(result_path)
+    ids = list(dict.fromkeys([*([survey["columns"]["object_id"]] if survey else []), *ID_COLUMNS]))
+    try:
+        truth = align_to_run(
+            truth, result, str(truth_path), id_columns=ids, in_input_order=survey is None
         )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         true_values = truth_values(truth, overrides, required=True)
     except KeyError as exc:
@@ -1635,6 +1661,11 @@ def evaluate_command(
         ) from exc
     summary_path = result_path.with_name(result_path.name + ".run.json")
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if survey is not None:  # each patch had its own prior and fits: no Bayesian re-run
+        summary = {"config": survey["pipeline"]}
+        if bayes_sample > 0:
+            click.echo("a survey output: NN vs Bayes needs each patch's own prior, not computed")
+        bayes_sample = 0
     # a `photodist bayes` output: every row Bayesian, its uncertainty the posterior std
     bayes_output = "method" not in result.columns and all(
         f"{p}_std" in result.columns and f"{p}_sigma" not in result.columns for p in PARAMETERS
@@ -1652,6 +1683,8 @@ def evaluate_command(
                 f"{summary_path} is not the summary of a `photodist run` output: {exc}"
             ) from exc
     columns = ColumnMap.from_mapping(summary["columns"]) if "columns" in summary else ColumnMap()
+    if survey is not None:
+        columns = ColumnMap(**survey["columns"])
     try:
         keep = snr_mask(truth, config.band_set, min_snr, columns)
     except KeyError as exc:
@@ -1697,10 +1730,10 @@ def evaluate_command(
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         click.echo(table.round(4).T.to_string())
     if out_path is not None:
-        io.write_table(table, out_path, overwrite=True)
+        io.write_table(table, out_path, overwrite=overwrite)
         click.echo(f"table -> {out_path}")
     if save_bayes is not None and bayes_full is not None:
-        io.write_table(bayes_full, save_bayes, overwrite=True)
+        io.write_table(bayes_full, save_bayes, overwrite=overwrite)
         click.echo(f"Bayesian reference -> {save_bayes}")
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from photodist.bands import (
+    ID_COLUMNS,
     ColumnMap,
     band_photometry,
     first_numeric_column,
@@ -33,6 +34,7 @@ from photodist.bands import (
 
 __all__ = [
     "SIGMA_G_FACTOR",
+    "align_to_run",
     "TABLE1_COLUMNS",
     "calibration",
     "gaussian_coverage",
@@ -153,6 +155,58 @@ def truth_values(
             + ", ".join(" or ".join(TRUTH_ALIASES[p]) for p in missing)
         )
     return {p: found[p] for p in TRUTH_ALIASES if p in found}
+
+
+def _unique_key(frame: pd.DataFrame, names: Sequence[str]) -> bool:
+    """Whether ``frame`` has the columns ``names`` and they identify every row once."""
+    if not all(n in frame.columns for n in names):
+        return False
+    keys = frame[list(names)]
+    return bool(keys.notna().all(axis=None)) and not keys.duplicated().any()
+
+
+def align_to_run(
+    frame: pd.DataFrame,
+    result: pd.DataFrame,
+    name: str,
+    *,
+    id_columns: Sequence[str] = ID_COLUMNS,
+    positions: Sequence[str] = ("ra", "dec"),
+    in_input_order: bool = True,
+) -> pd.DataFrame:
+    """``frame`` (a truth or photometry catalogue) reordered to the rows of a run's ``result``.
+
+    Rows are matched by the first of ``id_columns`` that both tables have and that identifies
+    every row of ``frame`` once (result rows whose id ``frame`` lacks get NaN), else, for a
+    result not in the input's order (``in_input_order`` False: a survey output, in HEALPix
+    order), by the ``positions`` columns, else by position in the table, which needs as many
+    rows and the input's order.
+
+    Raises
+    ------
+    ValueError
+        No id column is shared and the result is not in the input's order without unique
+        positions, or the row counts differ.
+    """
+    for key in id_columns:
+        if key in result.columns and _unique_key(frame, [key]):
+            return frame.set_index(key).reindex(result[key].to_numpy()).reset_index()
+    if not in_input_order:
+        if all(c in result.columns for c in positions) and _unique_key(frame, positions):
+            keyed = frame.set_index(list(positions))
+            index = pd.MultiIndex.from_frame(result[list(positions)])
+            return keyed.reindex(index).reset_index()
+        raise ValueError(
+            f"{name}: the run's rows are not in the input's order (a survey output is in "
+            f"HEALPix order), and no id column ({', '.join(id_columns)}) or unique "
+            f"{'/'.join(positions)} position is shared to match them by"
+        )
+    if len(frame) != len(result):
+        raise ValueError(
+            f"{name} has {len(frame)} rows, the run {len(result)}, and no id column "
+            f"({', '.join(id_columns)}) is shared to match them by"
+        )
+    return frame.reset_index(drop=True)
 
 
 def robust_stats(x: np.ndarray | Sequence[float] | pd.Series) -> tuple[float, float]:

@@ -66,10 +66,22 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
-from photodist.bands import BandSet, ColumnMap, first_numeric_column, photometry_from_frame
+from photodist.bands import (
+    ID_COLUMNS,
+    BandSet,
+    ColumnMap,
+    first_numeric_column,
+    photometry_from_frame,
+)
 from photodist.bayes import Flags
 from photodist.diagnostics import diagnostics_figure, dust_profile_figure, magnitude_table
-from photodist.evaluate import SIGMA_G_FACTOR, TRUTH_ALIASES, robust_stats, truth_values
+from photodist.evaluate import (
+    SIGMA_G_FACTOR,
+    TRUTH_ALIASES,
+    align_to_run,
+    robust_stats,
+    truth_values,
+)
 from photodist.locus import SUBGIANT_WIDTH, ms_gi, turnoff_absmag
 
 __all__ = [
@@ -1702,24 +1714,29 @@ def _read_frame(path: str | Path) -> pd.DataFrame:
 
 
 def _align(
-    frame: pd.DataFrame | str | Path | None, result: pd.DataFrame, id_column: str | None, name: str
+    frame: pd.DataFrame | str | Path | None,
+    result: pd.DataFrame,
+    id_columns: Sequence[str],
+    name: str,
+    in_input_order: bool,
 ) -> pd.DataFrame | None:
-    """``frame`` reordered to the rows of ``result`` (by ``id_column`` when both have it)."""
+    """``frame`` reordered to the rows of ``result`` (:func:`photodist.evaluate.align_to_run`)."""
     if frame is None:
         return None
     if not isinstance(frame, pd.DataFrame):
         frame = _read_frame(frame)
-    if id_column and id_column in frame.columns and id_column in result.columns:
-        keyed = frame.set_index(id_column)
-        if not keyed.index.is_unique:
-            raise ValueError(f"{name}: column {id_column!r} has duplicate values")
-        return keyed.reindex(result[id_column].to_numpy()).reset_index()
-    if len(frame) != len(result):
-        raise ValueError(
-            f"{name} has {len(frame)} rows, the run {len(result)}, and no common "
-            f"{id_column!r} column to match them by"
-        )
-    return frame.reset_index(drop=True)
+    return align_to_run(frame, result, name, id_columns=id_columns, in_input_order=in_input_order)
+
+
+def _survey_id_column(path: Path) -> str | None:
+    """The object-id column of a survey output folder (its manifest's column names)."""
+    from photodist.survey import MANIFEST_NAME
+
+    try:
+        manifest = json.loads((path / MANIFEST_NAME).read_text())
+        return manifest["configuration"]["survey"]["columns"].get("object_id")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def load_run(
@@ -1746,7 +1763,9 @@ def load_run(
         (e.g. a simulated catalogue run with those columns kept).
     id_column
         Column matching rows between frames when both have it (missing ids give NaN rows);
-        otherwise frames are matched by position and must have as many rows as the run.
+        then the usual id names (``photodist.bands.ID_COLUMNS``, a survey's object-id
+        column); otherwise frames are matched by position and must have as many rows as the
+        run, except for a survey output (in HEALPix order), matched by ra/dec or refused.
 
     Returns
     -------
@@ -1771,7 +1790,12 @@ def load_run(
     attrs = dict(result.attrs.get(_PIPELINE_ATTR, {}) or {})
     if given["truth"] is None and all(c in result.columns for c in TRUTH_COLUMNS.values()):
         given["truth"] = result[list(TRUTH_COLUMNS.values())]
-    frames = {k: _align(v, result, id_column, k) for k, v in given.items()}
+    survey_output = path.is_dir() and (path / "photodist_run.json").is_file()
+    ids = [id_column] if id_column else []
+    if survey_output and _survey_id_column(path):
+        ids.append(_survey_id_column(path))
+    ids = list(dict.fromkeys([*ids, *ID_COLUMNS])) if id_column or survey_output else []
+    frames = {k: _align(v, result, ids, k, not survey_output) for k, v in given.items()}
     config = info.get("config", attrs.get("config"))
     timings = info.get("timings", attrs.get("timings"))
     return RunData(
