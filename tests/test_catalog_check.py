@@ -90,3 +90,13 @@ def test_check_command(tmp_path):
     assert json.loads(out.read_text())["n_no_r"] == 1
     bad = CliRunner().invoke(cli, ["check", str(path), "--bands", "lsst"])  # as asked: no y
     assert bad.exit_code == 1 and "yErr" in bad.output
+    # --json keeps an existing file without --overwrite, and the catalogue always (before,
+    # `check stars.csv --json stars.csv` replaced the catalogue with the findings)
+    before = path.read_bytes()
+    for target, message in ((out, "already exists"), (path, "is the input")):
+        again = CliRunner().invoke(cli, ["check", str(path), "--json", str(target)])
+        assert again.exit_code == 2 and message in again.output, again.output
+    again = CliRunner().invoke(cli, ["check", str(path), "--json", str(path), "--overwrite"])
+    assert again.exit_code == 2 and path.read_bytes() == before
+    again = CliRunner().invoke(cli, ["check", str(path), "--json", str(out), "--overwrite"])
+    assert again.exit_code == 0 and json.loads(out.read_text())["n_no_r"] == 1

@@ -865,6 +865,15 @@ def test_evaluate_reads_a_bayes_output(tmp_path):
     coarse = ["--feh-step", "0.1", "--mr-step", "0.2"]
     result = runner.invoke(cli, ["bayes", str(sim), str(out), *coarse])
     assert result.exit_code == 0, result.output
+    # the fits (error model, prior's shift and power) use the same rows whatever the batches
+    small = tmp_path / "b7.parquet"
+    result = runner.invoke(cli, ["bayes", str(sim), str(small), *coarse, "--batch-size", "7"])
+    assert result.exit_code == 0, result.output
+    summaries = [json.loads(p.with_name(p.name + ".run.json").read_text()) for p in (out, small)]
+    for key in ("error_floor", "prior_temper"):
+        assert summaries[0][key] == summaries[1][key], key
+    assert summaries[0]["prior_temper"]["n_stars"] > 7
+    pd.testing.assert_frame_equal(pd.read_parquet(small), pd.read_parquet(out))
     table = tmp_path / "new" / "t.csv"  # a folder that does not exist yet
     result = runner.invoke(cli, ["evaluate", str(out), str(sim), "--out", str(table)])
     assert result.exit_code == 0, result.output

@@ -33,8 +33,10 @@ from photodist.survey import (
     ManifestMismatchError,
     PatchResult,
     SurveyConfig,
+    SurveyLockedError,
     SurveySummary,
     _column_map,
+    _RunLock,
     build_parser,
     input_fingerprint,
     main,
@@ -417,6 +419,37 @@ def test_staging_needs_positions_and_photometry(catalog, tmp_path):
     no_z.to_csv(tmp_path / "nz2.csv", index=False)
     with pytest.raises(CatalogError, match="zmag"):
         plan_patches(tmp_path / "nz2.csv", survey_config(tmp_path), tmp_path / "w3")
+
+
+def test_overwrite_never_deletes_the_input_or_a_running_survey(catalog, tmp_path):
+    """Refused before any work (each of these lost data before): an output folder that holds
+    the input, or is it; ``overwrite`` while another run holds the folder's lock. An input
+    refused by its checks leaves no run behind, so the corrected input starts afresh."""
+    config = survey_config(tmp_path / "cache")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / MANIFEST_NAME).write_text("{}")  # a run folder, as overwrite requires
+    inside = out / "input.parquet"
+    catalog.head(50).to_parquet(inside, index=False)
+    for source, target in ((inside, out), (inside, inside)):
+        with pytest.raises(ValueError, match="overlap"):
+            run_survey(source, target, config, overwrite=True, progress=False)
+    assert inside.is_file()
+    source = tmp_path / "stars.parquet"
+    catalog.head(50).to_parquet(source, index=False)
+    with _RunLock(out), pytest.raises(SurveyLockedError, match="another photodist survey"):
+        run_survey(source, out, config, overwrite=True, progress=False)
+    assert inside.is_file() and (out / MANIFEST_NAME).is_file()
+    # a bad input leaves no manifest: the corrected catalogue is not refused as "changed"
+    bad = catalog.head(50).copy()
+    bad.loc[3, "dec"] = np.nan
+    fresh = tmp_path / "fresh"
+    bad.to_parquet(source, index=False)
+    from photodist.io import CatalogError
+
+    with pytest.raises(CatalogError, match="without a valid position"):
+        run_survey(source, fresh, config, scheduler="synchronous", progress=False)
+    assert not (fresh / MANIFEST_NAME).exists()
 
 
 def test_flat_staging_conserves_rows(catalog, tmp_path):

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -63,6 +64,27 @@ def _check_output(output_path: Path, overwrite: bool, *inputs: Path) -> None:
                 f"{output_path} is the input {source}; choose another output", param_hint="OUTPUT"
             )
     io.check_output_path(output_path, overwrite=overwrite)
+
+
+def _check_file_output(path: Path, overwrite: bool, option: str, *inputs: Path) -> None:
+    """Before any work, a usage error naming ``option`` unless a file (not a table, e.g.
+    JSON) can be written at ``path``: not an input, not a folder, not an existing file
+    without ``--overwrite``; its folder is created."""
+    target = path.resolve()
+    for source in inputs:
+        source = source.resolve()
+        if target == source or source in target.parents:
+            raise click.BadParameter(f"{path} is the input {source}", param_hint=option)
+    if path.exists() and not overwrite:
+        raise click.BadParameter(
+            f"{path} already exists; use --overwrite to replace it", param_hint=option
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create {path.parent}: {exc}", param_hint=option) from exc
+    if not os.access(path.parent, os.W_OK):
+        raise click.BadParameter(f"{path.parent} is not writable", param_hint=option)
 
 
 def _stepped(make: Callable[[], Locus]) -> Locus:
@@ -415,6 +437,31 @@ def _echo_prior_temper(record: dict[str, Any]) -> None:
     note = prior_power_note(record)
     if note:
         click.echo(note)
+
+
+#: Rows at the start of a catalogue on which `bayes` fits the error floor, the prior's shift
+#: and power and the dust profile (the same rows whatever ``--batch-size``).
+FIT_SAMPLE_ROWS = 200_000
+
+
+def _leading_rows(
+    batches: Iterator[pd.DataFrame], n_rows: int
+) -> tuple[pd.DataFrame | None, Iterator[pd.DataFrame]]:
+    """The first ``n_rows`` rows of a stream of batches (None for an empty stream) and the
+    whole stream again, its first batches held in memory."""
+    held: list[pd.DataFrame] = []
+    count = 0
+    for frame in batches:
+        held.append(frame)
+        count += len(frame)
+        if count >= n_rows:
+            break
+    if not held:
+        return None, iter(())
+    lead = (
+        pd.concat(held, ignore_index=True).head(n_rows) if len(held) > 1 else held[0].head(n_rows)
+    )
+    return lead, itertools.chain(held, batches)
 
 
 def _batch_size_option(default: int):
@@ -884,10 +931,11 @@ def _positions_reader(path: Path, columns: ColumnMap):
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Also write the findings as JSON.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
 @_batch_size_option(1_000_000)
 def check_command(
     input_path: Path,
@@ -899,6 +947,7 @@ def check_command(
     order: int,
     n_train: int,
     json_path: Path | None,
+    overwrite: bool,
     batch_size: int,
 ) -> None:
     """Check a catalogue before a run, without any fit (streamed, any size).
@@ -917,6 +966,8 @@ def check_command(
     from photodist.catalog_check import check_catalog
 
     columns = _column_map(column, dust_column, flux_unit, ebv_column)
+    if json_path is not None:
+        _check_file_output(json_path, overwrite, "--json", input_path)
     try:
         bands = _chosen_bands(columns, io.catalog_columns(input_path), bands)
         with tqdm(total=io.count_rows(input_path), unit="star", desc="check") as bar:
@@ -1065,10 +1116,10 @@ def bayes_command(
     )
     auto = error_floor == "auto"
     floor_info: dict[str, Any] | None = None
-    # the floor fit ("auto") or the error-model check of a fixed floor, on the first batch
-    first = next(batches, None)
+    # the floor fit ("auto") or the error-model check of a fixed floor, the prior's fit and
+    # the dust profile: on the catalogue's first FIT_SAMPLE_ROWS rows, whatever the batches
+    first, batches = _leading_rows(batches, FIT_SAMPLE_ROWS)
     if first is not None:
-        batches = itertools.chain([first], batches)
         try:
             sample = photometry_from_frame(first, band_set, columns)
         except KeyError as exc:
@@ -1088,7 +1139,7 @@ def bayes_command(
         error_floor = config.error_floor
     config = dataclasses.replace(config, error_floor=float(error_floor))
     temper_info: dict[str, Any] | None = None
-    if first is not None:  # the prior's power: fitted on the first batch, as the floor
+    if first is not None:  # the prior's power: fitted on the same rows as the floor
         prior, temper = resolve_prior_temper(
             prior_temper, sample, locus, prior, config, seed=seed, feh_shift=prior_feh_shift
         )
@@ -1096,7 +1147,7 @@ def bayes_command(
         _echo_prior_temper(temper_info)
     profile = None
     profile_info: dict[str, Any] | None = None
-    if dust_prior == "profile" and first is not None:  # fitted on the first batch, as the floor
+    if dust_prior == "profile" and first is not None:  # fitted on the same rows as the floor
         from photodist.dust_profile import fit_profile_record
 
         profile, profile_info = fit_profile_record(sample, locus, prior, config, seed=seed)
@@ -1812,7 +1863,12 @@ def survey_command(
     configuration is refused. Failed patches are listed and the exit status is non-zero.
     """
     from photodist import io
-    from photodist.survey import ManifestMismatchError, SurveyConfig, run_survey
+    from photodist.survey import (
+        ManifestMismatchError,
+        SurveyConfig,
+        SurveyLockedError,
+        run_survey,
+    )
 
     # the pipeline's band set comes from the parameters, which a chosen band set updates
     columns, _ = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
@@ -1834,11 +1890,12 @@ def survey_command(
             n_workers=workers,
             overwrite=overwrite,
         )
-    except (ManifestMismatchError, io.CatalogError, OSError, ValueError) as exc:
+    except (ManifestMismatchError, SurveyLockedError, io.CatalogError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    rate = f", {summary.stars_per_s:,.0f} stars/s" if summary.n_done else ""
     click.echo(
         f"{summary.n_patches} patches ({summary.n_done} computed, {summary.n_skipped} "
-        f"already done), {summary.n_rows} stars, {summary.stars_per_s:,.0f} stars/s"
+        f"already done), {summary.n_rows} stars{rate}"
     )
     if summary.prior_note():
         click.echo(summary.prior_note())
@@ -1874,7 +1931,7 @@ def maps_command(run_dir: Path, order: int, out_dir: Path, fmt: str, galactic: b
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path),
     required=True,
     help="Folder for best_spec.json, top_trials.csv, search.png, summary.json.",
 )
@@ -2023,7 +2080,7 @@ def training_size_command(
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path),
     required=True,
     help="Folder for index.html, figures and tables.",
 )
@@ -2131,7 +2188,7 @@ def toy_model_command(
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path),
     default="demo_output",
     show_default=True,
     help="Folder for everything the demo writes.",

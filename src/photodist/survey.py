@@ -110,6 +110,7 @@ __all__ = [
     "read_patch_info",
     "PatchTask",
     "SurveyConfig",
+    "SurveyLockedError",
     "SurveyPlan",
     "SurveySummary",
     "input_fingerprint",
@@ -347,6 +348,32 @@ def input_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+class SurveyLockedError(RuntimeError):
+    """Another run holds the output folder's lock."""
+
+
+def _check_apart(input_path: Path, output_dir: Path) -> None:
+    """Refuse an output folder that is, holds or lies inside the input (``--overwrite``
+    would delete the catalogue being read)."""
+    source, target = input_path.resolve(), output_dir.resolve()
+    if source == target or target in source.parents or source in target.parents:
+        raise ValueError(
+            f"{output_dir} and the input {input_path} overlap; choose an output folder "
+            "outside the input"
+        )
+
+
+def _clear_run(folder: Path) -> None:
+    """Delete a run's files in ``folder``, all but the lock held on it."""
+    for entry in folder.iterdir():
+        if entry.name == _LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 class _RunLock:
     """An exclusive lock on the output folder (released by the kernel if the process dies)."""
 
@@ -363,7 +390,7 @@ class _RunLock:
         except OSError as exc:
             self._fh.close()
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise RuntimeError(
+                raise SurveyLockedError(
                     f"{self.path.parent}: another photodist survey run is using this folder"
                 ) from exc
             raise
@@ -1285,6 +1312,13 @@ def _check_manifest(output_dir: Path, identity: dict[str, Any], resume: bool) ->
         if saved.get("format") != _MANIFEST_FORMAT:
             raise ManifestMismatchError(f"{path} is not a photodist survey manifest")
         diffs = _differences(_with_pipeline_defaults(saved.get("configuration")), identity)
+        if "photodist_version" in diffs:
+            version = (saved.get("configuration") or {}).get("photodist_version")
+            raise ManifestMismatchError(
+                f"{output_dir} holds a run started by photodist {version}, and this is "
+                f"{identity.get('photodist_version')}, whose estimates differ (CHANGELOG.md); "
+                "finish it with that version, or start again with overwrite"
+            )
         if diffs:
             shown = ", ".join(diffs[:8]) + (", ..." if len(diffs) > 8 else "")
             raise ManifestMismatchError(
@@ -1493,15 +1527,19 @@ def run_survey(
     columns = config.columns.resolved(available, config.pipeline.band_set)
     config = dataclasses.replace(config, columns=columns)
     out = Path(output_dir)
-    if overwrite and out.exists():
-        if not (out / MANIFEST_NAME).is_file():
-            raise FileExistsError(f"{out} holds no photodist run; refusing to delete it")
-        shutil.rmtree(out)
+    _check_apart(Path(input_path), out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; OUTPUT_DIR must be a folder")
+    if overwrite and out.exists() and not (out / MANIFEST_NAME).is_file():
+        raise FileExistsError(f"{out} holds no photodist run; refusing to delete it")
     out.mkdir(parents=True, exist_ok=True)
     summary: SurveySummary
-    with _RunLock(out):
+    with _RunLock(out):  # before deleting: a run still using the folder keeps it
+        if overwrite:
+            _clear_run(out)
         fingerprint = input_fingerprint(input_path)
         identity = _manifest(config, fingerprint)
+        new_run = not (out / MANIFEST_NAME).is_file()
         manifest = _check_manifest(out, identity, resume)
         prior_cache = Path(config.prior_cache) if config.prior_cache else out / _PRIOR_DIR
         _remove_stale_temps(out)
@@ -1517,9 +1555,14 @@ def run_survey(
                 complete=True,
                 elapsed_s=time.perf_counter() - start,
             )
-        plan = plan_patches(input_path, config, out, fingerprint)
-        if not plan.patches:
-            raise io.CatalogError(f"{input_path}: the catalogue has no rows")
+        try:
+            plan = plan_patches(input_path, config, out, fingerprint)
+            if not plan.patches:
+                raise io.CatalogError(f"{input_path}: the catalogue has no rows")
+        except Exception:
+            if new_run:  # an input refused before any work leaves no run behind
+                _clear_run(out)
+            raise
         phot = _needed_columns(config, plan.read_columns)
         phot += config.columns.dust_columns(plan.read_columns)
         job = _Job(
@@ -1722,7 +1765,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-    except (ManifestMismatchError, io.CatalogError, FileExistsError, ValueError) as exc:
+    except (
+        ManifestMismatchError,
+        SurveyLockedError,
+        io.CatalogError,
+        FileExistsError,
+        ValueError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(
