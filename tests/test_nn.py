@@ -605,6 +605,46 @@ def test_damaged_or_foreign_files_raise_model_file_error(fitted: PhotoDNetwork, 
             PhotoDNetwork.load(path)
     with pytest.raises(FileNotFoundError):
         PhotoDNetwork.load(tmp_path / "missing.safetensors")
+    with pytest.raises(ModelFileError, match="folder"):
+        PhotoDNetwork.load(tmp_path)
+
+
+def test_settings_a_model_cannot_use_are_refused_at_load(fitted: PhotoDNetwork, tmp_path) -> None:
+    """Metadata or statistics that only failed at predict time (or made every row NaN or out
+    of domain) are refused when the file is read; the weights' checksum stays valid."""
+    import json
+
+    from safetensors.torch import load as safetensors_load
+
+    good = fitted.save(tmp_path / "model.safetensors").read_bytes()
+    (header_size,) = np.frombuffer(good[:8], dtype="<u8")
+    metadata = json.loads(good[8 : 8 + int(header_size)])["__metadata__"]
+    tensors = safetensors_load(good)
+
+    def written(name, meta=metadata, tensor_values=tensors):
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(safetensors_save(tensor_values, metadata=meta))
+        return path
+
+    for setting, value in (("n_threads", 0), ("predict_batch_size", -5), ("domain_margin", -10)):
+        info = json.loads(metadata["photodist"])
+        info["params"][setting] = value
+        path = written(f"bad_{setting}", {**metadata, "photodist": json.dumps(info)})
+        with pytest.raises(ModelFileError, match=f"parameters.*{setting}"):
+            PhotoDNetwork.load(path)
+    # statistics edited with the checksum recomputed (a deliberately crafted file)
+    from photodist.nn import _tensor_digest
+
+    for name, change, message in (
+        ("input_std", 0.0, "standard deviations must be positive"),
+        ("input_mean", np.nan, "non-finite values in input_mean"),
+    ):
+        edited = dict(tensors)
+        edited[name] = torch.full_like(tensors[name], change)
+        meta = {**metadata, "sha256": _tensor_digest(edited)}
+        with pytest.raises(ModelFileError, match=message):
+            PhotoDNetwork.load(written(f"bad_{name}", meta, edited))
+    assert PhotoDNetwork.load(written("same")).band_set_ == fitted.band_set_
 
 
 def test_unfitted_save_and_bad_device() -> None:

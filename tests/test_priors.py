@@ -255,3 +255,9 @@ def test_prior_maps_refuse_bad_densities_and_load_by_the_saved_name(tmp_path):
     written = prior.save(tmp_path / "x.prior")
     assert written.name == "x.prior.npz"
     np.testing.assert_array_equal(PriorMap.load(tmp_path / "x.prior").density, density)
+    # a file holding an object array (a pickle) is refused without unpickling, naming it
+    fields = dict(np.load(written))
+    fields["metadata"] = np.array([{"not": "json"}], dtype=object)
+    np.savez(tmp_path / "pickled.npz", **fields)
+    with pytest.raises(ValueError, match=r"pickled\.npz is not a readable photodist prior map"):
+        PriorMap.load(tmp_path / "pickled.npz")

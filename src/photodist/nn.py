@@ -1338,8 +1338,14 @@ class PhotoDNetwork:
         weights = np.asarray(self.loss_weights, dtype=float)
         if weights.shape != (len(PARAMETERS),) or not np.all(weights > 0):
             raise ValueError(f"loss_weights must be {len(PARAMETERS)} positive numbers")
-        if float(self.domain_margin) < 0:
-            raise ValueError("domain_margin must be non-negative")
+        if not 0.0 <= float(self.domain_margin) < math.inf:
+            raise ValueError("domain_margin must be finite and non-negative")
+        if self.predict_batch_size is not None:
+            size = self.predict_batch_size
+            if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+                raise ValueError(f"predict_batch_size must be a positive integer, got {size!r}")
+        if self.n_threads is not None:
+            self._threads()
 
     def _divergence_factor(self) -> float | None:
         factor = self.divergence_factor
@@ -1876,6 +1882,8 @@ class PhotoDNetwork:
         ValueError
             ``band_set`` is given and differs from the band set the network was trained on.
         """
+        if Path(path).is_dir():
+            raise ModelFileError(f"{path} is a folder, not a network file")
         data = Path(path).read_bytes()
         metadata = _read_safetensors_metadata(data, path)
         if metadata.get("format") != FORMAT_NAME or "photodist" not in metadata:
@@ -1913,8 +1921,15 @@ class PhotoDNetwork:
         params["loss_weights"] = tuple(params.get("loss_weights", DEFAULT_LOSS_WEIGHTS))
         try:
             model = cls(**params, device=device)
-        except TypeError as exc:
+            model._check_hyperparameters()
+        except (TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: invalid estimator parameters ({exc})") from exc
+        bad = sorted(
+            k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()
+        )
+        bad = [k for k in bad if k != "training_range"]  # open ranges may be infinite
+        if bad:
+            raise ModelFileError(f"{path}: non-finite values in {', '.join(bad[:5])}")
         target_device = resolve_device(device)
         primary = _MomentsNet(n_inputs, spec)
         secondary = _SigmaNet(n_inputs, spec)
@@ -1937,8 +1952,14 @@ class PhotoDNetwork:
             validation_index = tensors["validation_index"].numpy()
         except KeyError as exc:
             raise ModelFileError(f"{path}: missing tensor {exc}") from exc
-        if input_mean.shape != (n_inputs,) or training_range.shape != (n_inputs, 2):
+        if (
+            input_mean.shape != (n_inputs,)
+            or input_std.shape != (n_inputs,)
+            or training_range.shape != (n_inputs, 2)
+        ):
             raise ModelFileError(f"{path}: input statistics do not match {n_inputs} inputs")
+        if not np.all(input_std > 0):
+            raise ModelFileError(f"{path}: input standard deviations must be positive")
         model.primary_ = primary.to(target_device)
         model.secondary_ = secondary.to(target_device)
         model.spec_ = spec

@@ -215,22 +215,8 @@ class PriorMap:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, locus: Locus | None = None) -> PriorMap:
-        """Read a map written by :meth:`save` (the same ``path``: ``.npz`` is appended as
-        :meth:`save` appends it); with ``locus``, refuse a mismatched grid."""
-        path = Path(path)
-        if not path.exists() and prior_file_path(path).exists():
-            path = prior_file_path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"prior map file {path} does not exist")
-        try:
-            data = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(
-                f"{path} is not a photodist prior map (an .npz file of `photodist priors`)"
-            ) from exc
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path} is a single array, not a photodist prior map (.npz)")
+    def _from_npz(cls, data: Any, path: Path) -> tuple[PriorMap, dict[str, Any]]:
+        """The map and its metadata from an open ``.npz`` (closed on return)."""
         with data:
             missing = {"density", "feh", "mr", "r_centres", "n_stars", "metadata"} - set(data)
             if missing:
@@ -250,6 +236,31 @@ class PriorMap:
                 ),
                 metadata=meta,
             )
+        return prior, meta
+
+    @classmethod
+    def load(cls, path: str | Path, locus: Locus | None = None) -> PriorMap:
+        """Read a map written by :meth:`save` (the same ``path``: ``.npz`` is appended as
+        :meth:`save` appends it); with ``locus``, refuse a mismatched grid."""
+        path = Path(path)
+        if not path.exists() and prior_file_path(path).exists():
+            path = prior_file_path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"prior map file {path} does not exist")
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(
+                f"{path} is not a photodist prior map (an .npz file of `photodist priors`)"
+            ) from exc
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} is a single array, not a photodist prior map (.npz)")
+        try:
+            prior, meta = cls._from_npz(data, path)
+        except (ValueError, TypeError) as exc:  # e.g. an object array (pickle) inside
+            if str(exc).startswith(str(path)):
+                raise
+            raise ValueError(f"{path} is not a readable photodist prior map ({exc})") from exc
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(
                 f"{path} has prior format version {meta['format_version']}; this "
