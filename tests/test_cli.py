@@ -563,7 +563,12 @@ def test_simulate_run_evaluate_chain(tmp_path):
     sdss = tmp_path / "sdss.csv"  # the model's band set needs y
     pd.read_parquet(sim).drop(columns=["ymag", "yErr"]).head(50).to_csv(sdss, index=False)
     no_y = runner.invoke(cli, ["predict", str(model), str(sdss), str(tmp_path / "y.csv")])
-    assert no_y.exit_code != 0 and "required column" in no_y.output
+    assert no_y.exit_code != 0 and "trained on the lsst bands" in no_y.output
+    assert "yErr" in no_y.output
+    # labels of the lsst bands, networks of the sdss bands: refused (the labels' summary says)
+    mixed = [*train[:3], str(tmp_path / "m4.safetensors"), "--bands", "sdss", "--epochs", "1"]
+    mixed = runner.invoke(cli, mixed)
+    assert mixed.exit_code != 0 and "train with --bands lsst" in mixed.output
     again = runner.invoke(cli, ["run", str(sim), str(out)])
     assert again.exit_code != 0 and "overwrite" in again.output
     result = runner.invoke(

@@ -1332,6 +1332,13 @@ def train_command(
             prior_r_range = summary.get("prior_r_range")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise click.ClickException(f"{labels_summary}: unreadable summary ({exc})") from exc
+        labelled_with = summary.get("bands")
+        if labelled_with and get_band_set(labelled_with).name != get_band_set(bands).name:
+            raise click.ClickException(
+                f"the labels were computed with the {labelled_with} bands ({labels_summary}), "
+                f"and the networks would learn them from the {get_band_set(bands).name} bands: "
+                f"train with --bands {labelled_with}"
+            )
         if profile is not None and profile.relative and not nn_dust_input:
             nn_dust_input = True
             click.echo(
@@ -1422,6 +1429,27 @@ def predict_command(
     columns, _ = _catalog_columns(
         column, dust_column, flux_unit, ebv_column, input_path, band_set, choose_bands=False
     )
+    try:
+        available = io.catalog_columns(input_path)
+    except (io.CatalogError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    readable = readable_band_set(columns, available, preferred="lsst")
+    if readable is not None and readable != get_band_set(band_set).name:
+        try:  # a ugriz model on a ugrizy catalogue runs, without the catalogue's extra bands
+            columns.photometry_sources(get_band_set(band_set), available)
+            extra = [
+                b for b in get_band_set(readable).bands if b not in get_band_set(band_set).bands
+            ]
+            click.echo(
+                f"the model was trained on the {band_set} bands: the catalogue's "
+                f"{', '.join(extra)} band{'s' if len(extra) > 1 else ''} not used",
+                err=True,
+            )
+        except MissingColumnError as exc:
+            raise click.ClickException(
+                f"the model was trained on the {band_set} bands, and the catalogue has the "
+                f"{readable} bands only ({exc.args[0].split(' (')[0]})"
+            ) from exc
     keep = _kept_columns(keep, columns, input_path)
     try:
         _check_output(output_path, overwrite, input_path)

@@ -1960,6 +1960,8 @@ class PhotoDNetwork:
             raise ModelFileError(f"{path}: input statistics do not match {n_inputs} inputs")
         if not np.all(input_std > 0):
             raise ModelFileError(f"{path}: input standard deviations must be positive")
+        if np.isnan(training_range).any() or np.any(training_range[:, 0] > training_range[:, 1]):
+            raise ModelFileError(f"{path}: invalid training range (NaN, or low above high)")
         model.primary_ = primary.to(target_device)
         model.secondary_ = secondary.to(target_device)
         model.spec_ = spec
