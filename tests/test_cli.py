@@ -902,3 +902,26 @@ def test_evaluate_reads_a_bayes_output(tmp_path):
     again = runner.invoke(cli, ["evaluate", str(out), str(shuffled), "--out", str(table2)])
     assert again.exit_code == 0, again.output
     pd.testing.assert_frame_equal(pd.read_csv(table2), pd.read_csv(table))
+
+
+def test_sigterm_unwinds_like_an_error_so_partial_outputs_are_removed(tmp_path):
+    """A killed run (SIGTERM from a batch system) raises SystemExit inside the work, so the
+    atomic writers remove their temporary files (they stayed behind before)."""
+    import os
+    import signal
+
+    from photodist import io
+    from photodist.cli import _exit_cleanly_on_sigterm
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        _exit_cleanly_on_sigterm()
+        target = tmp_path / "out.parquet"
+        with pytest.raises(SystemExit) as stopped:
+            with io.AtomicParquetWriter(target) as writer:
+                writer.write(pd.DataFrame({"x": [1.0, 2.0]}))
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert stopped.value.code == 128 + signal.SIGTERM
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -241,6 +241,22 @@ def _pipeline_config(params: dict[str, Any], **settings: Any) -> PipelineConfig:
 @click.version_option(__version__, prog_name="photodist")
 def cli() -> None:
     """photodist: photometric distances, metallicities and extinctions of stars."""
+    _exit_cleanly_on_sigterm()
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM (a batch system's kill, ``timeout``) unwind like Ctrl-C, so that partial
+    outputs are removed as after an error (a killed run left its temporary file before)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 @cli.command("locus")
