@@ -94,6 +94,12 @@ def test_colours_read_from_colour_columns_when_magnitudes_are_absent():
     np.testing.assert_allclose(phot.colors, expected, atol=1e-12)
     np.testing.assert_array_equal(np.isnan(phot.color_errors), np.isnan(expected))
     np.testing.assert_allclose(phot.r, reference.r)
+    # a magnitude column named explicitly but absent is an error, not replaced by the colour
+    # column (``--column umag=nope`` read u-g from ugObs silently before)
+    with pytest.raises(MissingColumnError, match="'nope'"):
+        photometry_from_frame(
+            colours, "sdss", ColumnMap.from_mapping({"ug": "ugObs", "gr": "grObs", "umag": "nope"})
+        )
     # a colour without its magnitudes or colour column names the magnitude and the colour
     with pytest.raises(MissingColumnError, match="'imag'.*'ri'"):
         photometry_from_frame(colours.drop(columns="ri"), "sdss", columns)

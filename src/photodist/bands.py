@@ -284,6 +284,13 @@ class ColumnMap:
         if columns.flux_unit is not None:  # with the measurement flags the catalogue has
             flags = [columns.flux_flag_column(b) for b in band_set.bands]
             return needed + [f for f in flags if f in present], [None] * len(band_set.color_pairs)
+        named = [columns.mags[b] for b in band_set.bands if b in columns.mags]
+        absent = [c for c in named if c not in present]
+        if absent:  # a name given explicitly is never replaced by a colour column
+            raise MissingColumnError(
+                f"required column {absent[0]!r} not in catalogue (columns: "
+                f"{list(available)[:20]}...)"
+            )
         for blue, red in band_set.color_pairs:
             mag_columns = [columns.mag_column(blue), columns.mag_column(red)]
             if all(c in present for c in mag_columns):
