@@ -36,6 +36,7 @@ from photodist.survey import (
     SurveyLockedError,
     SurveySummary,
     _column_map,
+    incomplete_run_note,
     _RunLock,
     build_parser,
     input_fingerprint,
@@ -784,3 +785,15 @@ def test_local_cluster_workers_keep_glibc_malloc_defaults():
     (worker_env,) = environ.values()
     assert "MALLOC_TRIM_THRESHOLD_" not in worker_env
     assert worker_env.get("OMP_NUM_THREADS") == "1"  # the other dask settings stay
+
+
+def test_an_unfinished_run_is_noted_by_its_readers(tmp_path):
+    """`maps` and `report` warn that an unfinished run covers only its written patches."""
+    assert incomplete_run_note(tmp_path) is None  # no manifest: not a survey run
+    part = tmp_path / "dataset" / "Norder=4" / "Dir=0" / "Npix=5.parquet"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"")
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"status": {"complete": False}}))
+    assert "not finished (1 patch file(s)" in incomplete_run_note(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"status": {"complete": True}}))
+    assert incomplete_run_note(tmp_path) is None

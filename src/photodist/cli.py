@@ -1961,7 +1961,10 @@ def survey_command(
 def maps_command(run_dir: Path, order: int, out_dir: Path, fmt: str, galactic: bool) -> None:
     """Sky maps of a survey run: counts, median [Fe/H], A_r, distance, flagged fraction."""
     from photodist.skymaps import write_maps
+    from photodist.survey import incomplete_run_note
 
+    if note := incomplete_run_note(run_dir):
+        click.echo(note, err=True)
     try:
         written = write_maps(run_dir, order, out_dir, fmt=fmt, galactic=galactic)
     except (ValueError, FileNotFoundError) as exc:
@@ -2176,7 +2179,10 @@ def report_command(
 ) -> None:
     """Diagnostic report (the paper's figures and Table 1) for a run, as static HTML."""
     from photodist.report import report_from_run
+    from photodist.survey import incomplete_run_note
 
+    if note := incomplete_run_note(run_output):
+        click.echo(note, err=True)
     options: dict[str, Any] = {"dpi": dpi, "overwrite": overwrite}
     if title:
         options["title"] = title

@@ -113,6 +113,7 @@ __all__ = [
     "SurveyLockedError",
     "SurveyPlan",
     "SurveySummary",
+    "incomplete_run_note",
     "input_fingerprint",
     "main",
     "patch_seed",
@@ -1652,6 +1653,24 @@ def _complete_catalog_intact(out: Path, status: Mapping[str, Any]) -> bool:
         except (OSError, pa.ArrowException):
             return False
     return True
+
+
+def incomplete_run_note(output_dir: str | os.PathLike[str]) -> str | None:
+    """A warning when ``output_dir`` holds a survey run that has not finished (its manifest
+    says so): what is read from it covers only the patches written so far. None for a
+    finished run or a folder without a manifest."""
+    path = Path(output_dir) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or (manifest.get("status") or {}).get("complete", True):
+        return None
+    written = len(list((Path(output_dir) / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet")))
+    return (
+        f"warning: the survey run in {output_dir} has not finished ({written} patch file(s) "
+        "written so far): what follows covers only those; rerun `photodist survey` to finish it"
+    )
 
 
 def read_survey_output(output_dir: str | os.PathLike[str], columns: Sequence[str] | None = None):
