@@ -25,6 +25,7 @@ import numpy as np
 
 from photodist import io
 from photodist.bands import (
+    GALACTIC_COLUMNS,
     MAX_PLAUSIBLE_MAGNITUDE,
     ColumnMap,
     MissingColumnError,
@@ -203,9 +204,15 @@ class CatalogCheck:
                 "survey` needs one for every row to place it in a patch)"
             )
         if len(counts) > 1:
+            galactic = (lon, lat) in GALACTIC_COLUMNS
             out.append(
                 "more than one patch: `photodist survey` gives each its own prior (`run` "
                 "places one prior over the whole footprint)"
+                + (
+                    f"; it needs ra/dec columns, and this catalogue has {lon}/{lat}"
+                    if galactic
+                    else ""
+                )
             )
         return out
 
