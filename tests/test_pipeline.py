@@ -254,6 +254,11 @@ def test_network_rows_far_from_the_locus_are_flagged(catalog, hybrid):
     assert (flags[rows] & Flags.POOR_FIT).all() and (pred.loc[rows, "chi2min"] > 100).all()
     assert ((flags & Flags.POOR_FIT) > 0).mean() < 0.05
     assert np.isfinite(pred.loc[rows, "Mr_mean"]).all()  # estimates kept, flagged
+    # the check can be left out for throughput (PipelineConfig.nn_fit_check)
+    unchecked = predict_with_model(model, shifted, fit_check=False)
+    assert unchecked["chi2min"].isna().all()
+    assert not (unchecked["flags"].to_numpy() & (Flags.POOR_FIT | Flags.AR_AT_BOUND)).any()
+    np.testing.assert_array_equal(unchecked["Mr_mean"], pred["Mr_mean"])
 
 
 def test_networks_train_on_the_bayesian_rows_of_a_result(catalog, hybrid):

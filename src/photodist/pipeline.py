@@ -220,6 +220,11 @@ class PipelineConfig:
         in a patch whose labels come from a dust profile relative to the map
         (``dust_prior="profile"`` with a dust-map column), where the networks always take it
         (without it they miss their targets at low latitude, ``docs/benchmarks.md``).
+    nn_fit_check
+        Check every network row against the model without the prior
+        (:meth:`photodist.bayes.BayesEstimator.best_fit`: ``chi2min``, ``POOR_FIT``,
+        ``AR_AT_BOUND``; a few µs per star, ~0.09 of the Bayesian estimator's time). False
+        leaves network rows without these (their ``chi2min`` NaN), for throughput.
     bayes_out_of_domain
         Also hand rows outside the networks' training domain to the Bayesian estimator (they
         keep the ``NN_OUT_OF_DOMAIN`` flag). Off by default: such rows keep the network
@@ -263,6 +268,7 @@ class PipelineConfig:
     nn_options: dict[str, Any] = field(default_factory=dict)
     nn_missing_colors: bool = True
     nn_dust_input: bool = False
+    nn_fit_check: bool = True
     bayes_out_of_domain: bool = False
     chunk_size: int = 500_000
     seed: int = 0
@@ -702,7 +708,7 @@ def _network_rows(
     photometry: Photometry,
     rows: np.ndarray,
     out: _Output,
-    fit_check: BayesEstimator,
+    fit_check: BayesEstimator | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Network estimates of ``rows`` into ``out``, flagged ``NN_OUT_OF_DOMAIN``,
     ``NN_INVALID_INPUT`` and ``COLOR_UNUSABLE`` (as the Bayesian estimator flags a row with an
@@ -720,10 +726,11 @@ def _network_rows(
     out.flags[rows[ood]] |= Flags.NN_OUT_OF_DOMAIN
     out.flags[rows[invalid]] |= Flags.NN_INVALID_INPUT
     out.flags[rows[unusable]] |= Flags.COLOR_UNUSABLE
-    estimated = np.flatnonzero(~invalid)  # (rows handed back to Bayes later get its values)
-    chi2, fit_flags = fit_check.best_fit(sub.subset(estimated))
-    out.floats["chi2min"][rows[estimated]] = chi2
-    out.flags[rows[estimated]] |= fit_flags
+    if fit_check is not None:
+        estimated = np.flatnonzero(~invalid)  # (rows handed back to Bayes later get its own)
+        chi2, fit_flags = fit_check.best_fit(sub.subset(estimated))
+        out.floats["chi2min"][rows[estimated]] = chi2
+        out.flags[rows[estimated]] |= fit_flags
     return ood, invalid
 
 
@@ -875,6 +882,7 @@ def predict_with_model(
     keep: Sequence[str] = (),
     chunk_size: int = 1_000_000,
     locus: Locus | None = None,
+    fit_check: bool = True,
 ) -> pd.DataFrame:
     """Network estimates for every row of a catalogue, with a model trained earlier.
 
@@ -901,6 +909,8 @@ def predict_with_model(
         The stellar locus of the best-fit check (``chi2min``, ``POOR_FIT``, ``AR_AT_BOUND``;
         default the built-in one), on the grid and with the settings the model was trained
         with.
+    fit_check
+        Run that check (``PipelineConfig.nn_fit_check``); False leaves ``chi2min`` NaN.
 
     Returns
     -------
@@ -922,9 +932,9 @@ def predict_with_model(
         raise ValueError("chunk_size must be positive")
     out = _Output(len(phot))
     n_ood = n_invalid = 0
-    fit_check = _fit_check_for(model, locus)
+    check = _fit_check_for(model, locus) if fit_check else None
     for part in _chunks(np.arange(len(phot)), int(chunk_size)):
-        ood, invalid = _network_rows(model, phot, part, out, fit_check)
+        ood, invalid = _network_rows(model, phot, part, out, check)
         n_ood += int(ood.sum())
         n_invalid += int(invalid.sum())
         # a row without a network estimate for want of r says so, as a Bayesian row would
@@ -1091,7 +1101,8 @@ def run_patch(
         n_ood = 0
         with _progress(config.progress, todo.size, "nn (predict)") as bar:
             for part in _chunks(todo, chunk):
-                ood, invalid = _network_rows(model, phot, part, out, estimator)
+                check = estimator if config.nn_fit_check else None
+                ood, invalid = _network_rows(model, phot, part, out, check)
                 n_ood += int(ood.sum())
                 back = invalid | ood if config.bayes_out_of_domain else invalid
                 fallback_parts.append(part[back])

@@ -1043,9 +1043,10 @@ def predict_rows(
         flags[ood] |= int(Flags.NN_OUT_OF_DOMAIN)
         flags[invalid] |= int(Flags.NN_INVALID_INPUT)
         back = np.flatnonzero(invalid | ood if config.bayes_out_of_domain else invalid)
-        kept = np.setdiff1d(np.arange(n), back)  # the network rows' best-fit check
-        floats["chi2min"][kept], fit_flags = estimator.best_fit(phot.subset(kept))
-        flags[kept] |= fit_flags
+        if config.nn_fit_check:  # the network rows' best-fit check
+            kept = np.setdiff1d(np.arange(n), back)
+            floats["chi2min"][kept], fit_flags = estimator.best_fit(phot.subset(kept))
+            flags[kept] |= fit_flags
     else:
         back = np.arange(n)
     for start in range(0, back.size, int(config.chunk_size)):
@@ -1280,7 +1281,11 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 #: Pipeline settings whose default changed what a run does when they were added: a saved
 #: configuration without them ran as these values say (the prior was used as given).
-_BEHAVIOUR_BEFORE_SETTING: dict[str, Any] = {"prior_temper": 1.0, "prior_feh_shift": 0.0}
+_BEHAVIOUR_BEFORE_SETTING: dict[str, Any] = {
+    "prior_temper": 1.0,
+    "prior_feh_shift": 0.0,
+    "nn_fit_check": False,
+}
 
 
 def _with_pipeline_defaults(configuration: Any) -> Any:
