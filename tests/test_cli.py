@@ -718,13 +718,21 @@ def test_survey_resume_refusal_and_maps(tmp_path):
         "--epochs",
         "3",
     ]
-    result = runner.invoke(cli, args)
+    keep = ["--keep", "Mr_true,component", "--keep", "FeH_true"]
+    absent = [*args[:2], str(tmp_path / "other"), *args[3:], "--keep", "nope"]
+    result = runner.invoke(cli, absent)
+    assert result.exit_code != 0 and "nope" in result.output
+    result = runner.invoke(cli, [*args, *keep])
     assert result.exit_code == 0, result.output
     assert "prior as given in" in result.output  # how the patches' priors were fitted
-    again = runner.invoke(cli, args)
+    from photodist.survey import read_survey_output
+
+    kept = read_survey_output(tmp_path / "run")
+    assert {"source_id", "Mr_true", "component", "FeH_true"} <= set(kept.columns)
+    again = runner.invoke(cli, [*args, *keep])
     assert again.exit_code == 0 and "already done" in again.output
     assert "prior as given" not in again.output  # nothing computed in this call
-    changed = runner.invoke(cli, [*args[:-1], "4"])
+    changed = runner.invoke(cli, [*args[:-1], "4", *keep])
     assert changed.exit_code != 0 and "different configuration" in changed.output
     result = runner.invoke(
         cli, ["maps", str(tmp_path / "run"), "--order", "4", "--out", str(tmp_path / "maps")]

@@ -1890,6 +1890,14 @@ def evaluate_command(
 @_independent_colors_option
 @_error_floor_option
 @click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option(
+    "--keep",
+    "survey_keep",
+    multiple=True,
+    help="Input columns copied to the output besides the positions and the id columns found "
+    "(repeat the option, or give comma-separated names); a name the catalogue lacks is an "
+    "error.",
+)
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in OUTPUT_DIR first.")
 def survey_command(
     input_path: Path,
@@ -1919,6 +1927,7 @@ def survey_command(
     independent_colors: bool,
     error_floor: float | str,
     seed: int,
+    survey_keep: tuple[str, ...],
     overwrite: bool,
 ) -> None:
     """Whole catalogue, patch by patch on Dask, into a HATS catalogue (resumable).
@@ -1937,10 +1946,19 @@ def survey_command(
     # the pipeline's band set comes from the parameters, which a chosen band set updates
     columns, _ = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
     pipeline = _pipeline_config(click.get_current_context().params)
+    keep = None
+    if survey_keep:  # the id columns found, then the named ones
+        names = [n.strip() for value in survey_keep for n in value.split(",") if n.strip()]
+        try:
+            available = io.catalog_columns(input_path)
+        except (io.CatalogError, OSError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        keep = (*[c for c in ID_COLUMNS if c in available], *names)
     config = SurveyConfig(
         order=order,
         pipeline=pipeline,
         columns=columns,
+        keep=keep,
         prior="trilegal" if trilegal_path is not None else "galaxy",
         trilegal_path=None if trilegal_path is None else str(trilegal_path),
         prior_seed=seed,
@@ -2219,7 +2237,12 @@ def report_command(
             photometry=photometry,
             **options,
         )
-    except (ValueError, FileExistsError, KeyError) as exc:
+    except KeyError as exc:  # str() of a KeyError quotes its message
+        raise click.ClickException(
+            f"{run_output}: {exc.args[0] if exc.args else exc}; expected the output of "
+            "`photodist run`, `bayes` or `survey`"
+        ) from exc
+    except (ValueError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"report: {page}")
 
