@@ -364,6 +364,19 @@ def _whiten(colors, color_errors, color_cov, error_floor, sw, mw, cz):
     return n_used
 
 
+@numba.njit(inline="always")
+def _whitened_reddening(sw, mw, reddening, u):
+    """The whitened reddening vector rho = L^-1 R into ``u`` (as :func:`_whiten` whitens the
+    residuals); returns q = |rho|^2."""
+    q = 0.0
+    rho = 0.0
+    for k in range(5):
+        rho = sw[k] * reddening[k] - mw[k] * rho
+        u[k] = rho
+        q += rho * rho
+    return q
+
+
 @numba.njit(cache=True, fastmath=True)
 def _table_lookup(
     b, n, sigma_a, t_lo, h_t, top, log_prior, cand, chi2min, offset, tables, out, outside
@@ -824,12 +837,7 @@ def _star_kernel(
     mw = work[0, 15:20]
     n_used = _whiten(colors, color_errors, color_cov, error_floor, sw, mw, cz)
     u = work[0, 10:15]
-    q = 0.0
-    rho = 0.0
-    for k in range(5):
-        rho = sw[k] * reddening[k] - mw[k] * rho
-        u[k] = rho
-        q += rho * rho
+    q = _whitened_reddening(sw, mw, reddening, u)
     if n_used < nc:
         flags_out[i] |= 32
     if not math.isfinite(r):
@@ -1311,12 +1319,7 @@ def _best_fit_all(
             cz = work[10:15]
             u = work[15:20]
             n_used = _whiten(colors[i], color_errors[i], color_cov[i], error_floor, sw, mw, cz)
-            q = 0.0
-            rho = 0.0
-            for k in range(5):
-                rho = sw[k] * reddening[k] - mw[k] * rho
-                u[k] = rho
-                q += rho * rho
+            q = _whitened_reddening(sw, mw, reddening, u)
             if n_used < 2 or not q > 0.0 or not math.isfinite(a_max[i]):
                 out[i, :] = np.nan
                 continue
