@@ -734,11 +734,13 @@ def test_survey_resume_refusal_and_maps(tmp_path):
     assert "prior as given" not in again.output  # nothing computed in this call
     changed = runner.invoke(cli, [*args[:-1], "4", *keep])
     assert changed.exit_code != 0 and "different configuration" in changed.output
-    result = runner.invoke(
-        cli, ["maps", str(tmp_path / "run"), "--order", "4", "--out", str(tmp_path / "maps")]
-    )
+    maps = ["maps", str(tmp_path / "run"), "--order", "4", "--out", str(tmp_path / "maps")]
+    result = runner.invoke(cli, maps)
     assert result.exit_code == 0, result.output
     assert list((tmp_path / "maps").glob("*.png"))
+    again = runner.invoke(cli, maps)
+    assert again.exit_code != 0 and "--overwrite" in again.output
+    assert runner.invoke(cli, [*maps, "--overwrite"]).exit_code == 0
     # the patch maps: one row per patch the survey ran, with what its pipeline fitted
     from photodist.skymaps import load_maps
     from photodist.survey import read_patch_info

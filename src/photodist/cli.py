@@ -1996,10 +1996,17 @@ def survey_command(
     "--format", "fmt", type=click.Choice(["fits", "parquet"]), default="fits", show_default=True
 )
 @click.option("--galactic", is_flag=True, help="Draw the Mollweide maps in Galactic coordinates.")
-def maps_command(run_dir: Path, order: int, out_dir: Path, fmt: str, galactic: bool) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace maps of this order in --out.")
+def maps_command(
+    run_dir: Path, order: int, out_dir: Path, fmt: str, galactic: bool, overwrite: bool
+) -> None:
     """Sky maps of a survey run: counts, median [Fe/H], A_r, distance, flagged fraction."""
     from photodist.skymaps import write_maps
     from photodist.survey import incomplete_run_note
+
+    existing = out_dir / f"maps_order{order}.{fmt}"
+    if existing.exists() and not overwrite:
+        raise click.ClickException(f"{existing} already exists; use --overwrite to replace it")
 
     if note := incomplete_run_note(run_dir):
         click.echo(note, err=True)
