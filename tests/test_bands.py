@@ -441,3 +441,20 @@ def test_extinction_ratios_must_be_positive():
         with pytest.raises(ValueError, match="finite and > 0"):
             get_band_set("sdss", {"g": bad})
     assert get_band_set("sdss", {"g": 1.3}).extinction_ratios["g"] == 1.3
+
+
+def test_positions_come_from_ra_dec_else_galactic_but_a_named_column_is_never_replaced():
+    from photodist.bands import position_columns, sky_positions
+
+    frame = pd.DataFrame({"RAJ2000": [10.0], "DEJ2000": [-5.0], "l": [100.0], "b": [30.0]})
+    assert position_columns(list(frame.columns), ColumnMap()) == ("RAJ2000", "DEJ2000")
+    only_galactic = frame.drop(columns=["RAJ2000", "DEJ2000"])
+    assert position_columns(list(only_galactic.columns), ColumnMap()) == ("l", "b")
+    ra, dec = sky_positions(only_galactic)
+    assert np.isfinite(ra).all() and np.isfinite(dec).all()
+    # `--column ra=nope`: an error, not the l/b columns (check fell back to them silently)
+    named = ColumnMap.from_mapping({"ra": "nope"})
+    with pytest.raises(MissingColumnError, match="'nope'"):
+        position_columns(list(frame.columns), named)
+    with pytest.raises(MissingColumnError, match="'nope'"):
+        sky_positions(frame, named)

@@ -582,7 +582,17 @@ def sky_positions(frame: pd.DataFrame, columns: ColumnMap | None = None) -> tupl
 
 def position_columns(available: Sequence[str], columns: ColumnMap) -> tuple[str, str] | None:
     """The position columns :func:`sky_positions` reads: RA/Dec (also under their other
-    names), else a pair of :data:`GALACTIC_COLUMNS`; None if the catalogue has neither."""
+    names), else a pair of :data:`GALACTIC_COLUMNS`; None if the catalogue has neither.
+
+    Raises
+    ------
+    MissingColumnError
+        An RA or Dec column named explicitly (not ``ra``/``dec``) is absent: it is never
+        replaced by another position.
+    """
+    for name, default in ((columns.ra, "ra"), (columns.dec, "dec")):
+        if name != default and name not in available:
+            raise MissingColumnError(f"position column {name!r} not in catalogue")
     resolved = columns.resolved(available, None)
     pairs = [(resolved.ra, resolved.dec), *GALACTIC_COLUMNS]
     return next((pair for pair in pairs if pair[0] in available and pair[1] in available), None)

@@ -268,7 +268,12 @@ def check_catalog(
         return check
     dust = cols.dust_columns(available)
     check.dust_column = dust[0] if dust else None
-    check.position_columns = position_columns(available, cols)
+    try:
+        check.position_columns = position_columns(available, cols)
+    except MissingColumnError as exc:
+        check.error = str(exc.args[0])
+        check.n_rows = io.count_rows(path)
+        return check
     read = list(dict.fromkeys(needed + dust + list(check.position_columns or ())))
     r_quantiles = _Quantiles(0.0, MAX_PLAUSIBLE_MAGNITUDE, 0.01)
     dust_quantiles = _Quantiles(0.0, 10.0, 0.001)
