@@ -1292,7 +1292,8 @@ def _best_fit_all(
 ):
     """Per star, the smallest chi2 over the locus points with A_r within [0, a_max] (no
     prior) and that point's unconstrained A* in units of sigma_A: ``out[i] = (chi2, A*
-    sqrt(q), A_max sqrt(q))``; NaN for stars with fewer than two usable colours.
+    sqrt(q), A_max sqrt(q), usable colours)``; NaN for stars with fewer than two usable
+    colours.
 
     Coarse to fine: the float32 bound pass over ``coarse_t32`` (every ``stride``-th [Fe/H]
     row and M_r column of the (n_feh, n_mr) grid) finds the best coarse point; the exact
@@ -1358,6 +1359,7 @@ def _best_fit_all(
             out[i, 0] = _constrained_chi2(cz, sw, mw, u, locus_t, best_j, amax_s, cand, chi2, bb)
             out[i, 1] = bb[0]
             out[i, 2] = amax_s
+            out[i, 3] = n_used
 
 
 @dataclass
@@ -1731,7 +1733,7 @@ class BayesEstimator:
         coarse_shape = coarse.shape[1:]
         coarse = coarse.reshape(5, -1)
         n = len(photometry)
-        fit = np.full((n, 3), np.nan)
+        fit = np.full((n, 4), np.nan)
         if n:
             a_min, a_max = a_bounds_for(photometry, self.config)
             fitted = without_extinction(photometry, a_min)
@@ -1750,10 +1752,8 @@ class BayesEstimator:
                 fit,
                 8 * numba.get_num_threads(),
             )
-        chi2, astar_s, amax_s = fit.T
-        usable = np.isfinite(photometry.colors) & np.isfinite(photometry.color_errors)
-        usable &= photometry.color_errors > 0.0
-        limit = poor_fit_thresholds(self.config)[usable.sum(axis=1)]
+        chi2, astar_s, amax_s, n_used = fit.T
+        limit = poor_fit_thresholds(self.config)[np.nan_to_num(n_used).astype(np.int64)]
         flags = np.where(chi2 > limit, Flags.POOR_FIT, 0)
         with np.errstate(invalid="ignore"):
             beyond = (astar_s < -1.0) | (astar_s > amax_s + 1.0)

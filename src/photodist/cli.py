@@ -56,12 +56,11 @@ def _check_output(output_path: Path, overwrite: bool, *inputs: Path) -> None:
     input: ``--overwrite`` would replace the catalogue being read."""
     from photodist import io
 
-    target = output_path.resolve()
     for source in inputs:
-        source = source.resolve()
-        if target == source or source in target.parents:
+        if io.paths_overlap(output_path, source):
             raise click.BadParameter(
-                f"{output_path} is the input {source}; choose another output", param_hint="OUTPUT"
+                f"{output_path} is the input {source.resolve()}; choose another output",
+                param_hint="OUTPUT",
             )
     io.check_output_path(output_path, overwrite=overwrite)
 
@@ -70,11 +69,11 @@ def _check_file_output(path: Path, overwrite: bool, option: str, *inputs: Path) 
     """Before any work, a usage error naming ``option`` unless a file (not a table, e.g.
     JSON) can be written at ``path``: not an input, not a folder, not an existing file
     without ``--overwrite``; its folder is created."""
-    target = path.resolve()
+    from photodist import io
+
     for source in inputs:
-        source = source.resolve()
-        if target == source or source in target.parents:
-            raise click.BadParameter(f"{path} is the input {source}", param_hint=option)
+        if io.paths_overlap(path, source):
+            raise click.BadParameter(f"{path} is the input {source.resolve()}", param_hint=option)
     if path.exists() and not overwrite:
         raise click.BadParameter(
             f"{path} already exists; use --overwrite to replace it", param_hint=option
@@ -1482,7 +1481,7 @@ def predict_command(
         _check_output(output_path, overwrite, input_path)
         total = io.count_rows(input_path)
         batches = io.iter_catalog_batches(input_path, batch_size=batch_size)
-        _check_columns(io.catalog_columns(input_path), band_set, columns)
+        _check_columns(available, band_set, columns)
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     counts = {"n_out_of_domain": 0, "n_invalid_input": 0}
@@ -1660,22 +1659,6 @@ def run_command(
     click.echo(f"{len(result)} stars -> {output_path} (summary {summary_path})")
 
 
-def _survey_settings(path: Path) -> dict[str, Any] | None:
-    """The survey configuration (``columns``, ``pipeline``, ...) of a `photodist survey`
-    output folder, None for anything else."""
-    import json
-
-    from photodist.survey import MANIFEST_NAME
-
-    manifest = path / MANIFEST_NAME
-    if not (path.is_dir() and manifest.is_file()):
-        return None
-    try:
-        return dict(json.loads(manifest.read_text())["configuration"]["survey"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise click.ClickException(f"{manifest}: not a survey manifest ({exc})") from exc
-
-
 @cli.command("evaluate")
 @click.argument("result_path", type=click.Path(exists=True, path_type=Path))
 @click.argument("truth_path", type=click.Path(exists=True, path_type=Path))
@@ -1747,6 +1730,7 @@ def evaluate_command(
         used_prior,
     )
     from photodist.priors import PriorMap
+    from photodist.survey import survey_settings
 
     overrides = dict(_key_values(truth_column, "--truth-column"))
     try:
@@ -1757,7 +1741,10 @@ def evaluate_command(
         truth = io.read_catalog(truth_path)
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    survey = _survey_settings(result_path)
+    try:
+        survey = survey_settings(result_path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     ids = list(dict.fromkeys([*([survey["columns"]["object_id"]] if survey else []), *ID_COLUMNS]))
     try:
         truth = align_to_run(

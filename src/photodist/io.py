@@ -951,6 +951,13 @@ def _commit(tmp: Path, final: Path, overwrite: bool) -> None:
     os.replace(tmp, final)
 
 
+def paths_overlap(first: PathLike, second: PathLike) -> bool:
+    """Whether two paths are the same or one lies inside the other (an output that would
+    replace, or be deleted with, an input)."""
+    a, b = Path(first).resolve(), Path(second).resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
 def check_output_path(path: PathLike, overwrite: bool = False) -> Path:
     """Check, before any long computation, that :func:`write_table` could write ``path``.
 

@@ -83,6 +83,7 @@ __all__ = [
     "STRATEGIES",
     "PipelineConfig",
     "choose_training_subsample",
+    "estimate_rows",
     "network_inputs_usable",
     "posterior_grid",
     "predict_with_model",
@@ -732,6 +733,31 @@ def _network_rows(
         out.floats["chi2min"][rows[estimated]] = chi2
         out.flags[rows[estimated]] |= fit_flags
     return ood, invalid
+
+
+def estimate_rows(
+    model: PhotoDNetwork | None,
+    estimator: BayesEstimator,
+    photometry: Photometry,
+    config: PipelineConfig,
+) -> pd.DataFrame:
+    """Estimates for stars outside the training subsample of a trained patch, by
+    :func:`run_patch`'s rules for its network rows: network estimates and flags, the
+    best-fit check (``config.nn_fit_check``), the Bayesian ``estimator`` for rows the networks
+    cannot take (and out-of-domain rows if ``config.bayes_out_of_domain``), and
+    ``R_OUTSIDE_PRIOR``. With ``model`` None every row gets the Bayesian estimate. Columns as
+    :func:`run_patch`'s, ``labelled`` False."""
+    rows = np.arange(len(photometry))
+    out = _Output(len(photometry))
+    back = rows
+    if model is not None and rows.size:
+        check = estimator if config.nn_fit_check else None
+        ood, invalid = _network_rows(model, photometry, rows, out, check)
+        back = rows[invalid | ood] if config.bayes_out_of_domain else rows[invalid]
+    with _progress(False, back.size, "bayes") as bar:
+        _bayes_rows(estimator, photometry, back, out, int(config.chunk_size), bar)
+    out.flags |= prior_range_flags(estimator.prior.r_range, photometry.r)
+    return out.frame()
 
 
 #: the flags of the best-fit check

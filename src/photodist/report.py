@@ -1728,17 +1728,6 @@ def _align(
     return align_to_run(frame, result, name, id_columns=id_columns, in_input_order=in_input_order)
 
 
-def _survey_id_column(path: Path) -> str | None:
-    """The object-id column of a survey output folder (its manifest's column names)."""
-    from photodist.survey import MANIFEST_NAME
-
-    try:
-        manifest = json.loads((path / MANIFEST_NAME).read_text())
-        return manifest["configuration"]["survey"]["columns"].get("object_id")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
 def load_run(
     run_output: str | Path,
     *,
@@ -1790,10 +1779,17 @@ def load_run(
     attrs = dict(result.attrs.get(_PIPELINE_ATTR, {}) or {})
     if given["truth"] is None and all(c in result.columns for c in TRUTH_COLUMNS.values()):
         given["truth"] = result[list(TRUTH_COLUMNS.values())]
-    survey_output = path.is_dir() and (path / "photodist_run.json").is_file()
+    from photodist.survey import survey_settings
+
+    try:  # a survey output (HEALPix order): matched by id or position, never by order
+        survey = survey_settings(path) if path.is_dir() else None
+    except ValueError:  # a damaged manifest: still a survey folder
+        survey = {}
+    survey_output = survey is not None
     ids = [id_column] if id_column else []
-    if survey_output and _survey_id_column(path):
-        ids.append(_survey_id_column(path))
+    survey_id = ((survey or {}).get("columns") or {}).get("object_id")
+    if survey_id:
+        ids.append(survey_id)
     ids = list(dict.fromkeys([*ids, *ID_COLUMNS])) if id_column or survey_output else []
     frames = {k: _align(v, result, ids, k, not survey_output) for k, v in given.items()}
     config = info.get("config", attrs.get("config"))

@@ -85,12 +85,12 @@ from photodist.bands import (
     numeric_column,
     photometry_from_frame,
 )
-from photodist.bayes import BayesEstimator, Flags, prior_range_flags
+from photodist.bayes import BayesEstimator
 from photodist.locus import Locus
 from photodist.pipeline import (
-    PARAMETERS,
     RESULT_FLOAT_COLUMNS,
     PipelineConfig,
+    estimate_rows,
     posterior_grid,
     run_patch,
     used_dust_profile,
@@ -119,8 +119,10 @@ __all__ = [
     "patch_seed",
     "plan_patches",
     "process_patch",
+    "read_manifest",
     "read_survey_output",
     "run_survey",
+    "survey_settings",
     "write_hats_metadata",
 ]
 
@@ -356,8 +358,7 @@ class SurveyLockedError(RuntimeError):
 def _check_apart(input_path: Path, output_dir: Path) -> None:
     """Refuse an output folder that is, holds or lies inside the input (``--overwrite``
     would delete the catalogue being read)."""
-    source, target = input_path.resolve(), output_dir.resolve()
-    if source == target or target in source.parents or source in target.parents:
+    if io.paths_overlap(input_path, output_dir):
         raise ValueError(
             f"{output_dir} and the input {input_path} overlap; choose an output folder "
             "outside the input"
@@ -1006,75 +1007,13 @@ def _process_in_memory(
     return info, {k: float(v) for k, v in timings.items()}
 
 
-#: Result columns not derived from the network outputs or the distance modulus.
-_BAYES_EXTRA_COLUMNS: tuple[str, ...] = tuple(
-    name
-    for name in RESULT_FLOAT_COLUMNS
-    if name.split("_")[0] not in (*PARAMETERS, "Qr", "DM") and name != "dist_pc"
-)
-
-
 def predict_rows(
     model: Any, estimator: BayesEstimator, phot: Photometry, config: PipelineConfig
 ) -> pd.DataFrame:
-    """Estimates for stars outside the training subsample of an already trained patch.
-
-    The same rules as :func:`photodist.pipeline.run_patch` for its network rows: network
-    estimates, ``NN_OUT_OF_DOMAIN`` / ``NN_INVALID_INPUT`` / ``R_OUTSIDE_PRIOR`` flags, the
-    best-fit check (``chi2min``, ``POOR_FIT``, ``AR_AT_BOUND``), and
-    the Bayesian estimate for rows the networks cannot take (and out-of-domain rows if
-    ``config.bayes_out_of_domain``).
-    With ``model`` None every row gets the Bayesian estimate. Columns as ``run_patch``'s.
-    """
-    n = len(phot)
-    floats = {name: np.full(n, np.nan) for name in RESULT_FLOAT_COLUMNS}
-    flags = np.zeros(n, dtype=np.int64)
-    method = np.zeros(n, dtype=np.int8)
-    if model is not None and n:
-        pred = model.predict(phot)
-        for p in PARAMETERS:
-            for s in ("mean", "sigma", "sigma_nn", "sigma_bayes"):
-                floats[f"{p}_{s}"][:] = pred[f"{p}_{s}"]
-        floats["Qr_mean"][:] = pred["Qr_mean"]
-        floats["Qr_sigma"][:] = pred["Qr_sigma"]
-        method[:] = METHOD_CATEGORIES.index("nn")
-        ood = np.asarray(pred["out_of_domain"], dtype=bool)
-        invalid = np.asarray(pred["invalid_input"], dtype=bool)
-        flags[ood] |= int(Flags.NN_OUT_OF_DOMAIN)
-        flags[invalid] |= int(Flags.NN_INVALID_INPUT)
-        back = np.flatnonzero(invalid | ood if config.bayes_out_of_domain else invalid)
-        if config.nn_fit_check:  # the network rows' best-fit check
-            kept = np.setdiff1d(np.arange(n), back)
-            floats["chi2min"][kept], fit_flags = estimator.best_fit(phot.subset(kept))
-            flags[kept] |= fit_flags
-    else:
-        back = np.arange(n)
-    for start in range(0, back.size, int(config.chunk_size)):
-        rows = back[start : start + int(config.chunk_size)]
-        bayes = estimator.predict(phot.subset(rows))
-        for p in PARAMETERS:
-            std = bayes[f"{p}_std"].to_numpy()
-            floats[f"{p}_mean"][rows] = bayes[f"{p}_mean"].to_numpy()
-            floats[f"{p}_sigma"][rows] = std
-            floats[f"{p}_sigma_bayes"][rows] = std
-            floats[f"{p}_sigma_nn"][rows] = np.nan
-        floats["Qr_mean"][rows] = bayes["Qr_mean"].to_numpy()
-        floats["Qr_sigma"][rows] = bayes["Qr_std"].to_numpy()
-        for name in _BAYES_EXTRA_COLUMNS:  # other Bayesian outputs (e.g. chi2min), NaN for nn
-            if name in bayes.columns:
-                floats[name][rows] = bayes[name].to_numpy()
-        flags[rows] |= bayes["flags"].to_numpy(dtype=np.int64)
-        method[rows] = METHOD_CATEGORIES.index("bayes")
-    flags |= prior_range_flags(estimator.prior.r_range, phot.r)
-    dm = phot.r - floats["Qr_mean"]
-    floats["DM_mean"] = dm
-    floats["DM_sigma"] = floats["Qr_sigma"].copy()
-    floats["dist_pc"] = 10.0 ** (0.2 * dm + 1.0)
-    data: dict[str, Any] = dict(floats)
-    data["flags"] = flags
-    data["method"] = pd.Categorical.from_codes(method, categories=list(METHOD_CATEGORIES))
-    data["labelled"] = np.zeros(n, dtype=bool)
-    return pd.DataFrame(data)
+    """Estimates for stars outside the training subsample of an already trained patch
+    (:func:`photodist.pipeline.estimate_rows`: the rules of ``run_patch`` for its network
+    rows). With ``model`` None every row gets the Bayesian estimate."""
+    return estimate_rows(model, estimator, phot, config)
 
 
 def _sub_ranges(task: PatchTask, dataset: pads.Dataset, chunk: int) -> list[tuple[int, int]]:
@@ -1660,16 +1599,52 @@ def _complete_catalog_intact(out: Path, status: Mapping[str, Any]) -> bool:
     return True
 
 
+def read_manifest(output_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run manifest of a survey output folder; None when the folder has none.
+
+    Raises
+    ------
+    ValueError
+        The manifest is not readable JSON, or not an object.
+    """
+    path = Path(output_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: not a survey manifest")
+    return manifest
+
+
+def survey_settings(output_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The survey configuration (``columns``, ``pipeline``, ...) recorded in a survey output
+    folder's manifest; None for a folder without one.
+
+    Raises
+    ------
+    ValueError
+        The manifest does not hold a survey configuration.
+    """
+    manifest = read_manifest(output_dir)
+    if manifest is None:
+        return None
+    try:
+        return dict(manifest["configuration"]["survey"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{Path(output_dir) / MANIFEST_NAME}: not a survey manifest ({exc})"
+        ) from exc
+
+
 def incomplete_run_note(output_dir: str | os.PathLike[str]) -> str | None:
     """A warning when ``output_dir`` holds a survey run that has not finished (its manifest
     says so): what is read from it covers only the patches written so far. None for a
-    finished run or a folder without a manifest."""
-    path = Path(output_dir) / MANIFEST_NAME
+    finished run or a folder without a readable manifest."""
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
+        manifest = read_manifest(output_dir)
+    except ValueError:
         return None
-    if not isinstance(manifest, dict) or (manifest.get("status") or {}).get("complete", True):
+    if manifest is None or (manifest.get("status") or {}).get("complete", True):
         return None
     written = len(list((Path(output_dir) / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet")))
     return (
