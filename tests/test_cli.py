@@ -658,6 +658,7 @@ def test_evaluate_reads_photod_truth_with_the_runs_column_mapping(tmp_path):
     assert result.exit_code == 0 and "no network rows" in result.output, result.output
     table = pd.read_csv(t1, index_col=0)
     assert (table["n_stars"] == 0).all() and np.isfinite(table["bayes_truth_sigma_g"]).all()
+    assert (table["n_bayes_stars"] > 0).all()  # the rows the Bayes columns describe
     assert np.isfinite(table["bayes_calibration"]).all()
     # no truth at all: a clear message, not a traceback
     frame.drop(columns=["Mr", "FeH"]).to_parquet(photod)

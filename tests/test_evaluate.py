@@ -92,6 +92,7 @@ def test_table1_by_hand():
     assert list(table.index) == ["Mr", "Ar", "FeH"]
     row = table.loc["FeH"]
     assert row["n_stars"] == 5  # the Bayesian row of the result is not a network estimate
+    assert row["n_bayes_stars"] == 5  # bayes_full on the same network rows
     # NN - truth over the five network rows: 0, .1, -.1, .2, .35 -> median .1, IQR 0..0.2
     assert row["nn_truth_median"] == pytest.approx(0.1)
     assert row["nn_truth_sigma_g"] == pytest.approx(0.7413 * 0.2)
@@ -128,6 +129,7 @@ def test_table1_without_full_bayes_uses_the_bayes_rows():
     table = table1(result, truth)
     row = table.loc["Mr"]
     assert row["n_stars"] == 4
+    assert row["n_bayes_stars"] == 2
     assert row["bayes_truth_median"] == pytest.approx(4.675)
     assert row["bayes_truth_sigma_g"] == pytest.approx(0.7413 * 0.5 * 8.65)
     assert np.isnan(row["nn_bayes_sigma_g"]) and np.isnan(row["nn_bayes_outlier_fraction"])

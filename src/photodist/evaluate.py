@@ -78,6 +78,7 @@ TRUTH_SENTINEL_MAX = -90.0
 #: Columns of the frame returned by :func:`table1`.
 TABLE1_COLUMNS: tuple[str, ...] = (
     "n_stars",
+    "n_bayes_stars",
     "bayes_truth_median",
     "bayes_truth_sigma_g",
     "nn_bayes_median",
@@ -329,7 +330,8 @@ def table1(
     -------
     pandas.DataFrame
         Indexed by parameter (``Mr``, ``Ar``, ``FeH``), columns :data:`TABLE1_COLUMNS`:
-        medians and sigma_G of the differences (first minus second), ``n_stars`` compared,
+        medians and sigma_G of the differences (first minus second), ``n_stars`` (network
+        rows compared) and ``n_bayes_stars`` (Bayesian rows in the "Bayes vs truth" columns),
         the ratio of the network's to the Bayesian sigma_G against the truth, calibration
         (sigma_G of the residuals over the total sigma) and Gaussian 16-84 % coverage for
         both estimators, ``nn_bayes_calibration`` (sigma_G of (NN - Bayes) / sigma_nn: whether
@@ -392,6 +394,7 @@ def table1(
             outliers = float("nan")
         rows[p] = {
             "n_stars": int(nn_rows.sum()),
+            "n_bayes_stars": int(bayes_rows.sum()),
             "bayes_truth_median": bt[0],
             "bayes_truth_sigma_g": bt[1],
             "nn_bayes_median": nb[0],
