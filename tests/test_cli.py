@@ -29,6 +29,23 @@ def test_locus_command(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert list(pd.read_csv(out).columns[:7]) == ["Mr", "FeH", "ug", "gr", "ri", "iz", "zy"]
+    runner = CliRunner()
+    # an existing table is kept without --overwrite; a folder, a FITS name and a figure
+    # type matplotlib cannot write are usage errors before any work
+    for args, message in (
+        (["--out", str(out)], "--overwrite"),
+        (["--out", str(tmp_path), "--overwrite"], "is a folder"),
+        (["--out", str(tmp_path / "locus.fits")], "write the locus as"),
+        (["--out", str(tmp_path / "l.txt"), "--figure", str(tmp_path / "f.txt")], ".png"),
+    ):
+        result = runner.invoke(cli, ["locus", *args, "--feh-step", "0.5", "--mr-step", "1"])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "l.txt").exists()
+    result = runner.invoke(
+        cli, ["locus", "--out", str(out), "--feh-step", "0.5", "--mr-step", "2", "--overwrite"]
+    )
+    assert result.exit_code == 0 and len(pd.read_csv(out)) == 7 * 10, result.output
 
 
 def _catalog(tmp_path):

@@ -126,6 +126,20 @@ def test_bad_locus_tables(tmp_path):
         Locus.from_frame(frame.drop(columns=["ri"]))
     with pytest.raises(FileNotFoundError):
         Locus.load(tmp_path / "nope.txt")
+    # one [Fe/H] row is no grid: every star would get that [Fe/H] with zero width
+    with pytest.raises(ValueError, match="at least 2"):
+        Locus.from_frame(frame[frame["FeH"] == frame["FeH"].min()])
+    with pytest.raises(ValueError, match="written as one of"):
+        build_locus(feh_step=0.5, mr_step=1.0).save(tmp_path / "locus.fits")
+
+
+def test_grids_too_fine_are_refused_before_allocation(default_locus):
+    with pytest.raises(ValueError, match="too fine"):
+        build_locus(feh_step=1e-7)
+    with pytest.raises(ValueError, match="more than 2,000,000"):
+        build_locus(feh_step=0.001, mr_step=0.001)
+    with pytest.raises(ValueError, match="more than 2,000,000"):
+        default_locus.resample(0.001, 0.001)
 
 
 def test_resample_and_interpolate(default_locus):

@@ -72,6 +72,21 @@ def test_scott_bandwidth(default_locus):
     inside = (np.abs(feh + 1.0) <= 1.5) & (mr >= -1.0) & (mr <= 17.0)
     # reflecting edges keep the mass of the stars on the grid
     assert dens.sum() == pytest.approx(inside.sum(), rel=1e-9)
+    # one star is no density (a flat bin once floored), not a spike on one grid point
+    dens, _ = binned_kde(feh[:1], mr[:1], default_locus)
+    assert not dens.any()
+
+
+def test_a_tiny_pixel_borrows_its_sightlines_stars():
+    """A high-order pixel (~0.01 arcmin^2) still gets min_stars per r bin, from the same
+    sightlines simulated over a larger area, and bins left short are listed."""
+    from photodist.priors import build_patch_priors
+
+    prior = build_patch_priors(pixel=100_000, order=20, min_stars=200, seed=1)
+    assert np.all(prior.n_stars >= 150)  # 1.2 x the Poisson estimate of what is missing
+    short = prior.metadata["bins_below_min_stars"]
+    assert all(prior.n_stars[list(prior.r_centres).index(float(r))] == n for r, n in short.items())
+    assert prior.density.max() < 0.01  # no bin concentrated on a few grid points
 
 
 def test_bin_index_and_for_r(patch_priors):
@@ -149,7 +164,12 @@ def test_trilegal_priors_load(s82_priors_path, default_locus):
     single = read_trilegal_priors(
         s82_priors_path / "dataset/Norder=5/Dir=0/Npix=1.parquet", default_locus
     )
-    assert single.n_bins == 27
+    assert single.n_bins == 27 and single.metadata["pixel"] == 1
+    # a partition file is its own pixel: another pixel is refused, not silently recorded
+    with pytest.raises(ValueError, match="is pixel 1, not pixel 2"):
+        read_trilegal_priors(
+            s82_priors_path / "dataset/Norder=5/Dir=0/Npix=1.parquet", default_locus, pixel=2
+        )
     with pytest.raises(ValueError, match="choose one"):
         read_trilegal_priors(s82_priors_path, default_locus)
     maps = read_trilegal_prior_catalog(s82_priors_path, default_locus)

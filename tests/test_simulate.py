@@ -6,9 +6,10 @@ import pytest
 from astropy import units as u
 from astropy.coordinates import Latitude, Longitude
 
-from photodist.bands import get_band_set
+from photodist.bands import get_band_set, photometry_from_frame
 from photodist.simulate import (
     MAX_CELLS,
+    NOISE_FREE_ERROR,
     SDSS_M5,
     TRUTH_COLUMNS,
     Patch,
@@ -132,6 +133,10 @@ def test_cone_patch(default_locus):
     )
     ref = expected_counts(cone=pix, r_max=21.0, locus=default_locus) / pix.area_deg2
     assert len(frame) / area == pytest.approx(ref, rel=0.1)
+    # a cone's expected count is that of its own area, not of the cells that cover it
+    expected = expected_counts(cone=cone, r_max=21.0, locus=default_locus)
+    assert frame.attrs["photodist_simulation"]["expected_stars"] == pytest.approx(expected)
+    assert expected / area == pytest.approx(ref, rel=0.1)
 
 
 def test_large_patches_use_coarser_cells():
@@ -245,9 +250,22 @@ def test_noiseless_option_and_bad_spec(default_locus):
         locus=default_locus,
     )
     np.testing.assert_array_equal(frame["rmag"], frame["rmag_true"])
-    assert (frame["rErr"] == 0).all() and "ymag" not in frame
+    assert (frame["rErr"] == NOISE_FREE_ERROR).all() and "ymag" not in frame
+    # a nominal positive error: every measurement stays usable (an error of 0 is not)
+    phot = photometry_from_frame(frame, "sdss")
+    assert np.isfinite(phot.colors).all() and np.isfinite(phot.color_errors).all()
+    assert np.isfinite(phot.r).all()
     with pytest.raises(ValueError, match="unknown error model"):
         simulate_patch(pixel=PIXEL, order=ORDER, errors="hsc", locus=default_locus)
+    for bad in ("sdss0", "lsst0"):
+        with pytest.raises(ValueError, match="must be > 0"):
+            simulate_patch(pixel=PIXEL, order=ORDER, errors=bad, locus=default_locus)
+    for r_max in (np.inf, np.nan, 2000.0, -1.0):
+        with pytest.raises(ValueError, match="r_max must lie in"):
+            simulate_patch(pixel=PIXEL, order=ORDER, r_max=r_max, locus=default_locus)
+    for l_deg in (np.nan, np.inf):
+        with pytest.raises(ValueError, match="longitude must be finite"):
+            simulate_patch(cone=(l_deg, 45.0, 1.0), locus=default_locus)
     with pytest.raises(ValueError, match="exactly one"):
         simulate_patch(pixel=1, cone=(0.0, 90.0, 1.0), locus=default_locus)
     with pytest.raises(ValueError, match="out of range"):

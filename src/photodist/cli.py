@@ -45,6 +45,8 @@ BAND_SET_CHOICE = click.Choice(["lsst", "sdss", "ugrizy", "ugriz"], case_sensiti
 #: Option types: a bad value is a usage error naming the option, before any work
 SEED = click.IntRange(min=0)
 GRID_STEP = click.FloatRange(min=0.0, min_open=True)
+#: File types of the figures a user names (matplotlib writes each).
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 HEALPIX_ORDER = click.IntRange(0, 29)
 POSITIVE_INT = click.IntRange(min=1)
 NON_NEGATIVE_INT = click.IntRange(min=0)
@@ -74,6 +76,8 @@ def _check_file_output(path: Path, overwrite: bool, option: str, *inputs: Path) 
     for source in inputs:
         if io.paths_overlap(path, source):
             raise click.BadParameter(f"{path} is the input {source.resolve()}", param_hint=option)
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a folder; give a file name", param_hint=option)
     if path.exists() and not overwrite:
         raise click.BadParameter(
             f"{path} already exists; use --overwrite to replace it", param_hint=option
@@ -294,10 +298,28 @@ def _exit_cleanly_on_sigterm() -> None:
     "--figure",
     type=click.Path(path_type=Path),
     default=None,
-    help="Also write a colour-colour figure (PNG).",
+    help="Also write a colour-colour figure (.png, .pdf or .svg).",
 )
-def locus_command(out_path: Path, feh_step: float, mr_step: float, figure: Path | None) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def locus_command(
+    out_path: Path, feh_step: float, mr_step: float, figure: Path | None, overwrite: bool
+) -> None:
     """Build the stellar locus and write it as a table (columns Mr FeH ug gr ri iz zy)."""
+    from photodist.locus import LOCUS_FILE_SUFFIXES
+
+    if out_path.suffix not in LOCUS_FILE_SUFFIXES:
+        raise click.BadParameter(
+            f"{out_path}: write the locus as .parquet, .csv or text (.txt, .dat, no suffix)",
+            param_hint="--out",
+        )
+    _check_file_output(out_path, overwrite, "--out")
+    if figure is not None:
+        if figure.suffix.lower() not in FIGURE_SUFFIXES:
+            raise click.BadParameter(
+                f"{figure}: write the figure as one of {', '.join(FIGURE_SUFFIXES)}",
+                param_hint="--figure",
+            )
+        _check_file_output(figure, overwrite, "--figure", out_path)
     locus = _stepped(lambda: build_locus(feh_step=feh_step, mr_step=mr_step))
     locus.save(out_path)
     click.echo(f"locus: {locus.shape[0]} [Fe/H] x {locus.shape[1]} M_r points -> {out_path}")
@@ -640,7 +662,7 @@ def simulate_command(
 )
 @click.option(
     "--min-stars",
-    type=POSITIVE_INT,
+    type=click.IntRange(1, 1_000_000),
     default=lambda: _default("priors", "DEFAULT_MIN_STARS"),
     show_default="20000",
     help="Simulated stars per r bin the map aims for.",
@@ -674,6 +696,8 @@ def priors_command(
         read_trilegal_priors,
     )
 
+    if output_path.is_dir():
+        raise click.UsageError(f"{output_path} is a folder; give the prior file's name (.npz)")
     final = prior_file_path(output_path)
     if final.is_dir() or (final.exists() and not overwrite):
         raise click.ClickException(f"{final} already exists; use --overwrite to replace it")
@@ -698,6 +722,14 @@ def priors_command(
         f"{source} prior map: {prior.n_bins} r bins on a {len(prior.feh)} x {len(prior.mr)} "
         f"([Fe/H], M_r) grid -> {path} in {time.perf_counter() - start:.1f} s"
     )
+    short = prior.metadata.get("bins_below_min_stars") or {}
+    if short:
+        listed = ", ".join(f"r = {r}: {n}" for r, n in short.items())
+        click.echo(
+            f"warning: r bins short of --min-stars {min_stars} ({listed} simulated stars); "
+            "their prior is broader (flat with fewer than 2)",
+            err=True,
+        )
 
 
 def _resolve_prior(
@@ -792,6 +824,20 @@ class PriorChoice:
     flat_prior: bool = False
 
 
+def _existing_prior_file(
+    ctx: click.Context, param: click.Parameter, value: Path | None
+) -> Path | None:
+    """``--prior`` as given, or with the ``.npz`` that ``photodist priors`` appends."""
+    if value is None:
+        return None
+    from photodist.priors import prior_file_path
+
+    for candidate in (value, prior_file_path(value)):
+        if candidate.is_file():
+            return candidate
+    raise click.BadParameter(f"no prior file {value}", ctx=ctx, param=param)
+
+
 def _prior_options(function):
     """Options choosing the ([Fe/H], M_r) prior of a one-patch run, passed to the command as
     one ``prior_choice`` (:class:`PriorChoice`)."""
@@ -806,9 +852,10 @@ def _prior_options(function):
         click.option(
             "--prior",
             "prior_path",
-            type=click.Path(exists=True, path_type=Path),
+            type=click.Path(path_type=Path),
             default=None,
-            help="Prior map file from `photodist priors` (.npz).",
+            callback=_existing_prior_file,
+            help="Prior map file from `photodist priors` (.npz; the name it was given works).",
         ),
         click.option(
             "--trilegal-prior",
@@ -1018,7 +1065,8 @@ def check_command(
     "locus_path",
     type=click.Path(exists=True, path_type=Path),
     default=None,
-    help="Locus table to use instead of the built-in locus.",
+    help="Locus table to use instead of the built-in locus (on its own grid, unless "
+    "--feh-step or --mr-step is given).",
 )
 @click.option("--feh-step", type=GRID_STEP, default=BAYES_FEH_STEP, show_default=True)
 @click.option("--mr-step", type=GRID_STEP, default=BAYES_MR_STEP, show_default=True)
@@ -1125,8 +1173,16 @@ def bayes_command(
         _check_columns(io.catalog_columns(input_path), bands, columns)
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    locus = load_locus(locus_path)
-    if locus_path is None:
+    try:
+        locus = load_locus(locus_path)
+    except (ValueError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--locus") from exc
+    ctx = click.get_current_context()
+    steps_given = any(
+        ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        for name in ("feh_step", "mr_step")
+    )
+    if locus_path is None or steps_given:  # a --locus table keeps its grid unless asked
         locus = _stepped(lambda: locus.resample(feh_step, mr_step))
     prior = _resolve_prior(
         prior_choice, _positions_reader(input_path, columns), columns, locus, seed, total

@@ -40,6 +40,10 @@ FEH_RANGE = (-2.5, 0.5)
 MR_RANGE = (-1.0, 17.0)
 DEFAULT_FEH_STEP = 0.05
 DEFAULT_MR_STEP = 0.02
+#: File suffixes of locus tables: Parquet, CSV, whitespace text.
+LOCUS_FILE_SUFFIXES = (".parquet", ".csv", ".txt", ".dat", "")
+#: Most points a locus grid may have (the default grid has 61 x 901 = 54,961).
+MAX_GRID_POINTS = 2_000_000
 
 # Ivezić et al. (2008) eq. A7: M0(x), x = g-i, valid 0.2 < x < 4.0.
 MS_ABSMAG_COEFFS = (-5.06, 14.32, -12.97, 6.127, -1.267, 0.0967)
@@ -293,7 +297,23 @@ def _axis(lo: float, hi: float, step: float) -> np.ndarray:
     n = int(round((hi - lo) / step)) + 1
     if n < 2:
         raise ValueError(f"grid step {step} leaves fewer than 2 points on [{lo:g}, {hi:g}]")
+    if n > MAX_GRID_POINTS:
+        raise ValueError(f"grid step {step} gives {n:,} points on [{lo:g}, {hi:g}]; too fine")
     return np.round(np.linspace(lo, hi, n), 10)
+
+
+def _grid_axes(
+    feh_range: tuple[float, float], feh_step: float, mr_range: tuple[float, float], mr_step: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ([Fe/H], M_r) axes of a locus grid, refusing grids of over MAX_GRID_POINTS points
+    before anything of that size is allocated."""
+    feh, mr = _axis(*feh_range, feh_step), _axis(*mr_range, mr_step)
+    if len(feh) * len(mr) > MAX_GRID_POINTS:
+        raise ValueError(
+            f"grid steps {feh_step:g} dex x {mr_step:g} mag give {len(feh) * len(mr):,} "
+            f"locus points, more than {MAX_GRID_POINTS:,}; use coarser steps"
+        )
+    return feh, mr
 
 
 @dataclass
@@ -323,6 +343,13 @@ class Locus:
             raise ValueError(f"locus colours have shape {self.colors.shape}, expected {shape}+(5,)")
         if self.giant.shape != shape:
             raise ValueError("locus giant label does not match the grid")
+        if min(shape) < 2:
+            raise ValueError(
+                f"a locus grid needs at least 2 [Fe/H] and 2 M_r values, got {shape[0]} x "
+                f"{shape[1]}"
+            )
+        if not (np.isfinite(self.feh).all() and np.isfinite(self.mr).all()):
+            raise ValueError("locus axes must be finite")
         if np.any(np.diff(self.feh) <= 0) or np.any(np.diff(self.mr) <= 0):
             raise ValueError("locus axes must be strictly ascending")
 
@@ -362,8 +389,9 @@ class Locus:
 
     def resample(self, feh_step: float, mr_step: float) -> Locus:
         """The same locus on another regular grid over the same ranges (bilinear)."""
-        feh = _axis(self.feh[0], self.feh[-1], feh_step)
-        mr = _axis(self.mr[0], self.mr[-1], mr_step)
+        feh, mr = _grid_axes(
+            (self.feh[0], self.feh[-1]), feh_step, (self.mr[0], self.mr[-1]), mr_step
+        )
         ff, mm = np.meshgrid(feh, mr, indexing="ij")
         colors = self.interpolate(mm, ff)
         giant_interp = RegularGridInterpolator(
@@ -383,8 +411,14 @@ class Locus:
         return frame
 
     def save(self, path: str | Path) -> Path:
-        """Write the locus as Parquet (``.parquet``), CSV (``.csv``) or whitespace text."""
+        """Write the locus as Parquet (``.parquet``), CSV (``.csv``) or whitespace text
+        (``.txt``, ``.dat`` or no suffix)."""
         path = Path(path)
+        if path.suffix not in LOCUS_FILE_SUFFIXES:
+            raise ValueError(
+                f"{path}: a locus table is written as one of "
+                f"{', '.join(s or '(no suffix)' for s in LOCUS_FILE_SUFFIXES)}"
+            )
         frame = self.to_frame()
         if path.suffix == ".parquet":
             frame.to_parquet(path, index=False)
@@ -465,8 +499,7 @@ def build_locus(
     feh_range, mr_range
         Inclusive grid limits (defaults [-2.5, 0.5] and [-1, 17]).
     """
-    feh = _axis(*feh_range, feh_step)
-    mr = _axis(*mr_range, mr_step)
+    feh, mr = _grid_axes(feh_range, feh_step, mr_range, mr_step)
     ff, mm = np.meshgrid(feh, mr, indexing="ij")
     colors, weight = locus_colors(mm, ff)
     return Locus(feh, mr, colors, weight >= 0.5)

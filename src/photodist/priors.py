@@ -20,6 +20,7 @@ interpolated onto the locus grid with :func:`read_trilegal_priors`.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -306,14 +307,15 @@ def binned_kde(
 ) -> tuple[np.ndarray, tuple[float, float]]:
     """Histogram of stars on the locus grid smoothed with Scott's-rule Gaussian bandwidths.
 
-    Returns the (unnormalised) density (n_feh, n_mr) and the bandwidths (dex, mag).
+    Returns the (unnormalised) density (n_feh, n_mr) and the bandwidths (dex, mag). Fewer
+    than two stars make no density (zeros: the bin's prior becomes flat), not a spike.
     """
     feh = np.asarray(feh, dtype=float)
     mr = np.asarray(mr, dtype=float)
     hist, _, _ = np.histogram2d(feh, mr, bins=[_grid_edges(locus.feh), _grid_edges(locus.mr)])
     n = len(feh)
     if n < 2:
-        return hist, (locus.feh_step, locus.mr_step)
+        return np.zeros_like(hist), (locus.feh_step, locus.mr_step)
     scott = n ** (-1.0 / 6.0)
     h_feh = max(float(np.std(feh)) * scott, locus.feh_step)
     h_mr = max(float(np.std(mr)) * scott, locus.mr_step)
@@ -431,14 +433,20 @@ def build_patch_priors(
     The patch is simulated once over the full r range of the bins. Bins with fewer than
     ``min_stars`` stars (the bright ones, for a small patch) get extra simulations restricted
     to that bin with the expected counts multiplied (``oversample``) until they reach
-    ``min_stars`` (at most ``max_oversample`` patch areas): the same sightlines, a
-    proportionally larger area. Each bin pools all runs that cover it. A patch wider than
+    ``min_stars`` (at most ``max_oversample`` patch areas, or ``max_oversample`` deg^2 for a
+    patch smaller than 1 deg^2): the same sightlines, a proportionally larger area. Each bin
+    pools all runs that cover it; bins still short of ``min_stars`` are listed in the
+    metadata (``bins_below_min_stars``). A patch wider than
     ``max_area_deg2`` is simulated at that area's expected counts (a random sample of its
     stars, over its whole area), which bounds memory and time for any footprint.
     """
     locus = locus or build_locus()
+    area_deg2 = resolve_patch(pixel, order, cone).area_deg2
     # the patch areas the base simulation stands for: below 1 for a wide patch
-    base_fraction = min(1.0, max_area_deg2 / resolve_patch(pixel, order, cone).area_deg2)
+    base_fraction = min(1.0, max_area_deg2 / area_deg2)
+    # a tiny patch (a high-order pixel) may borrow its sightlines' stars from up to
+    # max_oversample deg^2, not max_oversample of its own few arcsec^2
+    area_cap = max_oversample * max(1.0, 1.0 / area_deg2)
     centres = np.asarray(r_centres, dtype=float)
     r_lo, r_hi = float(centres[0] - r_half_width), float(centres[-1] + r_half_width)
     common = {
@@ -454,14 +462,15 @@ def build_patch_priors(
     r = base["rmag_true"].to_numpy()
     runs = [base]
     extra: dict[str, float] = {}
+    short: dict[str, int] = {}
     for k, centre in enumerate(centres):
         have = int(np.count_nonzero(np.abs(r - centre) <= r_half_width))
         area_factor = base_fraction  # patch areas simulated so far for this bin
         attempt = 0
-        while have < min_stars and area_factor < max_oversample and attempt < 5:
+        while have < min_stars and area_factor < area_cap and attempt < 5:
             # stars per unit area so far (at least one, for an empty bin) sets the next factor
             rate = max(have, 1) / area_factor
-            factor = min(max_oversample - area_factor, 1.2 * (min_stars - have) / rate)
+            factor = min(area_cap - area_factor, 1.2 * (min_stars - have) / rate)
             sub_seed = int(np.random.SeedSequence([seed, k + 1, attempt]).generate_state(1)[0])
             run = simulate_patch(
                 seed=sub_seed,
@@ -476,12 +485,15 @@ def build_patch_priors(
             attempt += 1
         if area_factor > base_fraction:
             extra[f"{centre:g}"] = area_factor
+        if have < min_stars:
+            short[f"{centre:g}"] = have
     sim = base.attrs["photodist_simulation"]
     metadata = {
         "patch": sim["patch"],
         "area_deg2": sim["area_deg2"],
         "seed": seed,
         "oversample_per_bin": extra,
+        "bins_below_min_stars": short,
         "simulated_area_fraction": base_fraction,
         "min_stars": min_stars,
         "ar_inf": ar_inf,
@@ -579,8 +591,17 @@ def read_trilegal_priors(
     if not path.exists():
         raise FileNotFoundError(f"TRILEGAL prior path {path} does not exist")
     files = _trilegal_files(path)
+    file_pixel = None
     if path.is_file():
         chosen = files[-1]
+        match = re.fullmatch(r"Npix=(\d+)", path.stem)
+        file_pixel = int(match.group(1)) if match else None
+        if pixel is not None and pixel != file_pixel:
+            raise ValueError(
+                f"{path} is "
+                + ("a single prior file" if file_pixel is None else f"pixel {file_pixel}")
+                + f", not pixel {pixel}; give its folder to choose a pixel"
+            )
     elif pixel is not None:
         if pixel not in files:
             raise ValueError(f"pixel {pixel} not in {path}; it holds pixels {sorted(files)}")
@@ -593,7 +614,7 @@ def read_trilegal_priors(
         )
     prior = _trilegal_map(pd.read_parquet(chosen), locus, floor_fraction, str(chosen))
     prior.metadata["pixel"] = (
-        pixel if pixel is not None else (None if path.is_file() else next(iter(files)))
+        pixel if pixel is not None else (file_pixel if path.is_file() else next(iter(files)))
     )
     return prior
 

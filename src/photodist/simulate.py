@@ -26,7 +26,9 @@ plus extinction, and photometric errors from:
   sources u, g, r, i, z = 22.0, 22.2, 22.2, 21.3, 20.5 (Abazajian et al. 2004, AJ 128, 502)
   taken as 5-sigma depths, gamma = 0.039 and sigma_sys = 0.02 mag (Ivezić et al. 2004, AN 325,
   583: ~2 % single-epoch calibration). ``"sdssN"`` averages N epochs (random part / sqrt(N)).
-* ``"none"``: no noise (errors set to 0).
+* ``"none"``: no noise. The error columns hold :data:`NOISE_FREE_ERROR` (1 mmag), a nominal
+  positive error: an error of 0 marks a measurement unusable (as in real catalogues), so a
+  catalogue of zeros could not be estimated at all.
 
 Noise is Gaussian in magnitudes with the error computed from the true magnitude, so bands far
 below the depth (e.g. u of faint M dwarfs) get errors of several magnitudes and meaningless
@@ -60,6 +62,10 @@ DEFAULT_R_MAX = 27.5
 WORK_ORDER = 7
 #: At most this many sightline cells (large patches use coarser cells, bounding memory).
 MAX_CELLS = 2048
+#: Error (mag) written for every band of a noise-free catalogue (``errors="none"``).
+NOISE_FREE_ERROR = 0.001
+#: The simulator's r limits lie within this range (mag).
+R_LIMIT_RANGE = (0.0, 30.0)
 #: Distance-modulus grid: start (DM = -2.5 is 3.2 pc) and step (mag).
 DM_MIN = -2.5
 DM_STEP = 0.02
@@ -112,6 +118,8 @@ class Patch:
     @classmethod
     def cone(cls, l: float, b: float, radius: float) -> Patch:  # noqa: E741
         """A cone centred on Galactic (l, b) with ``radius`` (all degrees)."""
+        if not np.isfinite(l):
+            raise ValueError(f"cone longitude must be finite, got {l}")
         if not 0 < radius <= 90:
             raise ValueError(f"cone radius must be in (0, 90] deg, got {radius}")
         if not -90 <= b <= 90:
@@ -156,6 +164,17 @@ class Patch:
             if len(ipix) <= MAX_CELLS or depth == 0:
                 return np.sort(np.asarray(ipix, dtype=np.uint64)), depth
             depth -= 1
+
+    def cell_fractions(self, ipix: np.ndarray, depth: int) -> np.ndarray:
+        """Fraction of each cell (of :meth:`cells`) inside the patch, from 64 sub-cells each."""
+        if self.is_healpix:
+            return np.ones(len(ipix))
+        children = (np.asarray(ipix, dtype=np.uint64)[:, None] << np.uint64(6)) + np.arange(
+            64, dtype=np.uint64
+        )
+        lon, lat = chp.healpix_to_lonlat(children.ravel(), depth + 3)
+        inside = self.contains(np.asarray(lon.deg), np.asarray(lat.deg))
+        return inside.reshape(len(ipix), 64).mean(axis=1)
 
     def contains(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
         """Whether points (in the patch's own frame, degrees) lie inside a cone patch."""
@@ -239,6 +258,8 @@ def _error_model(errors: str | photerr.ErrorModel, band_set: BandSet) -> photerr
             f"unknown error model {errors!r}; use 'lsst10', 'lsstN', 'sdss', 'sdssN' or 'none'"
         )
     kind, number = match.group(1), match.group(2)
+    if number is not None and float(number) <= 0:
+        raise ValueError(f"error model {errors!r}: the number of years or epochs must be > 0")
     common = {"highSNR": True, "decorrelate": False, "sigLim": 0.0, "ndMode": "flag"}
     if kind == "lsst":
         years = float(number) if number else 10.0
@@ -268,7 +289,7 @@ def add_photometric_errors(
     bands = list(band_set.bands)
     if model is None:
         values = true_mags[bands].to_numpy(float)
-        return values.copy(), np.zeros_like(values)
+        return values.copy(), np.full_like(values, NOISE_FREE_ERROR)
     absent = [b for b in bands if b not in model._bands]
     if absent:
         raise ValueError(f"error model has no parameters for bands {absent}")
@@ -379,6 +400,9 @@ def simulate_patch(
     band_set = get_band_set(band_set)
     if oversample <= 0:
         raise ValueError("oversample must be positive")
+    for name, value in (("r_max", r_max), ("r_min", r_min)):
+        if value is not None and not R_LIMIT_RANGE[0] <= value <= R_LIMIT_RANGE[1]:
+            raise ValueError(f"{name} must lie in {list(R_LIMIT_RANGE)} mag, got {value}")
     if r_min is not None and r_min >= r_max:
         raise ValueError(f"r_min ({r_min}) must be below r_max ({r_max})")
     if not truth_only:
@@ -413,6 +437,7 @@ def simulate_patch(
         share[..., code] *= scale * weight
     lam_c = share
     lam = lam_c.sum(axis=-1)
+    inside_fraction = patch.cell_fractions(sl.ipix, sl.depth)
     counts = rng.poisson(lam.ravel())
     if n_max is not None and counts.sum() > n_max:
         counts = rng.multivariate_hypergeometric(counts, int(n_max))
@@ -494,9 +519,10 @@ def simulate_patch(
         "band_set": band_set.name,
         "errors": str(errors) if not truth_only else None,
         "ar_inf": None if ar_inf is None else float(ar_inf),
-        "expected_stars": float(lam.sum()),
+        "expected_stars": float((lam.sum(axis=1) * inside_fraction).sum()),
         "expected_stars_per_component": {
-            name: float(lam_c[..., k].sum()) for k, name in enumerate(COMPONENT_NAMES)
+            name: float((lam_c[..., k].sum(axis=1) * inside_fraction).sum())
+            for k, name in enumerate(COMPONENT_NAMES)
         },
         "galaxy": asdict(galaxy),
         "dust": asdict(dust),
