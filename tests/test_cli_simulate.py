@@ -78,6 +78,32 @@ def test_priors_builds_and_saves_a_map(tmp_path):
     assert again.exit_code != 0 and "overwrite" in again.output
     assert _run([*args, "--overwrite"]).exit_code == 0
     np.testing.assert_array_equal(PriorMap.load(path).density, prior.density)
+    # the name given to `priors` (without .npz) is accepted by --prior
+    sim = tmp_path / "sim.parquet"
+    assert _run(["simulate", str(sim), *CONE, "--r-max", "16", "--bands", "sdss"]).exit_code == 0
+    grid = ["--feh-step", "0.5", "--mr-step", "0.5", "--bands", "sdss"]
+    used = _run(["bayes", str(sim), str(tmp_path / "b.parquet"), "--prior", str(out), *grid])
+    assert used.exit_code == 0, used.output
+    # a folder is not a prior file name (it wrote folder.npz beside it before)
+    folder = _run(["priors", str(tmp_path), *CONE, "--min-stars", "10"])
+    assert folder.exit_code == 2 and "is a folder" in folder.output
+    assert not tmp_path.with_suffix(".npz").exists()
+
+
+def test_priors_of_the_smallest_pixel_have_stars_in_every_bin(tmp_path):
+    """An order-29 pixel (~1e-14 deg^2) expects ~1e-11 stars per r bin: its prior comes from
+    its sightline simulated over a larger area, not from an empty (flat) simulation."""
+    out = tmp_path / "p.npz"
+    result = _run(
+        ["priors", str(out), "--pixel", "3", "--order", "29", "--min-stars", "10"]
+        + ["--feh-step", "0.5", "--mr-step", "0.5"]
+    )
+    assert result.exit_code == 0, result.output
+    prior = PriorMap.load(out, locus=build_locus(feh_step=0.5, mr_step=0.5))
+    assert np.all(prior.n_stars >= 5)
+    assert ("warning: r bins short" in result.output) == bool(
+        prior.metadata["bins_below_min_stars"]
+    )
 
 
 def test_priors_argument_errors(tmp_path):
@@ -101,3 +127,6 @@ def test_priors_converts_a_trilegal_catalogue(s82_priors_path, tmp_path):
     assert prior.n_bins == 27
     missing = _run(["priors", str(tmp_path / "x.npz"), "--trilegal", str(s82_priors_path)])
     assert missing.exit_code != 0 and "choose one" in missing.output
+    partition = s82_priors_path / "dataset/Norder=5/Dir=0/Npix=1.parquet"
+    other = _run(["priors", str(tmp_path / "y.npz"), "--trilegal", str(partition), "--pixel", "2"])
+    assert other.exit_code == 1 and "is pixel 1, not pixel 2" in other.output

@@ -87,6 +87,10 @@ def test_a_tiny_pixel_borrows_its_sightlines_stars():
     short = prior.metadata["bins_below_min_stars"]
     assert all(prior.n_stars[list(prior.r_centres).index(float(r))] == n for r, n in short.items())
     assert prior.density.max() < 0.01  # no bin concentrated on a few grid points
+    capped = build_patch_priors(pixel=100_000, order=20, min_stars=200, seed=1, max_oversample=1e-4)
+    short = capped.metadata["bins_below_min_stars"]
+    assert len(short) == capped.n_bins  # 1e-4 deg^2 holds too few stars for any bin
+    assert [short[f"{r:g}"] for r in capped.r_centres] == capped.n_stars.tolist()
 
 
 def test_bin_index_and_for_r(patch_priors):

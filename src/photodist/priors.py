@@ -468,8 +468,18 @@ def build_patch_priors(
         area_factor = base_fraction  # patch areas simulated so far for this bin
         attempt = 0
         while have < min_stars and area_factor < area_cap and attempt < 5:
-            # stars per unit area so far (at least one, for an empty bin) sets the next factor
+            # stars per unit area so far set the next factor; for a bin still empty, the
+            # model's expected count in one patch area (or one star in all so far)
             rate = max(have, 1) / area_factor
+            if have == 0:
+                expected = simulate_patch(
+                    seed=0,
+                    r_min=float(centre - r_half_width),
+                    r_max=float(centre + r_half_width),
+                    n_max=0,
+                    **common,
+                ).attrs["photodist_simulation"]["expected_stars"]
+                rate = expected if expected > 0 else rate
             factor = min(area_cap - area_factor, 1.2 * (min_stars - have) / rate)
             sub_seed = int(np.random.SeedSequence([seed, k + 1, attempt]).generate_state(1)[0])
             run = simulate_patch(
