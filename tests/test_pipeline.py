@@ -238,6 +238,11 @@ def test_saved_model_predicts_every_row_as_the_run_did(catalog, hybrid, tmp_path
     n_invalid = int(((pred["flags"].to_numpy() & Flags.NN_INVALID_INPUT) > 0).sum())
     assert info["n_invalid_input"] == n_invalid >= len(NO_R + NO_U + SENTINEL_G)
     assert info["n_nn"] + n_invalid == len(catalog)
+    # one usable colour (r-i): TOO_FEW_COLORS, as run and bayes flag such a row
+    lone = catalog.iloc[:3].copy()
+    lone[["umag", "gmag", "zmag"]] = np.nan
+    flags = predict_with_model(loaded, lone)["flags"].to_numpy()
+    assert np.all(flags & Flags.TOO_FEW_COLORS) and np.all(flags & Flags.NN_INVALID_INPUT)
 
 
 def test_network_rows_far_from_the_locus_are_flagged(catalog, hybrid):

@@ -712,8 +712,9 @@ def _network_rows(
     fit_check: BayesEstimator | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Network estimates of ``rows`` into ``out``, flagged ``NN_OUT_OF_DOMAIN``,
-    ``NN_INVALID_INPUT`` and ``COLOR_UNUSABLE`` (as the Bayesian estimator flags a row with an
-    unusable colour, whichever estimator gives it its values), with the chi2 and the
+    ``NN_INVALID_INPUT``, ``COLOR_UNUSABLE`` and ``TOO_FEW_COLORS`` (as the Bayesian estimator
+    flags a row with an unusable colour or fewer than two usable ones, whichever estimator
+    gives it its values), with the chi2 and the
     ``POOR_FIT`` and ``AR_AT_BOUND`` flags of ``fit_check.best_fit`` for the rows the networks
     estimate.
 
@@ -723,10 +724,11 @@ def _network_rows(
     pred = model.predict(sub)
     out.put_nn(rows, pred, sub.r)
     ood, invalid = pred["out_of_domain"], pred["invalid_input"]
-    unusable = ~(np.isfinite(sub.colors) & np.isfinite(sub.color_errors)).all(axis=1)
+    usable = np.isfinite(sub.colors) & np.isfinite(sub.color_errors)
     out.flags[rows[ood]] |= Flags.NN_OUT_OF_DOMAIN
     out.flags[rows[invalid]] |= Flags.NN_INVALID_INPUT
-    out.flags[rows[unusable]] |= Flags.COLOR_UNUSABLE
+    out.flags[rows[~usable.all(axis=1)]] |= Flags.COLOR_UNUSABLE
+    out.flags[rows[usable.sum(axis=1) < 2]] |= Flags.TOO_FEW_COLORS
     if fit_check is not None:
         estimated = np.flatnonzero(~invalid)  # (rows handed back to Bayes later get its own)
         chi2, fit_flags = fit_check.best_fit(sub.subset(estimated))
