@@ -639,7 +639,7 @@ def test_simulate_run_evaluate_chain(tmp_path):
     assert table.loc["Mr", "bayes_truth_sigma_g"] > 0
 
 
-def test_evaluate_reads_photod_truth_with_the_runs_column_mapping(tmp_path):
+def test_evaluate_reads_photod_truth_with_the_runs_column_mapping(tmp_path, monkeypatch):
     """A photod-style simulated catalogue (truth in Mr/FeH/Ar, renamed magnitude columns)."""
     sim = tmp_path / "sim.parquet"
     runner = CliRunner()
@@ -663,6 +663,29 @@ def test_evaluate_reads_photod_truth_with_the_runs_column_mapping(tmp_path):
     assert result.exit_code == 0, result.output
     table = pd.read_csv(t1, index_col=0)
     assert (table["n_stars"] > 0).all() and np.isfinite(table["bayes_truth_sigma_g"]).all()
+    # a run started in the output's folder records its prior relative to that folder;
+    # evaluate run from elsewhere finds the map beside the output
+    summary_file = out.with_name(out.name + ".run.json")
+    summary = json.loads(summary_file.read_text())
+    summary_file.write_text(json.dumps({**summary, "prior": out.name + ".prior.npz"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = runner.invoke(cli, ["evaluate", str(out), str(photod), "--bayes-sample", "50"])
+    assert result.exit_code == 0, result.output
+    # without the run's summary (a `predict` output) there is no prior for NN vs Bayes: said,
+    # not replaced by a flat prior; --save-bayes would write nothing, so it is refused
+    bare = tmp_path / "bare.parquet"
+    bare.write_bytes(out.read_bytes())
+    result = runner.invoke(cli, ["evaluate", str(bare), str(photod), "--bayes-sample", "50"])
+    assert result.exit_code == 0 and "no run summary" in result.output, result.output
+    assert "nn_bayes_sigma_g" in result.output
+    result = runner.invoke(
+        cli, ["evaluate", str(bare), str(photod), "--save-bayes", str(tmp_path / "sb.parquet")]
+    )
+    assert result.exit_code == 2 and "nothing to save" in result.output
+    result = runner.invoke(cli, ["evaluate", str(out), str(photod), "--bands", "sdss"])
+    assert result.exit_code == 2 and "the run used the lsst bands" in result.output
     # Bayes on every star: no network rows, the Bayes vs truth columns still filled
     bayes_only = tmp_path / "bayes_only.parquet"
     result = runner.invoke(

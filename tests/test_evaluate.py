@@ -199,6 +199,14 @@ def test_truth_rows_are_matched_to_the_run_by_id_position_or_order():
     run = pd.DataFrame({"source_id": [12, 10, 99], "ra": [3.0, 1.0, 9.0], "dec": [0.5] * 3})
     by_id = align_to_run(truth, run, "truth")
     np.testing.assert_array_equal(by_id["x"], [2, 0, np.nan])  # an id truth lacks: NaN
+    # ids written as text in one table match by their text; ids that match nothing are an
+    # error (every statistic would be over 0 stars), few matches a warning
+    as_text = align_to_run(truth.assign(source_id=truth["source_id"].astype(str)), run, "truth")
+    np.testing.assert_array_equal(as_text["x"], [2, 0, np.nan])
+    with pytest.raises(ValueError, match="none of the run's 3 source_id values"):
+        align_to_run(truth.assign(source_id=[1, 2, 3]), run, "truth")
+    with pytest.warns(UserWarning, match="only 1 of the run's 3 rows"):
+        align_to_run(truth.assign(source_id=[1, 2, 12]), run, "truth")
     # a survey output (HEALPix order) without ids: by position on the sky
     by_position = align_to_run(truth, run.drop(columns="source_id"), "truth", in_input_order=False)
     np.testing.assert_array_equal(by_position["x"], [2, 0, np.nan])

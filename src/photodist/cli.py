@@ -8,7 +8,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -1179,7 +1179,7 @@ def bayes_command(
         raise click.BadParameter(str(exc), param_hint="--locus") from exc
     ctx = click.get_current_context()
     steps_given = any(
-        ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
         for name in ("feh_step", "mr_step")
     )
     if locus_path is None or steps_given:  # a --locus table keeps its grid unless asked
@@ -1715,6 +1715,24 @@ def run_command(
     click.echo(f"{len(result)} stars -> {output_path} (summary {summary_path})")
 
 
+def _run_prior_file(result_path: Path, summary: Mapping[str, Any]) -> Path:
+    """The prior map a `photodist run` wrote beside its output (OUTPUT.prior.npz), wherever
+    the command is run from; else the path its summary recorded (relative to the folder the
+    run was started in, or to the output's folder)."""
+    recorded = Path(summary["prior"])
+    for candidate in (
+        result_path.with_name(result_path.name + ".prior.npz"),
+        recorded,
+        result_path.parent / recorded.name,
+    ):
+        if candidate.is_file():
+            return candidate
+    raise click.ClickException(
+        f"{result_path}: the run's prior map {recorded} is not beside it; NN vs Bayes needs "
+        "it (or give --bayes-sample 0)"
+    )
+
+
 @cli.command("evaluate")
 @click.argument("result_path", type=click.Path(exists=True, path_type=Path))
 @click.argument("truth_path", type=click.Path(exists=True, path_type=Path))
@@ -1752,6 +1770,13 @@ def run_command(
     help="Also write the Bayesian estimates of the sampled rows (NaN elsewhere), "
     "aligned with RESULT, for `photodist report --bayes-reference`.",
 )
+@click.option(
+    "--bands",
+    type=click.Choice(["lsst", "sdss", "ugrizy", "ugriz"]),
+    default=None,
+    help="Band set of RESULT when no run summary lies beside it (a `predict` output); "
+    "default: the summary's, else lsst.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing --out / --save-bayes files.")
 def evaluate_command(
     result_path: Path,
@@ -1761,6 +1786,7 @@ def evaluate_command(
     truth_column: tuple[str, ...],
     out_path: Path | None,
     save_bayes: Path | None,
+    bands: str | None,
     overwrite: bool,
 ) -> None:
     """Table 1 of the paper for a `photodist run` output against a simulated truth catalogue.
@@ -1817,11 +1843,28 @@ def evaluate_command(
         ) from exc
     summary_path = result_path.with_name(result_path.name + ".run.json")
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    no_bayes = None  # why there is no Bayesian re-run of network rows
     if survey is not None:  # each patch had its own prior and fits: no Bayesian re-run
         summary = {"config": survey["pipeline"]}
+        no_bayes = "a survey output: NN vs Bayes needs each patch's own prior"
+    elif not summary:
+        no_bayes = (
+            f"no run summary ({summary_path.name}; a `predict` output has none): NN vs Bayes "
+            "needs the run's prior and settings"
+        )
+    elif bayes_sample == 0:
+        no_bayes = "--bayes-sample 0"
+    if no_bayes is not None:
+        if save_bayes is not None:
+            raise click.UsageError(f"--save-bayes: nothing to save ({no_bayes})")
         if bayes_sample > 0:
-            click.echo("a survey output: NN vs Bayes needs each patch's own prior, not computed")
+            click.echo(f"{no_bayes}; not computed")
         bayes_sample = 0
+    if bands is not None:
+        bands = get_band_set(bands).name
+        recorded = summary.get("bands") or summary.get("config", {}).get("band_set")
+        if recorded and get_band_set(recorded).name != bands:
+            raise click.UsageError(f"--bands {bands}: the run used the {recorded} bands")
     # a `photodist bayes` output: every row Bayesian, its uncertainty the posterior std
     bayes_output = "method" not in result.columns and all(
         f"{p}_std" in result.columns and f"{p}_sigma" not in result.columns for p in PARAMETERS
@@ -1830,7 +1873,7 @@ def evaluate_command(
         result = result.assign(
             method="bayes", **{f"{p}_sigma": result[f"{p}_std"] for p in PARAMETERS}
         )
-        config = PipelineConfig(band_set=summary.get("bands", PipelineConfig().band_set))
+        config = PipelineConfig(band_set=summary.get("bands", bands or PipelineConfig().band_set))
     else:
         try:
             config = PipelineConfig.from_dict(dict(summary.get("config", {}), progress=False))
@@ -1838,6 +1881,8 @@ def evaluate_command(
             raise click.ClickException(
                 f"{summary_path} is not the summary of a `photodist run` output: {exc}"
             ) from exc
+        if bands is not None:
+            config = dataclasses.replace(config, band_set=bands)
     columns = ColumnMap.from_mapping(summary["columns"]) if "columns" in summary else ColumnMap()
     if survey is not None:
         columns = ColumnMap(**survey["columns"])
@@ -1845,9 +1890,12 @@ def evaluate_command(
         keep = snr_mask(truth, config.band_set, min_snr, columns)
     except KeyError as exc:
         raise click.ClickException(
-            f"{truth_path}: photometry column {exc.args[0]} not found for the "
-            f"{config.band_set} bands (the run's column mapping; without {summary_path.name} "
-            "the bands are LSST ugrizy)"
+            f"{truth_path}: no photometry column {exc.args[0]} for the {config.band_set} bands"
+            + (
+                " (the run's column mapping)"
+                if summary
+                else f" (without {summary_path.name} the bands are --bands, default lsst)"
+            )
         ) from exc
     bayes_full = None
     is_nn = (result["method"] == "nn").to_numpy() if "method" in result.columns else None
@@ -1858,10 +1906,14 @@ def evaluate_command(
             f"no network rows (every star got the Bayesian estimate): only the Bayes vs truth "
             f"columns apply, on {n_bayes} stars with SNR > {min_snr:g}"
         )
+        if save_bayes is not None:
+            raise click.UsageError("--save-bayes: nothing to save (no network rows)")
     if bayes_sample > 0 and nn_rows.size:
         rng = np.random.default_rng(config.seed + 1)
         sample = np.sort(rng.choice(nn_rows, size=min(bayes_sample, len(nn_rows)), replace=False))
-        prior = PriorMap.load(summary["prior"]) if summary.get("prior") else None
+        prior = (
+            PriorMap.load(_run_prior_file(result_path, summary)) if summary.get("prior") else None
+        )
         grid = posterior_grid(build_locus(), config)
         estimator = BayesEstimator(  # the run's Bayesian stage: floor, prior power, profile
             grid,

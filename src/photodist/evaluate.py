@@ -17,6 +17,7 @@ statistics with sampling noise, see ``benchmarks/bench_pipeline.py``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -187,11 +188,11 @@ def align_to_run(
     ------
     ValueError
         No id column is shared and the result is not in the input's order without unique
-        positions, or the row counts differ.
+        positions, or the row counts differ, or the shared id column matches no row.
     """
     for key in id_columns:
         if key in result.columns and _unique_key(frame, [key]):
-            return frame.set_index(key).reindex(result[key].to_numpy()).reset_index()
+            return _matched_by_id(frame, result, key, name)
     if not in_input_order:
         if all(c in result.columns for c in positions) and _unique_key(frame, positions):
             keyed = frame.set_index(list(positions))
@@ -208,6 +209,28 @@ def align_to_run(
             f"({', '.join(id_columns)}) is shared to match them by"
         )
     return frame.reset_index(drop=True)
+
+
+def _matched_by_id(frame: pd.DataFrame, result: pd.DataFrame, key: str, name: str) -> pd.DataFrame:
+    """``frame`` reindexed to ``result``'s ``key`` values; ids of different types (e.g. 7
+    and "7") are matched by their text. None matched is an error, under half a warning."""
+    ids, wanted = frame[key], result[key]
+    found = wanted.isin(ids)
+    if not found.any() and ids.dtype != wanted.dtype:
+        ids, wanted = ids.astype(str), wanted.astype(str)
+        found = wanted.isin(ids)
+    if len(result) and not found.any():
+        raise ValueError(
+            f"{name}: none of the run's {len(result):,} {key} values is in its {key} column "
+            f"(e.g. {wanted.iloc[0]!r} against {ids.iloc[0] if len(ids) else 'no rows'!r})"
+        )
+    if found.mean() < 0.5:
+        warnings.warn(
+            f"{name}: only {int(found.sum()):,} of the run's {len(result):,} rows have a "
+            f"{key} in it; the others are compared with nothing",
+            stacklevel=3,
+        )
+    return frame.assign(**{key: ids}).set_index(key).reindex(wanted.to_numpy()).reset_index()
 
 
 def robust_stats(x: np.ndarray | Sequence[float] | pd.Series) -> tuple[float, float]:
