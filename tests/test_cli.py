@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from photodist.bands import photometry_from_frame
+from photodist.bands import ColumnMap, photometry_from_frame
 from photodist.bayes import BayesConfig, BayesEstimator, Flags
 from photodist.cli import cli
 from photodist.dust_profile import fit_dust_profile
@@ -976,3 +976,20 @@ def test_sigterm_unwinds_like_an_error_so_partial_outputs_are_removed(tmp_path):
         assert list(tmp_path.iterdir()) == []
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_report_column_options_keep_the_runs_other_column_names(tmp_path):
+    """`report --dust-column X` on a run made with renamed magnitude columns keeps those
+    names (it restarted from the defaults, and the report lost its u-g photometry)."""
+    from photodist.cli import _run_columns_with
+
+    output = tmp_path / "run.parquet"
+    recorded = ColumnMap.from_mapping({"umag": "u_psf", "uerr": "u_psf_err", "dust": "A_old"})
+    summary = {"columns": recorded.to_mapping()}
+    output.with_name(output.name + ".run.json").write_text(json.dumps(summary))
+    columns = _run_columns_with(output, [("gmag", "g_psf")], "A_sfd", None, None)
+    assert columns.mags["u"] == "u_psf" and columns.errors["u"] == "u_psf_err"
+    assert columns.mags["g"] == "g_psf" and columns.dust == "A_sfd"
+    # no summary: the defaults, with what was given
+    bare = _run_columns_with(tmp_path / "other.parquet", [], None, "nJy", None)
+    assert bare.flux_unit == "nJy" and bare.mags == ColumnMap().mags

@@ -243,6 +243,13 @@ def test_patch_maps_from_the_patch_summaries(run_output, tmp_path):
     assert paths["patches"].name == f"patches_order{PART_ORDER}.parquet"
     for key in ("patch_prior_feh_shift", "patch_prior_power", "patch_color_scatter"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # another order's maps in the same folder share the patch maps: refused before any work
+    # unless overwriting (they were replaced silently)
+    before = paths["patches"].read_bytes()
+    with pytest.raises(FileExistsError, match="use --overwrite"):
+        write_maps(with_summaries, 5, tmp_path / "maps", fmt="parquet", overwrite=False)
+    assert paths["patches"].read_bytes() == before
+    assert not (tmp_path / "maps" / "maps_order5.parquet").exists()
     fig = plot_mollweide(maps, "prior_feh_shift", symmetric=True)
     low, high = fig.axes[0].collections[0].get_clim()
     assert low == -high == -0.3

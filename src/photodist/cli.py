@@ -350,6 +350,40 @@ def _column_map(
         raise click.BadParameter(str(exc), param_hint="--column") from exc
 
 
+def _run_columns_with(
+    run_output: Path,
+    given: list[tuple[str, str]],
+    dust: str | None,
+    flux_unit: str | None,
+    ebv: str | None,
+) -> ColumnMap:
+    """The column names a run recorded (its summary, or a survey's manifest), with the
+    ``--column``, ``--dust-column``, ``--flux-unit`` and ``--ebv-column`` values given on top:
+    naming one column keeps the run's names of the others."""
+    import json
+
+    from photodist.survey import survey_settings
+
+    summary_path = run_output.with_name(run_output.name + ".run.json")
+    recorded: dict[str, Any] = {}
+    try:
+        survey = survey_settings(run_output)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if survey is not None:
+        recorded = ColumnMap(**survey["columns"]).to_mapping()
+    elif summary_path.is_file():
+        recorded = dict(json.loads(summary_path.read_text()).get("columns") or {})
+    options = {"dust": dust, "flux_unit": flux_unit, "ebv": ebv}
+    recorded.update({key: value for key, value in options.items() if value is not None})
+    recorded.update(given)
+    recorded.setdefault("dust", DEFAULT_DUST_COLUMN)
+    try:
+        return ColumnMap.from_mapping(recorded)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--column") from exc
+
+
 def _chosen_bands(columns: ColumnMap, available: list[str], bands: str) -> str:
     """``bands``, or, when ``--bands`` was not given and the catalogue cannot be read with
     the default band set but can with another (a ugriz catalogue: no y band), that one: the
@@ -2091,7 +2125,7 @@ def survey_command(
     "--format", "fmt", type=click.Choice(["fits", "parquet"]), default="fits", show_default=True
 )
 @click.option("--galactic", is_flag=True, help="Draw the Mollweide maps in Galactic coordinates.")
-@click.option("--overwrite", is_flag=True, help="Replace maps of this order in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace the maps' files in --out.")
 def maps_command(
     run_dir: Path, order: int, out_dir: Path, fmt: str, galactic: bool, overwrite: bool
 ) -> None:
@@ -2099,15 +2133,13 @@ def maps_command(
     from photodist.skymaps import write_maps
     from photodist.survey import incomplete_run_note
 
-    existing = out_dir / f"maps_order{order}.{fmt}"
-    if existing.exists() and not overwrite:
-        raise click.ClickException(f"{existing} already exists; use --overwrite to replace it")
-
     if note := incomplete_run_note(run_dir):
         click.echo(note, err=True)
     try:
-        written = write_maps(run_dir, order, out_dir, fmt=fmt, galactic=galactic)
-    except (ValueError, FileNotFoundError) as exc:
+        written = write_maps(
+            run_dir, order, out_dir, fmt=fmt, galactic=galactic, overwrite=overwrite
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from exc
     for key, path in written.items():
         click.echo(f"{key}: {path}")
@@ -2327,8 +2359,8 @@ def report_command(
     if title:
         options["title"] = title
     if column or dust_column or ebv_column or flux_unit:
-        options["columns"] = _column_map(
-            column, dust_column or DEFAULT_DUST_COLUMN, flux_unit, ebv_column
+        options["columns"] = _run_columns_with(
+            run_output, _key_values(column, "--column"), dust_column, flux_unit, ebv_column
         )
     try:
         page = report_from_run(

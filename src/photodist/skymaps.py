@@ -646,6 +646,7 @@ def write_maps(
     galactic: bool = False,
     max_exact_rows: int = 20_000_000,
     shape: tuple[int, int] = (600, 1200),
+    overwrite: bool = True,
 ) -> dict[str, Path]:
     """Make, save and draw all maps of a run (what ``photodist maps`` does).
 
@@ -654,27 +655,43 @@ def write_maps(
     maps (:func:`patch_maps`): ``out_dir/patches_order{patch order}.{fits|parquet}`` and a
     PNG per quantity of :data:`PATCH_FIGURES` (``out_dir/patch_{column}.png``). Returns the
     paths by key (``"maps"``, the column names, and ``"patches"`` and ``"patch_{column}"``).
+    With ``overwrite`` False, any of these files already there is a ``FileExistsError``
+    before any map is made.
     """
     if fmt not in ("fits", "parquet"):
         raise ValueError(f"fmt must be 'fits' or 'parquet', got {fmt!r}")
-    maps = make_maps(run_output, order, max_exact_rows=max_exact_rows)
     out = Path(out_dir)
-    paths = {"maps": save_maps(maps, out / f"maps_order{order}.{fmt}")}
-    for column in MAP_COLUMNS:
-        target = out / f"{column}_order{order}.png"
-        plot_mollweide(maps, column, target, galactic=galactic, shape=shape)
-        paths[column] = target
     try:
-        patches = patch_maps(run_output)
+        patches: pd.DataFrame | None = patch_maps(run_output)
     except FileNotFoundError:  # no summaries (e.g. a catalogue written elsewhere)
+        patches = None
+    paths = {"maps": out / f"maps_order{order}.{fmt}"}
+    paths.update({column: out / f"{column}_order{order}.png" for column in MAP_COLUMNS})
+    if patches is not None:
+        paths["patches"] = out / f"patches_order{patches.attrs['healpix_order']}.{fmt}"
+        paths.update({f"patch_{c}": out / f"patch_{c}.png" for c in PATCH_FIGURES})
+    there = [str(path) for path in paths.values() if path.exists()]
+    if there and not overwrite:
+        raise FileExistsError(
+            f"{len(there)} of the maps' files are already in {out} ({', '.join(there[:3])}"
+            f"{', ...' if len(there) > 3 else ''}); use --overwrite to replace them"
+        )
+    maps = make_maps(run_output, order, max_exact_rows=max_exact_rows)
+    save_maps(maps, paths["maps"])
+    for column in MAP_COLUMNS:
+        plot_mollweide(maps, column, paths[column], galactic=galactic, shape=shape)
+    if patches is None:
         return paths
-    patch_order = patches.attrs["healpix_order"]
-    paths["patches"] = save_maps(patches, out / f"patches_order{patch_order}.{fmt}")
+    save_maps(patches, paths["patches"])
     for column, cmap in PATCH_FIGURES.items():
-        target = out / f"patch_{column}.png"
         symmetric = column == "prior_feh_shift"
         plot_mollweide(
-            patches, column, target, galactic=galactic, cmap=cmap, symmetric=symmetric, shape=shape
+            patches,
+            column,
+            paths[f"patch_{column}"],
+            galactic=galactic,
+            cmap=cmap,
+            symmetric=symmetric,
+            shape=shape,
         )
-        paths[f"patch_{column}"] = target
     return paths
