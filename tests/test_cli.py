@@ -585,7 +585,12 @@ def test_simulate_run_evaluate_chain(tmp_path):
     # labels of the lsst bands, networks of the sdss bands: refused (the labels' summary says)
     mixed = [*train[:3], str(tmp_path / "m4.safetensors"), "--bands", "sdss", "--epochs", "1"]
     mixed = runner.invoke(cli, mixed)
-    assert mixed.exit_code != 0 and "train with --bands lsst" in mixed.output
+    assert mixed.exit_code != 0 and "use --bands lsst" in mixed.output
+    # the architecture search checks the same (it searched on the mismatched labels)
+    tune = ["tune", train[2], "--out", str(tmp_path / "tune"), "--bands", "sdss"]
+    mixed = runner.invoke(cli, tune)
+    assert mixed.exit_code != 0 and "use --bands lsst" in mixed.output
+    assert not (tmp_path / "tune").exists()
     again = runner.invoke(cli, ["run", str(sim), str(out)])
     assert again.exit_code != 0 and "overwrite" in again.output
     result = runner.invoke(

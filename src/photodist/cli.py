@@ -384,6 +384,18 @@ def _run_columns_with(
         raise click.BadParameter(str(exc), param_hint="--column") from exc
 
 
+def _check_labels_bands(summary: Mapping[str, Any], summary_path: Path, bands: str) -> None:
+    """A usage error when labels (a `bayes` or `run` output whose summary is ``summary``)
+    were computed from another band set than the networks would learn them from."""
+    labelled_with = summary.get("bands") or (summary.get("config") or {}).get("band_set")
+    if labelled_with and get_band_set(labelled_with).name != get_band_set(bands).name:
+        raise click.ClickException(
+            f"the labels were computed with the {labelled_with} bands ({summary_path}), "
+            f"and the networks would learn them from the {get_band_set(bands).name} bands: "
+            f"use --bands {labelled_with}"
+        )
+
+
 def _chosen_bands(columns: ColumnMap, available: list[str], bands: str) -> str:
     """``bands``, or, when ``--bands`` was not given and the catalogue cannot be read with
     the default band set but can with another (a ugriz catalogue: no y band), that one: the
@@ -1446,13 +1458,7 @@ def train_command(
             prior_r_range = summary.get("prior_r_range")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise click.ClickException(f"{labels_summary}: unreadable summary ({exc})") from exc
-        labelled_with = summary.get("bands")
-        if labelled_with and get_band_set(labelled_with).name != get_band_set(bands).name:
-            raise click.ClickException(
-                f"the labels were computed with the {labelled_with} bands ({labels_summary}), "
-                f"and the networks would learn them from the {get_band_set(bands).name} bands: "
-                f"train with --bands {labelled_with}"
-            )
+        _check_labels_bands(summary, labels_summary, bands)
         if profile is not None and profile.relative and not nn_dust_input:
             nn_dust_input = True
             click.echo(
@@ -2210,6 +2216,8 @@ def tune_command(
     seed: int,
 ) -> None:
     """Hyperband architecture search (resumable study in OUT/study.journal)."""
+    import json
+
     from photodist.tune import labelled_set_from_file, labelled_set_from_patch, run_tune
 
     if (labelled_path is None) == (not simulate_cone):
@@ -2218,9 +2226,31 @@ def tune_command(
         columns, bands = _catalog_columns(
             column, dust_column, flux_unit, ebv_column, labelled_path, bands
         )
+        summary_path = labelled_path.with_name(labelled_path.name + ".run.json")
+        if summary_path.is_file():
+            try:
+                summary = json.loads(summary_path.read_text())
+            except ValueError as exc:
+                raise click.ClickException(f"{summary_path}: unreadable summary ({exc})") from exc
+            _check_labels_bands(summary, summary_path, bands)
         data = labelled_set_from_file(labelled_path, get_band_set(bands).name, columns)
     else:
-        data = labelled_set_from_patch(tuple(simulate_cone), stars, seed=seed)
+        ctx = click.get_current_context()
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("column", "dust_column", "ebv_column", "flux_unit")
+            if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+        ]
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)}: column options name LABELLED_PATH's columns, not "
+                "--simulate-cone's"
+            )
+        band_set = get_band_set(bands).name
+        errors = "sdss" if band_set == "sdss" else "lsst10"  # the survey's own error model
+        data = labelled_set_from_patch(
+            tuple(simulate_cone), stars, seed=seed, band_set=band_set, errors=errors
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     result = run_tune(
         data,
