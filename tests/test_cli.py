@@ -998,3 +998,30 @@ def test_report_column_options_keep_the_runs_other_column_names(tmp_path):
     # no summary: the defaults, with what was given
     bare = _run_columns_with(tmp_path / "other.parquet", [], None, "nJy", None)
     assert bare.flux_unit == "nJy" and bare.mags == ColumnMap().mags
+
+
+def test_toy_model_and_training_size_check_their_options_and_outputs(tmp_path):
+    """Bad values are usage errors before any work, results in --out are kept without
+    --overwrite, and the success message names the files written."""
+    runner = CliRunner()
+    toy = ["toy-model", "--out", str(tmp_path / "toy"), "--n-stars", "2000"]
+    for bad in (["--ug-error", "-0.1"], ["--max-error", "0"], ["--ug-error", "nan"]):
+        result = runner.invoke(cli, [*toy, *bad])
+        assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "toy").exists()
+    result = runner.invoke(cli, toy)
+    assert result.exit_code == 0, result.output
+    assert "toy_bias.csv" in result.output and "DataFrame" not in result.output
+    assert len(result.output.splitlines()) == 6  # three figures, three tables
+    again = runner.invoke(cli, [*toy, "--seed", "1"])
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert runner.invoke(cli, [*toy, "--seed", "1", "--overwrite"]).exit_code == 0
+    size = ["training-size", "--out", str(tmp_path / "ts"), "--cone", "180", "-50", "0.3"]
+    for bad, message in (
+        (["--tolerance", "-0.1"], "--tolerance"),
+        (["--cone", "180", "-50", "0.3"], "the same cone is given twice"),
+        (["--cone", "180", "100", "0.3"], "latitude"),
+    ):
+        result = runner.invoke(cli, [*size, *bad])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "ts").exists()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from photodist.toy_model import (
+    OUTPUT_FILES,
     TWO_GAUSSIAN_PRIOR,
     UG_POINTS,
     UNIFORM_PRIOR,
@@ -107,7 +108,9 @@ def test_grid_posterior_agrees_with_monte_carlo():
 def test_run_toy_model_writes_figures_and_tables(tmp_path):
     result = run_toy_model(tmp_path, n_stars=20_000, n_errors=7, seed=3)
     assert set(result.figures) == {"fig28", "fig29", "fig30"}
-    for path in [*result.figures.values(), *result.files.values()]:
+    written = {**result.figures, **result.files}
+    assert {key: path.name for key, path in written.items()} == OUTPUT_FILES
+    for path in written.values():
         assert path.is_file() and path.stat().st_size > 0
     summary = json.loads(result.files["summary"].read_text())
     for prior in PRIORS:
@@ -117,3 +120,43 @@ def test_run_toy_model_writes_figures_and_tables(tmp_path):
     full = result.binned[result.binned["n"] >= 1000]
     assert len(full) > 10
     np.testing.assert_allclose(full["median"], full["posterior_median"], atol=0.08)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("ug_error", -0.1),
+        ("ug_error", float("nan")),
+        ("ug_error", float("inf")),
+        ("max_error", 0.0),
+        ("max_error", -1.0),
+        ("max_error", float("inf")),
+        ("max_error", float("nan")),
+        ("bin_width", 0.0),
+    ],
+)
+def test_run_toy_model_refuses_bad_errors_before_any_work(tmp_path, option, value):
+    with pytest.raises(ValueError, match=f"{option} must be a finite"):
+        run_toy_model(tmp_path / "out", n_stars=100, n_errors=2, **{option: value})
+    assert not (tmp_path / "out").exists()
+
+
+def test_posterior_and_sample_refuse_bad_errors():
+    rng = np.random.default_rng(0)
+    for value in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="ug_error"):
+            posterior_summary(1.0, value, UNIFORM_PRIOR)
+        with pytest.raises(ValueError, match="ug_error"):
+            simulate_sample(UNIFORM_PRIOR, 10, value, rng)
+        with pytest.raises(ValueError, match="ug_errors"):
+            bias_curves(UNIFORM_PRIOR, ug_errors=[0.1, value])
+
+
+def test_run_toy_model_keeps_existing_outputs_without_overwrite(tmp_path):
+    (tmp_path / OUTPUT_FILES["bias"]).write_text("mine")
+    with pytest.raises(FileExistsError, match=OUTPUT_FILES["bias"]):
+        run_toy_model(tmp_path, n_stars=100, n_errors=2)
+    assert (tmp_path / OUTPUT_FILES["bias"]).read_text() == "mine"
+    assert not (tmp_path / OUTPUT_FILES["fig28"]).exists()
+    result = run_toy_model(tmp_path, n_stars=100, n_errors=2, overwrite=True)
+    assert result.files["bias"].read_text() != "mine"

@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from photodist import training_size
 from photodist.training_size import (
     DEFAULT_SIZES,
+    patch_training_size_study,
     plateau_reached,
     plateau_size,
     plot_training_size,
@@ -119,3 +121,30 @@ def test_training_size_study_checks_its_inputs(synthetic_set):
         training_size_study(pool, no_truth, sizes=(50,))
     with pytest.raises(ValueError, match="fewer than"):
         training_size_study(pool, pool, sizes=(500,))
+
+
+@pytest.mark.parametrize("tolerance", [-0.1, float("nan"), float("inf")])
+def test_tolerance_must_be_finite_and_non_negative(tolerance, tmp_path):
+    curve = _curve([500, 1000, 2000], [3.0, 1.04, 1.0])
+    for check in (plateau_size, plateau_reached):
+        with pytest.raises(ValueError, match="tolerance must be a finite non-negative"):
+            check(curve, tolerance=tolerance)
+    with pytest.raises(ValueError, match="tolerance"):
+        plot_training_size(curve.assign(seed=0), tmp_path / "fig.png", tolerance=tolerance)
+    assert not (tmp_path / "fig.png").exists()
+
+
+def test_patches_differing_only_in_radius_stay_apart(synthetic_set, monkeypatch):
+    def labelled_patch(cone, n, seed=0):
+        return synthetic_set(n, seed=seed)
+
+    monkeypatch.setattr(training_size, "labelled_set_from_patch", labelled_patch)
+    options = {"max_epochs": 2, "patience": 2, "secondary_max_epochs": 1}
+    options["network_options"] = {"n_threads": 1, "device": "cpu"}
+    frames = [
+        patch_training_size_study(cone, sizes=(20,), n_evaluation=30, **options)
+        for cone in ((180.0, -50.0, 0.3), (180.0, -50.0, 0.6))
+    ]
+    table = pd.concat(frames, ignore_index=True)
+    assert list(table["patch"]) == ["l=180, b=-50, r=0.3", "l=180, b=-50, r=0.6"]
+    assert (training_size_curve(table)["n_seeds"] == 1).all()

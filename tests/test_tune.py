@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
 
-from photodist.nn import ACTIVATIONS, NetworkSpec, PhotoDNetwork
+from photodist import tune
+from photodist.nn import ACTIVATIONS, MISSING_COLOR_ERROR, NetworkSpec, PhotoDNetwork
 from photodist.tune import (
     LabelledSet,
     _recheck_seeds,
@@ -143,9 +145,15 @@ def test_dask_workers_run_the_search(small_set, tmp_path):
     assert result.n_trials == 2
 
 
-def test_train_spec_reproduces_photodnetwork(small_set):
+@pytest.mark.parametrize("n_lacking_u", [0, 80])
+def test_train_spec_reproduces_photodnetwork(small_set, n_lacking_u):
+    """Same rows, fill of unusable colours, split and standardisation as the networks'."""
+    if n_lacking_u:
+        small_set = small_set.subset(np.arange(len(small_set)))
+        small_set.features[:n_lacking_u, [1, 7]] = np.nan  # u-g and its error
     spec = NetworkSpec(((12, "gelu"), (7, "softsign")))
     data = prepare_tune_data(small_set, seed=5)
+    assert len(data.x_train) + len(data.x_val) == len(small_set)
     result = train_spec(spec, data, max_epochs=6, patience=3, learning_rate=0.01)
     model = PhotoDNetwork(
         "lsst",
@@ -162,9 +170,10 @@ def test_train_spec_reproduces_photodnetwork(small_set):
     history = model.history_["primary_runs"][0]
     assert result.best_val_loss == history["best_val_loss"]
     assert result.val_loss == history["val_loss"]
-    standardised = (small_set.features[model.validation_index_] - model.input_mean_) / (
-        model.input_std_
-    )
+    filled = small_set.features.copy()
+    filled[:n_lacking_u, 1] = model.color_fill_[0]
+    filled[:n_lacking_u, 7] = MISSING_COLOR_ERROR
+    standardised = (filled[model.validation_index_] - model.input_mean_) / model.input_std_
     assert np.array_equal(standardised.astype(np.float32), data.x_val)
 
 
@@ -215,6 +224,65 @@ def test_budget_and_argument_checks(small_set, tmp_path):
         run_tune(small_set, storage_path=tmp_path / "x.journal", n_trials=None, timeout=None)
     with pytest.raises(ValueError, match="min_epochs"):
         run_tune(small_set, storage_path=tmp_path / "x.journal", min_epochs=10, max_epochs=5)
+    with pytest.raises(ValueError, match="max_epochs must be positive"):
+        run_tune(small_set, storage_path=tmp_path / "x.journal", max_epochs=0)
+
+
+def test_fewer_max_epochs_than_the_default_first_rung(small_set, tmp_path):
+    kwargs = {k: v for k, v in SMOKE.items() if k != "min_epochs"}
+    result = run_tune(
+        small_set, storage_path=tmp_path / "e.journal", **{**kwargs, "n_trials": 2, "max_epochs": 1}
+    )
+    assert result.n_complete + result.n_pruned == 2
+    assert result.settings["min_epochs"] == result.settings["max_epochs"] == 1
+
+
+def test_settings_bind_the_study_only_once_a_trial_finished(small_set, tmp_path):
+    path = tmp_path / "late.journal"
+    with pytest.raises(ValueError, match="no trial completed"):
+        run_tune(small_set, storage_path=path, **{**SMOKE, "n_trials": None, "timeout": 1e-9})
+    result = run_tune(small_set, storage_path=path, **{**SMOKE, "n_trials": 2, "max_epochs": 3})
+    assert result.settings["max_epochs"] == 3 and result.n_trials == 2
+    assert result.study.user_attrs["photodist_tune_settings"]["max_epochs"] == 3
+    assert result.study.trials[0].user_attrs["fixed_spec"] == "paper_default"
+    with pytest.raises(ValueError, match="other data or settings"):
+        run_tune(small_set, storage_path=path, **{**SMOKE, "n_trials": 1, "max_epochs": 4})
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("cut.journal", b'{"op_code":0,"worker_id":"w","study_name":"s","dir'),
+        ("bad.journal", b'{"op_code":0,"worker_id":"w","st\n{"op_code":0}\n'),
+        ("bad.db", b"not a database"),
+    ],
+)
+def test_unreadable_study_file_is_a_clear_error(small_set, tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{name} is not a readable optuna"):
+        run_tune(small_set.subset(np.arange(100)), storage_path=path, **SMOKE)
+    assert path.read_bytes() == content  # left as it was
+
+
+def test_an_interrupted_search_stops_its_worker_processes(small_set, tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM (SystemExit) in the main process also stops the other workers, which
+    would otherwise search until the timeout."""
+
+    def interrupted_worker(config, data=None):
+        time.sleep(2.0)  # the second worker is starting or searching
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune, "_optimize_worker", interrupted_worker)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_tune(
+            small_set,
+            storage_path=tmp_path / "stop.journal",
+            n_jobs=2,
+            **{**SMOKE, "n_trials": None, "timeout": 120.0},
+        )
+    assert time.monotonic() - start < 40.0
 
 
 def test_labelled_set_file_roundtrip(small_set, tmp_path):
@@ -244,5 +312,6 @@ def test_labelled_set_from_photometry_and_pipeline_columns():
     ]
     assert np.allclose(data.features[:, 0], [18.5, 19.2])
     assert np.allclose(data.features[:, 1], [1.0, 2.0])  # u - g
-    with pytest.raises(KeyError, match="Mr_std or Mr_sigma"):
+    with pytest.raises(KeyError, match="Mr_std or Mr_sigma") as error:
         labelled_set_from_frame(frame.drop(columns="Mr_sigma"))
+    assert str(error.value) == "labelled set needs a column Mr_std or Mr_sigma"  # not quoted

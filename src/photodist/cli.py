@@ -384,6 +384,18 @@ def _run_columns_with(
         raise click.BadParameter(str(exc), param_hint="--column") from exc
 
 
+def _checked_cone(cone: Iterable[float], option: str) -> tuple[float, float, float]:
+    """``cone`` (l, b, radius in degrees), or a usage error naming ``option``."""
+    from photodist.simulate import Patch
+
+    l_deg, b_deg, radius = (float(x) for x in cone)
+    try:
+        Patch.cone(l_deg, b_deg, radius)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from exc
+    return l_deg, b_deg, radius
+
+
 def _check_labels_bands(summary: Mapping[str, Any], summary_path: Path, bands: str) -> None:
     """A usage error when labels (a `bayes` or `run` output whose summary is ``summary``)
     were computed from another band set than the networks would learn them from."""
@@ -2222,46 +2234,50 @@ def tune_command(
 
     if (labelled_path is None) == (not simulate_cone):
         raise click.UsageError("give LABELLED_PATH or --simulate-cone L B RADIUS")
-    if labelled_path is not None:
-        columns, bands = _catalog_columns(
-            column, dust_column, flux_unit, ebv_column, labelled_path, bands
-        )
-        summary_path = labelled_path.with_name(labelled_path.name + ".run.json")
-        if summary_path.is_file():
-            try:
-                summary = json.loads(summary_path.read_text())
-            except ValueError as exc:
-                raise click.ClickException(f"{summary_path}: unreadable summary ({exc})") from exc
-            _check_labels_bands(summary, summary_path, bands)
-        data = labelled_set_from_file(labelled_path, get_band_set(bands).name, columns)
-    else:
-        ctx = click.get_current_context()
-        given = [
-            f"--{name.replace('_', '-')}"
-            for name in ("column", "dust_column", "ebv_column", "flux_unit")
-            if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
-        ]
-        if given:
-            raise click.UsageError(
-                f"{', '.join(given)}: column options name LABELLED_PATH's columns, not "
-                "--simulate-cone's"
+    try:
+        if labelled_path is not None:
+            columns, bands = _catalog_columns(
+                column, dust_column, flux_unit, ebv_column, labelled_path, bands
             )
-        band_set = get_band_set(bands).name
-        errors = "sdss" if band_set == "sdss" else "lsst10"  # the survey's own error model
-        data = labelled_set_from_patch(
-            tuple(simulate_cone), stars, seed=seed, band_set=band_set, errors=errors
+            summary_path = labelled_path.with_name(labelled_path.name + ".run.json")
+            if summary_path.is_file():
+                _check_labels_bands(json.loads(summary_path.read_text()), summary_path, bands)
+            data = labelled_set_from_file(labelled_path, get_band_set(bands).name, columns)
+        else:
+            ctx = click.get_current_context()
+            given = [
+                f"--{name.replace('_', '-')}"
+                for name in ("column", "dust_column", "ebv_column", "flux_unit")
+                if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+            ]
+            if given:
+                raise click.UsageError(
+                    f"{', '.join(given)}: column options name LABELLED_PATH's columns, not "
+                    "--simulate-cone's"
+                )
+            band_set = get_band_set(bands).name
+            errors = "sdss" if band_set == "sdss" else "lsst10"  # the survey's error model
+            data = labelled_set_from_patch(
+                _checked_cone(simulate_cone, "--simulate-cone"),
+                stars,
+                seed=seed,
+                band_set=band_set,
+                errors=errors,
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result = run_tune(
+            data,
+            storage_path=out_dir / "study.journal",
+            n_trials=trials,
+            timeout=timeout,
+            max_epochs=max_epochs,
+            n_jobs=jobs,
+            seed=seed,
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = run_tune(
-        data,
-        storage_path=out_dir / "study.journal",
-        n_trials=trials,
-        timeout=timeout,
-        max_epochs=max_epochs,
-        n_jobs=jobs,
-        seed=seed,
-    )
-    written = result.write(out_dir)
+        written = result.write(out_dir)
+    except (ValueError, KeyError, OSError, ImportError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise click.ClickException(str(message)) from exc
     click.echo(
         f"trials: {result.n_trials} ({result.n_complete} complete, {result.n_pruned} "
         f"pruned) in {result.seconds:.0f} s"
@@ -2290,8 +2306,17 @@ def tune_command(
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--seeds", type=POSITIVE_INT, default=2, show_default=True)
 @click.option("--epochs", type=POSITIVE_INT, default=500, show_default=True)
-@click.option("--tolerance", type=float, default=0.05, show_default=True)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0.0),
+    default=0.05,
+    show_default=True,
+    help="Relative loss above the plateau that counts as reaching it.",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace training_size.csv and training_size.png in --out."
+)
 def training_size_command(
     cones: tuple[tuple[float, float, float], ...],
     out_dir: Path,
@@ -2299,29 +2324,51 @@ def training_size_command(
     epochs: int,
     tolerance: float,
     seed: int,
+    overwrite: bool,
 ) -> None:
     """Figure 1 of the paper: loss vs training-set size, and the size at the plateau."""
     from photodist.training_size import (
+        check_tolerance,
+        patch_label,
         patch_training_size_study,
+        plateau_reached,
         plateau_size,
         plot_training_size,
         training_size_curve,
     )
 
-    frames = [
-        patch_training_size_study(
-            tuple(cone), seeds=tuple(range(seeds)), seed=seed, max_epochs=epochs
-        )
-        for cone in cones
-    ]
+    try:
+        tolerance = check_tolerance(tolerance)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tolerance") from exc
+    checked = [_checked_cone(cone, "--cone") for cone in cones]
+    if len({patch_label(cone) for cone in checked}) < len(checked):
+        raise click.BadParameter("the same cone is given twice", param_hint="--cone")
+    table_path, figure_path = out_dir / "training_size.csv", out_dir / "training_size.png"
+    existing = [str(p) for p in (table_path, figure_path) if p.exists()]
+    if existing and not overwrite:
+        raise click.ClickException(f"{', '.join(existing)} exist; use --overwrite to replace them")
+    try:
+        frames = [
+            patch_training_size_study(cone, seeds=tuple(range(seeds)), seed=seed, max_epochs=epochs)
+            for cone in checked
+        ]
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     table = pd.concat(frames, ignore_index=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "training_size.csv", index=False)
-    plot_training_size(table, out_dir / "training_size.png", tolerance=tolerance)
-    for patch, part in table.groupby("patch"):
-        size = plateau_size(training_size_curve(part), tolerance=tolerance)
-        click.echo(f"{patch}: smallest training size within {tolerance:.0%} of the plateau: {size}")
-    click.echo(f"table: {out_dir / 'training_size.csv'}; figure: {out_dir / 'training_size.png'}")
+    table.to_csv(table_path, index=False)
+    plot_training_size(table, figure_path, tolerance=tolerance)
+    for patch, part in table.groupby("patch", sort=False):
+        curve = training_size_curve(part)
+        if plateau_reached(curve, tolerance=tolerance):
+            size = plateau_size(curve, tolerance=tolerance)
+            click.echo(
+                f"{patch}: smallest training size within {tolerance:.0%} of the plateau: {size}"
+            )
+        else:
+            click.echo(f"{patch}: no plateau reached up to {int(curve['size'].max())} stars")
+    click.echo(f"table: {table_path}; figure: {figure_path}")
 
 
 @cli.command("report")
@@ -2416,29 +2463,41 @@ def report_command(
 @click.option("--n-stars", type=POSITIVE_INT, default=200_000, show_default=True)
 @click.option(
     "--ug-error",
-    type=float,
+    type=click.FloatRange(min=0.0),
     default=0.1,
     show_default=True,
     help="u-g error of the median-[Fe/H] figure (mag).",
 )
 @click.option(
     "--max-error",
-    type=float,
+    type=POSITIVE_FLOAT,
     default=0.3,
     show_default=True,
     help="Largest u-g error of the bias figure (mag).",
 )
 @click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the toy-model files in --out.")
 def toy_model_command(
-    out_dir: Path, n_stars: int, ug_error: float, max_error: float, seed: int
+    out_dir: Path, n_stars: int, ug_error: float, max_error: float, seed: int, overwrite: bool
 ) -> None:
     """The paper's appendix toy model: prior-driven bias of [Fe/H] from noisy u-g."""
     from photodist.toy_model import run_toy_model
 
-    written = run_toy_model(
-        out_dir, n_stars=n_stars, ug_error=ug_error, max_error=max_error, seed=seed
-    )
-    click.echo(f"toy model -> {out_dir} ({written})")
+    try:
+        result = run_toy_model(
+            out_dir,
+            n_stars=n_stars,
+            ug_error=ug_error,
+            max_error=max_error,
+            seed=seed,
+            overwrite=overwrite,
+        )
+    except FileExistsError as exc:
+        raise click.ClickException(f"{exc} (use --overwrite)") from exc
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for key, path in {**result.figures, **result.files}.items():
+        click.echo(f"{key}: {path}")
 
 
 @cli.command("demo")

@@ -1169,6 +1169,59 @@ def _as_2d_float(values: Any, name: str) -> np.ndarray:
     return array
 
 
+def _fill_colors(x: torch.Tensor, fill: np.ndarray, supported: np.ndarray) -> torch.Tensor:
+    """``x`` (rows of features, any device) with its unusable ``supported`` colours set to
+    ``fill`` and their errors to ``MISSING_COLOR_ERROR``; ``x`` itself when nothing is filled."""
+    if not bool(np.any(supported)):
+        return x
+    n_colors = len(fill)
+    colors = x[:, 1 : 1 + n_colors]
+    errors = x[:, 2 + n_colors : 2 + 2 * n_colors]
+    missing = ~(colors.isfinite() & errors.isfinite()) & torch.as_tensor(supported, device=x.device)
+    if not bool(missing.any()):
+        return x
+    fill_values = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+    return torch.cat(
+        [
+            x[:, :1],
+            torch.where(missing, fill_values, colors),
+            x[:, 1 + n_colors : 2 + n_colors],
+            torch.where(missing, MISSING_COLOR_ERROR, errors),
+            x[:, 2 + 2 * n_colors :],  # the dust-map input, if any
+        ],
+        dim=1,
+    )
+
+
+def fill_missing_colors(
+    x: np.ndarray, y_mean: np.ndarray, y_sigma: np.ndarray, n_colors: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fill the unusable colours of training rows as ``PhotoDNetwork(missing_colors=True).fit``.
+
+    Among the labelled rows (finite labels, r and r error), colours lacked by at least
+    :data:`MIN_MISSING_TRAINING_ROWS` rows are "supported": where unusable they become the
+    median of that colour with error :data:`MISSING_COLOR_ERROR`.
+
+    Returns
+    -------
+    (filled, fill, counts, supported)
+        ``x`` with those colours filled (float64), the medians, the labelled rows lacking each
+        colour and the supported mask.
+    """
+    labelled = np.isfinite(y_mean).all(axis=1) & np.isfinite(y_sigma).all(axis=1)
+    labelled &= np.isfinite(x[:, 0]) & np.isfinite(x[:, 1 + n_colors])
+    missing = PhotoDNetwork._missing_mask(x, n_colors)
+    counts = missing[labelled].sum(axis=0).astype(np.int64)
+    supported = counts >= MIN_MISSING_TRAINING_ROWS
+    colors = np.where(missing, np.nan, x[:, 1 : 1 + n_colors])[labelled]
+    fill = np.zeros(n_colors)
+    for k in range(n_colors):
+        present = colors[:, k][np.isfinite(colors[:, k])]
+        fill[k] = float(np.median(present)) if present.size else 0.0
+    filled = _fill_colors(torch.tensor(x, dtype=torch.float64), fill, supported).numpy()
+    return filled, fill, counts, supported
+
+
 class PhotoDNetwork:
     """Moments network plus secondary network emulating the Bayesian photo-D estimates.
 
@@ -1409,26 +1462,9 @@ class PhotoDNetwork:
         the training median with error ``MISSING_COLOR_ERROR`` (see ``missing_colors``); ``x``
         itself when there is nothing to fill."""
         fill = getattr(self, "color_fill_", None)
-        if fill is None or not bool(self.missing_supported_.any()):
+        if fill is None:
             return x
-        n_colors = len(fill)
-        colors = x[:, 1 : 1 + n_colors]
-        errors = x[:, 2 + n_colors : 2 + 2 * n_colors]
-        supported = torch.as_tensor(self.missing_supported_, device=x.device)
-        missing = ~(colors.isfinite() & errors.isfinite()) & supported
-        if not bool(missing.any()):
-            return x
-        fill_values = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
-        return torch.cat(
-            [
-                x[:, :1],
-                torch.where(missing, fill_values, colors),
-                x[:, 1 + n_colors : 2 + n_colors],
-                torch.where(missing, MISSING_COLOR_ERROR, errors),
-                x[:, 2 + 2 * n_colors :],  # the dust-map input, if any
-            ],
-            dim=1,
-        )
+        return _fill_colors(x, fill, self.missing_supported_)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "primary_"):
@@ -1481,18 +1517,9 @@ class PhotoDNetwork:
         n_colors = band_set.n_colors
         self.color_fill_ = None
         if self.missing_colors:
-            labelled = np.isfinite(y_mean).all(axis=1) & np.isfinite(y_sigma).all(axis=1)
-            labelled &= np.isfinite(x[:, 0]) & np.isfinite(x[:, 1 + n_colors])
-            missing = self._missing_mask(x, n_colors)
-            self.missing_counts_ = missing[labelled].sum(axis=0).astype(np.int64)
-            self.missing_supported_ = self.missing_counts_ >= MIN_MISSING_TRAINING_ROWS
-            colors = np.where(missing, np.nan, x[:, 1 : 1 + n_colors])[labelled]
-            fill = np.zeros(n_colors)
-            for k in range(n_colors):
-                present = colors[:, k][np.isfinite(colors[:, k])]
-                fill[k] = float(np.median(present)) if present.size else 0.0
-            self.color_fill_ = fill
-            x = self._fill_missing(torch.tensor(x, dtype=torch.float64)).numpy()
+            x, self.color_fill_, self.missing_counts_, self.missing_supported_ = (
+                fill_missing_colors(x, y_mean, y_sigma, n_colors)
+            )
         else:
             self.missing_counts_ = np.zeros(n_colors, dtype=np.int64)
             self.missing_supported_ = np.zeros(n_colors, dtype=bool)

@@ -40,6 +40,7 @@ u-g = 0.89, 0.99 and 1.09) and the numbers behind them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 __all__ = [
+    "OUTPUT_FILES",
     "TWO_GAUSSIAN_PRIOR",
     "UG_POINTS",
     "UNIFORM_PRIOR",
@@ -76,6 +78,24 @@ DEFAULT_UG_ERROR = 0.1
 GRID_LIMITS = (-4.5, 1.0)
 GRID_STEP = 0.001
 _N_QUADRATURE = 64  # Gauss-Hermite nodes for the expectation over the colour noise
+#: Files :func:`run_toy_model` writes in its output folder, by :class:`ToyModelResult` key.
+OUTPUT_FILES: dict[str, str] = {
+    "fig28": "toy_fig28_uniform.png",
+    "fig29": "toy_fig29_two_gaussians.png",
+    "fig30": "toy_fig30_bias.png",
+    "binned": "toy_binned.csv",
+    "bias": "toy_bias.csv",
+    "summary": "toy_model.json",
+}
+
+
+def _check_error(value: float, name: str, positive: bool = False) -> float:
+    """``value`` as a float, or ``ValueError`` unless finite and >= 0 (> 0 if ``positive``)."""
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        bound = "positive" if positive else "non-negative"
+        raise ValueError(f"{name} must be a finite {bound} number of magnitudes, got {value}")
+    return number
 
 
 def ug_from_feh(feh: np.ndarray | float) -> np.ndarray:
@@ -208,9 +228,7 @@ def posterior_summary(
         colour.
     """
     x = np.atleast_1d(np.asarray(ug_obs, dtype=float)).ravel()
-    sigma = float(ug_error)
-    if sigma < 0:
-        raise ValueError("ug_error must be non-negative")
+    sigma = _check_error(ug_error, "ug_error")
     feh = _grid() if grid is None else np.asarray(grid, dtype=float)
     if sigma == 0.0:
         value = np.clip(feh_from_ug(x), feh[0], feh[-1])
@@ -234,8 +252,9 @@ def simulate_sample(
     prior: FehPrior, n: int, ug_error: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """True [Fe/H] drawn from ``prior`` and u-g observed with Gaussian noise ``ug_error``."""
+    sigma = _check_error(ug_error, "ug_error")
     feh = prior.sample(int(n), rng)
-    ug = ug_from_feh(feh) + rng.normal(0.0, float(ug_error), size=feh.size)
+    ug = ug_from_feh(feh) + rng.normal(0.0, sigma, size=feh.size)
     return feh, ug
 
 
@@ -285,6 +304,8 @@ def bias_curves(
         ``offset_at_observed`` (minus F_0).
     """
     errors = np.linspace(0.0, 0.3, 31) if ug_errors is None else np.asarray(ug_errors, float)
+    for sigma in errors:
+        _check_error(sigma, "ug_errors")
     nodes, weights = np.polynomial.hermite_e.hermegauss(_N_QUADRATURE)
     weights = weights / weights.sum()  # expectation over a standard normal
     grid = _grid()
@@ -325,14 +346,14 @@ class ToyModelResult:
     ----------
     figures
         Paths of the PNG figures, keyed ``fig28`` (uniform prior), ``fig29`` (two Gaussians)
-        and ``fig30`` (bias against u-g error).
+        and ``fig30`` (bias against u-g error) (see :data:`OUTPUT_FILES`).
     binned
         Median [Fe/H] in u-g bins with the exact posterior median and mean at the bin centres
         (one frame for both priors, column ``prior``).
     bias
         :func:`bias_curves` for both priors, concatenated.
     files
-        Paths of the CSV/JSON tables written.
+        Paths of the CSV/JSON tables written, keyed ``binned``, ``bias`` and ``summary``.
     """
 
     figures: dict[str, Path]
@@ -447,15 +468,16 @@ def run_toy_model(
     bin_width: float = 0.02,
     seed: int = 0,
     dpi: int = 100,
+    overwrite: bool = False,
 ) -> ToyModelResult:
     """Run the Appendix toy model and write its figures (paper Figs 28-30) and tables.
 
     Parameters
     ----------
     out_dir
-        Folder for ``toy_fig28_uniform.png``, ``toy_fig29_two_gaussians.png``,
-        ``toy_fig30_bias.png``, ``toy_binned.csv``, ``toy_bias.csv`` and ``toy_model.json``
-        (created if missing; files of the same name are replaced).
+        Folder for the :data:`OUTPUT_FILES`: ``toy_fig28_uniform.png``,
+        ``toy_fig29_two_gaussians.png``, ``toy_fig30_bias.png``, ``toy_binned.csv``,
+        ``toy_bias.csv`` and ``toy_model.json`` (created if missing).
     n_stars
         Stars drawn per prior for the binned-median figures.
     ug_error
@@ -470,14 +492,25 @@ def run_toy_model(
         Seed of the samples.
     dpi
         Resolution of the PNG figures.
+    overwrite
+        Replace files of the same name; otherwise ``FileExistsError`` before any work.
 
     Returns
     -------
     ToyModelResult
     """
-    if n_stars < 1 or n_errors < 2 or not max_error > 0 or not bin_width > 0:
-        raise ValueError("n_stars >= 1, n_errors >= 2, max_error > 0 and bin_width > 0 needed")
+    if int(n_stars) < 1 or int(n_errors) < 2:
+        raise ValueError(f"need n_stars >= 1 and n_errors >= 2, got {n_stars} and {n_errors}")
+    ug_error = _check_error(ug_error, "ug_error")
+    max_error = _check_error(max_error, "max_error", positive=True)
+    bin_width = _check_error(bin_width, "bin_width", positive=True)
     out = Path(out_dir)
+    paths = {key: out / name for key, name in OUTPUT_FILES.items()}
+    existing = [path.name for path in paths.values() if path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds {', '.join(existing)}; pass overwrite=True to replace them"
+        )
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     priors = (UNIFORM_PRIOR, TWO_GAUSSIAN_PRIOR)
@@ -485,8 +518,7 @@ def run_toy_model(
     errors = np.linspace(0.0, float(max_error), int(n_errors))
     figures: dict[str, Path] = {}
     binned_parts, bias_parts = [], []
-    names = {"fig28": "toy_fig28_uniform.png", "fig29": "toy_fig29_two_gaussians.png"}
-    for (key, filename), prior, paper_figure in zip(names.items(), priors, (28, 29), strict=True):
+    for key, prior, paper_figure in zip(("fig28", "fig29"), priors, (28, 29), strict=True):
         feh, ug = simulate_sample(prior, n_stars, ug_error, rng)
         binned = binned_median(ug, feh, edges)
         post = posterior_summary(binned["x_centre"].to_numpy(), ug_error, prior)
@@ -495,17 +527,13 @@ def run_toy_model(
         binned.insert(0, "prior", prior.name)
         binned_parts.append(binned)
         figures[key] = _median_figure(
-            prior, feh, ug, binned, ug_error, out / filename, paper_figure, dpi
+            prior, feh, ug, binned, ug_error, paths[key], paper_figure, dpi
         )
         bias_parts.append(bias_curves(prior, ug_points, errors))
     bias = pd.concat(bias_parts, ignore_index=True)
-    figures["fig30"] = _bias_figure(bias, priors, out / "toy_fig30_bias.png", dpi)
+    figures["fig30"] = _bias_figure(bias, priors, paths["fig30"], dpi)
     binned_all = pd.concat(binned_parts, ignore_index=True)
-    files = {
-        "binned": out / "toy_binned.csv",
-        "bias": out / "toy_bias.csv",
-        "summary": out / "toy_model.json",
-    }
+    files = {key: paths[key] for key in ("binned", "bias", "summary")}
     binned_all.to_csv(files["binned"], index=False, float_format="%.6g")
     bias.to_csv(files["bias"], index=False, float_format="%.6g")
     summary = {
@@ -525,5 +553,5 @@ def run_toy_model(
             for p in priors
         },
     }
-    files["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    files["summary"].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return ToyModelResult(figures=figures, binned=binned_all, bias=bias, files=files)

@@ -25,6 +25,7 @@ A "training size" is the number of labelled stars handed to the networks (the pi
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,8 @@ from photodist.tune import LabelledSet, labelled_set_from_patch
 __all__ = [
     "COMPARISONS",
     "DEFAULT_SIZES",
+    "check_tolerance",
+    "patch_label",
     "patch_training_size_study",
     "plateau_reached",
     "plateau_size",
@@ -258,7 +261,7 @@ def patch_training_size_study(
     (:func:`photodist.tune.labelled_set_from_patch`, seeded by ``seed``); a random
     ``n_evaluation`` of them form the evaluation set, the rest the pool. Further keyword
     arguments go to :func:`training_size_study`. The result has a ``patch`` column
-    (``label``, default ``"l=.., b=.."``).
+    (``label``, default :func:`patch_label`).
     """
     total = int(max(sizes)) + int(n_evaluation)
     stars = labelled_set_from_patch(cone, total, seed=seed)
@@ -267,8 +270,14 @@ def patch_training_size_study(
     evaluation = stars.subset(np.sort(order[: int(n_evaluation)]))
     pool = stars.subset(np.sort(order[int(n_evaluation) :]))
     frame = training_size_study(pool, evaluation, sizes, seeds, **kwargs)
-    frame.insert(0, "patch", label or f"l={cone[0]:g}, b={cone[1]:g}")
+    frame.insert(0, "patch", label or patch_label(cone))
     return frame
+
+
+def patch_label(cone: tuple[float, float, float]) -> str:
+    """Label of a simulated patch, e.g. ``"l=180, b=-50, r=0.3"`` (Galactic cone in degrees)."""
+    l, b, radius = (float(v) for v in cone)  # noqa: E741 - Galactic longitude
+    return f"l={l:g}, b={b:g}, r={radius:g}"
 
 
 def training_size_curve(
@@ -301,6 +310,15 @@ def training_size_curve(
     return pd.concat(parts, ignore_index=True)
 
 
+def check_tolerance(tolerance: float) -> float:
+    """``tolerance`` of :func:`plateau_size` as a float, or ``ValueError`` unless finite and
+    non-negative (check it before a long study)."""
+    value = float(tolerance)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"tolerance must be a finite non-negative number, got {tolerance}")
+    return value
+
+
 def plateau_size(
     curve: pd.DataFrame,
     tolerance: float = 0.05,
@@ -326,8 +344,9 @@ def plateau_size(
     """
     if "patch" in curve.columns and curve["patch"].nunique() > 1:
         raise ValueError("the curve holds several patches; select one")
-    if tolerance < 0 or int(tail) < 1:
-        raise ValueError("tolerance must be non-negative and tail positive")
+    check_tolerance(tolerance)
+    if int(tail) < 1:
+        raise ValueError(f"tail must be positive, got {tail}")
     name = f"{column}_smooth" if f"{column}_smooth" in curve.columns else column
     part = curve.sort_values("size")
     sizes = part["size"].to_numpy()
@@ -352,6 +371,7 @@ def plateau_reached(
     the largest sizes tried are needed, not that they suffice."""
     if "patch" in curve.columns and curve["patch"].nunique() > 1:
         raise ValueError("the curve holds several patches; select one")
+    check_tolerance(tolerance)
     name = f"{column}_smooth" if f"{column}_smooth" in curve.columns else column
     loss = curve.sort_values("size")[name].to_numpy(dtype=float)
     if loss.size < 2:
@@ -375,6 +395,7 @@ def plot_training_size(
     :func:`plateau_size` of ``column``. ``mse=True`` plots the weighted mean squared errors
     instead of the moments losses.
     """
+    check_tolerance(tolerance)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ import pandas as pd
 
 from photodist.bands import (
     ColumnMap,
+    MissingColumnError,
     Photometry,
     first_numeric_column,
     get_band_set,
@@ -61,6 +63,7 @@ from photodist.nn import (
     PARAMETERS,
     NetworkSpec,
     derive_seeds,
+    fill_missing_colors,
     train_moments_run,
 )
 
@@ -225,7 +228,7 @@ def _label_column(frame: pd.DataFrame, param: str, kinds: Sequence[str]) -> np.n
     if values is not None:
         return values
     names = " or ".join(f"{param}_{k}" for k in kinds)
-    raise KeyError(f"labelled set needs a column {names}")
+    raise MissingColumnError(f"labelled set needs a column {names}")
 
 
 def labelled_set_from_frame(
@@ -445,13 +448,16 @@ def prepare_tune_data(
 ) -> TuneData:
     """Split and standardise a labelled set like :meth:`photodist.nn.PhotoDNetwork.fit`.
 
-    Rows with a non-finite feature or label are dropped; ``validation_fraction`` of the rest
-    are held out (a seeded permutation); inputs are standardised with the training rows' mean
-    and standard deviation and the label means scaled with theirs.
+    Unusable colours are filled as the networks do (:func:`photodist.nn.fill_missing_colors`:
+    the colour's median with a large error where enough rows lack it); rows still with a
+    non-finite feature or label are dropped; ``validation_fraction`` of the rest are held out
+    (a seeded permutation); inputs are standardised with the training rows' mean and standard
+    deviation and the label means scaled with theirs.
     """
     x, y_mean, y_sigma = _arrays(features, label_mean, label_sigma)
     if not 0.0 < float(validation_fraction) < 1.0:
         raise ValueError("validation_fraction must be between 0 and 1")
+    x = fill_missing_colors(x, y_mean, y_sigma, (x.shape[1] - 2) // 2)[0]
     usable = np.isfinite(x).all(axis=1) & np.isfinite(y_mean).all(axis=1)
     usable &= np.isfinite(y_sigma).all(axis=1)
     rows = np.flatnonzero(usable)
@@ -620,16 +626,36 @@ def _n_weights(spec: NetworkSpec | None, n_inputs: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _storage(path: str | os.PathLike[str]) -> Any:
-    """An optuna storage on disk: SQLite for ``.db``/``.sqlite``, a journal file otherwise."""
+def _storage(path: str | os.PathLike[str], check_end: bool = False) -> Any:
+    """An optuna storage on disk: SQLite for ``.db``/``.sqlite``, a journal file otherwise.
+
+    An unreadable journal raises ``ValueError`` naming the file; ``check_end`` also refuses one
+    whose last record is cut (only while no other process may be writing to it)."""
     optuna = _optuna()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.suffix.lower() in {".db", ".sqlite", ".sqlite3"}:
-        return optuna.storages.RDBStorage(f"sqlite:///{target.resolve()}")
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return optuna.storages.RDBStorage(f"sqlite:///{target.resolve()}")
+        except SQLAlchemyError as exc:
+            reason = getattr(exc, "orig", None) or exc
+            raise ValueError(f"{target} is not a readable optuna SQLite study: {reason}") from exc
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(target)))
+    try:  # reads the whole journal
+        if check_end and target.is_file() and target.stat().st_size > 0:
+            with open(target, "rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":  # a cut last record: optuna would append to it
+                    raise ValueError("its last record is incomplete")
+        return optuna.storages.JournalStorage(JournalFileBackend(str(target)))
+    except ValueError as exc:  # also json.JSONDecodeError and optuna's "Invalid log format."
+        raise ValueError(
+            f"{target} is not a readable optuna journal (truncated or corrupted? {exc}); "
+            "repair it, or give another study file"
+        ) from exc
 
 
 def _pruner(settings: Mapping[str, Any]) -> Any:
@@ -721,10 +747,21 @@ def _optimize_worker(config: Mapping[str, Any], data: TuneData | None = None) ->
 # The child reads its configuration file (written by run_tune) and runs one search worker.
 _CHILD_CODE = (
     "import json, sys\n"
-    "from photodist.tune import _optimize_worker\n"
+    "from photodist.tune import _interrupt_on_sigterm, _optimize_worker\n"
+    "_interrupt_on_sigterm()\n"
     "with open(sys.argv[1]) as handle:\n"
     "    _optimize_worker(json.load(handle))\n"
 )
+
+
+def _interrupt_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt in a search worker process: optuna then marks the
+    running trial failed and the worker ends (SIGINT may be ignored in background jobs)."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @dataclass
@@ -867,6 +904,28 @@ def trials_table(study: optuna.Study, n_inputs: int | None = None) -> pd.DataFra
     return table.reset_index(drop=True)[columns]
 
 
+def _store_settings(study: optuna.Study, settings: Mapping[str, Any], where: str) -> None:
+    """Record the data and protocol of a study, or check them against the recorded ones.
+
+    They bind the study once a trial has finished (completed or pruned: its losses and
+    Hyperband's decisions depend on them); until then new ones replace the old.
+    """
+    optuna = _optuna()
+    stored = study.user_attrs.get(_SETTINGS_ATTR)
+    if stored == json.loads(json.dumps(settings)):
+        return
+    state = optuna.trial.TrialState
+    if stored is not None and study.get_trials(
+        deepcopy=False, states=(state.COMPLETE, state.PRUNED)
+    ):
+        changed = sorted(k for k in settings if stored.get(k) != settings[k])
+        raise ValueError(
+            f"{where} was run with other data or settings ({', '.join(changed)}); "
+            "use a new study name or storage file"
+        )
+    study.set_user_attr(_SETTINGS_ATTR, dict(settings))
+
+
 def _fail_stale(study: optuna.Study) -> int:
     """Mark trials left RUNNING or never started by an interrupted run as failed."""
     optuna = _optuna()
@@ -885,7 +944,7 @@ def run_tune(
     n_trials: int | None = DEFAULT_N_TRIALS,
     timeout: float | None = DEFAULT_TIMEOUT,
     max_epochs: int = DEFAULT_MAX_EPOCHS,
-    min_epochs: int = DEFAULT_MIN_EPOCHS,
+    min_epochs: int | None = None,
     reduction_factor: int = DEFAULT_REDUCTION_FACTOR,
     patience: int = DEFAULT_PATIENCE,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -924,7 +983,8 @@ def run_tune(
         one must be set). Trials running at the deadline finish.
     max_epochs, min_epochs, reduction_factor
         Hyperband: the maximum and minimum resource (epochs) and eta; brackets
-        ``floor(log_eta(max / min)) + 1``.
+        ``floor(log_eta(max / min)) + 1``. ``min_epochs`` None: 3 epochs, or ``max_epochs``
+        when that is smaller.
     patience, batch_size, learning_rate, lr_factor, lr_patience
         Training protocol of every trial (:func:`train_spec`).
     max_layers, max_units
@@ -963,8 +1023,14 @@ def run_tune(
         raise ValueError("n_trials must be positive")
     if int(n_jobs) < 1:
         raise ValueError("n_jobs must be positive")
-    if int(min_epochs) < 1 or int(max_epochs) < int(min_epochs):
-        raise ValueError("need 1 <= min_epochs <= max_epochs")
+    if int(max_epochs) < 1:
+        raise ValueError(f"max_epochs must be positive, got {max_epochs}")
+    if min_epochs is None:
+        min_epochs = min(DEFAULT_MIN_EPOCHS, int(max_epochs))
+    if not 1 <= int(min_epochs) <= int(max_epochs):
+        raise ValueError(
+            f"min_epochs must be between 1 and max_epochs ({max_epochs}), got {min_epochs}"
+        )
     if int(reduction_factor) < 2:
         raise ValueError("reduction_factor must be at least 2")
     start = time.perf_counter()
@@ -1002,7 +1068,7 @@ def run_tune(
     verbosity = optuna.logging.INFO if verbose else optuna.logging.WARNING
     optuna.logging.set_verbosity(verbosity)
     try:
-        storage = _storage(storage_path)
+        storage = _storage(storage_path, check_end=True)
         study = optuna.create_study(
             study_name=study_name,
             storage=storage,
@@ -1010,15 +1076,7 @@ def run_tune(
             load_if_exists=True,
             pruner=_pruner(settings),
         )
-        stored = study.user_attrs.get(_SETTINGS_ATTR)
-        if stored is None:
-            study.set_user_attr(_SETTINGS_ATTR, settings)
-        elif stored != json.loads(json.dumps(settings)):
-            changed = sorted(k for k in settings if stored.get(k) != settings[k])
-            raise ValueError(
-                f"study {study_name!r} in {storage_path} was run with other data or settings "
-                f"({', '.join(changed)}); use a new study name or storage file"
-            )
+        _store_settings(study, settings, f"study {study_name!r} in {storage_path}")
         if fail_stale_trials:
             _fail_stale(study)
         n_before = len(study.get_trials(deepcopy=False))
@@ -1135,20 +1193,40 @@ def _run_workers(
                     path.with_suffix(".log"),
                 )
             )
+        interrupted = False
         try:
             _optimize_worker(configs[0], data)
+        except BaseException:  # an error, Ctrl-C or SIGTERM (SystemExit): stop the workers too
+            interrupted = True
+            _stop_workers([proc for proc, _, _ in procs])
+            raise
         finally:
             for proc, log, log_path in procs:
                 with contextlib.suppress(KeyboardInterrupt):
                     proc.wait()
                 log.close()
-                if proc.returncode != 0:
+                if proc.returncode != 0 and not interrupted:
                     tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
                     warnings.warn(
                         f"search worker exited with status {proc.returncode}: " + " / ".join(tail),
                         RuntimeWarning,
                         stacklevel=3,
                     )
+
+
+def _stop_workers(procs: Sequence[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
+    """Stop worker subprocesses (SIGTERM: each fails its running trial and exits, see
+    :func:`_interrupt_on_sigterm`), then kill those still running after ``grace`` seconds."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _recheck_job(
@@ -1270,7 +1348,7 @@ def _collect(
     trials = study.get_trials(deepcopy=False)
     table = trials_table(study, data.n_inputs)
     if table.empty:
-        raise RuntimeError("no trial completed; raise the budget (n_trials or timeout)")
+        raise ValueError("no trial completed; raise the budget (n_trials or timeout)")
     searched = table[table["fixed"] == ""]
     paper_value: float | None = None
     paper_rank: int | None = None
