@@ -9,9 +9,11 @@ import pytest
 from photodist.bayes import Flags
 from photodist.diagnostics import (
     FLAG_COLUMNS,
+    bayesian_rows,
     diagnostics_figure,
     dust_profile_figure,
     magnitude_table,
+    r_magnitudes,
 )
 from photodist.dust_profile import DustProfile
 
@@ -150,9 +152,10 @@ def test_table_equals_a_direct_per_bin_computation():
         assert row.flagged == np.mean(f[members] != 0)
         assert row.nn == np.mean(result["method"].to_numpy()[members] == "nn")
         assert row.sigma_Mr == np.nanmedian(sigma[members])
-        c = chi2[members]
-        expected_p90 = np.nanpercentile(c, 90) if np.isfinite(c).sum() >= 20 else np.nan
-        np.testing.assert_equal(row.chi2min_p90, expected_p90)
+        for column, method in (("chi2min", "bayes"), ("chi2min_nn", "nn")):
+            c = chi2[members & (result["method"].to_numpy() == method)]
+            expected_p90 = np.nanpercentile(c, 90) if np.isfinite(c).sum() >= 20 else np.nan
+            np.testing.assert_equal(getattr(row, f"{column}_p90"), expected_p90)
     assert table["n_stars"].dtype == np.int64 and table["sigma_Mr"].dtype == np.float64
     assert table["n_stars"].sum() == ok.sum() and table["n_stars"].iloc[-1] == 10
 
@@ -178,3 +181,26 @@ def test_dust_profile_figure_shows_the_bayesian_rows_against_the_profile(relativ
     np.testing.assert_allclose(line.get_ydata(), profile.mean_at(line.get_xdata(), 1.0))
     fig.savefig(tmp_path / "profile.png", dpi=40)
     assert (tmp_path / "profile.png").stat().st_size > 1000
+
+
+def test_rows_without_a_given_r_take_dm_plus_qr():
+    result, r, _ = _result()
+    gaps = r.copy()
+    gaps[::10] = np.nan
+    gaps[1::10] = 99.0
+    pd.testing.assert_frame_equal(magnitude_table(result, gaps), magnitude_table(result, r))
+    np.testing.assert_allclose(r_magnitudes(result, gaps), r)
+
+
+def test_chi2_of_bayesian_and_network_rows_stay_apart():
+    result, r, _ = _result()
+    is_nn = (result["method"] == "nn").to_numpy()
+    result.loc[is_nn, "chi2min"] = 100.0
+    table = magnitude_table(result, r)
+    assert np.all(table["chi2min_p50"].between(1.0, 3.0)) and np.all(table["chi2min_p90"] == 3.0)
+    assert np.all(table["chi2min_nn_p50"] == 100.0) and np.all(table["chi2min_nn_p90"] == 100.0)
+    # a Bayesian output without a method column: every row is Bayesian
+    bayes_only = magnitude_table(result.drop(columns="method"), r)
+    np.testing.assert_array_equal(bayes_only["chi2min_p90"], 100.0)
+    assert bayes_only["chi2min_nn_p50"].isna().all()
+    np.testing.assert_array_equal(bayesian_rows(result), ~is_nn)

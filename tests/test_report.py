@@ -570,3 +570,134 @@ def test_a_run_with_a_learned_dust_prior_shows_its_profile(run, tmp_path):
     info["dust_profile"] = {"fitted": False, "reason": "only 12 stars with a usable estimate"}
     index = write_report(result, tmp_path / "without")
     assert "figures/dust_profile.png" not in _links(index)[0]
+
+
+def _small_run(seed: int = 5) -> dict[str, pd.DataFrame]:
+    """A small synthetic run whose result also carries DM_mean and Qr_mean."""
+    small = synthetic_run(n=600, n_bayes=200, seed=seed)
+    result = small["result"]
+    result["Qr_mean"] = result["Mr_mean"] + result["Ar_mean"]
+    result["DM_mean"] = small["phot"]["rmag"] - result["Qr_mean"]
+    return small
+
+
+def test_no_file_is_overwritten_without_overwrite(tmp_path):
+    small = _small_run()
+    only = {"parameters": ("FeH",), "truth": small["truth"], "photometry": small["phot"]}
+    (tmp_path / "table1.csv").write_text("evaluate's table\n")
+    with pytest.raises(FileExistsError, match="table1.csv"):
+        write_report(small["result"], tmp_path, **only)
+    assert (tmp_path / "table1.csv").read_text() == "evaluate's table\n"
+    # a figure of the same name as one the report draws: refused before anything is written
+    folder = tmp_path / "figures_only"
+    (folder / "figures").mkdir(parents=True)
+    (folder / "figures" / "one_to_one_FeH.png").write_text("mine")
+    with pytest.raises(FileExistsError, match="one_to_one_FeH.png"):
+        write_report(small["result"], folder, **only)
+    assert (folder / "figures" / "one_to_one_FeH.png").read_text() == "mine"
+    assert sorted(p.name for p in folder.iterdir()) == ["figures"]
+    assert [p.name for p in (folder / "figures").iterdir()] == ["one_to_one_FeH.png"]
+
+
+def test_overwrite_removes_only_the_files_of_the_previous_report(tmp_path):
+    small = _small_run()
+    out = tmp_path / "report"
+    only = {"parameters": ("FeH",), "photometry": small["phot"]}
+    write_report(small["result"], out, truth=small["truth"], **only)
+    mine = [out / "data" / "my_notes.csv", out / "figures" / "my_plot.png", tmp_path / "x.csv"]
+    for path in mine:
+        path.write_text("mine")
+    numbers = json.loads((out / "report.json").read_text())
+    numbers["data_files"].append("data/../../x.csv")  # never followed out of data/
+    (out / "report.json").write_text(json.dumps(numbers))
+    index = write_report(
+        small["result"], out, bayes_reference=small["bayes"], overwrite=True, **only
+    )
+    assert all(path.read_text() == "mine" for path in mine)
+    sources, hrefs = _links(index)
+    figures = {f"figures/{p.name}" for p in (out / "figures").iterdir()}
+    assert figures == sources | {"figures/my_plot.png"}
+    data = {f"data/{p.name}" for p in (out / "data").iterdir()}
+    assert data == {h for h in hrefs if h.startswith("data/")} | {"data/my_notes.csv"}
+    assert not any("truth" in name for name in figures | data)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("missing", [0.1, 1.0])
+def test_by_magnitude_keeps_the_rows_the_truth_lacks(missing, tmp_path):
+    small = _small_run()
+    n = len(small["result"])
+    truth = pd.concat([small["truth"], small["phot"]], axis=1)
+    lost = np.random.default_rng(1).random(n) < missing  # rows no truth id matched
+    truth.loc[lost, truth.columns != "source_id"] = np.nan
+    data = prepare_report_data(small["result"], truth=truth)
+    np.testing.assert_allclose(data.photometry["rmag"], small["phot"]["rmag"])
+    index = write_report(small["result"], tmp_path, truth=truth, parameters=("FeH",))
+    by_magnitude = json.loads((tmp_path / "report.json").read_text())["by_magnitude"]
+    assert sum(row["n_stars"] for row in by_magnitude) == n
+    assert 'id="diagnostics"' in index.read_text(encoding="utf-8")
+
+
+def test_photometry_columns_fill_their_missing_rows_from_the_next_frame():
+    small = _small_run()
+    phot = small["phot"].copy()
+    phot.loc[:99, "umag"] = np.nan
+    truth = pd.concat([small["truth"], small["phot"]], axis=1)
+    data = prepare_report_data(small["result"], photometry=phot, truth=truth)
+    np.testing.assert_allclose(data.photometry["umag"], small["phot"]["umag"])
+    np.testing.assert_allclose(data.photometry["ug"], small["phot"]["umag"] - phot["gmag"])
+
+
+def test_empty_run_output_has_no_fractions(run, tmp_path):
+    empty = run["result"].iloc[:0]
+    table = flag_fractions(empty)
+    assert len(table) > 0 and table["fraction"].isna().all()
+    index = write_report(empty, tmp_path, truth=run["truth"].iloc[:0], parameters=("FeH",))
+    page = index.read_text(encoding="utf-8")
+    assert "0 stars." in page and "()" not in page
+    assert "No comparison possible: the run output holds no stars." in page
+
+
+def test_truth_without_any_estimate_says_why_nothing_is_compared(tmp_path):
+    small = _small_run()
+    result = small["result"].copy()
+    result[[f"{p}_mean" for p in PARAMETERS]] = np.nan
+    index = write_report(result, tmp_path, truth=small["truth"], parameters=("FeH",))
+    page = index.read_text(encoding="utf-8")
+    assert "No comparison possible: none of the 600 stars has an estimate." in page
+    assert "give truth" not in page
+
+
+def test_bayes_vs_truth_note_counts_the_rows_compared(tmp_path):
+    small = _small_run()
+    result, truth = small["result"], small["truth"].copy()
+    bayes_rows = np.flatnonzero(result["method"] == "bayes")
+    truth.loc[bayes_rows[:50], [f"{p}_true" for p in PARAMETERS]] = np.nan
+    index = write_report(result, tmp_path, truth=truth, parameters=("FeH",))
+    page = index.read_text(encoding="utf-8")
+    assert "Bayes vs truth uses the 150 of the 200 rows" in page
+    table1 = pd.read_csv(tmp_path / "table1.csv")
+    all_bayes = table1[(table1["subsample"] == "all") & (table1["comparison"] == "bayes_truth")]
+    assert all_bayes["n_stars"].tolist() == [150]
+
+
+def test_survey_output_report_shows_its_configuration_and_timings(run, tmp_path):
+    from photodist.survey import MANIFEST_NAME, patch_info_path
+
+    out = tmp_path / "survey"
+    out.mkdir()
+    run["result"].iloc[:400].to_parquet(out / "part.parquet")
+    configuration = {"survey": {"columns": {"object_id": None}, "pipeline": {"seed": 3}}}
+    manifest = {"format": "photodist-survey-run", "configuration": configuration}
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    for pixel, seconds in ((3, 1.5), (6, 2.0)):
+        path = patch_info_path(out, 7, pixel)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"pixel": pixel, "timings_s": {"prepare": seconds}}))
+    loaded = load_run(out)
+    assert loaded.config == configuration
+    assert loaded.timings == {"prepare": 3.5}
+    index = report_from_run(out, tmp_path / "report", parameters=("FeH",))
+    page = index.read_text(encoding="utf-8")
+    assert "No configuration recorded" not in page and "&quot;seed&quot;: 3" in page
+    assert "<td>prepare</td>" in page

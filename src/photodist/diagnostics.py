@@ -34,7 +34,9 @@ __all__ = [
     "MIN_BIN_STARS",
     "diagnostics_figure",
     "dust_profile_figure",
+    "bayesian_rows",
     "magnitude_table",
+    "r_magnitudes",
 ]
 
 #: Fewest stars in an r bin for its statistics (fewer: NaN).
@@ -56,16 +58,37 @@ def _column(result: pd.DataFrame, *names: str) -> np.ndarray:
     return np.full(len(result), np.nan) if values is None else values
 
 
-def _r_magnitudes(result: pd.DataFrame, r: np.ndarray | None) -> np.ndarray:
-    """The given r, or r = DM + Q_r from the result (NaN where the row has no estimate or r
-    is a sentinel)."""
+def _plausible(magnitudes: np.ndarray) -> np.ndarray:
+    """True where a magnitude is finite and no survey sentinel (99, -99)."""
+    return np.abs(magnitudes) < MAX_PLAUSIBLE_MAGNITUDE
+
+
+def r_magnitudes(result: pd.DataFrame, r: np.ndarray | None = None) -> np.ndarray:
+    """r per row: the given r where it is a plausible magnitude, else r = DM + Q_r from the
+    result; NaN where the row has neither (no r and no estimate, or a sentinel).
+
+    Raises
+    ------
+    ValueError
+        ``r`` is not one value per row of ``result``.
+    """
+    from_estimates = _column(result, "DM_mean") + _column(result, "Qr_mean")
     if r is None:
-        r = _column(result, "DM_mean") + _column(result, "Qr_mean")
+        r = from_estimates
     r = np.asarray(r, dtype=float)
     if r.shape != (len(result),):
         raise ValueError(f"r has shape {r.shape}, expected ({len(result)},)")
-    # survey sentinels (99, -99) have no magnitude bin
-    return np.where(np.abs(r) < MAX_PLAUSIBLE_MAGNITUDE, r, np.nan)
+    r = np.where(_plausible(r), r, from_estimates)
+    return np.where(_plausible(r), r, np.nan)
+
+
+def bayesian_rows(result: pd.DataFrame) -> np.ndarray:
+    """True for the rows of the Bayesian estimator: ``method == "bayes"``; without a
+    ``method`` column every row of a Bayesian output (no ``{p}_sigma_nn`` column)."""
+    if "method" in result:
+        return result["method"].astype(str).to_numpy() == "bayes"
+    is_network = any(f"{p}_sigma_nn" in result for p in _PARAMETERS)
+    return np.full(len(result), not is_network)
 
 
 def _median(values: np.ndarray) -> float:
@@ -88,8 +111,8 @@ def magnitude_table(
         Run output: ``{p}_mean`` and ``{p}_sigma`` (or ``{p}_std``) for p in Mr, Ar, FeH,
         ``flags``, optionally ``chi2min``, ``method``, ``DM_mean``, ``Qr_mean``.
     r
-        r magnitude per row (default: ``DM_mean + Qr_mean``, which rows without an estimate
-        lack).
+        r magnitude per row; rows where it is missing or a sentinel take ``DM_mean +
+        Qr_mean`` (:func:`r_magnitudes`; rows without an estimate lack it too).
     a_map
         Dust-map A_r per row (e.g. the catalogue's SFD ``Ar``), or None.
     bin_width
@@ -105,19 +128,25 @@ def magnitude_table(
         ``flagged`` (fraction with any flag), the fraction of each flag in
         :data:`FLAG_COLUMNS`, the median uncertainties ``sigma_Mr``, ``sigma_Ar``,
         ``sigma_FeH``, the median and 90th percentile of the best-fit chi2 of the Bayesian
-        rows (``chi2min_p50``, ``chi2min_p90``) and, with ``a_map``, the median of
-        ``Ar_mean - a_map`` over stars with DM > 10 (``ar_minus_map_distant``).
+        rows (``chi2min_p50``, ``chi2min_p90``; :func:`bayesian_rows`) and of the network
+        rows' best fit without the prior (``chi2min_nn_p50``, ``chi2min_nn_p90``) and, with
+        ``a_map``, the median of ``Ar_mean - a_map`` over stars with DM > 10
+        (``ar_minus_map_distant``).
     """
     if bin_width <= 0:
         raise ValueError("bin_width must be positive")
     n = len(result)
-    r = _r_magnitudes(result, r)
+    r = r_magnitudes(result, r)
     flags = _column(result, "flags")
     flags = np.where(np.isfinite(flags), flags, 0).astype(np.int64)
     method = result["method"].astype(str).to_numpy() if "method" in result else np.full(n, "")
     mr = _column(result, "Mr_mean")
     sigmas = {p: _column(result, f"{p}_sigma", f"{p}_std") for p in _PARAMETERS}
-    chi2 = _column(result, "chi2min")
+    chi2_all = _column(result, "chi2min")
+    chi2 = {
+        "chi2min": np.where(bayesian_rows(result), chi2_all, np.nan),
+        "chi2min_nn": np.where(method == "nn", chi2_all, np.nan),
+    }
     distant = _column(result, "DM_mean") > _DISTANT_DM
     ar_excess = None
     if a_map is not None:
@@ -147,7 +176,7 @@ def magnitude_table(
     }
     hits = {name: np.add.reduceat(mask.astype(np.int64), starts) for name, mask in shares.items()}
     sigmas = {p: values[rows_in] for p, values in sigmas.items()}
-    chi2 = chi2[rows_in]
+    chi2 = {name: values[rows_in] for name, values in chi2.items()}
     if ar_excess is not None:
         ar_excess = ar_excess[rows_in]
     rows = []
@@ -160,11 +189,12 @@ def magnitude_table(
             row[name] = float(hit[j] / count) if enough else math.nan
         for p in _PARAMETERS:
             row[f"sigma_{p}"] = _median(sigmas[p][members]) if enough else math.nan
-        c = chi2[members]
-        c = c[np.isfinite(c)]
-        has_chi2 = c.size >= min_stars
-        row["chi2min_p50"] = float(np.median(c)) if has_chi2 else math.nan
-        row["chi2min_p90"] = float(np.percentile(c, 90)) if has_chi2 else math.nan
+        for name, values in chi2.items():
+            c = values[members]
+            c = c[np.isfinite(c)]
+            has_chi2 = c.size >= min_stars
+            row[f"{name}_p50"] = float(np.median(c)) if has_chi2 else math.nan
+            row[f"{name}_p90"] = float(np.percentile(c, 90)) if has_chi2 else math.nan
         if ar_excess is not None:
             e = ar_excess[members]
             e = e[np.isfinite(e)]
@@ -198,15 +228,22 @@ def diagnostics_figure(
     ax.legend(fontsize=8)
 
     ax = axes[0, 1]
-    if "chi2min_p50" in table and np.isfinite(table["chi2min_p50"]).any():
-        ax.plot(centre, table["chi2min_p50"], "o-", ms=3, label="median")
-        ax.plot(centre, table["chi2min_p90"], "s--", ms=3, label="90th percentile")
+    drawn = False
+    for name, rows, colour in (
+        ("chi2min", "Bayesian rows", "C0"),
+        ("chi2min_nn", "network rows, fit without prior", "C1"),
+    ):
+        if f"{name}_p50" in table and np.isfinite(table[f"{name}_p50"]).any():
+            ax.plot(centre, table[f"{name}_p50"], "o-", ms=3, color=colour, label=f"{rows}: median")
+            ax.plot(centre, table[f"{name}_p90"], "s--", ms=3, color=colour, label=f"{rows}: p90")
+            drawn = True
+    if drawn:
         ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, "no Bayesian rows", ha="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no best-fit χ²", ha="center", transform=ax.transAxes)
     ax.set_xlabel("r (mag)")
-    ax.set_ylabel("best-fit χ² (Bayesian rows)")
+    ax.set_ylabel("best-fit χ²")
     ax.set_title("Fit quality against depth", fontsize=10)
 
     ax = axes[0, 2]
@@ -285,7 +322,7 @@ def dust_profile_figure(
     """
     from matplotlib.figure import Figure
 
-    r = _r_magnitudes(result, r)
+    r = r_magnitudes(result, r)
     x = r - _column(result, "Mr_mean")
     y = _column(result, "Ar_mean")
     label = "A_r estimate (mag)"

@@ -54,10 +54,13 @@ from __future__ import annotations
 import html
 import json
 import math
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -74,7 +77,12 @@ from photodist.bands import (
     photometry_from_frame,
 )
 from photodist.bayes import Flags
-from photodist.diagnostics import diagnostics_figure, dust_profile_figure, magnitude_table
+from photodist.diagnostics import (
+    diagnostics_figure,
+    dust_profile_figure,
+    magnitude_table,
+    r_magnitudes,
+)
 from photodist.evaluate import (
     SIGMA_G_FACTOR,
     TRUTH_ALIASES,
@@ -219,13 +227,18 @@ class ReportData:
         pair = self.pair(comparison, p)
         return None if pair is None else pair[0] - pair[1]
 
-    def available(self, comparison: Comparison) -> bool:
-        """True when the comparison has at least one star with both values finite."""
+    def n_compared(self, comparison: Comparison) -> int:
+        """Number of stars with both values of the comparison finite for some parameter."""
+        compared = np.zeros(self.n_rows, dtype=bool)
         for p in PARAMETERS:
             res = self.residual(comparison, p)
-            if res is not None and np.isfinite(res).any():
-                return True
-        return False
+            if res is not None:
+                compared |= np.isfinite(res)
+        return int(compared.sum())
+
+    def available(self, comparison: Comparison) -> bool:
+        """True when the comparison has at least one star with both values finite."""
+        return self.n_compared(comparison) > 0
 
     def comparisons(self) -> list[Comparison]:
         """The comparisons with data."""
@@ -283,8 +296,10 @@ def prepare_report_data(
         (``BayesEstimator.predict`` output or a pipeline-style frame); NaN rows allowed.
     photometry
         Columns for u, g, r magnitudes and errors (names from ``columns``, default ``umag``,
-        ``uErr``, ...), optionally ``ug`` and ``ugErr``. Columns missing here are looked
-        up in ``result`` and then in ``truth``.
+        ``uErr``, ...), optionally ``ug`` and ``ugErr``. Columns missing here, and the NaN
+        rows of those found, are taken from ``result`` and then ``truth``; rows still without
+        a plausible r take ``DM_mean + Qr_mean``
+        (:func:`photodist.diagnostics.r_magnitudes`).
     columns
         Catalogue column names (default :class:`photodist.bands.ColumnMap`).
 
@@ -354,11 +369,13 @@ def prepare_report_data(
     frames = [f for f in (photometry, result, truth) if f is not None]
 
     def lookup(*names: str) -> np.ndarray | None:
+        """The column from the first frame that has it, its NaN rows filled from the next."""
+        found = None
         for frame in frames:
             col = first_numeric_column(frame, names)
             if col is not None:
-                return col
-        return None
+                found = col if found is None else np.where(np.isnan(found), col, found)
+        return found
 
     if columns.flux_unit is not None and photometry is not None:  # a flux catalogue
         phot = _flux_photometry(photometry, columns)
@@ -369,6 +386,8 @@ def prepare_report_data(
         phot = {k: v for k, v in (("umag", umag), ("rmag", rmag)) if v is not None}
         ug = None if umag is None or gmag is None else umag - gmag
         ug_err = None if uerr is None or gerr is None else np.hypot(uerr, gerr)
+    if "rmag" in phot:  # rows without r (e.g. a truth row not matched): r = DM + Q_r
+        phot["rmag"] = r_magnitudes(result, phot["rmag"])
     found_ug, found_ug_err = lookup("ug"), lookup("ugErr")
     ug = ug if found_ug is None else found_ug
     ug_err = ug_err if found_ug_err is None else found_ug_err
@@ -613,7 +632,7 @@ def flag_fractions(result: pd.DataFrame) -> pd.DataFrame:
         method = result["method"].astype(str).to_numpy()
         for name in sorted(set(method)):
             groups[name] = method == name
-    n = max(flags.size, 1)
+    n = flags.size
     rows = []
     items = [*Flags.describe().items(), ("any", -1)]
     for name, bit in items:
@@ -622,7 +641,7 @@ def flag_fractions(result: pd.DataFrame) -> pd.DataFrame:
             "flag": name,
             "bit": bit if bit != -1 else None,
             "n_stars": int(hit.sum()),
-            "fraction": float(hit.sum() / n),
+            "fraction": float(hit.sum() / n) if n else math.nan,
         }
         for group, mask in groups.items():
             total = int(mask.sum())
@@ -1119,7 +1138,8 @@ def _diagnostics(
         diagnostics_figure(result, table, a_map),
         "diagnostics.png",
         "diagnostics",
-        "Median uncertainties, best-fit χ² and flag fractions against r; the estimates in "
+        "Median uncertainties, best-fit χ² (Bayesian rows; network rows fitted without the "
+        "prior) and flag fractions against r; the estimates in "
         "(M_r, [Fe/H]); distance moduli by method; A_r minus the dust map against distance.",
     )
     art.table(table, "by_magnitude.csv")
@@ -1197,6 +1217,10 @@ _DISPLAY_NAMES = {
     "nn_over_bayes_p84": "σ_NN/σ_B p84",
     "corr_sigma_nn_sigma_bayes": "corr(σ_NN, σ_B)",
     "fraction_of_total": "fraction of total",
+    "chi2min_p50": "χ² median (Bayes rows)",
+    "chi2min_p90": "χ² p90 (Bayes rows)",
+    "chi2min_nn_p50": "χ² median (NN rows, no prior)",
+    "chi2min_nn_p90": "χ² p90 (NN rows, no prior)",
 }
 
 
@@ -1220,13 +1244,33 @@ def _html_table(frame: pd.DataFrame, digits: int = 4, index: bool = False) -> st
     )
 
 
-def _table1_html(table: pd.DataFrame) -> str:
+def _any_finite(values: Mapping[str, np.ndarray]) -> bool:
+    return any(np.isfinite(v).any() for v in values.values())
+
+
+def _no_comparison_note(data: ReportData) -> str:
+    """Why no comparison is possible: no stars, no reference given, no estimate, no truth
+    value, or no star with both."""
+    if data.n_rows == 0:
+        why = "the run output holds no stars"
+    elif "truth" not in data.values and data.bayes_source != "bayes_reference":
+        why = (
+            "give truth (simulated data) and/or Bayesian estimates of the network rows "
+            "(bayes_reference)"
+        )
+    elif not any(_any_finite(data.values.get(s, {})) for s in ("NN", "Bayes")):
+        why = f"none of the {data.n_rows:,} stars has an estimate"
+    elif "truth" in data.values and not _any_finite(data.values["truth"]):
+        why = "the truth has no value for any star of the run (no row matched)"
+    else:
+        why = "no star has both an estimate and a reference value"
+    return f'<p class="note">No comparison possible: {html.escape(why)}.</p>'
+
+
+def _table1_html(table: pd.DataFrame, data: ReportData) -> str:
     """One HTML table per comparison: rows subsamples, columns N / median / sigma_G per p."""
     if table.empty:
-        return (
-            '<p class="note">No comparison possible: give truth (simulated data) and/or '
-            "Bayesian estimates of the network rows (bayes_reference).</p>"
-        )
+        return _no_comparison_note(data)
     parts = []
     for key in [c.key for c in COMPARISONS if c.key in set(table["comparison"])]:
         sub = table[table["comparison"] == key]
@@ -1300,15 +1344,82 @@ def _records(frame: pd.DataFrame, index: bool = False) -> list[dict[str, Any]]:
     return out
 
 
-def _clear_previous(out: Path) -> None:
-    """Remove the files a previous report wrote (only report files, never anything else)."""
-    for sub, pattern in (("figures", "*.png"), ("data", "*.csv")):
-        folder = out / sub
-        if folder.is_dir():
-            for path in folder.glob(pattern):
-                path.unlink()
-    for name in ("index.html", "report.json", "table1.csv"):
-        (out / name).unlink(missing_ok=True)
+#: Files every report writes at the top of its folder (figures and data files vary).
+REPORT_FILES: tuple[str, ...] = ("index.html", "report.json", "table1.csv")
+#: Where a report keeps its figures and data files, and their suffixes.
+_LISTED_FILES: tuple[tuple[str, str, str], ...] = (
+    ("figures", "figures", ".png"),
+    ("data_files", "data", ".csv"),
+)
+
+
+def _refuse_to_overwrite(paths: Sequence[Path]) -> None:
+    """Raise :class:`FileExistsError` naming those of ``paths`` that exist."""
+    existing = [str(path) for path in paths if path.exists()]
+    if not existing:
+        return
+    more = f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+    raise FileExistsError(
+        f"the report would overwrite {', '.join(existing[:5])}{more}; use --overwrite "
+        "(overwrite=True) to replace them"
+    )
+
+
+def _previous_report_files(out: Path) -> list[Path]:
+    """The figures and data files the report in ``out`` lists in its ``report.json``: paths
+    ``figures/NAME.png`` and ``data/NAME.csv`` only, [] without a readable report.json."""
+    try:
+        numbers = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(numbers, dict):
+        return []
+    listed = []
+    for key, folder, suffix in _LISTED_FILES:
+        names = numbers.get(key)
+        for name in names if isinstance(names, list) else []:
+            rel = PurePosixPath(name if isinstance(name, str) else "")
+            if len(rel.parts) == 2 and rel.parts[0] == folder and rel.suffix == suffix:
+                listed.append(out / folder / rel.name)
+    return listed
+
+
+@contextmanager
+def _staged_report(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden folder in ``out`` (created if missing) to render a report into, with
+    ``figures`` and ``data``; moved into ``out`` by :func:`_install` when the block succeeds
+    and removed in any case."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".photodist-report-", dir=out))
+    try:
+        for _, folder, _ in _LISTED_FILES:
+            (staging / folder).mkdir()
+        yield staging
+        _install(staging, out, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _install(staging: Path, out: Path, overwrite: bool) -> None:
+    """Move a report rendered in ``staging`` into ``out``, ``index.html`` last.
+
+    Without ``overwrite`` no existing file is replaced (:class:`FileExistsError` names them);
+    with it, the files of the previous report (:func:`_previous_report_files`) go first and
+    the files of this one replace theirs; nothing else in ``out`` is touched.
+    """
+    new = sorted(
+        (path.relative_to(staging) for path in staging.rglob("*") if path.is_file()),
+        key=lambda rel: (rel == Path("index.html"), str(rel)),
+    )
+    if not overwrite:
+        _refuse_to_overwrite([out / rel for rel in new])
+    else:
+        for path in _previous_report_files(out):
+            path.unlink(missing_ok=True)
+    for _, folder, _ in _LISTED_FILES:
+        (out / folder).mkdir(exist_ok=True)
+    for rel in new:
+        (staging / rel).replace(out / rel)
 
 
 def write_report(
@@ -1365,8 +1476,10 @@ def write_report(
     dpi
         Resolution of the PNG figures.
     overwrite
-        Replace an existing report in ``out_dir`` (its figures, data files and page);
-        otherwise an existing ``index.html`` raises :class:`FileExistsError`.
+        Replace an existing report in ``out_dir``: the figures and data files its
+        ``report.json`` lists, and any file of the same name as one this report writes;
+        other files are kept. Otherwise a file of the same name as one of the report's
+        raises :class:`FileExistsError` naming it, before anything is written.
     posteriors
         ``(label, StarPosterior)`` pairs (:func:`example_posteriors`) drawn in an "Example
         posteriors" section; None or empty leaves it out.
@@ -1382,75 +1495,66 @@ def write_report(
     if unknown or not chosen:
         raise ValueError(f"parameters must be a non-empty subset of {PARAMETERS}")
     out = Path(out_dir)
-    if (out / "index.html").exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"{out / 'index.html'} exists; use --overwrite (overwrite=True) to replace it"
-            )
-        _clear_previous(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    if not overwrite:  # the files every report writes; figures and data files once drawn
+        _refuse_to_overwrite([out / name for name in REPORT_FILES])
+    with _staged_report(out, overwrite) as folder:
+        info = dict(result.attrs.get(_PIPELINE_ATTR, {}) or {})
+        config = dict(config) if config is not None else info.get("config")
+        timings = dict(timings) if timings is not None else info.get("timings")
 
-    info = dict(result.attrs.get(_PIPELINE_ATTR, {}) or {})
-    config = dict(config) if config is not None else info.get("config")
-    timings = dict(timings) if timings is not None else info.get("timings")
+        data = prepare_report_data(result, truth, bayes_reference, photometry, columns)
+        art = _Artifacts(folder, int(dpi))
+        table1 = comparison_table(data, mag_edges, feh_split, ms_split_gi)
+        table1 = table1[table1["parameter"].isin(chosen)].reset_index(drop=True)
+        correlations = error_correlations(data)
+        correlations = correlations[correlations.index.isin(chosen)]
+        ratios = sigma_ratio_summary(data)
+        ratios = ratios[ratios.index.isin(chosen)]
+        flags = flag_fractions(result)
+        timing_table = _timings_table(timings)
 
-    data = prepare_report_data(result, truth, bayes_reference, photometry, columns)
-    art = _Artifacts(out, int(dpi))
-    table1 = comparison_table(data, mag_edges, feh_split, ms_split_gi)
-    table1 = table1[table1["parameter"].isin(chosen)].reset_index(drop=True)
-    correlations = error_correlations(data)
-    correlations = correlations[correlations.index.isin(chosen)]
-    ratios = sigma_ratio_summary(data)
-    ratios = ratios[ratios.index.isin(chosen)]
-    flags = flag_fractions(result)
-    timing_table = _timings_table(timings)
+        for p in chosen:
+            _one_to_one_figure(data, p, art)
+            for c in data.comparisons():
+                _ug_map_figure(data, p, c, art)
+                _residual_figure(data, p, c, art)
+            _normalised_figure(data, p, art)
+        _sigma_ratio_figure(data, art, chosen)
+        _posterior_figures(posteriors or [], result, art)
+        by_magnitude = _diagnostics(result, data, art, info)
 
-    for p in chosen:
-        _one_to_one_figure(data, p, art)
-        for c in data.comparisons():
-            _ug_map_figure(data, p, c, art)
-            _residual_figure(data, p, c, art)
-        _normalised_figure(data, p, art)
-    _sigma_ratio_figure(data, art, chosen)
-    _posterior_figures(posteriors or [], result, art)
-    by_magnitude = _diagnostics(result, data, art, info)
-
-    table1.to_csv(out / "table1.csv", index=False, float_format="%.6g")
-    render_seconds = time.perf_counter() - start
-    comparisons = data.comparisons()
-    numbers = {
-        "title": title,
-        "n_stars": data.n_rows,
-        "method_counts": data.method_counts,
-        "comparisons": [c.key for c in comparisons],
-        "bayes_source": data.bayes_source,
-        "population_source": data.population_source,
-        "table1": _records(table1),
-        "error_correlations": _records(correlations, index=True),
-        "sigma_ratios": _records(ratios, index=True),
-        "flag_fractions": _records(flags),
-        "timings": timings,
-        "config": config,
-        "pipeline_info": {k: v for k, v in info.items() if k not in ("config", "timings")},
-        "posteriors": [_posterior_record(label, post) for label, post in posteriors or []],
-        "by_magnitude": _records(by_magnitude),
-        "figures": [src for items in art.figures.values() for src, _ in items],
-        "data_files": art.data_files,
-        "report_seconds": round(render_seconds, 3),
-    }
-    (out / "report.json").write_text(
-        json.dumps(numbers, indent=2, default=_json_default, allow_nan=False) + "\n"
-    )
-    page = _page(
-        title, data, comparisons, table1, correlations, ratios, flags, timing_table,
-        by_magnitude, config, info, art, render_seconds,
-    )  # fmt: skip
-    index = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(index)
-    return index
+        table1.to_csv(folder / "table1.csv", index=False, float_format="%.6g")
+        render_seconds = time.perf_counter() - start
+        comparisons = data.comparisons()
+        numbers = {
+            "title": title,
+            "n_stars": data.n_rows,
+            "method_counts": data.method_counts,
+            "comparisons": [c.key for c in comparisons],
+            "bayes_source": data.bayes_source,
+            "population_source": data.population_source,
+            "table1": _records(table1),
+            "error_correlations": _records(correlations, index=True),
+            "sigma_ratios": _records(ratios, index=True),
+            "flag_fractions": _records(flags),
+            "timings": timings,
+            "config": config,
+            "pipeline_info": {k: v for k, v in info.items() if k not in ("config", "timings")},
+            "posteriors": [_posterior_record(label, post) for label, post in posteriors or []],
+            "by_magnitude": _records(by_magnitude),
+            "figures": [src for items in art.figures.values() for src, _ in items],
+            "data_files": art.data_files,
+            "report_seconds": round(render_seconds, 3),
+        }
+        (folder / "report.json").write_text(
+            json.dumps(numbers, indent=2, default=_json_default, allow_nan=False) + "\n"
+        )
+        page = _page(
+            title, data, comparisons, table1, correlations, ratios, flags, timing_table,
+            by_magnitude, config, info, art, render_seconds,
+        )  # fmt: skip
+        (folder / "index.html").write_text(page, encoding="utf-8")
+    return out / "index.html"
 
 
 def _page(
@@ -1481,12 +1585,15 @@ def _page(
         "u-g photometry found" if "ug" in data.photometry else "no u-g photometry",
     ]
     notes = []
-    if data.bayes_source == "result" and any(c.estimate == "Bayes" for c in comparisons):
+    bayes_truth = next((c for c in comparisons if c.estimate == "Bayes"), None)
+    if data.bayes_source == "result" and bayes_truth is not None:
         n_b = data.method_counts.get("bayes", 0)
+        n_used = data.n_compared(bayes_truth)
         notes.append(
-            f"Bayes vs truth uses the {n_b:,} rows the pipeline estimated with the Bayesian "
-            "method (training subsample and fallbacks), not the network rows; give "
-            "Bayesian estimates of every star (bayes_reference) to compare on the same stars."
+            f"Bayes vs truth uses the {n_used:,} of the {n_b:,} rows the pipeline estimated "
+            "with the Bayesian method (training subsample and fallbacks) that have an estimate "
+            "and a true value, not the network rows; give Bayesian estimates of every star "
+            "(bayes_reference) to compare on the same stars."
         )
     if "NN" in data.values and data.bayes_source != "bayes_reference":
         notes.append(
@@ -1520,7 +1627,7 @@ def _page(
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        f"<p>{data.n_rows:,} stars ({esc(counts)}). Comparisons: "
+        f"<p>{data.n_rows:,} stars{f' ({esc(counts)})' if counts else ''}. Comparisons: "
         f"{esc(', '.join(c.title for c in comparisons) or 'none')}. Inputs: "
         + esc(", ".join(sources))
         + f". Report rendered in {render_seconds:.1f} s.</p>",
@@ -1530,7 +1637,7 @@ def _page(
         '<p class="note">σ<sub>G</sub> = 0.7413 × interquartile range; each comparison uses '
         "the stars of a subsample where both its values are finite. "
         '<a href="table1.csv">table1.csv</a></p>',
-        _table1_html(table1),
+        _table1_html(table1, data),
         '<h2 id="errors">Correlation of the NN and Bayes errors</h2>',
         '<p class="note">Pearson correlation of the network emulation error (NN − Bayes) with '
         "the Bayesian error (Bayes − truth) on the network rows; the paper finds about 0.1, "
@@ -1563,7 +1670,8 @@ def _page(
         parts.append(
             '<p class="note">No truth needed (photodist.diagnostics): per 1-mag bin of r, the '
             "median uncertainties, the best-fit χ² of the Bayesian rows (rising for bright "
-            "stars: quoted colour errors too small; see the error-model check above), flag "
+            "stars: quoted colour errors too small; see the error-model check above) and, "
+            "apart, of the network rows' best fit without the prior, flag "
             "fractions and, with the catalogue's dust-map column, the median A<sub>r</sub> − "
             "map A<sub>r</sub> of stars beyond DM = 10, which lie behind most of the dust. "
             '<a href="data/by_magnitude.csv">by_magnitude.csv</a></p>'
@@ -1760,7 +1868,8 @@ def load_run(
     -------
     RunData
         Configuration and timings come from ``run.json`` when present, else from the
-        result's ``attrs["photodist_pipeline"]``.
+        result's ``attrs["photodist_pipeline"]``, else, for a survey output folder, from its
+        manifest and patch summaries (:func:`_survey_run_info`).
     """
     path = Path(run_output)
     given = {"truth": truth, "bayes_reference": bayes_reference, "photometry": photometry}
@@ -1794,6 +1903,8 @@ def load_run(
     frames = {k: _align(v, result, ids, k, not survey_output) for k, v in given.items()}
     config = info.get("config", attrs.get("config"))
     timings = info.get("timings", attrs.get("timings"))
+    if survey_output and config is None and timings is None:
+        config, timings = _survey_run_info(path)
     return RunData(
         result=result,
         truth=frames["truth"],
@@ -1802,6 +1913,27 @@ def load_run(
         config=config,
         timings=timings,
     )
+
+
+def _survey_run_info(path: Path) -> tuple[dict[str, Any] | None, dict[str, float] | None]:
+    """The configuration a survey output folder's manifest records and the seconds per
+    pipeline stage summed over its patch summaries (CPU time of all workers, not wall time);
+    None for what is missing or unreadable."""
+    from photodist.survey import read_manifest, read_patch_info
+
+    try:
+        manifest = read_manifest(path) or {}
+    except ValueError:
+        manifest = {}
+    config = manifest.get("configuration")
+    timings: dict[str, float] = {}
+    try:
+        for patch in read_patch_info(path).values():
+            for stage, seconds in (patch.get("timings_s") or {}).items():
+                timings[stage] = timings.get(stage, 0.0) + float(seconds)
+    except (ValueError, TypeError, AttributeError):  # a damaged patch summary
+        timings = {}
+    return (config if isinstance(config, dict) else None), (timings or None)
 
 
 def report_from_run(
