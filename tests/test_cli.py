@@ -549,6 +549,10 @@ def test_simulate_run_evaluate_chain(tmp_path):
     for key in ("Mr_mean", "FeH_sigma", "dist_pc"):
         np.testing.assert_allclose(pred.loc[nn_rows, key], res.loc[nn_rows, key], rtol=1e-6)
     assert runner.invoke(cli, predict).exit_code != 0  # the output exists: --overwrite needed
+    size = sim.stat().st_size
+    onto_input = runner.invoke(cli, ["predict", str(model), str(sim), str(sim), "--overwrite"])
+    assert onto_input.exit_code != 0 and "is the input" in onto_input.output
+    assert sim.stat().st_size == size
     not_a_model = runner.invoke(cli, ["predict", str(sim), str(sim), str(tmp_path / "x.csv")])
     assert not_a_model.exit_code != 0 and "Traceback" not in not_a_model.output
     # the networks stage alone: Bayesian labels of a subsample, training, prediction
