@@ -1029,3 +1029,16 @@ def test_toy_model_and_training_size_check_their_options_and_outputs(tmp_path):
         result = runner.invoke(cli, [*size, *bad])
         assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "ts").exists()
+
+
+def test_run_with_a_flat_prior_and_networks_says_bayes_may_serve_better(tmp_path):
+    runner = CliRunner()
+    sim = tmp_path / "sim.parquet"
+    args = ["simulate", str(sim), "--cone", "60", "60", "0.5", "--r-max", "23", "--seed", "2"]
+    assert runner.invoke(cli, args).exit_code == 0
+    run = ["run", str(sim), str(tmp_path / "out.parquet"), "--n-train", "1000", "--epochs", "2"]
+    result = runner.invoke(cli, [*run, "--flat-prior"])
+    assert result.exit_code == 0, result.output
+    assert "note: with a flat prior" in result.output and "photodist bayes" in result.output
+    result = runner.invoke(cli, [*run, "--overwrite"])  # the Galaxy-model prior: no note
+    assert result.exit_code == 0 and "note: with a flat prior" not in result.output

@@ -34,8 +34,12 @@ prior. ``--error-floor`` sets the floor of these runs (default 0).
 With ``--hybrid N`` too, the hybrid pipeline runs on N such stars with the Galaxy-model prior,
 as given and with its fitted power.
 
+``--flat-prior`` draws the stars from a flat ([Fe/H], M_r) prior instead (every locus point
+equally likely: giants as common as dwarfs, most stars with two branches) and estimates them
+with it; with ``--hybrid N`` the networks then learn the posterior means of such stars.
+
 Usage: ``python validation/bayes_self_consistency.py [--stars 20000] [--patch L,B]
-[--a-map 0.1] [--seed 1] [--hybrid 200000] [--trilegal PATH]``
+[--a-map 0.1] [--seed 1] [--hybrid 200000 [--n-train 10000]] [--trilegal PATH | --flat-prior]``
 """
 
 from __future__ import annotations
@@ -138,14 +142,26 @@ def main() -> None:
     parser.add_argument("--hybrid", type=int, default=0, metavar="N", help="hybrid on N stars")
     parser.add_argument("--trilegal", default=None, metavar="PATH", help="draw from this map")
     parser.add_argument("--error-floor", type=float, default=0.0, help="with --trilegal")
+    parser.add_argument(
+        "--n-train", type=int, default=10_000, help="Bayesian labels of the hybrid's networks"
+    )
+    parser.add_argument(
+        "--flat-prior",
+        action="store_true",
+        help="draw and estimate with a flat ([Fe/H], M_r) prior (giants as common as dwarfs)",
+    )
     args = parser.parse_args()
+    if args.flat_prior and args.trilegal:
+        parser.error("--flat-prior and --trilegal exclude each other")
     lon, lat = (float(v) for v in args.patch.split(","))
     locus = build_locus().resample(0.05, 0.1)
     prior = build_patch_priors(cone=(lon, lat, 0.5), seed=args.seed, band_set="lsst", locus=locus)
     if args.trilegal:
         galaxy_grid = PriorGrid.from_prior(prior, locus)
         prior = read_trilegal_priors(args.trilegal, locus, pixel=0)
-    grid = PriorGrid.from_prior(prior, locus)
+    grid = PriorGrid.flat(locus) if args.flat_prior else PriorGrid.from_prior(prior, locus)
+    if args.flat_prior:
+        prior = grid
     rng = np.random.default_rng(args.seed)
     n_stars = max(args.stars, args.hybrid)
     frame, truth = draw_stars(locus, grid, args.a_map, 3 * n_stars, rng)
@@ -174,7 +190,7 @@ def main() -> None:
     elif args.hybrid:
         from photodist.pipeline import PipelineConfig, run_patch
 
-        config = PipelineConfig(error_floor=0.0, seed=args.seed)
+        config = PipelineConfig(error_floor=0.0, seed=args.seed, n_train=args.n_train)
         hybrid, timings, _ = run_patch(frame, prior, locus, config)
         print(f"hybrid on {len(frame)} stars in {timings['total']:.1f} s")
         report_hybrid(hybrid, truth)

@@ -1765,6 +1765,14 @@ def run_command(
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
     click.echo("stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     click.echo(f"{len(result)} stars -> {output_path} (summary {summary_path})")
+    if prior is None and model is not None:
+        click.echo(
+            "note: with a flat prior most stars' posteriors have two branches, and networks "
+            f"trained on {config.n_train:,} labels emulate their means less well than with a "
+            "Galaxy-model prior; `photodist bayes` (exact, and faster on a few cores than "
+            "training) or a larger --n-train help (docs/benchmarks.md, 'With a flat prior')",
+            err=True,
+        )
 
 
 def _run_prior_file(result_path: Path, summary: Mapping[str, Any]) -> Path:
