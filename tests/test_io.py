@@ -194,9 +194,9 @@ def test_big_ids_with_nulls_stay_exact_in_every_format(tmp_path: Path, suffix: s
     else:
         write_table(_big_id_frame(), path)
     _assert_big_ids(read_catalog(path)["objid"])
-    # batches without a null are plain int64, the one with it nullable: both exact
+    # the first batch has the null: every batch nullable (one type per column), all exact
     batches = list(iter_catalog_batches(path, batch_size=2))
-    assert [str(b["objid"].dtype) for b in batches] == ["Int64", "int64"]
+    assert [str(b["objid"].dtype) for b in batches] == ["Int64", "Int64"]
     _assert_big_ids(pd.concat(batches)["objid"])
 
 
@@ -842,3 +842,36 @@ def test_catalog_columns_reads_the_names_alone(tmp_path: Path, suffix: str) -> N
     empty.touch()
     with pytest.raises(CatalogError, match="empty"):
         catalog_columns(empty)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".fits"])
+def test_nullable_columns_keep_one_type_in_every_batch(tmp_path: Path, suffix: str) -> None:
+    """Missing values in the first batch only: the later batches keep its nullable types
+    (they came back int64 / bool there), and a boolean with nulls is not turned into objects."""
+    frame = pd.DataFrame(
+        {
+            "rmag": [18.0, 19.0, 20.0, 21.0],
+            "objid": pd.array([2**60 + 1, None, 3, 4], dtype="Int64"),
+            "flag": pd.array([True, None, False, True], dtype="boolean"),
+        }
+    )
+    path = write_table(frame, tmp_path / f"t{suffix}")
+    whole = read_catalog(path)
+    batches = list(iter_catalog_batches(path, batch_size=2))
+    for batch in batches:
+        assert dict(batch.dtypes) == dict(whole.dtypes)
+    assert whole["objid"].tolist()[0] == 2**60 + 1 and whole["objid"].isna().tolist()[1]
+    assert whole["flag"].isna().tolist() == [False, True, False, False]  # FITS: 0/1 with nulls
+
+
+def test_fits_output_keeps_missing_booleans_and_writes_missing_text_empty(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "flag": pd.array([False, None, True], dtype="boolean"),
+            "name": pd.array(["a", None, "c"], dtype="string"),
+            "other": pd.Series(["x", None, "z"], dtype=object),
+        }
+    )
+    back = read_catalog(write_table(frame, tmp_path / "t.fits"))
+    assert back["flag"].tolist()[::2] == [0, 1] and back["flag"].isna().tolist()[1]
+    assert back["name"].tolist() == ["a", "", "c"] and back["other"].tolist() == ["x", "", "z"]

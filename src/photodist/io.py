@@ -304,7 +304,11 @@ def _plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
 #: pandas' default text type, also for text read with nullable types
 _DEFAULT_STRING = pd.Series(["a"]).dtype
 
+# integers and booleans through pandas' nullable types: a column with nulls stays exact (a
+# boolean one is not turned into objects); :func:`_plain_dtypes` makes the ones without nulls
+# numpy types again
 _ARROW_INTEGERS: dict[pa.DataType, Any] = {
+    pa.bool_(): pd.BooleanDtype(),
     pa.int8(): pd.Int8Dtype(),
     pa.int16(): pd.Int16Dtype(),
     pa.int32(): pd.Int32Dtype(),
@@ -327,8 +331,6 @@ def _arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
     drop = [name for name in table.column_names if _PANDAS_INDEX_COLUMN.fullmatch(name)]
     if drop:
         table = table.drop_columns(drop)
-    # integers through pandas' nullable types, so that a column with nulls stays exact
-    # (:func:`_plain_dtypes` makes the ones without nulls numpy ``int64`` again)
     return table.to_pandas(ignore_metadata=True, types_mapper=_ARROW_INTEGERS.get)
 
 
@@ -340,7 +342,7 @@ def table_to_frame(table: pa.Table) -> pd.DataFrame:
     for i, dtype in enumerate(frame.dtypes):
         column = frame.iloc[:, i]
         if isinstance(dtype, pd.api.extensions.ExtensionDtype) and not column.hasnans:
-            if pd.api.types.is_integer_dtype(dtype):
+            if pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
                 frame.isetitem(i, column.to_numpy(dtype.numpy_dtype))
     return frame
 
@@ -778,11 +780,28 @@ def _batches(
     else:
         frames = _read_fits(p, batch_size, cols)
     offset = 0
+    first: pd.Series | None = None
     for frame in frames:
         frame = _plain_dtypes(frame)
+        if first is None:
+            first = frame.dtypes
+        else:
+            _as_first_batch(frame, first)
         frame.index = pd.RangeIndex(offset, offset + len(frame))
         offset += len(frame)
         yield frame
+
+
+def _as_first_batch(frame: pd.DataFrame, first: pd.Series) -> None:
+    """Give ``frame``'s integer and boolean columns the first batch's nullable types where
+    that batch had missing values and this one has none (in place), so that a column keeps
+    one type from batch to batch. (A column whose first missing value comes after the first
+    batch turns nullable from that batch on: numpy types cannot hold it.)"""
+    for i, (dtype, wanted) in enumerate(zip(frame.dtypes, first, strict=True)):
+        if dtype == wanted or not isinstance(wanted, pd.api.extensions.ExtensionDtype):
+            continue
+        if isinstance(dtype, np.dtype) and dtype.kind in "biu" and dtype.kind == wanted.kind:
+            frame.isetitem(i, frame.iloc[:, i].astype(wanted))
 
 
 def iter_catalog_batches(
@@ -793,7 +812,10 @@ def iter_catalog_batches(
     Memory stays bounded by a few batches whatever the catalogue size. Batch indexes continue
     one another, so ``pd.concat(batches)`` equals :func:`read_catalog`. A column has the same
     type in every batch (a CSV or text file longer than one batch is first scanned for the
-    types). An empty catalogue yields one empty frame with the columns.
+    types; an integer or boolean column with missing values in the first batch stays
+    nullable in the others), except that one whose first missing value comes in a later
+    batch turns nullable (``Int64``, ``boolean``) from that batch on. An empty catalogue
+    yields one empty frame with the columns.
 
     Raises
     ------
@@ -990,6 +1012,8 @@ def write_table(frame: pd.DataFrame, path: PathLike, overwrite: bool = False) ->
     The data go to a hidden temporary file in the same directory, renamed onto ``path`` only
     when complete. Missing parent directories are created. A named or non-range index is
     written as columns. FITS cannot store missing strings; they are written as empty strings.
+    A FITS boolean column with missing values is written as integers 0 / 1 with nulls
+    (astropy's FITS logical columns have no missing value).
 
     Returns
     -------
@@ -1021,12 +1045,29 @@ def write_table(frame: pd.DataFrame, path: PathLike, overwrite: bool = False) ->
         else:
             from astropy.table import Table
 
-            Table.from_pandas(data, index=False).write(tmp, format="fits", overwrite=True)
+            Table.from_pandas(_fits_ready(data), index=False).write(
+                tmp, format="fits", overwrite=True
+            )
         _commit(tmp, final, overwrite)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return final
+
+
+def _fits_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the columns FITS cannot hold as they are made writable: missing text
+    as empty strings, a boolean column with missing values as nullable 0 / 1 integers."""
+    out = frame.copy(deep=False)
+    for i, dtype in enumerate(out.dtypes):
+        column = out.iloc[:, i]
+        if pd.api.types.is_bool_dtype(dtype) and column.hasnans:
+            out.isetitem(i, column.astype(pd.Int16Dtype()))  # (FITS stores int8 as logical)
+        elif (isinstance(dtype, pd.StringDtype) or dtype == np.dtype(object)) and column.hasnans:
+            texts = column.dropna().map(type).eq(str).all()
+            if texts:
+                out.isetitem(i, column.fillna("").astype(_DEFAULT_STRING))
+    return out
 
 
 class AtomicParquetWriter:
