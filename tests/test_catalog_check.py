@@ -56,13 +56,15 @@ def test_check_counts_what_the_estimators_will_flag(tmp_path):
     assert found.n_r_outside_prior == 1
     assert found.dust_column == "Ar" and found.n_dust_valid == n - 1
     assert found.n_no_position == 1
-    assert sorted(found.stars_per_patch.values()) == [n // 4 - 1, n - n // 4]  # row 6: none
+    # usable stars per patch, as `run` counts them: rows 0-2 (no r, no colour, a sentinel)
+    # and 6 (no position) are in the first patch and not counted
+    assert sorted(found.stars_per_patch.values()) == [n // 4 - 4, n - n // 4]
     assert found.r_quantiles[2] == pytest.approx(np.nanmedian(frame["rmag"]), abs=0.01)
     assert found.band_error_median["g"] == pytest.approx(0.03, abs=0.001)
     # streamed in small batches: the same findings
     assert check_catalog(path, "sdss", batch_size=37).to_dict() == found.to_dict()
     text = "\n".join(found.lines(n_train=200))
-    assert "2 HEALPix order-4 patches" in text and "1 with more than 200 stars" in text
+    assert "2 HEALPix order-4 patches" in text and "1 with more than 200 (networks)" in text
     assert "photodist survey" in text
 
 

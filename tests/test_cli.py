@@ -870,6 +870,10 @@ def test_training_option_defaults_match_the_pipeline():
         (["--mr-step", "100"], "grid step 100.0 leaves fewer than 2 points"),
         (["--seed", "-1"], "'--seed': -1 is not in the range x>=0"),
         (["--error-floor", "inf"], "neither 'auto' nor a finite magnitude"),
+        (["--a-max", "0"], "'--a-max': 0.0 is not in the range x>0.0"),
+        (["--a-max", "nan"], "'--a-max': nan is not a finite number"),
+        (["--a-max-scale", "inf"], "'--a-max-scale': inf is not a finite number"),
+        (["--a-min-fraction", "nan"], "'--a-min-fraction': nan is not a finite number"),
     ],
 )
 def test_bad_bayes_options_are_usage_errors(tmp_path, options, message):
@@ -1032,13 +1036,44 @@ def test_toy_model_and_training_size_check_their_options_and_outputs(tmp_path):
 
 
 def test_run_with_a_flat_prior_and_networks_says_bayes_may_serve_better(tmp_path):
+    """With a flat prior every row is flagged NO_PRIOR (network rows learnt from labels
+    without one), a note points to `photodist bayes`, and an earlier run's prior map beside
+    the output is removed (it is not this run's)."""
     runner = CliRunner()
     sim = tmp_path / "sim.parquet"
     args = ["simulate", str(sim), "--cone", "60", "60", "0.5", "--r-max", "23", "--seed", "2"]
     assert runner.invoke(cli, args).exit_code == 0
-    run = ["run", str(sim), str(tmp_path / "out.parquet"), "--n-train", "1000", "--epochs", "2"]
-    result = runner.invoke(cli, [*run, "--flat-prior"])
+    out = tmp_path / "out.parquet"
+    run = ["run", str(sim), str(out), "--n-train", "1000", "--epochs", "2"]
+    result = runner.invoke(cli, run)  # the Galaxy-model prior: no note
+    assert result.exit_code == 0 and "note: with a flat prior" not in result.output
+    prior_file = out.with_name(out.name + ".prior.npz")
+    assert prior_file.exists()
+    result = runner.invoke(cli, [*run, "--flat-prior", "--overwrite"])
     assert result.exit_code == 0, result.output
     assert "note: with a flat prior" in result.output and "photodist bayes" in result.output
-    result = runner.invoke(cli, [*run, "--overwrite"])  # the Galaxy-model prior: no note
-    assert result.exit_code == 0 and "note: with a flat prior" not in result.output
+    assert not prior_file.exists()
+    flags = pd.read_parquet(out)["flags"].to_numpy()
+    assert np.all(flags & Flags.NO_PRIOR)
+    # a model file already there is kept without --overwrite, refused before any work
+    model = tmp_path / "model.safetensors"
+    model.write_text("precious")
+    result = runner.invoke(
+        cli, [*run[:2], str(tmp_path / "o2.parquet"), "--save-model", str(model)]
+    )
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert model.read_text() == "precious" and not (tmp_path / "o2.parquet").exists()
+    # a kept column named like an output column: refused by bayes (it crashed or wrote two
+    # columns) and survey (every patch failed after the work)
+    frame = pd.read_parquet(sim).assign(flags=0)
+    flagged = tmp_path / "flagged.parquet"
+    frame.to_parquet(flagged)
+    for command in (
+        ["bayes", str(flagged), str(tmp_path / "b.csv"), "--keep", "source_id,flags"],
+        ["survey", str(flagged), str(tmp_path / "sv"), "--keep", "flags"]
+        + ["--scheduler", "synchronous", "--order", "6"],
+    ):
+        result = runner.invoke(cli, command)
+        assert result.exit_code != 0 and "names of output columns" in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "b.csv").exists()

@@ -137,6 +137,18 @@ def test_trained_networks_keep_the_prior_r_range(catalog, hybrid, tmp_path):
     unbounded = train_networks(catalog, result, small_config(nn_max_epochs=3))
     flags = predict_with_model(unbounded, catalog)["flags"].to_numpy()
     assert not (flags & Flags.R_OUTSIDE_PRIOR).any()
+    assert (
+        not (flags & Flags.NO_PRIOR).any()
+        and model.training_metadata_["user"]["flat_prior"] is False
+    )
+    # labels made with a flat prior (every label row NO_PRIOR): the model's rows say so too
+    flat_labels = result.assign(flags=result["flags"] | Flags.NO_PRIOR)
+    flat = train_networks(catalog, flat_labels, small_config(nn_max_epochs=3))
+    assert np.all(predict_with_model(flat, catalog)["flags"].to_numpy() & Flags.NO_PRIOR)
+    # labels of the same stars in another order: refused by their ids, not trained on
+    shuffled = result.assign(source_id=result["source_id"].to_numpy()[::-1])
+    with pytest.raises(ValueError, match="source_id values are not the catalogue's"):
+        train_networks(catalog, shuffled, small_config(nn_max_epochs=3))
 
 
 def test_labelled_rows_keep_bayes_values(catalog, hybrid, bayes_all):

@@ -92,8 +92,9 @@ class CatalogCheck:
     """What :func:`check_catalog` found (see the module docstring).
 
     Counts are numbers of rows; ``*_quantiles`` are the :data:`QUANTILES` (None without any
-    value); ``stars_per_patch`` maps nested HEALPix pixels (ICRS, ``order``) to the rows
-    with a position there.
+    value); ``stars_per_patch`` maps nested HEALPix pixels (ICRS, ``order``) with rows to
+    the number of usable stars there (finite r and r error and every colour usable: what
+    `run` and `survey` count to choose between networks and Bayes on every star).
     """
 
     path: str
@@ -193,9 +194,10 @@ class CatalogCheck:
         text = f"position: {lon}/{lat}; {len(counts):,} HEALPix order-{self.order} patches"
         if len(counts):
             text += (
-                f", stars per patch min / median / max {counts.min():,} / "
-                f"{int(np.median(counts)):,} / {counts.max():,}; {int((counts > n_train).sum())}"
-                f" with more than {n_train:,} stars (networks), the others Bayes on every star"
+                f", usable stars (r and every colour) per patch min / median / max "
+                f"{counts.min():,} / {int(np.median(counts)):,} / {counts.max():,}; "
+                f"{int((counts > n_train).sum())} with more than {n_train:,} (networks), the "
+                "others Bayes on every star"
             )
         out.append(text)
         if self.n_no_position:
@@ -316,9 +318,13 @@ def check_catalog(
             ra, dec = sky_positions(frame, cols)
             ok = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0)
             check.n_no_position += int((~ok).sum())
-            pixels, counts = np.unique(_healpix(ra[ok], dec[ok], order), return_counts=True)
+            # what `run`/`survey` count to choose networks: finite r and every colour usable
+            complete = np.isfinite(phot.r) & np.isfinite(phot.r_err)
+            complete &= (np.isfinite(phot.colors) & np.isfinite(phot.color_errors)).all(axis=1)
+            pixels, inverse = np.unique(_healpix(ra[ok], dec[ok], order), return_inverse=True)
+            counts = np.bincount(inverse, weights=complete[ok], minlength=len(pixels))
             for pixel, count in zip(pixels.tolist(), counts.tolist(), strict=True):
-                patches[pixel] = patches.get(pixel, 0) + count
+                patches[pixel] = patches.get(pixel, 0) + int(count)
         if progress is not None:
             progress(n)
     check.band_error_median = {b: _median(q) for b, q in error_quantiles.items()}

@@ -42,15 +42,30 @@ if TYPE_CHECKING:  # the pipeline loads PyTorch: imported where a command needs 
 BAYES_FEH_STEP = 0.05
 BAYES_MR_STEP = 0.1
 BAND_SET_CHOICE = click.Choice(["lsst", "sdss", "ugrizy", "ugriz"], case_sensitive=False)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float range that also refuses NaN and infinities (``click.FloatRange`` lets them
+    through: no comparison with NaN fails)."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
 #: Option types: a bad value is a usage error naming the option, before any work
 SEED = click.IntRange(min=0)
-GRID_STEP = click.FloatRange(min=0.0, min_open=True)
+GRID_STEP = FiniteFloatRange(min=0.0, min_open=True)
 #: File types of the figures a user names (matplotlib writes each).
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 HEALPIX_ORDER = click.IntRange(0, 29)
 POSITIVE_INT = click.IntRange(min=1)
 NON_NEGATIVE_INT = click.IntRange(min=0)
-POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
+POSITIVE_FLOAT = FiniteFloatRange(min=0.0, min_open=True)
 
 
 def _check_output(output_path: Path, overwrite: bool, *inputs: Path) -> None:
@@ -148,11 +163,11 @@ def _a_prior_options(command: Any) -> Any:
         ("--a-max-scale", 1.3, "S of the A_r prior's upper bound S A_map + O."),
     ):
         command = click.option(
-            name, type=click.FloatRange(0.0), default=default, show_default=True, help=what
+            name, type=FiniteFloatRange(0.0), default=default, show_default=True, help=what
         )(command)
     return click.option(
         "--a-min-fraction",
-        type=click.FloatRange(0.0, 1.0),
+        type=FiniteFloatRange(0.0, 1.0),
         default=0.0,
         show_default=True,
         help="Start the flat A_r prior at this fraction F of the dust-map value instead of 0 "
@@ -1131,7 +1146,7 @@ def check_command(
 @_error_floor_option
 @click.option(
     "--a-max",
-    type=float,
+    type=POSITIVE_FLOAT,
     default=3.0,
     show_default=True,
     help="A_r prior bound (mag) for stars without a dust-map value.",
@@ -1317,6 +1332,12 @@ def bayes_command(
                 except KeyError as exc:
                     raise click.ClickException(str(exc)) from exc
                 result = estimator.predict(phot)
+                clash = sorted(set(keep) & set(result.columns))
+                if clash:  # (the first batch: before anything is written)
+                    raise click.BadParameter(
+                        f"kept columns {clash} have the names of output columns; rename them",
+                        param_hint="--keep",
+                    )
                 for row in wanted[(wanted >= n_done) & (wanted < n_done + len(phot))]:
                     _write_posterior(
                         phot, int(row), n_done, locus, prior_grid, config, post_dir, profile
@@ -1708,6 +1729,8 @@ def run_command(
     prior_out = output_path.with_name(output_path.name + ".prior.npz")
     columns, bands = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
     keep = _kept_columns(keep, columns, input_path)
+    if save_model is not None:
+        _check_file_output(save_model, overwrite, "--save-model", input_path, output_path)
     try:
         _check_output(output_path, overwrite, input_path)
         if summary_path.exists() and not overwrite:
@@ -1737,9 +1760,9 @@ def run_command(
             "every star got the Bayesian estimate: " + result.attrs["photodist_pipeline"]["reason"]
         )
     io.write_table(result, output_path, overwrite=overwrite)
+    if prior_out.exists() and overwrite:  # a previous run's prior map is not this run's
+        prior_out.unlink()
     if prior is not None:
-        if prior_out.exists() and overwrite:
-            prior_out.unlink()
         prior.save(prior_out)
     if save_model is not None:
         if model is not None:
@@ -2316,7 +2339,7 @@ def tune_command(
 @click.option("--epochs", type=POSITIVE_INT, default=500, show_default=True)
 @click.option(
     "--tolerance",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloatRange(min=0.0),
     default=0.05,
     show_default=True,
     help="Relative loss above the plateau that counts as reaching it.",
@@ -2471,7 +2494,7 @@ def report_command(
 @click.option("--n-stars", type=POSITIVE_INT, default=200_000, show_default=True)
 @click.option(
     "--ug-error",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloatRange(min=0.0),
     default=0.1,
     show_default=True,
     help="u-g error of the median-[Fe/H] figure (mag).",

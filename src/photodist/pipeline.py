@@ -38,7 +38,7 @@ input lies outside the training range (plus margin), ``COLOR_UNUSABLE`` when a c
 unusable (as Bayesian rows do), and ``POOR_FIT`` / ``AR_AT_BOUND`` from the best fit (a star
 far from the stellar locus, or reddened beyond the A_r prior, whatever the networks say of
 it), and every row ``R_OUTSIDE_PRIOR`` when its r lies beyond the
-prior's r bins; rows handed back to the Bayesian
+prior's r bins (``NO_PRIOR`` with a flat prior); rows handed back to the Bayesian
 estimator because an input was not finite get ``NN_INVALID_INPUT`` besides their Bayesian
 flags (in a Bayes-only run no row is handed back and the bit is not used). The configuration,
 mode, counts and timings are stored in ``result.attrs["photodist_pipeline"]``.
@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from photodist.bands import (
+    ID_COLUMNS,
     BandSet,
     ColumnMap,
     MissingColumnError,
@@ -841,6 +842,13 @@ def train_networks(
             f"{len(labels)} label rows for {len(phot)} stars: the labels must be the Bayesian "
             "estimates of the same catalogue, row by row"
         )
+    if isinstance(data, pd.DataFrame):
+        for key in (c for c in ID_COLUMNS if c in data.columns and c in labels.columns):
+            if not np.array_equal(data[key].to_numpy(), labels[key].to_numpy()):
+                raise ValueError(
+                    f"the labels' {key} values are not the catalogue's, row by row: the labels "
+                    "must be the Bayesian estimates of the same catalogue in the same order"
+                )
 
     def label(p: str, kinds: Sequence[str]) -> np.ndarray:
         for kind in kinds:
@@ -871,13 +879,22 @@ def train_networks(
             "pipeline": config.to_dict(),
             "n_label_rows": len(labels),
             "prior_r_range": None if prior_r_range is None else [float(v) for v in prior_r_range],
+            "flat_prior": _labelled_without_prior(labels, rows),
             "fit_check": _fit_check_record(config.bayes_config(), posterior_grid(None, config)),
         },
     )
     return model
 
 
-def _kept_names(keep: Sequence[str] | str) -> list[str]:
+def _labelled_without_prior(labels: pd.DataFrame, rows: np.ndarray) -> bool:
+    """Whether every label row used carries NO_PRIOR (labels made with a flat prior)."""
+    if "flags" not in labels.columns or not rows.any():
+        return False
+    flags = pd.to_numeric(labels["flags"], errors="coerce").to_numpy()[rows]
+    return bool(np.all(np.isfinite(flags)) and np.all(flags.astype(np.int64) & Flags.NO_PRIOR))
+
+
+def kept_names(keep: Sequence[str] | str) -> list[str]:
     """The ``keep`` column names (a bare string is one name); names of output columns are
     refused, before any work when called first."""
     keep = [keep] if isinstance(keep, str) else list(keep)
@@ -894,7 +911,7 @@ def _with_input_rows(
     ``frame["Mr"] = result["Mr_mean"]`` aligns row by row whatever the frame's index."""
     if frame is None:
         return result
-    keep = _kept_names(keep)
+    keep = kept_names(keep)
     if keep:
         kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
         result = pd.concat([kept, result], axis=1)
@@ -955,7 +972,7 @@ def predict_with_model(
             "(see ColumnMap.dust / --dust-column, --ebv-column)"
         )
     frame = None if isinstance(data, Photometry) else data
-    _kept_names(keep)  # before any work
+    kept_names(keep)  # before any work
     if int(chunk_size) < 1:
         raise ValueError("chunk_size must be positive")
     out = _Output(len(phot))
@@ -971,6 +988,8 @@ def predict_with_model(
     # the r range of the labels' prior, when the model's metadata has it
     user = getattr(model, "training_metadata_", {}).get("user") or {}
     out.flags |= prior_range_flags(user.get("prior_r_range"), phot.r)
+    if user.get("flat_prior"):  # labels without a prior: NO_PRIOR, as the run flagged them
+        out.flags |= Flags.NO_PRIOR
     result = out.frame()
     result = _with_input_rows(result, frame, keep)
     result.attrs["photodist_pipeline"] = {
@@ -1000,7 +1019,8 @@ def run_patch(
         The patch's catalogue (columns as in ``columns``) or its :class:`Photometry`.
     prior
         Prior map for the patch (``photodist.priors.PriorMap`` or ``photodist.bayes.PriorGrid``);
-        None for a flat prior (Bayesian rows flagged NO_PRIOR).
+        None for a flat prior (every row flagged NO_PRIOR: the network rows learnt from
+        labels without a prior).
     locus
         Stellar locus (default: the built-in locus); resampled to the configured posterior grid.
     config
@@ -1024,7 +1044,7 @@ def run_patch(
     timings = dict.fromkeys(STAGES, 0.0)
     start_all = time.perf_counter()
     frame = None if isinstance(data, Photometry) else data
-    _kept_names(keep)  # before any work
+    kept_names(keep)  # before any work
     phot = _as_photometry(data, band_set, columns, "the configuration says")
     grid = posterior_grid(locus, config)
     n = len(phot)
@@ -1117,6 +1137,7 @@ def run_patch(
                     "n_stars_patch": n,
                     # rows beyond it are flagged R_OUTSIDE_PRIOR, later predictions too
                     "prior_r_range": estimator.prior.r_range,
+                    "flat_prior": not estimator.has_prior,  # rows flagged NO_PRIOR
                     "fit_check": _fit_check_record(bayes_config, grid),
                 },
             )
@@ -1158,8 +1179,10 @@ def run_patch(
         timings["bayes_all"] = time.perf_counter() - t0
         info.update(mode="bayes_only", reason=reason, n_labelled=0, n_nn=0, n_bayes_fallback=0)
         info["n_out_of_domain"] = 0
-    # network rows too: their labels came from the same prior
+    # network rows too: their labels came from the same prior (or none)
     out.flags |= prior_range_flags(estimator.prior.r_range, phot.r)
+    if not estimator.has_prior:
+        out.flags |= Flags.NO_PRIOR
 
     result = out.frame()
     result = _with_input_rows(result, frame, keep)

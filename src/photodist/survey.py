@@ -91,6 +91,7 @@ from photodist.pipeline import (
     RESULT_FLOAT_COLUMNS,
     PipelineConfig,
     estimate_rows,
+    kept_names,
     posterior_grid,
     run_patch,
     used_dust_profile,
@@ -481,6 +482,10 @@ def _resolve_keep(config: SurveyConfig, available: Sequence[str], where: str) ->
     else:
         keep += list(config.keep)
     keep = [c for c in dict.fromkeys(keep) if c != SPATIAL_INDEX_COLUMN]
+    try:
+        kept_names(keep)  # named like an output column: refused before any work
+    except ValueError as exc:
+        raise io.CatalogError(f"{where}: {exc}") from exc
     missing = [c for c in keep if c not in present]
     if missing:
         raise io.CatalogError(f"{where}: missing column(s) {missing} (positions or kept columns)")
