@@ -747,8 +747,8 @@ def estimate_rows(
     """Estimates for stars outside the training subsample of a trained patch, by
     :func:`run_patch`'s rules for its network rows: network estimates and flags, the
     best-fit check (``config.nn_fit_check``), the Bayesian ``estimator`` for rows the networks
-    cannot take (and out-of-domain rows if ``config.bayes_out_of_domain``), and
-    ``R_OUTSIDE_PRIOR``. With ``model`` None every row gets the Bayesian estimate. Columns as
+    cannot take (and out-of-domain rows if ``config.bayes_out_of_domain``), and the prior's
+    flags. With ``model`` None every row gets the Bayesian estimate. Columns as
     :func:`run_patch`'s, ``labelled`` False."""
     rows = np.arange(len(photometry))
     out = _Output(len(photometry))
@@ -759,8 +759,15 @@ def estimate_rows(
         back = rows[invalid | ood] if config.bayes_out_of_domain else rows[invalid]
     with _progress(False, back.size, "bayes") as bar:
         _bayes_rows(estimator, photometry, back, out, int(config.chunk_size), bar)
-    out.flags |= prior_range_flags(estimator.prior.r_range, photometry.r)
+    out.flags |= _prior_flags(estimator, photometry.r)
     return out.frame()
+
+
+def _prior_flags(estimator: BayesEstimator, r: np.ndarray) -> np.ndarray:
+    """The prior's flags of every row, network rows too (their labels came from the same
+    prior): ``R_OUTSIDE_PRIOR`` beyond its r bins, ``NO_PRIOR`` for a flat prior."""
+    flags = prior_range_flags(estimator.prior.r_range, r)
+    return flags | (0 if estimator.has_prior else Flags.NO_PRIOR)
 
 
 #: the flags of the best-fit check
@@ -1179,10 +1186,7 @@ def run_patch(
         timings["bayes_all"] = time.perf_counter() - t0
         info.update(mode="bayes_only", reason=reason, n_labelled=0, n_nn=0, n_bayes_fallback=0)
         info["n_out_of_domain"] = 0
-    # network rows too: their labels came from the same prior (or none)
-    out.flags |= prior_range_flags(estimator.prior.r_range, phot.r)
-    if not estimator.has_prior:
-        out.flags |= Flags.NO_PRIOR
+    out.flags |= _prior_flags(estimator, phot.r)
 
     result = out.frame()
     result = _with_input_rows(result, frame, keep)
