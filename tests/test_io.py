@@ -875,3 +875,17 @@ def test_fits_output_keeps_missing_booleans_and_writes_missing_text_empty(tmp_pa
     back = read_catalog(write_table(frame, tmp_path / "t.fits"))
     assert back["flag"].tolist()[::2] == [0, 1] and back["flag"].isna().tolist()[1]
     assert back["name"].tolist() == ["a", "", "c"] and back["other"].tolist() == ["x", "", "z"]
+
+
+def test_run_summary_beside_an_output(tmp_path: Path) -> None:
+    from photodist.io import read_run_summary, run_file
+
+    output = tmp_path / "run.parquet"
+    assert run_file(output, ".run.json") == tmp_path / "run.parquet.run.json"
+    assert read_run_summary(output) == {}
+    run_file(output, ".run.json").write_text('{"bands": "sdss"}')
+    assert read_run_summary(output) == {"bands": "sdss"}
+    for broken in ("{cut", "[1, 2]"):
+        run_file(output, ".run.json").write_text(broken)
+        with pytest.raises(CatalogError, match="run.parquet.run.json: unreadable run summary"):
+            read_run_summary(output)

@@ -375,20 +375,17 @@ def _run_columns_with(
     """The column names a run recorded (its summary, or a survey's manifest), with the
     ``--column``, ``--dust-column``, ``--flux-unit`` and ``--ebv-column`` values given on top:
     naming one column keeps the run's names of the others."""
-    import json
-
+    from photodist import io
     from photodist.survey import survey_settings
 
-    summary_path = run_output.with_name(run_output.name + ".run.json")
-    recorded: dict[str, Any] = {}
     try:
         survey = survey_settings(run_output)
+        if survey is not None:
+            recorded = ColumnMap(**survey["columns"]).to_mapping()
+        else:
+            recorded = dict(io.read_run_summary(run_output).get("columns") or {})
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    if survey is not None:
-        recorded = ColumnMap(**survey["columns"]).to_mapping()
-    elif summary_path.is_file():
-        recorded = dict(json.loads(summary_path.read_text()).get("columns") or {})
     options = {"dust": dust, "flux_unit": flux_unit, "ebv": ebv}
     recorded.update({key: value for key, value in options.items() if value is not None})
     recorded.update(given)
@@ -411,10 +408,15 @@ def _checked_cone(cone: Iterable[float], option: str) -> tuple[float, float, flo
     return l_deg, b_deg, radius
 
 
+def _recorded_bands(summary: Mapping[str, Any]) -> str | None:
+    """The band set a run summary records (`bayes`: ``bands``; `run`: its configuration's)."""
+    return summary.get("bands") or (summary.get("config") or {}).get("band_set")
+
+
 def _check_labels_bands(summary: Mapping[str, Any], summary_path: Path, bands: str) -> None:
     """A usage error when labels (a `bayes` or `run` output whose summary is ``summary``)
     were computed from another band set than the networks would learn them from."""
-    labelled_with = summary.get("bands") or (summary.get("config") or {}).get("band_set")
+    labelled_with = _recorded_bands(summary)
     if labelled_with and get_band_set(labelled_with).name != get_band_set(bands).name:
         raise click.ClickException(
             f"the labels were computed with the {labelled_with} bands ({summary_path}), "
@@ -1236,7 +1238,7 @@ def bayes_command(
     band_set = get_band_set(bands)
     keep = _kept_columns(keep, columns, input_path)
     resolved_device = resolve_device(_checked_device(device, "--device"))
-    summary_path = output_path.with_name(output_path.name + ".run.json")
+    summary_path = io.run_file(output_path, ".run.json")
     try:
         _check_output(output_path, overwrite, input_path)
         if summary_path.exists() and not overwrite:
@@ -1468,7 +1470,6 @@ def train_command(
     `--nn-dust-input`; the labels follow the map); the r range of the labels' prior goes
     with the model, and `predict` flags stars beyond it R_OUTSIDE_PRIOR.
     """
-    import json
 
     from photodist import io
     from photodist.pipeline import PipelineConfig, train_networks, used_dust_profile
@@ -1482,11 +1483,11 @@ def train_command(
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     _check_columns([str(c) for c in frame.columns], bands, columns)
-    labels_summary = labels_path.with_name(labels_path.name + ".run.json")
+    labels_summary = io.run_file(labels_path, ".run.json")
     prior_r_range = None
     if labels_summary.exists():
         try:
-            summary = json.loads(labels_summary.read_text())
+            summary = io.read_run_summary(labels_path)
             profile = used_dust_profile(summary)
             prior_r_range = summary.get("prior_r_range")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -1725,8 +1726,8 @@ def run_command(
     from photodist import io
     from photodist.pipeline import run_patch
 
-    summary_path = output_path.with_name(output_path.name + ".run.json")
-    prior_out = output_path.with_name(output_path.name + ".prior.npz")
+    summary_path = io.run_file(output_path, ".run.json")
+    prior_out = io.run_file(output_path, ".prior.npz")
     columns, bands = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
     keep = _kept_columns(keep, columns, input_path)
     if save_model is not None:
@@ -1802,9 +1803,11 @@ def _run_prior_file(result_path: Path, summary: Mapping[str, Any]) -> Path:
     """The prior map a `photodist run` wrote beside its output (OUTPUT.prior.npz), wherever
     the command is run from; else the path its summary recorded (relative to the folder the
     run was started in, or to the output's folder)."""
+    from photodist import io
+
     recorded = Path(summary["prior"])
     for candidate in (
-        result_path.with_name(result_path.name + ".prior.npz"),
+        io.run_file(result_path, ".prior.npz"),
         recorded,
         result_path.parent / recorded.name,
     ):
@@ -1881,7 +1884,6 @@ def evaluate_command(
     in the table. A `photodist survey` output folder (in HEALPix order) is matched by id or
     by ra/dec, with the survey's band set and column names.
     """
-    import json
 
     from photodist import io
     from photodist.bayes import BayesEstimator
@@ -1924,8 +1926,11 @@ def evaluate_command(
             f"{truth_path}: {exc.args[0]} (or name them with --truth-column, "
             "e.g. --truth-column Mr=M_r_sim)"
         ) from exc
-    summary_path = result_path.with_name(result_path.name + ".run.json")
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary_path = io.run_file(result_path, ".run.json")
+    try:
+        summary = io.read_run_summary(result_path)
+    except io.CatalogError as exc:
+        raise click.ClickException(str(exc)) from exc
     no_bayes = None  # why there is no Bayesian re-run of network rows
     if survey is not None:  # each patch had its own prior and fits: no Bayesian re-run
         summary = {"config": survey["pipeline"]}
@@ -1945,7 +1950,7 @@ def evaluate_command(
         bayes_sample = 0
     if bands is not None:
         bands = get_band_set(bands).name
-        recorded = summary.get("bands") or summary.get("config", {}).get("band_set")
+        recorded = _recorded_bands(summary)
         if recorded and get_band_set(recorded).name != bands:
             raise click.UsageError(f"--bands {bands}: the run used the {recorded} bands")
     # a `photodist bayes` output: every row Bayesian, its uncertainty the posterior std
@@ -2259,8 +2264,7 @@ def tune_command(
     seed: int,
 ) -> None:
     """Hyperband architecture search (resumable study in OUT/study.journal)."""
-    import json
-
+    from photodist import io
     from photodist.tune import labelled_set_from_file, labelled_set_from_patch, run_tune
 
     if (labelled_path is None) == (not simulate_cone):
@@ -2270,9 +2274,8 @@ def tune_command(
             columns, bands = _catalog_columns(
                 column, dust_column, flux_unit, ebv_column, labelled_path, bands
             )
-            summary_path = labelled_path.with_name(labelled_path.name + ".run.json")
-            if summary_path.is_file():
-                _check_labels_bands(json.loads(summary_path.read_text()), summary_path, bands)
+            summary_path = io.run_file(labelled_path, ".run.json")
+            _check_labels_bands(io.read_run_summary(labelled_path), summary_path, bands)
             data = labelled_set_from_file(labelled_path, get_band_set(bands).name, columns)
         else:
             ctx = click.get_current_context()

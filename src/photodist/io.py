@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -37,6 +38,8 @@ __all__ = [
     "iter_catalog_batches",
     "json_default",
     "read_catalog",
+    "read_run_summary",
+    "run_file",
     "table_to_frame",
     "write_table",
 ]
@@ -971,6 +974,34 @@ def _commit(tmp: Path, final: Path, overwrite: bool) -> None:
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; use --overwrite to replace it")
     os.replace(tmp, final)
+
+
+def run_file(output: PathLike, suffix: str) -> Path:
+    """A file a run writes beside its OUTPUT: ``OUTPUT.run.json`` (``suffix`` ".run.json",
+    the summary) or ``OUTPUT.prior.npz`` (".prior.npz", the prior map used)."""
+    output = Path(output)
+    return output.with_name(output.name + suffix)
+
+
+def read_run_summary(output: PathLike) -> dict[str, Any]:
+    """The summary ``OUTPUT.run.json`` that ``photodist run`` and ``bayes`` write beside
+    their output; {} when there is none.
+
+    Raises
+    ------
+    CatalogError
+        The summary is not a readable JSON object (naming the file).
+    """
+    path = run_file(output, ".run.json")
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CatalogError(f"{path}: unreadable run summary ({exc})") from exc
+    if not isinstance(summary, dict):
+        raise CatalogError(f"{path}: unreadable run summary (not a JSON object)")
+    return summary
 
 
 def paths_overlap(first: PathLike, second: PathLike) -> bool:

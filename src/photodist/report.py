@@ -69,6 +69,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
+from photodist import io
 from photodist.bands import (
     ID_COLUMNS,
     BandSet,
@@ -1816,8 +1817,6 @@ def _read_frame(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".parquet":
         return pd.read_parquet(path)  # keeps DataFrame.attrs (pipeline info)
-    from photodist import io
-
     return io.read_catalog(path)
 
 
@@ -1979,8 +1978,7 @@ def report_from_run(
 def _run_summary(path: Path) -> tuple[dict[str, Any], ColumnMap | None]:
     """A ``photodist run`` output's ``OUTPUT.run.json`` and its column names ({} and None
     when there is none)."""
-    summary_file = path.with_name(path.name + ".run.json")
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary = io.read_run_summary(path)
     columns = ColumnMap.from_mapping(summary["columns"]) if "columns" in summary else None
     return summary, columns
 
@@ -1997,7 +1995,7 @@ def _run_posteriors(path: Path, run: RunData) -> list[tuple[str, Any]]:
     )
     from photodist.priors import PriorMap
 
-    prior_file = path.with_name(path.name + ".prior.npz")
+    prior_file = io.run_file(path, ".prior.npz")
     if not (path.is_file() and prior_file.is_file() and run.config):
         return []
     summary, columns = _run_summary(path)
