@@ -9,6 +9,7 @@ from scipy import special
 
 from photodist.bands import LSST, SDSS, Photometry
 from photodist.bayes import (
+    MAX_HIST_BINS,
     OUTPUT_COLUMNS,
     BayesConfig,
     BayesEstimator,
@@ -173,6 +174,25 @@ def test_batch_size_does_not_change_results(coarse_locus, random_prior):
     np.testing.assert_array_equal(batched["flags"], whole["flags"])
     # equal to rounding (distances reach 1e5 pc, where 1e-9 absolute is 1e-14 relative)
     pd.testing.assert_frame_equal(batched, whole, check_exact=False, rtol=1e-12, atol=1e-9)
+
+
+def test_smoothing_in_chunks_does_not_change_results(coarse_locus, random_prior, monkeypatch):
+    phot = _stars(coarse_locus, LSST, 60, seed=4)
+    whole = TorchBayesEstimator(coarse_locus, random_prior, device="cpu").predict(phot)
+    # a budget of a few histogram rows: the A_r and Q_r smoothing run star by star or so
+    monkeypatch.setattr(TorchBayesEstimator, "memory_budget", property(lambda self: 200_000))
+    chunked = TorchBayesEstimator(coarse_locus, random_prior, device="cpu", batch_size=60)
+    pd.testing.assert_frame_equal(
+        chunked.predict(phot), whole, check_exact=False, rtol=1e-12, atol=1e-9
+    )
+
+
+def test_batches_of_a_coarse_grid_fit_their_histograms(coarse_locus):
+    est = TorchBayesEstimator(coarse_locus, device="cpu")
+    # a grid of 50 points: the A_r histograms (up to MAX_HIST_BINS float64 per star), not
+    # the (stars x points) arrays, bound the batch
+    assert est.batch_size_for(50) * 8 * 2 * MAX_HIST_BINS <= est.memory_budget
+    assert est.batch_size_for(50) == est.batch_size_for(500)
 
 
 def test_empty_input(coarse_locus):

@@ -204,6 +204,23 @@ def test_bayes_command_device_choice(tmp_path):
         assert not (tmp_path / "g.parquet").exists()
 
 
+def test_device_of_remote_workers_is_checked_by_name_only():
+    import click
+    import torch
+
+    from photodist.cli import _checked_device
+
+    # a login node without a GPU may send the networks to a scheduler's GPU workers
+    assert _checked_device("cuda", remote=True) == "cuda"
+    assert _checked_device("cuda:1", remote=True) == "cuda:1"
+    for bad in ("tpu", "gpu", "mps"):
+        with pytest.raises(click.BadParameter, match="device"):
+            _checked_device(bad, remote=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(click.BadParameter, match="no CUDA device"):
+            _checked_device("cuda")
+
+
 def test_bayes_command_lower_extinction_bound(tmp_path):
     src = _catalog(tmp_path)
     frame = pd.read_csv(src).assign(Ar=[0.3, 0.2, 0.4])

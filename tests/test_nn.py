@@ -26,6 +26,7 @@ from photodist.nn import (
     _SigmaNet,
     moments_loss,
     moments_loss_terms,
+    resolve_device,
     weighted_mse,
 )
 
@@ -657,6 +658,31 @@ def test_unfitted_save_and_bad_device() -> None:
             PhotoDNetwork(device="cuda").fit(
                 np.zeros((10, 12)), np.zeros((10, 3)), np.ones((10, 3))
             )
+
+
+def test_device_names_are_checked_against_the_machine(monkeypatch) -> None:
+    assert resolve_device(" CPU ") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a one-GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    assert resolve_device("CUDA") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"'cuda:3'.*1 CUDA device"):
+        resolve_device("cuda:3")
+
+
+def test_networks_ignore_torch_default_device() -> None:
+    x, y, s, _ = synthetic(600, seed=5)
+    options = {**FAST, "max_epochs": 3, "secondary_max_epochs": 2, "n_runs": 1}
+    expected = PhotoDNetwork("sdss", seed=0, **options).fit(x, y, s).predict(x[:50])
+    # a notebook's torch.set_default_device("cuda") would send implicit allocations to the
+    # GPU; "meta" stands in for it here (no data): any implicit allocation fails
+    torch.set_default_device("meta")
+    try:
+        got = PhotoDNetwork("sdss", seed=0, **options).fit(x, y, s).predict(x[:50])
+    finally:
+        torch.set_default_device(None)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
 
 
 def test_get_set_params() -> None:

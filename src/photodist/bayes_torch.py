@@ -85,6 +85,9 @@ CPU_BATCH_BYTES = 256 * 1024**2
 _DENSE_ARRAYS = 8
 #: bytes per candidate of the temporaries of the eager candidate pass (~40 float64 arrays)
 _CANDIDATE_BYTES = 320
+#: bytes per histogram bin and star of the A_r and Q_r smoothing (histogram, spectra,
+#: transfer function and smoothed copies, float64 and complex128)
+_FFT_ROW_BYTES = 64
 _COL = {name: k for k, name in enumerate(OUTPUT_COLUMNS)}
 _N_OUT = len(OUTPUT_COLUMNS)
 
@@ -368,8 +371,9 @@ class TorchBayesEstimator:
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     batch_size
         Stars per batch; None sizes batches to a quarter of the device's memory, at most
-        32 GiB, on CUDA (256 MiB on the CPU) for the locus grid used (the peak use is about
-        0.4 of that).
+        32 GiB, on CUDA (256 MiB on the CPU) for the locus grid used. The eager kernels'
+        peak use was measured at 0.6-1.7 times that budget on the CPU (the most on fine grids,
+        in the dense pass); the histogram stages are chunked to stay within it.
     compile_kernels
         Compile the dense bound and the candidate pass with ``torch.compile``; None (default)
         compiles on CUDA devices only. Falls back to eager kernels (with a warning) if
@@ -418,7 +422,10 @@ class TorchBayesEstimator:
         """Stars per batch for a locus of ``n_points`` points."""
         if self.batch_size is not None:
             return int(self.batch_size)
-        return max(int(self.memory_budget // (n_points * 8 * _DENSE_ARRAYS)), 16)
+        # the per-star arrays: the (stars x points) problem and the A_r histogram, whose
+        # length is at most MAX_HIST_BINS (the rest is chunked by star or by candidate)
+        per_star = 8 * max(n_points * _DENSE_ARRAYS, 2 * MAX_HIST_BINS)
+        return max(int(self.memory_budget // per_star), 16)
 
     def _kernel(self, name: str) -> Callable[..., Any]:
         fn = {
@@ -858,7 +865,7 @@ class TorchBayesEstimator:
         if not n_smooth:
             return inside
         n_fft = _pow2_at_least(size_fft)
-        rows = max(int(self.memory_budget // (n_fft * 64)), 1)
+        rows = max(int(self.memory_budget // (n_fft * _FFT_ROW_BYTES)), 1)
         t = torch.arange(n_fft, device=dev)
         offset = torch.where(t <= n_fft // 2, t, t - n_fft).to(torch.float64)
         for start in range(0, n_s, rows):
@@ -918,14 +925,26 @@ class TorchBayesEstimator:
         n_gauss = n_gauss + 1 - n_gauss % 2
         support = 3 * (n_gauss // 2) + n_cell // 2  # zero padding beyond it: no wrapping
         size_q, max_support = (int(x) for x in torch.stack([n_q.max(), support.max()]).tolist())
-        q_hist = torch.zeros((len(q_min), size_q), dtype=torch.float64, device=dev)
-        _deposit(q_hist, c_star, (c_q - q_lo[c_star]) / h_q[c_star], c_w, n_q[c_star])
         n_fft = _pow2_at_least(size_q + max_support)
-        transfer = _box_transfer(n_gauss, n_fft) ** 3 * _box_transfer(n_cell, n_fft)
-        smoothed = torch.fft.irfft(torch.fft.rfft(q_hist, n=n_fft) * transfer, n=n_fft)
+        # stars in chunks that keep the histograms and their spectra within the budget; the
+        # candidates are sorted by star, so each chunk's candidates are one slice
+        n_s = len(q_min)
+        rows = max(int(self.memory_budget // (n_fft * _FFT_ROW_BYTES)), 1)
+        starts = torch.arange(0, n_s + rows, rows, device=dev).clamp(max=n_s)
+        slices = torch.searchsorted(c_star, starts).tolist()
         m = torch.arange(size_q, device=dev)
-        smoothed = torch.where(m < n_q[:, None], smoothed[:, :size_q].clamp(min=0.0), 0.0)
-        return _density_percentiles(smoothed, q_lo, h_q, n_q.to(torch.float64))
+        out = torch.empty((n_s, len(LEVELS)), dtype=torch.float64, device=dev)
+        for i, start in enumerate(range(0, n_s, rows)):
+            sl = slice(start, min(start + rows, n_s))
+            cs = slice(slices[i], slices[i + 1])
+            star = c_star[cs]
+            q_hist = torch.zeros((sl.stop - start, size_q), dtype=torch.float64, device=dev)
+            _deposit(q_hist, star - start, (c_q[cs] - q_lo[star]) / h_q[star], c_w[cs], n_q[star])
+            transfer = _box_transfer(n_gauss[sl], n_fft) ** 3 * _box_transfer(n_cell[sl], n_fft)
+            smoothed = torch.fft.irfft(torch.fft.rfft(q_hist, n=n_fft) * transfer, n=n_fft)
+            smoothed = torch.where(m < n_q[sl, None], smoothed[:, :size_q].clamp(min=0.0), 0.0)
+            out[sl] = _density_percentiles(smoothed, q_lo[sl], h_q[sl], n_q[sl].to(torch.float64))
+        return out
 
 
 def make_estimator(

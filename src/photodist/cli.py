@@ -225,13 +225,23 @@ def _kept_columns(keep: tuple[str, ...], columns: ColumnMap, catalog: Path) -> t
     return kept
 
 
-def _checked_device(device: str, option: str = "--nn-device") -> str:
-    """``device`` if it names a usable device, else a usage error about ``option``."""
+def _checked_device(device: str, option: str = "--nn-device", remote: bool = False) -> str:
+    """``device`` if it names a usable device, else a usage error about ``option``.
+
+    ``remote``: the device is used on other machines (a Dask scheduler's workers), so only
+    its name is checked here, not whether this machine has it."""
+    import torch
+
     from photodist.nn import resolve_device
 
     try:
-        resolve_device(device)
-    except ValueError as exc:
+        if remote:
+            name = device.strip().lower()
+            if name != "auto" and torch.device(name).type not in {"cpu", "cuda"}:
+                raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda'")
+        else:
+            resolve_device(device)
+    except (ValueError, RuntimeError) as exc:
         raise click.BadParameter(str(exc), param_hint=option) from exc
     return device
 
@@ -248,7 +258,10 @@ def _pipeline_config(params: dict[str, Any], **settings: Any) -> PipelineConfig:
         bayes_all_below=params["bayes_all_below"],
         nn_max_epochs=params["epochs"],
         nn_learning_rate=params["learning_rate"],
-        nn_device=_checked_device(params["nn_device"]),
+        # survey's networks run on the workers of a given scheduler, not on this machine
+        nn_device=_checked_device(
+            params["nn_device"], remote=params.get("scheduler") not in (None, "synchronous")
+        ),
         nn_dust_input=params["nn_dust_input"],
         nn_fit_check=not params["no_fit_check"],
         dust_min_fraction=params["a_min_fraction"],

@@ -322,9 +322,16 @@ _ACTIVATION_MODULES: dict[str, Callable[[], nn.Module]] = {
 
 
 class _Body(nn.Module):
-    """Hidden layers (Linear -> activation [-> BatchNorm]) and a linear head."""
+    """Hidden layers (Linear -> activation [-> BatchNorm]) and a linear head.
+
+    Built on the CPU whatever torch's default device (the weights are initialised there with
+    a CPU generator); callers move the network to its device."""
 
     def __init__(self, n_inputs: int, spec: NetworkSpec, n_outputs: int) -> None:
+        with torch.device("cpu"):
+            self._build(n_inputs, spec, n_outputs)
+
+    def _build(self, n_inputs: int, spec: NetworkSpec, n_outputs: int) -> None:
         super().__init__()
         self.activation_names = [a for _, a in spec.hidden]
         widths = [n_inputs] + [u for u, _ in spec.hidden]
@@ -418,8 +425,8 @@ class _MomentsNet(_Body):
     def __init__(self, n_inputs: int, spec: NetworkSpec, n_params: int = len(PARAMETERS)) -> None:
         super().__init__(n_inputs, spec, 2 * n_params)
         self.n_params = n_params
-        self.register_buffer("out_offset", torch.zeros(n_params))
-        self.register_buffer("out_scale", torch.ones(n_params))
+        self.register_buffer("out_offset", torch.zeros(n_params, device="cpu"))
+        self.register_buffer("out_scale", torch.ones(n_params, device="cpu"))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw = self.raw(x)
@@ -437,7 +444,7 @@ class _SigmaNet(_Body):
 
     def __init__(self, n_inputs: int, spec: NetworkSpec, n_params: int = len(PARAMETERS)) -> None:
         super().__init__(n_inputs, spec, n_params)
-        self.register_buffer("out_scale", torch.ones(n_params))
+        self.register_buffer("out_scale", torch.ones(n_params, device="cpu"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.softplus(self.raw(x)) * self.out_scale
@@ -576,7 +583,7 @@ def _train_run(
     since_plateau_best = 0
     for epoch in range(1, max_epochs + 1):
         net.train()
-        perm = torch.randperm(n, generator=generator).to(x_train.device)
+        perm = torch.randperm(n, generator=generator, device="cpu").to(x_train.device)
         xs, ys = x_train[perm], y_train[perm]
         losses: list[torch.Tensor] = []
         for s in starts:
@@ -664,7 +671,7 @@ def train_moments_run(
     net.out_offset.copy_(torch.from_numpy(np.asarray(out_offset, dtype=np.float64)))
     net.out_scale.copy_(torch.from_numpy(np.asarray(out_scale, dtype=np.float64)))
     net.init_weights(torch.Generator().manual_seed(int(seed)))
-    inv_w2 = torch.tensor(1.0 / np.square(np.asarray(loss_weights, float))).float()
+    inv_w2 = torch.tensor(1.0 / np.square(np.asarray(loss_weights, float)), device="cpu").float()
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
@@ -721,16 +728,25 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a device."""
-    if isinstance(device, str) and device.strip().lower() == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, str):
+        device = device.strip().lower()
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available")
     if resolved.type not in {"cpu", "cuda"}:
         raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda'")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(resolved)!r} requested but no CUDA device is available")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"device {str(resolved)!r} requested but this machine has {count} CUDA "
+                f"device(s): use 'cuda' or 'cuda:0' to 'cuda:{count - 1}'"
+            )
     return resolved
 
 
@@ -967,7 +983,8 @@ def _try_onednn(layers: list[_DenseLayer], n_inputs: int) -> bool:
         torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     ):
         return False
-    probe = torch.randn(257, n_inputs, generator=torch.Generator().manual_seed(0)) * 2.0
+    probe = torch.randn(257, n_inputs, generator=torch.Generator().manual_seed(0), device="cpu")
+    probe = probe * 2.0
     try:
         with torch.inference_mode():
             for layer in layers:
@@ -1085,7 +1102,8 @@ class _InferencePlan:
         if not nn_triton.supports(primary, secondary):
             return None
         generator = torch.Generator().manual_seed(0)
-        probe = (torch.randn(4099, n_inputs, generator=generator) * 2.0).to(self.device)
+        probe = torch.randn(4099, n_inputs, generator=generator, device="cpu")
+        probe = (probe * 2.0).to(self.device)
         try:
             fused = nn_triton.FusedNetworks(
                 primary, secondary, sigma_nn_scale, sigma_bayes_scale, self.device
@@ -1218,7 +1236,8 @@ def fill_missing_colors(
     for k in range(n_colors):
         present = colors[:, k][np.isfinite(colors[:, k])]
         fill[k] = float(np.median(present)) if present.size else 0.0
-    filled = _fill_colors(torch.tensor(x, dtype=torch.float64), fill, supported).numpy()
+    rows = torch.tensor(x, dtype=torch.float64, device="cpu")
+    filled = _fill_colors(rows, fill, supported).numpy()
     return filled, fill, counts, supported
 
 
@@ -1810,8 +1829,9 @@ class PhotoDNetwork:
         chunk = min(chunk, n)
         # page-locked staging buffers: the copies run at full bus speed
         pin = plan.device.type == "cuda"
-        rows_in = torch.empty((chunk, x.shape[1]), dtype=torch.float32, pin_memory=pin)
-        rows_out = torch.empty((len(FLOAT_KEYS), chunk), dtype=torch.float32, pin_memory=pin)
+        host = {"dtype": torch.float32, "device": "cpu", "pin_memory": pin}
+        rows_in = torch.empty((chunk, x.shape[1]), **host)
+        rows_out = torch.empty((len(FLOAT_KEYS), chunk), **host)
         with torch.inference_mode():
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)

@@ -262,6 +262,9 @@ if triton is not None:
     ):
         rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         live = rows < n
+        # Triton types an int argument below 2**31 as int32, so k * out_stride would wrap
+        # for n above ~165 million rows: the output's row offsets are taken in int64
+        out_stride = out_stride.to(tl.int64)
         cols = tl.arange(0, IN_PAD)
         x = tl.load(
             x_ptr + rows[:, None] * x_stride + cols[None, :],
