@@ -135,6 +135,26 @@ def test_recovers_noise_free_locus_stars(coarse_locus):
     assert np.median(np.abs(res["Ar_p50"] - a_true)) < 0.05
 
 
+def test_chi2min_is_the_best_fit_within_the_extinction_bounds(coarse_locus):
+    """chi2min is the grid's smallest chi2 with A_r in [0, A_max], whatever the prior: not
+    the chi2 of the posterior's best point, nor a fit with A_r outside its bounds."""
+    phot, *_ = _stars(coarse_locus, LSST, 40, seed=8, err_range=(0.005, 0.03))
+    phot.colors[:10] -= 0.3 * LSST.reddening_vector()  # bluer than any unreddened point
+    rng = np.random.default_rng(4)
+    log_prior = np.log(rng.uniform(1e-6, 1.0, (1, *coarse_locus.shape)))  # strong pulls
+    prior = PriorGrid(log_prior, np.array([20.0]))
+    config = BayesConfig()
+    res = BayesEstimator(coarse_locus, prior, config).predict(phot)
+    locus_colors = coarse_locus.colors_for(LSST).reshape(-1, 5)
+    red = LSST.reddening_vector()
+    for i in range(len(phot)):
+        w = 1.0 / (phot.color_errors[i] ** 2 + config.error_floor**2)
+        resid = phot.colors[i] - locus_colors
+        a = np.clip((resid * w) @ red / (w @ red**2), 0.0, res.loc[i, "Ar_max"])
+        chi2 = (w * (resid - a[:, None] * red) ** 2).sum(axis=1)
+        assert res.loc[i, "chi2min"] == pytest.approx(chi2.min(), rel=1e-6, abs=1e-9), i
+
+
 def test_inconsistent_covariances_are_dropped(coarse_locus, band_noise_stars):
     """Covariances that no positive-definite matrix allows (or that belong to an unusable
     colour) are zeroed once, so every estimator and the reference see the same matrix."""

@@ -38,11 +38,11 @@ _PROFILE = DustProfile(np.array([8.0, 14.0]), np.array([0.3, 0.8]), 0.03, relati
 
 
 @pytest.mark.parametrize(
-    "fraction, profile",
-    [(0.0, None), (0.6, None), (0.0, _PROFILE)],
-    ids=["flat", "A_min", "profile"],
+    "fraction, profile, dust",
+    [(0.0, None, 0.25), (0.6, None, 0.25), (0.0, _PROFILE, 0.25), (0.0, None, 10.0)],
+    ids=["flat", "A_min", "profile", "wide_A_r_bound"],
 )
-def test_marginals_agree_with_the_estimator(locus, stars, fraction, profile):
+def test_marginals_agree_with_the_estimator(locus, stars, fraction, profile, dust):
     """The estimator's percentiles match those of the full marginals to 0.002, or sit at the
     16/50/84 % levels of the marginals (M_r, [Fe/H] to 0.003, A_r from its histogram to
     0.006, Q_r, which the estimator smooths by a Gaussian, to 0.02; the level is the test where
@@ -51,13 +51,17 @@ def test_marginals_agree_with_the_estimator(locus, stars, fraction, profile):
     prior = PriorGrid(np.log(rng.uniform(0.2, 1.0, (1, *locus.shape))), np.array([20.0]))
     config = BayesConfig(dust_min_fraction=fraction)
     estimator = BayesEstimator(locus, prior, config, dust_profile=profile)
+    # a map value of 10 mag: A_r bound 13.1 mag, ~100 times the posteriors' widths
+    stars = stars.subset(np.arange(len(stars)))
+    stars.dust[:] = dust
     result = estimator.predict(stars)
     posts = estimator.posteriors(stars, np.arange(1, len(stars)))
     for post in posts:
         i = post.row
         assert post.joint.sum() == pytest.approx(1.0)
-        assert post.ar.min() == pytest.approx(fraction * 0.25)
+        assert post.ar.min() == pytest.approx(fraction * dust)
         assert post.ar.max() == pytest.approx(result.loc[i, "Ar_max"])
+        assert post.chi2min == pytest.approx(result.loc[i, "chi2min"], rel=1e-9)
         for name, tol in (("Mr", 0.003), ("FeH", 0.003), ("Ar", 0.006), ("Qr", 0.02)):
             got = result.loc[i, [f"{name}_p16", f"{name}_p50", f"{name}_p84"]].to_numpy(float)
             # each percentile within 0.002 (mag or dex), or at its level to ``tol``

@@ -209,13 +209,14 @@ def _whitened_terms(rows, j, a, s, m, v):
 
 
 @numba.njit(cache=True, fastmath=True)
-def _bound_pass(colors, sw, mw, u, locus_t32, log_prior32, amax_s, lw32):
+def _bound_pass(colors, sw, mw, u, locus_t32, log_prior32, amax_s, lw32, fit32):
     """Upper bound of every locus point's log weight, in float32 (vectorised, 8 lanes).
 
     bound_j = log p_j - chi2min_j / 2 - (distance of A*_j outside [0, A_max])^2 q / 2; the
     truncation factor is at most 1, so the bound only selects candidates, whose terms are then
     recomputed in float64. Five colour rows always (unused colours have zero weight); the
-    residuals are whitened as in :func:`_whiten`. ``log_prior32`` must be finite.
+    residuals are whitened as in :func:`_whiten`. ``log_prior32`` must be finite. ``fit32``
+    gets the same without the prior: -1/2 the point's chi2 with A_r within [0, A_max].
     """
     half = np.float32(0.5)
     zero = np.float32(0.0)
@@ -226,11 +227,15 @@ def _bound_pass(colors, sw, mw, u, locus_t32, log_prior32, amax_s, lw32):
         ss, bb = _whitened_terms(rows, j, a, s, m, v)
         below = min(bb, zero)
         above = max(bb - amax, zero)
-        lw32[j] = log_prior32[j] - half * (ss - bb * bb) - half * (below * below + above * above)
+        fit = -half * (ss - bb * bb + below * below + above * above)
+        fit32[j] = fit
+        lw32[j] = log_prior32[j] + fit
 
 
 @numba.njit(cache=True, fastmath=True)
-def _bound_pass_profile(colors, sw, mw, u, locus_t32, log_prior32, lw32, mu_pt, kappa, amax_p):
+def _bound_pass_profile(
+    colors, sw, mw, u, locus_t32, log_prior32, lw32, mu_pt, kappa, amax_p, amax_s, fit32
+):
     """:func:`_bound_pass` with a Gaussian A_r prior N(mu_j, s^2) per point.
 
     ``mu_pt`` holds per point (float32) mu_j sqrt(q) (row 0) and the log of the inverse
@@ -238,12 +243,14 @@ def _bound_pass_profile(colors, sw, mw, u, locus_t32, log_prior32, lw32, mu_pt, 
     the point); ``kappa`` = q s^2. A point's bound adds both, the prior's penalty
     (B_j - mu_s)^2 / (1 + kappa) / 2, and takes the truncation distance of the combined
     normal's mean, (kappa B_j + mu_s) / sqrt(kappa (1 + kappa)) in units of its width,
-    outside [0, ``amax_p``].
+    outside [0, ``amax_p``]. ``fit32`` gets the likelihood's own -chi2 / 2 with A_r within
+    [0, A_max] (``amax_s`` in units of the likelihood's width), as :func:`_bound_pass`.
     """
     f32 = np.float32
     half = f32(0.5)
     zero = f32(0.0)
     amax = f32(amax_p)
+    amax_fit = f32(amax_s)
     kap = f32(kappa)
     inv1k = f32(1.0 / (1.0 + kappa))
     inv_root = f32(1.0 / math.sqrt(kappa * (1.0 + kappa)))
@@ -258,6 +265,9 @@ def _bound_pass_profile(colors, sw, mw, u, locus_t32, log_prior32, lw32, mu_pt, 
         zp = (kap * bb + mu) * inv_root
         below = min(zp, zero)
         above = max(zp - amax, zero)
+        out_lo = min(bb, zero)
+        out_hi = max(bb - amax_fit, zero)
+        fit32[j] = -half * (ss - bb * bb + out_lo * out_lo + out_hi * out_hi)
         lw32[j] = (
             log_prior32[j]
             + norms[j]
@@ -307,6 +317,19 @@ def _column_max(lw32, col_max):
         row = lw32[r * width : (r + 1) * width]
         for t in range(width):
             col_max[t] = max(col_max[t], row[t])
+
+
+@numba.njit(cache=True)
+def _best_point(values32, col_max, width):
+    """Index of the largest of ``values32`` viewed as rows of ``width`` columns: the column
+    from the vectorised column maxima (:func:`_column_max`, into ``col_max``), then its
+    row."""
+    _column_max(values32, col_max)
+    column = int(np.argmax(col_max))
+    for row in range(values32.shape[0] // width):
+        if values32[row * width + column] == col_max[column]:
+            return row * width + column
+    return column
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -812,6 +835,7 @@ def _star_kernel(
     edge_table,
     cand_work,
     lw32,
+    fit32,
     cand_buf,
     col_max,
     col_act,
@@ -874,9 +898,11 @@ def _star_kernel(
             for t in range(n_mr):
                 mu_pt[0, row * n_mr + t] = mu_s[t]
                 mu_pt[1, row * n_mr + t] = norm_s[t]
-        _bound_pass_profile(cz, sw, mw, u, locus_t32, log_prior32, lw32, mu_pt, kappa, amax_p)
+        _bound_pass_profile(
+            cz, sw, mw, u, locus_t32, log_prior32, lw32, mu_pt, kappa, amax_p, amax_s, fit32
+        )
     else:
-        _bound_pass(cz, sw, mw, u, locus_t32, log_prior32, amax_s, lw32)
+        _bound_pass(cz, sw, mw, u, locus_t32, log_prior32, amax_s, lw32, fit32)
     # the float32 pass cannot overflow (no inf/NaN) when the whitened colours and weights are
     # moderate; then the best bound and the candidate columns come from vectorised column
     # maxima over the (n_feh, n_mr) grid, else from a plain scan of every point
@@ -890,6 +916,13 @@ def _star_kernel(
         ):
             safe = False
     safe = safe and n_points == n_mr * n_feh
+    # the best fit (chi2min, A_r within [0, A_max], no prior) over every point, exact
+    # (float64) at the float32 pass's best point; cand_buf and cand_work are free until
+    # the candidates
+    fit_j = _best_point(fit32, col_max, n_mr) if safe else int(np.argmax(fit32))
+    best_chi2 = _constrained_chi2(
+        cz, sw, mw, u, locus_t, fit_j, amax_s, cand_buf, cand_work[0], cand_work[1]
+    )
     if safe:
         _column_max(lw32, col_max)
         best = -np.inf
@@ -972,7 +1005,13 @@ def _star_kernel(
             best_c = c
         astar_lo = min(astar_lo, bb)
         astar_hi = max(astar_hi, bb)
-    best_chi2 = (cand_q[best_c] if profile else s_buf[best_c]) if n_cand_all else np.inf
+        # the candidates' exact fits settle near-ties that the float32 pass cannot
+        if profile:
+            below = min(cand_w[c], 0.0)
+            above = max(cand_w[c] - amax_flat, 0.0)
+            best_chi2 = min(best_chi2, cand_q[c] + below**2 + above**2)
+        else:
+            best_chi2 = min(best_chi2, s_buf[c] + below**2 + above**2)
     best_astar_s = (cand_w[best_c] if profile else b_buf[best_c]) if n_cand_all else 0.0
     # candidates this far below the best point's bound only enter the moments
     log_hist_cut = best_exact - best - HISTOGRAM_LOG_WEIGHT
@@ -1216,6 +1255,7 @@ def _estimate_all(
     for c in numba.prange(n_chunks):
         cand_work = np.empty((8, n_points))
         lw32 = np.empty(n_points, dtype=np.float32)
+        fit32 = np.empty(n_points, dtype=np.float32)
         cand_buf = np.empty(n_points, dtype=np.int64)
         col_max = np.empty(mr_axis.shape[0], dtype=np.float32)
         col_act = np.empty(mr_axis.shape[0], dtype=np.int64)
@@ -1251,6 +1291,7 @@ def _estimate_all(
                 edge_table,
                 cand_work,
                 lw32,
+                fit32,
                 cand_buf,
                 col_max,
                 col_act,
@@ -1309,6 +1350,7 @@ def _best_fit_all(
     for c in numba.prange(n_chunks):
         work = np.zeros(20)
         lw32 = np.empty(n_coarse, dtype=np.float32)
+        fit32 = np.empty(n_coarse, dtype=np.float32)
         flat32 = np.zeros(n_coarse, dtype=np.float32)
         col_max = np.empty(n_mr_coarse, dtype=np.float32)
         cand = np.zeros(1, dtype=np.int64)
@@ -1336,14 +1378,9 @@ def _best_fit_all(
             best_j = 0
             row_lo, row_hi, col_lo, col_hi = 0, n_feh, 0, n_mr
             if safe:
-                _bound_pass(cz, sw, mw, u, coarse_t32, flat32, amax_s, lw32)
-                _column_max(lw32, col_max)
-                column = np.argmax(col_max)
-                row = 0
-                for r in range(n_coarse // n_mr_coarse):
-                    if lw32[r * n_mr_coarse + column] == col_max[column]:
-                        row = r
-                        break
+                _bound_pass(cz, sw, mw, u, coarse_t32, flat32, amax_s, lw32, fit32)
+                coarse_j = _best_point(fit32, col_max, n_mr_coarse)
+                row, column = coarse_j // n_mr_coarse, coarse_j % n_mr_coarse
                 row_lo = max(stride * (row - 1), 0)
                 row_hi = min(stride * (row + 1) + 1, n_feh)
                 col_lo = max(stride * (column - 1), 0)

@@ -156,24 +156,45 @@ def _bound_candidates(
     return best, best_j, mask
 
 
+def _fit_and_weight(
+    f_lw: torch.Tensor, f_bb: torch.Tensor, features_t: torch.Tensor, n_prior: int
+) -> tuple[torch.Tensor, ...]:
+    """-chi2min/2 and ``lw0`` (the same plus the log prior, the last ``n_prior`` feature
+    rows) and ``A*/sigma_A`` of every (star, point)."""
+    k = features_t.shape[0] - n_prior
+    fit = f_lw[:, :k] @ features_t[:k]
+    lw0 = fit + f_lw[:, k:] @ features_t[k:]
+    bb = f_bb @ features_t[: f_bb.shape[1]]
+    return fit, lw0, bb
+
+
+def _best_fit_point(fit: torch.Tensor, bb: torch.Tensor, amax_s: torch.Tensor) -> torch.Tensor:
+    """Per star, the point of the smallest chi2 with A_r within [0, A_max] (no prior)."""
+    zero = torch.zeros((), dtype=bb.dtype, device=bb.device)
+    dist = bb - torch.clamp(bb, min=zero, max=amax_s[:, None])
+    return (fit - 0.5 * dist * dist).argmax(dim=1)
+
+
 def _dense_pass(
     f_lw: torch.Tensor,
     f_bb: torch.Tensor,
     features_t: torch.Tensor,
+    n_prior: int,
     amax_s: torch.Tensor,
     cut: float,
 ) -> tuple[torch.Tensor, ...]:
-    """``lw0`` and ``A*/sigma_A`` of every (star, point), the bound's best point and the
-    candidate mask."""
-    lw0 = f_lw @ features_t
-    bb = f_bb @ features_t[: f_bb.shape[1]]
-    return (lw0, bb, *_bound_candidates(lw0, bb, amax_s, cut))
+    """``lw0`` and ``A*/sigma_A`` of every (star, point), the best-fit point, the bound's
+    best point and the candidate mask."""
+    fit, lw0, bb = _fit_and_weight(f_lw, f_bb, features_t, n_prior)
+    return (lw0, bb, _best_fit_point(fit, bb, amax_s), *_bound_candidates(lw0, bb, amax_s, cut))
 
 
 def _dense_pass_profile(
     f_lw: torch.Tensor,
     f_bb: torch.Tensor,
     features_t: torch.Tensor,
+    n_prior: int,
+    amax_s: torch.Tensor,
     amax_p: torch.Tensor,
     cut: float,
     mu_s: torch.Tensor,
@@ -184,16 +205,17 @@ def _dense_pass_profile(
     centres in units of sigma_A per M_r column (points are [Fe/H]-major), ``kappa`` (B,)
     q s^2, ``log_norm`` (B, n_mr) the log of its inverse mass inside [0, A_max]. Returns
     ``lw0`` with the prior's overlap factor, the combined normal's centre in units of its
-    width (in place of A*/sigma_A), the best point and the candidate mask."""
-    lw0 = f_lw @ features_t
-    bb = f_bb @ features_t[: f_bb.shape[1]]
+    width (in place of A*/sigma_A), the likelihood's best-fit point (``amax_s`` its A_r
+    bound in units of sigma_A), the best point and the candidate mask."""
+    fit, lw0, bb = _fit_and_weight(f_lw, f_bb, features_t, n_prior)
+    fit_j = _best_fit_point(fit, bb, amax_s)
     repeats = bb.shape[1] // mu_s.shape[1]
     mu = mu_s.repeat(1, repeats)
     k = kappa[:, None]
     dev = bb - mu
     lw0 = lw0 - 0.5 * dev * dev / (1.0 + k) + log_norm.repeat(1, repeats)
     bb = (k * bb + mu) / torch.sqrt(k * (1.0 + k))
-    return (lw0, bb, *_bound_candidates(lw0, bb, amax_p, cut))
+    return (lw0, bb, fit_j, *_bound_candidates(lw0, bb, amax_p, cut))
 
 
 def _deposit(
@@ -666,8 +688,8 @@ class TorchBayesEstimator:
         # the A_r prior's share of the log evidence (flat: 1 / (A_max - A_min))
         log_prior_norm = -torch.log(a_max)
         if prior_mean is None or self.dust_profile is None:
-            lw0, bb, best, best_j, mask = self._kernel("dense")(
-                f_lw, f_bb, grid.features_t, amax_s, cut
+            lw0, bb, fit_j, best, best_j, mask = self._kernel("dense")(
+                f_lw, f_bb, grid.features_t, grid.n_rbins, amax_s, cut
             )
         else:
             # each point's normal likelihood in A times the profile's normal prior is normal:
@@ -687,8 +709,17 @@ class TorchBayesEstimator:
                 active, 0.5 * (torch.log(q) - LOG_2PI - torch.log1p(kappa)), log_prior_norm
             )
             amax_s = a_max / sigma
-            lw0, bb, best, best_j, mask = self._kernel("dense_profile")(
-                f_lw, f_bb, grid.features_t, amax_s, cut, mu_s, kappa, log_norm
+            lw0, bb, fit_j, best, best_j, mask = self._kernel("dense_profile")(
+                f_lw,
+                f_bb,
+                grid.features_t,
+                grid.n_rbins,
+                amax_flat,
+                amax_s,
+                cut,
+                mu_s,
+                kappa,
+                log_norm,
             )
         cand = mask.view(-1).nonzero().squeeze(1)
         del mask
@@ -698,7 +729,11 @@ class TorchBayesEstimator:
         # best point's chi2 and scaled A*, directly
         e_best = a - (whiten @ grid.centred[best_j][:, :, None]).squeeze(2)
         bb_best = (e_best * u).sum(dim=1)
-        chi2_best = (e_best * e_best).sum(dim=1) - bb_best * bb_best
+        # the best fit (chi2 with A_r within [0, A_max], no prior), exact at its point
+        e_fit = a - (whiten @ grid.centred[fit_j][:, :, None]).squeeze(2)
+        bb_fit = (e_fit * u).sum(dim=1)
+        outside = bb_fit - bb_fit.clamp(min=0.0).minimum(amax_flat)
+        chi2_best = (e_fit * e_fit).sum(dim=1) - bb_fit * bb_fit + outside * outside
 
         # per-star A_r histogram bins (as the CPU kernel: 0 and A_max are bin edges)
         h_a = torch.maximum(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy import special
 
 from photodist.bands import Photometry
 from photodist.bayes import (
@@ -36,8 +37,13 @@ if TYPE_CHECKING:
 
 #: Points below the best by more than this (e^-30) are left out of the densities.
 NEGLIGIBLE_LOG_WEIGHT = 30.0
-#: Nodes of the A_r and Q_r density grids.
+#: Nodes of the A_r and Q_r density grids: at least this many, and finer where the
+#: posterior's width asks (NODES_PER_SIGMA per conditional A_r width), up to MAX_DENSITY_NODES
 DENSITY_NODES = 400
+NODES_PER_SIGMA = 16
+MAX_DENSITY_NODES = 20_000
+#: points per block of the densities' (points x nodes) temporaries
+_BLOCK = 256
 LEVELS = (0.16, 0.5, 0.84)
 
 
@@ -60,7 +66,7 @@ class StarPosterior:
     qr, qr_density
         Q_r = M_r + A_r nodes and density (each M_r grid point a uniform cell of the grid step).
     chi2min
-        Best-fit chi2 over the grid.
+        Best-fit chi2 over the grid, A_r within its bounds (as the estimator's column).
     """
 
     row: int
@@ -97,6 +103,11 @@ class StarPosterior:
         path = Path(path)
         np.savez_compressed(path, **{k: np.asarray(v) for k, v in vars(self).items()})
         return path
+
+
+def _blocks(n: int) -> list[slice]:
+    """Slices of ``_BLOCK`` points covering ``n`` (bounded temporaries)."""
+    return [slice(start, start + _BLOCK) for start in range(0, n, _BLOCK)]
 
 
 def _with_profile(
@@ -165,6 +176,9 @@ def star_posterior(
     sigma = 1.0 / np.sqrt(q)
     astar = weighted @ red / q
     chi2min = np.einsum("jk,jk->j", weighted, resid) - q * astar**2
+    # the best fit keeps A_r within its bounds (as the estimator's chi2min column)
+    outside = astar - np.clip(astar, 0.0, width)
+    best_fit = float(np.min(chi2min + q * outside**2))
     log_prior = grid.log_prior[grid.bin_index(one.r)[0]].ravel()
     log_overlap, astar, sigma = _with_profile(
         dust_profile, one, locus, a_min, q, astar, sigma, width
@@ -177,34 +191,50 @@ def star_posterior(
     weight /= weight.sum()
     joint = weight.reshape(locus.shape)
 
-    # A_r | j: N(A*_j, sigma^2) truncated to [0, width] (then shifted by A_min)
+    # A_r | j: N(A*_j, sigma^2) truncated to [0, width] (then shifted by A_min), sampled
+    # exactly at nodes fine enough for the conditional width
     keep = np.flatnonzero(weight > 0.0)
-    a_nodes = np.linspace(0.0, width, DENSITY_NODES)
-    norm = weight[keep] / np.exp(log_mass[keep]) / (sigma * np.sqrt(2.0 * np.pi))
-    ar_density = norm @ np.exp(-0.5 * ((a_nodes[None, :] - astar[keep, None]) / sigma) ** 2)
+    mass = np.exp(log_mass[keep])
+    centre = astar[keep]
+    n_nodes = int(
+        np.clip(np.ceil(width * NODES_PER_SIGMA / sigma) + 1, DENSITY_NODES, MAX_DENSITY_NODES)
+    )
+    a_nodes = np.linspace(0.0, width, n_nodes)
+    ar_density = np.zeros(n_nodes)
+    for part in _blocks(len(keep)):
+        z = (a_nodes[None, :] - centre[part, None]) / sigma
+        ar_density += (weight[keep][part] / mass[part]) @ np.exp(-0.5 * z * z)
 
-    # Q_r = M_r + A_r: the same conditionals shifted by each point's M_r, convolved with the
-    # M_r cell (uniform over the grid step)
-    mr_j = np.broadcast_to(locus.mr[None, :], locus.shape).ravel()[keep]
+    # Q_r = M_r + A_r: each point's truncated normal shifted by its M_r and spread uniformly
+    # over its M_r cell, in closed form: (F(Q - m_lo) - F(Q - m_hi)) / step with F the
+    # conditional A_r distribution function
+    mr_j = np.broadcast_to(locus.mr[None, :], locus.shape).ravel()[keep] + a_min
     step = locus.mr_step if len(locus.mr) > 1 else 0.0
-    q_lo = mr_j.min() - step + a_min
-    q_hi = mr_j.max() + step + a_min + width
-    h = min(sigma / 8.0, (q_hi - q_lo) / DENSITY_NODES)
-    cells = 1
-    if step:  # an odd number of nodes per M_r cell keeps the box centred
-        cells = int(np.ceil(step / min(h, step / 8.0)))
-        cells += 1 - cells % 2
-        h = step / cells
+    q_lo = mr_j.min() - step
+    q_hi = mr_j.max() + step + width
+    h = min(sigma / NODES_PER_SIGMA, (q_hi - q_lo) / DENSITY_NODES)
+    h = max(h, (q_hi - q_lo) / MAX_DENSITY_NODES)
     qr = q_lo + h * np.arange(int(np.ceil((q_hi - q_lo) / h)) + 1)
     qr_density = np.zeros(len(qr))
-    shift = a_min + mr_j
-    for start in range(0, len(keep), 256):  # bounded temporaries
-        part = slice(start, start + 256)
-        a = qr[None, :] - shift[part, None]
-        inside = (a >= 0.0) & (a <= width)
-        gauss = np.exp(-0.5 * ((a - astar[keep][part, None]) / sigma) ** 2)
-        qr_density += norm[part] @ np.where(inside, gauss, 0.0)
-    qr_density = np.convolve(qr_density, np.ones(cells) / cells, mode="same")
+    lower = special.ndtr(-centre / sigma)
+
+    def conditional_cdf(a: np.ndarray, part: slice) -> np.ndarray:
+        inside = np.clip(a, 0.0, width)
+        return (special.ndtr((inside - centre[part, None]) / sigma) - lower[part, None]) / mass[
+            part, None
+        ]
+
+    for part in _blocks(len(keep)):
+        a = qr[None, :] - mr_j[part, None]
+        if step:
+            cell = conditional_cdf(a + 0.5 * step, part) - conditional_cdf(a - 0.5 * step, part)
+            qr_density += weight[keep][part] @ (cell / step)
+        else:
+            z = (a - centre[part, None]) / sigma
+            inside = (a >= 0.0) & (a <= width)
+            qr_density += (weight[keep][part] / mass[part]) @ np.where(
+                inside, np.exp(-0.5 * z * z), 0.0
+            )
 
     def normalised(nodes: np.ndarray, density: np.ndarray) -> np.ndarray:
         total = np.sum(0.5 * (density[1:] + density[:-1]) * np.diff(nodes))
@@ -221,5 +251,5 @@ def star_posterior(
         ar_density=normalised(a_nodes, ar_density),
         qr=qr,
         qr_density=normalised(qr, qr_density),
-        chi2min=float(chi2min.min()),
+        chi2min=best_fit,
     )
