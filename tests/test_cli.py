@@ -260,7 +260,19 @@ def test_bayes_command_writes_posteriors_of_chosen_rows(tmp_path):
     src = _catalog(tmp_path)
     out = tmp_path / "out.parquet"
     args = ["bayes", str(src), str(out), "--bands", "sdss", "--flat-prior", "--feh-step", "0.25"]
-    result = CliRunner().invoke(cli, [*args, "--mr-step", "0.5", "--posterior-rows", "2,0,7"])
+    # refused before any work: rows beyond the catalogue, a file where the folder would go
+    beyond = CliRunner().invoke(cli, [*args, "--posterior-rows", "2,0,7"])
+    assert beyond.exit_code != 0 and "[7] are beyond the catalogue's 3 rows" in beyond.output
+    (tmp_path / "a_file").write_text("")
+    for bad_args in (
+        ["--posterior-rows", "a,b"],
+        ["--posterior-rows", "99999999999999999999"],
+        ["--posterior-rows", "1", "--posterior-dir", str(tmp_path / "a_file")],
+    ):
+        bad = CliRunner().invoke(cli, [*args, *bad_args])
+        assert bad.exit_code == 2 and bad_args[-2] in bad.output, bad.output
+    assert not out.exists()
+    result = CliRunner().invoke(cli, [*args, "--mr-step", "0.5", "--posterior-rows", "2,0"])
     assert result.exit_code == 0, result.output
     folder = tmp_path / "out_posteriors"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -269,11 +281,8 @@ def test_bayes_command_writes_posteriors_of_chosen_rows(tmp_path):
         "row_2.npz",
         "row_2.png",
     ]
-    assert "beyond the catalogue's 3 rows: [7]" in result.output
     post = np.load(folder / "row_2.npz")
     assert post["joint"].sum() == pytest.approx(1.0) and int(post["row"]) == 2
-    bad = CliRunner().invoke(cli, [*args, "--posterior-rows", "a,b", "--overwrite"])
-    assert bad.exit_code != 0 and "--posterior-rows" in bad.output
 
 
 def test_bayes_command_missing_column_is_clear(tmp_path):

@@ -602,6 +602,10 @@ def test_networks_with_the_dust_map_as_input(catalog, prior, default_locus):
     np.testing.assert_allclose(again.loc[nn_rows, "Ar_mean"], result.loc[nn_rows, "Ar_mean"], 1e-6)
     with pytest.raises(ValueError, match="no dust column"):
         predict_with_model(model, frame.drop(columns=["Ar"]))
+    # without map values the networks cannot train: said before the Bayesian labels
+    for no_map in (frame.drop(columns=["Ar"]), frame.assign(Ar=np.nan)):
+        with pytest.raises(ValueError, match="no dust-map values"):
+            run_patch(no_map, prior, default_locus, config)
     with pytest.raises(ValueError, match="nn_options"):
         small_config(nn_options={"dust_input": True})
 

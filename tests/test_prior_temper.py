@@ -109,6 +109,14 @@ def test_resolve_prior_temper_settings(coarse_locus, band_noise_stars):
     half, fit = resolve_prior_temper(0.5, phot, coarse_locus, prior, feh_shift=-0.2)
     np.testing.assert_allclose(half.log_prior, prior.feh_shifted(-2).tempered(0.5).log_prior)
     assert fit.reason == "given" and fit.feh_shift == -0.2 and fit.changes_prior
+    # the prior moves by whole grid steps (0.1 dex here): the record says what is applied
+    with pytest.warns(UserWarning, match=r"\+0.04 dex is applied as \+0 dex"):
+        same, fit = resolve_prior_temper(1.0, phot, coarse_locus, prior, feh_shift=0.04)
+    assert same is prior and fit.feh_shift == 0.0
+    with pytest.warns(UserWarning, match=r"-0.27 dex is applied as -0.3 dex"):
+        moved, fit = resolve_prior_temper(1.0, phot, coarse_locus, prior, feh_shift=-0.27)
+    assert fit.feh_shift == -0.3
+    np.testing.assert_allclose(moved.log_prior, prior.feh_shifted(-3).log_prior)
     assert resolve_prior_temper("auto", phot, coarse_locus, None)[0] is None
     few, fit = resolve_prior_temper("auto", phot, coarse_locus, prior)
     assert few is prior and not fit.fitted and "fewer than" in fit.reason  # 100 stars

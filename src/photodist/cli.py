@@ -1252,11 +1252,23 @@ def bayes_command(
     keep = _kept_columns(keep, columns, input_path)
     resolved_device = resolve_device(_checked_device(device, "--device"))
     summary_path = io.run_file(output_path, ".run.json")
+    wanted = _parse_rows(posterior_rows)
+    post_dir = posterior_dir or output_path.with_name(output_path.stem + "_posteriors")
+    if wanted.size and post_dir.exists() and not post_dir.is_dir():
+        raise click.BadParameter(
+            f"{post_dir} exists and is not a folder", param_hint="--posterior-dir"
+        )
     try:
         _check_output(output_path, overwrite, input_path)
         if summary_path.exists() and not overwrite:
             raise FileExistsError(f"{summary_path} already exists; use --overwrite to replace it")
         total = io.count_rows(input_path)
+        if wanted.size and total is not None and wanted.max() >= total:
+            raise click.BadParameter(
+                f"rows {wanted[wanted >= total].tolist()} are beyond the catalogue's {total} "
+                "rows (numbered from 0)",
+                param_hint="--posterior-rows",
+            )
         batches = io.iter_catalog_batches(input_path, batch_size=batch_size)
         _check_columns(io.catalog_columns(input_path), bands, columns)
     except (io.CatalogError, OSError) as exc:
@@ -1333,8 +1345,6 @@ def bayes_command(
     estimator = make_estimator(locus, prior, config, resolved_device, dust_profile=profile)
     if resolved_device.type == "cuda":
         click.echo(f"Bayesian estimator on {resolved_device} (batched PyTorch)")
-    wanted = _parse_rows(posterior_rows)
-    post_dir = posterior_dir or output_path.with_name(output_path.stem + "_posteriors")
     prior_grid = PriorGrid.from_prior(prior, locus) if prior is not None and wanted.size else None
     start = time.perf_counter()
 
@@ -1412,8 +1422,9 @@ def _parse_rows(text: str | None) -> np.ndarray:
     if not text:
         return np.zeros(0, dtype=np.int64)
     try:
-        rows = np.unique([int(part) for part in text.split(",") if part.strip()])
-    except ValueError as exc:
+        rows = np.unique(np.array([int(part) for part in text.split(",") if part.strip()]))
+        rows = rows.astype(np.int64)
+    except (ValueError, OverflowError) as exc:
         raise click.BadParameter(
             f"expected comma-separated row numbers, got {text!r}", param_hint="--posterior-rows"
         ) from exc

@@ -1073,6 +1073,11 @@ def run_patch(
     if hybrid and n_usable <= config.bayes_all_below:
         hybrid = False
         reason = f"{n_usable} usable stars, at most bayes_all_below = {config.bayes_all_below}"
+    if hybrid and config.nn_dust_input and (phot.dust is None or not np.isfinite(phot.dust).any()):
+        raise ValueError(
+            "nn_dust_input gives the networks the dust-map A_r as an input, and the catalogue "
+            "has no dust-map values (see ColumnMap.dust / --dust-column, --ebv-column)"
+        )
     model: PhotoDNetwork | None = None
     train_rows = np.empty(0, dtype=np.int64)
     if hybrid:

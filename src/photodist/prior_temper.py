@@ -34,6 +34,7 @@ maximum in 4 estimator runs where the prior fits and ~8-14 where it does not, in
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -319,6 +320,16 @@ def resolve_prior_temper(
     """
     power = parse_prior_temper(setting)
     feh_shift = parse_feh_shift(feh_shift)
+    if feh_shift != "auto":  # the prior moves by whole grid rows: record what is applied
+        applied = round(_shift_rows(float(feh_shift), locus) * locus.feh_step, 6)
+        if abs(applied - float(feh_shift)) > 1e-9:
+            warnings.warn(
+                f"the prior moves along [Fe/H] by whole steps of the posterior grid "
+                f"({locus.feh_step:g} dex): a shift of {float(feh_shift):+g} dex is applied as "
+                f"{applied:+g} dex",
+                stacklevel=2,
+            )
+        feh_shift = applied
     if prior is None:
         return None, PriorTemperFit(1.0, reason="flat prior")
     if power == "auto" or feh_shift == "auto":
