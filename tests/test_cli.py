@@ -1103,3 +1103,16 @@ def test_run_with_a_flat_prior_and_networks_says_bayes_may_serve_better(tmp_path
         assert result.exit_code != 0 and "names of output columns" in result.output, result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "b.csv").exists()
+
+
+def test_version_is_the_code_s_own_and_the_changelog_s_latest():
+    import re
+    from pathlib import Path
+
+    import photodist
+
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and photodist.__version__ in result.output
+    changelog = Path(__file__).parents[1] / "CHANGELOG.md"
+    latest = re.search(r"^## (\S+)", changelog.read_text(), re.MULTILINE)
+    assert latest is not None and latest.group(1) == photodist.__version__

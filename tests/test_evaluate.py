@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from photodist.bands import ID_COLUMNS
 from photodist.evaluate import (
     SIGMA_G_FACTOR,
     TABLE1_COLUMNS,
@@ -15,6 +16,7 @@ from photodist.evaluate import (
     max_error_for_snr,
     outlier_fraction,
     robust_stats,
+    run_match_keys,
     snr_mask,
     table1,
     truth_values,
@@ -222,3 +224,19 @@ def test_truth_rows_are_matched_to_the_run_by_id_position_or_order():
     # duplicate ids cannot match: the next way is used
     dup = truth.assign(source_id=[10, 10, 12])
     np.testing.assert_array_equal(align_to_run(dup, run.head(3), "truth")["x"], [0, 1, 2])
+
+
+def test_survey_outputs_match_by_their_recorded_ids_and_positions():
+    # a survey that recorded no object id and found its positions under other names
+    manifest = {"columns": {"object_id": None, "ra": "RAJ2000", "dec": "DEJ2000"}}
+    ids, positions = run_match_keys(manifest)
+    assert None not in ids and positions == ("RAJ2000", "DEJ2000")
+    assert run_match_keys(None) == (list(ID_COLUMNS), ("ra", "dec"))
+    assert run_match_keys({"columns": {"object_id": "objID"}}, "star")[0][:2] == ["star", "objID"]
+    truth = pd.DataFrame({"RAJ2000": [1.0, 2.0, 3.0], "DEJ2000": [0.5] * 3, "x": [0, 1, 2]})
+    run = truth[["RAJ2000", "DEJ2000"]].iloc[[2, 0]]
+    kw = {"id_columns": ids, "in_input_order": False}
+    matched = align_to_run(truth, run, "truth", positions=positions, **kw)
+    np.testing.assert_array_equal(matched["x"], [2, 0])
+    with pytest.raises(ValueError, match="RAJ2000/DEJ2000"):
+        align_to_run(truth.assign(RAJ2000=1.0), run, "truth", positions=positions, **kw)

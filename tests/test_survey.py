@@ -36,12 +36,14 @@ from photodist.survey import (
     SurveyLockedError,
     SurveySummary,
     _column_map,
+    _patch_done,
     _RunLock,
     build_parser,
     incomplete_run_note,
     input_fingerprint,
     main,
     output_path,
+    patch_info_path,
     patch_seed,
     plan_patches,
     predict_rows,
@@ -527,6 +529,8 @@ def write_trilegal(root: Path, order: int, pixels: list[int]) -> Path:
 
 
 def test_trilegal_prior_assignment(catalog_path, tmp_path):
+    from photodist.io import CatalogError
+
     coarse = write_trilegal(tmp_path / "coarse", ORDER - 1, [PARENT])
     plan = plan_patches(
         catalog_path,
@@ -535,14 +539,23 @@ def test_trilegal_prior_assignment(catalog_path, tmp_path):
     )
     assert all(len(t.prior_files) == 1 and "Npix=9759" in t.prior_files[0] for t in plan.patches)
     fine = write_trilegal(tmp_path / "fine", ORDER + 1, [4 * PIXELS[0], 4 * PIXELS[0] + 3])
-    plan = plan_patches(
-        catalog_path,
-        survey_config(tmp_path, prior="trilegal", trilegal_path=str(fine), prior_cache=None),
-        tmp_path / "w2",
-    )
+    with pytest.warns(UserWarning, match="covers none of 2 of the catalogue's 3 patches"):
+        plan = plan_patches(
+            catalog_path,
+            survey_config(tmp_path, prior="trilegal", trilegal_path=str(fine), prior_cache=None),
+            tmp_path / "w2",
+        )
     files = {t.pixel: t.prior_files for t in plan.patches}
     assert len(files[PIXELS[0]]) == 2  # the prior pixels inside the patch (averaged)
     assert files[PIXELS[1]] == () and files[PIXELS[2]] == ()
+    # a prior that covers no patch at all: refused before any patch runs
+    elsewhere = write_trilegal(tmp_path / "elsewhere", ORDER, [PIXELS[0] + 5000])
+    with pytest.raises(CatalogError, match="covers none of 3 of the catalogue's 3 patches"):
+        plan_patches(
+            catalog_path,
+            survey_config(tmp_path, prior="trilegal", trilegal_path=str(elsewhere)),
+            tmp_path / "w3",
+        )
 
 
 def test_failed_patches_are_reported_and_the_others_finish(catalog_path, tmp_path, capsys):
@@ -563,7 +576,8 @@ def test_failed_patches_are_reported_and_the_others_finish(catalog_path, tmp_pat
         str(settings),
         "--no-progress",
     ]
-    assert main(args) == 1
+    with pytest.warns(UserWarning, match="they will fail, the others run"):
+        assert main(args) == 1
     err = capsys.readouterr().err
     for pixel in PIXELS[1:]:
         assert f"Norder={ORDER}/Npix={pixel}" in err
@@ -572,7 +586,8 @@ def test_failed_patches_are_reported_and_the_others_finish(catalog_path, tmp_pat
     assert not output_path(out, ORDER, PIXELS[1]).exists()
     assert not (out / "hats.properties").exists()  # incomplete: no HATS metadata
     assert json.loads((out / MANIFEST_NAME).read_text())["status"]["complete"] is False
-    assert main(args) == 1  # the finished patch is skipped, the others fail again
+    with pytest.warns(UserWarning, match="they will fail"):
+        assert main(args) == 1  # the finished patch is skipped, the others fail again
     captured = capsys.readouterr()
     assert "0 patch(es) done, 1 already finished, 2 failed" in captured.out
 
@@ -760,8 +775,11 @@ def test_sigkill_then_rerun_gives_the_same_catalog(reference, catalog_path, prio
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL  # killed, not finished
-    finished = list(run.glob(pattern))
-    assert 1 <= len(finished) < len(PIXELS)
+    written = list(run.glob(pattern))
+    assert 1 <= len(written) < len(PIXELS)
+    # a patch is finished once its summary follows its partition (the kill may fall between)
+    pixels = [int(p.stem.split("=")[1]) for p in written]
+    finished = [p for p in pixels if patch_info_path(run, ORDER, p).is_file()]
     manifest = json.loads((run / MANIFEST_NAME).read_text())
     assert manifest["status"]["complete"] is False
 
@@ -772,6 +790,17 @@ def test_sigkill_then_rerun_gives_the_same_catalog(reference, catalog_path, prio
     assert temp_files(run) == []
     assert not (run / "_staging").exists()
     assert json.loads((run / MANIFEST_NAME).read_text())["status"]["complete"] is True
+
+
+def test_a_partition_without_its_summary_is_redone(reference, catalog_path, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(reference[0], out)
+    plan = plan_patches(catalog_path, survey_config(tmp_path), tmp_path / "work")
+    task = plan.patches[0]
+    assert _patch_done(task, out)
+    patch_info_path(out, task.order, task.pixel).unlink()  # as if stopped between the two
+    assert not _patch_done(task, out)
+    assert not output_path(out, task.order, task.pixel).exists()
 
 
 def test_local_cluster_workers_keep_glibc_malloc_defaults():

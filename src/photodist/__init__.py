@@ -1,14 +1,11 @@
 """photodist: photometric distances, metallicities and extinctions for billions of stars."""
 
-from importlib.metadata import PackageNotFoundError, version
-
 from photodist.bands import LSST, SDSS, BandSet, ColumnMap, Photometry, get_band_set
 from photodist.locus import Locus, build_locus, load_locus
 
-try:
-    __version__ = version("photodist")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+#: The code's own version (pyproject.toml reads it from here): survey manifests and model
+#: files record it, so it must follow the code being run, not an installation's metadata.
+__version__ = "0.3.2"
 
 __all__ = [
     "LSST",

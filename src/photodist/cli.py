@@ -1911,7 +1911,7 @@ def evaluate_command(
 
     from photodist import io
     from photodist.bayes import BayesEstimator
-    from photodist.evaluate import align_to_run, snr_mask, table1, truth_values
+    from photodist.evaluate import align_to_run, run_match_keys, snr_mask, table1, truth_values
     from photodist.pipeline import (
         PARAMETERS,
         PipelineConfig,
@@ -1936,10 +1936,15 @@ def evaluate_command(
         survey = survey_settings(result_path)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    ids = list(dict.fromkeys([*([survey["columns"]["object_id"]] if survey else []), *ID_COLUMNS]))
+    ids, positions = run_match_keys(survey)
     try:
         truth = align_to_run(
-            truth, result, str(truth_path), id_columns=ids, in_input_order=survey is None
+            truth,
+            result,
+            str(truth_path),
+            id_columns=ids,
+            positions=positions,
+            in_input_order=survey is None,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

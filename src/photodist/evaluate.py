@@ -36,6 +36,7 @@ from photodist.bands import (
 __all__ = [
     "SIGMA_G_FACTOR",
     "align_to_run",
+    "run_match_keys",
     "TABLE1_COLUMNS",
     "calibration",
     "gaussian_coverage",
@@ -165,6 +166,18 @@ def _unique_key(frame: pd.DataFrame, names: Sequence[str]) -> bool:
         return False
     keys = frame[list(names)]
     return bool(keys.notna().all(axis=None)) and not keys.duplicated().any()
+
+
+def run_match_keys(
+    survey: dict[str, Any] | None, id_column: str | None = None
+) -> tuple[list[str], tuple[str, str]]:
+    """The id columns (``id_column``, a survey's recorded object id, then
+    :data:`ID_COLUMNS`) and the position columns (a survey's recorded ra/dec names, else
+    ra/dec) by which :func:`align_to_run` matches a catalogue to a run."""
+    columns = (survey or {}).get("columns") or {}
+    ids = [c for c in (id_column, columns.get("object_id")) if c]
+    positions = (columns.get("ra") or "ra", columns.get("dec") or "dec")
+    return list(dict.fromkeys([*ids, *ID_COLUMNS])), positions
 
 
 def align_to_run(

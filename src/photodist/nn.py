@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
@@ -751,12 +750,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def _package_version() -> str:
-    try:
-        return importlib.metadata.version("photodist")
-    except importlib.metadata.PackageNotFoundError:
-        import photodist
+    """The version of the code being run (``photodist.__version__``)."""
+    import photodist
 
-        return str(getattr(photodist, "__version__", "unknown"))
+    return str(photodist.__version__)
 
 
 def derive_seeds(seed: int | None, n: int) -> tuple[int, list[int]]:

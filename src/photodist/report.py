@@ -71,7 +71,6 @@ from matplotlib.ticker import LogFormatter
 
 from photodist import io
 from photodist.bands import (
-    ID_COLUMNS,
     BandSet,
     ColumnMap,
     first_numeric_column,
@@ -89,6 +88,7 @@ from photodist.evaluate import (
     TRUTH_ALIASES,
     align_to_run,
     robust_stats,
+    run_match_keys,
     truth_values,
 )
 from photodist.locus import SUBGIANT_WIDTH, ms_gi, turnoff_absmag
@@ -1826,13 +1826,21 @@ def _align(
     id_columns: Sequence[str],
     name: str,
     in_input_order: bool,
+    positions: tuple[str, str] = ("ra", "dec"),
 ) -> pd.DataFrame | None:
     """``frame`` reordered to the rows of ``result`` (:func:`photodist.evaluate.align_to_run`)."""
     if frame is None:
         return None
     if not isinstance(frame, pd.DataFrame):
         frame = _read_frame(frame)
-    return align_to_run(frame, result, name, id_columns=id_columns, in_input_order=in_input_order)
+    return align_to_run(
+        frame,
+        result,
+        name,
+        id_columns=id_columns,
+        positions=positions,
+        in_input_order=in_input_order,
+    )
 
 
 def load_run(
@@ -1894,12 +1902,10 @@ def load_run(
     except ValueError:  # a damaged manifest: still a survey folder
         survey = {}
     survey_output = survey is not None
-    ids = [id_column] if id_column else []
-    survey_id = ((survey or {}).get("columns") or {}).get("object_id")
-    if survey_id:
-        ids.append(survey_id)
-    ids = list(dict.fromkeys([*ids, *ID_COLUMNS])) if id_column or survey_output else []
-    frames = {k: _align(v, result, ids, k, not survey_output) for k, v in given.items()}
+    ids, positions = run_match_keys(survey, id_column)
+    if not (id_column or survey_output):
+        ids = []  # a run's output in the input's order: matched row by row
+    frames = {k: _align(v, result, ids, k, not survey_output, positions) for k, v in given.items()}
     config = info.get("config", attrs.get("config"))
     timings = info.get("timings", attrs.get("timings"))
     if survey_output and config is None and timings is None:

@@ -62,6 +62,7 @@ import secrets
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -649,6 +650,18 @@ def plan_patches(
     if config.prior == "trilegal":
         assert config.trilegal_path is not None
         plan.patches = _assign_trilegal(plan.patches, Path(config.trilegal_path))
+        uncovered = [task.name for task in plan.patches if not task.prior_files]
+        if uncovered:  # said before any patch runs; such patches fail, the others run
+            shown = ", ".join(uncovered[:10]) + (" ..." if len(uncovered) > 10 else "")
+            message = (
+                f"the TRILEGAL prior {config.trilegal_path} covers none of {len(uncovered)} "
+                f"of the catalogue's {len(plan.patches)} patches ({shown})"
+            )
+            if len(uncovered) == len(plan.patches):
+                raise io.CatalogError(
+                    f"{message}; select the stars it covers, or use the Galaxy-model prior"
+                )
+            warnings.warn(f"{message}: they will fail, the others run", stacklevel=2)
     return plan
 
 
@@ -1299,6 +1312,8 @@ def _check_manifest(output_dir: Path, identity: dict[str, Any], resume: bool) ->
 
 
 def _patch_done(task: PatchTask, output_dir: Path) -> bool:
+    """Whether the patch's partition holds its rows and its summary was written (the
+    summary follows the partition, so a run stopped between the two redoes the patch)."""
     path = output_path(output_dir, task.order, task.pixel)
     if not path.is_file():
         return False
@@ -1306,9 +1321,9 @@ def _patch_done(task: PatchTask, output_dir: Path) -> bool:
         n = pq.ParquetFile(path).metadata.num_rows
     except (OSError, pa.ArrowException):
         n = -1
-    if n == task.n_rows:
+    if n == task.n_rows and patch_info_path(output_dir, task.order, task.pixel).is_file():
         return True
-    path.unlink()  # a file that is not this patch's result: redo the patch
+    path.unlink()  # not this patch's finished result: redo the patch
     return False
 
 
