@@ -452,7 +452,15 @@ def test_overwrite_never_deletes_the_input_or_a_running_survey(catalog, tmp_path
 
     with pytest.raises(CatalogError, match="without a valid position"):
         run_survey(source, fresh, config, scheduler="synchronous", progress=False)
-    assert not (fresh / MANIFEST_NAME).exists()
+    assert not fresh.exists()  # made for the run and left empty: removed, lock file too
+    # a user's own folder is refused and left as it was, without a lock file
+    own = tmp_path / "notes"
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
+    catalog.head(50).to_parquet(source, index=False)
+    with pytest.raises(FileExistsError, match="not empty and holds no photodist run"):
+        run_survey(source, own, config, scheduler="synchronous", progress=False)
+    assert [p.name for p in own.iterdir()] == ["notes.txt"]
 
 
 def test_flat_staging_conserves_rows(catalog, tmp_path):

@@ -379,10 +379,15 @@ def _clear_run(folder: Path) -> None:
 
 
 class _RunLock:
-    """An exclusive lock on the output folder (released by the kernel if the process dies)."""
+    """An exclusive lock on the output folder (released by the kernel if the process dies).
 
-    def __init__(self, folder: Path) -> None:
+    A folder that holds no run when the lock is released (the run was refused before it
+    began) keeps no lock file, and is removed if ``created`` (made for this run) and empty.
+    """
+
+    def __init__(self, folder: Path, created: bool = False) -> None:
         self.path = folder / _LOCK_NAME
+        self.created = created
         self._fh: Any = None
 
     def __enter__(self) -> _RunLock:
@@ -404,6 +409,12 @@ class _RunLock:
         import fcntl
 
         if self._fh is not None:
+            folder = self.path.parent
+            if not (folder / MANIFEST_NAME).is_file():  # unlinked while still held
+                self.path.unlink(missing_ok=True)
+                if self.created:
+                    with contextlib.suppress(OSError):  # only if empty
+                        folder.rmdir()
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
@@ -1497,9 +1508,10 @@ def run_survey(
         raise FileExistsError(f"{out} is a file; OUTPUT_DIR must be a folder")
     if overwrite and out.exists() and not (out / MANIFEST_NAME).is_file():
         raise FileExistsError(f"{out} holds no photodist run; refusing to delete it")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     summary: SurveySummary
-    with _RunLock(out):  # before deleting: a run still using the folder keeps it
+    with _RunLock(out, created):  # before deleting: a run still using the folder keeps it
         if overwrite:
             _clear_run(out)
         fingerprint = input_fingerprint(input_path)
