@@ -479,7 +479,7 @@ def test_simulate_run_evaluate_chain(tmp_path):
     # Galaxy model, so the prior barely moves
     temper = summary["prior_temper"]
     assert temper["fitted"] and temper["n_stars"] >= 1000 and temper["beta"] >= 0.8
-    assert abs(temper["feh_shift"]) <= 0.1 and "Prior: the Galaxy model's" in result.output
+    assert abs(temper["feh_shift"]) <= 0.1 and "Prior: the ([Fe/H], M_r) prior" in result.output
     # the A_r prior from the patch's fitted dust profile
     profiled = tmp_path / "profiled.parquet"
     result = runner.invoke(

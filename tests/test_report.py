@@ -239,7 +239,7 @@ def test_prior_power_note():
     assert "fewer than 200" in prior_power_note(few) and "as given" in prior_power_note(few)
     given = {"beta": 0.3, "feh_shift": -0.2, "fitted": False, "reason": "given"}
     assert prior_power_note(given) == (
-        "Prior: the Galaxy model's prior was moved by -0.2 dex in [Fe/H] and raised to the "
+        "Prior: the ([Fe/H], M_r) prior was moved by -0.2 dex in [Fe/H] and raised to the "
         "power 0.3."
     )
 

@@ -1007,7 +1007,8 @@ def _catalog_options(function):
             type=BAND_SET_CHOICE,
             default="lsst",
             show_default=True,
-            help="Band set: sdss (ugriz) or lsst (ugrizy).",
+            help="Band set: sdss (ugriz) or lsst (ugrizy). Not given, a catalogue that has "
+            "no y band is read as sdss (and said so).",
         ),
         click.option(
             "--column",
@@ -1393,7 +1394,8 @@ def bayes_command(
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
     click.echo(
         f"{n_out} stars -> {output_path} in {elapsed:.1f} s "
-        f"({elapsed / max(n_out, 1) * 1e6:.0f} us/star; summary {summary_path})"
+        + (f"({elapsed / n_out * 1e6:.0f} us/star; " if n_out else "(")
+        + f"summary {summary_path})"
     )
     if wanted.size and wanted.max() >= n_out:
         click.echo(f"posterior rows beyond the catalogue's {n_out} rows: {wanted[wanted >= n_out]}")

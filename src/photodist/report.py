@@ -679,20 +679,20 @@ def prior_power_note(record: Mapping[str, Any] | None) -> str:
     what = " and ".join(changes)
     if record.get("fitted") and changes:
         return (
-            f"Prior: the Galaxy model's ([Fe/H], M_r) prior was {what}, as the stars' marginal "
+            f"Prior: the ([Fe/H], M_r) prior was {what}, as the stars' marginal "
             f"likelihood prefers ({record['n_stars']:,} stars, "
             f"{record['log_evidence_gain']:+.3f} per star): they follow another population "
             "than the model's."
         )
     if record.get("fitted"):
         return (
-            "Prior: the Galaxy model's prior was used as given, the most likely on "
+            "Prior: the ([Fe/H], M_r) prior was used as given, the most likely on "
             f"{record['n_stars']:,} of the stars."
         )
     if record.get("reason") != "given":
         done = f"{what}; " if changes else "used as given; "
-        return f"Prior: the Galaxy model's prior was {done}nothing fitted ({record['reason']})."
-    return f"Prior: the Galaxy model's prior was {what}." if changes else ""
+        return f"Prior: the ([Fe/H], M_r) prior was {done}nothing fitted ({record['reason']})."
+    return f"Prior: the ([Fe/H], M_r) prior was {what}." if changes else ""
 
 
 def _timings_table(timings: Mapping[str, float] | None) -> pd.DataFrame:
@@ -1671,8 +1671,10 @@ def _page(
         parts.append(
             '<p class="note">No truth needed (photodist.diagnostics): per 1-mag bin of r, the '
             "median uncertainties, the best-fit χ² of the Bayesian rows (rising for bright "
-            "stars: quoted colour errors too small; see the error-model check above) and, "
-            "apart, of the network rows' best fit without the prior, flag "
+            "stars: quoted colour errors too small, see the error-model check above; for "
+            "faint stars: objects or colours the stellar locus does not describe, or errors "
+            "too small at the faint end) and, apart, of the network rows' best fit without "
+            "the prior, flag "
             "fractions and, with the catalogue's dust-map column, the median A<sub>r</sub> − "
             "map A<sub>r</sub> of stars beyond DM = 10, which lie behind most of the dust. "
             '<a href="data/by_magnitude.csv">by_magnitude.csv</a></p>'
