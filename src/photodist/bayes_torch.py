@@ -553,11 +553,13 @@ class TorchBayesEstimator:
         self, grid: _Grid, block: torch.Tensor, chi2_poor: torch.Tensor
     ) -> torch.Tensor:
         if self.compile_kernels:
+            counted = self.stats_["n_candidates"]
             try:
                 return self._run_batch(grid, block, chi2_poor)
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as exc:  # a missing compiler or unsupported op: run eagerly
+                self.stats_["n_candidates"] = counted  # the batch is counted once, below
                 warnings.warn(
                     f"torch.compile failed ({type(exc).__name__}: {exc}); using eager kernels",
                     RuntimeWarning,
