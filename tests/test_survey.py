@@ -740,6 +740,17 @@ def test_dask_cluster_matches_single_process(
     assert len({p.worker for p in summary.patches}) == 2  # both worker processes took patches
     assert all(str(os.getpid()) not in p.worker for p in summary.patches)
     frames_equal(read_survey_output(run), read_survey_output(out))  # identical numbers
+    # a patch refused on a worker (no prior covers it) is reported by its message, without a
+    # worker traceback in the cluster's log
+    priors = write_trilegal(tmp_path / "trilegal", ORDER, [PIXELS[0]])
+    config = survey_config(prior_cache, prior="trilegal", trilegal_path=str(priors))
+    with pytest.warns(UserWarning, match="they will fail"):
+        partial = run_survey(
+            catalog_path, tmp_path / "partial", config, scheduler=dask_cluster, progress=False
+        )
+    assert set(partial.failed) == {f"Norder={ORDER}/Npix={p}" for p in PIXELS[1:]}
+    assert all(m.startswith("LookupError: no TRILEGAL") for m in partial.failed.values())
+    assert "Compute Failed" not in (tmp_path / "cluster.log").read_text()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1401,11 +1401,10 @@ def _execute(
     if scheduler == "synchronous":
         for task in tasks:
             try:
-                result = process_patch(task, job)
+                outcome = _patch_or_error(task, job)
             except Exception as exc:  # report the patch and go on with the others
-                on_done(task, None, f"{type(exc).__name__}: {exc}")
-            else:
-                on_done(task, result, None)
+                outcome = f"{type(exc).__name__}: {exc}"
+            _report(task, outcome, on_done)
         return
     from dask.distributed import Client, as_completed
 
@@ -1425,7 +1424,7 @@ def _execute(
         futures = {}
         for task in tasks:
             future = client.submit(
-                process_patch,
+                _patch_or_error,
                 task,
                 job,
                 key=f"photodist-patch-{task.order}-{task.pixel}-{token}",
@@ -1436,12 +1435,35 @@ def _execute(
         for future in as_completed([f for f, _ in futures.values()]):
             task = futures[future.key][1]
             try:
-                result = future.result()
+                outcome = future.result()
             except Exception as exc:  # report the patch and go on with the others
-                on_done(task, None, f"{type(exc).__name__}: {exc}")
-            else:
-                on_done(task, result, None)
+                outcome = f"{type(exc).__name__}: {exc}"
+            _report(task, outcome, on_done)
             future.release()
+
+
+#: A patch's own refusals (its data, prior or settings): reported by their message alone.
+#: Anything else is a fault, which Dask's worker log shows with its traceback.
+_PATCH_REFUSALS = (ValueError, LookupError, OSError)
+
+
+def _patch_or_error(task: PatchTask, job: _Job) -> PatchResult | str:
+    """:func:`process_patch`, or the message of a refusal of the patch."""
+    try:
+        return process_patch(task, job)
+    except _PATCH_REFUSALS as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _report(
+    task: PatchTask,
+    outcome: PatchResult | str,
+    on_done: Callable[[PatchTask, PatchResult | None, str | None], None],
+) -> None:
+    if isinstance(outcome, str):
+        on_done(task, None, outcome)
+    else:
+        on_done(task, outcome, None)
 
 
 def run_survey(
