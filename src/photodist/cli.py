@@ -230,18 +230,11 @@ def _checked_device(device: str, option: str = "--nn-device", remote: bool = Fal
 
     ``remote``: the device is used on other machines (a Dask scheduler's workers), so only
     its name is checked here, not whether this machine has it."""
-    import torch
-
     from photodist.nn import resolve_device
 
     try:
-        if remote:
-            name = device.strip().lower()
-            if name != "auto" and torch.device(name).type not in {"cpu", "cuda"}:
-                raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda'")
-        else:
-            resolve_device(device)
-    except (ValueError, RuntimeError) as exc:
+        resolve_device(device, present=not remote)
+    except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=option) from exc
     return device
 

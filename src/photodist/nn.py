@@ -49,7 +49,7 @@ from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 from torch import nn
 
-from photodist import nn_triton
+from photodist import __version__, nn_triton
 from photodist.bands import BandSet, Photometry, get_band_set
 from photodist.io import json_default
 
@@ -725,8 +725,11 @@ def _torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a device."""
+def resolve_device(device: str | torch.device, present: bool = True) -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a device.
+
+    ``present`` False checks the name alone, not that this machine has the device (for
+    devices used on other machines)."""
     if isinstance(device, str):
         device = device.strip().lower()
         if device == "auto":
@@ -737,7 +740,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
     if resolved.type not in {"cpu", "cuda"}:
         raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda'")
-    if resolved.type == "cuda":
+    if resolved.type == "cuda" and present:
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(resolved)!r} requested but no CUDA device is available")
         count = torch.cuda.device_count()
@@ -747,13 +750,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
                 f"device(s): use 'cuda' or 'cuda:0' to 'cuda:{count - 1}'"
             )
     return resolved
-
-
-def _package_version() -> str:
-    """The version of the code being run (``photodist.__version__``)."""
-    import photodist
-
-    return str(photodist.__version__)
 
 
 def derive_seeds(seed: int | None, n: int) -> tuple[int, list[int]]:
@@ -1667,7 +1663,7 @@ class PhotoDNetwork:
             "secondary_best_epoch": secondary_result.best_epoch,
             "secondary_validation_loss": secondary_result.best_val_loss,
             "fit_seconds": round(time.perf_counter() - wall_start, 3),
-            "package_version": _package_version(),
+            "package_version": __version__,
             "torch_version": torch.__version__,
             "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "user": user_metadata,
@@ -1888,7 +1884,7 @@ class PhotoDNetwork:
             "missing_counts": [int(c) for c in self.missing_counts_],
             "training": self.training_metadata_,
             "history": self.history_,
-            "package_version": _package_version(),
+            "package_version": __version__,
             "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         metadata = {

@@ -189,6 +189,11 @@ def _shift_rows(shift: float, locus: Locus) -> int:
     return int(round(shift / locus.feh_step)) if locus.feh_step > 0 else 0
 
 
+def _applied_shift(shift: float, locus: Locus) -> float:
+    """The shift in dex that moving the prior by whole grid rows applies for ``shift``."""
+    return round(_shift_rows(shift, locus) * locus.feh_step, 6)
+
+
 def adjusted_prior(prior: Any, locus: Locus, beta: float = 1.0, feh_shift: float = 0.0) -> Any:
     """``prior`` on ``locus``'s grid moved by ``feh_shift`` dex along [Fe/H] (whole grid steps)
     and raised to the power ``beta``; ``prior`` itself when neither changes it (or is None)."""
@@ -268,7 +273,7 @@ def fit_prior_temper(
     shift = fixed_shift
     if feh_shift == "auto":
         # a coarse grid maps several shifts to one row count: one trial per row count
-        options = sorted({round(_shift_rows(t, locus) * locus.feh_step, 4) for t in shifts})
+        options = sorted({_applied_shift(t, locus) for t in shifts})
 
         def shift_score(trial: float) -> float:
             if trial not in by_shift:
@@ -321,7 +326,7 @@ def resolve_prior_temper(
     power = parse_prior_temper(setting)
     feh_shift = parse_feh_shift(feh_shift)
     if feh_shift != "auto":  # the prior moves by whole grid rows: record what is applied
-        applied = round(_shift_rows(float(feh_shift), locus) * locus.feh_step, 6)
+        applied = _applied_shift(float(feh_shift), locus)
         if abs(applied - float(feh_shift)) > 1e-9:
             warnings.warn(
                 f"the prior moves along [Fe/H] by whole steps of the posterior grid "

@@ -75,7 +75,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from photodist import io
+from photodist import __version__, io
 from photodist.bands import (
     FLUX_ZERO_POINTS,
     ID_COLUMNS,
@@ -317,12 +317,6 @@ def _remove_stale_temps(root: Path, min_age_s: float = 0.0) -> int:
         except FileNotFoundError:
             continue
     return removed
-
-
-def _package_version() -> str:
-    from photodist import __version__
-
-    return str(__version__)
 
 
 def input_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -770,7 +764,7 @@ def _prior_cache_key(config: SurveyConfig, grid: Locus) -> str:
             "mr": [float(grid.mr[0]), float(grid.mr[-1]), len(grid.mr)],
             "seed": int(config.prior_seed),
             "min_stars": int(config.prior_min_stars),
-            "version": _package_version(),
+            "version": __version__,
         },
         sort_keys=True,
     )
@@ -1218,7 +1212,7 @@ def _manifest(config: SurveyConfig, fingerprint: dict[str, Any]) -> dict[str, An
         "input": fingerprint,
         "survey": config.identity(),
         "prior_source": prior,
-        "photodist_version": _package_version(),
+        "photodist_version": __version__,
     }
 
 
@@ -1370,9 +1364,7 @@ def write_hats_metadata(
     max_rows = max(
         (pq.ParquetFile(output_path(root, order, p)).metadata.num_rows for p in pixels), default=0
     )
-    provenance = HatsProperties.new_provenance_dict(
-        root, builder=f"photodist v{_package_version()}"
-    )
+    provenance = HatsProperties.new_provenance_dict(root, builder=f"photodist v{__version__}")
     props = TableProperties(
         catalog_name=catalog_name or root.resolve().name,
         catalog_type="object",
