@@ -58,6 +58,34 @@ def test_closed_form_matches_brute_force(coarse_locus):
         assert result.loc[i, "log_evidence"] == pytest.approx(ref["log_evidence"], abs=3e-3)
 
 
+def _entropy_bits(mass):
+    p = mass / mass.sum()
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def test_entropy_drops_are_measured_from_the_prior(coarse_locus):
+    """Each marginal's entropy drop is the entropy of the star's prior marginal minus the
+    posterior's (bits), as the explicit A_r grid gives it; colours that carry no information
+    (a huge error floor) drop nothing, whatever the prior."""
+    phot, *_ = _stars(coarse_locus, LSST, 6, seed=5)
+    rng = np.random.default_rng(2)
+    log_prior = np.log(rng.uniform(0.05, 1.0, (1, *coarse_locus.shape)))
+    prior = PriorGrid(log_prior, np.array([20.0]))
+    config = BayesConfig(error_floor=0.0)
+    result = BayesEstimator(coarse_locus, prior, config).predict(phot)
+    density = np.exp(log_prior[0])
+    for i in range(len(phot)):
+        ref = brute_force_posterior(phot, i, coarse_locus, prior, config, a_step=0.001)
+        mr_drop = _entropy_bits(density.sum(axis=0)) - _entropy_bits(ref["Mr"][1])
+        feh_drop = _entropy_bits(density.sum(axis=1)) - _entropy_bits(ref["FeH"][1])
+        assert result.loc[i, "Mr_entropy_drop"] == pytest.approx(mr_drop, abs=1e-3)
+        assert result.loc[i, "FeH_entropy_drop"] == pytest.approx(feh_drop, abs=1e-3)
+    vague = BayesEstimator(coarse_locus, prior, BayesConfig(error_floor=20.0)).predict(phot)
+    drops = vague[["Mr_entropy_drop", "FeH_entropy_drop", "Ar_entropy_drop"]].to_numpy()
+    np.testing.assert_allclose(drops, 0.0, atol=1e-3)
+
+
 @pytest.mark.parametrize("band_set", [LSST, SDSS], ids=["lsst", "sdss"])
 def test_correlated_colours_match_brute_force(coarse_locus, band_set, band_noise_stars):
     """With the covariance of adjacent colours (and a missing colour, which decouples its
@@ -453,8 +481,8 @@ def test_bayes_config_refuses_values_the_kernel_cannot_use(setting):
 
 
 def test_poor_fit_threshold_counts_the_colours_used(coarse_locus):
-    """A star whose unusable colour was dropped is judged against chi2 with as many degrees of
-    freedom as the colours it has, not the band set's."""
+    """A star whose unusable colour was dropped is judged against chi2 with the degrees of
+    freedom of the colours it has (their number less two), not the band set's."""
     from scipy.stats import chi2
 
     phot, *_ = _stars(coarse_locus, SDSS, 600, seed=21, err_range=(0.02, 0.05))
@@ -466,11 +494,11 @@ def test_poor_fit_threshold_counts_the_colours_used(coarse_locus):
     phot.colors[dropped, 0] = np.nan
     res = BayesEstimator(coarse_locus, config=BayesConfig(error_floor=0.0)).predict(phot)
     n_used = np.where(dropped, SDSS.n_colors - 1, SDSS.n_colors)
-    limit = chi2.ppf(0.999, n_used)
+    limit = chi2.ppf(0.999, n_used - 2)
     poor = (res["flags"].to_numpy() & Flags.POOR_FIT) != 0
     np.testing.assert_array_equal(poor, res["chi2min"].to_numpy() > limit)
-    # stars this decides differently from the band set's 4 degrees of freedom
-    between = dropped & (res["chi2min"] > limit) & (res["chi2min"] <= chi2.ppf(0.999, 4))
+    # stars this decides differently from the band set's 2 degrees of freedom
+    between = dropped & (res["chi2min"] > limit) & (res["chi2min"] <= chi2.ppf(0.999, 2))
     assert between.sum() >= 3
     # a configured threshold applies to every star
     fixed = BayesEstimator(coarse_locus, config=BayesConfig(error_floor=0.0, chi2_poor=17.0))

@@ -56,6 +56,7 @@ from photodist.bayes import (
     _fill_distance_columns,
     a_bounds_for,
     add_extinction,
+    add_prior_entropy,
     adjacent_covariance,
     poor_fit_thresholds,
     prior_range_flags,
@@ -542,6 +543,7 @@ class TorchBayesEstimator:
             out = self._predict_batch(grid, block, chi2_poor)
             result[start : start + batch] = out.cpu().numpy()
         frame = pd.DataFrame(result[:, :_N_OUT], columns=OUTPUT_COLUMNS)
+        add_prior_entropy(frame, self.prior, bins)
         add_extinction(frame, a_min)
         frame["Ar_max"] = a_max
         _fill_distance_columns(frame, r)
@@ -850,8 +852,9 @@ class TorchBayesEstimator:
             + log_prior_norm,
             math.nan,
         )
-        res[:, _COL["Mr_entropy_drop"]] = math.log2(grid.n_mr) - _entropy_bits(mr_mass)
-        res[:, _COL["FeH_entropy_drop"]] = math.log2(grid.n_feh) - _entropy_bits(feh_mass)
+        # minus the posterior entropies; predict adds the prior's (add_prior_entropy)
+        res[:, _COL["Mr_entropy_drop"]] = -_entropy_bits(mr_mass)
+        res[:, _COL["FeH_entropy_drop"]] = -_entropy_bits(feh_mass)
         res[:, _COL["Ar_entropy_drop"]] = torch.where(
             n_in > 1, torch.log2(n_in.to(f64)) - _entropy_bits(inside), 0.0
         )
