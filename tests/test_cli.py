@@ -596,6 +596,29 @@ def test_simulate_run_evaluate_chain(tmp_path):
     assert result.exit_code == 0, result.output
     assert "networks trained on" in result.output and model2.exists()
     assert runner.invoke(cli, train).exit_code != 0  # the model exists: --overwrite needed
+    # the model never replaces an input (labels, their summary, the catalogue), nor a folder
+    for target in (labels, labels.with_name("labels.parquet.run.json"), sub, tmp_path):
+        before = target.stat().st_mtime_ns
+        onto = runner.invoke(cli, [*train[:3], str(target), "--epochs", "1", "--overwrite"])
+        assert onto.exit_code != 0 and "MODEL" in onto.output, onto.output
+        assert "networks trained" not in onto.output and target.stat().st_mtime_ns == before
+    # the labels' estimator settings and grid go with the model, for predict's best-fit check
+    custom = tmp_path / "labels_custom.parquet"
+    custom_settings = ["--error-floor", "0.05", "--a-max-scale", "2.0", "--independent-colors"]
+    result = runner.invoke(
+        cli, ["bayes", str(sub), str(custom), *run_prior, *custom_settings, "--mr-step", "0.2"]
+    )
+    assert result.exit_code == 0, result.output
+    model_custom = tmp_path / "model_custom.safetensors"
+    result = runner.invoke(cli, [*train[:2], str(custom), str(model_custom), *train[4:]])
+    assert result.exit_code == 0, result.output
+    check = PhotoDNetwork.load(model_custom).training_metadata_["user"]["fit_check"]
+    assert check["posterior_grid"] == pytest.approx([0.05, 0.2])
+    assert check["bayes_config"]["error_floor"] == 0.05
+    assert check["bayes_config"]["dust_scale"] == 2.0
+    assert check["bayes_config"]["color_covariance"] is False
+    onto_model = runner.invoke(cli, ["predict", str(model2), str(sim), str(model2), "--overwrite"])
+    assert onto_model.exit_code != 0 and "is the input" in onto_model.output
     result = runner.invoke(cli, ["predict", str(model2), str(sim), str(tmp_path / "p2.parquet")])
     assert result.exit_code == 0, result.output
     p2 = pd.read_parquet(tmp_path / "p2.parquet")

@@ -889,3 +889,99 @@ def test_run_summary_beside_an_output(tmp_path: Path) -> None:
         run_file(output, ".run.json").write_text(broken)
         with pytest.raises(CatalogError, match="run.parquet.run.json: unreadable run summary"):
             read_run_summary(output)
+
+
+def test_text_tables_with_a_commented_header_or_trailing_separators(tmp_path):
+    """A commented header line (astropy's ``commented_header``: ``# id ra ...``) names the
+    columns, and data lines that end with a separator are read column by column (both shifted
+    every column by one before); a data line with more values than names is refused."""
+    from astropy.table import Table
+
+    frame = _frame(30)
+    frame["id"] = np.arange(30, dtype=np.int64) + 10
+    text = tmp_path / "stars.dat"
+    Table.from_pandas(frame).write(text, format="ascii.commented_header")
+    assert text.read_text().startswith("# ")
+    back = read_catalog(text)
+    assert list(back.columns) == list(frame.columns) and count_rows(text) == 30
+    np.testing.assert_array_equal(back["id"], frame["id"])
+    np.testing.assert_allclose(back["umag"], frame["umag"])
+    lines = frame.to_csv(index=False).splitlines()
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text(lines[0] + "\n" + "".join(f"{line},\n" for line in lines[1:]))
+    batches = list(iter_catalog_batches(trailing, batch_size=7))
+    back = pd.concat(batches)
+    assert list(back.columns) == list(frame.columns) and len(back) == count_rows(trailing) == 30
+    np.testing.assert_array_equal(back["id"], frame["id"])
+    extra = tmp_path / "extra.csv"
+    extra.write_text(lines[0] + "\n" + "".join(f"{line},5\n" for line in lines[1:]))
+    with pytest.raises(CatalogError, match="fields"):
+        read_catalog(extra)
+    header_only = tmp_path / "header.csv"
+    header_only.write_text(lines[0] + "\n")
+    assert read_catalog(header_only).shape == (0, frame.shape[1])
+
+
+def test_integer_ids_keep_one_exact_type_across_batches(tmp_path):
+    """A 64-bit id column whose only missing value comes in a late batch is nullable in
+    every batch (Parquet statistics, FITS TNULL, the CSV scan), so a Parquet file written
+    batch by batch reads back exactly with pandas too."""
+    from photodist.io import write_table
+
+    ids = pd.array([2**62 + i for i in range(40)], dtype="Int64")
+    ids[33] = pd.NA
+    frame = pd.DataFrame({"objid": ids, "rmag": np.linspace(15, 20, 40)})
+    sources = {"parquet": tmp_path / "in.parquet", "csv": tmp_path / "in.csv"}
+    frame.to_parquet(sources["parquet"], row_group_size=10)
+    write_table(frame, sources["csv"])
+    sources["fits"] = write_table(frame, tmp_path / "in.fits")
+    for kind, source in sources.items():
+        batches = list(iter_catalog_batches(source, batch_size=10))
+        assert {str(b["objid"].dtype) for b in batches} == {"Int64"}, kind
+        out = tmp_path / f"out_{kind}.parquet"
+        with AtomicParquetWriter(out) as writer:
+            for batch in batches:
+                writer.write(batch)
+        again = pd.read_parquet(out)["objid"]  # pandas, with the file's pandas metadata
+        assert str(again.dtype) == "Int64", kind
+        assert again.isna().sum() == 1 and again[0] == 2**62, kind
+
+
+def test_fits_output_keeps_every_integer_value(tmp_path):
+    """A missing id is written with a TNULL that no id takes (a valid 999999 stayed missing
+    before), unsigned 64-bit ids above 2**63 with a missing one read back exactly, 8-bit
+    integers stay integers, and Parquet decimals become floats."""
+    import decimal
+
+    ids = pd.array([999990 + i for i in range(10)], dtype="Int64")
+    ids[0] = pd.NA
+    unsigned = pd.array([2**63 + 5 + i for i in range(10)], dtype="UInt64")
+    unsigned[3] = pd.NA
+    frame = pd.DataFrame(
+        {
+            "objid": ids,
+            "big": unsigned,
+            "small": np.arange(10, dtype=np.int8) - 3,
+            "price": [decimal.Decimal("1.25")] * 10,
+        }
+    )
+    back = read_catalog(write_table(frame, tmp_path / "out.fits"))
+    assert back["objid"].isna().sum() == 1 and back["objid"][9] == 999999
+    assert back["big"].isna().sum() == 1 and back["big"][9] == 2**63 + 14
+    np.testing.assert_array_equal(back["small"], np.arange(10) - 3)
+    np.testing.assert_allclose(back["price"], 1.25)
+
+
+def test_fits_vector_columns_convert_to_parquet(tmp_path):
+    """A FITS vector column (big-endian cells) reads as native arrays, so a kept one can be
+    written to Parquet (Arrow refused byte-swapped arrays)."""
+    path = tmp_path / "vec.fits"
+    columns = [
+        fits.Column(name="rmag", format="D", array=np.linspace(15, 16, 4)),
+        fits.Column(name="flux", format="3E", array=np.arange(12, dtype=">f4").reshape(4, 3)),
+    ]
+    fits.BinTableHDU.from_columns(columns).writeto(path)
+    frame = read_catalog(path)
+    assert frame["flux"][0].dtype.isnative
+    frame.to_parquet(tmp_path / "vec.parquet")
+    np.testing.assert_array_equal(pd.read_parquet(tmp_path / "vec.parquet")["flux"][3], [9, 10, 11])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -610,42 +611,96 @@ def test_damaged_or_foreign_files_raise_model_file_error(fitted: PhotoDNetwork, 
         PhotoDNetwork.load(tmp_path)
 
 
-def test_settings_a_model_cannot_use_are_refused_at_load(fitted: PhotoDNetwork, tmp_path) -> None:
-    """Metadata or statistics that only failed at predict time (or made every row NaN or out
-    of domain) are refused when the file is read; the weights' checksum stays valid."""
+def _model_file_parts(model: PhotoDNetwork, path):
+    """The metadata dictionary and tensors of a saved network file."""
     import json
 
     from safetensors.torch import load as safetensors_load
 
-    good = fitted.save(tmp_path / "model.safetensors").read_bytes()
+    good = model.save(path).read_bytes()
     (header_size,) = np.frombuffer(good[:8], dtype="<u8")
-    metadata = json.loads(good[8 : 8 + int(header_size)])["__metadata__"]
-    tensors = safetensors_load(good)
+    return json.loads(good[8 : 8 + int(header_size)])["__metadata__"], safetensors_load(good)
 
-    def written(name, meta=metadata, tensor_values=tensors):
+
+def test_settings_a_model_cannot_use_are_refused_at_load(fitted: PhotoDNetwork, tmp_path) -> None:
+    """Metadata or statistics that only failed at predict time (or made every row NaN or out
+    of domain) are refused when the file is read, also in a deliberately crafted file whose
+    checksum was recomputed."""
+    import json
+
+    from photodist.nn import _content_digest
+
+    metadata, tensors = _model_file_parts(fitted, tmp_path / "model.safetensors")
+
+    def written(name, info_text=metadata["photodist"], tensor_values=tensors):
         path = tmp_path / f"{name}.safetensors"
+        meta = {
+            **metadata,
+            "photodist": info_text,
+            "sha256": _content_digest(tensor_values, info_text),
+        }
         path.write_bytes(safetensors_save(tensor_values, metadata=meta))
         return path
 
     for setting, value in (("n_threads", 0), ("predict_batch_size", -5), ("domain_margin", -10)):
         info = json.loads(metadata["photodist"])
         info["params"][setting] = value
-        path = written(f"bad_{setting}", {**metadata, "photodist": json.dumps(info)})
         with pytest.raises(ModelFileError, match=f"parameters.*{setting}"):
-            PhotoDNetwork.load(path)
-    # statistics edited with the checksum recomputed (a deliberately crafted file)
-    from photodist.nn import _tensor_digest
-
+            PhotoDNetwork.load(written(f"bad_{setting}", json.dumps(info)))
     for name, change, message in (
         ("input_std", 0.0, "standard deviations must be positive"),
         ("input_mean", np.nan, "non-finite values in input_mean"),
     ):
         edited = dict(tensors)
         edited[name] = torch.full_like(tensors[name], change)
-        meta = {**metadata, "sha256": _tensor_digest(edited)}
         with pytest.raises(ModelFileError, match=message):
-            PhotoDNetwork.load(written(f"bad_{name}", meta, edited))
+            PhotoDNetwork.load(written(f"bad_{name}", tensor_values=edited))
     assert PhotoDNetwork.load(written("same")).band_set_ == fitted.band_set_
+
+
+def test_edited_metadata_fail_the_checksum(fitted: PhotoDNetwork, tmp_path) -> None:
+    """The checksum covers the metadata (input fills, domain, fit-check settings), not only
+    the weights: one changed digit is refused. A file of the earlier format, whose checksum
+    covers the weights alone, still loads, with a warning."""
+    import json
+
+    from photodist.nn import _content_digest
+
+    metadata, tensors = _model_file_parts(fitted, tmp_path / "model.safetensors")
+    info = json.loads(metadata["photodist"])
+    info["missing_counts"] = [count + 1 for count in info["missing_counts"]]
+    edited = tmp_path / "edited.safetensors"
+    edited.write_bytes(
+        safetensors_save(tensors, metadata={**metadata, "photodist": json.dumps(info)})
+    )
+    with pytest.raises(ModelFileError, match="checksum"):
+        PhotoDNetwork.load(edited)
+    older = {k: v for k, v in metadata.items() if k != "sha256_covers"}
+    older["sha256"] = _content_digest(tensors)
+    old_path = tmp_path / "older.safetensors"
+    old_path.write_bytes(safetensors_save(tensors, metadata=older))
+    with pytest.warns(UserWarning, match="before 0.3.3"):
+        loaded = PhotoDNetwork.load(old_path)
+    x, *_ = synthetic(50, seed=9)
+    got, expected = loaded.predict(x), fitted.predict(x)
+    for key in FLOAT_KEYS:
+        np.testing.assert_array_equal(got[key], expected[key])
+    # an earlier-format checksum that does not match is refused as before
+    older["sha256"] = _content_digest({**tensors, "input_mean": tensors["input_mean"] + 1})
+    old_path.write_bytes(safetensors_save(tensors, metadata=older))
+    with pytest.raises(ModelFileError, match="checksum"):
+        PhotoDNetwork.load(old_path)
+
+
+def test_model_files_get_the_umask_s_permissions(fitted: PhotoDNetwork, tmp_path) -> None:
+    """A saved network is readable by whoever may read the other outputs (umask 022: 0644),
+    e.g. survey workers under another account."""
+    previous = os.umask(0o022)
+    try:
+        path = fitted.save(tmp_path / "model.safetensors")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_unfitted_save_and_bad_device() -> None:

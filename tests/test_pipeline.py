@@ -638,3 +638,32 @@ def test_results_keep_the_input_index_and_refuse_clashing_kept_columns(
     np.testing.assert_array_equal(result["Mr_mean"].to_numpy(), plain["Mr_mean"].to_numpy())
     with pytest.raises(ValueError, match="Mr_mean"):
         run_patch(frame.assign(Mr_mean=1.0), prior, default_locus, config, keep=["Mr_mean"])
+
+
+def test_labels_settings_are_read_from_bayes_and_run_summaries():
+    """The best-fit check a model keeps is that of its labels: from a ``photodist bayes``
+    summary (BayesConfig fields, its floor and grid) or a ``run`` summary (PipelineConfig
+    fields, an "auto" floor resolved in its error-floor record, the grid steps)."""
+    from photodist.pipeline import _labels_fit_check
+
+    config = PipelineConfig()
+    bayes_summary = {
+        "config": {"error_floor": 0.05, "dust_scale": 2.0, "color_covariance": False},
+        "error_floor": {"floor": 0.05, "fitted": False},
+        "posterior_grid": {"feh_step": 0.1, "mr_step": 0.2},
+    }
+    record = _labels_fit_check(bayes_summary, config)
+    assert record["posterior_grid"] == [0.1, 0.2]
+    settings = record["bayes_config"]
+    assert settings["error_floor"] == 0.05 and settings["dust_scale"] == 2.0
+    assert settings["color_covariance"] is False
+    assert settings["dust_offset"] == config.dust_offset  # not recorded: the config's
+    run_summary = {
+        "config": {**config.to_dict(), "error_floor": "auto", "bayes_mr_step": 0.25},
+        "error_floor": {"floor": 0.0123, "fitted": True},
+    }
+    record = _labels_fit_check(run_summary, config)
+    assert record["bayes_config"]["error_floor"] == 0.0123
+    assert record["posterior_grid"] == [config.bayes_feh_step, 0.25]
+    # a summary without settings: the config's, as without a summary
+    assert _labels_fit_check({}, config)["bayes_config"]["error_floor"] == 0.02

@@ -254,6 +254,7 @@ def test_settings_bind_the_study_only_once_a_trial_finished(small_set, tmp_path)
     [
         ("cut.journal", b'{"op_code":0,"worker_id":"w","study_name":"s","dir'),
         ("bad.journal", b'{"op_code":0,"worker_id":"w","st\n{"op_code":0}\n'),
+        ("garbage.journal", b'{"op_code":0,"worker_id":"w","study_name":"s"}\ngarbage\n'),
         ("bad.db", b"not a database"),
     ],
 )

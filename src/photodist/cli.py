@@ -1380,6 +1380,7 @@ def bayes_command(
         "prior_temper": temper_info,
         "dust_profile": profile_info,
         "prior_r_range": estimator.prior.r_range,
+        "posterior_grid": {"feh_step": locus.feh_step, "mr_step": locus.mr_step},
         "columns": columns.to_mapping(),
         "device": str(resolved_device),
         "seconds": elapsed,
@@ -1487,14 +1488,16 @@ def train_command(
     star of the patch with `photodist predict`. When LABELS.run.json says the labels used a
     dust profile relative to the map, the networks take the map's A_r as an input (as
     `--nn-dust-input`; the labels follow the map); the r range of the labels' prior goes
-    with the model, and `predict` flags stars beyond it R_OUTSIDE_PRIOR.
+    with the model, and `predict` flags stars beyond it R_OUTSIDE_PRIOR, as do the labels'
+    estimator settings (error floor, A_r bounds, colour covariance, posterior grid), with
+    which `predict` checks each star's best fit (chi2min, POOR_FIT, AR_AT_BOUND).
     """
 
     from photodist import io
     from photodist.pipeline import PipelineConfig, train_networks, used_dust_profile
 
-    if model_path.exists() and not overwrite:
-        raise click.ClickException(f"{model_path} already exists; use --overwrite to replace it")
+    labels_summary = io.run_file(labels_path, ".run.json")
+    _check_file_output(model_path, overwrite, "MODEL", input_path, labels_path, labels_summary)
     columns, bands = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
     try:
         frame = io.read_catalog(input_path)
@@ -1502,13 +1505,11 @@ def train_command(
     except (io.CatalogError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     _check_columns([str(c) for c in frame.columns], bands, columns)
-    labels_summary = io.run_file(labels_path, ".run.json")
-    prior_r_range = None
+    summary = None
     if labels_summary.exists():
         try:
             summary = io.read_run_summary(labels_path)
             profile = used_dust_profile(summary)
-            prior_r_range = summary.get("prior_r_range")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise click.ClickException(f"{labels_summary}: unreadable summary ({exc})") from exc
         _check_labels_bands(summary, labels_summary, bands)
@@ -1529,7 +1530,7 @@ def train_command(
     )
     start = time.perf_counter()
     try:
-        model = train_networks(frame, labels, config, columns=columns, prior_r_range=prior_r_range)
+        model = train_networks(frame, labels, config, columns=columns, labels_info=summary)
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
     model.save(model_path)
@@ -1627,7 +1628,7 @@ def predict_command(
             ) from exc
     keep = _kept_columns(keep, columns, input_path)
     try:
-        _check_output(output_path, overwrite, input_path)
+        _check_output(output_path, overwrite, input_path, model_path)
         total = io.count_rows(input_path)
         batches = io.iter_catalog_batches(input_path, batch_size=batch_size)
         _check_columns(available, band_set, columns)
@@ -1802,6 +1803,8 @@ def run_command(
         "error_floor": result.attrs["photodist_pipeline"]["error_floor"],
         "prior_temper": result.attrs["photodist_pipeline"].get("prior_temper"),
         "dust_profile": result.attrs["photodist_pipeline"].get("dust_profile"),
+        "prior_r_range": result.attrs["photodist_pipeline"].get("prior_r_range"),
+        "posterior_grid": result.attrs["photodist_pipeline"].get("posterior_grid"),
         "columns": columns.to_mapping(),
         "timings_s": timings,
     }

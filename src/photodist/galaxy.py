@@ -66,8 +66,9 @@ maps (:mod:`photodist.priors`) are built from.
   common simple choice, e.g. Drimmel & Spergel 2001 find h_d ~ 0.1-0.2 kpc). Along a sightline
   A_r(d) = A_r(inf) x (dust column to d) / (column to infinity), so any total A_r(inf) (e.g. an
   SFD value) can be imposed. The default A_r(inf) is ``A0 x column(l, b) / h_d``: the column
-  relative to the mean column to the two Galactic poles (= h_d), which is the cosecant law
-  ``A0 / |sin b|`` at high latitude and stays finite in the plane; A0 = 0.08 mag (a typical
+  relative to the mean column to the two Galactic poles (= h_d): close to the cosecant law
+  ``A0 / |sin b|`` at high latitude (the Sun's height above the plane makes it 0.062 mag
+  at the north pole and 0.098 at the south), finite in the plane; A0 = 0.08 mag (a typical
   polar SFD value, E(B-V) ~ 0.03 times A_r/E(B-V) = 2.75), capped at ``a_max`` = 10 mag.
 
 Known limitations (measured by ``validation/simulated_vs_s82.py`` and

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import decimal
 import json
 import os
 import re
 import secrets
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -257,16 +258,28 @@ def _hats_files(root: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------
 
 
-def _plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+def _plain_dtypes(frame: pd.DataFrame, keep_nullable: Collection[str] = ()) -> pd.DataFrame:
     """Convert numeric columns to native numpy ``float64`` / ``int64`` (in place).
 
     Integer columns with missing values become pandas' nullable ``Int64`` (``UInt64`` for
     unsigned 64-bit), which keeps every value exact: a float64 would round 64-bit object IDs
-    above 2**53 (SDSS, Gaia and Rubin IDs). ``uint64`` stays as is; strings and other types
-    are left alone.
+    above 2**53 (SDSS, Gaia and Rubin IDs); so do the integer and boolean columns named in
+    ``keep_nullable`` (those with missing values elsewhere in the catalogue). ``uint64`` stays as
+    is; strings and other types are left alone.
     """
     for i, dtype in enumerate(frame.dtypes):
         col = frame.iloc[:, i]
+        if frame.columns[i] in keep_nullable and (
+            pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+        ):
+            wanted = (
+                pd.BooleanDtype()
+                if pd.api.types.is_bool_dtype(dtype)
+                else _nullable_integer_dtype(dtype)
+            )
+            if dtype != wanted:
+                frame.isetitem(i, col.astype(wanted))
+            continue
         target: np.dtype | None = None
         na_value: Any = None
         if isinstance(dtype, np.dtype):
@@ -476,6 +489,34 @@ class _ParquetSource:
                 total += handle.metadata.num_rows
         return total
 
+    def columns_with_nulls(self, columns: list[str]) -> set[str]:
+        """The integer and boolean ``columns`` that hold a null in some file, by the files'
+        row-group statistics (a column without statistics counts as one that may)."""
+        wanted = {
+            c
+            for c in columns
+            if c not in self.keys
+            and (
+                pa.types.is_integer(self.schema.field(c).type)
+                or pa.types.is_boolean(self.schema.field(c).type)
+            )
+        }
+        found: set[str] = set()
+        for file in self.files:
+            if not wanted - found:
+                break
+            with self._open(file) as handle:
+                meta = handle.metadata
+                index = {meta.schema.column(j).path: j for j in range(meta.num_columns)}
+                for name in wanted - found:
+                    j = index.get(name)
+                    for g in range(meta.num_row_groups if j is not None else 0):
+                        stats = meta.row_group(g).column(j).statistics
+                        if stats is None or not stats.has_null_count or stats.null_count > 0:
+                            found.add(name)
+                            break
+        return found
+
     def record_batches(self, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
         """Record batches of ``columns`` (cast to the catalogue schema), file after file."""
         target = pa.schema([self.schema.field(c) for c in columns])
@@ -514,11 +555,13 @@ class _ParquetSource:
 
 
 def _read_parquet(
-    path: Path, fmt: str, batch_size: int | None, columns: list[str] | None
+    path: Path, fmt: str, batch_size: int | None, columns: list[str] | None, nullable: set[str]
 ) -> Iterator[pd.DataFrame]:
     source = _ParquetSource(path, fmt)
     _check_columns(path, source.schema.names, columns)
     wanted = columns if columns is not None else source.schema.names
+    if batch_size is not None:
+        nullable.update(source.columns_with_nulls(wanted))
     batches = source.record_batches(wanted, min(batch_size or 1 << 16, 1 << 16))
     empty = True
     for table in _rebatch(batches, batch_size):
@@ -603,13 +646,32 @@ def _csv_dtypes(chunk_kinds: list[dict[str, str]]) -> tuple[dict[str, str], bool
     return dtypes, agree
 
 
-def _csv_options(whitespace: bool) -> dict[str, Any]:
+def _csv_options(path: Path, whitespace: bool) -> dict[str, Any]:
     """pandas' CSV options: nullable types while parsing (an integer column with blanks stays
-    exact, ``Int64``), whitespace-separated for a text table."""
-    options: dict[str, Any] = {"dtype_backend": "numpy_nullable"}
+    exact, ``Int64``), whitespace-separated for a text table, never the first column as the
+    index (a file whose data lines end with a separator would shift every column), and the
+    names of a commented header line (``# id ra dec ...``, astropy's ``commented_header``)."""
+    options: dict[str, Any] = {"dtype_backend": "numpy_nullable", "index_col": False}
     if whitespace:
         options["sep"] = r"\s+"
+    names = _commented_header(path, whitespace)
+    if names is not None:
+        options.update(names=names, header=None, skiprows=1)
     return options
+
+
+def _commented_header(path: Path, whitespace: bool) -> list[str] | None:
+    """The column names of a header line that starts with ``#``, else None."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as handle:
+            first = handle.readline()
+    except OSError:
+        return None  # pandas reports it
+    if not first.startswith("#"):
+        return None
+    text = first[1:].strip()
+    names = text.split() if whitespace else [name.strip() for name in text.split(",")]
+    return names if names and all(names) else None
 
 
 @contextlib.contextmanager
@@ -629,16 +691,42 @@ def _csv_errors(path: Path, whitespace: bool) -> Iterator[None]:
 def _csv_header(path: Path, whitespace: bool) -> pd.DataFrame:
     """The columns of a CSV or text table as an empty frame, from its header line alone;
     :class:`CatalogError` for a file without one or with a name given twice."""
-    options = _csv_options(whitespace)
+    options = _csv_options(path, whitespace)
     with _csv_errors(path, whitespace):
-        # the header line as written (pandas renames a repeated name ``rmag`` to ``rmag.1``)
-        raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
-        _check_unique_columns(path, [name for name in raw.iloc[0] if name])
-        return pd.read_csv(path, nrows=0, **options)
+        names = options.get("names")
+        if names is None:
+            # the header line as written (pandas renames a repeated name rmag to rmag.1)
+            raw = pd.read_csv(
+                path, header=None, nrows=1, dtype=str, keep_default_na=False, **options
+            )
+            names = [name for name in raw.iloc[0] if name]
+        _check_unique_columns(path, list(names))
+        header = pd.read_csv(path, nrows=0, **options)
+        try:
+            first = pd.read_csv(
+                path, nrows=1, header=None, skiprows=1, dtype=str, **_separator(options)
+            )
+        except pd.errors.EmptyDataError:  # a header line alone
+            return header
+        if first.shape[1] > header.shape[1] and first.iloc[0, header.shape[1] :].notna().any():
+            raise CatalogError(
+                f"{path}: its first data line has {first.shape[1]} fields, its header "
+                f"{header.shape[1]} names: the columns cannot be matched to their names"
+            )
+        return header
+
+
+def _separator(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The separator option alone, of :func:`_csv_options`."""
+    return {"sep": options["sep"]} if "sep" in options else {}
 
 
 def _read_csv(
-    path: Path, batch_size: int | None, columns: list[str] | None, whitespace: bool = False
+    path: Path,
+    batch_size: int | None,
+    columns: list[str] | None,
+    nullable: set[str],
+    whitespace: bool = False,
 ) -> Iterator[pd.DataFrame]:
     """CSV, or whitespace-separated text when ``whitespace`` (both with a header line).
 
@@ -650,7 +738,7 @@ def _read_csv(
     read at once: integers (exact ``Int64``) where all are, float where some are decimals, text
     where any is not a number.
     """
-    options = _csv_options(whitespace)
+    options = _csv_options(path, whitespace)
     header = _csv_header(path, whitespace)
     _check_columns(path, [str(c) for c in header.columns], columns)
 
@@ -671,6 +759,7 @@ def _read_csv(
         # each chunk typed as a whole (pandas' low_memory types parts of it separately)
         for chunk in read(_CSV_SCAN_ROWS, low_memory=False):
             chunk_kinds.append(_csv_kinds(chunk))
+            nullable.update(str(c) for c in chunk.columns[chunk.isna().any().to_numpy()])
             rows += len(chunk)
             if batch_size is None or rows <= batch_size:
                 kept.append(chunk)
@@ -721,24 +810,40 @@ def _fits_table_hdu(hdul: Any, path: Path) -> Any:
 
 
 def _fits_column(values: Any, null: Any) -> Any:
-    """One FITS column slice as a 1-d array; vector cells become an object column."""
+    """One FITS column slice as a 1-d array in native byte order; vector cells become an
+    object column of native arrays; integers equal to the column's ``null`` (TNULL) are
+    missing values of a nullable integer column."""
     arr = np.asarray(values)
     if arr.ndim > 1 or arr.dtype == object:
-        return list(arr)
+        return [_native(np.asarray(cell)) for cell in arr]
     if arr.dtype.kind == "S":
         return np.char.decode(arr, "ascii", errors="replace")
-    if null is not None and arr.dtype.kind in "iu":
-        try:
-            mask = arr == int(null)
-        except (TypeError, ValueError):
-            mask = None
-        if mask is not None and mask.any():
-            return pd.arrays.IntegerArray(arr.astype(np.int64), mask)
+    mask = _fits_null_mask(arr, null)
+    if mask is not None and mask.any():
+        unsigned64 = arr.dtype.kind == "u" and arr.dtype.itemsize >= 8
+        if unsigned64:
+            return pd.arrays.IntegerArray(_native(arr).astype(np.uint64), mask)
+        return pd.arrays.IntegerArray(_native(arr).astype(np.int64), mask)
     return arr
 
 
+def _native(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the machine's byte order (FITS stores big-endian; Arrow needs native)."""
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+
+
+def _fits_null_mask(arr: np.ndarray, null: Any) -> np.ndarray | None:
+    """Where an integer column equals its TNULL value; None when it has none."""
+    if null is None or arr.dtype.kind not in "iu":
+        return None
+    try:
+        return arr == int(null)
+    except (TypeError, ValueError):
+        return None
+
+
 def _read_fits(
-    path: Path, batch_size: int | None, columns: list[str] | None
+    path: Path, batch_size: int | None, columns: list[str] | None, nullable: set[str]
 ) -> Iterator[pd.DataFrame]:
     from astropy.io import fits
 
@@ -759,6 +864,12 @@ def _read_fits(
             if data is None:
                 yield pd.DataFrame({n: [] for n in names})
                 return
+            if step < nrows:  # integer columns with a TNULL value somewhere stay nullable
+                for n in names:
+                    if nulls[n] is not None:
+                        mask = _fits_null_mask(np.asarray(data.field(n)), nulls[n])
+                        if mask is not None and mask.any():
+                            nullable.add(n)
             for start in range(0, max(nrows, 1), step):
                 chunk = data[start : start + step]
                 yield pd.DataFrame({n: _fits_column(chunk.field(n), nulls[n]) for n in names})
@@ -776,16 +887,19 @@ def _batches(
     if p.is_file() and p.stat().st_size == 0:
         raise CatalogError(f"{p}: file is empty (0 bytes)")
     cols = _normalise_columns(columns)
+    # integer and boolean columns with missing values anywhere: nullable in every batch (the
+    # readers fill it before their first batch)
+    nullable: set[str] = set()
     if fmt in ("parquet", "hats"):
-        frames = _read_parquet(p, fmt, batch_size, cols)
+        frames = _read_parquet(p, fmt, batch_size, cols, nullable)
     elif fmt in ("csv", "text"):
-        frames = _read_csv(p, batch_size, cols, whitespace=fmt == "text")
+        frames = _read_csv(p, batch_size, cols, nullable, whitespace=fmt == "text")
     else:
-        frames = _read_fits(p, batch_size, cols)
+        frames = _read_fits(p, batch_size, cols, nullable)
     offset = 0
     first: pd.Series | None = None
     for frame in frames:
-        frame = _plain_dtypes(frame)
+        frame = _plain_dtypes(frame, nullable)
         if first is None:
             first = frame.dtypes
         else:
@@ -814,11 +928,12 @@ def iter_catalog_batches(
 
     Memory stays bounded by a few batches whatever the catalogue size. Batch indexes continue
     one another, so ``pd.concat(batches)`` equals :func:`read_catalog`. A column has the same
-    type in every batch (a CSV or text file longer than one batch is first scanned for the
-    types; an integer or boolean column with missing values in the first batch stays
-    nullable in the others), except that one whose first missing value comes in a later
-    batch turns nullable (``Int64``, ``boolean``) from that batch on. An empty catalogue
-    yields one empty frame with the columns.
+    type in every batch: a CSV or text file longer than one batch is first scanned for the
+    types, and an integer or boolean column with a missing value anywhere (by the Parquet
+    files' statistics, the FITS column's TNULL, the CSV scan) is nullable (``Int64``,
+    ``boolean``) in every batch, so that a file written batch by batch records one type.
+    (A Parquet column without statistics counts as one with missing values.) An empty
+    catalogue yields one empty frame with the columns.
 
     Raises
     ------
@@ -896,13 +1011,11 @@ def count_rows(path: PathLike) -> int:
             if isinstance(exc, CatalogError):
                 raise
             raise CatalogError(f"{p}: not a readable FITS file: {_one_line(exc)}") from exc
-    try:
-        with pd.read_csv(p, usecols=[0], chunksize=1 << 20) as reader:
+    whitespace = fmt == "text"
+    with _csv_errors(p, whitespace):
+        options = _csv_options(p, whitespace)
+        with pd.read_csv(p, usecols=[0], chunksize=1 << 20, **options) as reader:
             return sum(len(chunk) for chunk in reader)
-    except pd.errors.EmptyDataError as exc:
-        raise CatalogError(f"{p}: empty CSV file (no header line)") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        raise CatalogError(f"{p}: cannot parse CSV: {_one_line(exc)}") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -965,6 +1078,21 @@ def _reserve_temp(final: Path) -> Path:
         raise OSError(f"cannot write {final}: {_one_line(exc)}") from exc
     os.close(fd)
     return tmp
+
+
+def write_bytes_atomic(path: PathLike, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` (its folder created if needed) through a hidden temporary
+    file beside it, moved onto it when complete; new files get the umask's permissions."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _reserve_temp(final)
+    try:
+        tmp.write_bytes(payload)
+        _commit(tmp, final, overwrite=True)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
 
 
 def _commit(tmp: Path, final: Path, overwrite: bool) -> None:
@@ -1074,11 +1202,7 @@ def write_table(frame: pd.DataFrame, path: PathLike, overwrite: bool = False) ->
         elif fmt == "csv":
             data.to_csv(tmp, index=False)
         else:
-            from astropy.table import Table
-
-            Table.from_pandas(_fits_ready(data), index=False).write(
-                tmp, format="fits", overwrite=True
-            )
+            _fits_table(data).write(tmp, format="fits", overwrite=True)
         _commit(tmp, final, overwrite)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -1086,19 +1210,67 @@ def write_table(frame: pd.DataFrame, path: PathLike, overwrite: bool = False) ->
     return final
 
 
+def _fits_table(frame: pd.DataFrame) -> Any:
+    """``frame`` as an astropy table ready for FITS (:func:`_fits_ready`), each integer column
+    with missing values given a TNULL value that none of its values takes (astropy's
+    default, 999999, would turn a valid 999999 into a missing value)."""
+    from astropy.table import MaskedColumn, Table
+
+    table = Table.from_pandas(_fits_ready(frame), index=False)
+    for name in table.colnames:
+        column = table[name]
+        if isinstance(column, MaskedColumn) and column.dtype.kind in "iu" and column.mask.any():
+            column.fill_value = _unused_integer(np.asarray(column.data)[~column.mask], column.dtype)
+    return table
+
+
+def _unused_integer(values: np.ndarray, dtype: np.dtype) -> int:
+    """An integer of ``dtype`` that ``values`` do not take: its smallest value when free,
+    else the smallest gap above the values' minimum. (astropy writes an unsigned 64-bit
+    column's TNULL as the value itself, which must then lie below 2**63.)"""
+    info = np.iinfo(dtype)
+    extreme = info.min
+    if values.size == 0 or not (values == extreme).any():
+        return int(extreme)
+    taken = np.unique(values)
+    gaps = np.flatnonzero(np.diff(taken) > 1)
+    if gaps.size:
+        return int(taken[gaps[0]]) + 1
+    return int(taken[-1]) + 1 if taken[-1] < info.max else int(taken[0]) - 1
+
+
 def _fits_ready(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with the columns FITS cannot hold as they are made writable: missing text
-    as empty strings, a boolean column with missing values as nullable 0 / 1 integers."""
+    as empty strings, a boolean column with missing values as nullable 0 / 1 integers,
+    8-bit signed integers as 16-bit (FITS has no signed byte: astropy would write them as
+    logical)."""
     out = frame.copy(deep=False)
     for i, dtype in enumerate(out.dtypes):
         column = out.iloc[:, i]
         if pd.api.types.is_bool_dtype(dtype) and column.hasnans:
             out.isetitem(i, column.astype(pd.Int16Dtype()))  # (FITS stores int8 as logical)
+        elif pd.api.types.is_signed_integer_dtype(dtype) and dtype.itemsize == 1:
+            out.isetitem(i, column.astype(pd.Int16Dtype() if column.hasnans else np.int16))
+        elif dtype == np.dtype(object) and _all_of(column, decimal.Decimal):
+            out.isetitem(i, column.astype(float))  # (Parquet decimals)
+        elif dtype == np.dtype(object) and _all_of(column, dict):  # Parquet structs
+            name = out.columns[i]
+            warnings.warn(f"column {name!r}: records written as JSON text", UserWarning, 3)
+            out.isetitem(i, column.map(_json_text, na_action="ignore").fillna(""))
         elif (isinstance(dtype, pd.StringDtype) or dtype == np.dtype(object)) and column.hasnans:
-            texts = column.dropna().map(type).eq(str).all()
-            if texts:
+            if _all_of(column, str):
                 out.isetitem(i, column.fillna("").astype(_DEFAULT_STRING))
     return out
+
+
+def _all_of(column: pd.Series, kind: type) -> bool:
+    """Whether every non-missing value of ``column`` is a ``kind`` (and there is one)."""
+    values = column.dropna()
+    return bool(len(values)) and bool(values.map(lambda v: isinstance(v, kind)).all())
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, default=json_default)
 
 
 class AtomicParquetWriter:

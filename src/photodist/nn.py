@@ -30,7 +30,6 @@ import pickle
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -51,7 +50,7 @@ from torch import nn
 
 from photodist import __version__, nn_triton
 from photodist.bands import BandSet, Photometry, get_band_set
-from photodist.io import json_default
+from photodist.io import json_default, write_bytes_atomic
 
 __all__ = [
     "ACTIVATIONS",
@@ -1887,24 +1886,15 @@ class PhotoDNetwork:
             "package_version": __version__,
             "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
+        info_text = json.dumps(info, default=json_default)
         metadata = {
             "format": FORMAT_NAME,
             "format_version": str(FORMAT_VERSION),
-            "photodist": json.dumps(info, default=json_default),
-            "sha256": _tensor_digest(tensors),
+            "photodist": info_text,
+            "sha256": _content_digest(tensors, info_text),
+            "sha256_covers": _DIGEST_COVERS,
         }
-        payload = _safetensors_save(tensors, metadata=metadata)
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return write_bytes_atomic(path, _safetensors_save(tensors, metadata=metadata))
 
     @classmethod
     def load(
@@ -1938,8 +1928,7 @@ class PhotoDNetwork:
             tensors = _safetensors_load(data)
         except Exception as exc:  # safetensors raises its own error types
             raise ModelFileError(f"{path}: unreadable network file ({exc})") from exc
-        if metadata.get("sha256") != _tensor_digest(tensors):
-            raise ModelFileError(f"{path}: checksum mismatch, the network file is corrupted")
+        _check_digest(metadata, tensors, path)
         try:
             stored_band_set = get_band_set(info["band_set"])
             spec = NetworkSpec.from_dict(info["spec"])
@@ -2033,14 +2022,43 @@ class PhotoDNetwork:
         return model
 
 
-def _tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 of tensor names, dtypes, shapes and bytes (the weights carry no checksum)."""
+#: What a network file's ``sha256`` covers since 0.3.3; files without this key (earlier
+#: versions) have a checksum of the tensors alone.
+_DIGEST_COVERS = "tensors+metadata"
+
+
+def _content_digest(tensors: Mapping[str, torch.Tensor], info_text: str | None = None) -> str:
+    """SHA-256 of tensor names, dtypes, shapes and bytes (safetensors carries no checksum),
+    then of the metadata text ``info_text`` (input statistics, missing-colour fills, domain
+    and fit-check settings: all change the predictions)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         value = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
         digest.update(value.view(-1).view(torch.uint8).numpy().tobytes())
+    if info_text is not None:
+        digest.update(b"|metadata|" + info_text.encode("utf-8"))
     return digest.hexdigest()
+
+
+def _check_digest(
+    metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str]
+) -> None:
+    """Refuse a network file whose checksum does not match its contents. A file written
+    before 0.3.3 checks its tensors only, with a warning that its metadata are unchecked."""
+    covers = metadata.get("sha256_covers")
+    if covers == _DIGEST_COVERS:
+        if metadata.get("sha256") != _content_digest(tensors, metadata["photodist"]):
+            raise ModelFileError(f"{path}: checksum mismatch, the network file is corrupted")
+        return
+    if covers is not None or metadata.get("sha256") != _content_digest(tensors):
+        raise ModelFileError(f"{path}: checksum mismatch, the network file is corrupted")
+    warnings.warn(
+        f"{path} was written by photodist before 0.3.3: its checksum covers the weights but "
+        "not the metadata; save it again to protect both",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _read_safetensors_metadata(data: bytes, path: str | os.PathLike[str]) -> dict[str, str]:

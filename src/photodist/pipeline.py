@@ -784,6 +784,33 @@ _FIT_CHECK_SETTINGS = (
 )
 
 
+def _labels_fit_check(info: Mapping[str, Any], config: PipelineConfig) -> dict[str, Any]:
+    """The fit-check record (:func:`_fit_check_record`) of labels made by ``photodist bayes``
+    or ``run``, from their run summary ``info``: the estimator settings and posterior grid
+    they used, ``config``'s where the summary is silent."""
+    recorded = info.get("config")
+    recorded = recorded if isinstance(recorded, Mapping) else {}
+    base = config.bayes_config()
+    settings = {
+        k: recorded.get(k, getattr(base, k)) for k in _FIT_CHECK_SETTINGS if k != "error_floor"
+    }
+    floor = used_error_floor(info)
+    if floor is None and isinstance(recorded.get("error_floor"), int | float):
+        floor = float(recorded["error_floor"])
+    settings["error_floor"] = base.error_floor if floor is None else floor
+    grid = info.get("posterior_grid")
+    if isinstance(grid, Mapping):
+        steps = (grid.get("feh_step"), grid.get("mr_step"))
+    else:
+        steps = (recorded.get("bayes_feh_step"), recorded.get("bayes_mr_step"))
+    if None in steps:
+        steps = (config.bayes_feh_step, config.bayes_mr_step)
+    return {
+        "bayes_config": {k: settings[k] for k in _FIT_CHECK_SETTINGS},
+        "posterior_grid": [float(steps[0]), float(steps[1])],
+    }
+
+
 def _fit_check_record(bayes_config: BayesConfig, grid: Locus) -> dict[str, Any]:
     """What :func:`predict_with_model` needs to check a model's predictions as
     :func:`run_patch` does: the labels' estimator settings and posterior grid steps."""
@@ -811,6 +838,7 @@ def train_networks(
     *,
     columns: ColumnMap | None = None,
     prior_r_range: Sequence[float] | None = None,
+    labels_info: Mapping[str, Any] | None = None,
 ) -> PhotoDNetwork:
     """Train the moments and secondary networks on Bayesian labels of a catalogue's stars.
 
@@ -834,7 +862,13 @@ def train_networks(
         Catalogue column names (default ``{band}mag``, ``{band}Err``).
     prior_r_range
         The r range of the labels' prior (``PriorGrid.r_range``), kept with the model:
-        :func:`predict_with_model` flags rows beyond it ``R_OUTSIDE_PRIOR``.
+        :func:`predict_with_model` flags rows beyond it ``R_OUTSIDE_PRIOR``; by default the
+        one ``labels_info`` records.
+    labels_info
+        The labels' run summary (``LABELS.run.json`` of ``photodist bayes`` or ``run``): the
+        estimator settings (error floor, A_r bounds, colour covariance) and posterior grid
+        it records go with the model, so that :func:`predict_with_model`'s best-fit check
+        judges stars as the labels' estimator did. None: ``config``'s.
 
     Raises
     ------
@@ -876,6 +910,12 @@ def train_networks(
             f"only {n_labels} stars have Bayesian labels and network inputs; at least "
             f"{config.min_train} are needed (PipelineConfig.min_train)"
         )
+    if labels_info is None:
+        fit_check = _fit_check_record(config.bayes_config(), posterior_grid(None, config))
+    else:
+        fit_check = _labels_fit_check(labels_info, config)
+        if prior_r_range is None:
+            prior_r_range = labels_info.get("prior_r_range")
     model = config.network(int(config.seed))
     model.fit(
         phot.subset(rows),
@@ -887,7 +927,7 @@ def train_networks(
             "n_label_rows": len(labels),
             "prior_r_range": None if prior_r_range is None else [float(v) for v in prior_r_range],
             "flat_prior": _labelled_without_prior(labels, rows),
-            "fit_check": _fit_check_record(config.bayes_config(), posterior_grid(None, config)),
+            "fit_check": fit_check,
         },
     )
     return model
@@ -1204,5 +1244,6 @@ def run_patch(
         "shape": list(grid.shape),
     }
     info["prior"] = prior is not None
+    info["prior_r_range"] = estimator.prior.r_range
     result.attrs["photodist_pipeline"] = info
     return result, timings, model

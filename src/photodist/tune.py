@@ -630,7 +630,8 @@ def _storage(path: str | os.PathLike[str], check_end: bool = False) -> Any:
     """An optuna storage on disk: SQLite for ``.db``/``.sqlite``, a journal file otherwise.
 
     An unreadable journal raises ``ValueError`` naming the file; ``check_end`` also refuses one
-    whose last record is cut (only while no other process may be writing to it)."""
+    whose last record is cut or not a record (only while no other process may be writing to
+    it: optuna skips such a last line as one being written, then appends after it)."""
     optuna = _optuna()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -646,10 +647,12 @@ def _storage(path: str | os.PathLike[str], check_end: bool = False) -> Any:
 
     try:  # reads the whole journal
         if check_end and target.is_file() and target.stat().st_size > 0:
-            with open(target, "rb") as handle:
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":  # a cut last record: optuna would append to it
-                    raise ValueError("its last record is incomplete")
+            data = target.read_bytes()
+            if not data.endswith(b"\n"):  # a cut last record: optuna would append to it
+                raise ValueError("its last record is incomplete")
+            last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+            if last.strip() and not isinstance(json.loads(last), dict):
+                raise ValueError("its last line is not a journal record")
         return optuna.storages.JournalStorage(JournalFileBackend(str(target)))
     except ValueError as exc:  # also json.JSONDecodeError and optuna's "Invalid log format."
         raise ValueError(
