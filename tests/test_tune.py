@@ -226,6 +226,16 @@ def test_budget_and_argument_checks(small_set, tmp_path):
         run_tune(small_set, storage_path=tmp_path / "x.journal", min_epochs=10, max_epochs=5)
     with pytest.raises(ValueError, match="max_epochs must be positive"):
         run_tune(small_set, storage_path=tmp_path / "x.journal", max_epochs=0)
+    for bad, message in (
+        ({"timeout": -1.0}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"max_layers": 0}, "max_layers"),
+        ({"max_units": 0}, "max_units"),
+        ({"n_recheck": -1}, "n_recheck"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_tune(small_set, storage_path=tmp_path / "x.journal", **bad)
+    assert not (tmp_path / "x.journal").exists()  # refused before the study was made
 
 
 def test_fewer_max_epochs_than_the_default_first_rung(small_set, tmp_path):

@@ -1036,6 +1036,14 @@ def run_tune(
         )
     if int(reduction_factor) < 2:
         raise ValueError("reduction_factor must be at least 2")
+    if timeout is not None and not float(timeout) > 0.0:  # (NaN too)
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if int(max_layers) < 1 or int(max_units) < 1:
+        raise ValueError(
+            f"max_layers and max_units must be positive, got {max_layers} and {max_units}"
+        )
+    if int(n_recheck) < 0:
+        raise ValueError(f"n_recheck must be 0 or more, got {n_recheck}")
     start = time.perf_counter()
     deadline = None if timeout is None else time.time() + float(timeout)
     arrays = _arrays(features, label_mean, label_sigma)
