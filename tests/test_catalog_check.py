@@ -63,8 +63,11 @@ def test_check_counts_what_the_estimators_will_flag(tmp_path):
     assert found.band_error_median["g"] == pytest.approx(0.03, abs=0.001)
     # streamed in small batches: the same findings
     assert check_catalog(path, "sdss", batch_size=37).to_dict() == found.to_dict()
-    text = "\n".join(found.lines(n_train=200))
+    text = "\n".join(found.lines(n_train=200, min_train=100))
     assert "2 HEALPix order-4 patches" in text and "1 with more than 200 (networks)" in text
+    # as `run` decides: no networks with fewer labels than they need
+    text = "\n".join(found.lines(n_train=200))
+    assert "(networks)" not in text and "below the 1,000 labels networks need" in text
     assert "photodist survey" in text
 
 

@@ -943,6 +943,10 @@ def test_bad_bayes_options_are_usage_errors(tmp_path, options, message):
         (["run", "{src}", "{src}", "--overwrite", "--flat-prior"], "is the input"),
         (["maps", "{tmp}", "--order", "4", "--out", "{src}"], "is a file"),
         (["bayes", "{src}", "{tmp}/o.parquet", "--prior", "{src}"], "not a photodist prior map"),
+        (
+            ["bayes", "{src}", "{tmp}/o.parquet", "--flat-prior", "--trilegal-pixel", "3"],
+            "give both",
+        ),
     ],
 )
 def test_bad_arguments_of_other_commands_are_clear_errors(tmp_path, args, message):

@@ -285,3 +285,62 @@ def test_prior_maps_refuse_bad_densities_and_load_by_the_saved_name(tmp_path):
     np.savez(tmp_path / "pickled.npz", **fields)
     with pytest.raises(ValueError, match=r"pickled\.npz is not a readable photodist prior map"):
         PriorMap.load(tmp_path / "pickled.npz")
+
+
+def test_prior_maps_refuse_bad_axes_widths_and_empty_bins():
+    """Malformed r bins, axes or half-widths (NaN centres passed the ascending check and
+    turned R_OUTSIDE_PRIOR off) and a bin with no density are refused when the map is made."""
+    from photodist.priors import PriorMap
+
+    feh, mr = np.array([-1.0, 0.0]), np.array([4.0, 5.0, 6.0])
+    density = np.full((2, 2, 3), 1.0 / 6)
+    good = {"density": density, "feh": feh, "mr": mr, "r_centres": [20.0, 21.0]}
+    for change, message in (
+        ({"r_centres": [20.0, np.nan]}, "r-bin centres"),
+        ({"feh": np.array([-1.0, np.nan])}, r"\[Fe/H\] axis"),
+        ({"mr": np.array([6.0, 5.0, 4.0])}, "M_r axis"),
+        ({"r_half_width": -1.0}, "r_half_width"),
+        ({"r_half_width": np.nan}, "r_half_width"),
+        ({"density": np.concatenate([density[:1], np.zeros((1, 2, 3))])}, "zero everywhere"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            PriorMap(**{**good, **change, "n_stars": [10, 10]})
+
+
+def _trilegal_copy(s82_priors_path, folder, edit=None):
+    """Pixel 0 of the shared TRILEGAL maps copied to ``folder`` (HATS layout), ``edit``
+    applied to its table."""
+    raw = pd.read_parquet(s82_priors_path / "dataset/Norder=5/Dir=0/Npix=0.parquet")
+    if edit is not None:
+        raw = edit(raw)
+    target = folder / "dataset/Norder=5/Dir=0/Npix=0.parquet"
+    target.parent.mkdir(parents=True)
+    raw.to_parquet(target)
+    return target
+
+
+def test_trilegal_maps_refuse_bad_densities_and_ambiguous_pixels(
+    s82_priors_path, default_locus, tmp_path
+):
+    """A NaN or negative cell of a TRILEGAL map is refused (a NaN turned its r bin flat,
+    silently), and so is a catalogue holding one pixel number at two orders (one of them was
+    read, silently)."""
+
+    def one_nan(frame):
+        kde = np.frombuffer(frame["kde"].iloc[10], np.float64).copy()
+        kde[5 * 36 + 30] = np.nan
+        frame = frame.copy()
+        frame.iat[10, frame.columns.get_loc("kde")] = kde.tobytes()
+        return frame
+
+    broken = _trilegal_copy(s82_priors_path, tmp_path / "nan", one_nan)
+    with pytest.raises(ValueError, match="finite, non-negative"):
+        read_trilegal_priors(broken, default_locus)
+    mixed = tmp_path / "mixed"
+    first = _trilegal_copy(s82_priors_path, mixed)
+    other = mixed / "dataset/Norder=4/Dir=0/Npix=0.parquet"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(first.read_bytes())
+    with pytest.raises(ValueError, match="holds pixel 0 in 2 files"):
+        read_trilegal_priors(mixed, default_locus)
+    assert read_trilegal_priors(first, default_locus).n_bins == 27  # the file itself reads

@@ -134,8 +134,14 @@ class CatalogCheck:
         out["stars_per_patch"] = {str(k): v for k, v in self.stars_per_patch.items()}
         return out
 
-    def lines(self, n_train: int = 10_000) -> list[str]:
-        """A readable report; patches with more than ``n_train`` usable stars get networks."""
+    def lines(self, n_train: int = 10_000, min_train: int | None = None) -> list[str]:
+        """A readable report; patches with more than ``n_train`` usable stars get networks,
+        as ``run`` decides: none when ``n_train`` is below ``min_train`` (default
+        ``PipelineConfig.min_train``)."""
+        if min_train is None:
+            from photodist.pipeline import PipelineConfig
+
+            min_train = PipelineConfig().min_train
         n = self.n_rows
 
         def share(count: int) -> str:
@@ -196,8 +202,13 @@ class CatalogCheck:
             text += (
                 f", usable stars (r and every colour) per patch min / median / max "
                 f"{counts.min():,} / {int(np.median(counts)):,} / {counts.max():,}; "
-                f"{int((counts > n_train).sum())} with more than {n_train:,} (networks), the "
-                "others Bayes on every star"
+                + (
+                    f"{int((counts > n_train).sum())} with more than {n_train:,} (networks), "
+                    "the others Bayes on every star"
+                    if n_train >= min_train
+                    else f"Bayes on every star (n_train {n_train:,} is below the {min_train:,} "
+                    "labels networks need)"
+                )
             )
         out.append(text)
         if self.n_no_position:

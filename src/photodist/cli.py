@@ -830,6 +830,8 @@ def _resolve_prior(
     given = [x is not None for x in (choice.prior_path, choice.trilegal_path)]
     if sum(given) + choice.flat_prior > 1:
         raise click.UsageError("give at most one of --prior, --trilegal-prior, --flat-prior")
+    if choice.trilegal_pixel is not None and choice.trilegal_path is None:
+        raise click.UsageError("--trilegal-pixel chooses a pixel of --trilegal-prior; give both")
     if choice.flat_prior:
         return None
     from photodist import priors

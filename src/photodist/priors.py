@@ -122,8 +122,18 @@ class PriorMap:
             raise ValueError(f"prior density has shape {self.density.shape}, expected {expected}")
         if not (np.isfinite(self.density).all() and (self.density >= 0.0).all()):
             raise ValueError("prior density must be finite and >= 0 everywhere")
+        if self.r_centres.ndim != 1 or not np.isfinite(self.r_centres).all():
+            raise ValueError("r-bin centres must be a 1-d array of numbers")
         if np.any(np.diff(self.r_centres) <= 0):
             raise ValueError("r-bin centres must be strictly ascending")
+        for name, axis in (("[Fe/H]", self.feh), ("M_r", self.mr)):
+            if axis.ndim != 1 or not np.isfinite(axis).all() or np.any(np.diff(axis) <= 0):
+                raise ValueError(f"the {name} axis must be strictly ascending numbers")
+        if not (float(self.r_half_width) > 0.0):  # NaN too; inf: no range
+            raise ValueError(f"r_half_width must be positive, got {self.r_half_width!r}")
+        empty = [float(r) for r, d in zip(self.r_centres, self.density, strict=True) if not d.any()]
+        if empty:
+            raise ValueError(f"prior density is zero everywhere in the r bin(s) {empty}")
         if len(self.n_stars) != len(self.r_centres):
             raise ValueError("n_stars must have one entry per r bin")
 
@@ -515,6 +525,10 @@ def build_patch_priors(
 
 
 def _trilegal_files(path: Path) -> dict[int, Path]:
+    """The partition files of a TRILEGAL prior catalogue by pixel ({-1: path} for a file).
+
+    A pixel number names a sky patch only with its order: a catalogue that holds one number
+    in two files (two orders, or two copies) is refused, naming them."""
     if path.is_file():
         return {-1: path}
     files = sorted(path.glob("**/Norder=*/Dir=*/Npix=*.parquet"))
@@ -522,7 +536,18 @@ def _trilegal_files(path: Path) -> dict[int, Path]:
         raise FileNotFoundError(
             f"no HATS partition files (Norder=*/Dir=*/Npix=*.parquet) in {path}"
         )
-    return {int(f.stem.split("=")[1]): f for f in files}
+    by_pixel: dict[int, list[Path]] = {}
+    for file in files:
+        by_pixel.setdefault(int(file.stem.split("=")[1]), []).append(file)
+    clashes = {pixel: found for pixel, found in by_pixel.items() if len(found) > 1}
+    if clashes:
+        pixel, found = next(iter(clashes.items()))
+        names = ", ".join(str(f.relative_to(path)) for f in found)
+        raise ValueError(
+            f"{path} holds pixel {pixel} in {len(found)} files ({names}): a pixel number is "
+            "ambiguous there; give the partition file itself"
+        )
+    return {pixel: found[0] for pixel, found in by_pixel.items()}
 
 
 def _trilegal_map(
@@ -531,6 +556,9 @@ def _trilegal_map(
     for col in ("rmag", "kde", "xGrid", "yGrid"):
         if col not in frame.columns:
             raise ValueError(f"TRILEGAL prior table {source} lacks column {col!r}")
+    r_bins = pd.to_numeric(frame["rmag"], errors="coerce").to_numpy(float)
+    if not np.isfinite(r_bins).all():
+        raise ValueError(f"TRILEGAL prior table {source} has r bins that are not numbers")
     frame = frame.sort_values("rmag")
     ff, mm = np.meshgrid(locus.feh, locus.mr, indexing="ij")
     points = np.column_stack([ff.ravel(), mm.ravel()])
@@ -540,6 +568,11 @@ def _trilegal_map(
         if any(g.size != 96 * 36 for g in grids):
             raise ValueError(f"TRILEGAL prior grids in {source} are not 96 x 36 float64")
         kde, x_grid, y_grid = (g.reshape(96, 36) for g in grids)
+        if not (np.isfinite(kde).all() and (kde >= 0.0).all() and kde.any()):
+            raise ValueError(
+                f"TRILEGAL prior map of r = {row['rmag']} in {source}: its densities must be "
+                "finite, non-negative and not all zero"
+            )
         feh_axis, mr_axis = x_grid[0], y_grid[:, 0]  # [Fe/H] along columns, M_r along rows
         if not (np.allclose(x_grid, feh_axis[None, :]) and np.allclose(y_grid, mr_axis[:, None])):
             raise ValueError(f"TRILEGAL prior grids in {source} are not a regular mesh")
@@ -620,7 +653,8 @@ def read_trilegal_priors(
         chosen = next(iter(files.values()))
     else:
         raise ValueError(
-            f"{path} holds pixels {sorted(files)}; choose one (pixel=, --trilegal-pixel)"
+            f"{path} holds pixels {sorted(files)}; choose one (the pixel: --trilegal-pixel of "
+            "bayes and run, --pixel of priors --trilegal)"
         )
     prior = _trilegal_map(pd.read_parquet(chosen), locus, floor_fraction, str(chosen))
     prior.metadata["pixel"] = (
