@@ -1143,3 +1143,19 @@ def test_version_is_the_code_s_own_and_the_changelog_s_latest():
     changelog = Path(__file__).parents[1] / "CHANGELOG.md"
     latest = re.search(r"^## (\S+)", changelog.read_text(), re.MULTILINE)
     assert latest is not None and latest.group(1) == photodist.__version__
+
+
+def test_the_prior_is_placed_from_a_bounded_sample_of_positions(tmp_path, monkeypatch):
+    """`bayes` places the Galaxy-model prior from at most MAX_PRIOR_POSITIONS rows'
+    positions (every k-th row, streamed), not from every row of the catalogue."""
+    import photodist.cli as cli_module
+
+    frame = pd.DataFrame({"ra": np.linspace(10.0, 11.0, 95), "dec": 1.0, "Ar": 0.1, "rmag": 20.0})
+    path = tmp_path / "stars.parquet"
+    frame.to_parquet(path)
+    monkeypatch.setattr(cli_module, "MAX_PRIOR_POSITIONS", 10)
+    positions = cli_module._positions_reader(path, ColumnMap())()
+    assert positions.attrs["sample_step"] == 10 and len(positions) == 10
+    np.testing.assert_array_equal(positions["ra"], frame["ra"].to_numpy()[::10])
+    monkeypatch.setattr(cli_module, "MAX_PRIOR_POSITIONS", 500_000)
+    assert len(cli_module._positions_reader(path, ColumnMap())()) == 95

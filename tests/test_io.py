@@ -985,3 +985,26 @@ def test_fits_vector_columns_convert_to_parquet(tmp_path):
     assert frame["flux"][0].dtype.isnative
     frame.to_parquet(tmp_path / "vec.parquet")
     np.testing.assert_array_equal(pd.read_parquet(tmp_path / "vec.parquet")["flux"][3], [9, 10, 11])
+
+
+def test_write_batches_streams_parquet_and_csv(tmp_path, monkeypatch):
+    """Parquet and CSV outputs are written batch by batch, never holding the whole table
+    (the frames are never concatenated), and read back as one table; FITS too, in memory."""
+    from photodist.io import write_batches
+
+    parts = [_frame(10).assign(part=k) for k in range(3)]
+
+    def refuse_concat(*args, **kwargs):
+        raise AssertionError("the batches were concatenated")
+
+    for name in ("out.parquet", "out.csv", "out.csv.gz"):
+        with monkeypatch.context() as patched:
+            patched.setattr(pd, "concat", refuse_concat)
+            assert write_batches(iter(parts), tmp_path / name) == 30
+        back = read_catalog(tmp_path / name)
+        assert len(back) == 30 and back["part"].tolist() == [0] * 10 + [1] * 10 + [2] * 10
+    assert write_batches(iter(parts), tmp_path / "out.fits") == 30
+    assert len(read_catalog(tmp_path / "out.fits")) == 30
+    with pytest.raises(FileExistsError):
+        write_batches(iter(parts), tmp_path / "out.csv")
+    assert write_batches(iter([]), tmp_path / "empty.csv") == 0

@@ -867,9 +867,11 @@ def _resolve_prior(
         ) from exc
     radius = prior.metadata["footprint_cone"][2]
     outside = prior.metadata.get("n_outside_cone", 0)
+    step = frame.attrs.get("sample_step", 1)
     if outside:
+        sampled = f" (in a sample of one row in {step})" if step > 1 else ""
         click.echo(
-            f"warning: {outside} star(s) lie beyond the Galaxy-model prior's cone (radius "
+            f"warning: {outside} star(s){sampled} lie beyond the Galaxy-model prior's cone (radius "
             f"{radius:.1f} deg around the other stars' centre); they get its prior too: check "
             "their positions",
             err=True,
@@ -1049,8 +1051,15 @@ def _check_columns(available: list[str], band_set: str, columns: ColumnMap) -> N
         raise click.ClickException(str(exc)) from exc
 
 
+#: At most this many rows' positions place a Galaxy-model prior (`bayes`): every k-th row of
+#: a larger catalogue, so that memory stays bounded whatever its size
+MAX_PRIOR_POSITIONS = 500_000
+
+
 def _positions_reader(path: Path, columns: ColumnMap):
-    """A loader of the catalogue's position (and dust) columns, for placing the prior."""
+    """A loader of the catalogue's position (and dust) columns, for placing the prior: every
+    row, or every k-th row of a catalogue beyond :data:`MAX_PRIOR_POSITIONS` (streamed; k in
+    ``attrs["sample_step"]``)."""
 
     def read() -> pd.DataFrame:
         from photodist import io
@@ -1059,9 +1068,17 @@ def _positions_reader(path: Path, columns: ColumnMap):
             available = io.catalog_columns(path)
             wanted = [columns.ra, columns.dec, *columns.dust_columns(available)]
             wanted += list(sum(GALACTIC_COLUMNS, ()))
-            return io.read_catalog(path, columns=[c for c in wanted if c and c in available])
+            wanted = [c for c in wanted if c and c in available]
+            step = max(1, math.ceil(io.count_rows(path) / MAX_PRIOR_POSITIONS))
+            parts = [
+                batch[batch.index % step == 0]
+                for batch in io.iter_catalog_batches(path, batch_size=200_000, columns=wanted)
+            ]
         except io.CatalogError as exc:
             raise click.ClickException(str(exc)) from exc
+        frame = pd.concat(parts) if len(parts) > 1 else parts[0]
+        frame.attrs["sample_step"] = step
+        return frame
 
     return read
 
@@ -1398,21 +1415,11 @@ def bayes_command(
 
 
 def _write_parts(parts: Iterable[pd.DataFrame], output_path: Path, overwrite: bool) -> int:
-    """Write the frames to OUTPUT, a Parquet file batch by batch (bounded memory), other formats
-    at the end; an interrupted or failed run leaves no partial Parquet file. Returns the rows."""
+    """Write the frames to OUTPUT (:func:`photodist.io.write_batches`: Parquet and CSV batch
+    by batch, FITS at the end); an interrupted or failed run leaves no partial file."""
     from photodist import io
 
-    if output_path.suffix != ".parquet":
-        frames = list(parts)
-        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        io.write_table(table, output_path, overwrite=overwrite)
-        return len(table)
-    n_rows = 0
-    with io.AtomicParquetWriter(output_path, overwrite=overwrite) as writer:
-        for part in parts:
-            writer.write(part)
-            n_rows += len(part)
-    return n_rows
+    return io.write_batches(parts, output_path, overwrite=overwrite)
 
 
 def _parse_rows(text: str | None) -> np.ndarray:
@@ -1588,7 +1595,8 @@ def predict_command(
     """Network estimates for every star of INPUT with MODEL (from `run --save-model`) -> OUTPUT.
 
     For more stars of a patch whose networks were trained already. The catalogue is streamed
-    in batches (bounded memory) and must be in the model's band set. One row per input row,
+    in batches and must be in the model's band set; a Parquet or CSV OUTPUT is written batch
+    by batch (bounded memory), a FITS one assembled in memory. One row per input row,
     same order, with `run`'s columns; rows the networks cannot take (no r, too few usable
     colours) keep NaN estimates and the NN_INVALID_INPUT flag (`photodist bayes` estimates
     them), rows outside the training domain are flagged NN_OUT_OF_DOMAIN.

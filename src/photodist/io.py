@@ -42,6 +42,8 @@ __all__ = [
     "read_run_summary",
     "run_file",
     "table_to_frame",
+    "write_batches",
+    "write_bytes_atomic",
     "write_table",
 ]
 
@@ -1208,6 +1210,47 @@ def write_table(frame: pd.DataFrame, path: PathLike, overwrite: bool = False) ->
         tmp.unlink(missing_ok=True)
         raise
     return final
+
+
+def write_batches(parts: Iterable[pd.DataFrame], path: PathLike, overwrite: bool = False) -> int:
+    """Write frames one after another as one table at ``path`` (atomically, as
+    :func:`write_table`); returns the rows written.
+
+    Parquet and CSV are written batch by batch, so memory stays that of a batch whatever
+    the number of rows. A FITS binary table is assembled in memory first (about three times
+    its size on disk): for catalogues of many millions of rows, write Parquet or CSV.
+    """
+    final = Path(path)
+    fmt = _output_format(final)
+    if fmt == "parquet":
+        n_rows = 0
+        with AtomicParquetWriter(final, overwrite=overwrite) as writer:
+            for part in parts:
+                writer.write(part)
+                n_rows += len(part)
+        return n_rows
+    if fmt == "fits":
+        frames = list(parts)
+        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        write_table(table, final, overwrite=overwrite)
+        return len(table)
+    final = _prepare_output(final, overwrite)
+    tmp = _reserve_temp(final)
+    n_rows = 0
+    try:
+        for part in parts:
+            first = n_rows == 0
+            _frame_for_output(part).to_csv(
+                tmp, mode="w" if first else "a", header=first, index=False
+            )
+            n_rows += len(part)
+        if n_rows == 0 and tmp.stat().st_size == 0:
+            pd.DataFrame().to_csv(tmp, index=False)
+        _commit(tmp, final, overwrite)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return n_rows
 
 
 def _fits_table(frame: pd.DataFrame) -> Any:
