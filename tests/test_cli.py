@@ -1159,3 +1159,16 @@ def test_the_prior_is_placed_from_a_bounded_sample_of_positions(tmp_path, monkey
     np.testing.assert_array_equal(positions["ra"], frame["ra"].to_numpy()[::10])
     monkeypatch.setattr(cli_module, "MAX_PRIOR_POSITIONS", 500_000)
     assert len(cli_module._positions_reader(path, ColumnMap())()) == 95
+
+
+def test_default_kept_ids_are_found_in_any_case(tmp_path):
+    """An SDSS-style ``OBJID`` (or ``SOURCE_ID``) column is carried to the output by the
+    default --keep list, whatever the case of its name (it was dropped, silently)."""
+    path = _catalog(tmp_path)
+    frame = pd.read_csv(path)
+    frame["OBJID"] = [2**62 + 1, 2**62 + 2, 2**62 + 3]
+    frame.to_csv(path, index=False)
+    out = tmp_path / "o.parquet"
+    result = CliRunner().invoke(cli, ["bayes", str(path), str(out), "--flat-prior"])
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(out)["OBJID"].tolist() == frame["OBJID"].tolist()

@@ -202,7 +202,8 @@ def _kept_columns(keep: tuple[str, ...], columns: ColumnMap, catalog: Path) -> t
     """``--keep`` columns with ``ra``/``dec`` read as the catalogue's position columns
     (e.g. ``RAJ2000`` found by :func:`photodist.bands.resolve_columns`); a comma-separated
     value names several. Names given on the command line that the catalogue lacks are
-    reported (the default list is kept where present, silently)."""
+    reported; the default list is kept where present, silently, its id names in any case
+    (``OBJID``, ``SOURCE_ID``)."""
     from photodist import io
 
     renamed = {"ra": columns.ra, "dec": columns.dec}
@@ -212,16 +213,20 @@ def _kept_columns(keep: tuple[str, ...], columns: ColumnMap, catalog: Path) -> t
     given = context is not None and (
         context.get_parameter_source("keep") is ParameterSource.COMMANDLINE
     )
-    if given:
-        try:
-            available = set(io.catalog_columns(catalog))
-        except (io.CatalogError, OSError):  # reported when the catalogue is read
-            return kept
-        absent = [c for c in kept if c not in available]
-        if absent:
-            click.echo(
-                f"warning: --keep columns not in the catalogue: {', '.join(absent)}", err=True
-            )
+    try:
+        available = io.catalog_columns(catalog)
+    except (io.CatalogError, OSError):  # reported when the catalogue is read
+        return kept
+    if not given:
+        by_lower: dict[str, str] = {}
+        for name in available:
+            by_lower.setdefault(name.lower(), name)
+        return tuple(
+            dict.fromkeys(c if c in available else by_lower.get(c.lower(), c) for c in kept)
+        )
+    absent = [c for c in kept if c not in available]
+    if absent:
+        click.echo(f"warning: --keep columns not in the catalogue: {', '.join(absent)}", err=True)
     return kept
 
 
