@@ -844,6 +844,17 @@ def _fits_null_mask(arr: np.ndarray, null: Any) -> np.ndarray | None:
         return None
 
 
+def _fits_has_null(data: Any, name: str, null: Any, step: int) -> bool:
+    """Whether an integer FITS column takes its TNULL value anywhere (read slice by slice)."""
+    for start in range(0, len(data) if null is not None else 0, step):
+        mask = _fits_null_mask(np.asarray(data[start : start + step].field(name)), null)
+        if mask is None:
+            return False
+        if mask.any():
+            return True
+    return False
+
+
 def _read_fits(
     path: Path, batch_size: int | None, columns: list[str] | None, nullable: set[str]
 ) -> Iterator[pd.DataFrame]:
@@ -867,11 +878,7 @@ def _read_fits(
                 yield pd.DataFrame({n: [] for n in names})
                 return
             if step < nrows:  # integer columns with a TNULL value somewhere stay nullable
-                for n in names:
-                    if nulls[n] is not None:
-                        mask = _fits_null_mask(np.asarray(data.field(n)), nulls[n])
-                        if mask is not None and mask.any():
-                            nullable.add(n)
+                nullable.update(n for n in names if _fits_has_null(data, n, nulls[n], step))
             for start in range(0, max(nrows, 1), step):
                 chunk = data[start : start + step]
                 yield pd.DataFrame({n: _fits_column(chunk.field(n), nulls[n]) for n in names})
@@ -1082,18 +1089,26 @@ def _reserve_temp(final: Path) -> Path:
     return tmp
 
 
+@contextlib.contextmanager
+def _written_then_moved(final: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden temporary file beside ``final`` to write; moved onto ``final`` when the block
+    ends normally (:func:`_commit`), removed if it raises."""
+    tmp = _reserve_temp(final)
+    try:
+        yield tmp
+        _commit(tmp, final, overwrite)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_bytes_atomic(path: PathLike, payload: bytes) -> Path:
     """Write ``payload`` to ``path`` (its folder created if needed) through a hidden temporary
     file beside it, moved onto it when complete; new files get the umask's permissions."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _reserve_temp(final)
-    try:
+    with _written_then_moved(final, overwrite=True) as tmp:
         tmp.write_bytes(payload)
-        _commit(tmp, final, overwrite=True)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return final
 
 
@@ -1194,8 +1209,7 @@ def write_table(frame: pd.DataFrame, path: PathLike, overwrite: bool = False) ->
     fmt = _output_format(final)
     final = _prepare_output(final, overwrite)
     data = _frame_for_output(frame)
-    tmp = _reserve_temp(final)
-    try:
+    with _written_then_moved(final, overwrite) as tmp:
         if fmt == "parquet":
             categorical = [
                 str(c) for c in data.columns if isinstance(data[c].dtype, pd.CategoricalDtype)
@@ -1205,10 +1219,6 @@ def write_table(frame: pd.DataFrame, path: PathLike, overwrite: bool = False) ->
             data.to_csv(tmp, index=False)
         else:
             _fits_table(data).write(tmp, format="fits", overwrite=True)
-        _commit(tmp, final, overwrite)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return final
 
 
@@ -1234,10 +1244,8 @@ def write_batches(parts: Iterable[pd.DataFrame], path: PathLike, overwrite: bool
         table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         write_table(table, final, overwrite=overwrite)
         return len(table)
-    final = _prepare_output(final, overwrite)
-    tmp = _reserve_temp(final)
     n_rows = 0
-    try:
+    with _written_then_moved(_prepare_output(final, overwrite), overwrite) as tmp:
         for part in parts:
             first = n_rows == 0
             _frame_for_output(part).to_csv(
@@ -1246,10 +1254,6 @@ def write_batches(parts: Iterable[pd.DataFrame], path: PathLike, overwrite: bool
             n_rows += len(part)
         if n_rows == 0 and tmp.stat().st_size == 0:
             pd.DataFrame().to_csv(tmp, index=False)
-        _commit(tmp, final, overwrite)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return n_rows
 
 

@@ -647,10 +647,9 @@ def _storage(path: str | os.PathLike[str], check_end: bool = False) -> Any:
 
     try:  # reads the whole journal
         if check_end and target.is_file() and target.stat().st_size > 0:
-            data = target.read_bytes()
-            if not data.endswith(b"\n"):  # a cut last record: optuna would append to it
+            last = _last_line(target)
+            if not last.endswith(b"\n"):  # a cut last record: optuna would append to it
                 raise ValueError("its last record is incomplete")
-            last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
             if last.strip() and not isinstance(json.loads(last), dict):
                 raise ValueError("its last line is not a journal record")
         return optuna.storages.JournalStorage(JournalFileBackend(str(target)))
@@ -659,6 +658,20 @@ def _storage(path: str | os.PathLike[str], check_end: bool = False) -> Any:
             f"{target} is not a readable optuna journal (truncated or corrupted? {exc}); "
             "repair it, or give another study file"
         ) from exc
+
+
+def _last_line(path: Path, block: int = 1 << 16) -> bytes:
+    """The last line of a non-empty file (with its newline, if any), read from the end."""
+    with open(path, "rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        tail = b""
+        while True:
+            start = max(end - len(tail) - block, 0)
+            handle.seek(start)
+            tail = handle.read(end - start)
+            cut = tail.rfind(b"\n", 0, len(tail) - 1)
+            if cut >= 0 or start == 0:
+                return tail[cut + 1 :]
 
 
 def _pruner(settings: Mapping[str, Any]) -> Any:
