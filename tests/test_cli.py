@@ -18,8 +18,22 @@ from photodist.priors import PriorMap
 def test_help_lists_commands():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for command in ("locus", "bayes", "train", "predict", "demo"):
+    for command in ("locus", "bayes", "train", "predict", "columns", "demo"):
         assert command in result.output
+
+
+def test_columns_command_lists_units_of_each_output():
+    from photodist.bayes import OUTPUT_COLUMNS
+    from photodist.pipeline import RESULT_COLUMNS
+
+    for output_of, names in (("run", RESULT_COLUMNS), ("bayes", [*OUTPUT_COLUMNS, "flags"])):
+        result = CliRunner().invoke(cli, ["columns", output_of])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert [line.split()[0] for line in lines[:-1]] == list(names)
+        assert "2048 R_OUTSIDE_PRIOR" in lines[-1]
+    listed = {line.split()[0]: line.split()[1] for line in result.output.splitlines()[:-1]}
+    assert listed["FeH_p16"] == "dex" and listed["dist_p84"] == "pc" and listed["P_giant"] == "-"
 
 
 def test_locus_command(tmp_path):

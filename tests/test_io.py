@@ -1008,3 +1008,49 @@ def test_write_batches_streams_parquet_and_csv(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError):
         write_batches(iter(parts), tmp_path / "out.csv")
     assert write_batches(iter([]), tmp_path / "empty.csv") == 0
+
+
+def test_outputs_carry_units_and_descriptions(tmp_path):
+    """FITS outputs get TUNITn / TCOMMn, Parquet outputs field metadata, for the estimate
+    columns only; a unit FITS lacks (dex) goes into the description."""
+    from astropy.table import Table
+
+    from photodist.io import write_batches
+
+    frame = pd.DataFrame(
+        {
+            "objid": np.arange(4),
+            "Mr_mean": np.linspace(3.0, 6.0, 4),
+            "FeH_sigma": np.full(4, 0.1),
+            "dist_pc": np.full(4, 800.0),
+            "flags": np.zeros(4, np.int64),
+        }
+    )
+    write_table(frame, tmp_path / "out.fits")
+    header = fits.getheader(tmp_path / "out.fits", 1)
+    units = {header[f"TTYPE{k}"]: header.get(f"TUNIT{k}") for k in range(1, 6)}
+    comments = {header[f"TTYPE{k}"]: header.get(f"TCOMM{k}") for k in range(1, 6)}
+    assert units == {
+        "objid": None,
+        "Mr_mean": "mag",
+        "FeH_sigma": None,
+        "dist_pc": "pc",
+        "flags": None,
+    }
+    assert comments["objid"] is None
+    assert comments["FeH_sigma"] == "total uncertainty of [Fe/H] (dex)"
+    assert comments["flags"].startswith("quality bits")
+    table = Table.read(tmp_path / "out.fits")
+    assert str(table["Mr_mean"].unit) == "mag" and table["objid"].unit is None
+    for name in ("out.parquet", "batches.parquet"):
+        if name == "out.parquet":
+            write_table(frame, tmp_path / name)
+        else:
+            assert write_batches(iter([frame[:2], frame[2:]]), tmp_path / name) == 4
+        schema = pq.read_schema(tmp_path / name)
+        assert schema.field("Mr_mean").metadata[b"unit"] == b"mag"
+        assert schema.field("FeH_sigma").metadata[b"unit"] == b"dex"
+        assert b"description" in schema.field("flags").metadata
+        assert b"unit" not in schema.field("flags").metadata
+        assert schema.field("objid").metadata is None
+        pd.testing.assert_frame_equal(read_catalog(tmp_path / name), frame)

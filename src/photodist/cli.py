@@ -2576,6 +2576,36 @@ def toy_model_command(
         click.echo(f"{key}: {path}")
 
 
+@cli.command("columns")
+@click.argument("output_of", type=click.Choice(["run", "bayes"]), default="run")
+def columns_command(output_of: str) -> None:
+    """Units and meanings of the estimate columns of an output.
+
+    OUTPUT_OF is ``run`` (also ``predict`` and ``survey`` outputs) or ``bayes``. FITS outputs
+    carry the units as TUNITn and the descriptions as TCOMMn; Parquet outputs as field
+    metadata.
+    """
+    from photodist.output_columns import column_info
+
+    if output_of == "bayes":
+        from photodist.bayes import OUTPUT_COLUMNS
+
+        names = [*OUTPUT_COLUMNS, "flags"]
+    else:
+        from photodist.pipeline import RESULT_COLUMNS
+
+        names = list(RESULT_COLUMNS)
+    width = max(len(name) for name in names)
+    for name in names:
+        info = column_info(name)
+        if info is not None:
+            click.echo(f"{name:<{width}}  {info.unit or '-':<4} {info.description}")
+    from photodist.bayes import Flags
+
+    bits = ", ".join(f"{bit} {name}" for name, bit in Flags.describe().items())
+    click.echo(f"flags bits: {bits}")
+
+
 @cli.command("demo")
 @click.option(
     "--out",

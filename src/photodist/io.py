@@ -28,6 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from photodist.output_columns import column_info
+
 __all__ = [
     "AtomicParquetWriter",
     "CatalogError",
@@ -1032,6 +1034,23 @@ def count_rows(path: PathLike) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def with_column_info(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with each estimate column's unit and description in its field metadata
+    (keys ``unit`` and ``description``, :mod:`photodist.output_columns`); other fields and
+    their metadata are left as they are."""
+    fields = []
+    for field in schema:
+        info = column_info(field.name)
+        if info is not None:
+            meta = dict(field.metadata or {})
+            if info.unit:
+                meta[b"unit"] = info.unit.encode()
+            meta[b"description"] = info.description.encode()
+            field = field.with_metadata(meta)
+        fields.append(field)
+    return pa.schema(fields, metadata=schema.metadata)
+
+
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
     """Columns worth Parquet dictionary encoding: categorical (Arrow dictionary) ones.
 
@@ -1214,11 +1233,13 @@ def write_table(frame: pd.DataFrame, path: PathLike, overwrite: bool = False) ->
             categorical = [
                 str(c) for c in data.columns if isinstance(data[c].dtype, pd.CategoricalDtype)
             ]
-            data.to_parquet(tmp, engine="pyarrow", index=False, use_dictionary=categorical)
+            table = pa.Table.from_pandas(data, preserve_index=False)
+            table = table.cast(with_column_info(table.schema))
+            pq.write_table(table, tmp, use_dictionary=categorical)
         elif fmt == "csv":
             data.to_csv(tmp, index=False)
         else:
-            _fits_table(data).write(tmp, format="fits", overwrite=True)
+            _fits_hdu(_fits_table(data)).writeto(tmp, overwrite=True)
     return final
 
 
@@ -1269,6 +1290,35 @@ def _fits_table(frame: pd.DataFrame) -> Any:
         if isinstance(column, MaskedColumn) and column.dtype.kind in "iu" and column.mask.any():
             column.fill_value = _unused_integer(np.asarray(column.data)[~column.mask], column.dtype)
     return table
+
+
+def _fits_hdu(table: Any) -> Any:
+    """The binary-table HDU of ``table`` (as astropy's FITS writer makes it) with each
+    estimate column's unit (``TUNITn``) and description (``TCOMMn``) from
+    :mod:`photodist.output_columns`. A unit the FITS standard lacks (``dex``) goes into the
+    description instead, since FITS readers could not parse it."""
+    from astropy import units
+    from astropy.io import fits
+
+    comments = {}
+    for name in table.colnames:
+        info = column_info(name)
+        if info is None:
+            continue
+        comments[name] = info.description
+        if not info.unit:
+            continue
+        try:
+            units.Unit(info.unit).to_string("fits")
+        except ValueError:
+            comments[name] = f"{info.description} ({info.unit})"
+        else:
+            table[name].unit = info.unit
+    hdu = fits.table_to_hdu(table, character_as_bytes=True)
+    for k, name in enumerate(table.colnames, start=1):
+        if name in comments:
+            hdu.header[f"TCOMM{k}"] = comments[name]
+    return hdu
 
 
 def _unused_integer(values: np.ndarray, dtype: np.dtype) -> int:
@@ -1381,6 +1431,7 @@ class AtomicParquetWriter:
         if self.schema is None:
             self.schema = table.schema
         if self._writer is None:
+            self.schema = with_column_info(self.schema)
             self._writer = pq.ParquetWriter(
                 self._tmp, self.schema, use_dictionary=_dictionary_columns(self.schema)
             )

@@ -79,6 +79,7 @@ from photodist.prior_temper import (
 __all__ = [
     "DUST_PRIORS",
     "PARAMETERS",
+    "RESULT_COLUMNS",
     "RESULT_FLOAT_COLUMNS",
     "STAGES",
     "STRATEGIES",
@@ -121,6 +122,8 @@ STAGES: tuple[str, ...] = (
 RESULT_FLOAT_COLUMNS: tuple[str, ...] = tuple(
     f"{p}_{s}" for p in PARAMETERS for s in ("mean", "sigma", "sigma_nn", "sigma_bayes")
 ) + ("Qr_mean", "Qr_sigma", "DM_mean", "DM_sigma", "dist_pc", "chi2min", "log_evidence")
+#: Every output column of the pipeline, in order (the input's kept columns come first).
+RESULT_COLUMNS: tuple[str, ...] = RESULT_FLOAT_COLUMNS + ("flags", "method", "labelled")
 _METHODS = ("bayes", "nn")
 _LABEL_CHUNK = 2_000  # stars per Bayesian call while labelling (granularity of the progress bar)
 
