@@ -348,6 +348,30 @@ _MIXED_DTYPES = {
 }
 
 
+@pytest.mark.parametrize("missing", ["", "nan", "NULL"])
+@pytest.mark.parametrize("suffix", [".csv", ".txt"])
+def test_csv_unsigned_ids_above_2_63_with_a_missing_one(tmp_path, suffix, missing) -> None:
+    """pandas parses such a column as text (the missing value as text too); it is read as
+    exact ``UInt64``, whole and in batches."""
+    if suffix == ".txt" and not missing:
+        pytest.skip("a whitespace-separated table has no blank fields")
+    ids = [2**63 + 5, None, 5, 2**64 - 1]
+    sep = "," if suffix == ".csv" else "  "
+    lines = [f"id{sep}umag"] + [f"{missing if v is None else v}{sep}1.5" for v in ids]
+    path = tmp_path / f"ids{suffix}"
+    path.write_text("\n".join(lines) + "\n")
+    whole = read_catalog(path)
+    assert whole["id"].dtype == "UInt64"
+    assert whole["id"].isna().tolist() == [False, True, False, False]
+    assert whole["id"].dropna().tolist() == [2**63 + 5, 5, 2**64 - 1]
+    batches = list(iter_catalog_batches(path, batch_size=1))
+    assert {str(b["id"].dtype) for b in batches} == {"UInt64"}
+    pd.testing.assert_frame_equal(pd.concat(batches, ignore_index=True), whole)
+    # text that is not all unsigned integers stays text
+    path.write_text(path.read_text().replace("\n5", "\n-5"))
+    assert read_catalog(path)["id"].dtype != "UInt64"
+
+
 def _write_mixed_table(path: Path) -> Path:
     """``_MIXED_COLUMNS`` as CSV, or as whitespace-separated text (``nan`` for missing)."""
     sep, missing = (",", "") if path.suffix == ".csv" else ("  ", "nan")

@@ -588,13 +588,15 @@ _CSV_KIND_DTYPES = {
     "float": "Float64",
     "bool": "boolean",
     "text": "string",
+    "uint_text": "string",
 }
 
 
 def _csv_kinds(chunk: pd.DataFrame) -> dict[str, str]:
     """What each column of a parsed CSV chunk holds: ``empty`` (all missing), ``int`` /
     ``negint`` (``Int64`` without / with negative values), ``uint``, ``float``, ``bool``,
-    ``text`` or ``mixed`` (any other dtype)."""
+    ``uint_text`` (text of unsigned integers: pandas parses an integer above 2**63 with a
+    blank in its chunk as text), ``text`` or ``mixed`` (any other dtype)."""
     kinds = {}
     for i, (name, dtype) in enumerate(chunk.dtypes.items()):
         column = chunk.iloc[:, i]
@@ -609,11 +611,28 @@ def _csv_kinds(chunk: pd.DataFrame) -> dict[str, str]:
         elif dtype == pd.BooleanDtype():
             kind = "bool"
         elif isinstance(dtype, pd.StringDtype):
-            kind = "text"
+            kind = "uint_text" if _unsigned_integer_text(column) else "text"
         else:
             kind = "mixed"
         kinds[str(name)] = kind
     return kinds
+
+
+#: The texts pandas' ``read_csv`` reads as missing by default (its ``na_values`` docs)
+_CSV_MISSING_TEXTS = frozenset(
+    "|#N/A|#N/A N/A|#NA|-1.#IND|-1.#QNAN|-NaN|-nan|1.#IND|1.#QNAN|<NA>|N/A|NA|NULL|NaN|None"
+    "|n/a|nan|null".split("|")
+)
+
+
+def _unsigned_integer_text(column: pd.Series) -> bool:
+    """Whether every value of a text column is a decimal integer within 0 .. 2**64 - 1 or a
+    missing value (pandas leaves those as text, e.g. "", in such a column)."""
+    values = column.dropna()
+    values = values[~values.isin(_CSV_MISSING_TEXTS)]
+    if not len(values) or not values.str.fullmatch(r"\d{1,20}").all():
+        return False
+    return max(map(int, values)) < 2**64
 
 
 def _common_csv_dtype(kinds: set[str]) -> str:
@@ -621,6 +640,8 @@ def _common_csv_dtype(kinds: set[str]) -> str:
     its values at once: integers stay exact integers, integers and decimals make floats,
     anything else mixed makes text."""
     kinds = kinds - {"empty"}
+    if "uint_text" in kinds:
+        return "UInt64" if kinds <= {"int", "uint", "uint_text"} else "string"
     if kinds == {"bool"}:
         return "boolean"
     if kinds <= {"int", "negint"}:
@@ -762,8 +783,14 @@ def _read_csv(
         rows = 0
         # each chunk typed as a whole (pandas' low_memory types parts of it separately)
         for chunk in read(_CSV_SCAN_ROWS, low_memory=False):
-            chunk_kinds.append(_csv_kinds(chunk))
+            kinds = _csv_kinds(chunk)
+            chunk_kinds.append(kinds)
             nullable.update(str(c) for c in chunk.columns[chunk.isna().any().to_numpy()])
+            nullable.update(  # missing values pandas left as text (see _csv_kinds)
+                name
+                for name, kind in kinds.items()
+                if kind == "uint_text" and chunk[name].isin(_CSV_MISSING_TEXTS).any()
+            )
             rows += len(chunk)
             if batch_size is None or rows <= batch_size:
                 kept.append(chunk)
