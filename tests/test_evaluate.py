@@ -143,6 +143,12 @@ def test_table1_checks_lengths():
     result, truth, bayes = _toy()
     with pytest.raises(ValueError, match="truth"):
         table1(result, truth.iloc[:3], bayes)
+    # the run's index labels in another order: the truth is not aligned row by row
+    labelled = result.set_axis(range(10, 10 + len(result)))
+    reordered = truth.set_axis(labelled.index)[::-1]
+    with pytest.raises(ValueError, match="index labels in another order"):
+        table1(labelled, reordered, bayes)
+    table1(labelled, reordered[::-1], bayes)
     with pytest.raises(ValueError, match="bayes_full"):
         table1(result, truth, bayes.iloc[:3])
 
@@ -212,9 +218,14 @@ def test_truth_rows_are_matched_to_the_run_by_id_position_or_order():
     # a survey output (HEALPix order) without ids: by position on the sky
     by_position = align_to_run(truth, run.drop(columns="source_id"), "truth", in_input_order=False)
     np.testing.assert_array_equal(by_position["x"], [2, 0, np.nan])
-    # in the input's order: row by row, same length needed
-    same = align_to_run(truth, run.drop(columns="source_id").head(3), "truth")
+    # in the input's order: row by row, same length needed; rows whose positions differ
+    # (another order) are refused
+    in_order = truth[["ra", "dec"]].assign(dec=truth["dec"] + 1e-4)  # 0.36 arcsec apart
+    same = align_to_run(truth, in_order, "truth")
     np.testing.assert_array_equal(same["x"], [0, 1, 2])
+    np.testing.assert_array_equal(align_to_run(truth, in_order[["ra"]], "truth")["x"], [0, 1, 2])
+    with pytest.raises(ValueError, match="3 of its 3 rows lie more than 1 arcsec"):
+        align_to_run(truth, run.drop(columns="source_id"), "truth")
     with pytest.raises(ValueError, match="2 rows, the run 3"):
         align_to_run(truth.head(2), run.drop(columns="source_id"), "truth")
     # neither ids nor unique positions for a survey output: refused, never paired by order
@@ -223,7 +234,16 @@ def test_truth_rows_are_matched_to_the_run_by_id_position_or_order():
         align_to_run(twins, run.drop(columns="source_id"), "truth", in_input_order=False)
     # duplicate ids cannot match: the next way is used
     dup = truth.assign(source_id=[10, 10, 12])
-    np.testing.assert_array_equal(align_to_run(dup, run.head(3), "truth")["x"], [0, 1, 2])
+    np.testing.assert_array_equal(align_to_run(dup, in_order, "truth")["x"], [0, 1, 2])
+    # labelled rows (an index kept by run_patch) in another order than the run's: refused
+    shuffled = truth.drop(columns=["source_id", "ra", "dec"]).iloc[[2, 0, 1]]
+    with pytest.raises(ValueError, match="index labels in another order"):
+        align_to_run(shuffled, in_order.drop(columns=["ra", "dec"]), "truth")
+    # the same labels in the same order, or a plain 0, 1, 2 index, are paired row by row
+    plain = shuffled.reset_index(drop=True)
+    np.testing.assert_array_equal(
+        align_to_run(plain, in_order.iloc[[2, 0, 1]], "truth")["x"], [2, 0, 1]
+    )
 
 
 def test_survey_outputs_match_by_their_recorded_ids_and_positions():

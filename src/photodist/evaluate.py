@@ -36,6 +36,7 @@ from photodist.bands import (
 __all__ = [
     "SIGMA_G_FACTOR",
     "align_to_run",
+    "check_same_row_order",
     "run_match_keys",
     "TABLE1_COLUMNS",
     "calibration",
@@ -195,7 +196,8 @@ def align_to_run(
     every row of ``frame`` once (result rows whose id ``frame`` lacks get NaN), else, for a
     result not in the input's order (``in_input_order`` False: a survey output, in HEALPix
     order), by the ``positions`` columns, else by position in the table, which needs as many
-    rows and the input's order.
+    rows and the input's order (:func:`check_same_row_order` refuses rows evidently in
+    another order).
 
     Raises
     ------
@@ -221,7 +223,57 @@ def align_to_run(
             f"{name} has {len(frame)} rows, the run {len(result)}, and no id column "
             f"({', '.join(id_columns)}) is shared to match them by"
         )
+    check_same_row_order(frame, result, name, positions=positions)
     return frame.reset_index(drop=True)
+
+
+#: Largest sky separation (deg) of two rows paired by table position that are the same star
+SAME_STAR_TOLERANCE_DEG = 1.0 / 3600.0
+
+
+def check_same_row_order(
+    frame: pd.DataFrame,
+    result: pd.DataFrame,
+    name: str,
+    *,
+    positions: Sequence[str] = ("ra", "dec"),
+) -> None:
+    """Refuse to pair ``frame``'s rows with ``result``'s by table position when they are
+    evidently other stars: ``frame`` labelled (not 0, 1, 2, ...) with the same unique index
+    labels as ``result`` in another order (``run_patch`` keeps the input's index), or sky
+    positions (``positions``, in both) more than :data:`SAME_STAR_TOLERANCE_DEG` apart.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name`` and how many rows differ.
+    """
+    if len(frame) != len(result):
+        return
+    labels, wanted = frame.index, result.index
+    default = isinstance(labels, pd.RangeIndex) and labels.start == 0 and labels.step == 1
+    if not default and labels.is_unique and wanted.is_unique and not labels.equals(wanted):
+        if (labels.get_indexer(wanted) >= 0).all():
+            raise ValueError(
+                f"{name}: its rows carry the run's index labels in another order; reorder "
+                "it to the run's rows (frame.loc[result.index]) or give both an id column"
+            )
+    if not all(c in frame.columns and c in result.columns for c in positions):
+        return
+    ra_a, dec_a = (pd.to_numeric(frame[c], errors="coerce").to_numpy(float) for c in positions)
+    ra_b, dec_b = (pd.to_numeric(result[c], errors="coerce").to_numpy(float) for c in positions)
+    with np.errstate(invalid="ignore"):
+        d_ra = np.abs((ra_a - ra_b + 180.0) % 360.0 - 180.0) * np.cos(np.radians(dec_b))
+        apart = (d_ra > SAME_STAR_TOLERANCE_DEG) | (np.abs(dec_a - dec_b) > SAME_STAR_TOLERANCE_DEG)
+    if apart.any():
+        first = int(np.flatnonzero(apart)[0])
+        raise ValueError(
+            f"{name}: {int(apart.sum()):,} of its {len(frame):,} rows lie more than 1 arcsec "
+            f"from the run's row at the same place in the table (first: row {first}, "
+            f"{positions[0]}/{positions[1]} {ra_a[first]:.6f}/{dec_a[first]:.6f} against "
+            f"{ra_b[first]:.6f}/{dec_b[first]:.6f}): the rows are in another order; give "
+            "both an id column to match them by"
+        )
 
 
 def _matched_by_id(frame: pd.DataFrame, result: pd.DataFrame, key: str, name: str) -> pd.DataFrame:
@@ -385,6 +437,7 @@ def table1(
     else:
         is_nn = np.ones(len(result), dtype=bool)
     if isinstance(truth, pd.DataFrame):
+        check_same_row_order(truth, result, "truth")
         true_values = truth_values(truth, required=True)
     else:
         true_values = {p: np.asarray(v, dtype=float) for p, v in truth.items()}
