@@ -22,6 +22,13 @@ def test_help_lists_commands():
         assert command in result.output
 
 
+def test_help_texts_state_the_fit_sample_size():
+    from photodist.cli import FIT_SAMPLE_ROWS
+
+    text = " ".join(CliRunner().invoke(cli, ["bayes", "--help"]).output.split())
+    assert text.count(f"first {FIT_SAMPLE_ROWS:,} rows") == 2  # --dust-prior, --prior-temper
+
+
 def test_columns_command_lists_units_of_each_output():
     from photodist.bayes import OUTPUT_COLUMNS
     from photodist.pipeline import RESULT_COLUMNS

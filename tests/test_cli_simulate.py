@@ -18,8 +18,8 @@ def test_help_lists_the_new_commands_and_their_defaults():
     assert result.exit_code == 0
     assert "simulate" in result.output and "priors" in result.output
     # defaults shown in the help are the library constants
-    assert f"{DEFAULT_R_MAX:g}" in _run(["simulate", "--help"]).output
-    assert str(DEFAULT_MIN_STARS) in _run(["priors", "--help"]).output
+    assert f"[default: {DEFAULT_R_MAX:g}]" in _run(["simulate", "--help"]).output
+    assert f"[default: {DEFAULT_MIN_STARS}]" in _run(["priors", "--help"]).output
 
 
 def test_simulate_writes_a_reproducible_catalogue(tmp_path):

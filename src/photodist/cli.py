@@ -517,7 +517,8 @@ _DUST_PRIOR_OPTION = click.option(
     show_default=True,
     help="A_r prior of the Bayesian estimator: flat on its bounds (the paper's), or also a "
     "normal prior around the patch's extinction against distance, fitted to the patch's own "
-    "stars (photodist.dust_profile; docs/benchmarks.md; `bayes` fits it on the first batch). "
+    "stars (photodist.dust_profile; docs/benchmarks.md; `bayes` fits it on "
+    "the catalogue's first 200,000 rows). "
     "With a dust map the networks of `run` and `survey` then also take the map's A_r.",
 )
 
@@ -547,9 +548,9 @@ def _prior_temper_options(function):
         show_default=True,
         help="Power of the ([Fe/H], M_r) prior in [0, 1] (1: as given, as in the paper; 0: "
         "flat), or 'auto': per patch, the power that maximises the marginal likelihood of "
-        "2,000 of its stars (photodist.prior_temper; `bayes` fits it on the first batch). It "
-        "stays 1 where the stars follow the prior and falls where they follow another "
-        "population, so that the posteriors are not too narrow.",
+        "2,000 of its stars (photodist.prior_temper; `bayes` fits it on the catalogue's "
+        "first 200,000 rows). It stays 1 where the stars follow the prior and falls where "
+        "they follow another population, so that the posteriors are not too narrow.",
     )(function)
     return click.option(
         "--prior-feh-shift",
@@ -557,8 +558,9 @@ def _prior_temper_options(function):
         default="auto",
         show_default=True,
         help="Shift of the prior along [Fe/H] in dex (0: as given), or 'auto': per patch, the "
-        "shift within ±0.5 dex that maximises the same marginal likelihood, fitted before the "
-        "power. A Galaxy model's metallicity scale is among its least certain parts.",
+        "shift within ±0.5 dex that maximises the marginal likelihood of 2,000 of its stars, "
+        "used if it gains at least 0.02 nats per star, fitted before the power. A Galaxy "
+        "model's metallicity scale is among its least certain parts.",
     )(function)
 
 
@@ -667,8 +669,7 @@ def _patch_from_options(
     "--r-max",
     type=float,
     default=lambda: _default("simulate", "DEFAULT_R_MAX"),
-    show_default="27.5",
-    help="Faint limit in true r (mag).",
+    help="Faint limit in true r (mag).  [default: 27.5]",
 )
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @click.option(
@@ -750,8 +751,7 @@ def simulate_command(
     "--min-stars",
     type=click.IntRange(1, 1_000_000),
     default=lambda: _default("priors", "DEFAULT_MIN_STARS"),
-    show_default="20000",
-    help="Simulated stars per r bin the map aims for.",
+    help="Simulated stars per r bin the map aims for.  [default: 20000]",
 )
 @click.option(
     "--trilegal",
@@ -1103,7 +1103,8 @@ def _positions_reader(path: Path, columns: ColumnMap):
     type=POSITIVE_INT,
     default=10_000,
     show_default=True,
-    help="Patches with more stars than this get networks (as in `run` and `survey`).",
+    help="Patches with more usable stars than this get networks, as `run` and `survey` "
+    "decide (none when this is below their minimum training set).",
 )
 @click.option(
     "--json",
@@ -1194,7 +1195,8 @@ def check_command(
     type=SEED,
     default=0,
     show_default=True,
-    help="Seed of the Galaxy-model prior simulation.",
+    help="Seed of the Galaxy-model prior simulation and of the star samples the error-floor, "
+    "prior and dust-profile fits use.",
 )
 @_keep_option
 @click.option(
@@ -1248,9 +1250,10 @@ def bayes_command(
 ) -> None:
     """Bayesian estimates for every star of INPUT (Parquet, HATS, CSV, text or FITS) -> OUTPUT.
 
-    The catalogue is streamed in batches; a Parquet OUTPUT is written batch by batch (bounded
-    memory). The ([Fe/H], M_r) prior is the Galaxy model's for the catalogue's sky area unless
-    --prior, --trilegal-prior or --flat-prior says otherwise. OUTPUT.run.json records the
+    The catalogue is streamed in batches; a Parquet or CSV OUTPUT is written batch by batch
+    (bounded memory), a FITS one assembled in memory. The ([Fe/H], M_r) prior is the Galaxy
+    model's for the catalogue's sky area unless --prior, --trilegal-prior or --flat-prior
+    says otherwise. OUTPUT.run.json records the
     settings, the error floor and the dust profile used (`photodist train` reads it).
     """
     import json
@@ -1754,7 +1757,8 @@ def run_command(
     """Hybrid photo-D for one patch: Bayes on a subsample, networks for the rest.
 
     Writes OUTPUT (one row per input row, same order) and, beside it, OUTPUT.run.json (the
-    configuration, counts and stage timings) and OUTPUT.prior.npz (the prior used).
+    configuration, counts and stage timings) and OUTPUT.prior.npz (the prior used; none
+    with --flat-prior).
     """
     import json
 
@@ -2460,7 +2464,8 @@ def training_size_command(
     "--truth",
     type=click.Path(exists=True, path_type=Path),
     default=None,
-    help="Catalogue with true values (simulations), aligned with the run output.",
+    help="Catalogue with true values (simulations), matched to the run's rows by an id "
+    "column (a survey output: by id or ra/dec), else row by row.",
 )
 @click.option(
     "--bayes-reference",
@@ -2487,7 +2492,11 @@ def training_size_command(
 @_FLUX_UNIT_OPTION
 @click.option("--title", default=None, help="Page title.")
 @click.option("--dpi", type=POSITIVE_INT, default=80, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing report folder.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the previous report's files in --out (other files there are kept).",
+)
 def report_command(
     run_output: Path,
     out_dir: Path,

@@ -1,7 +1,8 @@
 """Catalogue input and output: Parquet (file or directory), HATS, CSV and FITS tables.
 
 Reading is streamable with bounded memory (:func:`iter_catalog_batches`); numeric columns come
-back as plain numpy ``float64`` / ``int64`` so downstream numpy code works. Every input problem
+back as numpy ``float64`` / ``int64`` (``uint64`` where unsigned), integer columns with missing
+values as pandas' nullable ``Int64`` / ``UInt64`` (exact 64-bit ids). Every input problem
 raises :class:`CatalogError` with a one-line message naming the file. Writing is atomic: data go
 to a hidden temporary file in the destination directory, which is renamed into place only once
 complete, so a failure never leaves a partial output behind.

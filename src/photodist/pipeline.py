@@ -26,9 +26,9 @@ Output columns (one row per input row, same order), for p in ``Mr``, ``Ar``, ``F
   prediction of the Bayesian width, or the Bayesian posterior width itself);
 
 then ``Qr_mean``, ``Qr_sigma`` (Q_r = M_r + A_r), ``DM_mean = r - Qr_mean``, ``DM_sigma``,
-``dist_pc = 10**(0.2 DM_mean + 1)``, ``chi2min`` (Bayesian rows: the chi2 of the posterior's
-best point; network rows: the model's best fit without the prior,
-:meth:`photodist.bayes.BayesEstimator.best_fit`), ``log_evidence`` (Bayesian rows; NaN for
+``dist_pc = 10**(0.2 DM_mean + 1)``, ``chi2min`` (every row: the model's best fit without
+the prior, A_r within its bounds; :meth:`photodist.bayes.BayesEstimator.best_fit` for network
+rows), ``log_evidence`` (Bayesian rows; NaN for
 network rows),
 ``flags`` (bits of :class:`photodist.bayes.Flags`),
 ``method`` and ``labelled``.
@@ -985,7 +985,8 @@ def predict_with_model(
     --save-model``, :meth:`photodist.nn.PhotoDNetwork.save`): a later data release, or stars
     that were not in the training run. There is no Bayesian fallback: rows the networks cannot
     take (no r, too few usable colours) keep NaN estimates and are flagged
-    ``NN_INVALID_INPUT`` (and ``NO_R`` or ``COLOR_UNUSABLE``); ``photodist bayes`` estimates
+    ``NN_INVALID_INPUT`` (and ``NO_R``, ``COLOR_UNUSABLE`` or ``TOO_FEW_COLORS``);
+    ``photodist bayes`` estimates
     them.
 
     Parameters

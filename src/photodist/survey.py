@@ -34,10 +34,11 @@ Crash safety
     complete. A run manifest (``photodist_run.json``) records the configuration (input and its
     size/modification times, patch order, prior source, pipeline settings, seeds, package
     version); rerunning the same command skips finished patches (file present with the
-    expected row count), redoes the others and removes stale temporary files, and a rerun
-    with a different configuration is refused (:class:`ManifestMismatchError`). A patch that
-    fails is reported by name; the others still run and the summary says the run is not
-    complete (the command-line entry point then exits with status 1).
+    expected row count and its summary in ``photodist_patches/``), redoes the others and
+    removes stale temporary files, and a rerun with a different configuration is refused
+    (:class:`ManifestMismatchError`). A patch that fails is reported by name; the others
+    still run and the summary says the run is not complete (the command-line entry point
+    then exits with status 1).
 
 Memory
     A patch of at most :attr:`SurveyConfig.max_patch_rows` rows is processed in memory. A
