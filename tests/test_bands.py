@@ -458,3 +458,9 @@ def test_positions_come_from_ra_dec_else_galactic_but_a_named_column_is_never_re
         position_columns(list(frame.columns), named)
     with pytest.raises(MissingColumnError, match="'nope'"):
         sky_positions(frame, named)
+
+
+def test_photometry_from_frame_names_a_wrong_input_type() -> None:
+    rows = [{"rmag": 18.0, "rErr": 0.01}]
+    with pytest.raises(TypeError, match="takes a pandas DataFrame.*got list"):
+        photometry_from_frame(rows, "sdss")

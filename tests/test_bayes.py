@@ -556,3 +556,17 @@ def test_best_fit_finds_the_smallest_chi2_and_flags_as_the_posterior(coarse_locu
         # A_r truncation, so a star near a threshold may differ)
         agree = ((flags & bit) != 0) == ((bayes & bit) != 0)
         assert agree[ok].mean() > 0.97, bit
+
+
+def test_wrong_argument_types_are_named(coarse_locus) -> None:
+    """A catalogue frame instead of a Photometry, or a path instead of a prior map, gets a
+    TypeError that says what to pass (it was an AttributeError deep inside)."""
+    estimator = BayesEstimator(coarse_locus)
+    frame = pd.DataFrame({"rmag": [18.0], "umag": [19.0]})
+    for method in (estimator.predict, estimator.best_fit):
+        with pytest.raises(TypeError, match="takes a Photometry.*photometry_from_frame"):
+            method(frame)
+    with pytest.raises(TypeError, match="takes a Photometry"):
+        estimator.posteriors(frame, [0])
+    with pytest.raises(TypeError, match="prior must be a PriorMap"):
+        BayesEstimator(coarse_locus, "prior.npz")

@@ -1193,3 +1193,32 @@ def test_default_kept_ids_are_found_in_any_case(tmp_path):
     result = CliRunner().invoke(cli, ["bayes", str(path), str(out), "--flat-prior"])
     assert result.exit_code == 0, result.output
     assert pd.read_parquet(out)["OBJID"].tolist() == frame["OBJID"].tolist()
+
+
+def test_bayes_warns_when_extinction_piles_against_the_prior_bound(tmp_path):
+    """Stars reddened by 1.5 mag with A_max = 0.5 mag: the posteriors pile against the bound,
+    the run says so (and records it), and a bound above their extinction is quiet."""
+    from photodist.bands import get_band_set
+    from photodist.locus import build_locus
+
+    locus = build_locus(feh_step=0.25, mr_step=0.5)
+    colors = locus.interpolate(np.array([4.5]), np.array([-0.5]))[0][:4]
+    colors = colors + 1.5 * get_band_set("sdss").reddening_vector()
+    r = 19.0 + 0.1 * np.arange(5)
+    frame = pd.DataFrame({"rmag": r, "gmag": r + colors[1], "imag": r - colors[2]})
+    frame["umag"] = frame["gmag"] + colors[0]
+    frame["zmag"] = frame["imag"] - colors[3]
+    for band in "ugriz":
+        frame[f"{band}Err"] = 0.02
+    src = tmp_path / "red.csv"
+    frame.to_csv(src, index=False)
+    grid = ["--bands", "sdss", "--feh-step", "0.25", "--mr-step", "0.5", "--flat-prior"]
+    low = CliRunner().invoke(
+        cli, ["bayes", str(src), str(tmp_path / "a.csv"), *grid, "--a-max", "0.5"]
+    )
+    assert low.exit_code == 0, low.output
+    assert "warning: 5 of 5 stars (100 %) have A_r estimates within 10 %" in low.output
+    summary = json.loads((tmp_path / "a.csv.run.json").read_text())
+    assert summary["n_ar_near_bound"] == 5 and summary["n_ar_estimates"] == 5
+    high = CliRunner().invoke(cli, ["bayes", str(src), str(tmp_path / "b.csv"), *grid])
+    assert high.exit_code == 0 and "upper bound" not in high.output

@@ -156,3 +156,9 @@ def test_profile_validation_and_round_trip():
         DustProfile(np.array([10.0]), np.array([0.2]), 0.0)
     with pytest.raises(ValueError, match="same"):
         DustProfile(np.array([10.0, 11.0]), np.array([0.2]), 0.1)
+
+
+def test_a_decreasing_profile_is_refused() -> None:
+    with pytest.raises(ValueError, match="non-decreasing"):
+        DustProfile(np.array([5.0, 10.0, 15.0]), np.array([1.0, 0.5, -0.2]), 0.05)
+    DustProfile(np.array([5.0, 10.0, 15.0]), np.array([0.5, 0.5, 1.0]), 0.05)  # flat parts

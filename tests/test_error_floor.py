@@ -15,9 +15,11 @@ from photodist.error_floor import (
     correlated_color_noise,
     fit_error_floor,
     grid_error,
+    resolve_error_floor,
     well_measured_rows,
 )
 from photodist.locus import build_locus
+from photodist.pipeline import PipelineConfig
 
 
 def _stars(locus, band_set, n, seed, extra_scatter=0.0):
@@ -98,3 +100,14 @@ def test_too_few_well_measured_stars_keep_the_fallback(coarse_locus):
     fit = fit_error_floor(phot, coarse_locus, config=BayesConfig(error_floor=0.03))
     assert not fit.fitted and fit.floor == 0.03 and "at least" in fit.reason
     assert fit_error_floor(phot, coarse_locus, fallback=0.01).floor == 0.01
+
+
+@pytest.mark.parametrize("floor", [-1.0, float("nan"), float("inf"), "fast", None])
+def test_resolve_error_floor_refuses_what_the_configs_refuse(coarse_locus, floor) -> None:
+    phot = Photometry(
+        LSST, np.array([20.0]), np.array([0.01]), np.zeros((1, 5)), np.full((1, 5), 0.02)
+    )
+    with pytest.raises(ValueError, match="error_floor must be 'auto' or a finite magnitude"):
+        resolve_error_floor(floor, phot, coarse_locus, None, check=False)
+    with pytest.raises(ValueError, match="error_floor must be"):
+        PipelineConfig(error_floor=floor)

@@ -184,3 +184,13 @@ def test_an_empty_locus_file_is_a_clear_error(tmp_path):
     path.write_text("")
     with pytest.raises(ValueError, match="not a readable locus table"):
         Locus.load(path)
+
+
+def test_mismatched_shapes_and_extrapolated_ranges_are_named() -> None:
+    locus = build_locus(feh_step=0.5, mr_step=1.0)
+    with pytest.raises(ValueError, match="mr and feh must have the same shape"):
+        locus.interpolate(np.array([4.0, 5.0, 6.0]), np.array([-1.0, -0.5]))
+    with pytest.warns(UserWarning, match="feh_range .* extrapolated"):
+        build_locus(feh_step=0.5, mr_step=1.0, feh_range=(-4.0, 0.5))
+    with pytest.warns(UserWarning, match="mr_range"):
+        build_locus(feh_step=0.5, mr_step=1.0, mr_range=(-1.0, 18.0))

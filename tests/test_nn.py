@@ -460,6 +460,35 @@ def test_nan_rows_are_flagged_and_do_not_disturb_other_rows(
         np.testing.assert_array_equal(pred[key][~expected], clean[key][~expected])
 
 
+def test_only_sets_of_missing_colours_seen_in_training_are_filled(
+    sdss_data: tuple[np.ndarray, ...], tmp_path
+) -> None:
+    """Each colour missing alone in many training rows does not make a row missing all of
+    them (r only), or a pair never missing together, a network row: such rows are
+    invalid_input with NaN estimates, in every prediction path and after save/load."""
+    x, y, s, _ = sdss_data
+    x = x.copy()
+    rng = np.random.default_rng(4)
+    for k in range(4):  # each colour (and its error) missing alone in 5 % of the rows
+        lacks = (rng.random(len(x)) < 0.05) & np.isfinite(x[:, 1:5]).all(axis=1)
+        x[lacks, 1 + k] = np.nan
+        x[lacks, 6 + k] = np.nan
+    model = PhotoDNetwork("sdss", seed=0, **FAST).fit(x, y, s)
+    assert model.missing_supported_.all()
+    test = np.repeat(x[:1], 4, axis=0)
+    test[:, 1:5] = x[np.isfinite(x[:, 1:5]).all(axis=1)][0, 1:5]
+    test[:, 6:10] = 0.02
+    test[1, [1, 6]] = np.nan  # u-g alone missing: seen in training
+    test[2, [1, 2, 6, 7]] = np.nan  # u-g and g-r together: never seen
+    test[3, 1:5] = test[3, 6:10] = np.nan  # r only
+    loaded = PhotoDNetwork.load(model.save(tmp_path / "m.safetensors"))
+    for pred in (model.predict(test), loaded.predict(test)):
+        assert pred["invalid_input"].tolist() == [False, False, True, True]
+        assert np.isfinite(pred["Mr_mean"][:2]).all() and np.isnan(pred["Mr_mean"][2:]).all()
+    on_tensor = model.predict_tensor(torch.from_numpy(test))
+    assert on_tensor["invalid_input"].numpy().tolist() == [False, False, True, True]
+
+
 def test_missing_colours_are_learned_when_the_training_set_has_them(
     sdss_data: tuple[np.ndarray, ...], tmp_path
 ) -> None:
@@ -822,3 +851,11 @@ def test_dust_input_lets_the_networks_follow_the_map(tmp_path) -> None:
     np.testing.assert_array_equal(
         loaded.predict(xd[3000:])["Ar_mean"], with_map.predict(xd[3000:])["Ar_mean"]
     )
+
+
+def test_a_catalogue_frame_is_refused_with_a_hint(fitted: PhotoDNetwork) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(np.zeros((2, 10)), columns=[f"c{k}" for k in range(10)])
+    with pytest.raises(TypeError, match="takes a Photometry .*photometry_from_frame"):
+        fitted.predict(frame)

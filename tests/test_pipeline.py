@@ -667,3 +667,22 @@ def test_labels_settings_are_read_from_bayes_and_run_summaries():
     assert record["posterior_grid"] == [config.bayes_feh_step, 0.25]
     # a summary without settings: the config's, as without a summary
     assert _labels_fit_check({}, config)["bayes_config"]["error_floor"] == 0.02
+
+
+def test_run_patch_names_a_wrong_input_type() -> None:
+    with pytest.raises(TypeError, match="DataFrame of the catalogue or a Photometry, got list"):
+        run_patch([{"rmag": 18.0}], None, None, PipelineConfig(band_set="sdss"))
+
+
+def test_a_star_listed_many_times_counts_once(catalog, prior, default_locus, hybrid) -> None:
+    """Copies of one star's row change neither the fits of the patch nor its training set:
+    the original rows get exactly the estimates they get without the copies (before, 20,000
+    copies of one star pulled the fitted prior to power 0.5 and +0.4 dex)."""
+    copies = pd.concat([catalog, catalog.iloc[[20] * (2 * len(catalog))]], ignore_index=True)
+    result, _, _ = run_patch(copies, prior, default_locus, small_config(), keep=("source_id",))
+    info = result.attrs["photodist_pipeline"]
+    assert info["n_duplicate_rows"] == 2 * len(catalog)
+    assert info["prior_temper"] == hybrid[0].attrs["photodist_pipeline"]["prior_temper"]
+    assert not result["labelled"].iloc[len(catalog) :].any()
+    assert 0 <= info["n_ar_near_bound"] < 0.05 * info["n_ar_estimates"]  # A_r within bounds
+    pd.testing.assert_frame_equal(result.iloc[: len(catalog)], hybrid[0], check_like=False)

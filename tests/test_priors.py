@@ -344,3 +344,10 @@ def test_trilegal_maps_refuse_bad_densities_and_ambiguous_pixels(
     with pytest.raises(ValueError, match="holds pixel 0 in 2 files"):
         read_trilegal_priors(mixed, default_locus)
     assert read_trilegal_priors(first, default_locus).n_bins == 27  # the file itself reads
+
+
+def test_galaxy_prior_for_stars_needs_as_many_ra_as_dec() -> None:
+    from photodist.priors import galaxy_prior_for_stars
+
+    with pytest.raises(ValueError, match="ra and dec must have the same shape"):
+        galaxy_prior_for_stars(np.array([10.0, 11.0]), np.array([5.0]))

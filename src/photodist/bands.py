@@ -712,6 +712,13 @@ class Photometry:
             columns.append(np.full(len(self), np.nan) if self.dust is None else self.dust)
         return np.column_stack(columns)
 
+    def distinct_rows(self) -> np.ndarray:
+        """Indices (ascending) of the rows whose photometry (r, colours, their errors and the
+        dust-map value) repeats no earlier row's: one star listed several times counts once
+        in the per-patch fits and in a training set."""
+        table = pd.DataFrame(self.features(dust=self.dust is not None))
+        return np.flatnonzero(~table.duplicated(keep="first").to_numpy())
+
     def subset(self, index: np.ndarray) -> Photometry:
         """Rows selected by an integer or boolean index."""
         return Photometry(
@@ -889,6 +896,27 @@ def unusable_measurements(mags: np.ndarray, errs: np.ndarray) -> tuple[np.ndarra
     return bad_err, bad
 
 
+def require_photometry(value: Any, where: str) -> Photometry:
+    """``value`` if it is a :class:`Photometry`, else a ``TypeError`` from ``where`` that
+    says how to make one (a catalogue frame is the usual mistake)."""
+    if not isinstance(value, Photometry):
+        raise TypeError(
+            f"{where} takes a Photometry, got {type(value).__name__}; "
+            "photometry_from_frame(frame, band_set) reads one from a catalogue frame"
+        )
+    return value
+
+
+def require_frame(value: Any, where: str) -> pd.DataFrame:
+    """``value`` if it is a pandas DataFrame, else a ``TypeError`` from ``where``."""
+    if not isinstance(value, pd.DataFrame):
+        raise TypeError(
+            f"{where} takes a pandas DataFrame of the catalogue, got {type(value).__name__} "
+            "(pandas.DataFrame(...) or photodist.io.read_catalog(path) makes one)"
+        )
+    return value
+
+
 def photometry_from_frame(
     frame: pd.DataFrame,
     band_set: BandSet | str = "lsst",
@@ -909,6 +937,7 @@ def photometry_from_frame(
     ``measurements``, the magnitudes and errors of :func:`band_photometry` for the same
     frame and columns, saves reading them again when the caller has them.
     """
+    require_frame(frame, "photometry_from_frame")
     band_set = get_band_set(band_set)
     columns = (columns or ColumnMap()).resolved([str(c) for c in frame.columns], band_set)
     _, color_sources = columns.photometry_sources(band_set, [str(c) for c in frame.columns])

@@ -65,7 +65,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import logsumexp
 
-from photodist.bands import Photometry
+from photodist.bands import Photometry, require_photometry
 from photodist.locus import Locus
 
 if TYPE_CHECKING:
@@ -1449,6 +1449,13 @@ class PriorGrid:
         The prior's density is interpolated (bilinearly) onto the locus grid when the grids
         differ (``PriorMap.regrid``).
         """
+        if not all(hasattr(prior, a) for a in ("feh", "mr", "log_prior", "regrid")) and not (
+            isinstance(prior, PriorGrid)
+        ):
+            raise TypeError(
+                f"prior must be a PriorMap (PriorMap.load(path) reads a saved one) or a "
+                f"PriorGrid, got {type(prior).__name__}"
+            )
         if isinstance(prior, PriorGrid):
             if prior.log_prior.shape[1:] != locus.shape:
                 raise ValueError(
@@ -1609,6 +1616,25 @@ def poor_fit_thresholds(config: BayesConfig) -> np.ndarray:
     return chi2.ppf(0.999, np.maximum(np.arange(6) - 2, 1)).astype(np.float64)
 
 
+#: A_r estimates at or above this fraction of the prior's upper bound A_max are piled
+#: against it (:func:`ar_near_bound`)
+AR_NEAR_BOUND_FRACTION = 0.9
+
+
+def ar_near_bound(ar_mean: np.ndarray, a_max: np.ndarray) -> tuple[int, int]:
+    """How many of the finite A_r estimates lie at or above :data:`AR_NEAR_BOUND_FRACTION`
+    of their A_max, and how many are finite. Many such stars mean that the bound (without a
+    dust map, ``BayesConfig.default_a_max``) is below their extinction: their posteriors
+    pile against it, and their M_r and distances are biased (the colours' excess reddening
+    is taken up along the locus instead). A row-level ``AR_AT_BOUND`` catches only the stars
+    whose best fit lies beyond the bound."""
+    ar_mean = np.asarray(ar_mean, dtype=float)
+    finite = np.isfinite(ar_mean)
+    with np.errstate(invalid="ignore"):
+        near = finite & (ar_mean >= AR_NEAR_BOUND_FRACTION * np.asarray(a_max, dtype=float))
+    return int(near.sum()), int(finite.sum())
+
+
 def a_max_for(photometry: Photometry, config: BayesConfig) -> np.ndarray:
     """Upper A_r bound per star: from the dust-map column when present, else the default."""
     n = len(photometry)
@@ -1722,7 +1748,7 @@ class BayesEstimator:
 
     def predict(self, photometry: Photometry) -> pd.DataFrame:
         """Posterior summaries for every star (one output row per input row, same order)."""
-        band_set = photometry.band_set
+        band_set = require_photometry(photometry, "BayesEstimator.predict").band_set
         locus_colors = self.locus.colors_for(band_set)
         n_feh, n_mr = self.locus.shape
         locus_t = np.zeros((5, n_feh * n_mr))
@@ -1798,6 +1824,7 @@ class BayesEstimator:
         cent of :meth:`predict`'s cost). NaN chi2 for stars with fewer than two
         usable colours.
         """
+        require_photometry(photometry, "BayesEstimator.best_fit")
         band_set = photometry.band_set
         n_feh, n_mr = self.locus.shape
         locus_t = np.zeros((5, n_feh * n_mr))
@@ -1842,6 +1869,7 @@ class BayesEstimator:
         :func:`photodist.posterior.star_posterior`."""
         from photodist.posterior import star_posterior
 
+        require_photometry(photometry, "BayesEstimator.posteriors")
         rows = np.atleast_1d(rows)
         if rows.size and not (
             np.issubdtype(rows.dtype, np.integer)

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from photodist.bands import BandSet, Photometry
+from photodist.bands import BandSet, Photometry, require_photometry
 from photodist.bayes import (
     MAX_HIST_BINS,
     OUTPUT_COLUMNS,
@@ -513,7 +513,7 @@ class TorchBayesEstimator:
     # ---------------------------------------------------------------- predict
     def predict(self, photometry: Photometry) -> pd.DataFrame:
         """Posterior summaries for every star (one output row per input row, same order)."""
-        band_set = photometry.band_set
+        band_set = require_photometry(photometry, "TorchBayesEstimator.predict").band_set
         grid = self._grid(band_set)
         nc = grid.n_colors
         n = len(photometry)

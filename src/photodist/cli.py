@@ -564,6 +564,24 @@ def _prior_temper_options(function):
     )(function)
 
 
+#: Fraction of the stars with A_r piled against its prior's bound beyond which a run warns
+AR_NEAR_BOUND_WARNING = 0.05
+
+
+def _warn_ar_near_bound(n_near: int, n_estimated: int) -> None:
+    """Warn when many A_r estimates sit at their prior's upper bound
+    (:func:`photodist.bayes.ar_near_bound`)."""
+    if n_estimated and n_near > AR_NEAR_BOUND_WARNING * n_estimated:
+        click.echo(
+            f"warning: {n_near:,} of {n_estimated:,} stars ({100 * n_near / n_estimated:.0f} %) "
+            "have A_r estimates within 10 % of the A_r prior's upper bound: the bound is "
+            "probably below their extinction (without a dust-map column it is --a-max, 3 mag "
+            "by default), which biases their M_r and distances. Give a dust map "
+            "(--dust-column, --ebv-column) or raise the bound (--a-max, --a-max-scale).",
+            err=True,
+        )
+
+
 def _echo_prior_temper(record: dict[str, Any]) -> None:
     """Say how a run adjusted its prior (``PriorTemperFit.to_dict()``)."""
     from photodist.report import prior_power_note
@@ -1261,7 +1279,7 @@ def bayes_command(
     from tqdm import tqdm
 
     from photodist import io
-    from photodist.bayes import BayesConfig, PriorGrid
+    from photodist.bayes import BayesConfig, PriorGrid, ar_near_bound
     from photodist.bayes_torch import make_estimator
     from photodist.error_floor import resolve_error_floor
     from photodist.nn import resolve_device
@@ -1325,6 +1343,7 @@ def bayes_command(
             sample = photometry_from_frame(first, band_set, columns)
         except KeyError as exc:
             raise click.ClickException(str(exc)) from exc
+        sample = sample.subset(sample.distinct_rows())  # a repeated star counts once
         # Bayes only: the measured scatter alone (no grid term) calibrates best
         fit = resolve_error_floor(
             error_floor, sample, locus, prior, config, seed=seed, grid_term=False
@@ -1369,6 +1388,8 @@ def bayes_command(
     prior_grid = PriorGrid.from_prior(prior, locus) if prior is not None and wanted.size else None
     start = time.perf_counter()
 
+    near_bound = [0, 0]  # A_r estimates near their bound, finite ones
+
     def parts() -> Iterator[pd.DataFrame]:
         n_done = 0
         with tqdm(total=total, unit="star", desc="bayes") as bar:
@@ -1389,6 +1410,9 @@ def bayes_command(
                         phot, int(row), n_done, locus, prior_grid, config, post_dir, profile
                     )
                 kept = frame[[c for c in keep if c in frame.columns]].reset_index(drop=True)
+                near, finite = ar_near_bound(result["Ar_mean"], result["Ar_max"])
+                near_bound[0] += near
+                near_bound[1] += finite
                 floats = {c: "float32" for c in result.columns if c != "flags"}
                 yield pd.concat([kept, result.astype(floats)], axis=1)
                 n_done += len(phot)
@@ -1408,11 +1432,14 @@ def bayes_command(
         "dust_profile": profile_info,
         "prior_r_range": estimator.prior.r_range,
         "posterior_grid": {"feh_step": locus.feh_step, "mr_step": locus.mr_step},
+        "n_ar_near_bound": near_bound[0],
+        "n_ar_estimates": near_bound[1],
         "columns": columns.to_mapping(),
         "device": str(resolved_device),
         "seconds": elapsed,
     }
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
+    _warn_ar_near_bound(*near_bound)
     click.echo(
         f"{n_out} stars -> {output_path} in {elapsed:.1f} s "
         + (f"({elapsed / n_out * 1e6:.0f} us/star; " if n_out else "(")
@@ -1794,7 +1821,17 @@ def run_command(
     except (KeyError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     timings = {"prior": prior_seconds, **timings}
+    n_repeated = result.attrs["photodist_pipeline"].get("n_duplicate_rows", 0)
+    if n_repeated:
+        click.echo(
+            f"note: {n_repeated:,} rows repeat an earlier row's photometry exactly; each star "
+            "counts once in the training set and the prior, floor and dust fits"
+        )
     _echo_prior_temper(result.attrs["photodist_pipeline"]["prior_temper"])
+    _warn_ar_near_bound(
+        result.attrs["photodist_pipeline"]["n_ar_near_bound"],
+        result.attrs["photodist_pipeline"]["n_ar_estimates"],
+    )
     if result.attrs["photodist_pipeline"].get("reason"):
         click.echo(
             "every star got the Bayesian estimate: " + result.attrs["photodist_pipeline"]["reason"]

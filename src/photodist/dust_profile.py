@@ -111,6 +111,8 @@ class DustProfile:
             raise ValueError("knots_x and knots_mu must be 1-d arrays of the same, non-zero size")
         if not (np.isfinite(x).all() and np.isfinite(mu).all()) or np.any(np.diff(x) <= 0):
             raise ValueError("knots must be finite, with strictly ascending knots_x")
+        if np.any(np.diff(mu) < 0.0):
+            raise ValueError(f"knots_mu must be non-decreasing, got {mu.tolist()}")
         if not float(self.sigma) > 0.0:
             raise ValueError(f"sigma must be positive, got {self.sigma!r}")
         object.__setattr__(self, "knots_x", x)

@@ -31,6 +31,7 @@ calibrated without it, so Bayes-only runs (``photodist bayes``) fit the scatter 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,6 +268,25 @@ def fit_error_floor(
     )
 
 
+def parse_error_floor(value: Any) -> str | float:
+    """``"auto"``, or ``value`` as a finite magnitude >= 0.
+
+    Raises
+    ------
+    ValueError
+        Anything else, naming the setting.
+    """
+    if isinstance(value, str) and value == "auto":
+        return "auto"
+    try:
+        floor = float(value)
+    except (TypeError, ValueError):
+        floor = math.nan
+    if not 0.0 <= floor < math.inf:
+        raise ValueError(f"error_floor must be 'auto' or a finite magnitude >= 0, got {value!r}")
+    return floor
+
+
 def resolve_error_floor(
     error_floor: float | str,
     photometry: Photometry,
@@ -286,6 +306,7 @@ def resolve_error_floor(
     catalogue's scatter is still measured on up to ``CHECK_STARS`` stars as a diagnostic of its
     error model (``scatter``, the medians; ``reason`` starts with "fixed").
     """
+    error_floor = parse_error_floor(error_floor)
     if error_floor == "auto":
         return fit_error_floor(
             photometry,

@@ -26,6 +26,7 @@ format of the ``photod`` package), so any other locus on a rectangular grid can 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -381,6 +382,10 @@ class Locus:
 
     def interpolate(self, mr: np.ndarray, feh: np.ndarray) -> np.ndarray:
         """Bilinear interpolation of the colours at (M_r, [Fe/H]); NaN outside the grid."""
+        if np.shape(mr) != np.shape(feh):
+            raise ValueError(
+                f"mr and feh must have the same shape, got {np.shape(mr)} and {np.shape(feh)}"
+            )
         interp = RegularGridInterpolator(
             (self.feh, self.mr), self.colors, bounds_error=False, fill_value=np.nan
         )
@@ -497,9 +502,22 @@ def build_locus(
     feh_step, mr_step
         Grid steps in dex and mag (defaults 0.05 and 0.02).
     feh_range, mr_range
-        Inclusive grid limits (defaults [-2.5, 0.5] and [-1, 17]).
+        Inclusive grid limits (defaults [-2.5, 0.5] and [-1, 17], the range of the published
+        relations; a wider one is extrapolated, with a warning).
     """
     feh, mr = _grid_axes(feh_range, feh_step, mr_range, mr_step)
+    for name, (lo, hi), (lo_ok, hi_ok) in (
+        ("feh_range", (feh[0], feh[-1]), FEH_RANGE),
+        ("mr_range", (mr[0], mr[-1]), MR_RANGE),
+    ):
+        if lo < lo_ok - 1e-9 or hi > hi_ok + 1e-9:
+            warnings.warn(
+                f"{name} [{lo:g}, {hi:g}] goes beyond [{lo_ok:g}, {hi_ok:g}], the range of the "
+                "relations the locus is built from: its colours there are extrapolated "
+                "(and can turn back: u-g reddens again below [Fe/H] = -3)",
+                UserWarning,
+                stacklevel=2,
+            )
     ff, mm = np.meshgrid(feh, mr, indexing="ij")
     colors, weight = locus_colors(mm, ff)
     return Locus(feh, mr, colors, weight >= 0.5)

@@ -42,6 +42,7 @@ from typing import Any
 
 import numba
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load as _safetensors_load
@@ -116,8 +117,10 @@ _PROCESS_WORK_THRESHOLD = 2_000_000
 #: Error (mag) given to an unusable colour when it enters the networks (beyond the 1-mag limit
 #: of a usable colour error, so the networks can tell "no information").
 MISSING_COLOR_ERROR = 2.0
-#: Training rows with a colour unusable needed before the networks take stars without it.
+#: Training rows lacking a set of colours needed before the networks take stars without them.
 MIN_MISSING_TRAINING_ROWS = 50
+#: Fewest usable colours of a row the networks take (the Bayesian estimator's minimum).
+MIN_USABLE_COLORS = 2
 
 
 class ModelFileError(ValueError):
@@ -996,12 +999,13 @@ def _try_onednn(layers: list[_DenseLayer], n_inputs: int) -> bool:
 
 
 @numba.njit(nogil=True, cache=True)
-def _prepare_rows(x, fill, fill_supported, missing_error, low, high, rows, status):
+def _prepare_rows(x, fill, patterns, missing_error, low, high, rows, status):
     """One CPU chunk's network inputs in a single pass over its rows.
 
     Does what :meth:`PhotoDNetwork._fill_missing` and the domain test of
-    :meth:`_InferencePlan.run` do with tensors: ``rows`` (float32) receives ``x`` with each
-    supported unusable colour filled (colour ``fill``, error ``missing_error``); ``status``
+    :meth:`_InferencePlan.run` do with tensors: ``rows`` (float32) receives ``x`` with the
+    unusable colours filled (colour ``fill``, error ``missing_error``) where the row's set of
+    unusable colours is supported (``patterns``, indexed by its bit mask); ``status``
     receives 0 for a row inside the domain [``low``, ``high``], 1 for a row outside it and 2
     for a row with a non-finite input (its ``rows`` are zeroed). Feature columns: r, the n
     colours, r error, the n colour errors, then any others.
@@ -1009,14 +1013,17 @@ def _prepare_rows(x, fill, fill_supported, missing_error, low, high, rows, statu
     n_rows, n_cols = x.shape
     n_colors = fill.shape[0]
     for i in range(n_rows):
+        code = 0
         for k in range(n_cols):
             rows[i, k] = x[i, k]
         for c in range(n_colors):
-            color = rows[i, 1 + c]
-            error = rows[i, 2 + n_colors + c]
-            if fill_supported[c] and not (np.isfinite(color) and np.isfinite(error)):
-                rows[i, 1 + c] = fill[c]
-                rows[i, 2 + n_colors + c] = missing_error
+            if not (np.isfinite(rows[i, 1 + c]) and np.isfinite(rows[i, 2 + n_colors + c])):
+                code |= 1 << c
+        if code and patterns[code]:
+            for c in range(n_colors):
+                if code & (1 << c):
+                    rows[i, 1 + c] = fill[c]
+                    rows[i, 2 + n_colors + c] = missing_error
         inside = True
         finite = True
         for k in range(n_cols):
@@ -1179,17 +1186,52 @@ def _as_2d_float(values: Any, name: str) -> np.ndarray:
     return array
 
 
-def _fill_colors(x: torch.Tensor, fill: np.ndarray, supported: np.ndarray) -> torch.Tensor:
-    """``x`` (rows of features, any device) with its unusable ``supported`` colours set to
-    ``fill`` and their errors to ``MISSING_COLOR_ERROR``; ``x`` itself when nothing is filled."""
-    if not bool(np.any(supported)):
+def missing_patterns(missing: np.ndarray) -> np.ndarray:
+    """Bit mask of each row's unusable colours (bit k: colour k) from an (N, n_colors) mask."""
+    weights = np.left_shift(1, np.arange(missing.shape[1], dtype=np.int64))
+    return missing.astype(np.int64) @ weights
+
+
+def supported_patterns(pattern_counts: np.ndarray, n_colors: int) -> np.ndarray:
+    """Which sets of unusable colours (indexed by bit mask) the networks fill: none missing,
+    or a set that at least :data:`MIN_MISSING_TRAINING_ROWS` training rows lacked, leaving
+    :data:`MIN_USABLE_COLORS` usable colours."""
+    codes = np.arange(1 << n_colors)
+    n_missing = np.array([bin(int(c)).count("1") for c in codes])
+    ok = (np.asarray(pattern_counts) >= MIN_MISSING_TRAINING_ROWS) & (
+        n_colors - n_missing >= MIN_USABLE_COLORS
+    )
+    ok[0] = True
+    return ok
+
+
+def _pattern_counts_of_colors(counts: np.ndarray) -> np.ndarray:
+    """Pattern counts for a file saved before 0.3.4, which kept only each colour's count: a
+    single missing colour gets its count (the networks then filled any set of supported
+    colours; now only single ones, which is what such files were mostly trained on)."""
+    n_colors = len(counts)
+    out = np.zeros(1 << n_colors, dtype=np.int64)
+    for k, count in enumerate(counts):
+        out[1 << k] = count
+    return out
+
+
+def _fill_colors(x: torch.Tensor, fill: np.ndarray, patterns: np.ndarray) -> torch.Tensor:
+    """``x`` (rows of features, any device) with its unusable colours set to ``fill`` and their
+    errors to ``MISSING_COLOR_ERROR`` in the rows whose set of unusable colours ``patterns``
+    supports (:func:`supported_patterns`); the others keep their non-finite inputs (so they
+    are ``invalid_input``). ``x`` itself when nothing is filled."""
+    if not bool(np.any(patterns[1:])):
         return x
     n_colors = len(fill)
     colors = x[:, 1 : 1 + n_colors]
     errors = x[:, 2 + n_colors : 2 + 2 * n_colors]
-    missing = ~(colors.isfinite() & errors.isfinite()) & torch.as_tensor(supported, device=x.device)
+    missing = ~(colors.isfinite() & errors.isfinite())
     if not bool(missing.any()):
         return x
+    weights = torch.tensor([1 << k for k in range(n_colors)], device=x.device)
+    codes = (missing.long() * weights).sum(dim=1)
+    missing &= torch.as_tensor(patterns, device=x.device)[codes][:, None]
     fill_values = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
     return torch.cat(
         [
@@ -1208,29 +1250,31 @@ def fill_missing_colors(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fill the unusable colours of training rows as ``PhotoDNetwork(missing_colors=True).fit``.
 
-    Among the labelled rows (finite labels, r and r error), colours lacked by at least
-    :data:`MIN_MISSING_TRAINING_ROWS` rows are "supported": where unusable they become the
-    median of that colour with error :data:`MISSING_COLOR_ERROR`.
+    Among the labelled rows (finite labels, r and r error), the sets of colours lacked
+    together by at least :data:`MIN_MISSING_TRAINING_ROWS` rows are "supported"
+    (:func:`supported_patterns`): in a row lacking such a set the colours become the median
+    of each colour with error :data:`MISSING_COLOR_ERROR`; a row lacking any other set keeps
+    its non-finite inputs.
 
     Returns
     -------
-    (filled, fill, counts, supported)
+    (filled, fill, counts, pattern_counts)
         ``x`` with those colours filled (float64), the medians, the labelled rows lacking each
-        colour and the supported mask.
+        colour and the labelled rows lacking each set of colours (indexed by bit mask).
     """
     labelled = np.isfinite(y_mean).all(axis=1) & np.isfinite(y_sigma).all(axis=1)
     labelled &= np.isfinite(x[:, 0]) & np.isfinite(x[:, 1 + n_colors])
     missing = PhotoDNetwork._missing_mask(x, n_colors)
     counts = missing[labelled].sum(axis=0).astype(np.int64)
-    supported = counts >= MIN_MISSING_TRAINING_ROWS
+    pattern_counts = np.bincount(missing_patterns(missing[labelled]), minlength=1 << n_colors)
     colors = np.where(missing, np.nan, x[:, 1 : 1 + n_colors])[labelled]
     fill = np.zeros(n_colors)
     for k in range(n_colors):
         present = colors[:, k][np.isfinite(colors[:, k])]
         fill[k] = float(np.median(present)) if present.size else 0.0
     rows = torch.tensor(x, dtype=torch.float64, device="cpu")
-    filled = _fill_colors(rows, fill, supported).numpy()
-    return filled, fill, counts, supported
+    filled = _fill_colors(rows, fill, supported_patterns(pattern_counts, n_colors)).numpy()
+    return filled, fill, counts, pattern_counts
 
 
 class PhotoDNetwork:
@@ -1283,9 +1327,11 @@ class PhotoDNetwork:
         Take stars with unusable colours (NaN colour or error, e.g. no u detection): such a
         colour enters as the training median of that colour with error
         :data:`MISSING_COLOR_ERROR`, so the networks learn from the training stars that lack it
-        what the Bayesian estimator does without it. At prediction, rows missing a colour that
-        fewer than :data:`MIN_MISSING_TRAINING_ROWS` training rows lacked are
-        ``invalid_input``. False: any NaN input is ``invalid_input``.
+        what the Bayesian estimator does without it. At prediction, rows lacking a set of
+        colours that fewer than :data:`MIN_MISSING_TRAINING_ROWS` training rows lacked
+        together, or left with fewer than :data:`MIN_USABLE_COLORS` usable colours, are
+        ``invalid_input`` (a star with only r, or only g - r, gets no network estimate).
+        False: any NaN input is ``invalid_input``.
     dust_input
         One more input after the paper's: the star's dust-map A_r
         (``Photometry.features(dust=True)``). The Bayesian labels depend on it through the A_r
@@ -1450,6 +1496,11 @@ class PhotoDNetwork:
                     f"the network expects {band_set.name!r}"
                 )
             features = features.features(dust=bool(self.dust_input))
+        elif isinstance(features, pd.DataFrame):
+            raise TypeError(
+                "PhotoDNetwork takes a Photometry (photometry_from_frame(frame, band_set) reads "
+                "one from a catalogue frame) or the network's input matrix, not a DataFrame"
+            )
         array = _as_2d_float(features, "features")
         expected = self._n_inputs(band_set)
         if array.shape[1] != expected:
@@ -1475,7 +1526,20 @@ class PhotoDNetwork:
         fill = getattr(self, "color_fill_", None)
         if fill is None:
             return x
-        return _fill_colors(x, fill, self.missing_supported_)
+        return _fill_colors(x, fill, self.missing_patterns_)
+
+    def _set_missing_support(self, n_colors: int) -> None:
+        """``missing_patterns_`` (the sets of unusable colours filled, by bit mask) and
+        ``missing_supported_`` (colours some filled set lacks) from the counts."""
+        if getattr(self, "color_fill_", None) is None:
+            self.missing_patterns_ = np.zeros(1 << n_colors, dtype=bool)
+            self.missing_patterns_[0] = True
+        else:
+            self.missing_patterns_ = supported_patterns(self.missing_pattern_counts_, n_colors)
+        codes = np.flatnonzero(self.missing_patterns_)
+        self.missing_supported_ = np.array(
+            [bool(np.any(codes & (1 << k))) for k in range(n_colors)], dtype=bool
+        )
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "primary_"):
@@ -1528,12 +1592,13 @@ class PhotoDNetwork:
         n_colors = band_set.n_colors
         self.color_fill_ = None
         if self.missing_colors:
-            x, self.color_fill_, self.missing_counts_, self.missing_supported_ = (
+            x, self.color_fill_, self.missing_counts_, self.missing_pattern_counts_ = (
                 fill_missing_colors(x, y_mean, y_sigma, n_colors)
             )
         else:
             self.missing_counts_ = np.zeros(n_colors, dtype=np.int64)
-            self.missing_supported_ = np.zeros(n_colors, dtype=bool)
+            self.missing_pattern_counts_ = np.zeros(1 << n_colors, dtype=np.int64)
+        self._set_missing_support(n_colors)
         usable = np.isfinite(x).all(axis=1) & np.isfinite(y_mean).all(axis=1)
         usable &= np.isfinite(y_sigma).all(axis=1)
         if np.any(y_sigma[usable] < 0):
@@ -1777,9 +1842,9 @@ class PhotoDNetwork:
         lock = threading.Lock()
         fill = getattr(self, "color_fill_", None)
         if fill is None:
-            fill, supported = np.zeros(0, np.float32), np.zeros(0, bool)
+            fill, patterns = np.zeros(0, np.float32), np.ones(1, bool)
         else:
-            fill, supported = np.asarray(fill, np.float32), np.asarray(self.missing_supported_)
+            fill, patterns = np.asarray(fill, np.float32), np.asarray(self.missing_patterns_)
         low, high = plan.low.numpy(), plan.high.numpy()
         missing_error = np.float32(MISSING_COLOR_ERROR)
 
@@ -1794,7 +1859,7 @@ class PhotoDNetwork:
                     rows = np.empty((stop - start, x.shape[1]), dtype=np.float32)
                     status = np.empty(stop - start, dtype=np.int8)
                     _prepare_rows(
-                        x[start:stop], fill, supported, missing_error, low, high, rows, status
+                        x[start:stop], fill, patterns, missing_error, low, high, rows, status
                     )
                     invalid = np.flatnonzero(status == 2)
                     dest = torch.from_numpy(floats[:, start:stop])
@@ -1881,6 +1946,7 @@ class PhotoDNetwork:
             if self.color_fill_ is None
             else [float(v) for v in self.color_fill_],
             "missing_counts": [int(c) for c in self.missing_counts_],
+            "missing_pattern_counts": [int(c) for c in self.missing_pattern_counts_],
             "training": self.training_metadata_,
             "history": self.history_,
             "package_version": __version__,
@@ -2013,11 +2079,18 @@ class PhotoDNetwork:
         if counts.shape != (n_colors,) or (fill is not None and len(fill) != n_colors):
             raise ModelFileError(f"{path}: missing-colour metadata do not match its band set")
         model.missing_counts_ = counts
-        model.missing_supported_ = (
-            counts >= MIN_MISSING_TRAINING_ROWS
-            if model.color_fill_ is not None
-            else np.zeros(n_colors, dtype=bool)
-        )
+        try:
+            patterns = info.get("missing_pattern_counts")
+            model.missing_pattern_counts_ = (
+                _pattern_counts_of_colors(counts)
+                if patterns is None
+                else np.asarray(patterns, dtype=np.int64)
+            )
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: invalid missing-colour metadata ({exc})") from exc
+        if model.missing_pattern_counts_.shape != (1 << n_colors,):
+            raise ModelFileError(f"{path}: missing-colour metadata do not match its band set")
+        model._set_missing_support(n_colors)
         model._plans = {}
         return model
 

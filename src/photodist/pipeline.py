@@ -64,11 +64,18 @@ from photodist.bands import (
     get_band_set,
     photometry_from_frame,
 )
-from photodist.bayes import BayesConfig, BayesEstimator, Flags, prior_range_flags
+from photodist.bayes import (
+    BayesConfig,
+    BayesEstimator,
+    Flags,
+    a_max_for,
+    ar_near_bound,
+    prior_range_flags,
+)
 from photodist.dust_profile import DustProfile, fit_profile_record
-from photodist.error_floor import ErrorFloorFit, resolve_error_floor
+from photodist.error_floor import ErrorFloorFit, parse_error_floor, resolve_error_floor
 from photodist.locus import Locus, build_locus
-from photodist.nn import NetworkSpec, PhotoDNetwork
+from photodist.nn import MIN_USABLE_COLORS, NetworkSpec, PhotoDNetwork
 from photodist.prior_temper import (
     adjusted_prior,
     parse_feh_shift,
@@ -304,17 +311,7 @@ class PipelineConfig:
             )
         if not 0.0 < float(self.nn_learning_rate) < math.inf:
             raise ValueError(f"nn_learning_rate must be > 0, got {self.nn_learning_rate!r}")
-        if self.error_floor != "auto":
-            try:
-                floor = float(self.error_floor)
-            except (TypeError, ValueError):
-                floor = math.nan
-            if not 0.0 <= floor < math.inf:
-                raise ValueError(
-                    "error_floor must be 'auto' or a finite magnitude >= 0, "
-                    f"got {self.error_floor!r}"
-                )
-            self.error_floor = floor
+        self.error_floor = parse_error_floor(self.error_floor)
         if not float(self.fallback_error_floor) >= 0.0:
             raise ValueError("fallback_error_floor must be >= 0")
         if self.train_fraction is not None and not 0.0 < float(self.train_fraction) <= 1.0:
@@ -420,7 +417,7 @@ class PipelineConfig:
 
 
 #: Fewest usable colours of a star the networks may take (the Bayesian estimator's minimum).
-MIN_NETWORK_COLORS = 2
+MIN_NETWORK_COLORS = MIN_USABLE_COLORS
 
 
 def used_error_floor(info: Mapping[str, Any]) -> float | None:
@@ -699,6 +696,11 @@ def _as_photometry(
 ) -> Photometry:
     """``data`` as photometry in ``band_set``: a catalogue is read with ``columns``; photometry
     in another band set is refused (``expected`` names what sets the band set)."""
+    if not isinstance(data, Photometry | pd.DataFrame):
+        raise TypeError(
+            "the stars must be a pandas DataFrame of the catalogue or a Photometry, got "
+            f"{type(data).__name__}"
+        )
     if not isinstance(data, Photometry):
         return photometry_from_frame(data, band_set, columns)
     if data.band_set.name != band_set.name:
@@ -1124,9 +1126,13 @@ def run_patch(
         )
     model: PhotoDNetwork | None = None
     train_rows = np.empty(0, dtype=np.int64)
+    # a star listed several times counts once in the fits and the training set
+    distinct = phot.distinct_rows()
+    info["n_duplicate_rows"] = n - distinct.size
+    fit_phot = phot if distinct.size == n else phot.subset(distinct)
     if hybrid:
-        train_rows = choose_training_subsample(
-            phot,
+        chosen = choose_training_subsample(
+            fit_phot,
             n_train,
             config.strategy,
             subsample_seed,
@@ -1134,16 +1140,17 @@ def run_patch(
             bins=config.strata_bins,
             missing_colors=config.nn_missing_colors,
         )
+        train_rows = distinct[chosen]
     timings["prepare"] = time.perf_counter() - start_all
     t0 = time.perf_counter()
-    floor = config.resolve_error_floor(phot.subset(train_rows) if hybrid else phot, grid, prior)
+    floor = config.resolve_error_floor(phot.subset(train_rows) if hybrid else fit_phot, grid, prior)
     info["error_floor"] = floor.to_dict()
     bayes_config = config.bayes_config(floor.floor)
     timings["error_floor"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     prior, temper = resolve_prior_temper(
         config.prior_temper,
-        phot,
+        fit_phot,
         grid,
         prior,
         bayes_config,
@@ -1155,7 +1162,7 @@ def run_patch(
     profile: DustProfile | None = None
     if config.dust_prior == "profile":
         t0 = time.perf_counter()
-        fit_stars = phot.subset(train_rows) if hybrid else phot
+        fit_stars = phot.subset(train_rows) if hybrid else fit_phot
         profile, info["dust_profile"] = fit_profile_record(
             fit_stars, grid, prior, bayes_config, seed=subsample_seed
         )
@@ -1236,6 +1243,9 @@ def run_patch(
         info.update(mode="bayes_only", reason=reason, n_labelled=0, n_nn=0, n_bayes_fallback=0)
         info["n_out_of_domain"] = 0
     out.flags |= _prior_flags(estimator, phot.r)
+    info["n_ar_near_bound"], info["n_ar_estimates"] = ar_near_bound(
+        out.floats["Ar_mean"], a_max_for(phot, bayes_config)
+    )
 
     result = out.frame()
     result = _with_input_rows(result, frame, keep)

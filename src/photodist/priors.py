@@ -697,6 +697,8 @@ def _footprint(ra: np.ndarray, dec: np.ndarray, coverage: float) -> tuple[Any, n
 
     ra = np.asarray(ra, dtype=float)
     dec = np.asarray(dec, dtype=float)
+    if ra.shape != dec.shape:
+        raise ValueError(f"ra and dec must have the same shape, got {ra.shape} and {dec.shape}")
     ok = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0)
     if not ok.any():
         raise ValueError("no valid (ra, dec) positions to place the prior on the sky")
