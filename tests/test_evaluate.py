@@ -69,6 +69,9 @@ def test_snr_mask():
     np.testing.assert_array_equal(snr_mask(frame, "sdss"), [False, False, False, False])
     with pytest.raises(KeyError):
         snr_mask(frame, "lsst")  # no y columns
+    # a band without data for any star (no u) is left out rather than failing every star
+    no_u = frame.assign(umag=np.nan, gmag=20.0, imag=21.0)
+    np.testing.assert_array_equal(snr_mask(no_u, "sdss"), [True, True, True, False])
 
 
 def _toy() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

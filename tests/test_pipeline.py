@@ -686,3 +686,15 @@ def test_a_star_listed_many_times_counts_once(catalog, prior, default_locus, hyb
     assert not result["labelled"].iloc[len(catalog) :].any()
     assert 0 <= info["n_ar_near_bound"] < 0.05 * info["n_ar_estimates"]  # A_r within bounds
     pd.testing.assert_frame_equal(result.iloc[: len(catalog)], hybrid[0], check_like=False)
+
+
+def test_a_band_missing_everywhere_is_named(catalog, prior, default_locus) -> None:
+    """y without data for every star: no star is complete, every star gets the Bayesian
+    estimate, and the reason names the colour and the way out."""
+    frame = catalog.head(300).assign(ymag=np.nan)
+    result, _, model = run_patch(
+        frame, prior, default_locus, small_config(min_train=50, n_train=100)
+    )
+    reason = result.attrs["photodist_pipeline"]["reason"]
+    assert model is None and "zy is unusable for nearly every star" in reason
+    assert np.isfinite(result["Mr_mean"]).mean() > 0.9

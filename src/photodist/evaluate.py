@@ -369,13 +369,17 @@ def snr_mask(
     catalogue of r and colours has only r): finite and not a sentinel such as 99, as
     :func:`photodist.bands.unusable_measurements` decides, and its error is positive and
     below :func:`max_error_for_snr` (0.2171 mag for SNR 5). Columns are read as the
-    estimators read them (:func:`photodist.bands.band_photometry`: other names, fluxes).
+    estimators read them (:func:`photodist.bands.band_photometry`: other names, fluxes). A
+    band no star has a usable measurement in (a band the catalogue lacks, e.g. u) is left out,
+    so that it does not leave no star at all.
     """
     mags, errs, has_mag = band_photometry(frame, band_set, columns)
     bad_error, unusable = unusable_measurements(mags, errs)
     with np.errstate(invalid="ignore"):
         good_error = ~bad_error & (errs < max_error_for_snr(min_snr))
-    return np.all(good_error & (~unusable | ~has_mag), axis=1)
+    passes = good_error & (~unusable | ~has_mag)
+    absent = (bad_error | (unusable & has_mag)).all(axis=0)
+    return np.all(passes[:, ~absent], axis=1)
 
 
 def _column(frame: pd.DataFrame, *names: str) -> np.ndarray:

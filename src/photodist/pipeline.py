@@ -459,6 +459,24 @@ def network_inputs_usable(photometry: Photometry, missing_colors: bool = True) -
     return ok & usable.all(axis=1)
 
 
+def _colors_missing_everywhere(photometry: Photometry) -> str:
+    """Why no star is usable for the networks when a colour is unusable for (nearly) every
+    star, e.g. a band the catalogue lacks; "" otherwise."""
+    usable = np.isfinite(photometry.colors) & np.isfinite(photometry.color_errors)
+    if len(photometry) == 0 or usable.all(axis=1).sum() > 0.01 * len(photometry):
+        return ""
+    names = photometry.band_set.colors
+    absent = [names[k] for k in range(usable.shape[1]) if usable[:, k].mean() < 0.01]
+    if not absent:
+        return ""
+    return (
+        f" (the networks train on stars with every colour, and {', '.join(absent)} "
+        f"{'is' if len(absent) == 1 else 'are'} unusable for nearly every star: a band the "
+        "catalogue lacks? A band set without it, e.g. sdss for a catalogue without y, lets "
+        "them run)"
+    )
+
+
 def _bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
     """Equal-width bins between the 0.5th and 99.5th percentiles (outliers in the end bins);
     NaN values get their own bin, ``n_bins``."""
@@ -1116,6 +1134,7 @@ def run_patch(
         reason = f"n_train = {n_train} is below min_train = {config.min_train}"
     elif not hybrid:
         reason = f"{n_usable} usable stars, not more than n_train = {n_train}"
+        reason += _colors_missing_everywhere(phot)
     if hybrid and n_usable <= config.bayes_all_below:
         hybrid = False
         reason = f"{n_usable} usable stars, at most bayes_all_below = {config.bayes_all_below}"
