@@ -174,6 +174,19 @@ def test_summary_states_how_the_priors_were_adjusted():
     )
 
 
+def test_summary_names_patches_whose_extinction_piles_against_its_bound():
+    def patch(pixel: int, fraction: float | None) -> PatchResult:
+        return PatchResult(f"p{pixel}", pixel, 10, 1.0, "hybrid", ar_near_bound_fraction=fraction)
+
+    summary = SurveySummary("out", n_patches=9, n_rows=90)
+    summary.patches = [patch(1, 0.0), patch(2, None), patch(3, 0.05)]
+    assert summary.ar_bound_note() is None
+    summary.patches += [patch(k, 0.1 * k) for k in range(4, 10)]
+    note = summary.ar_bound_note()
+    assert note.startswith("warning: in 6 patches more than 5 % of the stars")
+    assert "p9 (90 %), p8 (80 %)" in note and note.count("%)") == 5 and "and 1 more" in note
+
+
 def test_patch_seed_depends_on_seed_and_pixel_only():
     assert patch_seed(5, 7, 39036) == patch_seed(5, 7, 39036)
     seeds = {patch_seed(5, 7, p) for p in PIXELS} | {patch_seed(6, 7, 39036)}
@@ -651,6 +664,9 @@ def test_large_patches_are_streamed(catalog_path, catalog, prior_cache, tmp_path
         assert info["prior_temper"]["fitted"] and 0.0 <= powers[pixel] <= 1.0
         assert powers[pixel] == info["prior_temper"]["beta"]
         assert shifts[pixel] == info["prior_temper"]["feh_shift"]
+        # the pool's A_r estimates against their bound, and its repeated rows, are recorded
+        assert 0 <= info["n_ar_near_bound"] <= info["n_ar_estimates"] > 0
+        assert info["n_duplicate_rows"] == 0
         if dust_prior == "flat":
             assert info["dust_profile"] is None
         else:

@@ -2247,6 +2247,8 @@ def survey_command(
     )
     if summary.prior_note():
         click.echo(summary.prior_note())
+    if note := summary.ar_bound_note(AR_NEAR_BOUND_WARNING):
+        click.echo(note, err=True)
     for name, message in summary.failed.items():
         click.echo(f"FAILED {name}: {message}", err=True)
     if not summary.ok:

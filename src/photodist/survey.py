@@ -745,6 +745,9 @@ class PatchResult:
     error_floor: float | None = None
     prior_power: float | None = None  #: the power of the patch's prior (photodist.prior_temper)
     prior_feh_shift: float | None = None  #: its shift along [Fe/H] (dex)
+    #: fraction of its A_r estimates piled against the prior's bound (photodist.bayes.ar_near_bound;
+    #: of the training pool for a streamed patch)
+    ar_near_bound_fraction: float | None = None
 
 
 _GRIDS: dict[tuple[float | None, float | None], Locus] = {}
@@ -990,9 +993,13 @@ def process_patch(task: PatchTask, job: _Job) -> PatchResult:
             "error_floor": info.get("error_floor"),
             "prior_temper": info.get("prior_temper"),
             "dust_profile": info.get("dust_profile"),
+            "n_duplicate_rows": info.get("n_duplicate_rows"),
+            "n_ar_near_bound": info.get("n_ar_near_bound"),
+            "n_ar_estimates": info.get("n_ar_estimates"),
             "timings_s": timings,
         },
     )
+    n_near, n_estimated = info.get("n_ar_near_bound"), info.get("n_ar_estimates")
     return PatchResult(
         name=task.name,
         pixel=task.pixel,
@@ -1005,6 +1012,7 @@ def process_patch(task: PatchTask, job: _Job) -> PatchResult:
         error_floor=used_error_floor(info),
         prior_power=temper.get("beta"),
         prior_feh_shift=temper.get("feh_shift"),
+        ar_near_bound_fraction=n_near / n_estimated if n_estimated else None,
     )
 
 
@@ -1181,6 +1189,29 @@ class SurveySummary:
     @property
     def stars_per_s(self) -> float:
         return self.rows_processed / self.process_s if self.process_s > 0 else float("nan")
+
+    def ar_bound_note(self, threshold: float = 0.05) -> str | None:
+        """A warning naming the patches computed in this call where more than ``threshold``
+        of the A_r estimates pile against the prior's upper bound
+        (:func:`photodist.bayes.ar_near_bound`); None if there are none."""
+        high = [
+            p
+            for p in self.patches
+            if p.ar_near_bound_fraction is not None and p.ar_near_bound_fraction > threshold
+        ]
+        if not high:
+            return None
+        high.sort(key=lambda p: -(p.ar_near_bound_fraction or 0.0))
+        listed = ", ".join(
+            f"{p.name} ({100 * (p.ar_near_bound_fraction or 0):.0f} %)" for p in high[:5]
+        )
+        more = f" and {len(high) - 5} more" if len(high) > 5 else ""
+        return (
+            f"warning: in {len(high)} patches more than {100 * threshold:.0f} % of the stars "
+            f"have A_r estimates within 10 % of the A_r prior's upper bound: {listed}{more}. "
+            "The bound is probably below their extinction (without a dust-map column it is "
+            "--a-max, 3 mag by default), which biases their M_r and distances."
+        )
 
     def prior_note(self) -> str | None:
         """How the patches computed in this call adjusted their prior
