@@ -1220,5 +1220,6 @@ def test_bayes_warns_when_extinction_piles_against_the_prior_bound(tmp_path):
     assert "warning: 5 of 5 stars (100 %) have A_r estimates within 10 %" in low.output
     summary = json.loads((tmp_path / "a.csv.run.json").read_text())
     assert summary["n_ar_near_bound"] == 5 and summary["n_ar_estimates"] == 5
+    assert (pd.read_csv(tmp_path / "a.csv")["flags"] & 4096).all()  # AR_NEAR_MAX
     high = CliRunner().invoke(cli, ["bayes", str(src), str(tmp_path / "b.csv"), *grid])
     assert high.exit_code == 0 and "upper bound" not in high.output

@@ -235,6 +235,14 @@ def test_truth_rows_are_matched_to_the_run_by_id_position_or_order():
     twins = truth.assign(ra=1.0, dec=0.5).drop(columns="source_id")
     with pytest.raises(ValueError, match="HEALPix order"):
         align_to_run(twins, run.drop(columns="source_id"), "truth", in_input_order=False)
+    # a catalogue listing a star twice (the whole row repeated) still matches by id, also a
+    # survey output; ids that repeat with other values do not, and the error says so
+    listed_twice = pd.concat([truth, truth.iloc[[0]]], ignore_index=True)
+    by_id_twice = align_to_run(listed_twice, run, "truth", in_input_order=False)
+    np.testing.assert_array_equal(by_id_twice["x"], [2, 0, np.nan])
+    clash = listed_twice.assign(x=[0, 1, 2, 3])  # the same id and position, other values
+    with pytest.raises(ValueError, match="source_id repeats with different values"):
+        align_to_run(clash, run, "truth", in_input_order=False)
     # duplicate ids cannot match: the next way is used
     dup = truth.assign(source_id=[10, 10, 12])
     np.testing.assert_array_equal(align_to_run(dup, in_order, "truth")["x"], [0, 1, 2])

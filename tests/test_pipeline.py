@@ -698,3 +698,18 @@ def test_a_band_missing_everywhere_is_named(catalog, prior, default_locus) -> No
     reason = result.attrs["photodist_pipeline"]["reason"]
     assert model is None and "zy is unusable for nearly every star" in reason
     assert np.isfinite(result["Mr_mean"]).mean() > 0.9
+
+
+def test_estimates_pressed_against_the_a_r_bound_are_flagged(default_locus) -> None:
+    """Near the plane (l = 30, b = 1.5: A_r ~ 3.5-4) without a dust map, the default 3-mag
+    bound is below the stars' extinction: estimates reaching 90 % of it get AR_NEAR_MAX,
+    Bayesian and network rows by the same rule, and the run counts them."""
+    cone = (30.0, 1.5, 0.03)
+    stars = simulate_patch(cone=cone, r_max=23.0, seed=3, locus=default_locus).drop(columns="Ar")
+    plane = build_patch_priors(cone=cone, locus=default_locus, seed=2, min_stars=2000)
+    result, _, _ = run_patch(stars, plane, default_locus, small_config(n_train=600))
+    info = result.attrs["photodist_pipeline"]
+    near = (result["flags"] & Flags.AR_NEAR_MAX).to_numpy() != 0
+    assert near.sum() == info["n_ar_near_bound"] > 0.1 * info["n_ar_estimates"]
+    assert near[(result["method"] == "bayes").to_numpy()].mean() > 0.3
+    np.testing.assert_array_equal(near, result["Ar_mean"].to_numpy() >= 0.9 * 3.0)

@@ -351,3 +351,12 @@ def test_galaxy_prior_for_stars_needs_as_many_ra_as_dec() -> None:
 
     with pytest.raises(ValueError, match="ra and dec must have the same shape"):
         galaxy_prior_for_stars(np.array([10.0, 11.0]), np.array([5.0]))
+
+
+def test_a_star_listed_many_times_does_not_move_the_prior_cone() -> None:
+    from photodist.priors import footprint_cone
+
+    rng = np.random.default_rng(0)
+    ra, dec = rng.uniform(10.0, 12.0, 500), rng.uniform(-1.0, 1.0, 500)
+    copies = footprint_cone(np.r_[ra, [ra[0]] * 3000], np.r_[dec, [dec[0]] * 3000])
+    assert copies == footprint_cone(ra, dec)

@@ -127,6 +127,9 @@ class Flags:
         1024  #: (networks) inputs unusable: Bayesian estimate (run, survey) or NaN (predict)
     )
     R_OUTSIDE_PRIOR = 2048  #: r beyond the prior map's r bins: the nearest (end) bin's prior used
+    AR_NEAR_MAX = (
+        4096  #: A_r estimate within 10 % of its prior's upper bound: extinction cut short?
+    )
 
     @classmethod
     def describe(cls) -> dict[str, int]:
@@ -702,6 +705,47 @@ def _deposit(hist, pos, mass):
         hist[k + 1] += f * mass
 
 
+#: Locus points whose A* lies farther than this many σ_A outside [0, A_max] put their
+#: in-bound A_r mass straight into the bins (:func:`_deposit_beyond`): the smoothed histogram
+#: (margins and kernel of 4 σ_A) would lose most of it
+FAR_ASTAR_SIGMA = 3.0
+#: ... down to this fraction (log) of their mass in the first bin
+_FAR_LOG_TAIL = -12.0
+#: ... when their mass is more than this fraction of the others' (else they are left out)
+FAR_NEGLIGIBLE = 1e-3
+
+
+@numba.njit(cache=True)
+def _deposit_beyond(direct, scratch, bstar, amax_s, h_s, mass):
+    """Add to ``direct`` (the bins of [0, A_max], width ``h_s`` in units of σ_A) the exact
+    in-bound mass of a locus point whose conditional A_r distribution is N(A*, σ_A²)
+    truncated to [0, A_max], with A* = ``bstar`` σ_A far outside: bin masses from the normal
+    tail at the bin edges, counted from the nearer bound (into ``scratch`` first), scaled to
+    sum to ``mass``. Bins beyond a tail of e^``_FAR_LOG_TAIL`` of the first bin's are left
+    out."""
+    n = direct.shape[0]
+    below = bstar < 0.0
+    dist = -bstar if below else bstar - amax_s  # > 0: from A* to the nearer bound
+    log_q0 = _log_ndtr(-dist)  # log Q at the bound
+    prev = 1.0  # Q at the lower edge of bin k over Q at the bound
+    total = 0.0
+    last = -1
+    for k in range(n):
+        nxt = math.exp(_log_ndtr(-(dist + (k + 1) * h_s)) - log_q0)
+        m = prev - nxt
+        if m <= 0.0 or (k > 0 and m < math.exp(_FAR_LOG_TAIL) * scratch[0]):
+            break
+        scratch[k] = m
+        total += m
+        last = k
+        prev = nxt
+    if total <= 0.0:
+        return
+    scale = mass / total
+    for k in range(last + 1):
+        direct[k if below else n - 1 - k] += scratch[k] * scale
+
+
 @numba.njit(cache=True)
 def _weighted_percentiles_cells(mass, centres, half_width, out, k0):
     """16/50/84 percentiles of a marginal whose grid points are uniform cells."""
@@ -978,6 +1022,8 @@ def _star_kernel(
     n_a = n_in + 2 * n_margin
     a_hist = work[3, :n_a]
     a_hist[:] = 0.0
+    a_direct = work[5, :n_in]  # far points' in-bound mass, added after the smoothing
+    a_direct[:] = 0.0
     q_min = np.inf
     q_max = -np.inf
     # exact (float64) terms of the candidates, the best point and their A* range
@@ -1080,6 +1126,8 @@ def _star_kernel(
     # marginals ([Fe/H] rows arrive in order, so their mass is summed in a register), the
     # A_r histogram (untruncated component mass u_j deposited at A*_j) and the Q_r range,
     # the histograms from the candidates that matter for percentiles
+    far_mass = 0.0
+    near_mass = 0.0
     n_cand = 0
     w_row = 0.0
     row = feh_index[cand_buf[0]] if n_cand_all else 0
@@ -1094,12 +1142,22 @@ def _star_kernel(
             w_row = 0.0
         w_row += w
         if lw_buf[c] >= log_hist_cut and w > 0.0:
-            _deposit(a_hist, (b_buf[c] * sigma_a - a_lo) / h_a, w * cand_invm[c])
+            bb = b_buf[c]
+            if bb < -FAR_ASTAR_SIGMA or bb > amax_s + FAR_ASTAR_SIGMA:
+                far_mass += w
+                cand_invm[c] = -1.0  # (marks it for the exact deposits below)
+            else:
+                near_mass += w
+                _deposit(a_hist, (bb * sigma_a - a_lo) / h_a, w * cand_invm[c])
             q_min = min(q_min, cand_q[c])
             q_max = max(q_max, cand_q[c])
         else:
             cand_w[c] = 0.0  # out of the Q_r histogram
     feh_mass[row] += w_row
+    if far_mass > FAR_NEGLIGIBLE * near_mass:  # (exact, and slow: only where they matter)
+        for c in range(n_cand_all):
+            if cand_invm[c] < 0.0 and cand_w[c] > 0.0:
+                _deposit_beyond(a_direct, work[6], b_buf[c], amax_s, h_a / sigma_a, cand_w[c])
     if w_tot <= 0.0 or n_cand == 0:
         flags_out[i] |= 1
         return
@@ -1140,6 +1198,7 @@ def _star_kernel(
         _gaussian_smooth_range(a_hist, sigma_a / h_a, a_smooth, m_lo, m_hi, work[12])
     m0 = n_margin
     inside = a_smooth[n_margin : n_margin + n_in]
+    inside += a_direct
     if inside.sum() <= 0.0:
         # all mass outside: the data want A_r beyond the prior bound
         inside[:] = 0.0
@@ -1621,18 +1680,27 @@ def poor_fit_thresholds(config: BayesConfig) -> np.ndarray:
 AR_NEAR_BOUND_FRACTION = 0.9
 
 
-def ar_near_bound(ar_mean: np.ndarray, a_max: np.ndarray) -> tuple[int, int]:
-    """How many of the finite A_r estimates lie at or above :data:`AR_NEAR_BOUND_FRACTION`
-    of their A_max, and how many are finite. Many such stars mean that the bound (without a
-    dust map, ``BayesConfig.default_a_max``) is below their extinction: their posteriors
-    pile against it, and their M_r and distances are biased (the colours' excess reddening
-    is taken up along the locus instead). A row-level ``AR_AT_BOUND`` catches only the stars
-    whose best fit lies beyond the bound."""
+def ar_near_max_flags(ar_mean: np.ndarray, a_max: np.ndarray) -> np.ndarray:
+    """``Flags.AR_NEAR_MAX`` where the A_r estimate lies at or above
+    :data:`AR_NEAR_BOUND_FRACTION` of its prior's upper bound A_max, else 0.
+
+    Such a posterior is pressed against the bound: the star's extinction may exceed it
+    (without a dust map the bound is ``BayesConfig.default_a_max``; with one, a map that
+    underestimates the sightline's dust), and the colours' excess reddening is then taken up
+    along the locus, so M_r comes out too faint. ``AR_AT_BOUND`` catches only the stars whose
+    best fit itself lies beyond the bound."""
     ar_mean = np.asarray(ar_mean, dtype=float)
-    finite = np.isfinite(ar_mean)
     with np.errstate(invalid="ignore"):
-        near = finite & (ar_mean >= AR_NEAR_BOUND_FRACTION * np.asarray(a_max, dtype=float))
-    return int(near.sum()), int(finite.sum())
+        near = ar_mean >= AR_NEAR_BOUND_FRACTION * np.asarray(a_max, dtype=float)
+    return np.where(near, Flags.AR_NEAR_MAX, 0).astype(np.int64)
+
+
+def ar_near_bound(ar_mean: np.ndarray, a_max: np.ndarray) -> tuple[int, int]:
+    """How many of the finite A_r estimates are ``AR_NEAR_MAX`` (:func:`ar_near_max_flags`),
+    and how many are finite. Many such stars mean that the bound is below the patch's
+    extinction."""
+    near = ar_near_max_flags(ar_mean, a_max) != 0
+    return int(near.sum()), int(np.isfinite(np.asarray(ar_mean, dtype=float)).sum())
 
 
 def a_max_for(photometry: Photometry, config: BayesConfig) -> np.ndarray:
@@ -1809,7 +1877,11 @@ class BayesEstimator:
         add_extinction(frame, a_min)
         frame["Ar_max"] = a_max
         _fill_distance_columns(frame, r)
-        frame["flags"] = flags | prior_range_flags(self.prior.r_range, r)
+        frame["flags"] = (
+            flags
+            | prior_range_flags(self.prior.r_range, r)
+            | ar_near_max_flags(frame["Ar_mean"], a_max)
+        )
         return frame
 
     def best_fit(self, photometry: Photometry) -> tuple[np.ndarray, np.ndarray]:

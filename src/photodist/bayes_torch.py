@@ -47,6 +47,8 @@ import torch
 
 from photodist.bands import BandSet, Photometry, require_photometry
 from photodist.bayes import (
+    FAR_ASTAR_SIGMA,
+    FAR_NEGLIGIBLE,
     MAX_HIST_BINS,
     OUTPUT_COLUMNS,
     BayesConfig,
@@ -58,6 +60,7 @@ from photodist.bayes import (
     add_extinction,
     add_prior_entropy,
     adjacent_covariance,
+    ar_near_max_flags,
     poor_fit_thresholds,
     prior_range_flags,
     without_extinction,
@@ -298,8 +301,44 @@ def _candidate_pass(
     kept = w > 0.0
     q_min.scatter_reduce_(0, s, torch.where(kept, qv, math.inf), reduce="amin")
     q_max.scatter_reduce_(0, s, torch.where(kept, qv, -math.inf), reduce="amax")
-    _deposit(a_hist, s, (mu - a_lo) / h_a, w * inv_m, n_a[s])
+    # points far outside [0, A_max] go in exactly afterwards (_far_deposits)
+    far = (bb_c < -FAR_ASTAR_SIGMA) | (bb_c > amax_s + FAR_ASTAR_SIGMA)
+    _deposit(a_hist, s, (mu - a_lo) / h_a, torch.where(far, 0.0, w * inv_m), n_a[s])
     return s, w, qv
+
+
+def _far_deposits(
+    direct: torch.Tensor,
+    s: torch.Tensor,
+    bstar: torch.Tensor,
+    w: torch.Tensor,
+    amax_s: torch.Tensor,
+    h_s: torch.Tensor,
+    n_in: torch.Tensor,
+) -> None:
+    """Add to ``direct`` (n_stars, bins of [0, A_max]) the exact in-bound A_r mass ``w`` of
+    candidates whose A* = ``bstar`` σ_A lies more than ``FAR_ASTAR_SIGMA`` outside (their
+    stars ``s``; ``amax_s``, ``h_s`` and ``n_in`` per candidate, in units of σ_A): bin masses
+    from the normal tail at the bin edges counted from the nearer bound, as the CPU kernel's
+    ``_deposit_beyond``, down to e^-12 of the first bin's."""
+    below = bstar < 0.0
+    dist = torch.where(below, -bstar, bstar - amax_s)
+    # each point's bins until the tail falls below e^-12 of the bound's (Q(z) ~ e^{-z^2/2})
+    need = torch.minimum(
+        torch.ceil((torch.sqrt(dist * dist + 24.0) - dist) / h_s) + 1, n_in.to(dist.dtype)
+    )
+    k = torch.arange(int(need.max().item()) + 1, device=direct.device, dtype=bstar.dtype)
+    edges = log_ndtr(-(dist[:, None] + k[None, :] * h_s[:, None]))
+    tail = torch.exp(edges - edges[:, :1])
+    mass = (tail[:, :-1] - tail[:, 1:]).clamp(min=0.0)
+    mass = torch.where(k[None, :-1] < need[:, None], mass, 0.0)
+    mass = mass * (w / mass.sum(dim=1).clamp(min=1e-300))[:, None]
+    kk = k[:-1].long()[None, :]
+    index = torch.where(below[:, None], kk, n_in[:, None] - 1 - kk).clamp(min=0)
+    width = direct.shape[1]
+    ok = index < width
+    flat = (s[:, None] * width + index.clamp(max=width - 1)).reshape(-1)
+    direct.view(-1).index_add_(0, flat, torch.where(ok, mass, 0.0).reshape(-1))
 
 
 # ----------------------------------------------------------------- per-star helpers
@@ -548,7 +587,8 @@ class TorchBayesEstimator:
         frame["Ar_max"] = a_max
         _fill_distance_columns(frame, r)
         beyond = prior_range_flags(self.prior.r_range, r)
-        frame["flags"] = result[:, _N_OUT].astype(np.int64) | beyond
+        near_max = ar_near_max_flags(frame["Ar_mean"], a_max)
+        frame["flags"] = result[:, _N_OUT].astype(np.int64) | beyond | near_max
         return frame
 
     def _predict_batch(
@@ -768,6 +808,9 @@ class TorchBayesEstimator:
         q_min = torch.full((n_s,), math.inf, dtype=f64, device=dev)
         q_max = torch.full((n_s,), -math.inf, dtype=f64, device=dev)
         a_hist = torch.zeros((n_s, size_a), dtype=f64, device=dev)
+        a_direct = torch.zeros((n_s, width_in), dtype=f64, device=dev)
+        masses = torch.zeros(2 * n_s, dtype=f64, device=dev)
+        far_parts = [(cand[:0], bb.new_zeros(0), bb.new_zeros(0))]
         c_star = torch.empty(n_cand, dtype=torch.int64, device=dev)
         c_w = torch.empty(n_cand, dtype=f64, device=dev)
         c_q = torch.empty(n_cand, dtype=f64, device=dev)
@@ -794,7 +837,20 @@ class TorchBayesEstimator:
             c_star[start:stop] = s
             c_w[start:stop] = w
             c_q[start:stop] = qv
+            bb_c = torch.take(bb, cand[start:stop])
+            far = (bb_c < -FAR_ASTAR_SIGMA) | (bb_c > amax_s[s] + FAR_ASTAR_SIGMA)
+            masses.index_add_(0, s * 2 + far.long(), w)  # (near, far) mass per star
+            far &= w > 0.0
+            far_parts.append((s[far], bb_c[far], w[far]))
         del lw0, bb, cand
+        # the far points' exact deposits, where they matter (as the CPU kernel)
+        f_s, f_b, f_w = (torch.cat(parts) for parts in zip(*far_parts, strict=True))
+        masses = masses.view(n_s, 2)
+        use = (masses[:, 1] > FAR_NEGLIGIBLE * masses[:, 0])[f_s]
+        if bool(use.any()):
+            f_s, f_b, f_w = f_s[use], f_b[use], f_w[use]
+            h_s = (h_a / sigma)[f_s]
+            _far_deposits(a_direct, f_s, f_b, f_w, amax_s[f_s], h_s, n_in[f_s])
 
         # moments
         w_tot = sums[:, 0]
@@ -824,6 +880,7 @@ class TorchBayesEstimator:
         inside = self._ar_inside(
             a_hist, n_a, n_in, n_margin, half, sigma_bins, smooth, width_in, size_fft, n_smooth
         )
+        inside = inside + a_direct
         fallback = inside.sum(dim=1) <= 0.0  # all mass outside: the data want A_r beyond
         m_in = torch.arange(inside.shape[1], device=dev)
         edge = torch.where(mean_a > 0.5 * a_max, n_in - 1, 0)
@@ -910,10 +967,11 @@ class TorchBayesEstimator:
         offset = torch.where(t <= n_fft // 2, t, t - n_fft).to(torch.float64)
         for start in range(0, n_s, rows):
             sl = slice(start, start + rows)
-            # the kernel's normalisation is irrelevant (percentiles and entropies are not)
+            # normalised, so that the far points' exact masses (_far_deposits) add up with it
             sb = torch.where(smooth[sl], sigma_bins[sl], 1.0)[:, None]
             kern = torch.exp(-0.5 * (offset / sb) ** 2)
             kern = torch.where(offset.abs() <= half[sl, None], kern, 0.0)
+            kern = kern / kern.sum(dim=1, keepdim=True)
             spec = torch.fft.rfft(a_hist[sl], n=n_fft) * torch.fft.rfft(kern)
             conv = torch.fft.irfft(spec, n=n_fft).clamp(min=0.0)
             cum = torch.nn.functional.pad(a_hist[sl].cumsum(dim=1), (1, 0))

@@ -875,7 +875,9 @@ def _resolve_prior(
     ar_inf = None
     dust = columns.dust_values(frame)
     if dust is not None and np.isfinite(dust).any():
-        ar_inf = float(np.nanmedian(dust))
+        # a star listed several times counts once, as in placing the cone
+        once = ~pd.DataFrame({"ra": ra, "dec": dec, "dust": dust}).duplicated().to_numpy()
+        ar_inf = float(np.nanmedian(dust[once]))
     try:
         prior = priors.galaxy_prior_for_stars(
             ra,
@@ -1861,6 +1863,9 @@ def run_command(
         "dust_profile": result.attrs["photodist_pipeline"].get("dust_profile"),
         "prior_r_range": result.attrs["photodist_pipeline"].get("prior_r_range"),
         "posterior_grid": result.attrs["photodist_pipeline"].get("posterior_grid"),
+        "n_duplicate_rows": result.attrs["photodist_pipeline"].get("n_duplicate_rows"),
+        "n_ar_near_bound": result.attrs["photodist_pipeline"].get("n_ar_near_bound"),
+        "n_ar_estimates": result.attrs["photodist_pipeline"].get("n_ar_estimates"),
         "columns": columns.to_mapping(),
         "timings_s": timings,
     }

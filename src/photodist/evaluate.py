@@ -169,6 +169,17 @@ def _unique_key(frame: pd.DataFrame, names: Sequence[str]) -> bool:
     return bool(keys.notna().all(axis=None)) and not keys.duplicated().any()
 
 
+def _once(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame | None:
+    """``frame`` with rows that repeat another row entirely left out, if ``names`` then
+    identify every row once (a catalogue listing a star several times); else None."""
+    if _unique_key(frame, names):
+        return frame
+    if not all(n in frame.columns for n in names):
+        return None
+    once = frame[~frame.duplicated(keep="first")]
+    return once if _unique_key(once, names) else None
+
+
 def run_match_keys(
     survey: dict[str, Any] | None, id_column: str | None = None
 ) -> tuple[list[str], tuple[str, str]]:
@@ -205,18 +216,24 @@ def align_to_run(
         No id column is shared and the result is not in the input's order without unique
         positions, or the row counts differ, or the shared id column matches no row.
     """
+    repeated = []
     for key in id_columns:
-        if key in result.columns and _unique_key(frame, [key]):
-            return _matched_by_id(frame, result, key, name)
+        if key in result.columns and key in frame.columns:
+            once = _once(frame, [key])
+            if once is not None:
+                return _matched_by_id(once, result, key, name)
+            repeated.append(key)
     if not in_input_order:
-        if all(c in result.columns for c in positions) and _unique_key(frame, positions):
-            keyed = frame.set_index(list(positions))
+        once = _once(frame, positions) if all(c in result.columns for c in positions) else None
+        if once is not None:
+            keyed = once.set_index(list(positions))
             index = pd.MultiIndex.from_frame(result[list(positions)])
             return keyed.reindex(index).reset_index()
+        why = f"; {', '.join(repeated)} repeats with different values in {name}" if repeated else ""
         raise ValueError(
             f"{name}: the run's rows are not in the input's order (a survey output is in "
             f"HEALPix order), and no id column ({', '.join(id_columns)}) or unique "
-            f"{'/'.join(positions)} position is shared to match them by"
+            f"{'/'.join(positions)} position is shared to match them by{why}"
         )
     if len(frame) != len(result):
         raise ValueError(

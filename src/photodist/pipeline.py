@@ -70,6 +70,7 @@ from photodist.bayes import (
     Flags,
     a_max_for,
     ar_near_bound,
+    ar_near_max_flags,
     prior_range_flags,
 )
 from photodist.dust_profile import DustProfile, fit_profile_record
@@ -758,6 +759,8 @@ def _network_rows(
         chi2, fit_flags = fit_check.best_fit(sub.subset(estimated))
         out.floats["chi2min"][rows[estimated]] = chi2
         out.flags[rows[estimated]] |= fit_flags
+        a_max = a_max_for(sub.subset(estimated), fit_check.config)
+        out.flags[rows[estimated]] |= ar_near_max_flags(pred["Ar_mean"][estimated], a_max)
     return ood, invalid
 
 

@@ -703,16 +703,19 @@ def _footprint(ra: np.ndarray, dec: np.ndarray, coverage: float) -> tuple[Any, n
     if not ok.any():
         raise ValueError("no valid (ra, dec) positions to place the prior on the sky")
     stars = SkyCoord(ra=ra[ok] * u.deg, dec=dec[ok] * u.deg)
-    xyz = stars.cartesian.xyz.value
+    # a star listed several times counts once: copies would move the centre, and the prior
+    distinct = np.unique(np.column_stack([ra[ok], dec[ok]]), axis=0, return_index=True)[1]
+    xyz = stars.cartesian.xyz.value[:, np.sort(distinct)]
     core = np.ones(xyz.shape[1], dtype=bool)
     for _ in range(2):
         mean = xyz[:, core].mean(axis=1)
         centre = SkyCoord(x=mean[0], y=mean[1], z=mean[2], representation_type="cartesian")
         centre = SkyCoord(centre.represent_as("unitspherical"), frame="icrs")
         distance = stars.separation(centre).deg
-        held = float(np.quantile(distance, coverage)) if coverage < 1.0 else distance.max()
-        core = distance <= 1.5 * held + 0.5
-        radius = float(distance[core].max())
+        own = distance[np.sort(distinct)]
+        held = float(np.quantile(own, coverage)) if coverage < 1.0 else own.max()
+        core = own <= 1.5 * held + 0.5
+        radius = float(own[core].max())
         if core.all():  # no stray star: recomputing the centre would give the same
             break
     return centre, distance, radius
