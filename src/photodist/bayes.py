@@ -123,13 +123,9 @@ class Flags:
     NO_PRIOR = 128  #: no prior map for the patch: flat prior in ([Fe/H], M_r) used
     TOO_FEW_COLORS = 256  #: fewer than two usable colours: estimates NaN
     NN_OUT_OF_DOMAIN = 512  #: (networks) inputs outside the training domain
-    NN_INVALID_INPUT = (
-        1024  #: (networks) inputs unusable: Bayesian estimate (run, survey) or NaN (predict)
-    )
+    NN_INVALID_INPUT = 1024  #: (networks) inputs unusable: Bayes in run/survey, NaN in predict
     R_OUTSIDE_PRIOR = 2048  #: r beyond the prior map's r bins: the nearest (end) bin's prior used
-    AR_NEAR_MAX = (
-        4096  #: A_r estimate within 10 % of its prior's upper bound: extinction cut short?
-    )
+    AR_NEAR_MAX = 4096  #: A_r estimate >= 90 % of its prior's upper bound (extinction cut short?)
 
     @classmethod
     def describe(cls) -> dict[str, int]:
