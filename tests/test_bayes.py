@@ -595,3 +595,25 @@ def test_a_r_percentiles_of_points_far_outside_the_bounds(coarse_locus, shift) -
         got = out.loc[0, ["Ar_p16", "Ar_p50", "Ar_p84"]].to_numpy(float)
         np.testing.assert_allclose(got, ref["Ar_percentiles"], atol=0.005)
         assert out.loc[0, "Ar_p16"] <= out.loc[0, "Ar_mean"] <= out.loc[0, "Ar_p84"] + 0.01
+
+
+@pytest.mark.parametrize("steps", [5, 10])
+def test_ar_at_bound_refers_to_the_best_fit_as_for_network_rows(steps) -> None:
+    """A star on a locus point reddened by 0.1 mag, with a prior that puts its weight on a
+    redder point (whose A* lies below 0): AR_AT_BOUND describes the best fit without the
+    prior, as chi2min and best_fit (the network rows' check) do; it described the prior's
+    best point, so the same star got the flag from Bayes and not from the networks."""
+    locus = build_locus(feh_step=0.1, mr_step=0.1)
+    n_feh, n_mr = locus.shape
+    log_prior = np.full((1, n_feh, n_mr), -60.0)
+    log_prior[0, 15, 60 + steps] = 0.0  # the prior's favourite, redder
+    log_prior[0, 15, 60] = -40.0  # the star's own point
+    colors = locus.colors_for(LSST)[15, 60] + 0.1 * LSST.reddening_vector()
+    phot = Photometry(
+        LSST, np.array([20.0]), np.array([0.01]), colors[None, :], np.full((1, 5), 0.05)
+    )
+    phot.dust = np.array([0.1])
+    estimator = BayesEstimator(locus, PriorGrid(log_prior, np.array([20.0])), BayesConfig())
+    flags = estimator.predict(phot)["flags"].to_numpy()
+    _, fit_flags = estimator.best_fit(phot)
+    assert not flags[0] & Flags.AR_AT_BOUND and not fit_flags[0] & Flags.AR_AT_BOUND

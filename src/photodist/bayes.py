@@ -117,7 +117,7 @@ class Flags:
     TWO_BRANCH = 2  #: posterior split between giant and dwarf branches (each > 5 %)
     FEH_EDGE = 4  #: [Fe/H] posterior median within 1.5 grid steps of the grid edge
     MR_EDGE = 8  #: M_r posterior median within 1.5 grid steps of the grid edge
-    AR_AT_BOUND = 16  #: best point's unconstrained A_r outside [0, A_max] by > 1 σ_A
+    AR_AT_BOUND = 16  #: the best fit's unconstrained A_r outside [0, A_max] by > 1 σ_A
     COLOR_UNUSABLE = 32  #: at least one colour missing/NaN/error > 1 mag (dropped from chi2)
     NO_R = 64  #: no usable r magnitude: row kept, estimates NaN
     NO_PRIOR = 128  #: no prior map for the patch: flat prior in ([Fe/H], M_r) used
@@ -965,6 +965,7 @@ def _star_kernel(
     best_chi2 = _constrained_chi2(
         cz, sw, mw, u, locus_t, fit_j, amax_s, cand_buf, cand_work[0], cand_work[1]
     )
+    fit_astar_s = cand_work[1, 0]  # the best fit's unconstrained A* (AR_AT_BOUND)
     if safe:
         _column_max(lw32, col_max)
         best = -np.inf
@@ -1038,25 +1039,22 @@ def _star_kernel(
             s_buf[c] += (bb - mu) * (bb - mu) * inv1k - 2.0 * norm_s[t]
             b_buf[c] = (kappa * bb + mu) * inv_root
     best_exact = -np.inf
-    best_c = 0
     for c in range(n_cand_all):
         bb = b_buf[c]
         below = min(bb, 0.0)
         above = max(bb - amax_s, 0.0)
         bound = log_prior[cand_buf[c]] - 0.5 * s_buf[c] - 0.5 * (below**2 + above**2)
-        if bound > best_exact:
-            best_exact = bound
-            best_c = c
+        best_exact = max(best_exact, bound)
         astar_lo = min(astar_lo, bb)
         astar_hi = max(astar_hi, bb)
         # the candidates' exact fits settle near-ties that the float32 pass cannot
-        if profile:
-            below = min(cand_w[c], 0.0)
-            above = max(cand_w[c] - amax_flat, 0.0)
-            best_chi2 = min(best_chi2, cand_q[c] + below**2 + above**2)
-        else:
-            best_chi2 = min(best_chi2, s_buf[c] + below**2 + above**2)
-    best_astar_s = (cand_w[best_c] if profile else b_buf[best_c]) if n_cand_all else 0.0
+        fit_b = cand_w[c] if profile else bb  # the likelihood's own A*
+        below = min(fit_b, 0.0)
+        above = max(fit_b - amax_flat, 0.0)
+        chi2_c = (cand_q[c] if profile else s_buf[c]) + below**2 + above**2
+        if chi2_c < best_chi2:
+            best_chi2 = chi2_c
+            fit_astar_s = fit_b
     # candidates this far below the best point's bound only enter the moments
     log_hist_cut = best_exact - best - HISTOGRAM_LOG_WEIGHT
     # per-star table of the truncation over the candidates' A* (within [-6σ, A_max + 6σ]),
@@ -1251,7 +1249,7 @@ def _star_kernel(
     out[i, _K_LOGZ] = log_z
     if best_chi2 > chi2_poor[n_used]:
         flags_out[i] |= 1
-    if best_astar_s < -1.0 or best_astar_s > amax_flat + 1.0:
+    if fit_astar_s < -1.0 or fit_astar_s > amax_flat + 1.0:
         flags_out[i] |= 16
     # minus the posterior marginals' entropies; predict adds the prior's (add_prior_entropy)
     out[i, _K_HMR] = -_entropy_bits(mr_mass)

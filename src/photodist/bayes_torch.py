@@ -770,9 +770,6 @@ class TorchBayesEstimator:
         n_cand = cand.numel()
         self.stats_["n_candidates"] += n_cand
 
-        # best point's chi2 and scaled A*, directly
-        e_best = a - (whiten @ grid.centred[best_j][:, :, None]).squeeze(2)
-        bb_best = (e_best * u).sum(dim=1)
         # the best fit (chi2 with A_r within [0, A_max], no prior), exact at its point
         e_fit = a - (whiten @ grid.centred[fit_j][:, :, None]).squeeze(2)
         bb_fit = (e_fit * u).sum(dim=1)
@@ -919,7 +916,7 @@ class TorchBayesEstimator:
         res[:, _COL["P_giant"]] = p_giant
         flags = torch.zeros(n_s, dtype=torch.int64, device=dev)
         flags |= torch.where(chi2_best > chi2_poor[used.sum(dim=1)], Flags.POOR_FIT, 0)
-        flags |= torch.where((bb_best < -1.0) | (bb_best > amax_flat + 1.0), Flags.AR_AT_BOUND, 0)
+        flags |= torch.where((bb_fit < -1.0) | (bb_fit > amax_flat + 1.0), Flags.AR_AT_BOUND, 0)
         flags |= torch.where(torch.minimum(p_giant, 1.0 - p_giant) > 0.05, Flags.TWO_BRANCH, 0)
         for name, axis, half_cell, bit in (
             ("FeH", grid.feh_axis, grid.feh_half, Flags.FEH_EDGE),
