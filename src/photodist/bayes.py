@@ -1674,6 +1674,15 @@ def poor_fit_thresholds(config: BayesConfig) -> np.ndarray:
 AR_NEAR_BOUND_FRACTION = 0.9
 
 
+#: What AR_NEAR_MAX stars have, and what many of them mean (the runs' warnings)
+AR_NEAR_MAX_WHAT = "have A_r estimates within 10 % of the A_r prior's upper bound"
+AR_NEAR_MAX_WHY = (
+    "the bound is probably below their extinction (without a dust-map column it is --a-max, "
+    "3 mag by default), which biases their M_r and distances. Give a dust map "
+    "(--dust-column, --ebv-column) or raise the bound (--a-max, --a-max-scale)."
+)
+
+
 def ar_near_max_flags(ar_mean: np.ndarray, a_max: np.ndarray) -> np.ndarray:
     """``Flags.AR_NEAR_MAX`` where the A_r estimate lies at or above
     :data:`AR_NEAR_BOUND_FRACTION` of its prior's upper bound A_max, else 0.

@@ -151,13 +151,13 @@ def _bound_candidates(
     lw0: torch.Tensor, bb: torch.Tensor, amax_s: torch.Tensor, cut: float
 ) -> tuple[torch.Tensor, ...]:
     """The log-weight bound (``lw0`` less the squared distance of ``bb`` outside [0, amax_s]),
-    its best point per star and the candidates within ``cut`` of it."""
+    its best value per star and the candidates within ``cut`` of it."""
     zero = torch.zeros((), dtype=bb.dtype, device=bb.device)
     dist = bb - torch.clamp(bb, min=zero, max=amax_s[:, None])
     bound = lw0 - 0.5 * dist * dist
-    best, best_j = bound.max(dim=1)
+    best = bound.amax(dim=1)
     mask = bound >= (best - cut)[:, None]
-    return best, best_j, mask
+    return best, mask
 
 
 def _fit_and_weight(
@@ -188,7 +188,7 @@ def _dense_pass(
     cut: float,
 ) -> tuple[torch.Tensor, ...]:
     """``lw0`` and ``A*/sigma_A`` of every (star, point), the best-fit point, the bound's
-    best point and the candidate mask."""
+    best value and the candidate mask."""
     fit, lw0, bb = _fit_and_weight(f_lw, f_bb, features_t, n_prior)
     return (lw0, bb, _best_fit_point(fit, bb, amax_s), *_bound_candidates(lw0, bb, amax_s, cut))
 
@@ -210,7 +210,7 @@ def _dense_pass_profile(
     q s^2, ``log_norm`` (B, n_mr) the log of its inverse mass inside [0, A_max]. Returns
     ``lw0`` with the prior's overlap factor, the combined normal's centre in units of its
     width (in place of A*/sigma_A), the likelihood's best-fit point (``amax_s`` its A_r
-    bound in units of sigma_A), the best point and the candidate mask."""
+    bound in units of sigma_A), the best value and the candidate mask."""
     fit, lw0, bb = _fit_and_weight(f_lw, f_bb, features_t, n_prior)
     fit_j = _best_fit_point(fit, bb, amax_s)
     repeats = bb.shape[1] // mu_s.shape[1]
@@ -261,11 +261,13 @@ def _candidate_pass(
     q_max: torch.Tensor,
     a_hist: torch.Tensor,
     n_mr: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, ...]:
     """Exact weights of candidate (star, point) pairs (flat indices into the dense arrays),
     accumulated into the per-star sums, marginals, Q_r range and A_r histogram in place.
 
-    Returns the star index, weight and conditional mean of Q_r of every candidate.
+    Returns the star index, weight and conditional mean of Q_r of every candidate, and
+    its A*/sigma_A with the mask of those left out of the histogram, far outside [0, A_max]
+    (for :func:`_far_deposits`).
     """
     n_pts = lw0.shape[1]
     s = torch.div(flat, n_pts, rounding_mode="floor")
@@ -304,7 +306,7 @@ def _candidate_pass(
     # points far outside [0, A_max] go in exactly afterwards (_far_deposits)
     far = (bb_c < -FAR_ASTAR_SIGMA) | (bb_c > amax_s + FAR_ASTAR_SIGMA)
     _deposit(a_hist, s, (mu - a_lo) / h_a, torch.where(far, 0.0, w * inv_m), n_a[s])
-    return s, w, qv
+    return s, w, qv, bb_c, far
 
 
 def _far_deposits(
@@ -732,7 +734,7 @@ class TorchBayesEstimator:
         # the A_r prior's share of the log evidence (flat: 1 / (A_max - A_min))
         log_prior_norm = -torch.log(a_max)
         if prior_mean is None or self.dust_profile is None:
-            lw0, bb, fit_j, best, best_j, mask = self._kernel("dense")(
+            lw0, bb, fit_j, best, mask = self._kernel("dense")(
                 f_lw, f_bb, grid.features_t, grid.n_rbins, amax_s, cut
             )
         else:
@@ -753,7 +755,7 @@ class TorchBayesEstimator:
                 active, 0.5 * (torch.log(q) - LOG_2PI - torch.log1p(kappa)), log_prior_norm
             )
             amax_s = a_max / sigma
-            lw0, bb, fit_j, best, best_j, mask = self._kernel("dense_profile")(
+            lw0, bb, fit_j, best, mask = self._kernel("dense_profile")(
                 f_lw,
                 f_bb,
                 grid.features_t,
@@ -815,7 +817,7 @@ class TorchBayesEstimator:
         candidate_pass = self._kernel("candidates")
         for start in range(0, n_cand, chunk):
             stop = min(start + chunk, n_cand)
-            s, w, qv = candidate_pass(
+            s, w, qv, bb_c, far = candidate_pass(
                 cand[start:stop],
                 lw0,
                 bb,
@@ -834,8 +836,6 @@ class TorchBayesEstimator:
             c_star[start:stop] = s
             c_w[start:stop] = w
             c_q[start:stop] = qv
-            bb_c = torch.take(bb, cand[start:stop])
-            far = (bb_c < -FAR_ASTAR_SIGMA) | (bb_c > amax_s[s] + FAR_ASTAR_SIGMA)
             masses.index_add_(0, s * 2 + far.long(), w)  # (near, far) mass per star
             far &= w > 0.0
             far_parts.append((s[far], bb_c[far], w[far]))

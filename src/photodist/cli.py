@@ -571,13 +571,12 @@ AR_NEAR_BOUND_WARNING = 0.05
 def _warn_ar_near_bound(n_near: int, n_estimated: int) -> None:
     """Warn when many A_r estimates sit at their prior's upper bound
     (:func:`photodist.bayes.ar_near_bound`)."""
+    from photodist.bayes import AR_NEAR_MAX_WHAT, AR_NEAR_MAX_WHY
+
     if n_estimated and n_near > AR_NEAR_BOUND_WARNING * n_estimated:
         click.echo(
             f"warning: {n_near:,} of {n_estimated:,} stars ({100 * n_near / n_estimated:.0f} %) "
-            "have A_r estimates within 10 % of the A_r prior's upper bound: the bound is "
-            "probably below their extinction (without a dust-map column it is --a-max, 3 mag "
-            "by default), which biases their M_r and distances. Give a dust map "
-            "(--dust-column, --ebv-column) or raise the bound (--a-max, --a-max-scale).",
+            f"{AR_NEAR_MAX_WHAT}: {AR_NEAR_MAX_WHY}",
             err=True,
         )
 

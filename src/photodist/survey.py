@@ -87,7 +87,7 @@ from photodist.bands import (
     numeric_column,
     photometry_from_frame,
 )
-from photodist.bayes import BayesEstimator
+from photodist.bayes import AR_NEAR_MAX_WHAT, AR_NEAR_MAX_WHY, BayesEstimator
 from photodist.locus import Locus
 from photodist.pipeline import (
     RESULT_FLOAT_COLUMNS,
@@ -1208,9 +1208,7 @@ class SurveySummary:
         more = f" and {len(high) - 5} more" if len(high) > 5 else ""
         return (
             f"warning: in {len(high)} patches more than {100 * threshold:.0f} % of the stars "
-            f"have A_r estimates within 10 % of the A_r prior's upper bound: {listed}{more}. "
-            "The bound is probably below their extinction (without a dust-map column it is "
-            "--a-max, 3 mag by default), which biases their M_r and distances."
+            f"{AR_NEAR_MAX_WHAT}: {listed}{more}; {AR_NEAR_MAX_WHY}"
         )
 
     def prior_note(self) -> str | None:
