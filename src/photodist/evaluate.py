@@ -169,15 +169,17 @@ def _unique_key(frame: pd.DataFrame, names: Sequence[str]) -> bool:
     return bool(keys.notna().all(axis=None)) and not keys.duplicated().any()
 
 
-def _once(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame | None:
-    """``frame`` with rows that repeat another row entirely left out, if ``names`` then
-    identify every row once (a catalogue listing a star several times); else None."""
+def _once(frame: pd.DataFrame, names: Sequence[str], distinct: list) -> pd.DataFrame | None:
+    """``frame``, or ``frame`` with rows that repeat another row entirely left out (a
+    catalogue listing a star several times; computed once into the one-item cache
+    ``distinct``), if ``names`` then identify every row once; else None."""
     if _unique_key(frame, names):
         return frame
     if not all(n in frame.columns for n in names):
         return None
-    once = frame[~frame.duplicated(keep="first")]
-    return once if _unique_key(once, names) else None
+    if not distinct:
+        distinct.append(frame[~frame.duplicated(keep="first")])
+    return distinct[0] if _unique_key(distinct[0], names) else None
 
 
 def run_match_keys(
@@ -217,14 +219,16 @@ def align_to_run(
         positions, or the row counts differ, or the shared id column matches no row.
     """
     repeated = []
+    distinct: list[pd.DataFrame] = []
     for key in id_columns:
         if key in result.columns and key in frame.columns:
-            once = _once(frame, [key])
+            once = _once(frame, [key], distinct)
             if once is not None:
                 return _matched_by_id(once, result, key, name)
             repeated.append(key)
     if not in_input_order:
-        once = _once(frame, positions) if all(c in result.columns for c in positions) else None
+        shared = all(c in result.columns for c in positions)
+        once = _once(frame, positions, distinct) if shared else None
         if once is not None:
             keyed = once.set_index(list(positions))
             index = pd.MultiIndex.from_frame(result[list(positions)])
