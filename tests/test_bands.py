@@ -464,3 +464,29 @@ def test_photometry_from_frame_names_a_wrong_input_type() -> None:
     rows = [{"rmag": 18.0, "rErr": 0.01}]
     with pytest.raises(TypeError, match="takes a pandas DataFrame.*got list"):
         photometry_from_frame(rows, "sdss")
+
+
+def test_photometry_given_directly_blanks_unusable_colours():
+    """Arrays given to Photometry follow the readers' rule: a colour whose error is missing,
+    not positive or above 1 mag is NaN in both arrays, and its covariances are 0; the
+    caller's arrays are left as they were."""
+    from photodist.bands import SDSS, Photometry
+    from photodist.bayes import BayesEstimator, Flags
+    from photodist.locus import build_locus
+
+    colors = np.array([[1.2, 0.4, 0.15, 0.05]] * 4)
+    errors = np.array(
+        [[0.03] * 4, [1.5, 0.03, 0.03, 0.03], [0.03, -0.01, 0.03, 0.03], [0.03, 0.03, np.nan, 0.03]]
+    )
+    covariance = np.full((4, 3), -1e-4)
+    phot = Photometry(SDSS, [18.0] * 4, [0.01] * 4, colors, errors, None, covariance)
+    np.testing.assert_array_equal(np.isnan(phot.colors), np.isnan(phot.color_errors))
+    np.testing.assert_array_equal(
+        np.isnan(phot.colors).nonzero(), (np.array([1, 2, 3]), np.array([0, 1, 2]))
+    )
+    np.testing.assert_array_equal(
+        phot.color_covariance[1:] == 0.0, [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+    )
+    assert np.isfinite(colors).all() and (covariance == -1e-4).all()  # not modified
+    flags = BayesEstimator(build_locus(feh_step=0.5, mr_step=0.5)).predict(phot)["flags"]
+    np.testing.assert_array_equal((flags & Flags.COLOR_UNUSABLE) > 0, [False, True, True, True])

@@ -12,6 +12,7 @@ from photodist.bayes import (
     PriorGrid,
     adjacent_covariance,
     brute_force_posterior,
+    prior_range_flags,
 )
 from photodist.locus import build_locus
 from photodist.priors import PriorMap
@@ -341,6 +342,43 @@ def test_stars_beyond_the_prior_r_bins_are_flagged(coarse_locus):
     assert np.isfinite(result.loc[[0, 4], "Mr_mean"]).all()  # still estimated
     flat = BayesEstimator(coarse_locus).predict(phot)  # no prior map: no r range
     assert not (flat["flags"] & Flags.R_OUTSIDE_PRIOR).any()
+
+
+def test_stars_in_a_gap_between_prior_r_bins_are_flagged(coarse_locus):
+    """A prior whose r bins leave a gap (here 15.5-19.5) flags the stars inside it as it
+    flags those beyond its ends; a saved model's single [lo, hi] range still reads."""
+    phot, *_ = _stars(coarse_locus, SDSS, 6, seed=21)
+    phot.r = np.array([14.2, 15.4, 17.0, 19.6, 21.0, np.nan])
+    centres = np.array([14.5, 15.0, 20.0])
+    prior = PriorGrid(np.zeros((3, *coarse_locus.shape)), centres, r_half_width=0.5)
+    assert prior.r_intervals == [[14.0, 15.5], [19.5, 20.5]]
+    assert prior.r_range == [14.0, 20.5]
+    result = BayesEstimator(coarse_locus, prior).predict(phot)
+    outside = (result["flags"] & Flags.R_OUTSIDE_PRIOR) > 0
+    np.testing.assert_array_equal(outside, [False, False, True, False, True, False])
+    assert np.isfinite(result.loc[2, "Mr_mean"])  # estimated with the nearest bin's prior
+    np.testing.assert_array_equal(
+        prior_range_flags([14.0, 20.5], phot.r) > 0, [False] * 4 + [True, False]
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda lp, rc: (np.where(np.arange(2)[:, None, None] == 1, -np.inf, lp), rc), "19.0"),
+        (lambda lp, rc: (np.where(lp == lp.max(), np.nan, lp), rc), "finite or -inf"),
+        (lambda lp, rc: (lp, rc[::-1]), "ascending"),
+        (lambda lp, rc: (lp[0], rc), "shape"),
+    ],
+    ids=["bin-allowing-nothing", "nan", "descending", "two-dimensional"],
+)
+def test_prior_grid_refuses_unusable_priors(coarse_locus, change, message):
+    """A prior grid whose r bin allows no point, or with NaN, unordered bins or a wrong
+    shape, is refused where it is made, not met inside the estimators."""
+    rng = np.random.default_rng(2)
+    log_prior = np.log(rng.uniform(0.1, 1.0, (2, *coarse_locus.shape)))
+    with pytest.raises(ValueError, match=message):
+        PriorGrid(*change(log_prior, np.array([18.0, 19.0])))
 
 
 def test_bright_stars_with_wide_extinction_range_match_brute_force():

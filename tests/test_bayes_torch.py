@@ -301,3 +301,18 @@ def test_dust_profile_matches_the_cpu_kernel(coarse_locus, random_prior):
         _assert_same(ref, got)
         plain = BayesEstimator(coarse_locus, random_prior, config).predict(phot)
         assert np.nanmax(np.abs(plain["Ar_mean"] - ref["Ar_mean"])) > 0.05  # it matters
+
+
+def test_gap_between_prior_r_bins_flagged_as_cpu_estimator(coarse_locus, random_prior):
+    """Stars in a gap between r bins get R_OUTSIDE_PRIOR from both estimators alike."""
+    gapped = PriorGrid(random_prior.log_prior, random_prior.r_centres, r_half_width=1.0)
+    phot = _stars(coarse_locus, LSST, 120, seed=6)
+    ref = BayesEstimator(coarse_locus, gapped).predict(phot)
+    got = TorchBayesEstimator(coarse_locus, gapped, device="cpu").predict(phot)
+    in_gap = ((phot.r > 17.0) & (phot.r < 18.0)) | ((phot.r > 20.0) & (phot.r < 21.0))
+    assert in_gap.sum() > 5
+    for result in (ref, got):
+        np.testing.assert_array_equal(
+            (result["flags"] & Flags.R_OUTSIDE_PRIOR) > 0,
+            in_gap | (phot.r < 15.0) | (phot.r > 23.0),
+        )

@@ -124,16 +124,24 @@ def test_trained_networks_keep_the_prior_r_range(catalog, hybrid, tmp_path):
     and its later predictions (after a save and load too) flag rows beyond it."""
     result, _, model = hybrid
     assert model.training_metadata_["user"]["prior_r_range"] == [13.5, 27.5]
-    trained = train_networks(
-        catalog, result, small_config(nn_max_epochs=3), prior_r_range=[15.0, 21.0]
-    )
-    trained.save(tmp_path / "m.safetensors")
-    loaded = type(trained).load(tmp_path / "m.safetensors")
+    assert model.training_metadata_["user"]["prior_r_intervals"] == [[13.5, 27.5]]
     r = catalog["rmag"].to_numpy()
-    expected = np.isfinite(r) & ((r < 15.0) | (r > 21.0))
-    for net in (trained, loaded):
-        flags = predict_with_model(net, catalog)["flags"].to_numpy()
-        np.testing.assert_array_equal((flags & Flags.R_OUTSIDE_PRIOR) > 0, expected)
+    # one range, or intervals with a gap (a prior whose r bins leave one)
+    for given, outside in (
+        ([15.0, 21.0], (r < 15.0) | (r > 21.0)),
+        ([[15.0, 17.0], [18.0, 21.0]], (r < 15.0) | ((r > 17.0) & (r < 18.0)) | (r > 21.0)),
+    ):
+        trained = train_networks(
+            catalog, result, small_config(nn_max_epochs=3), prior_r_range=given
+        )
+        assert trained.training_metadata_["user"]["prior_r_range"] == [15.0, 21.0]
+        trained.save(tmp_path / "m.safetensors")
+        loaded = type(trained).load(tmp_path / "m.safetensors")
+        expected = np.isfinite(r) & outside
+        assert ((r > 17.0) & (r < 18.0)).sum() > 20
+        for net in (trained, loaded):
+            flags = predict_with_model(net, catalog)["flags"].to_numpy()
+            np.testing.assert_array_equal((flags & Flags.R_OUTSIDE_PRIOR) > 0, expected)
     unbounded = train_networks(catalog, result, small_config(nn_max_epochs=3))
     flags = predict_with_model(unbounded, catalog)["flags"].to_numpy()
     assert not (flags & Flags.R_OUTSIDE_PRIOR).any()

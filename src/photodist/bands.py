@@ -657,7 +657,8 @@ class Photometry:
         r magnitude and its error, shape (N,).
     colors, color_errors
         Adjacent-band colours and their errors, shape (N, n_colors). Unusable colours
-        (missing, non-finite, sentinel, non-positive or > 1 mag error) are NaN in both.
+        (missing, non-finite, sentinel, non-positive or > 1 mag error) are NaN in both;
+        arrays given directly are made so.
     dust
         Map extinction A_r per star (NaN where unknown), or None if the catalogue has none.
     color_covariance
@@ -700,6 +701,26 @@ class Photometry:
                     f"{self.band_set.name} bands need {shape}"
                 )
             setattr(self, name, value)
+        self._blank_unusable_colors()
+
+    def _blank_unusable_colors(self) -> None:
+        """Make a colour unusable in both arrays (NaN, its covariances 0) where either of
+        them is: a non-finite colour, or an error that is non-finite, not positive or above
+        ``MAX_USABLE_COLOR_ERROR``, so that arrays given directly follow the rule the
+        catalogue readers apply (the estimators then drop the colour and flag the star)."""
+        with np.errstate(invalid="ignore"):
+            unusable = (
+                ~np.isfinite(self.colors)
+                | ~(self.color_errors > 0.0)
+                | ~(self.color_errors <= MAX_USABLE_COLOR_ERROR)
+            )
+        if not unusable.any():
+            return
+        self.colors = np.where(unusable, np.nan, self.colors)
+        self.color_errors = np.where(unusable, np.nan, self.color_errors)
+        if self.color_covariance is not None:
+            either = unusable[:, :-1] | unusable[:, 1:]
+            self.color_covariance = np.where(either, 0.0, self.color_covariance)
 
     def __len__(self) -> int:
         return len(self.r)

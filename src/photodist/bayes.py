@@ -124,7 +124,7 @@ class Flags:
     TOO_FEW_COLORS = 256  #: fewer than two usable colours: estimates NaN
     NN_OUT_OF_DOMAIN = 512  #: (networks) inputs outside the training domain
     NN_INVALID_INPUT = 1024  #: (networks) inputs unusable: Bayes in run/survey, NaN in predict
-    R_OUTSIDE_PRIOR = 2048  #: r beyond the prior map's r bins: the nearest (end) bin's prior used
+    R_OUTSIDE_PRIOR = 2048  #: r outside the prior's r bins (beyond an end or in a gap)
     AR_NEAR_MAX = 4096  #: A_r estimate >= 90 % of its prior's upper bound (extinction cut short?)
 
     @classmethod
@@ -1471,6 +1471,31 @@ class PriorGrid:
     r_centres: np.ndarray
     r_half_width: float = math.inf
 
+    def __post_init__(self) -> None:
+        """Arrays of matching shapes, ascending r bins, and in every r bin at least one grid
+        point the prior allows; else a ``ValueError`` naming the problem."""
+        self.log_prior = np.asarray(self.log_prior, dtype=float)
+        self.r_centres = np.asarray(self.r_centres, dtype=float).reshape(-1)
+        if self.log_prior.ndim != 3 or self.log_prior.shape[0] != len(self.r_centres):
+            raise ValueError(
+                f"log_prior must have shape (n_rbins, n_feh, n_mr) with one r bin per centre "
+                f"({len(self.r_centres)}), got {self.log_prior.shape}"
+            )
+        if len(self.r_centres) == 0 or not np.isfinite(self.r_centres).all():
+            raise ValueError("r_centres must be one or more finite magnitudes")
+        if np.any(np.diff(self.r_centres) <= 0):
+            raise ValueError("r_centres must be strictly ascending")
+        if not float(self.r_half_width) > 0.0:
+            raise ValueError(f"r_half_width must be positive, got {self.r_half_width!r}")
+        if np.isnan(self.log_prior).any() or np.isposinf(self.log_prior).any():
+            raise ValueError("log_prior must be finite or -inf (a point the prior excludes)")
+        flat = self.log_prior.reshape(len(self.r_centres), -1)
+        empty = self.r_centres[~np.isfinite(flat).any(axis=1)]
+        if empty.size:
+            raise ValueError(
+                f"the prior allows no grid point in the r bin(s) centred at {empty.tolist()}"
+            )
+
     @property
     def r_range(self) -> list[float] | None:
         """The r range the bins cover, [first centre - half-width, last centre + half-width]
@@ -1480,6 +1505,20 @@ class PriorGrid:
             return None
         lo = float(self.r_centres[0] - self.r_half_width)
         return [lo, float(self.r_centres[-1] + self.r_half_width)]
+
+    @property
+    def r_intervals(self) -> list[list[float]] | None:
+        """The r intervals the bins cover, [lo, hi] each: adjacent bins closer than two
+        half-widths merge, so a prior whose bins leave gaps has several (None without a
+        half-width). A star in a gap gets the nearest bin's prior, made for other
+        magnitudes, as one beyond the ends does."""
+        if not math.isfinite(self.r_half_width):
+            return None
+        lo = self.r_centres - self.r_half_width
+        hi = self.r_centres + self.r_half_width
+        starts = np.flatnonzero(np.r_[True, lo[1:] > hi[:-1] + 1e-9])
+        ends = np.r_[starts[1:] - 1, len(lo) - 1]
+        return [[float(lo[a]), float(hi[b])] for a, b in zip(starts, ends, strict=True)]
 
     def bin_index(self, r: np.ndarray) -> np.ndarray:
         """Nearest r bin for each magnitude (clipped at the ends; NaN -> 0)."""
@@ -1583,14 +1622,19 @@ def add_prior_entropy(frame: pd.DataFrame, prior: PriorGrid, bins: np.ndarray) -
     frame["FeH_entropy_drop"] += h_feh[bins]
 
 
-def prior_range_flags(r_range: Sequence[float] | None, r: np.ndarray) -> np.ndarray:
-    """``Flags.R_OUTSIDE_PRIOR`` where a finite ``r`` lies outside ``r_range`` (a prior's
-    :attr:`PriorGrid.r_range`; None: no range), else 0."""
+def prior_range_flags(r_range: Sequence[Any] | None, r: np.ndarray) -> np.ndarray:
+    """``Flags.R_OUTSIDE_PRIOR`` where a finite ``r`` lies outside the prior's r bins, else 0.
+
+    ``r_range`` is a prior's :attr:`PriorGrid.r_intervals` (a list of [lo, hi]), or one
+    [lo, hi] pair (:attr:`PriorGrid.r_range`, as models saved before 0.3.5 keep it); None:
+    no range."""
     r = np.asarray(r, dtype=float)
     if r_range is None:
         return np.zeros(r.shape, dtype=np.int64)
+    intervals = np.asarray(r_range, dtype=float).reshape(-1, 2)
     with np.errstate(invalid="ignore"):
-        outside = (r < r_range[0]) | (r > r_range[1])
+        inside = (r[..., None] >= intervals[:, 0]) & (r[..., None] <= intervals[:, 1])
+        outside = np.isfinite(r) & ~inside.any(axis=-1)
     return np.where(outside, Flags.R_OUTSIDE_PRIOR, 0).astype(np.int64)
 
 
@@ -1882,7 +1926,7 @@ class BayesEstimator:
         _fill_distance_columns(frame, r)
         frame["flags"] = (
             flags
-            | prior_range_flags(self.prior.r_range, r)
+            | prior_range_flags(self.prior.r_intervals, r)
             | ar_near_max_flags(frame["Ar_mean"], a_max)
         )
         return frame

@@ -588,7 +588,7 @@ class TorchBayesEstimator:
         add_extinction(frame, a_min)
         frame["Ar_max"] = a_max
         _fill_distance_columns(frame, r)
-        beyond = prior_range_flags(self.prior.r_range, r)
+        beyond = prior_range_flags(self.prior.r_intervals, r)
         near_max = ar_near_max_flags(frame["Ar_mean"], a_max)
         frame["flags"] = result[:, _N_OUT].astype(np.int64) | beyond | near_max
         return frame

@@ -789,10 +789,24 @@ def estimate_rows(
     return out.frame()
 
 
+def _prior_r_record(intervals: Sequence[Any] | None) -> dict[str, Any]:
+    """A prior's r coverage as run summaries and model files keep it: ``prior_r_range``
+    [lo, hi] from its first to its last bin, ``prior_r_intervals`` the [lo, hi] each that its
+    bins cover (several where they leave gaps); None for both without a range. ``intervals``:
+    ``PriorGrid.r_intervals``, or one [lo, hi] range."""
+    if intervals is None:
+        return {"prior_r_range": None, "prior_r_intervals": None}
+    pairs = np.asarray(intervals, dtype=float).reshape(-1, 2)
+    return {
+        "prior_r_range": [float(pairs[:, 0].min()), float(pairs[:, 1].max())],
+        "prior_r_intervals": pairs.tolist(),
+    }
+
+
 def _prior_flags(estimator: BayesEstimator, r: np.ndarray) -> np.ndarray:
     """The prior's flags of every row, network rows too (their labels came from the same
-    prior): ``R_OUTSIDE_PRIOR`` beyond its r bins, ``NO_PRIOR`` for a flat prior."""
-    flags = prior_range_flags(estimator.prior.r_range, r)
+    prior): ``R_OUTSIDE_PRIOR`` outside its r bins, ``NO_PRIOR`` for a flat prior."""
+    flags = prior_range_flags(estimator.prior.r_intervals, r)
     return flags | (0 if estimator.has_prior else Flags.NO_PRIOR)
 
 
@@ -887,9 +901,9 @@ def train_networks(
     columns
         Catalogue column names (default ``{band}mag``, ``{band}Err``).
     prior_r_range
-        The r range of the labels' prior (``PriorGrid.r_range``), kept with the model:
-        :func:`predict_with_model` flags rows beyond it ``R_OUTSIDE_PRIOR``; by default the
-        one ``labels_info`` records.
+        The r intervals of the labels' prior (``PriorGrid.r_intervals``, or one [lo, hi]
+        range), kept with the model: :func:`predict_with_model` flags rows outside them
+        ``R_OUTSIDE_PRIOR``; by default those ``labels_info`` records.
     labels_info
         The labels' run summary (``LABELS.run.json`` of ``photodist bayes`` or ``run``): the
         estimator settings (error floor, A_r bounds, colour covariance) and posterior grid
@@ -941,7 +955,7 @@ def train_networks(
     else:
         fit_check = _labels_fit_check(labels_info, config)
         if prior_r_range is None:
-            prior_r_range = labels_info.get("prior_r_range")
+            prior_r_range = labels_info.get("prior_r_intervals", labels_info.get("prior_r_range"))
     model = config.network(int(config.seed))
     model.fit(
         phot.subset(rows),
@@ -951,7 +965,7 @@ def train_networks(
             "labels": "Bayesian posterior means and standard deviations",
             "pipeline": config.to_dict(),
             "n_label_rows": len(labels),
-            "prior_r_range": None if prior_r_range is None else [float(v) for v in prior_r_range],
+            **_prior_r_record(prior_r_range),
             "flat_prior": _labelled_without_prior(labels, rows),
             "fit_check": fit_check,
         },
@@ -1061,7 +1075,7 @@ def predict_with_model(
         out.flags[bad[~np.isfinite(phot.r[bad])]] |= Flags.NO_R
     # the r range of the labels' prior, when the model's metadata has it
     user = getattr(model, "training_metadata_", {}).get("user") or {}
-    out.flags |= prior_range_flags(user.get("prior_r_range"), phot.r)
+    out.flags |= prior_range_flags(user.get("prior_r_intervals", user.get("prior_r_range")), phot.r)
     if user.get("flat_prior"):  # labels without a prior: NO_PRIOR, as the run flagged them
         out.flags |= Flags.NO_PRIOR
     result = out.frame()
@@ -1220,8 +1234,8 @@ def run_patch(
                     "labels": "Bayesian posterior means and standard deviations",
                     "pipeline": config.to_dict(),
                     "n_stars_patch": n,
-                    # rows beyond it are flagged R_OUTSIDE_PRIOR, later predictions too
-                    "prior_r_range": estimator.prior.r_range,
+                    # rows outside it are flagged R_OUTSIDE_PRIOR, later predictions too
+                    **_prior_r_record(estimator.prior.r_intervals),
                     "flat_prior": not estimator.has_prior,  # rows flagged NO_PRIOR
                     "fit_check": _fit_check_record(bayes_config, grid),
                 },
@@ -1280,6 +1294,6 @@ def run_patch(
         "shape": list(grid.shape),
     }
     info["prior"] = prior is not None
-    info["prior_r_range"] = estimator.prior.r_range
+    info.update(_prior_r_record(estimator.prior.r_intervals))
     result.attrs["photodist_pipeline"] = info
     return result, timings, model
