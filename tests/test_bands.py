@@ -490,3 +490,19 @@ def test_photometry_given_directly_blanks_unusable_colours():
     assert np.isfinite(colors).all() and (covariance == -1e-4).all()  # not modified
     flags = BayesEstimator(build_locus(feh_step=0.5, mr_step=0.5)).predict(phot)["flags"]
     np.testing.assert_array_equal((flags & Flags.COLOR_UNUSABLE) > 0, [False, True, True, True])
+
+
+def test_first_occurrences_compare_rows_exactly(monkeypatch):
+    """Repeated rows (NaN equal to NaN) point at their first copy; rows that merely share a
+    hash (forced here) stay distinct."""
+    from photodist.bands import SDSS, Photometry
+
+    colors = np.array([[1.0, 0.5, np.nan, 0.1], [1.1, 0.5, 0.2, 0.1], [1.0, 0.5, np.nan, 0.1]])
+    phot = Photometry(SDSS, [18.0] * 3, [0.01] * 3, colors, np.full((3, 4), 0.02))
+    both = phot.subset(np.array([0, 1, 2, 1, 0]))
+    np.testing.assert_array_equal(both.first_occurrences(), [0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(both.distinct_rows(), [0, 1])
+    monkeypatch.setattr(
+        pd.util, "hash_pandas_object", lambda table, index: pd.Series(np.zeros(len(table), int))
+    )
+    np.testing.assert_array_equal(both.first_occurrences(), [0, 1, 0, 1, 0])

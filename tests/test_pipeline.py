@@ -95,6 +95,7 @@ def test_rows_preserved_in_order(catalog, hybrid):
     assert info["mode"] == "hybrid"
     assert info["config"]["n_train"] == 800
     assert info["n_labelled"] + info["n_nn"] + info["n_bayes_fallback"] == len(catalog)
+    assert info["n_label_copies"] == 0
     json.dumps(info)  # the record travels with the output (e.g. Parquet metadata)
 
 
@@ -686,14 +687,25 @@ def test_a_star_listed_many_times_counts_once(catalog, prior, default_locus, hyb
     """Copies of one star's row change neither the fits of the patch nor its training set:
     the original rows get exactly the estimates they get without the copies (before, 20,000
     copies of one star pulled the fitted prior to power 0.5 and +0.4 dex)."""
-    copies = pd.concat([catalog, catalog.iloc[[20] * (2 * len(catalog))]], ignore_index=True)
+    labelled = np.flatnonzero(hybrid[0]["labelled"].to_numpy())[:2]
+    extra = [20] * (2 * len(catalog)) + [*labelled] * 30
+    copies = pd.concat([catalog, catalog.iloc[extra]], ignore_index=True)
     result, _, _ = run_patch(copies, prior, default_locus, small_config(), keep=("source_id",))
     info = result.attrs["photodist_pipeline"]
-    assert info["n_duplicate_rows"] == 2 * len(catalog)
+    assert info["n_duplicate_rows"] == len(extra)
     assert info["prior_temper"] == hybrid[0].attrs["photodist_pipeline"]["prior_temper"]
     assert not result["labelled"].iloc[len(catalog) :].any()
     assert 0 <= info["n_ar_near_bound"] < 0.05 * info["n_ar_estimates"]  # A_r within bounds
     pd.testing.assert_frame_equal(result.iloc[: len(catalog)], hybrid[0], check_like=False)
+    # the copies of a labelled star take its Bayesian estimate, not the networks'
+    assert info["n_label_copies"] == 60
+    assert info["n_labelled"] + info["n_label_copies"] + info["n_nn"] + info[
+        "n_bayes_fallback"
+    ] == len(copies)
+    tail = result.iloc[-60:].drop(columns="labelled").reset_index(drop=True)
+    originals = hybrid[0].iloc[[*labelled] * 30].drop(columns="labelled").reset_index(drop=True)
+    pd.testing.assert_frame_equal(tail, originals)
+    assert set(tail["method"].astype(str)) == {"bayes"}
 
 
 def test_a_band_missing_everywhere_is_named(catalog, prior, default_locus) -> None:

@@ -5,7 +5,7 @@ from photodist.locus import Locus, build_locus, load_locus
 
 #: The code's own version (pyproject.toml reads it from here): survey manifests and model
 #: files record it, so it must follow the code being run, not an installation's metadata.
-__version__ = "0.3.4"
+__version__ = "0.3.5"
 
 __all__ = [
     "LSST",

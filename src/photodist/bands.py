@@ -733,12 +733,31 @@ class Photometry:
             columns.append(np.full(len(self), np.nan) if self.dust is None else self.dust)
         return np.column_stack(columns)
 
-    def distinct_rows(self) -> np.ndarray:
-        """Indices (ascending) of the rows whose photometry (r, colours, their errors and the
-        dust-map value) repeats no earlier row's: one star listed several times counts once
-        in the per-patch fits and in a training set."""
+    def first_occurrences(self) -> np.ndarray:
+        """For each row, the index of the first row with the same photometry (r, colours,
+        their errors and the dust-map value; NaN equals NaN): the row itself unless it
+        repeats an earlier one. Rows are hashed, and only rows sharing a hash are compared
+        value by value."""
         table = pd.DataFrame(self.features(dust=self.dust is not None))
-        return np.flatnonzero(~table.duplicated(keep="first").to_numpy())
+        first = np.arange(len(table))
+        if len(table) < 2:
+            return first
+        hashes = pd.util.hash_pandas_object(table, index=False).to_numpy()
+        _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+        shared = np.flatnonzero(counts[inverse] > 1)
+        if shared.size:
+            sub = table.iloc[shared]
+            group = sub.groupby(list(sub.columns), sort=False, dropna=False).ngroup().to_numpy()
+            _, lead = np.unique(group, return_index=True)
+            first[shared] = shared[lead[group]]
+        return first
+
+    def distinct_rows(self) -> np.ndarray:
+        """Indices (ascending) of the rows whose photometry repeats no earlier row's
+        (:meth:`first_occurrences`): one star listed several times counts once in the
+        per-patch fits and in a training set."""
+        first = self.first_occurrences()
+        return np.flatnonzero(first == np.arange(len(first)))
 
     def subset(self, index: np.ndarray) -> Photometry:
         """Rows selected by an integer or boolean index."""

@@ -670,6 +670,13 @@ class _Output:
         self.flags[rows] |= bayes["flags"].to_numpy(dtype=np.int64)
         self.method[rows] = _METHODS.index("bayes")
 
+    def copy_rows(self, rows: np.ndarray, sources: np.ndarray) -> None:
+        """Give ``rows`` the estimates, flags and method of ``sources`` (``labelled`` stays)."""
+        for values in self.floats.values():
+            values[rows] = values[sources]
+        self.flags[rows] = self.flags[sources]
+        self.method[rows] = self.method[sources]
+
     def put_nn(self, rows: np.ndarray, pred: Mapping[str, np.ndarray], r: np.ndarray) -> None:
         f = self.floats
         for p in PARAMETERS:
@@ -1163,7 +1170,8 @@ def run_patch(
     model: PhotoDNetwork | None = None
     train_rows = np.empty(0, dtype=np.int64)
     # a star listed several times counts once in the fits and the training set
-    distinct = phot.distinct_rows()
+    first = phot.first_occurrences()
+    distinct = np.flatnonzero(first == np.arange(n))
     info["n_duplicate_rows"] = n - distinct.size
     fit_phot = phot if distinct.size == n else phot.subset(distinct)
     if hybrid:
@@ -1209,6 +1217,9 @@ def run_patch(
         with _progress(config.progress, train_rows.size, "bayes (labels)") as bar:
             _bayes_rows(estimator, phot, train_rows, out, _LABEL_CHUNK, bar)
         out.labelled[train_rows] = True
+        # the other copies of a labelled star take its Bayesian estimate as they are
+        label_copies = np.flatnonzero((first != np.arange(n)) & out.labelled[first])
+        out.copy_rows(label_copies, first[label_copies])
         timings["bayes_label"] = time.perf_counter() - t0
 
         f = out.floats
@@ -1244,7 +1255,7 @@ def run_patch(
         timings["train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        todo = np.flatnonzero(~out.labelled)
+        todo = np.setdiff1d(np.flatnonzero(~out.labelled), label_copies, assume_unique=True)
         fallback_parts = []
         n_ood = 0
         with _progress(config.progress, todo.size, "nn (predict)") as bar:
@@ -1265,6 +1276,7 @@ def run_patch(
         info.update(
             mode="hybrid",
             n_labelled=int(train_rows.size),
+            n_label_copies=int(label_copies.size),
             n_nn=int(np.count_nonzero(out.method == _METHODS.index("nn"))),
             n_bayes_fallback=int(fallback.size),
             n_out_of_domain=n_ood,
@@ -1276,7 +1288,14 @@ def run_patch(
         with _progress(config.progress, rows.size, "bayes (all)") as bar:
             _bayes_rows(estimator, phot, rows, out, chunk, bar)
         timings["bayes_all"] = time.perf_counter() - t0
-        info.update(mode="bayes_only", reason=reason, n_labelled=0, n_nn=0, n_bayes_fallback=0)
+        info.update(
+            mode="bayes_only",
+            reason=reason,
+            n_labelled=0,
+            n_label_copies=0,
+            n_nn=0,
+            n_bayes_fallback=0,
+        )
         info["n_out_of_domain"] = 0
     out.flags |= _prior_flags(estimator, phot.r)
     info["n_ar_near_bound"], info["n_ar_estimates"] = ar_near_bound(
