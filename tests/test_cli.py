@@ -602,6 +602,13 @@ def test_simulate_run_evaluate_chain(tmp_path):
     assert sim.stat().st_size == size
     not_a_model = runner.invoke(cli, ["predict", str(sim), str(sim), str(tmp_path / "x.csv")])
     assert not_a_model.exit_code != 0 and "Traceback" not in not_a_model.output
+    assert "training domain (their" not in result.output  # the patch's own stars: no warning
+    # stars of a dustier sightline than the model's patch: out of its domain, and a warning
+    dusty = tmp_path / "dusty.parquet"
+    pd.read_parquet(sim).assign(Ar=lambda f: 4.0 * f["Ar"] + 0.3).to_parquet(dusty)
+    result = runner.invoke(cli, [*predict[:2], str(dusty), str(tmp_path / "dusty_out.parquet")])
+    assert result.exit_code == 0, result.output
+    assert "outside the networks' training domain" in result.output
     # the networks stage alone: Bayesian labels of a subsample, training, prediction
     sub = tmp_path / "sub.parquet"
     pd.read_parquet(sim).iloc[::3].to_parquet(sub)

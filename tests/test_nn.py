@@ -684,6 +684,11 @@ def test_settings_a_model_cannot_use_are_refused_at_load(fitted: PhotoDNetwork, 
         edited[name] = torch.full_like(tensors[name], change)
         with pytest.raises(ModelFileError, match=message):
             PhotoDNetwork.load(written(f"bad_{name}", tensor_values=edited))
+    for training in ([1, 2], {"user": "x"}):
+        info = json.loads(metadata["photodist"])
+        info["training"] = training
+        with pytest.raises(ModelFileError, match="training record"):
+            PhotoDNetwork.load(written("bad_training", json.dumps(info)))
     assert PhotoDNetwork.load(written("same")).band_set_ == fitted.band_set_
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -733,3 +734,43 @@ def test_estimates_pressed_against_the_a_r_bound_are_flagged(default_locus) -> N
     assert near.sum() == info["n_ar_near_bound"] > 0.1 * info["n_ar_estimates"]
     assert near[(result["method"] == "bayes").to_numpy()].mean() > 0.3
     np.testing.assert_array_equal(near, result["Ar_mean"].to_numpy() >= 0.9 * 3.0)
+
+
+def test_stars_of_other_dust_map_values_are_outside_the_domain(catalog, hybrid) -> None:
+    """A model keeps its training stars' dust-map A_r range: stars of a dustier sightline
+    (here the map values x4 + 0.3 mag), whose labels would have had other A_r bounds, are
+    flagged NN_OUT_OF_DOMAIN; the patch's own stars hardly ever."""
+    model = hybrid[2]
+    lo, hi = model.training_metadata_["user"]["dust_map_range"]
+    assert (
+        0.0 <= lo < hi == pytest.approx(catalog["Ar"].iloc[hybrid[0]["labelled"].to_numpy()].max())
+    )
+    own = predict_with_model(model, catalog)["flags"].to_numpy() & Flags.NN_OUT_OF_DOMAIN
+    dusty = catalog.assign(Ar=4.0 * catalog["Ar"] + 0.3)
+    flags = predict_with_model(model, dusty)["flags"].to_numpy()
+    valid = (flags & Flags.NN_INVALID_INPUT) == 0
+    assert (flags[valid] & Flags.NN_OUT_OF_DOMAIN).all()
+    assert (own != 0).mean() < 0.05
+    without_map = predict_with_model(model, catalog.drop(columns="Ar"))["flags"].to_numpy()
+    assert ((without_map & Flags.NN_OUT_OF_DOMAIN) != 0).sum() <= (own != 0).sum()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"prior_r_range": [13.5]}, "prior_r_range is not"),
+        ({"prior_r_intervals": "ab"}, "prior_r_intervals is not"),
+        ({"dust_map_range": [0.3, 0.1]}, "dust_map_range is not"),
+        ({"fit_check": {"posterior_grid": "ab"}}, "best-fit check"),
+        ({"fit_check": {"bayes_config": {"error_floor": "x"}}}, "best-fit check"),
+    ],
+)
+def test_an_unusable_training_record_is_refused(hybrid, catalog, edit, message) -> None:
+    """A model whose training record was edited into values the predictions cannot use
+    is refused with ModelFileError naming the entry (before: IndexError, TypeError)."""
+    from photodist.nn import ModelFileError
+
+    model = copy.deepcopy(hybrid[2])
+    model.training_metadata_["user"].update(edit)
+    with pytest.raises(ModelFileError, match=message):
+        predict_with_model(model, catalog.head(20))

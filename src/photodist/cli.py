@@ -566,6 +566,8 @@ def _prior_temper_options(function):
 
 #: Fraction of the stars with A_r piled against its prior's bound beyond which a run warns
 AR_NEAR_BOUND_WARNING = 0.05
+#: Fraction of the stars outside a model's training domain beyond which `predict` warns
+OUT_OF_DOMAIN_WARNING = 0.05
 
 
 def _warn_ar_near_bound(n_near: int, n_estimated: int) -> None:
@@ -1636,18 +1638,23 @@ def predict_command(
     by batch (bounded memory), a FITS one assembled in memory. One row per input row,
     same order, with `run`'s columns; rows the networks cannot take (no r, too few usable
     colours) keep NaN estimates and the NN_INVALID_INPUT flag (`photodist bayes` estimates
-    them), rows outside the training domain are flagged NN_OUT_OF_DOMAIN.
+    them), rows outside the training domain (their inputs, or a dust-map A_r beyond the
+    training stars') are flagged NN_OUT_OF_DOMAIN, with a warning above 5 % of the stars.
     """
     from tqdm import tqdm
 
     from photodist import io
     from photodist.nn import ModelFileError, PhotoDNetwork
-    from photodist.pipeline import predict_with_model
+    from photodist.pipeline import predict_with_model, training_record
 
     try:
         model = PhotoDNetwork.load(model_path, device=_checked_device(nn_device))
     except (ModelFileError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
+    try:
+        training_record(model)
+    except ModelFileError as exc:
+        raise click.ClickException(f"{model_path}: {exc}") from exc
     band_set = model.band_set_
     columns, _ = _catalog_columns(
         column, dust_column, flux_unit, ebv_column, input_path, band_set, choose_bands=False
@@ -1711,6 +1718,14 @@ def predict_command(
         f"a network estimate (NN_INVALID_INPUT), {counts['n_out_of_domain']} outside the "
         "training domain (NN_OUT_OF_DOMAIN)"
     )
+    if counts["n_out_of_domain"] > OUT_OF_DOMAIN_WARNING * max(n_out, 1):
+        click.echo(
+            f"warning: {counts['n_out_of_domain'] / n_out:.0%} of the stars lie outside the "
+            "networks' training domain (their colours, magnitudes or dust-map A_r): is "
+            f"{model_path.name} the model of this patch? `photodist run` or `bayes` estimates "
+            "them",
+            err=True,
+        )
 
 
 @cli.command("run")

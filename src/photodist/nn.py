@@ -2069,6 +2069,9 @@ class PhotoDNetwork:
         model.validation_index_ = validation_index.copy()
         model.history_ = info.get("history", {})
         model.training_metadata_ = info.get("training", {})
+        training = model.training_metadata_
+        if not isinstance(training, dict) or not isinstance(training.get("user", {}), dict):
+            raise ModelFileError(f"{path}: invalid network metadata (training record)")
         n_colors = stored_band_set.n_colors
         try:
             fill = info.get("color_fill")

@@ -76,7 +76,7 @@ from photodist.bayes import (
 from photodist.dust_profile import DustProfile, fit_profile_record
 from photodist.error_floor import ErrorFloorFit, parse_error_floor, resolve_error_floor
 from photodist.locus import Locus, build_locus
-from photodist.nn import MIN_USABLE_COLORS, NetworkSpec, PhotoDNetwork
+from photodist.nn import MIN_USABLE_COLORS, ModelFileError, NetworkSpec, PhotoDNetwork
 from photodist.prior_temper import (
     adjusted_prior,
     parse_feh_shift,
@@ -755,7 +755,8 @@ def _network_rows(
     sub = photometry.subset(rows)
     pred = model.predict(sub)
     out.put_nn(rows, pred, sub.r)
-    ood, invalid = pred["out_of_domain"], pred["invalid_input"]
+    ood = pred["out_of_domain"] | (beyond_dust_domain(model, sub) & ~pred["invalid_input"])
+    invalid = pred["invalid_input"]
     usable = np.isfinite(sub.colors) & np.isfinite(sub.color_errors)
     out.flags[rows[ood]] |= Flags.NN_OUT_OF_DOMAIN
     out.flags[rows[invalid]] |= Flags.NN_INVALID_INPUT
@@ -867,15 +868,81 @@ def _fit_check_record(bayes_config: BayesConfig, grid: Locus) -> dict[str, Any]:
     }
 
 
+def training_record(model: PhotoDNetwork) -> dict[str, Any]:
+    """The pipeline's record kept with a trained model (``training_metadata_["user"]``:
+    the labels' prior r intervals, the training stars' dust-map range, the best-fit check's
+    settings), checked; ``{}`` for a model trained without one.
+
+    Raises
+    ------
+    ModelFileError
+        An entry of the record that the predictions could not use (e.g. a model file edited
+        by hand).
+    """
+    meta = getattr(model, "training_metadata_", None) or {}
+    user = meta.get("user") if isinstance(meta, Mapping) else None
+    if not isinstance(user, Mapping | None):
+        raise ModelFileError("the network's training record is not a mapping")
+    user = dict(user or {})
+    for key in ("prior_r_intervals", "prior_r_range", "dust_map_range"):
+        value = user.get(key)
+        if value is None:
+            continue
+        try:
+            pairs = np.asarray(value, dtype=float).reshape(-1, 2)
+        except (TypeError, ValueError):
+            pairs = np.empty((0, 2))
+        if not pairs.size or np.isnan(pairs).any() or np.any(pairs[:, 0] > pairs[:, 1]):
+            raise ModelFileError(f"the network's {key} is not [low, high] numbers: {value!r}")
+    fit = user.get("fit_check") or {}
+    settings = fit.get("bayes_config") if isinstance(fit, Mapping) else None
+    grid = fit.get("posterior_grid") if isinstance(fit, Mapping) else None
+    try:
+        BayesConfig(**{k: v for k, v in dict(settings or {}).items() if k in _FIT_CHECK_SETTINGS})
+        steps = [float(v) for v in grid or (0.05, 0.1)]
+        if len(steps) != 2 or not all(math.isfinite(v) and v > 0.0 for v in steps):
+            raise ValueError("two positive grid steps needed")
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"the network's best-fit check settings are unusable ({exc})") from exc
+    return user
+
+
 def _fit_check_for(model: PhotoDNetwork, locus: Locus | None) -> BayesEstimator:
     """The best-fit check of a saved model's predictions, from its training metadata (the
     estimator's defaults for models saved without it)."""
-    user = getattr(model, "training_metadata_", {}).get("user") or {}
-    record = user.get("fit_check") or {}
+    record = training_record(model).get("fit_check") or {}
     settings = record.get("bayes_config") or {}
     config = BayesConfig(**{k: v for k, v in settings.items() if k in _FIT_CHECK_SETTINGS})
     feh_step, mr_step = record.get("posterior_grid") or (0.05, 0.1)
     return BayesEstimator(_grid_with_steps(locus, feh_step, mr_step), config=config)
+
+
+#: Slack of the dust-map domain (:func:`beyond_dust_domain`): a fraction of the training
+#: stars' range, and at least this many mag.
+DUST_DOMAIN_SLACK = (0.1, 0.02)
+
+
+def _dust_map_range(photometry: Photometry) -> list[float] | None:
+    """[lowest, highest] dust-map A_r of the stars (None without map values)."""
+    if photometry.dust is None:
+        return None
+    values = photometry.dust[np.isfinite(photometry.dust)]
+    return [float(values.min()), float(values.max())] if values.size else None
+
+
+def beyond_dust_domain(model: PhotoDNetwork, photometry: Photometry) -> np.ndarray:
+    """Rows whose dust-map A_r lies beyond the range of the model's training stars (by more
+    than :data:`DUST_DOMAIN_SLACK`): their labels would have had other A_r prior bounds
+    (1.3 A_map + 0.1) than any the networks learnt from, e.g. stars of a dustier patch than
+    the model's. False where the model or the stars have no map values."""
+    outside = np.zeros(len(photometry), dtype=bool)
+    record = training_record(model).get("dust_map_range")
+    if record is None or photometry.dust is None:
+        return outside
+    lo, hi = (float(v) for v in record)
+    slack = max(DUST_DOMAIN_SLACK[0] * (hi - lo), DUST_DOMAIN_SLACK[1])
+    with np.errstate(invalid="ignore"):
+        return (photometry.dust < lo - slack) | (photometry.dust > hi + slack)
 
 
 def train_networks(
@@ -973,6 +1040,7 @@ def train_networks(
             "pipeline": config.to_dict(),
             "n_label_rows": len(labels),
             **_prior_r_record(prior_r_range),
+            "dust_map_range": _dust_map_range(phot.subset(rows)),
             "flat_prior": _labelled_without_prior(labels, rows),
             "fit_check": fit_check,
         },
@@ -1072,6 +1140,7 @@ def predict_with_model(
         raise ValueError("chunk_size must be positive")
     out = _Output(len(phot))
     n_ood = n_invalid = 0
+    user = training_record(model)
     check = _fit_check_for(model, locus) if fit_check else None
     for part in _chunks(np.arange(len(phot)), int(chunk_size)):
         ood, invalid = _network_rows(model, phot, part, out, check)
@@ -1081,7 +1150,6 @@ def predict_with_model(
         bad = part[invalid]
         out.flags[bad[~np.isfinite(phot.r[bad])]] |= Flags.NO_R
     # the r range of the labels' prior, when the model's metadata has it
-    user = getattr(model, "training_metadata_", {}).get("user") or {}
     out.flags |= prior_range_flags(user.get("prior_r_intervals", user.get("prior_r_range")), phot.r)
     if user.get("flat_prior"):  # labels without a prior: NO_PRIOR, as the run flagged them
         out.flags |= Flags.NO_PRIOR
@@ -1247,6 +1315,8 @@ def run_patch(
                     "n_stars_patch": n,
                     # rows outside it are flagged R_OUTSIDE_PRIOR, later predictions too
                     **_prior_r_record(estimator.prior.r_intervals),
+                    # rows of other map values are flagged NN_OUT_OF_DOMAIN
+                    "dust_map_range": _dust_map_range(phot.subset(train_rows)),
                     "flat_prior": not estimator.has_prior,  # rows flagged NO_PRIOR
                     "fit_check": _fit_check_record(bayes_config, grid),
                 },
