@@ -506,3 +506,29 @@ def test_first_occurrences_compare_rows_exactly(monkeypatch):
         pd.util, "hash_pandas_object", lambda table, index: pd.Series(np.zeros(len(table), int))
     )
     np.testing.assert_array_equal(both.first_occurrences(), [0, 1, 0, 1, 0])
+
+
+def test_a_renamed_flux_column_takes_its_own_flag() -> None:
+    """`--column gflux=g_cModelFlux` reads g_cModel_flag, Rubin's flag of that flux, not
+    the PSF flux's g_psfFlux_flag; `--column gfluxflag=...` names another."""
+    frame = pd.DataFrame(
+        {
+            **{f"{b}_cModelFlux": [3631e9 * 10 ** (-0.4 * 18.0)] * 3 for b in "ugriz"},
+            **{f"{b}_cModelFluxErr": [3631e9 * 10 ** (-0.4 * 18.0) * 0.01] * 3 for b in "ugriz"},
+            "g_psfFlux_flag": [True, False, False],
+            "g_cModel_flag": [False, True, False],
+            "g_other_flag": [False, False, True],
+        }
+    )
+    mapping = {f"{b}flux": f"{b}_cModelFlux" for b in "ugriz"}
+    mapping.update({f"{b}fluxerr": f"{b}_cModelFluxErr" for b in "ugriz"})
+    columns = ColumnMap.from_mapping({"flux_unit": "nJy", "dust": None, **mapping})
+    needed, _ = columns.photometry_sources(SDSS, list(frame.columns))
+    assert "g_cModel_flag" in needed and "g_psfFlux_flag" not in needed
+    phot = photometry_from_frame(frame, "sdss", columns)
+    np.testing.assert_array_equal(np.isfinite(phot.colors[:, 1]), [True, False, True])
+    other = ColumnMap.from_mapping(
+        {"flux_unit": "nJy", "dust": None, **mapping, "gfluxflag": "g_other_flag"}
+    )
+    phot = photometry_from_frame(frame, "sdss", other)
+    np.testing.assert_array_equal(np.isfinite(phot.colors[:, 1]), [True, True, False])

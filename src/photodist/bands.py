@@ -11,7 +11,7 @@ import functools
 import math
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,7 +161,8 @@ class ColumnMap:
     default as in Rubin's Object tables (override with ``fluxes``/``flux_errors``): AB
     magnitudes and their errors 1.0857 sigma_f / f; a non-positive flux (a non-detection)
     makes the band unusable, and so does a true measurement flag where the catalogue has
-    one (``"{band}_psfFlux_flag"``, override with ``flux_flags``).
+    one (``"{band}_psfFlux_flag"``; for a flux column renamed in ``fluxes``, its own flag
+    as Rubin names it, e.g. ``u_cModel_flag``; override with ``flux_flags``).
 
     ``dust`` names an optional column with the map extinction A_r (e.g. SFD) per star; where
     the catalogue lacks it, ``ebv`` may name a column of the map's E(B-V), converted with
@@ -236,8 +237,20 @@ class ColumnMap:
     def color_column(self, blue: str, red: str) -> str:
         return self.colors.get(blue + red, blue + red)
 
-    def flux_flag_column(self, band: str) -> str:
-        return self.flux_flags.get(band, f"{band}_psfFlux_flag")
+    def flux_flag_column(self, band: str, available: Iterable[str]) -> str | None:
+        """The measurement-flag column of ``band`` among ``available`` (None if absent): the
+        one named in ``flux_flags``, else that of the band's flux column as Rubin names
+        them, ``{flux}_flag`` or, for a flux column ``{name}Flux``, ``{name}_flag`` (e.g.
+        ``u_psfFlux_flag``; ``u_cModel_flag`` for ``u_cModelFlux``)."""
+        present = set(available)
+        if band in self.flux_flags:
+            named = self.flux_flags[band]
+            return named if named in present else None
+        flux = self.flux_column(band)
+        candidates = [f"{flux}_flag"]
+        if flux.endswith("Flux"):
+            candidates.append(f"{flux[: -len('Flux')]}_flag")
+        return next((c for c in candidates if c in present), None)
 
     def flux_columns(self, band: str) -> tuple[str, str]:
         """The flux and flux-error columns of ``band``."""
@@ -282,8 +295,8 @@ class ColumnMap:
                 )
         sources: list[str | None] = []
         if columns.flux_unit is not None:  # with the measurement flags the catalogue has
-            flags = [columns.flux_flag_column(b) for b in band_set.bands]
-            return needed + [f for f in flags if f in present], [None] * len(band_set.color_pairs)
+            flags = [columns.flux_flag_column(b, present) for b in band_set.bands]
+            return needed + [f for f in flags if f], [None] * len(band_set.color_pairs)
         named = [columns.mags[b] for b in band_set.bands if b in columns.mags]
         absent = [c for c in named if c not in present]
         if absent:  # a name given explicitly is never replaced by a colour column
@@ -308,8 +321,8 @@ class ColumnMap:
             needed.append(color)
             sources.append(color)
         # a catalogue of magnitudes and fluxes (Rubin's Object table) flags its measurements too
-        flags = [columns.flux_flag_column(b) for b in band_set.bands]
-        needed += [f for f in flags if f in present]
+        flags = [columns.flux_flag_column(b, present) for b in band_set.bands]
+        needed += [f for f in flags if f]
         return list(dict.fromkeys(needed)), sources
 
     @classmethod
@@ -922,8 +935,8 @@ def _drop_flagged(
 ) -> None:
     """Set each band's flagged measurements (its flag column, where present) to NaN."""
     for k, b in enumerate(band_set.bands):  # a flagged measurement is no measurement
-        flag = columns.flux_flag_column(b)
-        if flag in frame.columns:
+        flag = columns.flux_flag_column(b, [str(c) for c in frame.columns])
+        if flag is not None:
             values[measurement_flags(frame[flag], flag), k] = np.nan
 
 
