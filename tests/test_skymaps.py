@@ -144,6 +144,17 @@ def test_save_and_load(run_output, tmp_path, suffix):
         header = fits.getheader(path, "PHOTODIST_MAPS")
         assert header["ORDERING"] == "NESTED" and header["INDXSCHM"] == "EXPLICIT"
         assert header["NSIDE"] == 64 and header["PIXTYPE"] == "HEALPIX"
+        # units and descriptions, as the estimate tables have them ([Fe/H]'s dex in words)
+        units = {header[f"TTYPE{k}"]: header.get(f"TUNIT{k}") for k in range(1, 7)}
+        comments = {header[f"TTYPE{k}"]: header.get(f"TCOMM{k}") for k in range(1, 7)}
+        assert units["AR_MEDIAN"] == "mag" and units["DIST_MEDIAN"] == "pc"
+        assert units["FEH_MEDIAN"] is None and "(dex)" in comments["FEH_MEDIAN"]
+        assert comments["FLAGGED_FRACTION"] == "fraction of the pixel's stars with any flag set"
+    else:
+        fields = pq.read_schema(path)
+        assert fields.field("Ar_median").metadata[b"unit"] == b"mag"
+        assert fields.field("FeH_median").metadata[b"unit"] == b"dex"
+        assert b"pixel's stars" in fields.field("dist_median").metadata[b"description"]
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
 

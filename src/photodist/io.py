@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import warnings
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from photodist.output_columns import column_info
+from photodist.output_columns import ColumnInfo, column_info
 
 __all__ = [
     "AtomicParquetWriter",
@@ -38,6 +38,7 @@ __all__ = [
     "check_output_path",
     "count_rows",
     "detect_format",
+    "fits_hdu_with_units",
     "hats_partitions",
     "iter_catalog_batches",
     "json_default",
@@ -1062,13 +1063,15 @@ def count_rows(path: PathLike) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def with_column_info(schema: pa.Schema) -> pa.Schema:
-    """``schema`` with each estimate column's unit and description in its field metadata
-    (keys ``unit`` and ``description``, :mod:`photodist.output_columns`); other fields and
-    their metadata are left as they are."""
+def with_column_info(
+    schema: pa.Schema, info_of: Callable[[str], ColumnInfo | None] = column_info
+) -> pa.Schema:
+    """``schema`` with each column's unit and description from ``info_of`` (default the
+    estimate columns of :mod:`photodist.output_columns`) in its field metadata (keys
+    ``unit`` and ``description``); other fields and their metadata are left as they are."""
     fields = []
     for field in schema:
-        info = column_info(field.name)
+        info = info_of(field.name)
         if info is not None:
             meta = dict(field.metadata or {})
             if info.unit:
@@ -1267,7 +1270,7 @@ def write_table(frame: pd.DataFrame, path: PathLike, overwrite: bool = False) ->
         elif fmt == "csv":
             data.to_csv(tmp, index=False)
         else:
-            _fits_hdu(_fits_table(data)).writeto(tmp, overwrite=True)
+            fits_hdu_with_units(_fits_table(data)).writeto(tmp, overwrite=True)
     return final
 
 
@@ -1320,17 +1323,19 @@ def _fits_table(frame: pd.DataFrame) -> Any:
     return table
 
 
-def _fits_hdu(table: Any) -> Any:
+def fits_hdu_with_units(
+    table: Any, info_of: Callable[[str], ColumnInfo | None] = column_info
+) -> Any:
     """The binary-table HDU of ``table`` (as astropy's FITS writer makes it) with each
-    estimate column's unit (``TUNITn``) and description (``TCOMMn``) from
-    :mod:`photodist.output_columns`. A unit the FITS standard lacks (``dex``) goes into the
-    description instead, since FITS readers could not parse it."""
+    column's unit (``TUNITn``) and description (``TCOMMn``) from ``info_of`` (default the
+    estimate columns of :mod:`photodist.output_columns`). A unit the FITS standard lacks
+    (``dex``) goes into the description instead, since FITS readers could not parse it."""
     from astropy import units
     from astropy.io import fits
 
     comments = {}
     for name in table.colnames:
-        info = column_info(name)
+        info = info_of(name)
         if info is None:
             continue
         comments[name] = info.description

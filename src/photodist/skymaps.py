@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from photodist import io
+from photodist.output_columns import ColumnInfo
 
 __all__ = [
     "HISTOGRAM_BINS",
@@ -122,6 +123,32 @@ PATCH_FIGURES: dict[str, str] = {
 }
 #: Integer columns of either kind of map.
 _INTEGER_COLUMNS = ("pixel", "n_stars", "n_rows")
+
+#: Unit and description of every map column: FITS ``TUNITn`` / ``TCOMMn`` and Parquet
+#: field metadata (``unit``, ``description``), as the estimate tables have them.
+MAP_COLUMN_INFO: dict[str, ColumnInfo] = {
+    "pixel": ColumnInfo("", "HEALPix pixel index (NESTED)"),
+    "n_stars": ColumnInfo("", "stars in the pixel"),
+    "FeH_median": ColumnInfo("dex", "median [Fe/H] estimate of the pixel's stars"),
+    "Ar_median": ColumnInfo("mag", "median A_r estimate of the pixel's stars"),
+    "dist_median": ColumnInfo("pc", "median distance estimate of the pixel's stars"),
+    "flagged_fraction": ColumnInfo("", "fraction of the pixel's stars with any flag set"),
+    "n_rows": ColumnInfo("", "stars in the patch"),
+    "hybrid": ColumnInfo("", "patch mode: 1 networks, 0 Bayes on every star"),
+    "prior_feh_shift": ColumnInfo("dex", "shift of the prior along [Fe/H]"),
+    "prior_power": ColumnInfo("", "power of the prior fitted to the patch"),
+    "prior_evidence_gain": ColumnInfo("", "ln evidence gain per star of the fitted prior"),
+    "color_scatter": ColumnInfo("mag", "colour scatter beyond the quoted errors"),
+    "error_floor": ColumnInfo("mag", "colour-error floor used"),
+    "dust_profile_width": ColumnInfo("mag", "width of the fitted dust profile"),
+    "seconds": ColumnInfo("s", "pipeline time of the patch"),
+}
+
+
+def map_column_info(name: str) -> ColumnInfo | None:
+    """Unit and description of the map column ``name`` (any case: FITS names are upper
+    case); None for another column."""
+    return MAP_COLUMN_INFO.get(_BY_FITS_NAME.get(name.upper(), name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,6 +460,7 @@ def save_maps(maps: pd.DataFrame, path: str | os.PathLike[str], order: int | Non
     try:
         if suffix == ".parquet":
             table = pa.Table.from_pandas(maps, preserve_index=False)
+            table = table.cast(io.with_column_info(table.schema, map_column_info))
             meta = {
                 b"healpix_order": str(order).encode(),
                 b"healpix_ordering": b"NESTED",
@@ -441,14 +469,17 @@ def save_maps(maps: pd.DataFrame, path: str | os.PathLike[str], order: int | Non
             pq.write_table(table.replace_schema_metadata(meta), tmp)
         else:
             from astropy.io import fits
+            from astropy.table import Table
 
-            columns = [
-                fits.Column(name=name.upper(), format="K", array=maps[name].to_numpy(np.int64))
-                if name in _INTEGER_COLUMNS
-                else fits.Column(name=name.upper(), format="D", array=maps[name].to_numpy())
-                for name in maps.columns
-            ]
-            hdu = fits.BinTableHDU.from_columns(columns, name="PHOTODIST_MAPS")
+            table = Table(
+                [
+                    maps[name].to_numpy(np.int64 if name in _INTEGER_COLUMNS else np.float64)
+                    for name in maps.columns
+                ],
+                names=[str(name).upper() for name in maps.columns],
+            )
+            hdu = io.fits_hdu_with_units(table, map_column_info)
+            hdu.name = "PHOTODIST_MAPS"
             header = hdu.header
             header["PIXTYPE"] = ("HEALPIX", "HEALPix pixelisation")
             header["ORDERING"] = ("NESTED", "pixel ordering scheme")
