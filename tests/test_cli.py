@@ -1230,3 +1230,9 @@ def test_bayes_warns_when_extinction_piles_against_the_prior_bound(tmp_path):
     assert (pd.read_csv(tmp_path / "a.csv")["flags"] & 4096).all()  # AR_NEAR_MAX
     high = CliRunner().invoke(cli, ["bayes", str(src), str(tmp_path / "b.csv"), *grid])
     assert high.exit_code == 0 and "upper bound" not in high.output
+    # run (and survey) take the same bound, and warn alike
+    run = ["run", str(src), str(tmp_path / "c.csv"), "--bands", "sdss", "--flat-prior"]
+    low = CliRunner().invoke(cli, [*run, "--a-max", "0.5"])
+    assert low.exit_code == 0, low.output
+    assert "warning: 5 of 5 stars (100 %) have A_r estimates within 10 %" in low.output
+    assert json.loads((tmp_path / "c.csv.run.json").read_text())["config"]["default_a_max"] == 0.5

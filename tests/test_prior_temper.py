@@ -106,6 +106,7 @@ def test_resolve_prior_temper_settings(coarse_locus, band_noise_stars):
     phot = band_noise_stars(coarse_locus, SDSS, 100, seed=5, point_weights=disk)[0]
     same, fit = resolve_prior_temper(1.0, phot, coarse_locus, prior, feh_shift=0.0)
     assert same is prior and fit.beta == 1.0 and not fit.fitted and fit.reason == "given"
+    assert fit.to_dict()["too_few_stars"] is False  # not asked for: not "too few"
     half, fit = resolve_prior_temper(0.5, phot, coarse_locus, prior, feh_shift=-0.2)
     np.testing.assert_allclose(half.log_prior, prior.feh_shifted(-2).tempered(0.5).log_prior)
     assert fit.reason == "given" and fit.feh_shift == -0.2 and fit.changes_prior
@@ -120,6 +121,7 @@ def test_resolve_prior_temper_settings(coarse_locus, band_noise_stars):
     assert resolve_prior_temper("auto", phot, coarse_locus, None)[0] is None
     few, fit = resolve_prior_temper("auto", phot, coarse_locus, prior)
     assert few is prior and not fit.fitted and "fewer than" in fit.reason  # 100 stars
+    assert fit.to_dict()["too_few_stars"] is True
     assert isinstance(fit, PriorTemperFit) and np.isnan(fit.gain)
     # too few stars to fit the shift: the given power is still applied
     given_power, fit = resolve_prior_temper(0.5, phot, coarse_locus, prior)

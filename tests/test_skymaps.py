@@ -224,7 +224,7 @@ def test_patch_maps_from_the_patch_summaries(run_output, tmp_path):
     with pytest.raises(FileNotFoundError, match="no patch summaries"):
         patch_maps(root)
     run = tmp_path / "run"
-    write_patch_info(run, PARTITIONS[0], 0.3, 0.7)
+    write_patch_info(run, PARTITIONS[0], 0.3, 0.7, mode="streamed-hybrid")  # networks too
     write_patch_info(
         run,
         PARTITIONS[1],

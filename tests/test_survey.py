@@ -168,6 +168,24 @@ def test_summary_states_how_the_priors_were_adjusted():
     note = summary.prior_note()
     assert note.startswith("prior as given in 2 of 4 patches; adjusted in 2:")
     assert "shift -0.1 to +0.3 dex, power 0.7 to 1" in note
+    # patches too small for the fit are counted, with the reason
+    summary.patches += [
+        PatchResult(
+            "p5",
+            5,
+            10,
+            1.0,
+            "bayes_only",
+            prior_power=1.0,
+            prior_feh_shift=0.0,
+            prior_fit_skipped="10 usable stars, fewer than 200",
+        )  # fmt: skip
+    ]
+    assert summary.prior_note().endswith(
+        "; not fitted in 1 with too few stars (e.g. 10 usable stars, fewer than 200; larger "
+        "patches, a lower --order, can be fitted)"
+    )
+    summary.patches.pop()
     summary.patches = [patch(3, 1.0, -0.4)]
     assert summary.prior_note().endswith(
         "adjusted in 1: [Fe/H] shift -0.4 dex, power 1 (per patch: photodist maps)"
@@ -175,11 +193,14 @@ def test_summary_states_how_the_priors_were_adjusted():
 
 
 def test_summary_names_patches_whose_extinction_piles_against_its_bound():
-    def patch(pixel: int, fraction: float | None) -> PatchResult:
-        return PatchResult(f"p{pixel}", pixel, 10, 1.0, "hybrid", ar_near_bound_fraction=fraction)
+    def patch(pixel: int, fraction: float | None, n: int = 100) -> PatchResult:
+        near = None if fraction is None else round(fraction * n)
+        return PatchResult(f"p{pixel}", pixel, n, 1.0, "hybrid", ar_near_bound_fraction=fraction,
+                           n_ar_near_bound=near, n_ar_estimates=n)  # fmt: skip
 
-    summary = SurveySummary("out", n_patches=9, n_rows=90)
-    summary.patches = [patch(1, 0.0), patch(2, None), patch(3, 0.05)]
+    summary = SurveySummary("out", n_patches=10, n_rows=1000)
+    # one star of twelve is no sign
+    summary.patches = [patch(1, 0.0), patch(2, None), patch(3, 0.05), patch(10, 1 / 12, 12)]
     assert summary.ar_bound_note() is None
     summary.patches += [patch(k, 0.1 * k) for k in range(4, 10)]
     note = summary.ar_bound_note()
@@ -861,3 +882,17 @@ def test_an_unfinished_run_is_noted_by_its_readers(tmp_path):
     assert "not finished (1 patch file(s)" in incomplete_run_note(tmp_path)
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"status": {"complete": True}}))
     assert incomplete_run_note(tmp_path) is None
+
+
+def test_named_kept_columns_come_with_the_id_columns(tmp_path):
+    """`keep` adds to the id columns found, as `photodist survey --keep` does (the module's
+    own command line dropped `source_id` when a column was named)."""
+    from photodist.survey import _resolve_keep
+
+    available = ["ra", "dec", "source_id", "tag", "rmag"]
+    for keep, expected in (
+        (None, ("ra", "dec", "source_id")),
+        (("tag",), ("ra", "dec", "source_id", "tag")),
+    ):
+        config = survey_config(tmp_path, keep=keep)
+        assert _resolve_keep(config, available, "input") == expected

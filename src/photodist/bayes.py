@@ -1718,6 +1718,21 @@ def poor_fit_thresholds(config: BayesConfig) -> np.ndarray:
 AR_NEAR_BOUND_FRACTION = 0.9
 
 
+#: The runs warn when more than this fraction of the A_r estimates, and at least
+#: ``AR_NEAR_BOUND_MIN_STARS`` of them, pile against the bound (:func:`many_near_bound`)
+AR_NEAR_BOUND_WARNING = 0.05
+AR_NEAR_BOUND_MIN_STARS = 3
+
+
+def many_near_bound(n_near: int | None, n_estimated: int | None) -> bool:
+    """Whether ``n_near`` of ``n_estimated`` A_r estimates piled against the bound
+    (:func:`ar_near_bound`) are worth a warning: more than ``AR_NEAR_BOUND_WARNING`` of them,
+    and at least ``AR_NEAR_BOUND_MIN_STARS`` (one star of a dozen is no sign)."""
+    if not n_near or not n_estimated:
+        return False
+    return n_near >= AR_NEAR_BOUND_MIN_STARS and n_near > AR_NEAR_BOUND_WARNING * n_estimated
+
+
 #: What AR_NEAR_MAX stars have, and what many of them mean (the runs' warnings)
 AR_NEAR_MAX_WHAT = "have A_r estimates within 10 % of the A_r prior's upper bound"
 AR_NEAR_MAX_WHY = (

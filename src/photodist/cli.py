@@ -157,7 +157,16 @@ _FIT_CHECK_OPTION = click.option(
 
 
 def _a_prior_options(command: Any) -> Any:
-    """Bounds of the flat A_r prior with a dust-map value A_map: [F A_map, S A_map + O]."""
+    """Bounds of the flat A_r prior: [F A_map, S A_map + O] with a dust-map value A_map,
+    [0, --a-max] without one."""
+    command = click.option(
+        "--a-max",
+        type=POSITIVE_FLOAT,
+        default=3.0,
+        show_default=True,
+        help="A_r prior bound (mag) for stars without a dust-map value (near the plane "
+        "without a map, raise it above the sightline's extinction).",
+    )(command)
     for name, default, what in (
         ("--a-max-offset", 0.1, "O of the A_r prior's upper bound S A_map + O (mag)."),
         ("--a-max-scale", 1.3, "S of the A_r prior's upper bound S A_map + O."),
@@ -262,6 +271,7 @@ def _pipeline_config(params: dict[str, Any], **settings: Any) -> PipelineConfig:
         ),
         nn_dust_input=params["nn_dust_input"],
         nn_fit_check=not params["no_fit_check"],
+        default_a_max=params["a_max"],
         dust_min_fraction=params["a_min_fraction"],
         dust_scale=params["a_max_scale"],
         dust_offset=params["a_max_offset"],
@@ -564,8 +574,6 @@ def _prior_temper_options(function):
     )(function)
 
 
-#: Fraction of the stars with A_r piled against its prior's bound beyond which a run warns
-AR_NEAR_BOUND_WARNING = 0.05
 #: Fraction of the stars outside a model's training domain beyond which `predict` warns
 OUT_OF_DOMAIN_WARNING = 0.05
 
@@ -573,9 +581,9 @@ OUT_OF_DOMAIN_WARNING = 0.05
 def _warn_ar_near_bound(n_near: int, n_estimated: int) -> None:
     """Warn when many A_r estimates sit at their prior's upper bound
     (:func:`photodist.bayes.ar_near_bound`)."""
-    from photodist.bayes import AR_NEAR_MAX_WHAT, AR_NEAR_MAX_WHY
+    from photodist.bayes import AR_NEAR_MAX_WHAT, AR_NEAR_MAX_WHY, many_near_bound
 
-    if n_estimated and n_near > AR_NEAR_BOUND_WARNING * n_estimated:
+    if many_near_bound(n_near, n_estimated):
         click.echo(
             f"warning: {n_near:,} of {n_estimated:,} stars ({100 * n_near / n_estimated:.0f} %) "
             f"{AR_NEAR_MAX_WHAT}: {AR_NEAR_MAX_WHY}",
@@ -1199,13 +1207,6 @@ def check_command(
 @click.option("--feh-step", type=GRID_STEP, default=BAYES_FEH_STEP, show_default=True)
 @click.option("--mr-step", type=GRID_STEP, default=BAYES_MR_STEP, show_default=True)
 @_error_floor_option
-@click.option(
-    "--a-max",
-    type=POSITIVE_FLOAT,
-    default=3.0,
-    show_default=True,
-    help="A_r prior bound (mag) for stars without a dust-map value.",
-)
 @_a_prior_options
 @_DUST_PRIOR_OPTION
 @_prior_temper_options
@@ -1784,6 +1785,7 @@ def run_command(
     nn_device: str,
     nn_dust_input: bool,
     no_fit_check: bool,
+    a_max: float,
     a_min_fraction: float,
     a_max_scale: float,
     a_max_offset: float,
@@ -2205,6 +2207,7 @@ def survey_command(
     nn_device: str,
     nn_dust_input: bool,
     no_fit_check: bool,
+    a_max: float,
     a_min_fraction: float,
     a_max_scale: float,
     a_max_offset: float,
@@ -2234,13 +2237,8 @@ def survey_command(
     columns, _ = _catalog_columns(column, dust_column, flux_unit, ebv_column, input_path, bands)
     pipeline = _pipeline_config(click.get_current_context().params)
     keep = None
-    if survey_keep:  # the id columns found, then the named ones
-        names = [n.strip() for value in survey_keep for n in value.split(",") if n.strip()]
-        try:
-            available = io.catalog_columns(input_path)
-        except (io.CatalogError, OSError) as exc:
-            raise click.ClickException(str(exc)) from exc
-        keep = (*[c for c in ID_COLUMNS if c in available], *names)
+    if survey_keep:  # besides the id columns found
+        keep = tuple(n.strip() for value in survey_keep for n in value.split(",") if n.strip())
     config = SurveyConfig(
         order=order,
         pipeline=pipeline,
@@ -2268,7 +2266,7 @@ def survey_command(
     )
     if summary.prior_note():
         click.echo(summary.prior_note())
-    if note := summary.ar_bound_note(AR_NEAR_BOUND_WARNING):
+    if note := summary.ar_bound_note():
         click.echo(note, err=True)
     for name, message in summary.failed.items():
         click.echo(f"FAILED {name}: {message}", err=True)

@@ -124,6 +124,19 @@ class PriorTemperFit:
         return self.log_evidence[self.beta] - self.reference
 
     @property
+    def too_few_stars(self) -> bool:
+        """Whether the prior was to be fitted and the patch had too few usable stars."""
+        return (
+            not self.fitted
+            and self.n_stars < MIN_FIT_STARS
+            and self.reason
+            not in (
+                "flat prior",
+                "given",
+            )
+        )
+
+    @property
     def changes_prior(self) -> bool:
         """Whether the prior used differs from the prior as given."""
         return self.beta != 1.0 or self.feh_shift != 0.0
@@ -141,6 +154,7 @@ class PriorTemperFit:
             },
             "log_evidence_gain": None if not self.fitted else self.gain,
             "reason": self.reason,
+            "too_few_stars": self.too_few_stars,
         }
 
 

@@ -408,7 +408,8 @@ def patch_maps(run_output: str | os.PathLike[str]) -> pd.DataFrame:
             {
                 "pixel": pixel,
                 "n_rows": int(info["n_rows"]),
-                "hybrid": 1.0 if info.get("mode") == "hybrid" else 0.0,
+                # "hybrid", or "streamed-hybrid" for a patch too large for memory
+                "hybrid": 1.0 if str(info.get("mode", "")).endswith("hybrid") else 0.0,
                 "prior_feh_shift": float(temper.get("feh_shift", 0.0)),
                 "prior_power": float(temper.get("beta", 1.0)),
                 "prior_evidence_gain": _number(temper.get("log_evidence_gain")),

@@ -87,7 +87,13 @@ from photodist.bands import (
     numeric_column,
     photometry_from_frame,
 )
-from photodist.bayes import AR_NEAR_MAX_WHAT, AR_NEAR_MAX_WHY, BayesEstimator
+from photodist.bayes import (
+    AR_NEAR_BOUND_WARNING,
+    AR_NEAR_MAX_WHAT,
+    AR_NEAR_MAX_WHY,
+    BayesEstimator,
+    many_near_bound,
+)
 from photodist.locus import Locus
 from photodist.pipeline import (
     RESULT_FLOAT_COLUMNS,
@@ -199,8 +205,9 @@ class SurveyConfig:
     columns
         Catalogue column names (default ``{band}mag``, ``{band}Err``, ``Ar``, ``ra``, ``dec``).
     keep
-        Input columns copied to the output besides ``ra``/``dec`` (and ``columns.object_id``);
-        None: those of :data:`DEFAULT_ID_COLUMNS` the input has. Named columns must exist.
+        Input columns copied to the output besides ``ra``/``dec``, ``columns.object_id`` and
+        the columns of :data:`DEFAULT_ID_COLUMNS` the input has (always kept); None: those
+        alone. Named columns must exist.
     prior
         ``"galaxy"``, ``"trilegal"`` (needs ``trilegal_path``) or ``"none"``.
     trilegal_path
@@ -484,10 +491,8 @@ def _resolve_keep(config: SurveyConfig, available: Sequence[str], where: str) ->
     keep = [cols.ra, cols.dec]
     if cols.object_id:
         keep.append(cols.object_id)
-    if config.keep is None:
-        keep += [c for c in DEFAULT_ID_COLUMNS if c in present]
-    else:
-        keep += list(config.keep)
+    keep += [c for c in DEFAULT_ID_COLUMNS if c in present]
+    keep += list(config.keep or ())
     keep = [c for c in dict.fromkeys(keep) if c != SPATIAL_INDEX_COLUMN]
     try:
         kept_names(keep)  # named like an output column: refused before any work
@@ -748,6 +753,10 @@ class PatchResult:
     #: fraction of its A_r estimates piled against the prior's bound (photodist.bayes.ar_near_bound;
     #: of the training pool for a streamed patch)
     ar_near_bound_fraction: float | None = None
+    n_ar_near_bound: int | None = None  #: the number of those estimates
+    n_ar_estimates: int | None = None  #: of how many A_r estimates
+    #: why the patch's prior was not fitted to its stars though asked (too few of them)
+    prior_fit_skipped: str | None = None
 
 
 _GRIDS: dict[tuple[float | None, float | None], Locus] = {}
@@ -1013,6 +1022,9 @@ def process_patch(task: PatchTask, job: _Job) -> PatchResult:
         prior_power=temper.get("beta"),
         prior_feh_shift=temper.get("feh_shift"),
         ar_near_bound_fraction=n_near / n_estimated if n_estimated else None,
+        n_ar_near_bound=n_near,
+        n_ar_estimates=n_estimated,
+        prior_fit_skipped=temper.get("reason") if temper.get("too_few_stars") else None,
     )
 
 
@@ -1190,15 +1202,11 @@ class SurveySummary:
     def stars_per_s(self) -> float:
         return self.rows_processed / self.process_s if self.process_s > 0 else float("nan")
 
-    def ar_bound_note(self, threshold: float = 0.05) -> str | None:
-        """A warning naming the patches computed in this call where more than ``threshold``
-        of the A_r estimates pile against the prior's upper bound
-        (:func:`photodist.bayes.ar_near_bound`); None if there are none."""
-        high = [
-            p
-            for p in self.patches
-            if p.ar_near_bound_fraction is not None and p.ar_near_bound_fraction > threshold
-        ]
+    def ar_bound_note(self) -> str | None:
+        """A warning naming the patches computed in this call where many of the A_r
+        estimates pile against the prior's upper bound (:func:`photodist.bayes.ar_near_bound`,
+        :func:`photodist.bayes.many_near_bound`); None if there are none."""
+        high = [p for p in self.patches if many_near_bound(p.n_ar_near_bound, p.n_ar_estimates)]
         if not high:
             return None
         high.sort(key=lambda p: -(p.ar_near_bound_fraction or 0.0))
@@ -1207,7 +1215,8 @@ class SurveySummary:
         )
         more = f" and {len(high) - 5} more" if len(high) > 5 else ""
         return (
-            f"warning: in {len(high)} patches more than {100 * threshold:.0f} % of the stars "
+            f"warning: in {len(high)} patches more than {100 * AR_NEAR_BOUND_WARNING:.0f} % of "
+            "the stars "
             f"{AR_NEAR_MAX_WHAT}: {listed}{more}; {AR_NEAR_MAX_WHY}"
         )
 
@@ -1229,6 +1238,12 @@ class SurveySummary:
             note += (
                 f"; adjusted in {int(changed.sum())}: [Fe/H] shift {span(shifts[changed], '+')} "
                 f"dex, power {span(powers[changed])} (per patch: photodist maps)"
+            )
+        skipped = [p.prior_fit_skipped for p in self.patches if p.prior_fit_skipped]
+        if skipped:
+            note += (
+                f"; not fitted in {len(skipped)} with too few stars (e.g. {skipped[0]}; "
+                "larger patches, a lower --order, can be fitted)"
             )
         return note
 
