@@ -761,6 +761,7 @@ def test_stars_of_other_dust_map_values_are_outside_the_domain(catalog, hybrid) 
         ({"prior_r_range": [13.5]}, "prior_r_range is not"),
         ({"prior_r_intervals": "ab"}, "prior_r_intervals is not"),
         ({"dust_map_range": [0.3, 0.1]}, "dust_map_range is not"),
+        ({"dust_map_range": [[0.1, 0.3], [0.4, 0.5]]}, "dust_map_range is not"),
         ({"fit_check": {"posterior_grid": "ab"}}, "best-fit check"),
         ({"fit_check": {"bayes_config": {"error_floor": "x"}}}, "best-fit check"),
     ],

@@ -892,7 +892,13 @@ def training_record(model: PhotoDNetwork) -> dict[str, Any]:
             pairs = np.asarray(value, dtype=float).reshape(-1, 2)
         except (TypeError, ValueError):
             pairs = np.empty((0, 2))
-        if not pairs.size or np.isnan(pairs).any() or np.any(pairs[:, 0] > pairs[:, 1]):
+        single = key != "prior_r_intervals"
+        if (
+            not pairs.size
+            or (single and len(pairs) != 1)
+            or np.isnan(pairs).any()
+            or np.any(pairs[:, 0] > pairs[:, 1])
+        ):
             raise ModelFileError(f"the network's {key} is not [low, high] numbers: {value!r}")
     fit = user.get("fit_check") or {}
     settings = fit.get("bayes_config") if isinstance(fit, Mapping) else None
@@ -939,7 +945,7 @@ def beyond_dust_domain(model: PhotoDNetwork, photometry: Photometry) -> np.ndarr
     record = training_record(model).get("dust_map_range")
     if record is None or photometry.dust is None:
         return outside
-    lo, hi = (float(v) for v in record)
+    lo, hi = np.asarray(record, dtype=float).reshape(2)
     slack = max(DUST_DOMAIN_SLACK[0] * (hi - lo), DUST_DOMAIN_SLACK[1])
     with np.errstate(invalid="ignore"):
         return (photometry.dust < lo - slack) | (photometry.dust > hi + slack)
