@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from photodist.bands import LSST, Photometry
+from photodist.bands import LSST, SDSS, Photometry
 from photodist.bayes import BayesConfig, BayesEstimator, PriorGrid, brute_force_posterior
 from photodist.dust_profile import MIN_SIGMA_FRACTION, DustProfile, fit_dust_profile
 
@@ -162,3 +162,21 @@ def test_a_decreasing_profile_is_refused() -> None:
     with pytest.raises(ValueError, match="non-decreasing"):
         DustProfile(np.array([5.0, 10.0, 15.0]), np.array([1.0, 0.5, -0.2]), 0.05)
     DustProfile(np.array([5.0, 10.0, 15.0]), np.array([0.5, 0.5, 1.0]), 0.05)  # flat parts
+
+
+def test_a_profile_never_goes_negative():
+    """Bin means below 0 (noise, or stars the model misdescribes) give a profile at 0 there,
+    never a negative extinction."""
+    from photodist.dust_profile import _isotonic_profile
+
+    x = np.repeat(np.arange(6.0), 200)
+    value = np.repeat([-3.0, -1.0, 0.5, 0.8, 0.9, 1.0], 200)
+    knots_x, knots_mu = _isotonic_profile(x, value, np.ones_like(x))
+    assert knots_mu.min() == 0.0 and np.all(np.diff(knots_mu) >= 0.0)
+    assert 0.8 < knots_mu[-1] <= 1.0  # the positive part as it was
+
+
+def test_a_fit_needs_a_step(coarse_locus, band_noise_stars):
+    phot = band_noise_stars(coarse_locus, SDSS, 300, seed=3)[0]
+    with pytest.raises(ValueError, match="at least 1"):
+        fit_dust_profile(phot, coarse_locus, max_iter=0)

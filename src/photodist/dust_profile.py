@@ -180,14 +180,15 @@ def _usable(result: Any) -> np.ndarray:
 def _isotonic_profile(
     x: np.ndarray, value: np.ndarray, weight: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Non-decreasing piecewise-linear profile through weighted bin means of ``value``
-    against ``x`` (bins of :data:`STARS_PER_KNOT` stars, at most :data:`MAX_KNOTS`)."""
+    """Non-decreasing, non-negative piecewise-linear profile through weighted bin means of
+    ``value`` against ``x`` (bins of :data:`STARS_PER_KNOT` stars, at most
+    :data:`MAX_KNOTS`): extinction grows with distance and is never negative."""
     n_knots = int(np.clip(x.size // STARS_PER_KNOT, 1, MAX_KNOTS))
     bins = np.array_split(np.argsort(x, kind="stable"), n_knots)
     knots_x = np.array([np.median(x[b]) for b in bins])
     totals = np.array([weight[b].sum() for b in bins])
     means = np.array([(weight[b] * value[b]).sum() for b in bins]) / totals
-    knots_mu = isotonic_regression(means, weights=totals, increasing=True).x
+    knots_mu = np.maximum(isotonic_regression(means, weights=totals, increasing=True).x, 0.0)
     knots_x, first = np.unique(knots_x, return_index=True)  # ties in x merge
     return knots_x, knots_mu[first]
 
@@ -282,11 +283,13 @@ def fit_dust_profile(
     Raises
     ------
     ValueError
-        If fewer than :data:`MIN_FIT_STARS` stars have a usable estimate, or if the profile
-        does not raise the stars' summed log evidence above the flat prior's by more than
-        ln(n) / 2 per free parameter (the Bayesian information criterion: the data do not
-        support it).
+        If ``max_iter`` < 1; if fewer than :data:`MIN_FIT_STARS` stars have a usable
+        estimate; or if the profile does not raise the stars' summed log evidence above
+        the flat prior's by more than ln(n) / 2 per free parameter (the Bayesian
+        information criterion: the data do not support it).
     """
+    if isinstance(max_iter, bool) or int(max_iter) < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter!r}")
     n = len(photometry)
     rows = np.arange(n)
     if n > max_stars:
