@@ -1738,7 +1738,8 @@ AR_NEAR_MAX_WHAT = "have A_r estimates within 10 % of the A_r prior's upper boun
 AR_NEAR_MAX_WHY = (
     "the bound is probably below their extinction (without a dust-map column it is --a-max, "
     "3 mag by default), which biases their M_r and distances. Give a dust map "
-    "(--dust-column, --ebv-column) or raise the bound (--a-max, --a-max-scale)."
+    "(--dust-column, --ebv-column) or raise the bound (--a-max without a map value; "
+    "--a-max-scale, --a-max-offset with one)."
 )
 
 
