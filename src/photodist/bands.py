@@ -1012,15 +1012,11 @@ def photometry_from_frame(
             color_errors[:, k] = np.where(ok, np.hypot(errs[:, k], errs[:, k + 1]), np.nan)
             from_columns[k] = True
     errs = np.where(bad_err, np.nan, errs)
-    unusable = (
-        ~np.isfinite(colors) | ~np.isfinite(color_errors) | (color_errors > MAX_USABLE_COLOR_ERROR)
-    )
-    colors[unusable] = np.nan
-    color_errors[unusable] = np.nan
     r_index = band_set.bands.index("r")
     dust = columns.dust_values(frame)
     r_err = np.where(np.isfinite(mags[:, r_index]), errs[:, r_index], np.nan)
     # adjacent colours from magnitudes share a band: covariance -sigma^2 of that band
-    shared = ~(from_columns[:-1] | from_columns[1:]) & ~unusable[:, :-1] & ~unusable[:, 1:]
+    shared = ~(from_columns[:-1] | from_columns[1:])
     covariance = np.where(shared, -(np.nan_to_num(errs[:, 1:-1]) ** 2), 0.0)
+    # Photometry blanks the unusable colours (and their covariances) itself
     return Photometry(band_set, mags[:, r_index], r_err, colors, color_errors, dust, covariance)

@@ -913,10 +913,10 @@ def training_record(model: PhotoDNetwork) -> dict[str, Any]:
     return user
 
 
-def _fit_check_for(model: PhotoDNetwork, locus: Locus | None) -> BayesEstimator:
-    """The best-fit check of a saved model's predictions, from its training metadata (the
-    estimator's defaults for models saved without it)."""
-    record = training_record(model).get("fit_check") or {}
+def _fit_check_for(record: Mapping[str, Any], locus: Locus | None) -> BayesEstimator:
+    """The best-fit check of a saved model's predictions, from its :func:`training_record`
+    (the estimator's defaults for models saved without one)."""
+    record = record.get("fit_check") or {}
     settings = record.get("bayes_config") or {}
     config = BayesConfig(**{k: v for k, v in settings.items() if k in _FIT_CHECK_SETTINGS})
     feh_step, mr_step = record.get("posterior_grid") or (0.05, 0.1)
@@ -1147,7 +1147,7 @@ def predict_with_model(
     out = _Output(len(phot))
     n_ood = n_invalid = 0
     user = training_record(model)
-    check = _fit_check_for(model, locus) if fit_check else None
+    check = _fit_check_for(user, locus) if fit_check else None
     for part in _chunks(np.arange(len(phot)), int(chunk_size)):
         ood, invalid = _network_rows(model, phot, part, out, check)
         n_ood += int(ood.sum())

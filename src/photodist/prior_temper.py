@@ -114,6 +114,8 @@ class PriorTemperFit:
     log_evidence_by_shift: dict[float, float] = field(default_factory=dict)
     reason: str | None = None
     reference: float = float("nan")
+    #: the prior was to be fitted and the stars were too few (``reason`` says how many)
+    too_few_stars: bool = False
 
     @property
     def gain(self) -> float:
@@ -122,19 +124,6 @@ class PriorTemperFit:
         if not self.fitted:
             return float("nan")
         return self.log_evidence[self.beta] - self.reference
-
-    @property
-    def too_few_stars(self) -> bool:
-        """Whether the prior was to be fitted and the patch had too few usable stars."""
-        return (
-            not self.fitted
-            and self.n_stars < MIN_FIT_STARS
-            and self.reason
-            not in (
-                "flat prior",
-                "given",
-            )
-        )
 
     @property
     def changes_prior(self) -> bool:
@@ -274,7 +263,9 @@ def fit_prior_temper(
     fixed_shift = 0.0 if feh_shift == "auto" else float(feh_shift)
     if n_used < MIN_FIT_STARS:
         reason = f"{n_used} usable stars, fewer than {MIN_FIT_STARS}"
-        return PriorTemperFit(fixed_beta, fixed_shift, n_stars=n_used, reason=reason)
+        return PriorTemperFit(
+            fixed_beta, fixed_shift, n_stars=n_used, reason=reason, too_few_stars=True
+        )
     reference = float(np.mean(as_given["log_evidence"].to_numpy()[usable]))
 
     def mean_evidence(beta: float, shift: float) -> float:
